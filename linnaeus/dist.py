@@ -1,0 +1,109 @@
+"""Distributed helpers: torchrun's environment, the process group, rank queries, barriers.
+
+Works unchanged for one process (``python tools/train.py``), one node
+(``torchrun --nproc_per_node=N``) and many nodes (torchrun rendezvous): everything
+comes from the env vars torchrun sets.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def get_local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def is_local_main_process() -> bool:
+    return get_local_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def select_device() -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(get_local_rank())
+        return torch.device("cuda", get_local_rank())
+    return torch.device("cpu")
+
+
+def init_distributed(timeout_minutes: float = 30.0) -> bool:
+    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1).
+
+    nccl on CUDA, gloo on CPU. Returns whether a group was created.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_dist():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(get_local_rank())
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    return True
+
+
+def destroy_distributed() -> None:
+    if is_dist():
+        dist.destroy_process_group()
+
+
+@contextmanager
+def distributed_session() -> Iterator[None]:
+    """Process group for the duration of the block, always torn down (also on error)."""
+    init_distributed()
+    try:
+        yield
+    finally:
+        destroy_distributed()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Send a picklable object from ``src`` to every rank (identity when not distributed)."""
+    if not is_dist():
+        return obj
+    holder = [obj if get_rank() == src else None]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank_true(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any rank (a collective: call it on all ranks)."""
+    if not is_dist():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
