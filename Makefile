@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   train configs/demo.yaml under torchrun (2 CPU processes)
+#   make test   run the test suite
+# Both create (or reuse) the virtual environment from requirements.txt first.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.linnaeus-installed
+NPROC   ?= 2
+DEMO_OPTS ?=
+
+.PHONY: venv demo test bench clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: venv
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) tools/train.py --cfg configs/demo.yaml $(if $(DEMO_OPTS),--opts $(DEMO_OPTS),)
+
+test: venv
+	$(PY) -m pytest -q tests
+
+bench: venv
+	$(PY) benchmarks/runner_overhead.py
+	$(PY) benchmarks/checkpoint_io.py
+	$(PY) benchmarks/resolve.py
+
+clean-venv:
+	rm -rf $(VENV)

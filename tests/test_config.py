@@ -1,0 +1,102 @@
+"""Config loading: defaults, _BASE_ inheritance, --opts, and the errors users see."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from linnaeus.config import ConfigError, dump_config, get_default_config, load_config, run_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_every_default_key_has_a_comment():
+    src = (REPO / "linnaeus" / "config.py").read_text().splitlines()
+    for i, line in enumerate(src):
+        stripped = line.strip()
+        if stripped.startswith("_C.") and "= CN()" not in stripped and "=" in stripped:
+            assert src[i - 1].strip().startswith("#"), f"config key without a comment: {stripped}"
+
+
+def test_base_inheritance_is_recursive_relative_and_overridable(tmp_path):
+    write(tmp_path / "a" / "root.yaml", {"TRAIN": {"EPOCHS": 3, "ACCUM_STEPS": 2}, "EXPERIMENT": {"NAME": "root"}})
+    write(tmp_path / "a" / "mid.yaml", {"_BASE_": "root.yaml", "TRAIN": {"EPOCHS": 5}})
+    write(tmp_path / "other.yaml", {"DATA": {"BATCH_SIZE": 7}})
+    child = write(tmp_path / "exp.yaml", {"_BASE_": ["a/mid.yaml", "other.yaml"], "EXPERIMENT": {"NAME": "child"}})
+    cfg = load_config(str(child))
+    assert cfg.TRAIN.EPOCHS == 5  # mid overrides root
+    assert cfg.TRAIN.ACCUM_STEPS == 2  # inherited from root through mid
+    assert cfg.DATA.BATCH_SIZE == 7  # second base
+    assert cfg.EXPERIMENT.NAME == "child"  # the file itself wins over its bases
+    assert cfg.is_frozen()
+
+
+def test_base_cycle_is_rejected(tmp_path):
+    write(tmp_path / "x.yaml", {"_BASE_": "y.yaml"})
+    write(tmp_path / "y.yaml", {"_BASE_": "x.yaml"})
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(str(tmp_path / "x.yaml"))
+
+
+def test_missing_base_names_the_referencing_file(tmp_path):
+    f = write(tmp_path / "x.yaml", {"_BASE_": "nope.yaml"})
+    with pytest.raises(ConfigError, match=r"nope\.yaml.*referenced from .*x\.yaml"):
+        load_config(str(f))
+
+
+def test_opts_override_file_with_type_coercion(tmp_path):
+    f = write(tmp_path / "x.yaml", {"TRAIN": {"EPOCHS": 3}})
+    cfg = load_config(str(f), ["TRAIN.EPOCHS", "120", "TRAIN.RESUME", "checkpoint_epoch_100.pth",
+                               "TRAIN.OPTIMIZER.LR", "1", "DATA.TASK_KEYS", "[species,genus]"])
+    assert cfg.TRAIN.EPOCHS == 120
+    assert cfg.TRAIN.RESUME == "checkpoint_epoch_100.pth"
+    assert cfg.TRAIN.OPTIMIZER.LR == 1.0 and isinstance(cfg.TRAIN.OPTIMIZER.LR, float)
+    assert list(cfg.DATA.TASK_KEYS) == ["species", "genus"]
+
+
+def test_unknown_key_names_it_and_suggests_close_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'TRAIN.EPOCH'.*TRAIN.EPOCHS"):
+        load_config(None, ["TRAIN.EPOCH", "3"])
+    f = write(tmp_path / "x.yaml", {"CHECKPOINT": {"KEEP_LAST": 3}})
+    with pytest.raises(ConfigError, match=r"x\.yaml.*CHECKPOINT.KEEP_LAST'.*CHECKPOINT.KEEP_LAST_N"):
+        load_config(str(f))
+
+
+def test_wrong_type_names_key_and_expected_type():
+    with pytest.raises(ConfigError, match=r"'TRAIN.EPOCHS' expects int"):
+        load_config(None, ["TRAIN.EPOCHS", "many"])
+    with pytest.raises(ConfigError, match="KEY VALUE pairs"):
+        load_config(None, ["TRAIN.EPOCHS"])
+
+
+def test_checkpoint_interval_forms_and_colliding_template():
+    assert load_config(None, ["CHECKPOINT.INTERVAL", "2"]).CHECKPOINT.INTERVAL == "2"
+    load_config(None, ["CHECKPOINT.INTERVAL", "500st", "CHECKPOINT.FILENAME", "ckpt_{step}.pth"])
+    with pytest.raises(ConfigError, match=r"\{step\}"):
+        load_config(None, ["CHECKPOINT.INTERVAL", "500st"])
+    with pytest.raises(ConfigError, match="neither"):
+        load_config(None, ["CHECKPOINT.FILENAME", "last.pth"])
+    with pytest.raises(ConfigError, match="INTERVAL"):
+        load_config(None, ["CHECKPOINT.INTERVAL", "often"])
+    with pytest.raises(ConfigError, match="MONITOR"):
+        load_config(None, ["CHECKPOINT.KEEP_BEST_N", "2"])
+
+
+def test_resolved_config_dump_roundtrips(tmp_path):
+    cfg = load_config(None, ["EXPERIMENT.NAME", "x", "ENV.OUTPUT.BASE_DIR", str(tmp_path)])
+    assert run_dir(cfg) == tmp_path / "x"
+    dump_config(cfg, run_dir(cfg) / "config.yaml")
+    again = load_config(str(run_dir(cfg) / "config.yaml"))
+    assert again == cfg
+
+
+def test_shipped_configs_load():
+    for f in (REPO / "configs").glob("*.yaml"):
+        load_config(str(f))
+    assert get_default_config().TRAIN.AUTO_RESUME is True
