@@ -1,0 +1,1 @@
+"""Runner glue between the config and the libraries (checkpoint, engine, data, models)."""
