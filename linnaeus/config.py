@@ -91,6 +91,8 @@ _C.MODEL.HYBRID.VIT_HEADS = 3
 _C.MODEL.HYBRID.MLP_RATIO = 4.0
 # Rotary embedding frequency base (theta).
 _C.MODEL.HYBRID.ROPE_THETA = 100.0
+# "axial" (fixed frequencies, as timm vit_*_rope_*) or "mixed" (learnable, as vit_*_rope_mixed_*).
+_C.MODEL.HYBRID.ROPE_TYPE = "axial"
 # Layer-scale init for the ViT blocks (0 disables layer scale).
 _C.MODEL.HYBRID.LAYER_SCALE_INIT = 0.0
 # Whole-model weights to start from (identifier: path, file name in the cache/bucket, or URI).

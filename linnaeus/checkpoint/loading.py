@@ -1,0 +1,464 @@
+"""Loading weights from anywhere into a model, and a report of exactly what happened.
+
+Two steps, usable from any PyTorch loop:
+
+1. :func:`read_weights` turns a file into a flat ``{name: tensor}`` dict: linnaeus
+   checkpoints (``model`` / ``ema``), plain state dicts, ``.safetensors`` files and the
+   usual nested containers (``state_dict``, ``model``, ``module``). Pickles are always read
+   with ``torch.load(weights_only=True)``: a file that needs arbitrary code to load is refused.
+2. :func:`load_weights` copies that dict into a model under one of three strategies and
+   returns a :class:`LoadReport`:
+
+   ``transfer``      load every tensor whose name and shape match; skip the rest (new heads
+                     for a new taxonomy, a different depth). Never fails on keys.
+   ``weights_only``  every model tensor in scope must come from the checkpoint with its
+                     exact shape; checkpoint tensors the model has no place for are reported
+                     but tolerated.
+   ``strict``        ``weights_only`` and, in addition, no checkpoint tensor may go unused.
+
+   A difference flagged *expected* by the caller (see :class:`Expect`) never fails a load;
+   it is listed with its reason. Everything else that is not loaded becomes a warning.
+   A failing load raises :class:`CheckpointIncompatibleError` before touching the model,
+   with the report's summary in the message and the report on ``error.report``.
+
+Mapping other layouts onto a model (timm ConvNeXt → a hybrid's stem, ...) is the model
+side's job: it renames keys and passes ``unused`` / ``renamed`` / ``expect`` here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointIncompatibleError, CheckpointNotFoundError
+
+STRATEGIES = ("weights_only", "transfer", "strict")
+# Containers that wrap a state dict, in the order they are tried (timm, torchvision,
+# DeiT/naver, fairseq-style and DDP wrappers all use one of these).
+_CONTAINERS = ("model", "state_dict", "module")
+_EMA_CONTAINERS = ("ema", "state_dict_ema", "model_ema")
+# Whole-model wrappers whose prefix is stripped when (and only when) every key has it.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_MAX_LISTED = 40
+
+
+# ----------------------------------------------------------------------------- reading
+@dataclass
+class WeightsFile:
+    """A flat state dict read from ``path`` and how it was found inside the file."""
+
+    path: Path
+    tensors: "OrderedDict[str, torch.Tensor]"
+    container: str = ""  # e.g. "model", "state_dict", "" (top level)
+    stripped_prefix: str = ""  # e.g. "module." when every key had it
+    notes: list[str] = field(default_factory=list)
+
+
+def read_weights(path: str | os.PathLike, *, use_ema: bool = False) -> WeightsFile:
+    """Read the tensors of a checkpoint or weights file, safely.
+
+    Args:
+        path: a ``.pth``/``.pt``/``.bin`` pickle (read with ``weights_only=True``) or a
+            ``.safetensors`` file.
+        use_ema: take the EMA weights (``ema`` / ``state_dict_ema`` / ``model_ema``) when the
+            file has them.
+
+    Raises:
+        CheckpointNotFoundError: ``path`` is not a file.
+        CheckpointCorruptError: the file cannot be read, is truncated, or holds pickled
+            objects that ``weights_only=True`` refuses to build.
+        CheckpointIncompatibleError: the file loads but holds no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"weights file {path} does not exist (or is not a file).")
+    obj = _load_file(path)
+    notes: list[str] = []
+    containers: list[str] = []
+    while isinstance(obj, Mapping) and not _is_state_dict(obj):
+        name = _pick_container(obj, use_ema)
+        if name is None:
+            raise CheckpointIncompatibleError(
+                f"{path}: no state dict found; top-level entries are {_describe(obj)}. Expected tensors "
+                f"directly or under one of {list(_CONTAINERS + _EMA_CONTAINERS)}."
+            )
+        if not containers:
+            training = sorted(k for k in obj if k not in (name, "config", "meta") and k not in _CONTAINERS)
+            if training:
+                notes.append(f"ignored other entries of the file: {', '.join(training)}")
+            if not use_ema and any(isinstance(obj.get(k), Mapping) for k in _EMA_CONTAINERS):
+                notes.append("the file also holds EMA weights (not used)")
+        containers.append(name)
+        obj = obj[name]
+    if not isinstance(obj, Mapping):
+        raise CheckpointIncompatibleError(
+            f"{path}: expected a state dict (mapping of names to tensors), found {type(obj).__name__}."
+        )
+    tensors = OrderedDict((k, v) for k, v in obj.items() if isinstance(v, torch.Tensor))
+    dropped = [k for k in obj if k not in tensors]
+    if dropped:
+        notes.append(f"ignored {len(dropped)} non-tensor entries: {_preview(dropped)}")
+    if not tensors:
+        raise CheckpointIncompatibleError(f"{path}: the state dict{_at(containers)} holds no tensors.")
+    tensors, stripped = _strip_wrapper_prefixes(tensors)
+    if stripped:
+        notes.append(f"stripped prefix '{stripped}' present on every key")
+    return WeightsFile(path, tensors, ".".join(containers), stripped, notes)
+
+
+def _load_file(path: Path) -> object:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own error types; all mean "unreadable"
+            raise CheckpointCorruptError(path, f"cannot read safetensors file: {type(e).__name__}: {e}") from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, refused global, I/O error: report them all by file
+        reason = f"{type(e).__name__}: {e}"
+        if "Weights only load failed" in str(e):
+            reason = (
+                "refused by torch.load(weights_only=True): the file contains pickled Python objects "
+                "beyond tensors and plain containers, which could run code when loaded. Re-save it as a "
+                "plain state dict (torch.save(model.state_dict(), ...)) or as .safetensors. Details: " + str(e)
+            )
+        raise CheckpointCorruptError(path, reason) from e
+
+
+def _is_state_dict(obj: Mapping) -> bool:
+    # A state dict holds tensors (maybe with a few scalars), never nested mappings.
+    return any(isinstance(v, torch.Tensor) for v in obj.values()) and not any(
+        isinstance(v, Mapping) for v in obj.values()
+    )
+
+
+def _pick_container(obj: Mapping, use_ema: bool) -> str | None:
+    order = (_EMA_CONTAINERS + _CONTAINERS) if use_ema else _CONTAINERS
+    for name in order:
+        if isinstance(obj.get(name), Mapping) and obj[name]:
+            return name
+    return None
+
+
+def _strip_wrapper_prefixes(tensors: "OrderedDict[str, torch.Tensor]") -> tuple["OrderedDict[str, torch.Tensor]", str]:
+    """Strip DDP/compile/EMA wrapper prefixes only when every key carries them.
+
+    A prefix on some keys only is part of the names (e.g. a submodule called ``module``),
+    so it is kept.
+    """
+    stripped = ""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in tensors):
+                tensors = OrderedDict((k[len(prefix):], v) for k, v in tensors.items())
+                stripped += prefix
+                changed = True
+    return tensors, stripped
+
+
+# ----------------------------------------------------------------------------- report
+@dataclass(frozen=True)
+class Expect:
+    """A difference the caller anticipates: matching keys are flagged expected with ``reason``.
+
+    ``pattern`` is a regex matched (``re.match``) against the target key (missing, shape
+    mismatched) or the checkpoint key (unexpected). ``kinds`` limits where it applies.
+    """
+
+    pattern: str
+    reason: str
+    kinds: tuple[str, ...] = ("missing", "unexpected", "shape_mismatched")
+
+    def matches(self, kind: str, key: str) -> bool:
+        return kind in self.kinds and re.match(self.pattern, key) is not None
+
+
+@dataclass
+class KeyIssue:
+    """One tensor that was not loaded."""
+
+    key: str
+    expected: bool
+    reason: str = ""
+    source_key: str | None = None  # checkpoint name, when it differs from ``key``
+    source_shape: tuple[int, ...] | None = None
+    target_shape: tuple[int, ...] | None = None
+
+
+@dataclass
+class LoadReport:
+    """What one load did: loaded, missing, unexpected and mis-shaped tensors, with reasons."""
+
+    source: str
+    component: str
+    strategy: str
+    container: str = ""
+    stripped_prefix: str = ""
+    loaded: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)  # target key -> checkpoint key
+    missing: list[KeyIssue] = field(default_factory=list)
+    unexpected: list[KeyIssue] = field(default_factory=list)
+    shape_mismatched: list[KeyIssue] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    applied: bool = False  # False when the load failed and the model was left unchanged
+
+    @property
+    def failures(self) -> dict[str, list[KeyIssue]]:
+        """Issues that break this report's strategy (empty for ``transfer``)."""
+        kinds = {"weights_only": ("missing", "shape_mismatched"), "strict": ("missing", "unexpected", "shape_mismatched")}
+        return {
+            kind: bad
+            for kind in kinds.get(self.strategy, ())
+            if (bad := [i for i in getattr(self, kind) if not i.expected])
+        }
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def counts(self) -> dict[str, int]:
+        issues = self.missing + self.unexpected + self.shape_mismatched
+        return {
+            "loaded": len(self.loaded),
+            "missing": len(self.missing),
+            "unexpected": len(self.unexpected),
+            "shape_mismatched": len(self.shape_mismatched),
+            "expected": sum(i.expected for i in issues),
+            "unexpected_issues": sum(not i.expected for i in issues),
+        }
+
+    def to_dict(self) -> dict:
+        """JSON-ready: everything, plus counts per category and per name prefix."""
+        d = asdict(self)
+        d["counts"] = self.counts()
+        d["ok"] = self.ok
+        d["loaded_by_prefix"] = group_by_prefix(self.loaded)
+        for kind in ("missing", "unexpected", "shape_mismatched"):
+            d[f"{kind}_by_prefix"] = group_by_prefix([i.key for i in getattr(self, kind)])
+        return d
+
+    def summary(self) -> str:
+        """Human-readable account for the log (non-expected keys listed one by one)."""
+        c = self.counts()
+        lines = [
+            f"[{self.component}] {self.source} (strategy {self.strategy}"
+            + (f", from '{self.container}'" if self.container else "")
+            + f"): {'loaded' if self.applied else 'NOT applied, would load'} {c['loaded']} tensors, missing {c['missing']}, unexpected {c['unexpected']}, "
+            f"shape mismatched {c['shape_mismatched']} ({c['expected']} expected, "
+            f"{c['unexpected_issues']} not expected)."
+        ]
+        if self.loaded:
+            lines.append("  loaded: " + _format_groups(group_by_prefix(self.loaded)))
+        if self.renamed:
+            lines.append(f"  renamed from the checkpoint's layout: {len(self.renamed)} tensors")
+        for kind in ("missing", "unexpected", "shape_mismatched"):
+            issues = getattr(self, kind)
+            expected = [i for i in issues if i.expected]
+            surprising = [i for i in issues if not i.expected]
+            label = kind.replace("_", " ")
+            for reason, keys in _group_reasons(expected).items():
+                lines.append(f"  {label} (expected: {reason}): " + _format_groups(group_by_prefix(keys)))
+            if surprising:
+                lines.append(f"  {label} ({len(surprising)}):")
+                lines.extend(f"    {_format_issue(i)}" for i in surprising[:_MAX_LISTED])
+                if len(surprising) > _MAX_LISTED:
+                    lines.append(f"    ... and {len(surprising) - _MAX_LISTED} more (see load_report.json)")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        lines.extend(f"  WARNING: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+def group_by_prefix(keys: Iterable[str]) -> dict[str, int]:
+    """Count keys per module prefix: the name without its last part, at most two levels
+    (``blocks.3.attn.qkv.weight`` → ``blocks.3``, ``norm.weight`` → ``norm``)."""
+    out: dict[str, int] = {}
+    for k in keys:
+        parts = k.split(".")
+        prefix = ".".join(parts[:-1][:2]) or parts[0]
+        out[prefix] = out.get(prefix, 0) + 1
+    return out
+
+
+def write_load_reports(reports: Sequence[LoadReport], path: str | os.PathLike) -> Path:
+    """Write reports as a JSON list (temp file + rename, so readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps([r.to_dict() for r in reports], indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- loading
+def load_weights(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    strategy: str,
+    source: str | os.PathLike,
+    component: str = "model",
+    scope: Iterable[str] | None = None,
+    unused: Mapping[str, str] | None = None,
+    renamed: Mapping[str, str] | None = None,
+    expect: Sequence[Expect] = (),
+    weights_file: WeightsFile | None = None,
+) -> LoadReport:
+    """Copy ``state`` into ``model`` under ``strategy`` and report what happened.
+
+    Args:
+        model: target module (its own ``state_dict()`` names are the targets).
+        state: checkpoint tensors, already renamed to the model's names.
+        strategy: ``"weights_only"``, ``"transfer"`` or ``"strict"`` (see module doc).
+        source: where the tensors came from (for messages and the report).
+        component: what is being loaded (``"model"``, ``"convnext"``, ...).
+        scope: model keys this load is responsible for; default every key. Keys outside
+            it are neither loaded nor reported missing.
+        unused: checkpoint keys deliberately left out by a mapping, with the reason; they
+            are reported as unexpected and flagged expected.
+        renamed: target key → original checkpoint key, for keys a mapping renamed.
+        expect: anticipated differences (flagged expected, never fail a load).
+        weights_file: the :class:`WeightsFile` ``state`` came from (adds its notes).
+
+    Raises:
+        ValueError: unknown ``strategy``.
+        CheckpointIncompatibleError: the strategy's requirements are not met; nothing was
+            copied into the model. ``error.report`` holds the report.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown load strategy {strategy!r}; expected one of {STRATEGIES}.")
+    target = model.state_dict()
+    in_scope = list(target) if scope is None else [k for k in scope if k in target]
+    in_scope_set = set(in_scope)
+    renamed = dict(renamed or {})
+    report = LoadReport(
+        source=str(source),
+        component=component,
+        strategy=strategy,
+        container=weights_file.container if weights_file else "",
+        stripped_prefix=weights_file.stripped_prefix if weights_file else "",
+        renamed={k: v for k, v in renamed.items() if k != v},
+        notes=list(weights_file.notes) if weights_file else [],
+    )
+
+    def flag(kind: str, key: str) -> tuple[bool, str]:
+        for rule in expect:
+            if rule.matches(kind, key):
+                return True, rule.reason
+        return False, ""
+
+    to_copy: dict[str, torch.Tensor] = {}
+    for key in in_scope:
+        if key not in state:
+            exp, why = flag("missing", key)
+            report.missing.append(KeyIssue(key, exp, why, target_shape=tuple(target[key].shape)))
+        elif state[key].shape != target[key].shape:
+            exp, why = flag("shape_mismatched", key)
+            report.shape_mismatched.append(KeyIssue(
+                key, exp, why, source_key=renamed.get(key),
+                source_shape=tuple(state[key].shape), target_shape=tuple(target[key].shape),
+            ))
+        else:
+            to_copy[key] = state[key]
+    for key, value in state.items():
+        if key not in in_scope_set:
+            exp, why = flag("unexpected", key)
+            if key in target:
+                why = why or "belongs to the model but is outside this load's scope"
+            report.unexpected.append(KeyIssue(key, exp, why, source_key=renamed.get(key), source_shape=tuple(value.shape)))
+    for key, reason in (unused or {}).items():
+        report.unexpected.append(KeyIssue(key, True, reason, source_shape=None))
+    report.loaded = list(to_copy)
+    report.warnings = _warnings(report)
+
+    if not report.ok:
+        err = CheckpointIncompatibleError(
+            f"{source}: '{strategy}' load of {component} failed; the model was left unchanged.\n" + report.summary(),
+            missing=[i.key for i in report.failures.get("missing", [])],
+            unexpected=[i.key for i in report.failures.get("unexpected", [])],
+            mismatched=[(i.key, i.source_shape, i.target_shape) for i in report.failures.get("shape_mismatched", [])],
+        )
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+    _copy_into(model, to_copy, report)
+    report.applied = True
+    return report
+
+
+def _copy_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], report: LoadReport) -> None:
+    casts = {}
+    target = model.state_dict()
+    for k, v in tensors.items():
+        if v.dtype != target[k].dtype:
+            pair = f"{v.dtype} -> {target[k].dtype}"
+            casts[pair] = casts.get(pair, 0) + 1
+    # strict=False only because ``tensors`` is a subset; every key in it exists in the model.
+    result = model.load_state_dict(tensors, strict=False)
+    if result.unexpected_keys:  # cannot happen for keys taken from model.state_dict(); guard the invariant
+        raise RuntimeError(f"internal error: keys not in the model: {result.unexpected_keys}")
+    for pair, n in casts.items():
+        report.notes.append(f"converted {n} tensors {pair}")
+
+
+def _warnings(report: LoadReport) -> list[str]:
+    out = []
+    for kind, what in (
+        ("missing", "not in the checkpoint; they keep their current values"),
+        ("unexpected", "in the checkpoint have no place in the model and were ignored"),
+        ("shape_mismatched", "have a different shape in the checkpoint; they keep their current values"),
+    ):
+        keys = [i.key for i in getattr(report, kind) if not i.expected]
+        if keys:
+            out.append(f"{len(keys)} {kind.replace('_', ' ')} tensors {what}: {_format_groups(group_by_prefix(keys))}")
+    return out
+
+
+# ----------------------------------------------------------------------------- formatting
+def _group_reasons(issues: Sequence[KeyIssue]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for i in issues:
+        out.setdefault(i.reason, []).append(i.key)
+    return out
+
+
+def _format_groups(groups: Mapping[str, int]) -> str:
+    items = [f"{p} ({n})" for p, n in groups.items()]
+    return _preview(items, 25)
+
+
+def _format_issue(i: KeyIssue) -> str:
+    s = i.key
+    if i.source_key and i.source_key != i.key:
+        s += f" (checkpoint: {i.source_key})"
+    if i.source_shape is not None and i.target_shape is not None:
+        s += f": checkpoint {i.source_shape} vs model {i.target_shape}"
+    elif i.source_shape is not None:
+        s += f" {i.source_shape}"
+    elif i.target_shape is not None:
+        s += f" {i.target_shape}"
+    return s + (f" — {i.reason}" if i.reason else "")
+
+
+def _preview(items: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _describe(obj: Mapping) -> str:
+    return _preview([f"{k}: {type(v).__name__}" for k, v in obj.items()])
+
+
+def _at(containers: list[str]) -> str:
+    return f" at '{'.'.join(containers)}'" if containers else ""
