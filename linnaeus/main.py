@@ -1,0 +1,168 @@
+"""Orchestration only: config → data → model → resume or pretrained → train/eval → checkpoints.
+
+Reads top to bottom as the list of steps a run performs; each step lives in its own module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Sequence
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from yacs.config import CfgNode
+
+from linnaeus.config import ConfigError, dump_config, load_config, run_dir
+from linnaeus.data.build import build_data
+from linnaeus.dist import distributed_session, get_rank, get_world_size, is_dist, is_main_process, select_device
+from linnaeus.engine.amp import build_amp
+from linnaeus.engine.evaluator import evaluate
+from linnaeus.engine.logging import build_tb_writer, setup_logging
+from linnaeus.engine.loss import MultiLevelLoss
+from linnaeus.engine.optim import build_ema, build_optimizer, build_scheduler
+from linnaeus.engine.trainer import Progress, Trainer
+from linnaeus.models.build import build_model
+from linnaeus.runner.checkpointer import Checkpointer
+from linnaeus.runner.pretrained import load_pretrained_weights
+from linnaeus.runner.preemption import PreemptionHandler
+from linnaeus.runner.seed import seed_everything
+
+logger = logging.getLogger("linnaeus")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train a linnaeus experiment (one process, or DDP under torchrun).")
+    p.add_argument("--cfg", required=True, help="experiment YAML (may inherit with _BASE_)")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides, e.g. TRAIN.EPOCHS 20")
+    return p.parse_args(argv)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.cfg, args.opts)
+    except ConfigError as e:
+        print(f"linnaeus: config error: {e}", file=sys.stderr)
+        return 2
+    run(cfg)
+    return 0
+
+
+def run(cfg: CfgNode) -> dict[str, Any]:
+    """Train and evaluate ``cfg``; returns the last validation metrics."""
+    with distributed_session():
+        rank, world_size = get_rank(), get_world_size()
+        device = select_device()
+        out_dir = run_dir(cfg)
+        setup_logging(out_dir, rank)
+        if is_main_process():
+            dump_config(cfg, out_dir / "config.yaml")
+        logger.info("Run dir: %s (world size %d, device %s)", out_dir, world_size, device)
+        seed_everything(cfg.EXPERIMENT.SEED, rank)
+
+        data = build_data(cfg, rank, world_size)
+        model = build_model(cfg, data.taxonomy.num_classes).to(device)
+        checkpointer = Checkpointer(cfg, out_dir)
+        resume_from = checkpointer.find_resume_point()
+        if resume_from is None:
+            # Pretrained weights only matter for a fresh start: a resume overwrites them anyway.
+            load_pretrained_weights(cfg, model, out_dir)
+
+        ddp_model = DistributedDataParallel(model) if is_dist() else model
+        optimizer = build_optimizer(cfg, model)
+        steps_per_epoch = _steps_per_epoch(cfg, len(data.train_loader))
+        scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
+        autocast, scaler = build_amp(cfg, device)
+        ema = build_ema(cfg, model)
+        progress = Progress()
+        checkpointer.attach(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                            ema=ema, sampler=data.train_sampler, progress=progress)
+        if resume_from is not None:
+            checkpointer.restore(resume_from)
+        else:
+            logger.info("No checkpoint to resume from: starting fresh (run id %s)", checkpointer.run_id)
+
+        tb = build_tb_writer(out_dir, rank, purge_step=progress.step)
+        trainer = Trainer(
+            model, ddp_model, optimizer, scheduler, MultiLevelLoss(cfg.DATA.TASK_KEYS, cfg.TRAIN.LOSS_WEIGHTS,
+                                                                   cfg.TRAIN.LABEL_SMOOTHING),
+            data.train_loader, data.train_sampler, device,
+            accum_steps=cfg.TRAIN.ACCUM_STEPS, clip_grad=cfg.TRAIN.CLIP_GRAD, autocast=autocast, scaler=scaler,
+            ema=ema, max_steps_per_epoch=cfg.TRAIN.MAX_STEPS_PER_EPOCH, log_interval=cfg.TRAIN.LOG_INTERVAL,
+            tb_writer=tb, progress_bar=cfg.TRAIN.PROGRESS_BAR and is_main_process(), world_size=world_size,
+        )
+        with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT) as preempt:
+            last_metrics = _fit(cfg, trainer, data, checkpointer, progress, preempt, autocast, device, tb)
+        checkpointer.close()
+        tb.close()
+        _report(cfg, out_dir, last_metrics, checkpointer, data.taxonomy.num_classes, preempted=preempt.requested)
+        return last_metrics
+
+
+def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpointer: Checkpointer, progress: Progress,
+         preempt: PreemptionHandler, autocast: Any, device: torch.device, tb: Any) -> dict[str, Any]:
+    """The epoch loop: train, evaluate when due, save when due, stop cleanly on preemption."""
+    last_metrics: dict[str, Any] = checkpointer.last_metrics()
+
+    def on_step_end(p: Progress) -> bool:
+        checkpointer.poll()  # surfaces background-save errors on every rank
+        if checkpointer.preemption_requested(preempt.requested):
+            return True
+        checkpointer.maybe_save_step(p)
+        return False
+
+    while progress.epoch < cfg.TRAIN.EPOCHS:
+        data.train_sampler.set_epoch(progress.epoch)
+        result = trainer.train_epoch(progress, on_step_end)
+        if not result["completed"]:
+            checkpointer.save_preemption()
+            logger.info("Preempted at epoch %d step %d: checkpoint committed, exiting 0", progress.epoch,
+                        progress.step)
+            return last_metrics
+        last_epoch = progress.epoch >= cfg.TRAIN.EPOCHS
+        if last_epoch or progress.epoch % cfg.EVAL.INTERVAL == 0:
+            if data.val_loader is not None:
+                last_metrics = evaluate(trainer.model, data.val_loader, list(cfg.DATA.TASK_KEYS), device,
+                                        autocast=autocast)
+            _log_metrics(progress, result, last_metrics, tb)
+        # The saved sampler state must point at the start of the next epoch.
+        data.train_sampler.set_epoch(progress.epoch)
+        checkpointer.maybe_save_epoch(progress, last_metrics, is_last=last_epoch)
+    return last_metrics
+
+
+def _steps_per_epoch(cfg: CfgNode, batches_per_epoch: int) -> int:
+    steps = max(1, batches_per_epoch // cfg.TRAIN.ACCUM_STEPS)
+    return min(steps, cfg.TRAIN.MAX_STEPS_PER_EPOCH) if cfg.TRAIN.MAX_STEPS_PER_EPOCH > 0 else steps
+
+
+def _log_metrics(progress: Progress, train: dict[str, Any], val: dict[str, Any], tb: Any) -> None:
+    for k, v in val.items():
+        tb.add_scalar(k, v, progress.step)
+    summary = "  ".join(f"{k}={v:.4f}" for k, v in sorted(val.items()) if isinstance(v, float))
+    logger.info("Epoch %d (step %d) train/loss=%.4f  %s", progress.epoch, progress.step,
+                train.get("train/loss", float("nan")), summary)
+
+
+def _report(cfg: CfgNode, out_dir: Any, metrics: dict[str, Any], checkpointer: Checkpointer,
+            num_classes: dict[str, int], preempted: bool) -> None:
+    if not is_main_process():
+        return
+    lines = ["", "=" * 60, f"Run dir:      {out_dir}", f"Log file:     {out_dir / 'log.txt'}",
+             f"TensorBoard:  tensorboard --logdir {out_dir / 'tensorboard'}",
+             f"Checkpoints:  {checkpointer.directory}  (linnaeus-ckpt ls {out_dir})"]
+    if preempted:
+        lines.append("Stopped by a signal; relaunch the same command to continue.")
+    for level in cfg.DATA.TASK_KEYS:
+        if f"val/acc1/{level}" in metrics:
+            lines.append(f"val top-1 {level:>10}: {100 * metrics[f'val/acc1/{level}']:.1f}%   "
+                         f"top-5: {100 * metrics[f'val/acc5/{level}']:.1f}%   "
+                         f"(chance {100 / num_classes[level]:.1f}%)")
+    lines.append("=" * 60)
+    logger.info("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,51 @@
+"""Shared fixtures: the tiny test config, a toy dataset generated once per session, run helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CFG = REPO / "tests" / "configs" / "tiny.yaml"
+VENV_BIN = Path(sys.executable).parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests run many small processes side by side on 2 cores: one thread each avoids oversubscription.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny config's toy dataset, generated once for the whole session."""
+    from linnaeus.data.toy import ensure_toy_dataset
+
+    root = tmp_path_factory.mktemp("toy") / "toy"
+    ensure_toy_dataset(root, num_samples=240, img_size=64, seed=0)
+    return root
+
+
+def train_cmd(nproc: int = 1) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, str(REPO / "tools" / "train.py")]
+    return [str(VENV_BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", str(REPO / "tools" / "train.py")]
+
+
+def tiny_args(out_dir: Path, toy_root: Path, *opts: str, name: str = "tiny") -> list[str]:
+    return ["--cfg", str(TINY_CFG), "--opts", "ENV.OUTPUT.BASE_DIR", str(out_dir), "EXPERIMENT.NAME", name,
+            "DATA.ROOT", str(toy_root), "ENV.INPUT.CACHE_DIR", str(out_dir / "cache"), *opts]
+
+
+def run_train(out_dir: Path, toy_root: Path, *opts: str, nproc: int = 1, name: str = "tiny",
+              timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(train_cmd(nproc) + tiny_args(out_dir, toy_root, *opts, name=name), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"training exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-6000:]}\n"
+                             f"STDERR:\n{proc.stderr[-6000:]}")
+    return proc
