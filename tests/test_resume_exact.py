@@ -71,9 +71,9 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory, toy_root):
-    """Uninterrupted runs, one per world size, computed once per test."""
+    """Uninterrupted runs, one per world size, computed once per session."""
     cache: dict[int, dict] = {}
 
     def get(nproc: int) -> dict:

@@ -1,0 +1,74 @@
+"""Errors raised by the checkpoint library.
+
+Every message names the file involved, what was expected, what was found and what to
+do about it, so a failed run can be fixed from its log alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+
+class CheckpointError(Exception):
+    """Base class of every checkpoint failure (catch this to handle them all)."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint identifier or path does not lead to a file."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """A file is truncated, does not match its ``.sha256`` sidecar, or cannot be loaded safely."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        reason: str,
+        *,
+        expected_sha256: str | None = None,
+        actual_sha256: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        self.expected_sha256 = expected_sha256
+        self.actual_sha256 = actual_sha256
+        msg = f"checkpoint {self.path} is corrupt: {reason}"
+        if expected_sha256 is not None or actual_sha256 is not None:
+            msg += f" (expected sha256 {expected_sha256}, actual {actual_sha256})"
+        msg += ". Delete or replace it; an older checkpoint can be used instead."
+        super().__init__(msg)
+
+
+class CheckpointIncompatibleError(CheckpointError):
+    """A checkpoint does not fit the object it is restored into (keys, shapes, format)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+        mismatched: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]] = (),
+    ) -> None:
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.mismatched = list(mismatched)
+        lines = [message]
+        if self.missing:
+            lines.append(f"  missing in checkpoint ({len(self.missing)}): {_preview(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected in checkpoint ({len(self.unexpected)}): {_preview(self.unexpected)}")
+        if self.mismatched:
+            shown = [f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in self.mismatched]
+            lines.append(f"  shape mismatches ({len(shown)}): {_preview(shown)}")
+        super().__init__("\n".join(lines))
+
+
+class InvalidOperationError(CheckpointError):
+    """The library was used out of order (a save after close, nested transactions, ...)."""
+
+
+def _preview(items: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")

@@ -1,0 +1,543 @@
+"""CheckpointManager: when to save, the save transaction, background writing, resume.
+
+A training loop drives it like this (every rank makes the same calls)::
+
+    manager = CheckpointManager(run_dir / "checkpoints", policy, config=cfg.dump())
+    resumed = manager.resume(model=model, optimizer=opt, scheduler=sched, sampler=sampler)
+    ...
+    if manager.should_save(epoch=epochs_done, step=step, end_of_epoch=True):
+        manager.save(epoch=epochs_done, step=step, metrics=val_metrics, model=model, optimizer=opt, ...)
+    manager.poll()   # surfaces a failed background save on every rank
+    ...
+    manager.close()  # waits for the save in flight
+
+or, for any state of its own, as a transaction (fairseq2-style begin/commit)::
+
+    with manager.begin(epoch=3, step=1200, metrics={"val/acc1": 71.2}) as ckpt:
+        ckpt["model"] = model.state_dict()
+        ckpt["optimizer"] = optimizer.state_dict()
+    # committed here; an exception inside the block discards it
+
+In DDP only rank 0 writes; all ranks learn the outcome, and a failed save raises on all.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from torch import nn
+
+from linnaeus.dist import all_gather_object, any_rank_true, broadcast_object, get_rank
+
+from .async_writer import AsyncWriter
+from .errors import CheckpointCorruptError, CheckpointError, InvalidOperationError
+from .policy import CheckpointPolicy, render_filename
+from .state import (
+    KIND_FULL,
+    KIND_WEIGHTS,
+    build_state,
+    config_text,
+    gather_rng_states,
+    make_meta,
+    model_state_dict,
+    plain_metrics,
+    restore_state,
+)
+from .store import (
+    CheckpointInfo,
+    cleanup_stale,
+    commit_file,
+    delete_checkpoint,
+    list_checkpoints,
+    load_verified,
+    plan_retention,
+    read_info,
+    read_latest,
+    verify_checkpoint,
+)
+
+logger = logging.getLogger("linnaeus.checkpoint")
+
+
+@dataclass
+class ResumeResult:
+    path: Path
+    progress: dict[str, int]  # epoch (completed), step, epoch_step, samples
+    state: dict[str, Any]
+
+
+class CheckpointTransaction:
+    """A checkpoint being assembled: fill it like a dict; commit() writes it atomically.
+
+    As a context manager it commits on a clean exit and discards on an exception. In
+    DDP all ranks must enter and leave it; if any rank raises inside, all discard it.
+    """
+
+    def __init__(self, manager: "CheckpointManager", *, filename: str, progress: dict[str, int], metrics: dict[str, float]):
+        self._manager = manager
+        self.filename = filename
+        self.path = manager.directory / filename
+        self.progress = progress
+        self.metrics = metrics
+        self.state: dict[str, Any] = {}
+        self.meta_extra: dict[str, Any] = {}
+        self.committed = False
+        self._done = False
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.state[key] = value
+
+    def __getitem__(self, key: str) -> Any:
+        return self.state[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.state
+
+    def update(self, items: Mapping[str, Any]) -> None:
+        self.state.update(items)
+
+    def commit(self) -> Path:
+        if self._done:
+            raise InvalidOperationError(f"transaction for {self.path} is already {'committed' if self.committed else 'aborted'}.")
+        self._done = True
+        try:
+            self._manager._commit(self)
+            self.committed = True
+        finally:
+            self._manager._open_txn = None
+        return self.path
+
+    def abort(self) -> None:
+        self._done = True
+        self._manager._open_txn = None
+
+    def __enter__(self) -> "CheckpointTransaction":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if self._done:
+            return False
+        failed_here = exc_type is not None
+        # A collective, so that ranks never disagree on whether this save happened.
+        if any_rank_true(failed_here):
+            self.abort()
+            if not failed_here:
+                raise CheckpointError(f"save of {self.path} aborted: another rank raised inside the transaction.")
+            return False
+        self.commit()
+        return False
+
+
+class CheckpointManager:
+    """Saves, retains and finds the checkpoints of one saver in one directory.
+
+    Two managers may share a directory (e.g. full checkpoints + a weights-only saver with
+    its own interval, name and keep count): each one's retention only touches files whose
+    ``meta.saver`` is its ``name``, and only full-checkpoint managers move ``latest``.
+
+    Hooks (rank 0, on the writer thread when async): ``on_commit(path)`` after each commit;
+    ``can_delete(path) -> bool`` before retention deletes a file (False keeps it for now,
+    e.g. until its upload is confirmed).
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        policy: CheckpointPolicy | None = None,
+        *,
+        name: str = "checkpoint",
+        config: Any = None,
+        experiment: str = "",
+        model_name: str = "",
+        run_id: str | None = None,
+        update_latest: bool | None = None,
+        can_delete: Callable[[Path], bool] | None = None,
+        on_commit: Callable[[Path], None] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.policy = policy or CheckpointPolicy()
+        self.name = name
+        self.config_text = config_text(config)
+        self.experiment = experiment
+        self.model_name = model_name
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.update_latest = (not self.policy.weights_only) if update_latest is None else update_latest
+        self.can_delete = can_delete
+        self.on_commit = on_commit
+        self.protect: set[str] = set()  # file names retention never deletes (e.g. the one resumed from)
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, Any] = {}
+        self.last_committed: Path | None = None
+        self._writer = AsyncWriter(name) if self.policy.async_save else None
+        self._open_txn: CheckpointTransaction | None = None
+        self._closed = False
+        if self.is_writer:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            cleanup_stale(self.directory)
+
+    # ------------------------------------------------------------------ decisions
+    @property
+    def is_writer(self) -> bool:
+        return get_rank() == 0
+
+    @property
+    def kind(self) -> str:
+        return KIND_WEIGHTS if self.policy.weights_only else KIND_FULL
+
+    def should_save(self, *, epoch: int, step: int, end_of_epoch: bool, is_last: bool = False) -> bool:
+        """Whether the policy wants a save now (pure: every rank computes the same answer).
+
+        ``epoch`` = epochs completed, ``step`` = optimizer steps done; ``is_last`` marks the
+        end of training (always saved, even with SAVE_LAST_ONLY or an interval that misses it).
+        """
+        if is_last:
+            return True
+        if self.policy.save_last_only:
+            return False
+        return self.policy.interval.due(epoch=epoch, step=step, end_of_epoch=end_of_epoch)
+
+    def filename_for(self, *, epoch: int, step: int, end_of_epoch: bool = True, metrics: Mapping[str, float] | None = None) -> str:
+        """Render the policy's template; mid-epoch saves of an epoch-interval policy get the {step} one."""
+        use_mid = not end_of_epoch and not self.policy.interval.by_steps
+        template = self.policy.mid_epoch_filename if use_mid else self.policy.filename
+        fields = {
+            "epoch": epoch,
+            "step": step,
+            "experiment": self.experiment,
+            "model": self.model_name,
+            "timestamp": datetime.datetime.now().strftime("%Y%m%d-%H%M%S"),
+            "rank": get_rank(),
+            **plain_metrics(metrics),
+        }
+        return render_filename(template, fields)
+
+    # ------------------------------------------------------------------ saving
+    def begin(
+        self,
+        *,
+        epoch: int,
+        step: int,
+        epoch_step: int = 0,
+        samples: int = 0,
+        end_of_epoch: bool = True,
+        metrics: Mapping[str, Any] | None = None,
+        filename: str | None = None,
+    ) -> CheckpointTransaction:
+        """Open a save transaction (see :class:`CheckpointTransaction`)."""
+        self._check_open()
+        if self._open_txn is not None:
+            raise InvalidOperationError(
+                f"begin() while the transaction for {self._open_txn.path} is still open; commit or abort it first."
+            )
+        values = plain_metrics(metrics)
+        name = filename or self.filename_for(epoch=epoch, step=step, end_of_epoch=end_of_epoch, metrics=values)
+        progress = {"epoch": int(epoch), "step": int(step), "epoch_step": int(epoch_step), "samples": int(samples)}
+        self._open_txn = CheckpointTransaction(self, filename=name, progress=progress, metrics=values)
+        return self._open_txn
+
+    def save(
+        self,
+        *,
+        epoch: int,
+        step: int,
+        epoch_step: int = 0,
+        samples: int = 0,
+        end_of_epoch: bool = True,
+        metrics: Mapping[str, Any] | None = None,
+        model: nn.Module | Mapping[str, Any],
+        optimizer: Any = None,
+        scheduler: Any = None,
+        scaler: Any = None,
+        ema: Any = None,
+        sampler: Any = None,
+        extra: Mapping[str, Any] | None = None,
+        filename: str | None = None,
+    ) -> Path:
+        """Save the given objects' state (a collective in DDP). Returns the checkpoint path.
+
+        Synchronous: the file is committed when this returns. Async: it is committed in
+        the background; errors surface on the next ``save``/``poll``/``wait``/``close``.
+        """
+        with self.begin(
+            epoch=epoch, step=step, epoch_step=epoch_step, samples=samples,
+            end_of_epoch=end_of_epoch, metrics=metrics, filename=filename,
+        ) as ckpt:
+            ckpt.update(build_state(
+                model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                ema=ema, sampler=sampler, weights_only=self.policy.weights_only,
+            ))
+            if extra:
+                ckpt.update(extra)
+        return ckpt.path
+
+    def _commit(self, txn: CheckpointTransaction) -> None:
+        self._check_open()
+        if self._writer is not None:
+            # One save in flight; a failure of the previous one is raised before starting another.
+            if self.is_writer:
+                self._writer.wait_idle()
+            self.poll()
+        state = self._complete_state(txn)
+        if self._writer is not None:
+            if self.is_writer:
+                frozen = self._writer.snapshot(state)  # here: training may change tensors right after we return
+                self._writer.submit(lambda: self._write(frozen, txn.filename), f"save of {txn.path}")
+            return
+        error = None
+        if self.is_writer:
+            try:
+                self._write(state, txn.filename)
+            except CheckpointError as e:  # re-raised on every rank by _agree
+                error = e
+        self._agree(error, f"save of {txn.path}")
+
+    def _complete_state(self, txn: CheckpointTransaction) -> dict[str, Any]:
+        """Add what every checkpoint carries (progress, rng, metrics, config, meta) to the user's entries."""
+        if "model" not in txn.state:
+            raise InvalidOperationError(
+                f"checkpoint {txn.path} has no 'model' entry; set ckpt['model'] = model (or its state_dict())."
+            )
+        epoch, step = txn.progress["epoch"], txn.progress["step"]
+        self._record_metrics(epoch, step, txn.metrics, txn.filename)
+        state = dict(txn.state)
+        if isinstance(state["model"], nn.Module) or any(k.startswith("module.") for k in state["model"]):
+            state["model"] = model_state_dict(state["model"])
+        if self.policy.weights_only:
+            state = {"model": state["model"]}
+        else:
+            state.setdefault("progress", dict(txn.progress))
+            state.setdefault("metrics", {"history": copy.deepcopy(self.history), "best": dict(self.best)})
+            if "rng" not in state:
+                state["rng"] = gather_rng_states()  # collective: every rank's RNG, for exact resume
+        state["config"] = txn.state.get("config", self.config_text)
+        state["meta"] = make_meta(
+            kind=self.kind, saver=self.name, file=txn.filename, run_id=self.run_id,
+            epoch=epoch, step=step, metrics=txn.metrics, extra=txn.meta_extra,
+        )
+        return state
+
+    def _record_metrics(self, epoch: int, step: int, metrics: dict[str, float], filename: str) -> None:
+        if not metrics:
+            return
+        record = {"epoch": epoch, "step": step, **metrics}
+        if self.history and self.history[-1]["step"] == step:
+            self.history[-1] = {**self.history[-1], **record}
+        else:
+            self.history.append(record)
+        monitor = self.policy.monitor
+        if monitor and monitor in metrics:
+            value = metrics[monitor]
+            old = self.best.get("value")
+            better = old is None or (value > old if self.policy.mode == "max" else value < old)
+            if better and value == value:  # NaN never becomes best
+                self.best = {"monitor": monitor, "value": value, "epoch": epoch, "step": step, "file": filename}
+
+    def _write(self, state: dict[str, Any], filename: str) -> None:
+        """Rank 0: commit, run the hook, apply retention (on the writer thread when async).
+
+        Failures come out as CheckpointError naming the file and whether it got committed.
+        """
+        target = self.directory / filename
+        if target.exists():
+            owner = read_info(target).saver
+            if owner and owner != self.name:
+                raise CheckpointError(
+                    f"refusing to overwrite {target}: it belongs to saver {owner!r}, not {self.name!r}. "
+                    "Give the two savers different FILENAME templates."
+                )
+        try:
+            result = commit_file(self.directory, filename, state, update_latest=self.update_latest)
+        except Exception as e:
+            raise CheckpointError(
+                f"save of {target} failed, nothing was committed: {type(e).__name__}: {e}. "
+                "Check that the checkpoint directory is writable and has free space."
+            ) from e
+        self.last_committed = result.path
+        logger.info("Saved checkpoint %s", result.path)
+        logger.debug("  %d bytes, sha256 %s, %.2fs", result.size, result.sha256, result.seconds)
+        for what, action in (("on_commit hook", self.on_commit), ("retention", lambda _: self.apply_retention())):
+            if action is None:
+                continue
+            try:
+                action(result.path)
+            except Exception as e:
+                raise CheckpointError(
+                    f"checkpoint {result.path} was committed, but the {what} failed: {type(e).__name__}: {e}"
+                ) from e
+
+    # ------------------------------------------------------------------ async control
+    def poll(self) -> None:
+        """Raise :class:`CheckpointError` on every rank if a background save has failed.
+
+        A collective in DDP (all ranks must call it at the same points): it all-reduces a
+        4-byte error flag, i.e. one small all-reduce per call (tens of microseconds on
+        gloo/NCCL within a node), plus a gather of the message only when a save failed.
+        A no-op for synchronous managers.
+        """
+        if self._writer is None:
+            return
+        error = self._writer.take_error() if self.is_writer else None
+        self._agree(error, "asynchronous save")
+
+    def wait(self) -> None:
+        """Block until the background save (if any) is committed; raise its error on every rank."""
+        if self._writer is not None and self.is_writer:
+            self._writer.wait_idle()
+        self.poll()
+
+    def close(self) -> None:
+        """Finish the save in flight and refuse further saves. Safe to call twice."""
+        if self._closed:
+            return
+        try:
+            self.wait()
+        finally:
+            self._closed = True
+            if self._writer is not None:
+                self._writer.release_buffers()
+
+    def __enter__(self) -> "CheckpointManager":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            # Still finish the write in flight, but don't mask the original exception.
+            if self._writer is not None and self.is_writer:
+                self._writer.wait_idle()
+            self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidOperationError(f"checkpoint manager for {self.directory} is closed; create a new one to save.")
+
+    @staticmethod
+    def _agree(error: BaseException | None, what: str) -> None:
+        """Raise on every rank if ``error`` is set on any rank (a collective in DDP)."""
+        if not any_rank_true(error is not None):
+            return
+        messages = all_gather_object(None if error is None else str(error))
+        failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+        if isinstance(error, CheckpointError) and len(failed) == 1:
+            raise error
+        detail = "; ".join(f"rank {r}: {m}" for r, m in failed)
+        raise CheckpointError(f"{what} failed on {len(failed)} rank(s): {detail}") from error
+
+    # ------------------------------------------------------------------ retention
+    def checkpoints(self) -> list[CheckpointInfo]:
+        """This saver's committed, readable checkpoints on disk, oldest first."""
+        return [i for i in list_checkpoints(self.directory) if i.committed and i.readable and i.saver == self.name]
+
+    def apply_retention(self) -> list[Path]:
+        """Delete this saver's checkpoints the policy no longer keeps; returns the deleted paths."""
+        if self.policy.keep_last_n <= 0:
+            return []
+        latest = read_latest(self.directory)
+        doomed = plan_retention(
+            self.checkpoints(),
+            keep_last_n=self.policy.keep_last_n,
+            keep_best_n=self.policy.keep_best_n,
+            monitor=self.policy.monitor,
+            mode=self.policy.mode,
+            protect=self.protect | ({latest} if latest else set()),
+        )
+        deleted = []
+        for info in doomed:
+            if self.can_delete is not None and not self.can_delete(info.path):
+                logger.debug("Keeping %s for now: the deletion hook declined.", info.path)
+                continue
+            delete_checkpoint(info.path)
+            deleted.append(info.path)
+            logger.info("Deleted checkpoint %s (retention)", info.path)
+        return deleted
+
+    # ------------------------------------------------------------------ resume
+    def _resume_candidates(self) -> Iterator[CheckpointInfo]:
+        """Committed full checkpoints, newest first by stored progress (``latest`` wins ties)."""
+        latest = read_latest(self.directory)
+        if latest and not (self.directory / latest).exists():
+            logger.warning("%s names %s, which does not exist; looking for older checkpoints.",
+                           self.directory / "latest", latest)
+        usable = []
+        for info in list_checkpoints(self.directory):
+            if not info.committed:
+                continue  # never committed (no sidecar): not ours to resume from
+            if not info.readable:
+                logger.warning("Skipping checkpoint %s: %s.", info.path, info.error)
+            elif info.kind == KIND_FULL:
+                usable.append(info)
+        usable.sort(key=lambda i: (i.order_key, i.name == latest), reverse=True)
+        return iter(usable)
+
+    def find_resumable(self) -> Path | None:
+        """Newest checkpoint here that verifies (sha256 + structure), or None (all ranks agree)."""
+        found = None
+        if self.is_writer:
+            for info in self._resume_candidates():
+                result = verify_checkpoint(info.path)
+                if result.ok:
+                    found = str(info.path)
+                    break
+                logger.warning("Skipping checkpoint %s: %s%s; trying the next older one.", info.path, result.reason,
+                               _hash_detail(result.expected_sha256, result.actual_sha256))
+        found = broadcast_object(found)
+        return Path(found) if found else None
+
+    def load(self, path: str | Path, *, map_location: Any = "cpu", require_sidecar: bool = True) -> dict[str, Any]:
+        """Verify (sha256, streamed beside the load) and load with ``weights_only=True``."""
+        return load_verified(path, map_location=map_location, require_sidecar=require_sidecar)
+
+    def load_resumable(self, *, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
+        """(path, state) of the newest valid checkpoint, or None; one read pass per file tried."""
+        found, state, error = None, None, None
+        if self.is_writer:
+            for info in self._resume_candidates():
+                try:
+                    state = self.load(info.path, map_location=map_location)
+                    found = str(info.path)
+                    break
+                except CheckpointCorruptError as e:
+                    logger.warning("Skipping checkpoint %s: %s%s; trying the next older one.", info.path, e.reason,
+                                   _hash_detail(e.expected_sha256, e.actual_sha256))
+        found = broadcast_object(found)
+        if found is None:
+            return None
+        if not self.is_writer:
+            try:
+                state = self.load(found, map_location=map_location)
+            except CheckpointError as e:  # re-raised on every rank by _agree
+                error = e
+        self._agree(error, f"loading {found}")
+        return Path(found), state
+
+    def restore(self, state: Mapping[str, Any], *, path: str | Path | None = None, rng: bool = True, **objects: Any) -> dict[str, int]:
+        """Load ``state`` into ``objects`` (model=, optimizer=, scheduler=, scaler=, ema=, sampler=),
+        take over its metric history, protect ``path`` from retention; returns its progress."""
+        source = str(path) if path is not None else f"checkpoint {state.get('meta', {}).get('file', '?')}"
+        progress = restore_state(state, rng=rng, source=source, **objects)
+        metrics = state.get("metrics") or {}
+        self.history = [dict(r) for r in metrics.get("history", [])]
+        self.best = dict(metrics.get("best", {}))
+        if path is not None and Path(path).parent.resolve() == self.directory.resolve():
+            self.protect.add(Path(path).name)
+        return progress
+
+    def resume(self, *, map_location: Any = "cpu", rng: bool = True, **objects: Any) -> ResumeResult | None:
+        """Find, verify, load and restore the newest valid checkpoint; None for a fresh start."""
+        found = self.load_resumable(map_location=map_location)
+        if found is None:
+            return None
+        path, state = found
+        progress = self.restore(state, path=path, rng=rng, **objects)
+        return ResumeResult(path, progress, state)
+
+
+def _hash_detail(expected: str | None, actual: str | None) -> str:
+    return f" (expected sha256 {expected}, actual {actual})" if expected and actual and expected != actual else ""

@@ -1,0 +1,292 @@
+"""What a checkpoint holds: collect training state into a weights_only-safe dict and restore it.
+
+The anatomy (binding, see DESIGN.md)::
+
+    model       state dict (no "module." / "_orig_mod." prefix)
+    optimizer, scheduler, scaler, ema, sampler     state dicts (absent when not used)
+    progress    {epoch, step, epoch_step, samples}
+    rng         [ {python, numpy, torch, cuda} for rank 0, rank 1, ... ]
+    metrics     {history, best}
+    config      resolved config as YAML text
+    meta        {format_version, linnaeus_version, torch_version, world_size, created, run_id,
+                 kind, saver, file, epoch, step, metrics, hostname}
+
+Everything is tensors and plain Python containers/scalars so ``torch.load(...,
+weights_only=True)`` loads it; NumPy's RNG state is converted to a tensor for that reason.
+Works with any object that has ``state_dict``/``load_state_dict`` (torch optimizers, timm
+schedulers, GradScaler, timm ModelEma, samplers), so any PyTorch loop can use it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import random
+import socket
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from linnaeus import __version__ as linnaeus_version
+from linnaeus.dist import all_gather_object, get_rank, get_world_size
+
+from .errors import CheckpointIncompatibleError
+
+logger = logging.getLogger("linnaeus.checkpoint")
+
+FORMAT_VERSION = 1
+KIND_FULL = "full"
+KIND_WEIGHTS = "weights"
+# Components restored from objects through state_dict()/load_state_dict().
+COMPONENTS = ("optimizer", "scheduler", "scaler", "ema", "sampler")
+PROGRESS_FIELDS = ("epoch", "step", "epoch_step", "samples")
+
+
+# ----------------------------------------------------------------------------- RNG
+def collect_rng_state() -> dict[str, Any]:
+    """This process's RNG states (python, numpy, torch CPU, current CUDA device)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    cuda: list[torch.Tensor] = []
+    # Only when this process already uses CUDA: querying would otherwise create a context.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = [torch.cuda.get_rng_state(torch.cuda.current_device())]
+    return {
+        "python": (version, tuple(internal), gauss),
+        "numpy": {
+            "bit_generator": str(name),
+            "state": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`collect_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    npst = state["numpy"]
+    np.random.set_state(
+        (
+            npst["bit_generator"],
+            npst["state"].numpy().astype(np.uint32),
+            int(npst["pos"]),
+            int(npst["has_gauss"]),
+            float(npst["cached_gaussian"]),
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda"):
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"][0], torch.cuda.current_device())
+        else:
+            logger.warning("Checkpoint holds a CUDA RNG state but CUDA is not available; it is not restored.")
+
+
+def gather_rng_states() -> list[dict[str, Any]]:
+    """Every rank's RNG state, indexed by rank. A collective: call it on all ranks."""
+    return all_gather_object(collect_rng_state())
+
+
+def restore_rank_rng_state(states: Sequence[Mapping[str, Any]]) -> bool:
+    """Restore this rank's entry of a gathered list; False (with a warning) if it has none."""
+    rank, world = get_rank(), get_world_size()
+    if len(states) != world:
+        logger.warning(
+            "Checkpoint RNG states were saved by %d rank(s), this run has %d: random streams "
+            "continue from the checkpoint only for ranks present in both, so results will "
+            "differ from an uninterrupted run.",
+            len(states),
+            world,
+        )
+    if rank >= len(states):
+        return False
+    restore_rng_state(states[rank])
+    return True
+
+
+# ----------------------------------------------------------------------------- model
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP/FSDP-style ``.module`` wrappers and ``torch.compile``."""
+    while True:
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def model_state_dict(model: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
+    """State dict without wrapper prefixes, whether given a module or a state dict."""
+    if isinstance(model, nn.Module):
+        return unwrap_model(model).state_dict()
+    return {_strip_wrapper_prefix(k): v for k, v in model.items()}
+
+
+def _strip_wrapper_prefix(key: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def check_model_compatible(model: nn.Module, state: Mapping[str, Any], *, source: str) -> None:
+    """Raise :class:`CheckpointIncompatibleError` listing key and shape differences."""
+    own = unwrap_model(model).state_dict()
+    missing = sorted(k for k in own if k not in state)
+    unexpected = sorted(k for k in state if k not in own)
+    mismatched = [
+        (k, tuple(state[k].shape), tuple(own[k].shape))
+        for k in sorted(own.keys() & state.keys())
+        if isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        raise CheckpointIncompatibleError(
+            f"model state in {source} does not match the model being restored "
+            f"({type(unwrap_model(model)).__name__}); use a transfer/pretrained load for a "
+            "different architecture or taxonomy.",
+            missing=missing,
+            unexpected=unexpected,
+            mismatched=mismatched,
+        )
+
+
+# ----------------------------------------------------------------------------- build
+def config_text(config: Any) -> str:
+    """YAML text of a config: a string as is, a yacs CfgNode through ``dump()``."""
+    if config is None:
+        return ""
+    if isinstance(config, str):
+        return config
+    if hasattr(config, "dump"):
+        return str(config.dump())
+    raise TypeError(f"config must be YAML text or have .dump(), got {type(config).__name__}")
+
+
+def plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    """Metric values as Python floats (tensors/NumPy scalars would not be weights_only-safe)."""
+    out: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        try:
+            out[str(key)] = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"metric {key!r} must be a number, got {type(value).__name__}: {value!r}") from None
+    return out
+
+
+def make_meta(
+    *,
+    kind: str,
+    saver: str,
+    file: str,
+    run_id: str,
+    epoch: int,
+    step: int,
+    metrics: Mapping[str, float] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "linnaeus_version": str(linnaeus_version),
+        "torch_version": str(torch.__version__),  # TorchVersion is a str subclass: not weights_only-safe
+        "world_size": get_world_size(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+        "run_id": run_id,
+        "kind": kind,
+        "saver": saver,
+        "file": file,
+        "epoch": int(epoch),
+        "step": int(step),
+        "metrics": plain_metrics(metrics),
+        "hostname": socket.gethostname(),
+    }
+    meta.update(extra or {})
+    return meta
+
+
+def build_state(
+    *,
+    model: nn.Module | Mapping[str, Any],
+    optimizer: Any = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    ema: Any = None,
+    sampler: Any = None,
+    weights_only: bool = False,
+) -> dict[str, Any]:
+    """The object-derived part of a checkpoint: ``model`` plus each given component's state dict.
+
+    progress, rng, metrics, config and meta are added by the manager's transaction (or by
+    the caller when using the store directly).
+    """
+    state: dict[str, Any] = {"model": model_state_dict(model)}
+    if weights_only:
+        return state
+    for key, obj in zip(COMPONENTS, (optimizer, scheduler, scaler, ema, sampler)):
+        if obj is not None:
+            state[key] = obj.state_dict()
+    return state
+
+
+def restore_state(
+    state: Mapping[str, Any],
+    *,
+    model: nn.Module | None = None,
+    optimizer: Any = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    ema: Any = None,
+    sampler: Any = None,
+    rng: bool = True,
+    source: str = "checkpoint",
+) -> dict[str, int]:
+    """Load ``state`` into the given objects (skip any left as None); return its progress.
+
+    A component passed in but missing from the checkpoint is an error, not a silent
+    fresh start: resuming without optimizer state would not be the run the user asked for.
+    """
+    if model is not None:
+        check_model_compatible(model, state["model"], source=source)
+        unwrap_model(model).load_state_dict(state["model"])
+    for key, obj in zip(COMPONENTS, (optimizer, scheduler, scaler, ema, sampler)):
+        if obj is None:
+            continue
+        if key not in state:
+            kind = state.get("meta", {}).get("kind", "?")
+            raise CheckpointIncompatibleError(
+                f"{source} has no '{key}' state (checkpoint kind {kind!r}; it holds "
+                f"{sorted(state)}). Resume from a full checkpoint, or load it as pretrained weights."
+            )
+        obj.load_state_dict(state[key])
+    if rng and "rng" in state:
+        restore_rank_rng_state(state["rng"])
+    progress = state.get("progress", {})
+    return {k: int(progress.get(k, 0)) for k in PROGRESS_FIELDS}
+
+
+# ----------------------------------------------------------------------------- checks
+def validate_structure(obj: Any) -> list[str]:
+    """Problems that make ``obj`` not a usable linnaeus checkpoint (empty list: fine)."""
+    if not isinstance(obj, Mapping):
+        return [f"top level is {type(obj).__name__}, expected a dict"]
+    problems = []
+    if not isinstance(obj.get("model"), Mapping):
+        problems.append("no 'model' state dict")
+    meta = obj.get("meta")
+    if not isinstance(meta, Mapping):
+        return problems + ["no 'meta' dict"]
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        problems.append(f"meta.format_version {version!r} not supported (this linnaeus reads <= {FORMAT_VERSION})")
+    if meta.get("kind") == KIND_FULL:
+        progress = obj.get("progress")
+        if not isinstance(progress, Mapping) or not all(isinstance(progress.get(k), int) for k in PROGRESS_FIELDS):
+            problems.append(f"full checkpoint without integer progress {list(PROGRESS_FIELDS)}")
+    return problems

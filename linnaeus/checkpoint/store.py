@@ -1,0 +1,549 @@
+"""On-disk layout of a checkpoint directory: transactional writes, listing, verification, retention.
+
+The commit protocol (a checkpoint exists under its final name only when complete)::
+
+    .<name>.tmp-<pid>-<rand>   torch.save through a sha256-hashing writer, fsync
+    <name>.sha256              sha256sum line, written atomically (temp + rename), dir fsync
+    <name>                     rename of the data temp file, dir fsync      <- commit point
+    latest                     file name of the newest full checkpoint (temp + rename + dir fsync)
+
+A crash leaves at worst a hidden temp file (never matches a checkpoint name) or a
+sidecar without data; :func:`cleanup_stale` removes both. Retention is decided from
+what is on disk, so it survives restarts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+import re
+import secrets
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
+
+import torch
+
+from .errors import CheckpointCorruptError, CheckpointNotFoundError
+from .hashing import (
+    SIDECAR_SUFFIX,
+    HashingWriter,
+    format_sidecar,
+    read_sidecar,
+    sha256_file,
+    sha256_file_async,
+    sidecar_path,
+)
+from .state import validate_structure
+
+logger = logging.getLogger("linnaeus.checkpoint")
+
+LATEST = "latest"
+_TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")
+
+# ----------------------------------------------------------------------------- test hook
+# Fault-injection tests stop a save between its steps to kill the process there. Phases:
+# open, write (with bytes so far), written, fsynced, sidecar-temp, sidecar, renamed,
+# dir-synced, latest-temp, latest, deleted-data. LINNAEUS_TEST_SAVE_DELAY=<seconds> makes
+# every phase print "linnaeus-test-phase <phase> <bytes>" to stderr and sleep.
+PhaseHook = Callable[[str, int], None]
+_phase_hook: PhaseHook | None = None
+_WRITE_PHASE_EVERY = 256 << 10
+
+
+def set_test_phase_hook(hook: PhaseHook | None) -> None:
+    """Test-only: call ``hook(phase, bytes_written)`` at each step of every save."""
+    global _phase_hook
+    _phase_hook = hook
+
+
+def _env_delay_hook(delay: float) -> PhaseHook:
+    def hook(phase: str, nbytes: int) -> None:
+        print(f"linnaeus-test-phase {phase} {nbytes}", file=sys.stderr, flush=True)
+        time.sleep(delay)
+
+    return hook
+
+
+if os.environ.get("LINNAEUS_TEST_SAVE_DELAY"):
+    _phase_hook = _env_delay_hook(float(os.environ["LINNAEUS_TEST_SAVE_DELAY"]))
+
+
+def _phase(name: str, nbytes: int = 0) -> None:
+    if _phase_hook is not None:
+        _phase_hook(name, nbytes)
+
+
+# ----------------------------------------------------------------------------- names
+def temp_name(final_name: str) -> str:
+    """Hidden, never ends like a checkpoint; pid lets cleanup tell a dead writer's leftovers."""
+    return f".{final_name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def is_temp_name(name: str) -> bool:
+    return _TEMP_RE.match(name) is not None
+
+
+def is_checkpoint_name(name: str) -> bool:
+    """Could ``name`` be a checkpoint file (as opposed to a temp, sidecar or pointer)?"""
+    return not (name.startswith(".") or name.endswith(SIDECAR_SUFFIX) or name == LATEST)
+
+
+_dir_locks: dict[str, threading.Lock] = {}
+_dir_locks_guard = threading.Lock()
+
+
+@contextmanager
+def _dir_lock(directory: Path) -> Iterator[None]:
+    """Serialise commits and cleanups within a process (two savers may share one dir)."""
+    key = str(directory.resolve())
+    with _dir_locks_guard:
+        lock = _dir_locks.setdefault(key, threading.Lock())
+    with lock:
+        yield
+
+
+def _reset_locks_after_fork() -> None:
+    # Locks held by another thread at fork time would stay locked forever in the child.
+    global _dir_locks, _dir_locks_guard
+    _dir_locks = {}
+    _dir_locks_guard = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_locks_after_fork)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_text(path: Path, text: str, phase: str) -> None:
+    tmp = path.with_name(temp_name(path.name))
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        _phase(f"{phase}-temp")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    _phase(phase)
+
+
+# ----------------------------------------------------------------------------- write
+_WRITEBACK_EVERY = 32 << 20
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2) (not in the os module); None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start (not wait for) writeback of a byte range; a hint, so failure only costs speed."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    path: Path
+    sha256: str
+    size: int
+    seconds: float
+
+
+def commit_file(
+    directory: str | Path,
+    filename: str,
+    state: Any,
+    *,
+    update_latest: bool,
+    serialize: Callable[[Any, BinaryIO], None] = torch.save,
+) -> SaveResult:
+    """Write ``state`` to ``directory/filename`` transactionally (see module docstring).
+
+    ``serialize(state, fileobj)`` writes the bytes (``torch.save`` by default; the CLI's
+    safetensors export passes its own).
+    """
+    start = time.perf_counter()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / filename
+    tmp = directory / temp_name(filename)
+    last_reported = [0]
+    flushed = [0]
+
+    def on_write(total: int) -> None:
+        if total - flushed[0] >= _WRITEBACK_EVERY:
+            # Let the disk work while we go on serialising and hashing, instead of
+            # leaving all of it to the final fsync.
+            raw.flush()
+            _start_writeback(raw.fileno(), flushed[0], total - flushed[0])
+            flushed[0] = total
+        if total - last_reported[0] >= _WRITE_PHASE_EVERY:
+            last_reported[0] = total
+            _phase("write", total)
+
+    sidecar_written = False
+    try:
+        with open(tmp, "xb") as raw:
+            _phase("open")
+            writer = HashingWriter(raw, on_write=on_write)
+            serialize(state, writer)
+            raw.flush()
+            _phase("written", writer.bytes_written)
+            os.fsync(raw.fileno())
+            _phase("fsynced", writer.bytes_written)
+        digest = writer.hexdigest()
+        with _dir_lock(directory):
+            # Sidecar first: once the data file has its final name it is fully committed.
+            sidecar_written = True
+            _atomic_write_text(sidecar_path(final), format_sidecar(digest, filename), "sidecar")
+            os.replace(tmp, final)
+            _phase("renamed", writer.bytes_written)
+            fsync_dir(directory)
+            _phase("dir-synced", writer.bytes_written)
+            if update_latest:
+                write_latest(directory, filename)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        if sidecar_written and not final.exists():
+            sidecar_path(final).unlink(missing_ok=True)
+        raise
+    return SaveResult(final, digest, writer.bytes_written, time.perf_counter() - start)
+
+
+def write_latest(directory: str | Path, filename: str) -> None:
+    _atomic_write_text(Path(directory) / LATEST, filename + "\n", "latest")
+
+
+def read_latest(directory: str | Path) -> str | None:
+    """File name recorded in ``latest``, or None if there is none (or it is unusable)."""
+    path = Path(directory) / LATEST
+    try:
+        name = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    if not name or "/" in name or not is_checkpoint_name(name):
+        logger.warning("Ignoring %s: expected a checkpoint file name, found %r.", path, name[:80])
+        return None
+    return name
+
+
+# ----------------------------------------------------------------------------- listing
+@dataclass
+class CheckpointInfo:
+    """What retention, resume and ``linnaeus-ckpt ls`` need to know about one file."""
+
+    path: Path
+    size: int
+    committed: bool  # has its .sha256 sidecar
+    kind: str = "unknown"  # full | weights | foreign | unknown
+    saver: str = ""
+    epoch: int = -1
+    step: int = -1
+    epoch_step: int = 0
+    created: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None  # why it could not be read
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def readable(self) -> bool:
+        return self.error is None
+
+    @property
+    def order_key(self) -> tuple[int, int, int, str]:
+        """Newer sorts later: by training progress stored in the file, never by mtime."""
+        return (self.step, self.epoch, self.epoch_step, self.created)
+
+    def metric(self, name: str) -> float | None:
+        value = self.metrics.get(name)
+        return None if value is None or math.isnan(value) else value
+
+
+_info_cache: dict[str, tuple[tuple[int, int, int], CheckpointInfo]] = {}
+_info_cache_lock = threading.Lock()
+
+
+def _reset_cache_lock_after_fork() -> None:
+    global _info_cache_lock
+    _info_cache_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_cache_lock_after_fork)
+
+
+def read_info(path: str | Path) -> CheckpointInfo:
+    """Progress/metrics/meta of one file without reading its tensor data.
+
+    ``torch.load(mmap=True, weights_only=True)`` maps tensors lazily, so this costs the
+    unpickling of the structure only; results are cached by (inode, size, mtime).
+    """
+    path = Path(path)
+    st = path.stat()
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    committed = sidecar_path(path).exists()
+    with _info_cache_lock:
+        hit = _info_cache.get(str(path))
+    if hit is not None and hit[0] == key:
+        info = hit[1]
+    else:
+        info = _read_info_uncached(path, st.st_size)
+        with _info_cache_lock:
+            _info_cache[str(path)] = (key, info)
+    info.committed = committed
+    return info
+
+
+def _mmap_load(path: Path) -> tuple[Any, str | None]:
+    """(object, None) or (None, why it cannot be loaded); tensors stay mapped, not read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True), None
+    except Exception as e:  # noqa: BLE001 - any load failure means "unreadable", reported with its cause
+        return None, f"cannot be loaded with weights_only=True: {type(e).__name__}: {_first_line(e)}"
+
+
+def _read_info_uncached(path: Path, size: int, obj: Any = None) -> CheckpointInfo:
+    info = CheckpointInfo(path=path, size=size, committed=False)
+    if obj is None:
+        obj, info.error = _mmap_load(path)
+        if info.error:
+            return info
+    if not isinstance(obj, Mapping):
+        info.error = f"top level is {type(obj).__name__}, not a dict"
+        return info
+    meta = obj.get("meta") if isinstance(obj.get("meta"), Mapping) else {}
+    progress = obj.get("progress") if isinstance(obj.get("progress"), Mapping) else {}
+    try:
+        # "foreign": no linnaeus meta at all (e.g. a timm state dict); structure is not checked.
+        info.kind = str(meta.get("kind") or ("full" if progress else "unknown" if "meta" in obj else "foreign"))
+        info.saver = str(meta.get("saver", ""))
+        info.epoch = int(progress.get("epoch", meta.get("epoch", -1)))
+        info.step = int(progress.get("step", meta.get("step", -1)))
+        info.epoch_step = int(progress.get("epoch_step", 0))
+        info.created = str(meta.get("created", ""))
+        info.metrics = {str(k): float(v) for k, v in dict(meta.get("metrics", {})).items()}
+    except (TypeError, ValueError) as e:
+        info.error = f"malformed progress/meta: {e}"
+    return info
+
+
+def _first_line(e: BaseException) -> str:
+    """The informative line of an exception message (torch's weights_only errors bury it)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("WeightsUnpickler error"):
+            return ln[:300]
+    return lines[0][:300] if lines else ""
+
+
+def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:
+    """Every checkpoint-named file in ``directory``, oldest first (unreadable ones first)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    infos = []
+    for entry in os.scandir(directory):
+        if not entry.is_file() or not is_checkpoint_name(entry.name):
+            continue
+        try:
+            infos.append(read_info(Path(entry.path)))
+        except FileNotFoundError:  # deleted by a concurrent retention pass
+            continue
+    return sorted(infos, key=lambda i: (i.readable, i.order_key, i.name))
+
+
+# ----------------------------------------------------------------------------- verify / load
+@dataclass(frozen=True)
+class VerifyResult:
+    path: Path
+    ok: bool
+    reason: str = ""
+    expected_sha256: str | None = None
+    actual_sha256: str | None = None
+    kind: str = "unknown"
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def verify_checkpoint(path: str | Path, *, require_sidecar: bool = True) -> VerifyResult:
+    """Full check of one file: sha256 against its sidecar, then a weights_only structure load.
+
+    Never executes pickled code: the structure check uses torch's weights_only unpickler.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return VerifyResult(path, False, "file does not exist")
+    expected = None
+    try:
+        expected = read_sidecar(path)
+    except FileNotFoundError:
+        if require_sidecar:
+            return VerifyResult(path, False, f"no {SIDECAR_SUFFIX} sidecar (the save never committed)")
+    except ValueError as e:
+        return VerifyResult(path, False, str(e))
+    actual = sha256_file(path)
+    if expected is not None and actual != expected:
+        return VerifyResult(path, False, f"content does not match {sidecar_path(path).name}", expected, actual)
+    obj, error = _mmap_load(path)
+    if error:
+        return VerifyResult(path, False, error, expected, actual)
+    info = _read_info_uncached(path, path.stat().st_size, obj)
+    if info.error:
+        return VerifyResult(path, False, info.error, expected, actual)
+    problems = validate_structure(obj) if info.kind != "foreign" else []
+    if problems:
+        return VerifyResult(path, False, "; ".join(problems), expected, actual, info.kind)
+    return VerifyResult(path, True, "", expected, actual, info.kind)
+
+
+def load_verified(path: str | Path, *, map_location: Any = "cpu", require_sidecar: bool = True) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` while checking its sha256 in one pass.
+
+    The hash runs on a helper thread beside ``torch.load`` (both read the same pages, so
+    the file comes from disk once). Loading before the hash is known is safe: the
+    weights_only unpickler never executes code; a mismatch discards the result.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"checkpoint {path} does not exist.")
+    expected = None
+    try:
+        expected = read_sidecar(path)
+    except FileNotFoundError:
+        if require_sidecar:
+            raise CheckpointCorruptError(path, f"it has no {SIDECAR_SUFFIX} sidecar, so it was never committed") from None
+    except ValueError as e:
+        raise CheckpointCorruptError(path, str(e)) from None
+    pending = sha256_file_async(path) if expected is not None else None
+    load_error: Exception | None = None
+    state = None
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised below as CheckpointCorruptError, after the hash verdict
+        load_error = e
+    if pending is not None:
+        actual = pending.result()
+        if actual != expected:
+            raise CheckpointCorruptError(
+                path, f"content does not match {sidecar_path(path).name}", expected_sha256=expected, actual_sha256=actual
+            )
+    if load_error is not None:
+        raise CheckpointCorruptError(
+            path, f"cannot be loaded with weights_only=True ({type(load_error).__name__}: {_first_line(load_error)})"
+        ) from load_error
+    problems = validate_structure(state)
+    if problems:
+        raise CheckpointCorruptError(path, "not a linnaeus checkpoint: " + "; ".join(problems))
+    return state
+
+
+# ----------------------------------------------------------------------------- retention
+def plan_retention(
+    infos: Iterable[CheckpointInfo],
+    *,
+    keep_last_n: int,
+    keep_best_n: int = 0,
+    monitor: str = "",
+    mode: str = "max",
+    protect: Iterable[str] = (),
+) -> list[CheckpointInfo]:
+    """Which of ``infos`` (one saver's committed, readable files) to delete.
+
+    Keeps the ``keep_last_n`` newest, the ``keep_best_n`` best by ``monitor``, the newest
+    one in any case, and every protected file name. ``keep_last_n == 0`` keeps everything.
+    """
+    ordered = sorted(infos, key=lambda i: (i.order_key, i.name))
+    if keep_last_n <= 0 or not ordered:
+        return []
+    keep = {i.name for i in ordered[-keep_last_n:]} | {ordered[-1].name} | set(protect)
+    if keep_best_n > 0 and monitor:
+        rated = [i for i in ordered if i.metric(monitor) is not None]
+        rated.sort(key=lambda i: (i.metric(monitor), i.order_key), reverse=(mode == "max"))
+        keep |= {i.name for i in rated[:keep_best_n]}
+    return [i for i in ordered if i.name not in keep]
+
+
+def delete_checkpoint(path: str | Path) -> None:
+    """Data first, then sidecar: a crash in between leaves an orphan sidecar, which cleanup removes."""
+    path = Path(path)
+    with _dir_lock(path.parent):
+        path.unlink(missing_ok=True)
+        _phase("deleted-data")
+        sidecar_path(path).unlink(missing_ok=True)
+    with _info_cache_lock:
+        _info_cache.pop(str(path), None)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_stale(directory: str | Path, *, min_age_s: float = 0.0) -> list[Path]:
+    """Remove leftovers of interrupted saves: temp files of dead writers, sidecars without data.
+
+    ``min_age_s`` spares files younger than that (for tools run beside a live writer).
+    """
+    directory = Path(directory)
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    now = time.time()
+    with _dir_lock(directory):
+        for entry in os.scandir(directory):
+            if not entry.is_file():
+                continue
+            name = entry.name
+            m = _TEMP_RE.match(name)
+            if m:
+                stale = int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))
+            elif name.endswith(SIDECAR_SUFFIX):
+                stale = not (directory / name[: -len(SIDECAR_SUFFIX)]).exists()
+            else:
+                continue
+            try:
+                if stale and now - entry.stat().st_mtime >= min_age_s:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+            except FileNotFoundError:
+                continue
+    for path in removed:
+        logger.info("Removed leftover of an interrupted save: %s", path)
+    return removed

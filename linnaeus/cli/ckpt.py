@@ -1,0 +1,314 @@
+"""``linnaeus-ckpt``: list, inspect, verify, prune and export checkpoints.
+
+    linnaeus-ckpt ls RUN_OR_DIR [--monitor M] [--no-verify]
+    linnaeus-ckpt inspect FILE [--json]
+    linnaeus-ckpt verify FILE|DIR            exit 1 if any file is bad
+    linnaeus-ckpt prune DIR --keep-last N [--keep-best N --monitor M --mode max] [--dry-run]
+    linnaeus-ckpt export FILE OUT [--ema] [--safetensors]
+
+``resolve``, ``download`` and ``upload`` come from :mod:`linnaeus.cli.remote_cmds` when
+that module is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from linnaeus.checkpoint.errors import CheckpointError
+from linnaeus.checkpoint.state import KIND_WEIGHTS, make_meta, model_state_dict
+from linnaeus.checkpoint.store import (
+    CheckpointInfo,
+    cleanup_stale,
+    commit_file,
+    delete_checkpoint,
+    is_checkpoint_name,
+    list_checkpoints,
+    load_verified,
+    plan_retention,
+    read_info,
+    read_latest,
+    verify_checkpoint,
+)
+
+# Leftovers younger than this may belong to a save in progress in a live run.
+_PRUNE_LEFTOVER_MIN_AGE_S = 600.0
+
+
+def _checkpoint_dir(path: Path) -> Path:
+    """A run dir means its ``checkpoints/``; anything else is taken as the checkpoint dir."""
+    if (path / "checkpoints").is_dir():
+        return path / "checkpoints"
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory (expected a run dir or its checkpoints/ dir).")
+    return path
+
+
+def _human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _guess_monitor(infos: list[CheckpointInfo]) -> str:
+    """The metric recorded as 'best' in the newest full checkpoint, if any."""
+    for info in reversed(infos):
+        if info.readable and info.kind == "full":
+            best = (torch.load(info.path, map_location="cpu", weights_only=True, mmap=True).get("metrics") or {}).get("best")
+            if best and best.get("monitor"):
+                return str(best["monitor"])
+    return ""
+
+
+# ----------------------------------------------------------------------------- ls
+def cmd_ls(args: argparse.Namespace) -> int:
+    directory = _checkpoint_dir(Path(args.path))
+    infos = list_checkpoints(directory)
+    if not infos:
+        print(f"no checkpoints in {directory}")
+        return 0
+    latest = read_latest(directory)
+    monitor = args.monitor or _guess_monitor(infos)
+    rated = [i for i in infos if monitor and i.metric(monitor) is not None]
+    best = (max if args.mode == "max" else min)(rated, key=lambda i: i.metric(monitor)).name if rated else None
+    rows = [["file", "kind", "epoch", "step", monitor or "metric", "size", "verified", "marks"]]
+    bad = 0
+    for info in infos:
+        if args.no_verify:
+            verified = "-"
+        else:
+            result = verify_checkpoint(info.path)
+            verified = "ok" if result.ok else f"BAD: {result.reason}"
+            bad += not result.ok
+        value = info.metric(monitor) if monitor else None
+        marks = ",".join(m for m, on in (("latest", info.name == latest), ("best", info.name == best)) if on)
+        rows.append([
+            info.name, info.kind if info.readable else "?",
+            str(info.epoch) if info.epoch >= 0 else "-", str(info.step) if info.step >= 0 else "-",
+            f"{value:.4g}" if value is not None else "-", _human_size(info.size), verified, marks,
+        ])
+    print(f"{directory}:")
+    _print_table(rows)
+    return 0
+
+
+# ----------------------------------------------------------------------------- inspect
+def _describe(path: Path) -> dict[str, Any]:
+    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict.")
+    model = obj.get("model") if isinstance(obj.get("model"), dict) else {}
+    tensors = [v for v in model.values() if isinstance(v, torch.Tensor)]
+    out: dict[str, Any] = {
+        "file": str(path),
+        "size": path.stat().st_size,
+        "keys": sorted(obj),
+        "model": {
+            "tensors": len(tensors),
+            "parameters": int(sum(t.numel() for t in tensors)),
+            "dtypes": sorted({str(t.dtype).replace("torch.", "") for t in tensors}),
+            "first_keys": list(model)[:8],
+        },
+    }
+    for key in ("meta", "progress", "sampler"):
+        if isinstance(obj.get(key), dict):
+            out[key] = _jsonable(obj[key])
+    metrics = obj.get("metrics")
+    if isinstance(metrics, dict):
+        out["metrics"] = {"best": _jsonable(metrics.get("best", {})), "history_len": len(metrics.get("history", []))}
+    if "rng" in obj:
+        out["rng_ranks"] = len(obj["rng"]) if isinstance(obj["rng"], list) else 1
+    present = [k for k in ("optimizer", "scheduler", "scaler", "ema") if k in obj]
+    out["components"] = present
+    if isinstance(obj.get("config"), str):
+        out["config_lines"] = len(obj["config"].splitlines())
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return f"tensor{tuple(value.shape)}"
+    return value
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    result = verify_checkpoint(path, require_sidecar=False)
+    if not result.ok:
+        print(f"BAD {path}: {result.reason}", file=sys.stderr)
+        return 1
+    info = _describe(path)
+    info["sha256"] = result.actual_sha256
+    info["sidecar"] = "matches" if result.expected_sha256 else "missing"
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    for key, value in info.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"  {k}: {v}")
+        else:
+            print(f"{key}: {value}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- verify
+def cmd_verify(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_checkpoint_name(p.name))
+        if not files:
+            print(f"no checkpoint files in {path}", file=sys.stderr)
+            return 1
+    else:
+        files = [path]
+    bad = 0
+    for file in files:
+        result = verify_checkpoint(file)
+        if result.ok:
+            print(f"OK   {file}")
+        else:
+            bad += 1
+            detail = ""
+            if result.expected_sha256 and result.actual_sha256 and result.expected_sha256 != result.actual_sha256:
+                detail = f" (expected sha256 {result.expected_sha256}, actual {result.actual_sha256})"
+            print(f"BAD  {file}: {result.reason}{detail}")
+    print(f"{len(files) - bad} ok, {bad} bad")
+    return 1 if bad else 0
+
+
+# ----------------------------------------------------------------------------- prune
+def cmd_prune(args: argparse.Namespace) -> int:
+    if args.keep_best and not args.monitor:
+        raise CheckpointError("--keep-best needs --monitor (e.g. --monitor val/acc1/species).")
+    directory = _checkpoint_dir(Path(args.dir))
+    latest = read_latest(directory)
+    # Each saver (full checkpoints, weights-only saver, ...) keeps its own N.
+    groups: dict[str, list[CheckpointInfo]] = defaultdict(list)
+    for info in list_checkpoints(directory):
+        if info.committed and info.readable:
+            groups[info.saver].append(info)
+    doomed: list[CheckpointInfo] = []
+    for infos in groups.values():
+        doomed += plan_retention(
+            infos, keep_last_n=args.keep_last, keep_best_n=args.keep_best,
+            monitor=args.monitor, mode=args.mode, protect={latest} if latest else set(),
+        )
+    verb = "would delete" if args.dry_run else "deleted"
+    for info in doomed:
+        if not args.dry_run:
+            delete_checkpoint(info.path)
+        print(f"{verb} {info.path}")
+    if not args.dry_run:
+        for leftover in cleanup_stale(directory, min_age_s=_PRUNE_LEFTOVER_MIN_AGE_S):
+            print(f"removed leftover {leftover}")
+    print(f"{verb} {len(doomed)} checkpoint(s)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    src, out = Path(args.file), Path(args.out)
+    state = load_verified(src, require_sidecar=False)
+    key = "ema" if args.ema else "model"
+    if key not in state:
+        raise CheckpointError(f"{src} has no '{key}' state (it holds {sorted(state)}); drop --ema to export the model.")
+    weights = model_state_dict(state[key])
+    src_meta = state.get("meta", {})
+    meta = make_meta(
+        kind=KIND_WEIGHTS, saver="export", file=out.name, run_id=str(src_meta.get("run_id", "")),
+        epoch=int(src_meta.get("epoch", -1)), step=int(src_meta.get("step", -1)),
+        metrics=src_meta.get("metrics", {}), extra={"exported_from": src.name, "exported_ema": bool(args.ema)},
+    )
+    if args.safetensors:
+        from safetensors.torch import save as safetensors_bytes
+
+        tensors = {k: v.contiguous().clone() for k, v in weights.items() if isinstance(v, torch.Tensor)}
+        text_meta = {"format": "pt", "linnaeus_meta": json.dumps(meta), "config": state.get("config", "")}
+        result = commit_file(out.parent, out.name, tensors, update_latest=False,
+                             serialize=lambda obj, f: f.write(safetensors_bytes(obj, metadata=text_meta)))
+    else:
+        payload = {"model": weights, "config": state.get("config", ""), "meta": meta}
+        result = commit_file(out.parent, out.name, payload, update_latest=False)
+    print(f"exported {'EMA ' if args.ema else ''}weights of {src} to {result.path} ({_human_size(result.size)}, sha256 {result.sha256})")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="linnaeus-ckpt", description="Inspect and manage linnaeus checkpoints.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ls", help="table of the checkpoints in a run dir or checkpoint dir")
+    p.add_argument("path", metavar="RUN_OR_DIR")
+    p.add_argument("--monitor", default="", help="metric column (default: the run's monitored metric)")
+    p.add_argument("--mode", choices=("min", "max"), default="max", help="which value of --monitor is best")
+    p.add_argument("--no-verify", action="store_true", help="skip hashing every file")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("inspect", help="what a checkpoint file holds")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("verify", help="check sha256 and structure; exit 1 if any file is bad")
+    p.add_argument("path", metavar="FILE_OR_DIR")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("prune", help="apply keep-last / keep-best retention to a checkpoint dir")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--keep-last", type=int, required=True, help="keep the N newest (per saver)")
+    p.add_argument("--keep-best", type=int, default=0, help="also keep the N best by --monitor")
+    p.add_argument("--monitor", default="", help="metric for --keep-best, e.g. val/acc1/species")
+    p.add_argument("--mode", choices=("min", "max"), default="max")
+    p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("export", help="write a weights-only copy (model, config, meta)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--ema", action="store_true", help="export the EMA weights instead of the model")
+    p.add_argument("--safetensors", action="store_true", help="write safetensors instead of a .pth")
+    p.set_defaults(func=cmd_export)
+
+    # resolve / download / upload live with the remote-storage code, once it exists.
+    if importlib.util.find_spec("linnaeus.cli.remote_cmds") is not None:
+        importlib.import_module("linnaeus.cli.remote_cmds").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (CheckpointError, OSError) as e:
+        print(f"linnaeus-ckpt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Fault-injection helper: a process that keeps saving checkpoints, resuming from what is on disk.
+
+Each save ``step`` holds tensors filled with ``step`` so a reader can tell a complete,
+consistent checkpoint from a mixture or a partial one.
+
+    python tests/helpers/ckpt_writer.py DIR N_SAVES
+
+With ``LINNAEUS_TEST_SAVE_DELAY=<s>`` the store prints ``linnaeus-test-phase <phase> <bytes>``
+to stderr and pauses at every step of a save, so a test can ``kill -9`` it there. The
+``run_writer`` function is also used in forked children with an in-process phase hook.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, parse_interval  # noqa: E402
+
+NUM_TENSORS = 6
+TENSOR_NUMEL = 64 * 1024  # 256 KiB each: one "write" phase per tensor
+KEEP_LAST_N = 3
+
+
+def make_policy() -> CheckpointPolicy:
+    return CheckpointPolicy(interval=parse_interval("1st"), filename="ckpt_step_{step}.pth", keep_last_n=KEEP_LAST_N)
+
+
+def expected_model(step: int) -> dict[str, torch.Tensor]:
+    return {f"w{i}": torch.full((TENSOR_NUMEL,), float(step)) for i in range(NUM_TENSORS)}
+
+
+def check_consistent(state: dict) -> int:
+    """The step a loaded checkpoint claims, after checking every tensor agrees with it."""
+    step = state["progress"]["step"]
+    assert state["meta"]["step"] == step
+    for name, tensor in state["model"].items():
+        assert tensor.shape == (TENSOR_NUMEL,) and bool((tensor == float(step)).all()), f"{name} is not all {step}"
+    return step
+
+
+def run_writer(directory: str | Path, n_saves: int) -> int:
+    """Resume from ``directory`` and save ``n_saves`` more checkpoints; returns the last step saved."""
+    torch.set_num_threads(1)
+    manager = CheckpointManager(directory, make_policy(), name="writer")
+    found = manager.load_resumable()
+    step = check_consistent(found[1]) if found else 0
+    for _ in range(n_saves):
+        step += 1
+        with manager.begin(epoch=0, step=step, end_of_epoch=False) as ckpt:
+            ckpt["model"] = expected_model(step)
+    manager.close()
+    return step
+
+
+if __name__ == "__main__":
+    print(run_writer(sys.argv[1], int(sys.argv[2])), flush=True)

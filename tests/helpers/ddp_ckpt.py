@@ -1,0 +1,85 @@
+"""Run under ``torchrun --nproc_per_node=2`` (gloo): DDP agreement of CheckpointManager.
+
+    torchrun --standalone --nproc_per_node=2 tests/helpers/ddp_ckpt.py DIR
+
+Prints one line per observation and ends with a forced synchronous failure on rank 0,
+which must raise on both ranks and make the job exit non-zero.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from linnaeus.checkpoint import CheckpointError, CheckpointManager, CheckpointPolicy  # noqa: E402
+from linnaeus.dist import barrier, get_rank, init_distributed  # noqa: E402
+
+
+def main(root: Path) -> None:
+    torch.set_num_threads(1)
+    init_distributed()
+    rank = get_rank()
+    torch.manual_seed(rank)  # ranks have different RNG streams: all must be saved
+    model = torch.nn.Linear(4, 4)
+    directory = root / "checkpoints"
+
+    manager = CheckpointManager(directory, CheckpointPolicy())
+    path = manager.save(epoch=1, step=10, model=model)
+    print(f"rank {rank} saved {path} exists={path.exists()}", flush=True)
+    if rank == 0:
+        rng = torch.load(path, weights_only=True)["rng"]
+        differ = not torch.equal(rng[0]["torch"], rng[1]["torch"])
+        print(f"rank 0 rng entries={len(rng)} differ={differ}", flush=True)
+    print(f"rank {rank} resumable {manager.find_resumable()}", flush=True)
+
+    # An exception inside a transaction on one rank discards the save on all of them.
+    try:
+        with manager.begin(epoch=2, step=20) as ckpt:
+            ckpt["model"] = model.state_dict()
+            if rank == 1:
+                raise RuntimeError("rank 1 failed while assembling")
+    except Exception as e:  # noqa: BLE001 - the helper reports what each rank saw
+        print(f"rank {rank} transaction aborted: {type(e).__name__}", flush=True)
+    print(f"rank {rank} epoch2 exists={(directory / 'checkpoint_epoch_2.pth').exists()}", flush=True)
+
+    # Asynchronous save whose commit hook fails on rank 0: poll() raises on both ranks.
+    def failing_hook(p: Path) -> None:
+        raise OSError(f"hook refused {p.name}")
+
+    amgr = CheckpointManager(directory, CheckpointPolicy(async_save=True, filename="async_{epoch}.pth"),
+                             name="async", on_commit=failing_hook)
+    amgr.save(epoch=3, step=30, model=model)
+    raised = False
+    for _ in range(500):  # every rank polls at the same points, as a training loop would each step
+        try:
+            amgr.poll()
+        except CheckpointError as e:
+            raised = True
+            print(f"rank {rank} async failure raised: {e}", flush=True)
+            break
+        time.sleep(0.02)
+    print(f"rank {rank} async raised={raised}", flush=True)
+
+    # A real I/O failure on rank 0 only: its checkpoint dir is replaced by a file.
+    barrier()
+    if rank == 0:
+        shutil.rmtree(directory)
+        directory.write_text("not a directory")
+    barrier()
+    try:
+        manager.save(epoch=4, step=40, model=model)
+    except CheckpointError as e:
+        print(f"rank {rank} raised {type(e).__name__}: {e}", flush=True)
+        raise
+    print(f"rank {rank} unexpectedly survived", flush=True)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,123 @@
+"""``linnaeus-ckpt`` ls / inspect / verify / prune / export, through main(argv) as the console script calls it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, read_latest, verify_checkpoint
+from linnaeus.cli.ckpt import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Path:
+    """A run dir with four epochs of full checkpoints (with EMA) and metric history."""
+    run = tmp_path / "run"
+    model, ema = nn.Linear(4, 3), nn.Linear(4, 3)
+    with torch.no_grad():
+        ema.weight.fill_(7.0)
+    manager = CheckpointManager(run / "checkpoints", CheckpointPolicy(monitor="val/acc1"), config="MODEL:\n  X: 1\n")
+    for epoch, acc in [(1, 40.0), (2, 80.0), (3, 60.0), (4, 70.0)]:
+        manager.save(epoch=epoch, step=epoch * 100, metrics={"val/acc1": acc}, model=model, ema=ema)
+    return run
+
+
+def _table(out: str) -> dict[str, str]:
+    return {line.split()[0]: line for line in out.splitlines() if line.startswith("checkpoint_")}
+
+
+def test_ls_marks_latest_and_best_and_verifies(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["ls", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    rows = _table(out)
+    assert "val/acc1" in out.splitlines()[1]
+    assert set(rows) == {f"checkpoint_epoch_{e}.pth" for e in (1, 2, 3, 4)}
+    assert rows["checkpoint_epoch_2.pth"].split()[1:5] == ["full", "2", "200", "80"]
+    assert rows["checkpoint_epoch_2.pth"].endswith("best") and rows["checkpoint_epoch_4.pth"].endswith("latest")
+    assert all(row.split()[7] == "ok" for row in rows.values())  # file kind epoch step metric size(2) verified
+
+    path = run_dir / "checkpoints" / "checkpoint_epoch_3.pth"
+    path.write_bytes(path.read_bytes()[:-10])
+    assert main(["ls", str(run_dir / "checkpoints")]) == 0
+    assert "BAD" in _table(capsys.readouterr().out)["checkpoint_epoch_3.pth"]
+
+
+def test_inspect_json(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    path = run_dir / "checkpoints" / "checkpoint_epoch_4.pth"
+    assert main(["inspect", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["progress"]["step"] == 400 and info["meta"]["kind"] == "full"
+    assert info["metrics"]["best"]["value"] == 80.0 and info["metrics"]["history_len"] == 4
+    assert info["model"]["parameters"] == 15 and info["components"] == ["ema"]
+    assert info["sidecar"] == "matches" and len(info["sha256"]) == 64
+
+
+def test_verify_exit_codes(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpts = run_dir / "checkpoints"
+    assert main(["verify", str(ckpts)]) == 0
+    assert "4 ok, 0 bad" in capsys.readouterr().out
+    bad = ckpts / "checkpoint_epoch_2.pth"
+    data = bytearray(bad.read_bytes())
+    data[-2000] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    assert main(["verify", str(ckpts)]) == 1
+    out = capsys.readouterr().out
+    assert f"BAD  {bad}: content does not match checkpoint_epoch_2.pth.sha256 (expected sha256" in out
+    assert "3 ok, 1 bad" in out
+    assert main(["verify", str(ckpts / "checkpoint_epoch_1.pth")]) == 0
+
+
+def test_prune_dry_run_then_for_real(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpts = run_dir / "checkpoints"
+    args = ["prune", str(ckpts), "--keep-last", "1", "--keep-best", "1", "--monitor", "val/acc1", "--mode", "max"]
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would delete 2 checkpoint(s)" in out and "checkpoint_epoch_1.pth" in out and "checkpoint_epoch_3.pth" in out
+    assert len(list(ckpts.glob("*.pth"))) == 4
+    assert main(args) == 0
+    assert sorted(p.name for p in ckpts.glob("*.pth*")) == [
+        "checkpoint_epoch_2.pth", "checkpoint_epoch_2.pth.sha256", "checkpoint_epoch_4.pth", "checkpoint_epoch_4.pth.sha256"]
+    assert read_latest(ckpts) == "checkpoint_epoch_4.pth"
+    assert main(["prune", str(ckpts), "--keep-last", "1", "--keep-best", "1"]) == 2
+    assert "--keep-best needs --monitor" in capsys.readouterr().err
+
+
+def test_export_weights_pth_ema_and_safetensors(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src = run_dir / "checkpoints" / "checkpoint_epoch_4.pth"
+    out = tmp_path / "export" / "model.pth"
+    assert main(["export", str(src), str(out)]) == 0
+    exported = torch.load(out, weights_only=True)
+    assert set(exported) == {"model", "config", "meta"} and exported["meta"]["kind"] == "weights"
+    assert exported["config"] == "MODEL:\n  X: 1\n" and exported["meta"]["exported_from"] == src.name
+    assert torch.equal(exported["model"]["weight"], torch.load(src, weights_only=True)["model"]["weight"])
+    assert verify_checkpoint(out).ok
+
+    from safetensors.torch import load_file
+
+    st = tmp_path / "export" / "ema.safetensors"
+    assert main(["export", str(src), str(st), "--ema", "--safetensors"]) == 0
+    tensors = load_file(st)
+    assert set(tensors) == {"weight", "bias"} and bool((tensors["weight"] == 7.0).all())
+    assert (tmp_path / "export" / "ema.safetensors.sha256").exists()
+
+    assert main(["export", str(out), str(tmp_path / "x.pth"), "--ema"]) == 2
+    assert "has no 'ema' state" in capsys.readouterr().err
+
+
+def test_console_entry_and_remote_commands(run_dir: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "linnaeus.cli.ckpt", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0
+    for command in ("ls", "inspect", "verify", "prune", "export"):
+        assert command in proc.stdout
+    if importlib.util.find_spec("linnaeus.cli.remote_cmds") is not None:
+        assert all(c in proc.stdout for c in ("resolve", "download", "upload"))

@@ -1,0 +1,208 @@
+"""The on-disk protocol: commit, sidecars, listing order, verification, retention planning, cleanup, RNG state."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from linnaeus.checkpoint import (
+    CheckpointCorruptError,
+    CheckpointManager,
+    CheckpointNotFoundError,
+    collect_rng_state,
+    list_checkpoints,
+    load_verified,
+    read_latest,
+    restore_rng_state,
+    unwrap_model,
+    verify_checkpoint,
+)
+from linnaeus.checkpoint.hashing import HashingWriter, read_sidecar, sidecar_path
+from linnaeus.checkpoint.state import make_meta
+from linnaeus.checkpoint.store import (
+    CheckpointInfo,
+    cleanup_stale,
+    commit_file,
+    is_checkpoint_name,
+    is_temp_name,
+    plan_retention,
+    temp_name,
+    write_latest,
+)
+
+
+def _full_state(step: int, epoch: int = 0, **metrics: float) -> dict:
+    return {
+        "model": {"w": torch.full((1000,), float(step))},
+        "progress": {"epoch": epoch, "step": step, "epoch_step": 0, "samples": 0},
+        "meta": make_meta(kind="full", saver="checkpoint", file=f"s{step}.pth", run_id="r", epoch=epoch, step=step,
+                          metrics=metrics),
+    }
+
+
+def test_commit_writes_data_sidecar_and_latest(tmp_path: Path) -> None:
+    result = commit_file(tmp_path, "ckpt_1.pth", _full_state(1), update_latest=True)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt_1.pth", "ckpt_1.pth.sha256", "latest"]
+    data = (tmp_path / "ckpt_1.pth").read_bytes()
+    assert result.sha256 == hashlib.sha256(data).hexdigest() and result.size == len(data)
+    assert (tmp_path / "latest").read_text() == "ckpt_1.pth\n"
+    assert (tmp_path / "ckpt_1.pth.sha256").read_text() == f"{result.sha256}  ckpt_1.pth\n"
+    # The sidecar is what coreutils expects.
+    check = subprocess.run(["sha256sum", "-c", "ckpt_1.pth.sha256"], cwd=tmp_path, capture_output=True, text=True)
+    assert check.returncode == 0 and "ckpt_1.pth: OK" in check.stdout
+    commit_file(tmp_path, "weights_1.pth", {"model": {}}, update_latest=False)
+    assert read_latest(tmp_path) == "ckpt_1.pth"
+
+
+def test_hashing_writer_matches_file_for_small_and_large_writes(tmp_path: Path) -> None:
+    with open(tmp_path / "f", "wb") as raw:
+        writer = HashingWriter(raw)
+        for chunk in (b"abc", os.urandom(3 << 20), b"", os.urandom(100)):
+            writer.write(chunk)
+            writer.write(memoryview(chunk))
+    assert writer.hexdigest() == hashlib.sha256((tmp_path / "f").read_bytes()).hexdigest()
+
+
+def test_failed_serialisation_leaves_nothing_behind(tmp_path: Path) -> None:
+    commit_file(tmp_path, "ckpt_1.pth", _full_state(1), update_latest=True)
+
+    def broken(obj, f) -> None:
+        f.write(b"x" * (2 << 20))
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        commit_file(tmp_path, "ckpt_2.pth", _full_state(2), update_latest=True, serialize=broken)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt_1.pth", "ckpt_1.pth.sha256", "latest"]
+    assert read_latest(tmp_path) == "ckpt_1.pth"
+
+
+@pytest.mark.parametrize("name", ["checkpoint_epoch_3.pth", "latest", "w.safetensors", "a.b.c", "x"])
+def test_temp_names_never_look_like_checkpoints(name: str) -> None:
+    tmp = temp_name(name)
+    assert is_temp_name(tmp) and not is_checkpoint_name(tmp) and tmp.startswith(".")
+    assert not tmp.endswith((".pth", ".sha256", ".safetensors"))
+
+
+def test_listing_orders_by_stored_progress_not_mtime(tmp_path: Path) -> None:
+    for step in (30, 10, 20):
+        commit_file(tmp_path, f"s{step}.pth", _full_state(step), update_latest=False)
+    os.utime(tmp_path / "s10.pth", (2e9, 2e9))  # oldest checkpoint, newest mtime
+    assert [i.step for i in list_checkpoints(tmp_path)] == [10, 20, 30]
+    assert CheckpointManager(tmp_path).find_resumable() == tmp_path / "s30.pth"
+    # A checkpoint whose sidecar was never written is not committed, so never resumed from.
+    commit_file(tmp_path, "s40.pth", _full_state(40), update_latest=False)
+    sidecar_path(tmp_path / "s40.pth").unlink()
+    assert CheckpointManager(tmp_path).find_resumable() == tmp_path / "s30.pth"
+
+
+def test_verify_reports_each_kind_of_problem(tmp_path: Path) -> None:
+    path = commit_file(tmp_path, "a.pth", _full_state(1), update_latest=False).path
+    assert verify_checkpoint(path).ok
+    assert verify_checkpoint(tmp_path / "nope.pth").reason == "file does not exist"
+
+    sidecar = sidecar_path(path)
+    good_sidecar = sidecar.read_text()
+    sidecar.write_text(good_sidecar.replace("a.pth", "b.pth"))
+    assert "is for file 'b.pth'" in verify_checkpoint(path).reason
+    sidecar.write_text("not a hash\n")
+    assert "sha256sum format" in verify_checkpoint(path).reason
+    sidecar.unlink()
+    assert "no .sha256 sidecar" in verify_checkpoint(path).reason
+    assert verify_checkpoint(path, require_sidecar=False).ok
+    with pytest.raises(CheckpointCorruptError, match="never committed"):
+        load_verified(path)
+    assert load_verified(path, require_sidecar=False)["progress"]["step"] == 1
+    with pytest.raises(CheckpointNotFoundError):
+        load_verified(tmp_path / "nope.pth")
+
+    # Structure: a dict of tensors that is no linnaeus checkpoint.
+    other = commit_file(tmp_path, "c.pth", {"meta": {"format_version": 99}}, update_latest=False).path
+    result = verify_checkpoint(other)
+    assert not result.ok and "no 'model' state dict" in result.reason and "format_version 99" in result.reason
+
+
+def test_load_error_names_file_and_hashes(tmp_path: Path) -> None:
+    path = commit_file(tmp_path, "a.pth", _full_state(1), update_latest=False).path
+    with open(path, "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff")
+    with pytest.raises(CheckpointCorruptError) as err:
+        load_verified(path)
+    e = err.value
+    assert e.path == path and e.expected_sha256 == read_sidecar(path) and e.actual_sha256 != e.expected_sha256
+    assert str(path) in str(e) and e.expected_sha256 in str(e) and e.actual_sha256 in str(e)
+
+
+def _info(name: str, step: int, acc: float | None = None) -> CheckpointInfo:
+    return CheckpointInfo(path=Path(name), size=1, committed=True, kind="full", step=step, epoch=step,
+                          metrics={} if acc is None else {"acc": acc})
+
+
+def test_plan_retention() -> None:
+    infos = [_info("a", 1, 0.9), _info("b", 2, 0.1), _info("c", 3, math.nan), _info("d", 4, 0.5), _info("e", 5)]
+    names = lambda doomed: sorted(i.name for i in doomed)  # noqa: E731
+    assert names(plan_retention(infos, keep_last_n=0)) == []
+    assert names(plan_retention(infos, keep_last_n=2)) == ["a", "b", "c"]
+    assert names(plan_retention(infos, keep_last_n=1, keep_best_n=2, monitor="acc", mode="max")) == ["b", "c"]
+    assert names(plan_retention(infos, keep_last_n=1, keep_best_n=1, monitor="acc", mode="min")) == ["a", "c", "d"]
+    assert names(plan_retention(infos, keep_last_n=1, protect={"a"})) == ["b", "c", "d"]
+    # The newest is kept whatever keep_last_n says, and order comes from progress, not list order.
+    assert names(plan_retention(list(reversed(infos)), keep_last_n=1)) == ["a", "b", "c", "d"]
+
+
+def test_cleanup_removes_only_dead_writers_leftovers(tmp_path: Path) -> None:
+    commit_file(tmp_path, "a.pth", _full_state(1), update_latest=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f".b.pth.tmp-{dead_pid}-abcd1234").write_bytes(b"partial")
+        (tmp_path / f".c.pth.tmp-{live.pid}-abcd1234").write_bytes(b"in progress")
+        (tmp_path / "gone.pth.sha256").write_text("0" * 64 + "  gone.pth\n")
+        assert cleanup_stale(tmp_path, min_age_s=3600) == []  # too young for an outside tool to judge
+        removed = sorted(p.name for p in cleanup_stale(tmp_path))
+        assert removed == [f".b.pth.tmp-{dead_pid}-abcd1234", "gone.pth.sha256"]
+        assert (tmp_path / f".c.pth.tmp-{live.pid}-abcd1234").exists()
+        assert verify_checkpoint(tmp_path / "a.pth").ok
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_bad_latest_is_ignored_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_latest(tmp_path, "ok.pth")
+    assert read_latest(tmp_path) == "ok.pth"
+    (tmp_path / "latest").write_text("../../etc/passwd\n")
+    with caplog.at_level(logging.WARNING, logger="linnaeus.checkpoint"):
+        assert read_latest(tmp_path) is None
+    assert "expected a checkpoint file name" in caplog.text
+
+
+def test_rng_state_roundtrip_is_weights_only_safe(tmp_path: Path) -> None:
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    np.random.randn()  # leaves a cached gaussian in numpy's legacy state
+    state = collect_rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    loaded = torch.load(tmp_path / "rng.pt", weights_only=True)
+    expected = (random.random(), np.random.rand(3).tolist(), np.random.randn(), torch.rand(3).tolist())
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    restore_rng_state(loaded)
+    assert (random.random(), np.random.rand(3).tolist(), np.random.randn(), torch.rand(3).tolist()) == expected
+
+
+def test_unwrap_model_sees_through_data_parallel() -> None:
+    # torch.compile's wrapper (``_orig_mod``) takes the same path; importing dynamo costs ~10 s, so not here.
+    model = nn.Linear(2, 2)
+    assert unwrap_model(nn.DataParallel(model)) is model
+    assert unwrap_model(nn.DataParallel(nn.DataParallel(model))) is model
