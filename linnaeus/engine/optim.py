@@ -1,0 +1,136 @@
+"""Optimizer, learning-rate schedule and weight EMA from the config, through timm's factories.
+
+The schedule is stepped once per optimizer update (``step_update(num_updates=progress.step)``),
+so warmup and cosine decay are smooth within an epoch and a mid-epoch resume lands on exactly
+the LR an uninterrupted run would have used.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from timm.optim import create_optimizer_v2, list_optimizers
+from timm.scheduler import create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
+from timm.utils import ModelEmaV3
+from torch import nn
+from yacs.config import CfgNode
+
+from linnaeus.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# Names create_scheduler_v2 accepts with step_on_epochs=False ("plateau" needs per-epoch metrics).
+SCHEDULER_NAMES = ("cosine", "tanh", "step", "multistep", "poly", "wsd", "rsqrt", "constant", "none")
+
+
+def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+    """``TRAIN.OPTIMIZER.*`` → a timm optimizer; norms, biases and ``no_weight_decay()`` params get no decay."""
+    oc = cfg.TRAIN.OPTIMIZER
+    name = oc.NAME.lower()
+    if name not in list_optimizers():
+        raise ConfigError(
+            f"TRAIN.OPTIMIZER.NAME: unknown optimizer {oc.NAME!r}. Use a timm optimizer name, e.g. "
+            f"'adamw', 'sgd', 'lamb' (all: timm.optim.list_optimizers())."
+        )
+    return create_optimizer_v2(
+        model, opt=name, lr=oc.LR, weight_decay=oc.WEIGHT_DECAY, momentum=oc.MOMENTUM, filter_bias_and_bn=True
+    )
+
+
+class StepwiseScheduler:
+    """A timm scheduler stepped per optimizer update, whose shape always comes from the config.
+
+    timm schedulers are pure functions of the update count: their ``state_dict`` holds nothing
+    but constructor arguments (``t_initial``, ``warmup_t``, ``base_values``, ...). Loading it
+    verbatim after rebuilding from the config would silently bring back the *old* schedule when
+    a resumed run raises ``TRAIN.EPOCHS`` (or changes LR, warmup, batch size or world size), e.g.
+    the LR would already sit at ``min_lr`` for the added epochs. So :meth:`load_state_dict`
+    keeps the schedule rebuilt from the current config and logs every field that differs; the
+    next ``step_update(progress.step)`` puts the LR where the current schedule has it at that
+    step. With an unchanged config the two are identical and a resume is exact.
+    """
+
+    def __init__(self, scheduler: Scheduler, name: str, updates_per_epoch: int) -> None:
+        self.scheduler = scheduler
+        self.name = name
+        self.updates_per_epoch = updates_per_epoch
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.scheduler.optimizer
+
+    def step_update(self, num_updates: int) -> None:
+        """Set the LR for the update that follows ``num_updates`` completed updates."""
+        self.scheduler.step_update(num_updates=num_updates)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Plain Python values only, so checkpoints load with torch.load(weights_only=True).
+        return {"name": self.name, "updates_per_epoch": self.updates_per_epoch,
+                "timm_state": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Compare with the saved schedule and keep the config's (see the class docstring)."""
+        if not isinstance(state_dict, dict) or not {"name", "updates_per_epoch", "timm_state"} <= state_dict.keys():
+            found = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(
+                "scheduler state: expected a dict with keys 'name', 'updates_per_epoch', 'timm_state' "
+                f"(written by linnaeus.engine.optim.StepwiseScheduler), found {found}."
+            )
+        changes = []
+        if state_dict["name"] != self.name:
+            changes.append(f"name {state_dict['name']!r} -> {self.name!r}")
+        if state_dict["updates_per_epoch"] != self.updates_per_epoch:
+            changes.append(f"updates_per_epoch {state_dict['updates_per_epoch']} -> {self.updates_per_epoch}")
+        current = self.scheduler.state_dict()
+        for key, old in state_dict["timm_state"].items():
+            if key != "metric" and key in current and current[key] != old:
+                changes.append(f"{key} {old} -> {current[key]}")
+        if changes:
+            logger.info("LR schedule differs from the checkpoint's (%s); following the config's schedule",
+                        ", ".join(changes))
+
+
+def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer,
+                    updates_per_epoch: int) -> StepwiseScheduler | None:
+    """``TRAIN.SCHEDULER.*`` → a per-update timm schedule over ``TRAIN.EPOCHS``; None for "none" (constant LR).
+
+    ``updates_per_epoch`` is optimizer steps per epoch (see ``engine.trainer.steps_per_epoch``).
+    Building sets the optimizer's LR to the schedule's value at update 0 (``WARMUP_LR`` when
+    warming up).
+    """
+    sc = cfg.TRAIN.SCHEDULER
+    name = sc.NAME.lower()
+    if name not in SCHEDULER_NAMES:
+        raise ConfigError(
+            f"TRAIN.SCHEDULER.NAME: unknown or unsupported scheduler {sc.NAME!r}; "
+            f"expected one of {', '.join(SCHEDULER_NAMES)} (stepped per optimizer update)."
+        )
+    if updates_per_epoch < 1:
+        raise ValueError(f"build_scheduler: updates_per_epoch must be >= 1, got {updates_per_epoch} "
+                         "(is the training set smaller than one batch?).")
+    if name == "none":
+        return None
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=name,
+        num_epochs=cfg.TRAIN.EPOCHS,
+        warmup_epochs=sc.WARMUP_EPOCHS,
+        warmup_lr=sc.WARMUP_LR,
+        min_lr=sc.MIN_LR,
+        step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch,
+    )
+    return StepwiseScheduler(scheduler, name, updates_per_epoch)
+
+
+def build_ema(cfg: CfgNode, model: nn.Module) -> ModelEmaV3 | None:
+    """timm ``ModelEmaV3`` of ``model`` when ``TRAIN.EMA.ENABLED`` (updated with the step count), else None.
+
+    Build it after the model is on its device and before wrapping it in DDP.
+    """
+    if not cfg.TRAIN.EMA.ENABLED:
+        return None
+    return ModelEmaV3(model, decay=cfg.TRAIN.EMA.DECAY)

@@ -1,0 +1,345 @@
+"""The training loop: one epoch (or the rest of one) of accumulated, clipped, mixed-precision steps.
+
+Resumability is the design constraint. The loop consumes no random numbers of its own (only
+the model's dropout / drop-path draw from the RNG), reports every micro-batch to the sampler
+(``advance``) so the sampler's state is the exact data position, and calls ``on_step_end``
+after every optimizer step, where the runner saves checkpoints and checks for preemption.
+A run stopped there and resumed from the saved state (model, optimizer, scheduler, scaler,
+EMA, sampler, RNG, :class:`Progress`) produces bit-identical weights on CPU.
+
+The hot loop holds no host syncs: losses accumulate as device tensors and are read
+(``.tolist()``) only every ``log_interval`` steps and at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, ContextManager, Iterable, Mapping
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from linnaeus.dist import get_rank
+from linnaeus.engine.amp import autocast_factory
+from linnaeus.engine.logging import NullWriter, logging_around_progress_bar
+from linnaeus.engine.loss import MultiLevelLoss
+from linnaeus.engine.metrics import RunningSums
+
+OnStepEnd = Callable[["Progress"], bool]
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint as plain ints.
+
+    epoch: epochs completed. step: optimizer steps in total. epoch_step: optimizer steps
+    within the current (incomplete) epoch. samples: global training samples seen.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    epoch_step: int = 0
+    samples: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: int(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Progress":
+        names = [f.name for f in fields(cls)]
+        missing = [k for k in names if k not in d]
+        bad = {k: d[k] for k in names if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0)}
+        if missing or bad:
+            raise ValueError(f"progress state: expected non-negative ints for {names}; "
+                             f"missing {missing}, invalid {bad} (got {dict(d)}).")
+        return cls(**{k: int(d[k]) for k in names})
+
+    # The checkpoint library restores attached objects in place through the state_dict protocol.
+    def state_dict(self) -> dict[str, int]:
+        return self.to_dict()
+
+    def load_state_dict(self, d: Mapping[str, Any]) -> None:
+        restored = Progress.from_dict(d)
+        for f in fields(self):
+            setattr(self, f.name, getattr(restored, f.name))
+
+
+def steps_per_epoch(num_batches: int, accum_steps: int = 1, max_steps_per_epoch: int = 0) -> int:
+    """Optimizer steps in an epoch of ``num_batches`` micro-batches (per rank).
+
+    A trailing group of fewer than ``accum_steps`` micro-batches still makes a step (as in
+    timm's train script: no data is skipped), hence the ceiling; capped by ``max_steps_per_epoch``.
+    """
+    steps = math.ceil(num_batches / accum_steps)
+    return min(steps, max_steps_per_epoch) if max_steps_per_epoch > 0 else steps
+
+
+class Trainer:
+    """Runs training epochs over ``train_loader`` for ``model``.
+
+    Args:
+        model: the bare module (EMA and clipping use its parameters).
+        ddp_model: the module the forward goes through: ``DistributedDataParallel(model)`` or
+            ``model`` itself in one process. Gradients sync only on the last micro-batch of
+            each accumulation group (``no_sync`` on the others).
+        optimizer, scheduler: scheduler is stepped per update (``step_update``) or None.
+        loss_fn: ``MultiLevelLoss`` (or anything returning ``(total, {level: loss})``).
+        train_loader: yields ``(images, labels[B, num_levels])``; already positioned by the
+            caller through ``train_sampler`` (``set_epoch`` / ``load_state_dict``).
+        train_sampler: told ``advance(batch_size)`` after every micro-batch.
+        device: where batches go.
+        accum_steps: micro-batches per optimizer step.
+        clip_grad: max global gradient norm (0 = off).
+        amp: autocast with ``engine.amp``'s dtype for ``device``; ignored when ``autocast`` is given.
+        autocast: a factory returning an autocast context (``engine.amp.build_amp``).
+        scaler: ``torch.amp.GradScaler`` for fp16 on CUDA, else None.
+        ema: timm ``ModelEmaV3``, updated after every step with the step count.
+        max_steps_per_epoch: cap on optimizer steps per epoch, counted by ``progress.epoch_step``
+            so it holds across a mid-epoch resume (0 = off).
+        log_interval: log to the logger/TensorBoard every N global steps.
+        tb_writer: ``SummaryWriter`` (or ``NullWriter``).
+        progress_bar: show a tqdm bar (only ever on rank 0).
+        world_size: number of ranks (for global sample counts and images/s).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        ddp_model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        loss_fn: MultiLevelLoss,
+        train_loader: Iterable,
+        train_sampler: Any,
+        device: torch.device,
+        *,
+        accum_steps: int = 1,
+        clip_grad: float = 0.0,
+        amp: bool = False,
+        autocast: Callable[[], ContextManager] | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        ema: nn.Module | None = None,
+        max_steps_per_epoch: int = 0,
+        log_interval: int = 10,
+        tb_writer: Any = None,
+        logger: logging.Logger | None = None,
+        progress_bar: bool = True,
+        world_size: int = 1,
+    ) -> None:
+        if accum_steps < 1:
+            raise ValueError(f"Trainer: accum_steps must be >= 1 (TRAIN.ACCUM_STEPS), got {accum_steps}.")
+        if log_interval < 1:
+            raise ValueError(f"Trainer: log_interval must be >= 1 (TRAIN.LOG_INTERVAL), got {log_interval}.")
+        self.model = model
+        self.ddp_model = ddp_model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.loss_fn = loss_fn
+        self.train_loader = train_loader
+        self.train_sampler = train_sampler
+        self.device = torch.device(device)
+        self.accum_steps = accum_steps
+        self.clip_grad = clip_grad
+        self.autocast = autocast if autocast is not None else autocast_factory(self.device, amp)
+        self.scaler = scaler
+        self.ema = ema
+        self.max_steps_per_epoch = max_steps_per_epoch
+        self.log_interval = log_interval
+        self.tb = tb_writer if tb_writer is not None else NullWriter()
+        self.logger = logger or logging.getLogger("linnaeus.engine")
+        self.progress_bar = progress_bar and get_rank() == 0
+        self.world_size = world_size
+        self.task_keys = list(getattr(loss_fn, "task_keys", []))
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._is_ddp = isinstance(ddp_model, DistributedDataParallel)
+        self._meter_names = ["loss", *self.task_keys]
+
+    # ------------------------------------------------------------------ epoch
+    def train_epoch(self, progress: Progress, on_step_end: OnStepEnd | None = None) -> dict[str, Any]:
+        """Train over the loader's remaining batches of the current epoch, updating ``progress`` in place.
+
+        Returns ``{"completed": bool, "train/loss": float, "train/loss/<level>": float,
+        "train/images_per_sec": float}``; the losses are averages over the micro-batches this
+        call ran (all ranks). ``completed`` is False when ``on_step_end`` returned True (the
+        epoch stopped right after that step, ``progress.epoch`` unchanged); when True,
+        ``progress.epoch`` was incremented and ``progress.epoch_step`` reset.
+        """
+        self.ddp_model.train()
+        if self.scheduler is not None:
+            # Idempotent on an uninterrupted run; after a resume it applies the (possibly
+            # changed) config's schedule at the restored step.
+            self.scheduler.step_update(progress.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        epoch_sums = RunningSums(self._meter_names, self.device)
+        window = _Window(epoch_sums, progress)
+        start, start_samples = time.perf_counter(), progress.samples
+        # DataLoader.__iter__ draws its worker base seed from the global torch RNG; isolating it
+        # keeps the training RNG stream a function of the model's own draws only, so a run
+        # resumed mid-epoch (which re-creates the iterator) stays bit-identical. Datasets must
+        # seed augmentation from (seed, epoch, index), as linnaeus.data does, not from workers.
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(self.train_loader)
+        bar = self._make_bar(progress)
+        redirect = logging_around_progress_bar() if bar is not None else contextlib.nullcontext()
+        completed = True
+        with redirect:
+            try:
+                completed = self._run(batches, progress, on_step_end, window, bar)
+            finally:
+                window.reset(progress)  # folds the unlogged tail into epoch_sums
+                if bar is not None:
+                    bar.close()
+        elapsed = time.perf_counter() - start
+        epoch_sums.all_reduce()
+        result: dict[str, Any] = {"completed": completed}
+        averages = epoch_sums.averages()
+        result["train/loss"] = averages["loss"]
+        result.update({f"train/loss/{k}": averages[k] for k in self.task_keys})
+        result["train/images_per_sec"] = (progress.samples - start_samples) / max(elapsed, 1e-9)
+        if completed:
+            progress.epoch += 1
+            progress.epoch_step = 0
+        return result
+
+    def _run(self, batches: Any, progress: Progress, on_step_end: OnStepEnd | None,
+             window: "_Window", bar: tqdm | None) -> bool:
+        """The micro-batch loop; returns False if ``on_step_end`` asked to stop."""
+        # One batch of lookahead tells whether a micro-batch ends the epoch (and so its
+        # accumulation group) without relying on len(loader).
+        upcoming = next(batches, None)
+        in_group, group_samples = 0, 0
+        while upcoming is not None:
+            if in_group == 0 and 0 < self.max_steps_per_epoch <= progress.epoch_step:
+                break
+            images, labels = upcoming
+            upcoming = next(batches, None)
+            in_group += 1
+            ends_group = in_group == self.accum_steps or upcoming is None
+            n = self._forward_backward(images, labels, sync=ends_group, window=window)
+            group_samples += n
+            if not ends_group:
+                continue
+            lr = self._optimizer_step(in_group, window)
+            progress.step += 1
+            progress.epoch_step += 1
+            progress.samples += group_samples * self.world_size
+            if self.ema is not None:
+                self.ema.update(self.model, step=progress.step)
+            if self.scheduler is not None:
+                self.scheduler.step_update(progress.step)
+            in_group, group_samples = 0, 0
+            if progress.step % self.log_interval == 0:
+                self._log(progress, window, lr, bar)
+            if bar is not None:
+                bar.update(1)
+            if on_step_end is not None and on_step_end(progress):
+                return False
+        return True
+
+    # ------------------------------------------------------------------ step
+    def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor, *, sync: bool,
+                          window: "_Window") -> int:
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        no_sync = self.ddp_model.no_sync() if (self._is_ddp and not sync) else contextlib.nullcontext()
+        with no_sync:
+            with self.autocast():
+                outputs = self.ddp_model(images)
+                loss, per_level = self.loss_fn(outputs, labels)
+            # Skipping the division when it is by 1 saves an op and an autograd node per step.
+            scaled = loss / self.accum_steps if self.accum_steps > 1 else loss
+            if self.scaler is not None:
+                self.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        n = labels.shape[0]
+        self.train_sampler.advance(n)
+        window.sums.add_means(torch.stack([loss.detach(), *(per_level[k].detach() for k in self.task_keys)]), n)
+        return n
+
+    def _optimizer_step(self, group_size: int, window: "_Window") -> float:
+        """Clip, step, zero; returns the (mean over param groups) LR the step used."""
+        if group_size < self.accum_steps:
+            # A short trailing group: its losses were divided by accum_steps, not group_size.
+            grads = [p.grad for p in self._params if p.grad is not None]
+            torch._foreach_mul_(grads, self.accum_steps / group_size)
+        if self.clip_grad > 0:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            window.grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad)
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return sum(lrs) / len(lrs)
+
+    # ------------------------------------------------------------------ reporting
+    def _make_bar(self, progress: Progress) -> tqdm | None:
+        if not self.progress_bar:
+            return None
+        try:
+            remaining = math.ceil(len(self.train_loader) / self.accum_steps)  # type: ignore[arg-type]
+        except TypeError:  # an iterable loader without a length: a bar without a total
+            total = None
+        else:
+            total = progress.epoch_step + remaining
+            if self.max_steps_per_epoch > 0:
+                total = min(total, self.max_steps_per_epoch)
+        # mininterval keeps redraws (and log-file noise when stderr is redirected) rare.
+        return tqdm(total=total, initial=progress.epoch_step, desc=f"epoch {progress.epoch}",
+                    unit="step", dynamic_ncols=True, mininterval=2.0, leave=False)
+
+    def _log(self, progress: Progress, window: "_Window", lr: float, bar: tqdm | None) -> None:
+        """One host sync: window averages → logger, TensorBoard, progress bar."""
+        averages = window.sums.averages()
+        elapsed = time.perf_counter() - window.start
+        images_per_sec = (progress.samples - window.start_samples) / max(elapsed, 1e-9)
+        step = progress.step
+        self.tb.add_scalar("train/loss", averages["loss"], step)
+        for k in self.task_keys:
+            self.tb.add_scalar(f"train/loss/{k}", averages[k], step)
+        self.tb.add_scalar("train/lr", lr, step)
+        self.tb.add_scalar("train/images_per_sec", images_per_sec, step)
+        grad_norm = ""
+        if window.grad_norm is not None:
+            norm = float(window.grad_norm)
+            self.tb.add_scalar("train/grad_norm", norm, step)
+            grad_norm = f" grad_norm {norm:.3f}"
+        levels = " ".join(f"{k} {averages[k]:.4f}" for k in self.task_keys)
+        self.logger.info("epoch %d step %d (epoch step %d) loss %.4f (%s) lr %.3e %.1f img/s%s",
+                         progress.epoch, step, progress.epoch_step, averages["loss"], levels, lr,
+                         images_per_sec, grad_norm)
+        if not math.isfinite(averages["loss"]):
+            # Checked here rather than every step: it costs no extra host sync.
+            self.logger.warning("non-finite training loss (%s) in steps %d..%d: training has diverged; "
+                                "lower TRAIN.OPTIMIZER.LR or set TRAIN.CLIP_GRAD", averages["loss"],
+                                step - self.log_interval + 1, step)
+        if bar is not None:
+            bar.set_postfix(loss=f"{averages['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+        window.reset(progress)
+
+
+class _Window:
+    """Loss sums and timing since the last log line; folded into the epoch's sums on reset."""
+
+    def __init__(self, epoch_sums: RunningSums, progress: Progress) -> None:
+        self.epoch_sums = epoch_sums
+        self.sums = RunningSums(epoch_sums.names, epoch_sums.device)
+        self.reset(progress)
+
+    def reset(self, progress: Progress) -> None:
+        if self.sums.count:
+            self.epoch_sums.update(self.sums.sums, self.sums.count)
+        self.sums.reset()
+        self.grad_norm: torch.Tensor | None = None
+        self.start = time.perf_counter()
+        self.start_samples = progress.samples
