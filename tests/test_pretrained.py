@@ -154,6 +154,17 @@ def test_rope_vit_block_mapping(tmp_path):
         load_pretrained(model, pretrained_ropevit=str(tmp_path / "rope.pth"), ropevit_blocks=[0, 5])
 
 
+def test_layer_scale_into_a_hybrid_without_it_warns_how_to_load_it(tmp_path):
+    torch.save(contiguous(rope_vit(depth=2).state_dict()), tmp_path / "rope.pth")
+    model = hybrid(layer_scale_init=0.0)
+    [report] = load_pretrained(model, pretrained_ropevit=str(tmp_path / "rope.pth"), strategy="transfer")
+    gammas = [i for i in report.unexpected if i.key.endswith(("gamma_1", "gamma_2"))]
+    assert len(gammas) == 4 and not any(i.expected for i in gammas)
+    assert any("MODEL.HYBRID.LAYER_SCALE_INIT" in w for w in report.warnings)
+    with pytest.raises(CheckpointIncompatibleError, match="gamma_1"):
+        load_pretrained(hybrid(layer_scale_init=0.0), pretrained_ropevit=str(tmp_path / "rope.pth"), strategy="strict")
+
+
 def test_shallower_source_leaves_extra_blocks_reported(tmp_path):
     torch.save(rope_vit(depth=1).state_dict(), tmp_path / "rope1.pth")
     model = hybrid()

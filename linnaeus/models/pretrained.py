@@ -253,6 +253,11 @@ def load_ropevit(
     report.notes.append("block mapping (target <- source): " + ", ".join(f"{j}<-{s}" for j, s in sorted(mapping.items())))
     if src_depth and len(used_src) < src_depth and not blocks:
         report.notes.append(f"source has {src_depth} blocks; blocks {sorted(set(range(src_depth)) - used_src)} unused")
+    if any(re.search(r"\.gamma_[12]$", k) for k in mapped) and not any(re.search(r"\.gamma_[12]$", k) for k in target):
+        report.warnings.append(
+            "the checkpoint's blocks have layer-scale (gamma_1/gamma_2) but the hybrid was built without it; "
+            "set MODEL.HYBRID.LAYER_SCALE_INIT > 0 (e.g. 1e-5) to load them"
+        )
     if "rope.freqs" in state and "rope.freqs" not in target:
         report.warnings.append(
             "the checkpoint has learned mixed-RoPE frequencies (rope.freqs) but the hybrid uses axial RoPE; "
