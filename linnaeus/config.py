@@ -396,10 +396,32 @@ def run_dir(cfg: CN) -> Path:
     return Path(os.path.expanduser(cfg.ENV.OUTPUT.BASE_DIR)) / cfg.EXPERIMENT.NAME
 
 
+# Keys whose values are checkpoint identifiers: a URL or rclone connection string there may
+# carry credentials, which must never be written to the run dir or into a checkpoint.
+_IDENTIFIER_KEYS = ("TRAIN.RESUME", "MODEL.PRETRAINED", "MODEL.PRETRAINED_CONVNEXT", "MODEL.PRETRAINED_ROPEVIT")
+
+
+def config_yaml(cfg: CN) -> str:
+    """The resolved config as YAML, with credentials in identifiers (URL user-info, query
+    strings such as presigned signatures, rclone connection-string parameters) replaced by ``***``."""
+    from linnaeus.checkpoint.sources.base import redact
+
+    clean = cfg.clone()
+    clean.defrost()
+    for key in _IDENTIFIER_KEYS:
+        *parents, leaf = key.split(".")
+        node = clean
+        for part in parents:
+            node = node[part]
+        if isinstance(node.get(leaf), str) and node[leaf]:
+            node[leaf] = redact(node[leaf])
+    return clean.dump()
+
+
 def dump_config(cfg: CN, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML (atomically: temp file + rename)."""
+    """Write the resolved config as YAML (atomically: temp file + rename), credentials redacted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(cfg.dump())
+    tmp.write_text(config_yaml(cfg))
     os.replace(tmp, path)

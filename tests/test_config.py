@@ -100,3 +100,16 @@ def test_shipped_configs_load():
     for f in (REPO / "configs").glob("*.yaml"):
         load_config(str(f))
     assert get_default_config().TRAIN.AUTO_RESUME is True
+
+
+def test_credentials_in_identifiers_are_not_written(tmp_path):
+    from linnaeus.config import config_yaml, dump_config, load_config
+
+    cfg = load_config(None, ["MODEL.PRETRAINED", "https://alice:s3cr3t-pw@example.org/w.pth?X-Amz-Signature=abcdef123",
+                             "TRAIN.RESUME", ":s3,access_key_id=AKIAXXXX,secret_access_key=TOPSECRET:bkt/c.pth"])
+    dump_config(cfg, tmp_path / "config.yaml")
+    for text in ((tmp_path / "config.yaml").read_text(), config_yaml(cfg)):
+        for secret in ("alice", "s3cr3t-pw", "abcdef123", "AKIAXXXX", "TOPSECRET"):
+            assert secret not in text
+        assert "example.org/w.pth" in text and "bkt/c.pth" in text
+    assert cfg.MODEL.PRETRAINED.startswith("https://alice")  # the live config is untouched

@@ -51,10 +51,10 @@ def test_bucket_download_lands_in_cache(tmp_path: Path, s3_server: RcloneServer)
     data = os.urandom(200_000)
     put(s3_server, "ckpts/convnext_tiny.pth", data)
     cache = tmp_path / "cache"
-    path = resolve_checkpoint_path("convnext_tiny.pth", cache, bucket_cfg(prefix="ckpts"))
+    path = resolve_checkpoint_path("convnext_tiny.pth", cache, bucket_cfg(prefix="ckpts/"))
     assert path == str(cache / "convnext_tiny.pth") and Path(path).read_bytes() == data
     assert (cache / "convnext_tiny.pth.sha256").read_text() == f"{hashlib.sha256(data).hexdigest()}  convnext_tiny.pth\n"
-    assert resolve_checkpoint_path("convnext_tiny.pth", cache, bucket_cfg(prefix="ckpts")) == path
+    assert resolve_checkpoint_path("convnext_tiny.pth", cache, bucket_cfg(prefix="ckpts/")) == path
     assert s3_server.get_count(BUCKET, "ckpts/convnext_tiny.pth") == 1  # second call was a cache hit
 
 
@@ -158,8 +158,11 @@ def test_unconfigured_remote_says_how_to_configure(tmp_path: Path, rclone_isolat
 def test_bucket_config_from_yacs_node() -> None:
     from yacs.config import CfgNode
 
-    node = CfgNode({"ENABLED": True, "REMOTE": "r:", "NAME": "b", "PATH_PREFIX": "p/q"})
+    node = CfgNode({"ENABLED": True, "REMOTE": "r:", "NAME": "b", "PATH_PREFIX": "p/q/"})
     assert BucketConfig.from_any(node).object_path("x.pth") == "r:b/p/q/x.pth"
+    # DESIGN: object = REMOTE:NAME/PATH_PREFIX<filename>, the prefix taken as written.
+    prefixed = BucketConfig.from_any({"ENABLED": True, "REMOTE": "r", "NAME": "b", "PATH_PREFIX": "models/v2_"})
+    assert prefixed.object_path("x.pth") == "r:b/models/v2_x.pth"
     assert BucketConfig.from_any({"ENABLED": True, "REMOTE": "r", "NAME": "", "PATH_PREFIX": ""}).object_path("x") == "r:x"
     with pytest.raises(ValueError, match="unknown keys"):
         BucketConfig.from_any({"ENABLED": True, "REMOTEE": "r"})

@@ -11,6 +11,9 @@ from .errors import (
     InvalidOperationError,
 )
 from .manager import CheckpointManager, CheckpointTransaction, ResumeResult
+# The function shadows its submodule's name on purpose: ``linnaeus.checkpoint.resolve(...)`` is
+# the documented call; ``from linnaeus.checkpoint.resolve import BucketConfig`` still works.
+from .resolve import BucketConfig, resolve
 from .policy import CheckpointPolicy, Interval, parse_interval, render_filename, validate_filename_template
 from .state import (
     build_state,
@@ -31,6 +34,7 @@ from .store import (
 )
 
 __all__ = [
+    "BucketConfig",
     "CheckpointCorruptError",
     "CheckpointError",
     "CheckpointIncompatibleError",
@@ -52,6 +56,7 @@ __all__ = [
     "parse_interval",
     "read_latest",
     "render_filename",
+    "resolve",
     "restore_rng_state",
     "restore_state",
     "unwrap_model",

@@ -44,7 +44,8 @@ _IGNORED_SUFFIXES = (".partial", ".lock", ".sha256", ".tmp")
 class BucketConfig:
     """Where bare names are looked up: object = ``REMOTE:NAME/PATH_PREFIX<name>``.
 
-    ``PATH_PREFIX`` is a folder: a missing trailing ``/`` is added.
+    ``PATH_PREFIX`` is prepended as written (the DESIGN contract): ``ckpts/`` is a folder,
+    ``ckpts/v2_`` a name prefix, and ``ckpts`` (no slash) glues onto the name.
     """
 
     enabled: bool = False
@@ -73,16 +74,16 @@ class BucketConfig:
         )
 
     def folder(self) -> str:
-        """``REMOTE:NAME/PATH_PREFIX`` (ends with ``/`` or ``:``)."""
+        """``REMOTE:NAME/PATH_PREFIX``: what every object name is appended to."""
         remote = self.remote.strip().rstrip(":")
         if not remote:
             raise CheckpointError(
-                "bucket is enabled but its REMOTE is empty: set ENV.INPUT.BUCKET.REMOTE (or "
-                "ENV.OUTPUT.BUCKET.REMOTE) to an rclone remote name, e.g. 'mys3'."
+                "bucket is enabled but its REMOTE is empty: set ENV.INPUT.BUCKET.REMOTE or "
+                "ENV.OUTPUT.BUCKET.REMOTE in the config (or --remote / $LINNAEUS_BUCKET_REMOTE for "
+                "linnaeus-ckpt and tools/scripts/upload_checkpoints.sh) to an rclone remote name, e.g. 'mys3'."
             )
-        prefix = self.path_prefix.strip("/")
-        parts = [p for p in (self.name.strip("/"), prefix) if p]
-        return f"{remote}:" + "".join(p + "/" for p in parts)
+        name = self.name.strip("/")
+        return f"{remote}:" + (name + "/" if name else "") + self.path_prefix.lstrip("/")
 
     def object_path(self, rel: str) -> str:
         return self.folder() + rel.lstrip("/")

@@ -107,12 +107,18 @@ def _resolve_kwargs(args: argparse.Namespace) -> dict:
 
 def _run(fn) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # Under linnaeus-ckpt the root logger is already set to WARNING; transfers should still
+    # say what they fetched and how it was verified.
+    logging.getLogger("linnaeus").setLevel(logging.INFO)
     try:
         return fn()
     except CheckpointNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:  # a malformed identifier or URI (e.g. s3://bucket-only): the user's input
         print(f"error: {e}", file=sys.stderr)
         return 1
 
