@@ -192,6 +192,45 @@ def _expected(source: Source, pool: ThreadPoolExecutor) -> _Expected:
     return _Expected(info.size, algo, info.hashes[algo].lower() if algo else None, f"the {source.kind} {algo} hash")
 
 
+_FLUSH_EVERY = 8 << 20  # bytes written between background flushes while a download streams in
+
+
+class _BackgroundFlush:
+    """``fdatasync`` running behind the writes of a download, one call in flight at a time.
+
+    A download must be on disk before its rename; fsyncing a large file only at the end costs
+    as much as the transfer's last third here. Flushing on another thread while bytes still
+    arrive overlaps the disk with the network, so the final fsync waits only for the tail.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="linnaeus-flush")
+        self._pending: Future | None = None
+        self._error: BaseException | None = None
+
+    def kick(self) -> None:
+        if self._pending is not None:
+            if not self._pending.done():
+                return  # the disk is still busy with the last batch: no queue of flushes
+            self._note(self._pending)
+        self._pending = self._pool.submit(os.fdatasync, self._fd)
+
+    def _note(self, future: Future) -> None:
+        if self._error is None and future.exception() is not None:
+            self._error = future.exception()
+
+    def close(self) -> None:
+        """Wait for the flush in flight (the fd must stay open until then) and re-raise its
+        error: the kernel reports a writeback error to one sync call only, and it may have
+        been this thread's."""
+        self._pool.shutdown(wait=True)
+        if self._pending is not None:
+            self._note(self._pending)
+        if self._error is not None:
+            raise self._error
+
+
 def _transfer(source: Source, tmp: Path, expected: "Future[_Expected]", options: DownloadOptions) -> tuple[int, str]:
     """Stream ``source`` into ``tmp`` (which must not exist), sha256-hashing on the way; fsync it.
 
@@ -202,15 +241,24 @@ def _transfer(source: Source, tmp: Path, expected: "Future[_Expected]", options:
     bar: tqdm | None = None
     try:
         with open(tmp, "xb") as f, source.open_stream() as chunks:
-            for chunk in chunks:
-                f.write(chunk)
-                sha.update(chunk)
-                received += len(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-                elif expected.done() and expected.exception() is None and options.show_progress(expected.result().size):
-                    bar = tqdm(total=expected.result().size, initial=received, unit="B", unit_scale=True,
-                               unit_divisor=1024, desc=source.name)
+            flusher = _BackgroundFlush(f.fileno())
+            try:
+                flushed = 0
+                for chunk in chunks:
+                    f.write(chunk)
+                    sha.update(chunk)
+                    received += len(chunk)
+                    if received - flushed >= _FLUSH_EVERY:
+                        f.flush()
+                        flusher.kick()
+                        flushed = received
+                    if bar is not None:
+                        bar.update(len(chunk))
+                    elif expected.done() and expected.exception() is None and options.show_progress(expected.result().size):
+                        bar = tqdm(total=expected.result().size, initial=received, unit="B", unit_scale=True,
+                                   unit_divisor=1024, desc=source.name)
+            finally:
+                flusher.close()
             f.flush()
             os.fsync(f.fileno())
     finally:
