@@ -45,10 +45,16 @@ def test_ls_marks_latest_and_best_and_verifies(run_dir: Path, capsys: pytest.Cap
     assert rows["checkpoint_epoch_2.pth"].endswith("best") and rows["checkpoint_epoch_4.pth"].endswith("latest")
     assert all(row.split()[7] == "ok" for row in rows.values())  # file kind epoch step metric size(2) verified
 
+    assert "failed verification" not in out
+
     path = run_dir / "checkpoints" / "checkpoint_epoch_3.pth"
     path.write_bytes(path.read_bytes()[:-10])
     assert main(["ls", str(run_dir / "checkpoints")]) == 0
-    assert "BAD" in _table(capsys.readouterr().out)["checkpoint_epoch_3.pth"]
+    out = capsys.readouterr().out
+    assert "BAD" in _table(out)["checkpoint_epoch_3.pth"]
+    # DESIGN's CLI contract says nothing of ls' exit code, so it stays 0, with a footer that says so.
+    assert out.splitlines()[-1].startswith(
+        f"1 file(s) failed verification: run `linnaeus-ckpt verify {run_dir / 'checkpoints'}`")
 
 
 def test_inspect_json(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
@@ -74,6 +80,33 @@ def test_verify_exit_codes(run_dir: Path, capsys: pytest.CaptureFixture) -> None
     assert f"BAD  {bad}: content does not match checkpoint_epoch_2.pth.sha256 (expected sha256" in out
     assert "3 ok, 1 bad" in out
     assert main(["verify", str(ckpts / "checkpoint_epoch_1.pth")]) == 0
+
+
+def test_verify_maps_a_run_dir_and_reports_leftovers(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    (run_dir / "config.yaml").write_text("MODEL:\n  X: 1\n")
+    (run_dir / "log.txt").write_text("log\n")
+    assert main(["verify", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "config.yaml" not in out and "log.txt" not in out and "4 ok, 0 bad" in out
+
+    # Leftovers of interrupted saves are named as such, and do not fail verification.
+    ckpts = run_dir / "checkpoints"
+    temp = ckpts / ".checkpoint_epoch_5.pth.tmp-999999-abcd1234"
+    orphan = ckpts / "checkpoint_epoch_9.pth.sha256"
+    pending = ckpts / ".checkpoint_epoch_4.pth.sha256.pending-999999"
+    for leftover in (temp, orphan, pending):
+        leftover.write_text("0" * 64 + "  x\n")
+    assert main(["verify", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"LEFTOVER  {temp}: temp file of an unfinished save" in out
+    assert f"LEFTOVER  {orphan}: sidecar without its data file" in out
+    assert f"LEFTOVER  {pending}: pending sidecar of an interrupted overwrite" in out
+    assert "4 ok, 0 bad, 3 leftover(s) of interrupted saves" in out and "BAD" not in out
+
+    bad = ckpts / "checkpoint_epoch_1.pth"
+    bad.write_bytes(bad.read_bytes()[:-10])
+    assert main(["verify", str(run_dir)]) == 1
+    assert "3 ok, 1 bad" in capsys.readouterr().out
 
 
 def test_prune_dry_run_then_for_real(run_dir: Path, capsys: pytest.CaptureFixture) -> None:

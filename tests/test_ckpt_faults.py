@@ -22,38 +22,58 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 from ckpt_writer import check_consistent, expected_model, make_policy, run_writer  # noqa: E402
-from linnaeus.checkpoint import CheckpointCorruptError, CheckpointManager, verify_checkpoint  # noqa: E402
-from linnaeus.checkpoint.hashing import sidecar_path  # noqa: E402
-from linnaeus.checkpoint.store import is_checkpoint_name, is_temp_name, load_verified, set_test_phase_hook  # noqa: E402
+from linnaeus.checkpoint import (  # noqa: E402
+    CheckpointCorruptError,
+    CheckpointIncompatibleError,
+    CheckpointManager,
+    verify_checkpoint,
+)
+from linnaeus.checkpoint.hashing import read_sidecar, sha256_file, sidecar_path  # noqa: E402
+from linnaeus.checkpoint.store import (  # noqa: E402
+    commit_file,
+    is_checkpoint_name,
+    is_pending_sidecar_name,
+    is_temp_name,
+    load_verified,
+    set_test_phase_hook,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FORK = multiprocessing.get_context("fork")
 # After these steps the new checkpoint has its final name: resume must pick it up.
-COMMITTED = {"renamed", "dir-synced", "latest-temp", "latest", "deleted-data"}
-PHASES = [("open", 1), ("write", 1), ("write", 3), ("write", 5), ("written", 1), ("fsynced", 1),
-          ("sidecar-temp", 1), ("sidecar", 1), ("renamed", 1), ("dir-synced", 1), ("latest-temp", 1), ("latest", 1)]
-# (checkpoints already on disk, phase, occurrence): first save into an empty dir, and a
-# fourth save that also triggers retention (keep-last 3) of the oldest file.
-KILL_POINTS = [(0, p, n) for p, n in PHASES] + [(3, p, n) for p, n in PHASES + [("deleted-data", 1)]]
+COMMITTED = {"renamed", "dir-synced", "sidecar-replaced", "sidecar-synced", "latest-temp", "latest", "deleted-data"}
+WRITE_PHASES = [("open", 1), ("write", 1), ("write", 3), ("write", 5), ("written", 1), ("fsynced", 1)]
+PHASES = WRITE_PHASES + [("sidecar-temp", 1), ("sidecar", 1), ("renamed", 1), ("dir-synced", 1),
+                         ("latest-temp", 1), ("latest", 1)]
+# Overwriting a committed file: the new hash waits in a pending sidecar until the data has its name.
+OVERWRITE_PHASES = WRITE_PHASES + [("pending-temp", 1), ("pending", 1), ("renamed", 1), ("dir-synced", 1),
+                                   ("sidecar-replaced", 1), ("sidecar-synced", 1), ("latest-temp", 1), ("latest", 1)]
+FIXED_NAME = "last.pth"
+# (scenario, phase, occurrence). "empty": first save into an empty dir. "three": a fourth save
+# that also triggers retention (keep-last 3) of the oldest file. "overwrite": the save of step 4
+# into last.pth, which holds step 3 and is the run's only checkpoint (SAVE_LAST_ONLY-style name).
+KILL_POINTS = ([("empty", p, n) for p, n in PHASES] + [("three", p, n) for p, n in PHASES + [("deleted-data", 1)]]
+               + [("overwrite", p, n) for p, n in OVERWRITE_PHASES])
+STEPS_BEFORE = {"empty": 0, "three": 3, "overwrite": 3}
 
 
-def _child(directory: str, conn) -> None:  # runs in the forked writer process
+def _child(directory: str, conn, filename: str | None) -> None:  # runs in the forked writer process
     def pause(phase: str, nbytes: int) -> None:
         conn.send((phase, nbytes))
         conn.recv()
 
     set_test_phase_hook(pause)
-    run_writer(directory, 1)
+    run_writer(directory, 1, filename)
     conn.send(("done", 0))
 
 
-def _kill_during_save(directory: Path, phase: str, occurrence: int) -> int:
+def _kill_during_save(directory: Path, phase: str, occurrence: int, filename: str | None = None) -> int:
     """Run one save in a child process and SIGKILL it at ``phase`` (its ``occurrence``-th time).
 
     Returns the bytes written so far when killed.
     """
     parent_end, child_end = FORK.Pipe()
-    proc = FORK.Process(target=_child, args=(str(directory), child_end))
+    proc = FORK.Process(target=_child, args=(str(directory), child_end, filename))
     proc.start()
     seen: Counter[str] = Counter()
     try:
@@ -80,7 +100,8 @@ def _assert_no_partial_under_final_name(directory: Path) -> None:
             assert sidecar_path(directory / name).exists(), f"{name} visible under its final name without a sidecar"
             assert verify_checkpoint(directory / name).ok, f"{name} visible under its final name but invalid"
         else:
-            assert name == "latest" or name.endswith(".sha256") or is_temp_name(name), f"unexpected file {name}"
+            assert (name == "latest" or name.endswith(".sha256") or is_temp_name(name)
+                    or is_pending_sidecar_name(name)), f"unexpected file {name}"
 
 
 @pytest.fixture(scope="module")
@@ -90,35 +111,50 @@ def three_saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-def test_kill_minus_9_at_every_step_of_a_save(tmp_path: Path, three_saved: Path) -> None:
+@pytest.fixture(scope="module")
+def last_saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """last.pth at step 3, already overwritten twice, and nothing else."""
+    base = tmp_path_factory.mktemp("last")
+    assert run_writer(base, 3, FIXED_NAME) == 3
+    assert sorted(os.listdir(base)) == [FIXED_NAME, FIXED_NAME + ".sha256", "latest"]
+    return base
+
+
+def test_kill_minus_9_at_every_step_of_a_save(tmp_path: Path, three_saved: Path, last_saved: Path) -> None:
     covered = []
-    for i, (before, phase, occurrence) in enumerate(KILL_POINTS):
+    for i, (scenario, phase, occurrence) in enumerate(KILL_POINTS):
         directory = tmp_path / f"k{i}"
-        if before:
-            shutil.copytree(three_saved, directory)
+        source = {"three": three_saved, "overwrite": last_saved}.get(scenario)
+        if source is not None:
+            shutil.copytree(source, directory)
         else:
             directory.mkdir()
-        nbytes = _kill_during_save(directory, phase, occurrence)
-        covered.append(f"{before}:{phase}#{occurrence}@{nbytes}B")
+        filename = FIXED_NAME if scenario == "overwrite" else None
+        nbytes = _kill_during_save(directory, phase, occurrence, filename)
+        covered.append(f"{scenario}:{phase}#{occurrence}@{nbytes}B")
         _assert_no_partial_under_final_name(directory)
 
         manager = CheckpointManager(directory, make_policy(), name="writer")  # cleans leftovers
         leftovers = [n for n in os.listdir(directory)
-                     if is_temp_name(n) or (n.endswith(".sha256") and not (directory / n[:-7]).exists())]
-        assert leftovers == [], f"after kill at {phase}: leftovers not cleaned: {leftovers}"
-        expected = before + (1 if phase in COMMITTED else 0)
+                     if is_temp_name(n) or is_pending_sidecar_name(n)
+                     or (n.endswith(".sha256") and not (directory / n[:-7]).exists())]
+        assert leftovers == [], f"after kill at {scenario}:{phase}: leftovers not cleaned: {leftovers}"
+        # After cleanup every checkpoint's own sidecar holds its hash (sha256sum -c works again).
+        for name in filter(is_checkpoint_name, os.listdir(directory)):
+            assert read_sidecar(directory / name) == sha256_file(directory / name), f"{scenario}:{phase}: {name}"
+        expected = STEPS_BEFORE[scenario] + (1 if phase in COMMITTED else 0)
         found = manager.load_resumable()
         if expected == 0:
             assert found is None, f"kill at {phase}: resumed from {found and found[0]} though nothing was committed"
         else:
-            assert found is not None, f"kill at {phase}: no resumable checkpoint"
-            assert check_consistent(found[1]) == expected, f"kill at {phase}: resumed the wrong checkpoint"
+            assert found is not None, f"kill at {scenario}:{phase}: no resumable checkpoint"
+            assert check_consistent(found[1]) == expected, f"kill at {scenario}:{phase}: resumed the wrong checkpoint"
             assert manager.find_resumable() == found[0]
         # The directory stays usable: a relaunch continues from where the last commit left off.
-        assert run_writer(directory, 1) == expected + 1
+        assert run_writer(directory, 1, filename) == expected + 1
     distinct = len(set(covered))
     print(f"\nkill -9 points covered: {distinct}: {', '.join(covered)}")
-    assert distinct >= 20
+    assert distinct == len(KILL_POINTS) == 39
 
 
 def test_kill_fresh_interpreter_via_env_delay(tmp_path: Path) -> None:
@@ -238,3 +274,62 @@ def test_overwriting_another_savers_file_is_refused(tmp_path: Path) -> None:
         with other.begin(epoch=0, step=1, end_of_epoch=False) as ckpt:
             ckpt["model"] = expected_model(1)
     assert check_consistent(load_verified(tmp_path / "ckpt_step_1.pth")) == 1
+
+
+# ----------------------------------------------------------------------------- newer format
+def _commit_newer_format(directory: Path, step: int, *, version: int = 2, drop_progress: bool = False) -> Path:
+    """Commit step ``step`` as a newer linnaeus would: intact, sidecar and all, but meta.format_version > 1."""
+    state = torch.load(next(directory.glob("ckpt_step_*.pth")), weights_only=True)
+    state["model"] = expected_model(step)
+    state["progress"] = {**state["progress"], "step": step}
+    state["meta"] = {**state["meta"], "step": step, "format_version": version, "file": f"ckpt_step_{step}.pth"}
+    if drop_progress:  # a newer layout might keep progress elsewhere: the file cannot be ordered
+        del state["progress"]
+        del state["meta"]["step"]
+    return commit_file(directory, f"ckpt_step_{step}.pth", state, update_latest=True).path
+
+
+def test_newer_format_version_is_incompatible_not_corrupt(tmp_path: Path) -> None:
+    _saved_steps(tmp_path, 2)
+    newer = _commit_newer_format(tmp_path, 3)
+    with pytest.raises(CheckpointIncompatibleError) as err:
+        load_verified(newer)
+    text = str(err.value)
+    assert str(newer) in text and "format_version 2" in text and "format_version <= 1" in text
+    assert "upgrade linnaeus" in text and "Delete or replace" not in text
+    assert err.value.path == newer
+    result = verify_checkpoint(newer)
+    assert not result.ok and result.incompatible and "upgrade linnaeus" in result.reason
+    proc = subprocess.run([sys.executable, "-m", "linnaeus.cli.ckpt", "verify", str(newer)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "upgrade linnaeus" in proc.stdout
+
+
+@pytest.mark.parametrize("drop_progress", [False, True], ids=["ordered", "progress-unreadable"])
+def test_auto_resume_stops_at_a_newer_format_instead_of_falling_back(tmp_path: Path, drop_progress: bool) -> None:
+    """A newer linnaeus wrote the run's newest state: resuming from step 2 would silently lose step 3."""
+    _saved_steps(tmp_path, 2)
+    newer = _commit_newer_format(tmp_path, 3, drop_progress=drop_progress)
+    manager = CheckpointManager(tmp_path, make_policy(), name="writer")
+    for find in (manager.find_resumable, manager.load_resumable):
+        with pytest.raises(CheckpointIncompatibleError) as err:
+            find()
+        assert str(newer) in str(err.value) and "upgrade linnaeus" in str(err.value)
+        assert "format_version 2" in str(err.value)
+    # This linnaeus cannot judge the file, so its retention never deletes it.
+    assert newer.name not in [i.name for i in manager.checkpoints()]
+    assert newer.exists()
+
+
+def test_damaged_file_of_a_newer_format_is_still_skipped_as_corrupt(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    _saved_steps(tmp_path, 2)
+    newer = _commit_newer_format(tmp_path, 3)
+    data = newer.read_bytes()
+    newer.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointCorruptError):
+        load_verified(newer)
+    with caplog.at_level(logging.WARNING, logger="linnaeus.checkpoint"):
+        found = CheckpointManager(tmp_path, make_policy(), name="writer").load_resumable()
+    assert found is not None and check_consistent(found[1]) == 2
+    assert any(newer.name in r.getMessage() and "Skipping" in r.getMessage() for r in caplog.records)

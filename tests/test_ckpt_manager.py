@@ -143,6 +143,35 @@ def test_policy_decisions_and_names(tmp_path: Path) -> None:
         CheckpointPolicy(interval=parse_interval("500st"), filename="ckpt_{epoch}.pth")
 
 
+def test_metric_field_missing_at_save_time_is_a_clear_error(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path, CheckpointPolicy(filename="ckpt_{epoch}_{val_acc1_species:.3f}.pth"))
+    with pytest.raises(InvalidOperationError) as err:
+        manager.save(epoch=1, step=10, metrics={"val/loss": 0.5, "train/loss": 0.7}, model=nn.Linear(2, 2))
+    text = str(err.value)
+    assert "{val_acc1_species}" in text and "val/loss" in text and "train/loss" in text
+    assert "epoch 1, step 10" in text and str(tmp_path) in text
+    with pytest.raises(InvalidOperationError, match="has no metrics"):
+        manager.save(epoch=1, step=10, model=nn.Linear(2, 2))
+    assert os.listdir(tmp_path) == []
+    # Nothing is left open: the next save with the metric works.
+    path = manager.save(epoch=1, step=10, metrics={"val/acc1/species": 0.51234}, model=nn.Linear(2, 2))
+    assert path.name == "ckpt_1_0.512.pth" and verify_checkpoint(path).ok
+
+
+def test_meta_extra_may_not_replace_core_meta(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path)
+    with pytest.raises(InvalidOperationError, match=r"sets \['format_version'\].*my_format_version"):
+        with manager.begin(epoch=1, step=10) as ckpt:
+            ckpt["model"] = nn.Linear(2, 2)
+            ckpt.meta_extra["format_version"] = 99
+    assert os.listdir(tmp_path) == []
+    with manager.begin(epoch=1, step=10) as ckpt:
+        ckpt["model"] = nn.Linear(2, 2)
+        ckpt.meta_extra["dataset_hash"] = "abc"
+    meta = torch.load(ckpt.path, weights_only=True)["meta"]
+    assert meta["dataset_hash"] == "abc" and meta["format_version"] == 1
+
+
 def _save(manager: CheckpointManager, epoch: int, acc: float | None = None, model: nn.Module | None = None) -> Path:
     model = model or nn.Linear(2, 2)
     return manager.save(epoch=epoch, step=epoch * 10, metrics={"acc": acc} if acc is not None else None, model=model)
@@ -317,6 +346,11 @@ def test_ddp_ranks_agree_on_saves_and_failures(tmp_path: Path) -> None:
         assert f"rank {rank} transaction aborted" in out and f"rank {rank} epoch2 exists=False" in out
         assert f"rank {rank} async raised=True" in out
         assert f"rank {rank} raised CheckpointError" in out and "FileExistsError" in out
+        # Names with {rank}/{timestamp} are rendered on rank 0: every rank reports rank 0's file.
+        assert f"rank {rank} ranked path r0_" in out and f"rank {rank} ranked path exists=True" in out
+        assert f"rank {rank} naming raised InvalidOperationError" in out
     assert "rank 0 rng entries=2 differ=True" in out
+    ranked = {line.split()[4] for line in out.splitlines() if " ranked path r0_" in line}
+    assert len(ranked) == 1, out[-4000:]
     assert "unexpectedly survived" not in out
     assert proc.returncode != 0

@@ -19,6 +19,7 @@ from torch import nn
 from linnaeus.checkpoint import (
     CheckpointCorruptError,
     CheckpointManager,
+    InvalidOperationError,
     CheckpointNotFoundError,
     collect_rng_state,
     list_checkpoints,
@@ -28,15 +29,18 @@ from linnaeus.checkpoint import (
     unwrap_model,
     verify_checkpoint,
 )
-from linnaeus.checkpoint.hashing import HashingWriter, read_sidecar, sidecar_path
+from linnaeus.checkpoint.hashing import HashingWriter, read_sidecar, sha256_file, sidecar_path
 from linnaeus.checkpoint.state import make_meta
 from linnaeus.checkpoint.store import (
     CheckpointInfo,
     cleanup_stale,
     commit_file,
     is_checkpoint_name,
+    is_pending_sidecar_name,
     is_temp_name,
+    pending_sidecar_name,
     plan_retention,
+    set_test_phase_hook,
     temp_name,
     write_latest,
 )
@@ -123,8 +127,13 @@ def test_verify_reports_each_kind_of_problem(tmp_path: Path) -> None:
     with pytest.raises(CheckpointCorruptError, match="never committed"):
         load_verified(path)
     assert load_verified(path, require_sidecar=False)["progress"]["step"] == 1
-    with pytest.raises(CheckpointNotFoundError):
+    with pytest.raises(CheckpointNotFoundError) as missing:
         load_verified(tmp_path / "nope.pth")
+    # Names the file, what was expected and what to do.
+    assert str(tmp_path / "nope.pth") in str(missing.value) and "does not exist" in str(missing.value)
+    assert "Expected a checkpoint file" in str(missing.value) and f"linnaeus-ckpt ls {tmp_path}" in str(missing.value)
+    with pytest.raises(CheckpointNotFoundError, match="is a directory"):
+        load_verified(tmp_path)
 
     # Structure: a dict of tensors that is no linnaeus checkpoint.
     other = commit_file(tmp_path, "c.pth", {"meta": {"format_version": 99}}, update_latest=False).path
@@ -206,3 +215,92 @@ def test_unwrap_model_sees_through_data_parallel() -> None:
     model = nn.Linear(2, 2)
     assert unwrap_model(nn.DataParallel(model)) is model
     assert unwrap_model(nn.DataParallel(nn.DataParallel(model))) is model
+
+
+# ----------------------------------------------------------------------------- overwrite
+def _snapshots_at_each_phase(tmp_path: Path, save) -> dict[str, Path]:
+    """Run ``save()`` and copy the checkpoint dir at every phase: what a kill there would leave."""
+    import shutil
+
+    directory, snaps = tmp_path / "d", {}
+
+    def hook(phase: str, nbytes: int) -> None:
+        if phase != "write":
+            snaps[phase] = shutil.copytree(directory, tmp_path / f"snap-{len(snaps)}-{phase}")
+
+    set_test_phase_hook(hook)
+    try:
+        save(directory)
+    finally:
+        set_test_phase_hook(None)
+    return snaps
+
+
+def test_overwriting_a_committed_file_is_old_or_new_at_every_instant(tmp_path: Path) -> None:
+    commit_file(tmp_path / "d", "last.pth", _full_state(1), update_latest=True)
+    snaps = _snapshots_at_each_phase(
+        tmp_path, lambda d: commit_file(d, "last.pth", _full_state(2), update_latest=True))
+    assert list(snaps) == ["open", "written", "fsynced", "pending-temp", "pending", "renamed", "dir-synced",
+                           "sidecar-replaced", "sidecar-synced", "latest-temp", "latest"]
+    for phase, snap in snaps.items():
+        new = phase in {"renamed", "dir-synced", "sidecar-replaced", "sidecar-synced", "latest-temp", "latest"}
+        assert verify_checkpoint(snap / "last.pth").ok, phase
+        assert load_verified(snap / "last.pth")["progress"]["step"] == (2 if new else 1), phase
+        # As if the writer had been killed here: its temp and pending files now belong to a dead pid.
+        # Cleanup then finishes the pending sidecar (data is new) or drops it (data is old).
+        dead = str(_dead_pid())
+        for name in os.listdir(snap):
+            os.rename(snap / name, snap / name.replace(f"-{os.getpid()}", f"-{dead}"))
+        cleanup_stale(snap)
+        assert not any(is_pending_sidecar_name(n) or is_temp_name(n) for n in os.listdir(snap)), phase
+        assert read_sidecar(snap / "last.pth") == sha256_file(snap / "last.pth"), phase
+    final = tmp_path / "d"
+    assert sorted(os.listdir(final)) == ["last.pth", "last.pth.sha256", "latest"]
+    assert load_verified(final / "last.pth")["progress"]["step"] == 2
+
+
+def test_a_new_name_is_committed_sidecar_first_without_pending(tmp_path: Path) -> None:
+    snaps = _snapshots_at_each_phase(tmp_path, lambda d: commit_file(d, "a.pth", _full_state(1), update_latest=False))
+    assert list(snaps) == ["open", "written", "fsynced", "sidecar-temp", "sidecar", "renamed", "dir-synced"]
+
+
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+def test_cleanup_leaves_a_live_writers_pending_sidecar_alone(tmp_path: Path) -> None:
+    path = commit_file(tmp_path, "last.pth", _full_state(1), update_latest=False).path
+    old_sidecar = sidecar_path(path).read_text()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pending = tmp_path / f".last.pth.sha256.pending-{live.pid}"
+        pending.write_text("0" * 64 + "  last.pth\n")
+        assert is_pending_sidecar_name(pending.name) and not is_checkpoint_name(pending.name)
+        assert pending_sidecar_name("last.pth") == f".last.pth.sha256.pending-{os.getpid()}"
+        assert cleanup_stale(tmp_path) == [] and pending.exists()
+        assert verify_checkpoint(path).ok and sidecar_path(path).read_text() == old_sidecar
+    finally:
+        live.kill()
+        live.wait()
+    assert cleanup_stale(tmp_path) == [pending] and not pending.exists()
+    assert sidecar_path(path).read_text() == old_sidecar
+
+
+def test_pending_sidecar_does_not_hide_damage(tmp_path: Path) -> None:
+    path = commit_file(tmp_path, "last.pth", _full_state(1), update_latest=False).path
+    (tmp_path / f".last.pth.sha256.pending-{_dead_pid()}").write_text("1" * 64 + "  last.pth\n")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert "does not match" in verify_checkpoint(path).reason
+    with pytest.raises(CheckpointCorruptError, match="does not match"):
+        load_verified(path)
+
+
+def test_meta_extra_cannot_replace_core_meta_keys() -> None:
+    meta = make_meta(kind="full", saver="s", file="f.pth", run_id="r", epoch=0, step=1, extra={"note": "x"})
+    assert meta["note"] == "x" and meta["format_version"] == 1
+    with pytest.raises(InvalidOperationError, match=r"f\.pth sets \['format_version', 'kind'\]"):
+        make_meta(kind="full", saver="s", file="f.pth", run_id="r", epoch=0, step=1,
+                  extra={"format_version": 2, "kind": "weights"})

@@ -113,3 +113,45 @@ def test_credentials_in_identifiers_are_not_written(tmp_path):
             assert secret not in text
         assert "example.org/w.pth" in text and "bkt/c.pth" in text
     assert cfg.MODEL.PRETRAINED.startswith("https://alice")  # the live config is untouched
+
+
+METRIC_NAME = "ckpt_{epoch}_{val_acc1_species:.3f}.pth"
+
+
+def test_metric_fields_need_a_validation_before_every_save():
+    # The reported failure: saving every epoch, validating every 2nd one.
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["CHECKPOINT.FILENAME", METRIC_NAME, "EVAL.INTERVAL", "2"])
+    text = str(err.value)
+    assert "CHECKPOINT.FILENAME" in text and "CHECKPOINT.INTERVAL '1ep'" in text and "EVAL.INTERVAL 2" in text
+    assert "after epoch 1" in text and "multiple of EVAL.INTERVAL (2), e.g. '2ep'" in text
+    with pytest.raises(ConfigError, match=r"CHECKPOINT.INTERVAL '3ep' saves after epoch 3"):
+        load_config(None, ["CHECKPOINT.FILENAME", METRIC_NAME, "EVAL.INTERVAL", "2", "CHECKPOINT.INTERVAL", "3ep"])
+    for interval in ("2ep", "4", "6ep"):
+        load_config(None, ["CHECKPOINT.FILENAME", METRIC_NAME, "EVAL.INTERVAL", "2", "CHECKPOINT.INTERVAL", interval])
+    load_config(None, ["CHECKPOINT.FILENAME", METRIC_NAME])  # defaults: both every epoch
+    # SAVE_LAST_ONLY saves only after the last epoch, which is always validated.
+    load_config(None, ["CHECKPOINT.FILENAME", METRIC_NAME, "EVAL.INTERVAL", "2", "CHECKPOINT.SAVE_LAST_ONLY", "True"])
+
+
+def test_metric_fields_are_rejected_where_saves_have_no_metrics():
+    with pytest.raises(ConfigError, match=r"CHECKPOINT.INTERVAL '500st' saves every 500 optimizer steps"):
+        load_config(None, ["CHECKPOINT.INTERVAL", "500st", "CHECKPOINT.FILENAME", "c_{step}_{val_loss:.2f}.pth"])
+    with pytest.raises(ConfigError, match=r"CHECKPOINT.MID_EPOCH_FILENAME .*preemption saves"):
+        load_config(None, ["CHECKPOINT.MID_EPOCH_FILENAME", "c_{epoch}_{step}_{val_loss:.2f}.pth"])
+    with pytest.raises(ConfigError, match=r"CHECKPOINT.WEIGHTS_SAVER.FILENAME .*WEIGHTS_SAVER.INTERVAL '1ep'"):
+        load_config(None, ["CHECKPOINT.WEIGHTS_SAVER.ENABLED", "True", "EVAL.INTERVAL", "2",
+                           "CHECKPOINT.WEIGHTS_SAVER.FILENAME", "w_{epoch}_{val_loss:.2f}.pth",
+                           "CHECKPOINT.INTERVAL", "2ep"])
+    with pytest.raises(ConfigError, match=r"DATA.VAL_FRACTION 0"):
+        load_config(None, ["CHECKPOINT.FILENAME", METRIC_NAME, "DATA.VAL_FRACTION", "0.0"])
+
+
+def test_metric_field_typos_and_bad_format_specs_fail_at_load():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["CHECKPOINT.FILENAME", "c_{epoch}_{val_acc1_specis:.3f}.pth"])
+    assert "val_acc1_specis" in str(err.value) and "'val_acc1_species'" in str(err.value)
+    with pytest.raises(ConfigError, match=r"CHECKPOINT: filename template .*cannot be rendered"):
+        load_config(None, ["CHECKPOINT.FILENAME", "c_{epoch}_{val_loss:d}.pth"])
+    with pytest.raises(ConfigError, match=r"EVAL.INTERVAL must be >= 1"):
+        load_config(None, ["EVAL.INTERVAL", "0"])

@@ -41,7 +41,8 @@ class CheckpointCorruptError(CheckpointError):
 
 
 class CheckpointIncompatibleError(CheckpointError):
-    """A checkpoint does not fit the object it is restored into (keys, shapes, format)."""
+    """A checkpoint does not fit the object it is restored into (keys, shapes), or was written
+    in a newer format than this linnaeus reads (``.path`` names the file when known)."""
 
     def __init__(
         self,
@@ -50,7 +51,9 @@ class CheckpointIncompatibleError(CheckpointError):
         missing: Sequence[str] = (),
         unexpected: Sequence[str] = (),
         mismatched: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]] = (),
+        path: str | Path | None = None,
     ) -> None:
+        self.path = Path(path) if path is not None else None
         self.missing = list(missing)
         self.unexpected = list(unexpected)
         self.mismatched = list(mismatched)

@@ -137,11 +137,20 @@ def read_sidecar(path: str | Path) -> str:
     Raises FileNotFoundError if there is no sidecar and ValueError (naming the sidecar
     and what was wrong) if it is malformed or written for another file.
     """
-    side = sidecar_path(path)
+    return read_sidecar_file(sidecar_path(path), Path(path).name)
+
+
+def read_sidecar_file(side: str | Path, file_name: str) -> str:
+    """Expected sha256 of ``file_name`` from the sha256sum-format file ``side`` (any name).
+
+    The store also keeps a pending sidecar while it overwrites a committed file, under a
+    hidden name; this reads both. Errors as in :func:`read_sidecar`.
+    """
+    side = Path(side)
     text = side.read_text(encoding="utf-8", errors="replace").strip()
     m = _SIDECAR_RE.match(text.splitlines()[0] if text else "")
     if not m:
         raise ValueError(f"{side} is not in sha256sum format ('<64 hex>  <file name>'); found {text[:80]!r}")
-    if m.group(2) != Path(path).name:
-        raise ValueError(f"{side} is for file {m.group(2)!r}, not {Path(path).name!r}")
+    if m.group(2) != file_name:
+        raise ValueError(f"{side} is for file {m.group(2)!r}, not {file_name!r}")
     return m.group(1).lower()

@@ -33,12 +33,19 @@ from typing import Any, Callable, Iterator, Mapping
 
 from torch import nn
 
-from linnaeus.dist import all_gather_object, any_rank_true, broadcast_object, get_rank
+from linnaeus.dist import all_gather_object, any_rank_true, broadcast_object, get_rank, get_world_size
 
 from .async_writer import AsyncWriter
-from .errors import CheckpointCorruptError, CheckpointError, InvalidOperationError
+from .errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointIncompatibleError,
+    CheckpointNotFoundError,
+    InvalidOperationError,
+)
 from .policy import CheckpointPolicy, render_filename
 from .state import (
+    CORE_META_KEYS,
     KIND_FULL,
     KIND_WEIGHTS,
     build_state,
@@ -46,6 +53,7 @@ from .state import (
     gather_rng_states,
     make_meta,
     model_state_dict,
+    newer_format_reason,
     plain_metrics,
     restore_state,
 )
@@ -104,7 +112,10 @@ class CheckpointTransaction:
 
     def commit(self) -> Path:
         if self._done:
-            raise InvalidOperationError(f"transaction for {self.path} is already {'committed' if self.committed else 'aborted'}.")
+            raise InvalidOperationError(
+                f"transaction for {self.path} is already {'committed' if self.committed else 'aborted'}; "
+                "open a new one with manager.begin(...) to save again."
+            )
         self._done = True
         try:
             self._manager._commit(self)
@@ -128,7 +139,10 @@ class CheckpointTransaction:
         if any_rank_true(failed_here):
             self.abort()
             if not failed_here:
-                raise CheckpointError(f"save of {self.path} aborted: another rank raised inside the transaction.")
+                raise CheckpointError(
+                    f"save of {self.path} aborted, nothing was committed: another rank raised inside the "
+                    "transaction. Its error is in that rank's output."
+                )
             return False
         self.commit()
         return False
@@ -203,7 +217,12 @@ class CheckpointManager:
         return self.policy.interval.due(epoch=epoch, step=step, end_of_epoch=end_of_epoch)
 
     def filename_for(self, *, epoch: int, step: int, end_of_epoch: bool = True, metrics: Mapping[str, float] | None = None) -> str:
-        """Render the policy's template; mid-epoch saves of an epoch-interval policy get the {step} one."""
+        """Render the policy's template; mid-epoch saves of an epoch-interval policy get the {step} one.
+
+        Local to this process: ``{rank}`` and ``{timestamp}`` differ between ranks. ``begin()``
+        and ``save()`` use rank 0's rendering on every rank. Raises InvalidOperationError
+        when the template uses a metric this save does not have.
+        """
         use_mid = not end_of_epoch and not self.policy.interval.by_steps
         template = self.policy.mid_epoch_filename if use_mid else self.policy.filename
         fields = {
@@ -236,10 +255,33 @@ class CheckpointManager:
                 f"begin() while the transaction for {self._open_txn.path} is still open; commit or abort it first."
             )
         values = plain_metrics(metrics)
-        name = filename or self.filename_for(epoch=epoch, step=step, end_of_epoch=end_of_epoch, metrics=values)
+        name = self._agreed_filename(filename, epoch=epoch, step=step, end_of_epoch=end_of_epoch, metrics=values)
         progress = {"epoch": int(epoch), "step": int(step), "epoch_step": int(epoch_step), "samples": int(samples)}
         self._open_txn = CheckpointTransaction(self, filename=name, progress=progress, metrics=values)
         return self._open_txn
+
+    def _agreed_filename(self, filename: str | None, *, epoch: int, step: int, end_of_epoch: bool,
+                         metrics: dict[str, float]) -> str:
+        """Rank 0's file name, on every rank (a collective in DDP).
+
+        Only rank 0 writes, so every rank's ``txn.path``/``save()`` must name rank 0's file,
+        whereas ``{rank}``, ``{timestamp}`` and rank-local metrics render differently per rank.
+        A rendering error is sent along, so all ranks raise it instead of waiting for rank 0.
+        """
+        name, problem, error = None, None, None
+        if self.is_writer:
+            try:
+                name = filename or self.filename_for(epoch=epoch, step=step, end_of_epoch=end_of_epoch, metrics=metrics)
+            except InvalidOperationError as e:
+                where = " (rank 0 names the file for every rank)" if get_world_size() > 1 else ""
+                error = InvalidOperationError(
+                    f"cannot name the save at epoch {epoch}, step {step} in {self.directory}{where}: {e}")
+                error.__cause__ = e
+                problem = str(error)
+        name, problem = broadcast_object((name, problem))
+        if problem is not None:
+            raise error or InvalidOperationError(problem)
+        return name
 
     def save(
         self,
@@ -278,6 +320,8 @@ class CheckpointManager:
 
     def _commit(self, txn: CheckpointTransaction) -> None:
         self._check_open()
+        # Misuse found on one rank must stop all of them before the collectives below.
+        self._agree(self._misuse(txn), f"save of {txn.path}")
         if self._writer is not None:
             # One save in flight; a failure of the previous one is raised before starting another.
             if self.is_writer:
@@ -297,12 +341,24 @@ class CheckpointManager:
                 error = e
         self._agree(error, f"save of {txn.path}")
 
-    def _complete_state(self, txn: CheckpointTransaction) -> dict[str, Any]:
-        """Add what every checkpoint carries (progress, rng, metrics, config, meta) to the user's entries."""
+    @staticmethod
+    def _misuse(txn: CheckpointTransaction) -> InvalidOperationError | None:
+        """What makes ``txn`` uncommittable on this rank, or None."""
         if "model" not in txn.state:
-            raise InvalidOperationError(
+            return InvalidOperationError(
                 f"checkpoint {txn.path} has no 'model' entry; set ckpt['model'] = model (or its state_dict())."
             )
+        clashing = sorted(CORE_META_KEYS.intersection(txn.meta_extra))
+        if clashing:
+            return InvalidOperationError(
+                f"meta_extra of checkpoint {txn.path} sets {clashing}, which linnaeus writes itself "
+                f"(core meta keys: {sorted(CORE_META_KEYS)}); a wrong value would make the file unreadable "
+                f"or let another saver delete it. Store your values under other names, e.g. {'my_' + clashing[0]!r}."
+            )
+        return None
+
+    def _complete_state(self, txn: CheckpointTransaction) -> dict[str, Any]:
+        """Add what every checkpoint carries (progress, rng, metrics, config, meta) to the user's entries."""
         epoch, step = txn.progress["epoch"], txn.progress["step"]
         self._record_metrics(epoch, step, txn.metrics, txn.filename)
         state = dict(txn.state)
@@ -425,15 +481,21 @@ class CheckpointManager:
             return
         messages = all_gather_object(None if error is None else str(error))
         failed = [(r, m) for r, m in enumerate(messages) if m is not None]
-        if isinstance(error, CheckpointError) and len(failed) == 1:
+        # The same failure everywhere (e.g. misuse every rank made) reads best as itself.
+        if isinstance(error, CheckpointError) and len({m for _, m in failed}) == 1:
             raise error
         detail = "; ".join(f"rank {r}: {m}" for r, m in failed)
         raise CheckpointError(f"{what} failed on {len(failed)} rank(s): {detail}") from error
 
     # ------------------------------------------------------------------ retention
     def checkpoints(self) -> list[CheckpointInfo]:
-        """This saver's committed, readable checkpoints on disk, oldest first."""
-        return [i for i in list_checkpoints(self.directory) if i.committed and i.readable and i.saver == self.name]
+        """This saver's committed, readable checkpoints on disk, oldest first.
+
+        Files in a newer format are left out: this version cannot judge them, so retention
+        never deletes them.
+        """
+        return [i for i in list_checkpoints(self.directory)
+                if i.committed and i.readable and not i.too_new and i.saver == self.name]
 
     def apply_retention(self) -> list[Path]:
         """Delete this saver's checkpoints the policy no longer keeps; returns the deleted paths."""
@@ -460,7 +522,11 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------ resume
     def _resume_candidates(self) -> Iterator[CheckpointInfo]:
-        """Committed full checkpoints, newest first by stored progress (``latest`` wins ties)."""
+        """Committed full checkpoints, newest first by stored progress (``latest`` wins ties).
+
+        Files in a newer format are candidates too (unless marked weights-only), so that resume
+        stops at them; one whose progress cannot be read counts as the newest.
+        """
         latest = read_latest(self.directory)
         if latest and not (self.directory / latest).exists():
             logger.warning("%s names %s, which does not exist; looking for older checkpoints.",
@@ -471,22 +537,39 @@ class CheckpointManager:
                 continue  # never committed (no sidecar): not ours to resume from
             if not info.readable:
                 logger.warning("Skipping checkpoint %s: %s.", info.path, info.error)
-            elif info.kind == KIND_FULL:
+            elif info.kind == KIND_FULL or (info.too_new and info.kind != KIND_WEIGHTS):
                 usable.append(info)
-        usable.sort(key=lambda i: (i.order_key, i.name == latest), reverse=True)
+        usable.sort(key=lambda i: (i.too_new and i.step < 0, i.order_key, i.name == latest), reverse=True)
         return iter(usable)
 
+    def _newer_format_stop(self, path: Path, reason: str) -> CheckpointIncompatibleError:
+        return CheckpointIncompatibleError(
+            f"auto-resume stopped at {path}: {reason}. It is the newest checkpoint in {self.directory} that is "
+            "not damaged, so resuming from an older one would silently lose the progress it holds. "
+            f"Upgrade linnaeus; or, to restart from an older checkpoint on purpose, move {path.name} "
+            f"(and {path.name}.sha256) out of {self.directory}.",
+            path=path,
+        )
+
     def find_resumable(self) -> Path | None:
-        """Newest checkpoint here that verifies (sha256 + structure), or None (all ranks agree)."""
-        found = None
+        """Newest checkpoint here that verifies (sha256 + structure), or None (all ranks agree).
+
+        Damaged files are skipped with a warning. A file in a newer format than this linnaeus
+        reads raises :class:`CheckpointIncompatibleError` instead (on every rank).
+        """
+        found, error = None, None
         if self.is_writer:
             for info in self._resume_candidates():
                 result = verify_checkpoint(info.path)
                 if result.ok:
                     found = str(info.path)
                     break
+                if result.incompatible:
+                    error = self._newer_format_stop(info.path, result.reason)
+                    break
                 logger.warning("Skipping checkpoint %s: %s%s; trying the next older one.", info.path, result.reason,
                                _hash_detail(result.expected_sha256, result.actual_sha256))
+        self._agree(error, f"resume in {self.directory}")
         found = broadcast_object(found)
         return Path(found) if found else None
 
@@ -495,7 +578,10 @@ class CheckpointManager:
         return load_verified(path, map_location=map_location, require_sidecar=require_sidecar)
 
     def load_resumable(self, *, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
-        """(path, state) of the newest valid checkpoint, or None; one read pass per file tried."""
+        """(path, state) of the newest valid checkpoint, or None; one read pass per file tried.
+
+        Skips damaged files like :meth:`find_resumable` and, like it, raises on a newer format.
+        """
         found, state, error = None, None, None
         if self.is_writer:
             for info in self._resume_candidates():
@@ -506,6 +592,14 @@ class CheckpointManager:
                 except CheckpointCorruptError as e:
                     logger.warning("Skipping checkpoint %s: %s%s; trying the next older one.", info.path, e.reason,
                                    _hash_detail(e.expected_sha256, e.actual_sha256))
+                except CheckpointNotFoundError:
+                    logger.warning("Skipping checkpoint %s: it was deleted while resume looked at it.", info.path)
+                except CheckpointIncompatibleError as e:
+                    # Listing read the same file's meta; str(e) only if it changed in between.
+                    reason = newer_format_reason(info.format_version) if info.too_new else str(e)
+                    error = self._newer_format_stop(info.path, reason)
+                    break
+        self._agree(error, f"resume in {self.directory}")
         found = broadcast_object(found)
         if found is None:
             return None

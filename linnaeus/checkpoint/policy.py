@@ -7,8 +7,14 @@ import string
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .errors import InvalidOperationError
+
 # Fields every template may use; metric fields (e.g. {val_acc1_species}) come on top.
 KNOWN_FIELDS = frozenset({"epoch", "step", "experiment", "model", "timestamp", "rank"})
+# Stand-ins for a trial rendering, so that a bad format spec fails when the policy is made.
+_SAMPLE_FIELDS = {"epoch": 1, "step": 1, "experiment": "exp", "model": "model", "timestamp": "20000101-000000",
+                  "rank": 0}
+_SAMPLE_METRIC = 0.5
 
 
 @dataclass(frozen=True)
@@ -50,10 +56,21 @@ def parse_interval(value: Any) -> Interval:
 
 
 def template_fields(template: str) -> set[str]:
+    """Names of the ``{fields}`` in ``template``."""
     try:
         return {name for _, name, _, _ in string.Formatter().parse(template) if name}
     except ValueError as e:
         raise ValueError(f"filename template {template!r} is not a valid format string: {e}") from None
+
+
+def metric_field_name(metric: str) -> str:
+    """Template field of a metric: '/' becomes '_' ('val/acc1/species' -> 'val_acc1_species')."""
+    return metric.replace("/", "_")
+
+
+def metric_fields(template: str) -> set[str]:
+    """Fields of ``template`` that name metrics (anything but epoch, step, experiment, ...)."""
+    return template_fields(template) - KNOWN_FIELDS
 
 
 def validate_filename_template(template: str, interval: Interval) -> None:
@@ -76,20 +93,53 @@ def validate_filename_template(template: str, interval: Interval) -> None:
             f"filename template {template!r} has neither {{epoch}} nor {{step}}, so successive saves "
             "would overwrite each other. Add {epoch} or {step}."
         )
+    sample = {**dict.fromkeys(fields, _SAMPLE_METRIC), **_SAMPLE_FIELDS}
+    try:
+        template.format(**sample)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+        raise ValueError(
+            f"filename template {template!r} cannot be rendered: {type(e).__name__}: {e}. Use named fields "
+            "with format specs that fit them: {epoch}/{step}/{rank} are integers, metric fields are floats "
+            "(e.g. {val_acc1_species:.3f}), {experiment}/{model}/{timestamp} are text."
+        ) from None
 
 
 def render_filename(template: str, fields: Mapping[str, Any]) -> str:
-    """Fill a template; metric names may contain '/', which becomes '_' in field names."""
-    flat = {k.replace("/", "_"): v for k, v in fields.items()}
+    """Fill a template; metric names may contain '/', which becomes '_' in field names.
+
+    Raises :class:`InvalidOperationError` when the template needs a metric this save does
+    not carry (e.g. a save without a validation before it), naming the field and the metrics
+    that are there.
+    """
+    flat = {metric_field_name(k): v for k, v in fields.items()}
     try:
         name = template.format(**flat)
     except KeyError as e:
-        raise ValueError(
-            f"filename template {template!r} uses field {e.args[0]!r}, which this save does not have "
-            f"(available: {', '.join(sorted(flat))})."
+        missing = str(e.args[0])
+        if missing in KNOWN_FIELDS:  # only a direct caller can leave these out; the manager never does
+            raise InvalidOperationError(
+                f"filename template {template!r} uses {{{missing}}}, but it was not among the fields given "
+                f"({', '.join(sorted(flat))}); pass {missing}=... to render_filename."
+            ) from None
+        metrics = sorted(k for k in fields if k not in KNOWN_FIELDS)
+        have = f"metrics {', '.join(metrics)}" if metrics else "no metrics"
+        fields_list = ", ".join("{" + metric_field_name(m) + "}" for m in metrics)
+        raise InvalidOperationError(
+            f"filename template {template!r} uses the metric field {{{missing}}}, but this save has {have}"
+            f"{' (fields ' + fields_list + ')' if metrics else ''}. Metric fields are metric names with '/' "
+            "replaced by '_' (val/acc1/species -> {val_acc1_species}). Pass that metric to this save "
+            "(metrics=...), save only after the evaluation that produces it, or remove the field from the template."
+        ) from None
+    except (ValueError, TypeError, IndexError, AttributeError) as e:
+        raise InvalidOperationError(
+            f"filename template {template!r} cannot be rendered with {dict(flat)}: {type(e).__name__}: {e}. "
+            "Fix the field's format spec in the template."
         ) from None
     if "/" in name or name.startswith("."):
-        raise ValueError(f"filename template {template!r} rendered to an invalid file name {name!r}.")
+        raise InvalidOperationError(
+            f"filename template {template!r} rendered to {name!r}, which is not a plain file name "
+            "(it contains '/' or starts with '.'); check the values of its fields (e.g. the experiment name)."
+        )
     return name
 
 
@@ -114,6 +164,12 @@ class CheckpointPolicy:
         if self.mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}.")
         if self.keep_best_n > 0 and not self.monitor:
-            raise ValueError("keep_best_n > 0 needs a monitor metric name.")
+            raise ValueError(
+                f"keep_best_n={self.keep_best_n} needs a monitor metric name to rank checkpoints by, "
+                "e.g. monitor='val/acc1/species'; or set keep_best_n=0."
+            )
         if self.keep_last_n < 0 or self.keep_best_n < 0:
-            raise ValueError("keep_last_n and keep_best_n must be >= 0.")
+            raise ValueError(
+                f"keep_last_n and keep_best_n must be >= 0 (0 = keep all / no best), got "
+                f"keep_last_n={self.keep_last_n}, keep_best_n={self.keep_best_n}."
+            )

@@ -32,7 +32,7 @@ from torch import nn
 from linnaeus import __version__ as linnaeus_version
 from linnaeus.dist import all_gather_object, get_rank, get_world_size
 
-from .errors import CheckpointIncompatibleError
+from .errors import CheckpointIncompatibleError, InvalidOperationError
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
@@ -42,6 +42,11 @@ KIND_WEIGHTS = "weights"
 # Components restored from objects through state_dict()/load_state_dict().
 COMPONENTS = ("optimizer", "scheduler", "scaler", "ema", "sampler")
 PROGRESS_FIELDS = ("epoch", "step", "epoch_step", "samples")
+# The meta fields linnaeus itself writes (see make_meta); resume, retention and listing rely on them.
+CORE_META_KEYS = frozenset({
+    "format_version", "linnaeus_version", "torch_version", "world_size", "created", "run_id",
+    "kind", "saver", "file", "epoch", "step", "metrics", "hostname",
+})
 
 
 # ----------------------------------------------------------------------------- RNG
@@ -192,6 +197,19 @@ def make_meta(
     metrics: Mapping[str, float] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The ``meta`` entry of a checkpoint; ``extra`` adds the caller's own keys.
+
+    ``extra`` may not replace a core key: a wrong ``format_version``, ``kind`` or ``saver``
+    would make the file unreadable, resumed from when it should not be, or deleted by
+    another saver's retention.
+    """
+    clashing = sorted(CORE_META_KEYS.intersection(extra or {}))
+    if clashing:
+        raise InvalidOperationError(
+            f"meta_extra for checkpoint {file} sets {clashing}, which linnaeus writes itself "
+            f"(core meta keys: {sorted(CORE_META_KEYS)}). Store your values under other names, "
+            f"e.g. {'my_' + clashing[0]!r}."
+        )
     meta = {
         "format_version": FORMAT_VERSION,
         "linnaeus_version": str(linnaeus_version),
@@ -272,8 +290,42 @@ def restore_state(
 
 
 # ----------------------------------------------------------------------------- checks
+def newer_format_version(obj: Any) -> int | None:
+    """``meta.format_version`` of ``obj`` if a newer linnaeus wrote it (this one cannot read it), else None.
+
+    Such a file is not corrupt: it is intact data this version does not understand, so it is
+    reported as incompatible and must never be skipped or deleted like a damaged file.
+    """
+    meta = obj.get("meta") if isinstance(obj, Mapping) else None
+    version = meta.get("format_version") if isinstance(meta, Mapping) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        return version
+    return None
+
+
+def newer_format_reason(version: int) -> str:
+    """Why a file of format ``version`` cannot be read here, and the fix."""
+    return (
+        f"meta.format_version {version} is newer than this linnaeus ({linnaeus_version}) reads "
+        f"(format_version <= {FORMAT_VERSION}): a newer linnaeus wrote it; upgrade linnaeus to read it"
+    )
+
+
+def newer_format_error(path: Any, version: int) -> CheckpointIncompatibleError:
+    """The error for a file written in a newer checkpoint format than this linnaeus reads."""
+    return CheckpointIncompatibleError(
+        f"checkpoint {path} cannot be read: {newer_format_reason(version)}. The file is intact; "
+        "do not delete it.",
+        path=path,
+    )
+
+
 def validate_structure(obj: Any) -> list[str]:
-    """Problems that make ``obj`` not a usable linnaeus checkpoint (empty list: fine)."""
+    """Problems that make ``obj`` not a usable linnaeus checkpoint (empty list: fine).
+
+    A too-new ``format_version`` is listed too; callers tell it apart from damage with
+    :func:`newer_format_version`.
+    """
     if not isinstance(obj, Mapping):
         return [f"top level is {type(obj).__name__}, expected a dict"]
     problems = []
@@ -283,8 +335,11 @@ def validate_structure(obj: Any) -> list[str]:
     if not isinstance(meta, Mapping):
         return problems + ["no 'meta' dict"]
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        problems.append(f"meta.format_version {version!r} not supported (this linnaeus reads <= {FORMAT_VERSION})")
+    newer = newer_format_version(obj)
+    if newer is not None:
+        problems.insert(0, newer_format_reason(newer))
+    elif not isinstance(version, int) or isinstance(version, bool):
+        problems.append(f"meta.format_version {version!r} is not an integer format version")
     if meta.get("kind") == KIND_FULL:
         progress = obj.get("progress")
         if not isinstance(progress, Mapping) or not all(isinstance(progress.get(k), int) for k in PROGRESS_FIELDS):

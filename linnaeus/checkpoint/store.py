@@ -10,6 +10,19 @@ The commit protocol (a checkpoint exists under its final name only when complete
 A crash leaves at worst a hidden temp file (never matches a checkpoint name) or a
 sidecar without data; :func:`cleanup_stale` removes both. Retention is decided from
 what is on disk, so it survives restarts.
+
+Overwriting a committed file (a fixed name such as ``last.pth``, or an epoch trained again)
+must not pass through a state where ``<name>`` holds the old data and ``<name>.sha256`` the
+new hash, so the new hash goes to a pending sidecar first::
+
+    .<name>.tmp-<pid>-<rand>            data, fsynced (as above)
+    .<name>.sha256.pending-<pid>        new sidecar, written atomically, dir fsync
+    <name>                              rename of the data, dir fsync   <- commit point
+    <name>.sha256                       rename of the pending sidecar, dir fsync
+
+At every instant ``<name>`` verifies against ``<name>.sha256`` or a pending sidecar, i.e. it
+is the complete old or the complete new checkpoint. :func:`cleanup_stale` finishes (data
+matches the pending sidecar) or drops (it does not) the pending sidecar of a dead writer.
 """
 
 from __future__ import annotations
@@ -36,21 +49,25 @@ from .hashing import (
     HashingWriter,
     format_sidecar,
     read_sidecar,
+    read_sidecar_file,
     sha256_file,
     sha256_file_async,
     sidecar_path,
 )
-from .state import validate_structure
+from .state import FORMAT_VERSION, newer_format_error, newer_format_version, validate_structure
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
 LATEST = "latest"
 _TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")
+_PENDING_RE = re.compile(r"^\.(.+)" + re.escape(SIDECAR_SUFFIX) + r"\.pending-(\d+)$")
 
 # ----------------------------------------------------------------------------- test hook
 # Fault-injection tests stop a save between its steps to kill the process there. Phases:
-# open, write (with bytes so far), written, fsynced, sidecar-temp, sidecar, renamed,
-# dir-synced, latest-temp, latest, deleted-data. LINNAEUS_TEST_SAVE_DELAY=<seconds> makes
+# open, write (with bytes so far), written, fsynced, then for a new name sidecar-temp,
+# sidecar, renamed, dir-synced, and for an overwrite of a committed file pending-temp,
+# pending, renamed, dir-synced, sidecar-replaced, sidecar-synced; then latest-temp, latest;
+# deleted-data in retention. LINNAEUS_TEST_SAVE_DELAY=<seconds> makes
 # every phase print "linnaeus-test-phase <phase> <bytes>" to stderr and sleep.
 PhaseHook = Callable[[str, int], None]
 _phase_hook: PhaseHook | None = None
@@ -88,6 +105,25 @@ def temp_name(final_name: str) -> str:
 
 def is_temp_name(name: str) -> bool:
     return _TEMP_RE.match(name) is not None
+
+
+def pending_sidecar_name(final_name: str) -> str:
+    """Hidden name of the new sidecar while a committed file is overwritten; pid as in temp names."""
+    return f".{final_name}{SIDECAR_SUFFIX}.pending-{os.getpid()}"
+
+
+def is_pending_sidecar_name(name: str) -> bool:
+    return _PENDING_RE.match(name) is not None
+
+
+def pending_sidecars(path: str | Path) -> list[Path]:
+    """Pending sidecars of ``path`` left by overwrites in progress or interrupted."""
+    path = Path(path)
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return []
+    return sorted(path.parent / n for n in names if (m := _PENDING_RE.match(n)) and m.group(1) == path.name)
 
 
 def is_checkpoint_name(name: str) -> bool:
@@ -222,13 +258,17 @@ def commit_file(
             _phase("fsynced", writer.bytes_written)
         digest = writer.hexdigest()
         with _dir_lock(directory):
-            # Sidecar first: once the data file has its final name it is fully committed.
-            sidecar_written = True
-            _atomic_write_text(sidecar_path(final), format_sidecar(digest, filename), "sidecar")
-            os.replace(tmp, final)
-            _phase("renamed", writer.bytes_written)
-            fsync_dir(directory)
-            _phase("dir-synced", writer.bytes_written)
+            side = sidecar_path(final)
+            if final.exists() and side.exists():
+                _overwrite_committed(tmp, final, format_sidecar(digest, filename), writer.bytes_written)
+            else:
+                # Sidecar first: once the data file has its final name it is fully committed.
+                sidecar_written = True
+                _atomic_write_text(side, format_sidecar(digest, filename), "sidecar")
+                os.replace(tmp, final)
+                _phase("renamed", writer.bytes_written)
+                fsync_dir(directory)
+                _phase("dir-synced", writer.bytes_written)
             if update_latest:
                 write_latest(directory, filename)
     except BaseException:
@@ -237,6 +277,32 @@ def commit_file(
             sidecar_path(final).unlink(missing_ok=True)
         raise
     return SaveResult(final, digest, writer.bytes_written, time.perf_counter() - start)
+
+
+def _overwrite_committed(tmp: Path, final: Path, sidecar_text: str, nbytes: int) -> None:
+    """Replace committed ``final`` by the fsynced ``tmp`` so that ``final`` always verifies.
+
+    Replacing the sidecar first (as for a new name) would leave the old data with the new
+    hash if the process died before the data rename: the only copy of that checkpoint would
+    then read as corrupt. The new hash waits in a pending sidecar, which verification also
+    accepts, until the data has its name. Caller holds the directory lock.
+    """
+    pending = final.with_name(pending_sidecar_name(final.name))
+    try:
+        _atomic_write_text(pending, sidecar_text, "pending")
+        os.replace(tmp, final)
+    except BaseException:
+        if tmp.exists():  # the data was not renamed: the old file and sidecar still match
+            pending.unlink(missing_ok=True)
+        raise
+    _phase("renamed", nbytes)
+    fsync_dir(final.parent)
+    _phase("dir-synced", nbytes)
+    # From here the pending sidecar is the truth; an error leaves it for cleanup_stale to finish.
+    os.replace(pending, sidecar_path(final))
+    _phase("sidecar-replaced", nbytes)
+    fsync_dir(final.parent)
+    _phase("sidecar-synced", nbytes)
 
 
 def write_latest(directory: str | Path, filename: str) -> None:
@@ -272,10 +338,16 @@ class CheckpointInfo:
     created: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # why it could not be read
+    format_version: int | None = None  # meta.format_version, when it is an int
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def too_new(self) -> bool:
+        """Written by a newer linnaeus: intact but unreadable here, so never skipped or deleted."""
+        return self.format_version is not None and self.format_version > FORMAT_VERSION
 
     @property
     def readable(self) -> bool:
@@ -344,6 +416,8 @@ def _read_info_uncached(path: Path, size: int, obj: Any = None) -> CheckpointInf
         return info
     meta = obj.get("meta") if isinstance(obj.get("meta"), Mapping) else {}
     progress = obj.get("progress") if isinstance(obj.get("progress"), Mapping) else {}
+    version = meta.get("format_version")
+    info.format_version = version if isinstance(version, int) and not isinstance(version, bool) else None
     try:
         # "foreign": no linnaeus meta at all (e.g. a timm state dict); structure is not checked.
         info.kind = str(meta.get("kind") or ("full" if progress else "unknown" if "meta" in obj else "foreign"))
@@ -354,7 +428,10 @@ def _read_info_uncached(path: Path, size: int, obj: Any = None) -> CheckpointInf
         info.created = str(meta.get("created", ""))
         info.metrics = {str(k): float(v) for k, v in dict(meta.get("metrics", {})).items()}
     except (TypeError, ValueError) as e:
-        info.error = f"malformed progress/meta: {e}"
+        # A newer format may lay out progress/meta differently; that is no damage. Its
+        # progress stays unknown (-1), and resume stops at it instead of skipping it.
+        if not info.too_new:
+            info.error = f"malformed progress/meta: {e}"
     return info
 
 
@@ -392,9 +469,23 @@ class VerifyResult:
     expected_sha256: str | None = None
     actual_sha256: str | None = None
     kind: str = "unknown"
+    # Intact, but written in a newer format than this linnaeus reads (reason says so): not
+    # corrupt, so resume must stop at it rather than fall back to an older checkpoint.
+    incompatible: bool = False
 
     def __bool__(self) -> bool:
         return self.ok
+
+
+def _pending_hashes(path: Path) -> list[str]:
+    """Hashes in ``path``'s pending sidecars (an overwrite renamed the data, not yet the sidecar)."""
+    hashes = []
+    for pending in pending_sidecars(path):
+        try:
+            hashes.append(read_sidecar_file(pending, path.name))
+        except (OSError, ValueError):
+            continue  # written atomically, so only a foreign file; it can only fail to match
+    return hashes
 
 
 def verify_checkpoint(path: str | Path, *, require_sidecar: bool = True) -> VerifyResult:
@@ -415,7 +506,9 @@ def verify_checkpoint(path: str | Path, *, require_sidecar: bool = True) -> Veri
         return VerifyResult(path, False, str(e))
     actual = sha256_file(path)
     if expected is not None and actual != expected:
-        return VerifyResult(path, False, f"content does not match {sidecar_path(path).name}", expected, actual)
+        if actual not in _pending_hashes(path):
+            return VerifyResult(path, False, f"content does not match {sidecar_path(path).name}", expected, actual)
+        expected = actual  # an interrupted overwrite: the new data and its pending sidecar agree
     obj, error = _mmap_load(path)
     if error:
         return VerifyResult(path, False, error, expected, actual)
@@ -424,7 +517,8 @@ def verify_checkpoint(path: str | Path, *, require_sidecar: bool = True) -> Veri
         return VerifyResult(path, False, info.error, expected, actual)
     problems = validate_structure(obj) if info.kind != "foreign" else []
     if problems:
-        return VerifyResult(path, False, "; ".join(problems), expected, actual, info.kind)
+        incompatible = newer_format_version(obj) is not None
+        return VerifyResult(path, False, "; ".join(problems), expected, actual, info.kind, incompatible)
     return VerifyResult(path, True, "", expected, actual, info.kind)
 
 
@@ -437,7 +531,11 @@ def load_verified(path: str | Path, *, map_location: Any = "cpu", require_sideca
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointNotFoundError(f"checkpoint {path} does not exist.")
+        what = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
+        raise CheckpointNotFoundError(
+            f"checkpoint {path} {what}. Expected a checkpoint file (e.g. checkpoint_epoch_3.pth); "
+            f"check the path, or list what is there with `linnaeus-ckpt ls {path.parent}`."
+        )
     expected = None
     try:
         expected = read_sidecar(path)
@@ -446,16 +544,16 @@ def load_verified(path: str | Path, *, map_location: Any = "cpu", require_sideca
             raise CheckpointCorruptError(path, f"it has no {SIDECAR_SUFFIX} sidecar, so it was never committed") from None
     except ValueError as e:
         raise CheckpointCorruptError(path, str(e)) from None
-    pending = sha256_file_async(path) if expected is not None else None
+    hashing = sha256_file_async(path) if expected is not None else None
     load_error: Exception | None = None
     state = None
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised below as CheckpointCorruptError, after the hash verdict
         load_error = e
-    if pending is not None:
-        actual = pending.result()
-        if actual != expected:
+    if hashing is not None:
+        actual = hashing.result()
+        if actual != expected and actual not in _pending_hashes(path):
             raise CheckpointCorruptError(
                 path, f"content does not match {sidecar_path(path).name}", expected_sha256=expected, actual_sha256=actual
             )
@@ -463,6 +561,9 @@ def load_verified(path: str | Path, *, map_location: Any = "cpu", require_sideca
         raise CheckpointCorruptError(
             path, f"cannot be loaded with weights_only=True ({type(load_error).__name__}: {_first_line(load_error)})"
         ) from load_error
+    newer = newer_format_version(state)
+    if newer is not None:
+        raise newer_format_error(path, newer)
     problems = validate_structure(state)
     if problems:
         raise CheckpointCorruptError(path, "not a linnaeus checkpoint: " + "; ".join(problems))
@@ -516,13 +617,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _finish_pending(pending: Path, data: Path) -> bool:
+    """Settle a dead writer's pending sidecar; True if it became ``data``'s sidecar.
+
+    The data was renamed (its hash is the pending one): the overwrite committed, so the
+    pending sidecar replaces the old one. Otherwise the data is still the old file (or gone)
+    and the pending sidecar is dropped.
+    """
+    try:
+        new = read_sidecar_file(pending, data.name)
+    except ValueError:
+        new = None
+    if new is not None and data.is_file() and sha256_file(data) == new:
+        os.replace(pending, sidecar_path(data))
+        fsync_dir(data.parent)
+        return True
+    pending.unlink()
+    return False
+
+
 def cleanup_stale(directory: str | Path, *, min_age_s: float = 0.0) -> list[Path]:
-    """Remove leftovers of interrupted saves: temp files of dead writers, sidecars without data.
+    """Remove leftovers of interrupted saves: temp files of dead writers, sidecars without data,
+    and pending sidecars of interrupted overwrites (finished when the data already is the new file).
 
     ``min_age_s`` spares files younger than that (for tools run beside a live writer).
+    Returns the paths removed (a finished pending sidecar counts: its name is gone).
     """
     directory = Path(directory)
     removed: list[Path] = []
+    finished: list[Path] = []
     if not directory.is_dir():
         return removed
     now = time.time()
@@ -532,6 +655,19 @@ def cleanup_stale(directory: str | Path, *, min_age_s: float = 0.0) -> list[Path
                 continue
             name = entry.name
             m = _TEMP_RE.match(name)
+            pending = _PENDING_RE.match(name)
+            if pending:
+                # Written and renamed under the directory lock, so one with our own pid is
+                # not in progress; another live process may be mid-overwrite.
+                pid = int(pending.group(2))
+                if (pid != os.getpid() and _pid_alive(pid)) or now - entry.stat().st_mtime < min_age_s:
+                    continue
+                try:
+                    done = _finish_pending(Path(entry.path), directory / pending.group(1))
+                except FileNotFoundError:
+                    continue
+                (finished if done else removed).append(Path(entry.path))
+                continue
             if m:
                 stale = int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))
             elif name.endswith(SIDECAR_SUFFIX):
@@ -546,4 +682,6 @@ def cleanup_stale(directory: str | Path, *, min_age_s: float = 0.0) -> list[Path
                 continue
     for path in removed:
         logger.info("Removed leftover of an interrupted save: %s", path)
-    return removed
+    for path in finished:
+        logger.info("Finished an interrupted overwrite: %s is now the sidecar of the new data", path)
+    return removed + finished

@@ -2,7 +2,7 @@
 
     linnaeus-ckpt ls RUN_OR_DIR [--monitor M] [--no-verify]
     linnaeus-ckpt inspect FILE [--json]
-    linnaeus-ckpt verify FILE|DIR            exit 1 if any file is bad
+    linnaeus-ckpt verify FILE|RUN_OR_DIR     exit 1 if any file is bad
     linnaeus-ckpt prune DIR --keep-last N [--keep-best N --monitor M --mode max] [--dry-run]
     linnaeus-ckpt export FILE OUT [--ema] [--safetensors]
 
@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from linnaeus.checkpoint.errors import CheckpointError
+from linnaeus.checkpoint.hashing import SIDECAR_SUFFIX
 from linnaeus.checkpoint.state import KIND_WEIGHTS, make_meta, model_state_dict
 from linnaeus.checkpoint.store import (
     CheckpointInfo,
@@ -32,6 +33,8 @@ from linnaeus.checkpoint.store import (
     commit_file,
     delete_checkpoint,
     is_checkpoint_name,
+    is_pending_sidecar_name,
+    is_temp_name,
     list_checkpoints,
     load_verified,
     plan_retention,
@@ -106,6 +109,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
         ])
     print(f"{directory}:")
     _print_table(rows)
+    if bad:
+        # Exit 0 still: ls lists; `verify` is the command whose exit code judges files.
+        print(f"{bad} file(s) failed verification: run `linnaeus-ckpt verify {directory}` for details "
+              "(it exits 1 when a file is bad).")
     return 0
 
 
@@ -175,12 +182,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- verify
+def _leftover_kind(directory: Path, name: str) -> str | None:
+    """What an interrupted save left behind under ``name``, or None if it is no such leftover."""
+    if is_temp_name(name):
+        return "temp file of an unfinished save"
+    if is_pending_sidecar_name(name):
+        return "pending sidecar of an interrupted overwrite (the data verifies against it or the old sidecar)"
+    if name.endswith(SIDECAR_SUFFIX) and not (directory / name[: -len(SIDECAR_SUFFIX)]).exists():
+        return "sidecar without its data file"
+    return None
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     path = Path(args.path)
+    leftovers: list[tuple[Path, str]] = []
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and is_checkpoint_name(p.name))
+        # Like ls and prune: a run dir means its checkpoints/, whose config.yaml and log.txt are no checkpoints.
+        path = _checkpoint_dir(path)
+        entries = sorted(p for p in path.iterdir() if p.is_file())
+        files = [p for p in entries if is_checkpoint_name(p.name)]
+        leftovers = [(p, kind) for p in entries if (kind := _leftover_kind(path, p.name)) is not None]
         if not files:
-            print(f"no checkpoint files in {path}", file=sys.stderr)
+            print(f"no checkpoint files in {path}; expected a run dir, its checkpoints/ dir or a checkpoint file.",
+                  file=sys.stderr)
             return 1
     else:
         files = [path]
@@ -195,7 +219,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if result.expected_sha256 and result.actual_sha256 and result.expected_sha256 != result.actual_sha256:
                 detail = f" (expected sha256 {result.expected_sha256}, actual {result.actual_sha256})"
             print(f"BAD  {file}: {result.reason}{detail}")
-    print(f"{len(files) - bad} ok, {bad} bad")
+    for leftover, kind in leftovers:
+        print(f"LEFTOVER  {leftover}: {kind}")
+    summary = f"{len(files) - bad} ok, {bad} bad"
+    if leftovers:
+        # Harmless (never read as checkpoints), so they do not fail verification.
+        summary += (f", {len(leftovers)} leftover(s) of interrupted saves (the run's next start or "
+                    "`linnaeus-ckpt prune` removes them)")
+    print(summary)
     return 1 if bad else 0
 
 
@@ -208,7 +239,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     # Each saver (full checkpoints, weights-only saver, ...) keeps its own N.
     groups: dict[str, list[CheckpointInfo]] = defaultdict(list)
     for info in list_checkpoints(directory):
-        if info.committed and info.readable:
+        # A newer linnaeus' files are never deleted by this one: it cannot judge them.
+        if info.committed and info.readable and not info.too_new:
             groups[info.saver].append(info)
     doomed: list[CheckpointInfo] = []
     for infos in groups.values():
@@ -274,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("verify", help="check sha256 and structure; exit 1 if any file is bad")
-    p.add_argument("path", metavar="FILE_OR_DIR")
+    p.add_argument("path", metavar="FILE_OR_RUN_OR_DIR")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("prune", help="apply keep-last / keep-best retention to a checkpoint dir")

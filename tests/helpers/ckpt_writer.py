@@ -3,7 +3,7 @@
 Each save ``step`` holds tensors filled with ``step`` so a reader can tell a complete,
 consistent checkpoint from a mixture or a partial one.
 
-    python tests/helpers/ckpt_writer.py DIR N_SAVES
+    python tests/helpers/ckpt_writer.py DIR N_SAVES [FIXED_FILENAME]
 
 With ``LINNAEUS_TEST_SAVE_DELAY=<s>`` the store prints ``linnaeus-test-phase <phase> <bytes>``
 to stderr and pauses at every step of a save, so a test can ``kill -9`` it there. The
@@ -45,19 +45,23 @@ def check_consistent(state: dict) -> int:
     return step
 
 
-def run_writer(directory: str | Path, n_saves: int) -> int:
-    """Resume from ``directory`` and save ``n_saves`` more checkpoints; returns the last step saved."""
+def run_writer(directory: str | Path, n_saves: int, filename: str | None = None) -> int:
+    """Resume from ``directory`` and save ``n_saves`` more checkpoints; returns the last step saved.
+
+    ``filename`` gives every save the same name (like a fixed ``last.pth``), so each save
+    after the first overwrites a committed checkpoint.
+    """
     torch.set_num_threads(1)
     manager = CheckpointManager(directory, make_policy(), name="writer")
     found = manager.load_resumable()
     step = check_consistent(found[1]) if found else 0
     for _ in range(n_saves):
         step += 1
-        with manager.begin(epoch=0, step=step, end_of_epoch=False) as ckpt:
+        with manager.begin(epoch=0, step=step, end_of_epoch=False, filename=filename) as ckpt:
             ckpt["model"] = expected_model(step)
     manager.close()
     return step
 
 
 if __name__ == "__main__":
-    print(run_writer(sys.argv[1], int(sys.argv[2])), flush=True)
+    print(run_writer(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None), flush=True)

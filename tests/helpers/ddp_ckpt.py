@@ -67,6 +67,20 @@ def main(root: Path) -> None:
         time.sleep(0.02)
     print(f"rank {rank} async raised={raised}", flush=True)
 
+    # {rank} and {timestamp} render differently per rank; every rank must report rank 0's file.
+    named = CheckpointManager(directory, CheckpointPolicy(filename="r{rank}_{timestamp}_{epoch}.pth"), name="ranked")
+    if rank == 1:
+        time.sleep(1.1)  # a later second on rank 1, so a local rendering would differ
+    ranked = named.save(epoch=5, step=50, model=model)
+    print(f"rank {rank} ranked path {ranked.name}", flush=True)
+    print(f"rank {rank} ranked path exists={ranked.exists()}", flush=True)
+    # A metric only rank 1 has: rank 0 cannot name the file, and all ranks raise instead of hanging.
+    metric_named = CheckpointManager(directory, CheckpointPolicy(filename="m_{epoch}_{val_acc:.2f}.pth"), name="m")
+    try:
+        metric_named.save(epoch=6, step=60, metrics={"val/acc": 0.5} if rank == 1 else None, model=model)
+    except CheckpointError as e:
+        print(f"rank {rank} naming raised {type(e).__name__}: {e}", flush=True)
+
     # A real I/O failure on rank 0 only: its checkpoint dir is replaced by a file.
     barrier()
     if rank == 0:
