@@ -105,6 +105,8 @@ _C.MODEL.PRETRAINED_ROPEVIT = ""
 _C.MODEL.PRETRAINED_ROPEVIT_BLOCKS = []
 # How pretrained weights load: "weights_only" (all must match), "transfer" (skip missing/mis-shaped), "strict".
 _C.MODEL.PRETRAINED_STRATEGY = "transfer"
+# Keep 4-D weights in channels_last memory format: ConvNeXt runs faster, and DDP's gradient buckets match the grads' layout.
+_C.MODEL.CHANNELS_LAST = True
 
 # ----------------------------------------------------------------------------- DATA
 _C.DATA = CN()
@@ -339,6 +341,71 @@ def merge_opts(cfg: CN, opts: Sequence[str]) -> None:
         _merge_dict(cfg, node, "", "--opts")
 
 
+def _validation_metric_fields(cfg: CN) -> set[str]:
+    """Template fields of the metrics the runner's validation reports (engine.evaluator.evaluate):
+    val/loss, val/samples and val/{loss,acc1,acc5}/<level>, with '/' turned into '_'."""
+    fields = {"val_loss", "val_samples"}
+    for level in cfg.DATA.TASK_KEYS:
+        fields |= {f"val_{stat}_{level}" for stat in ("loss", "acc1", "acc5")}
+    return fields
+
+
+def _check_metric_fields(cfg: CN) -> None:
+    """A name with metric fields ({val_acc1_species:.3f}) can only be rendered right after a validation.
+
+    The runner validates after epoch e when e % EVAL.INTERVAL == 0 and after the last epoch.
+    Every other save (step intervals, epochs without validation, preemption) has no metrics,
+    so such a config would fail at its first such save, possibly hours into the run.
+    """
+    from linnaeus.checkpoint.policy import metric_fields, parse_interval
+
+    every_eval = cfg.EVAL.INTERVAL
+    mid = metric_fields(cfg.CHECKPOINT.MID_EPOCH_FILENAME)
+    if mid:
+        raise ConfigError(
+            f"CHECKPOINT.MID_EPOCH_FILENAME {cfg.CHECKPOINT.MID_EPOCH_FILENAME!r} uses metric field(s) "
+            f"{sorted(mid)}, but the saves it names (preemption saves in the middle of an epoch) never have "
+            "validation metrics. Remove them, e.g. 'checkpoint_epoch_{epoch}_step_{step}.pth'."
+        )
+    savers = [("CHECKPOINT", cfg.CHECKPOINT)]
+    if cfg.CHECKPOINT.WEIGHTS_SAVER.ENABLED:
+        savers.append(("CHECKPOINT.WEIGHTS_SAVER", cfg.CHECKPOINT.WEIGHTS_SAVER))
+    for key, node in savers:
+        fields = metric_fields(node.FILENAME)
+        if not fields:
+            continue
+        template = f"{key}.FILENAME {node.FILENAME!r}"
+        known = _validation_metric_fields(cfg)
+        if fields - known:
+            raise ConfigError(
+                f"{template} uses {sorted(fields - known)}, which no validation of this run reports. Metric "
+                f"fields are validation metric names with '/' replaced by '_'; available: {sorted(known)}."
+            )
+        if cfg.DATA.DATASET == "toy" and cfg.DATA.VAL_FRACTION <= 0:
+            raise ConfigError(
+                f"{template} uses metric field(s) {sorted(fields)}, but DATA.VAL_FRACTION 0 leaves the toy "
+                "dataset without a validation split, so there are no metrics. Set DATA.VAL_FRACTION > 0 or "
+                "remove the metric fields."
+            )
+        interval = parse_interval(node.INTERVAL)
+        fix = (f"Set {key}.INTERVAL to an epoch interval that is a multiple of EVAL.INTERVAL ({every_eval}), "
+               f"e.g. '{every_eval}ep', or remove the metric fields.")
+        if interval.by_steps:
+            raise ConfigError(
+                f"{template} uses metric field(s) {sorted(fields)}, but {key}.INTERVAL {node.INTERVAL!r} saves "
+                f"every {interval.every} optimizer steps, in the middle of epochs, where there are no validation "
+                f"metrics. {fix}"
+            )
+        # SAVE_LAST_ONLY: the main saver only saves after the last epoch, which is always validated.
+        last_only = key == "CHECKPOINT" and cfg.CHECKPOINT.SAVE_LAST_ONLY
+        if not last_only and interval.every % every_eval:
+            raise ConfigError(
+                f"{template} uses metric field(s) {sorted(fields)}, but {key}.INTERVAL {node.INTERVAL!r} saves "
+                f"after epoch {interval.every}, which is not validated (EVAL.INTERVAL {every_eval} validates every "
+                f"{every_eval} epoch(s)), so that save would have no metrics. {fix}"
+            )
+
+
 def validate(cfg: CN) -> None:
     """Cross-key checks that a single key's type cannot express."""
     from linnaeus.checkpoint.policy import parse_interval, validate_filename_template
@@ -376,6 +443,9 @@ def validate(cfg: CN) -> None:
         validate_filename_template(cfg.CHECKPOINT.MID_EPOCH_FILENAME, parse_interval("1st"))
     except ValueError as e:
         raise ConfigError(f"CHECKPOINT.MID_EPOCH_FILENAME: {e}") from None
+    if cfg.EVAL.INTERVAL < 1:
+        raise ConfigError(f"EVAL.INTERVAL must be >= 1 (validate every N epochs), got {cfg.EVAL.INTERVAL}.")
+    _check_metric_fields(cfg)
 
 
 def load_config(cfg_file: str | None = None, opts: Sequence[str] = (), freeze: bool = True) -> CN:

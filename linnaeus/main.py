@@ -70,6 +70,10 @@ def run(cfg: CfgNode) -> dict[str, Any]:
             # Pretrained weights only matter for a fresh start: a resume overwrites them anyway.
             load_pretrained_weights(cfg, model, out_dir)
 
+        if cfg.MODEL.CHANNELS_LAST:
+            # After loading (a layout change is not a value change); before DDP, whose gradient
+            # buckets take the parameters' strides at construction.
+            model = model.to(memory_format=torch.channels_last)
         ddp_model = DistributedDataParallel(model) if is_dist() else model
         optimizer = build_optimizer(cfg, model)
         steps_per_epoch = _steps_per_epoch(cfg, len(data.train_loader))
