@@ -151,14 +151,19 @@ class BackgroundUploader:
         self._thread.start()
 
     # ------------------------------------------------------------------ manager hooks
-    def on_commit(self, path: str | os.PathLike) -> None:
-        """Queue a just-committed checkpoint (``CheckpointManager(on_commit=...)``)."""
+    def on_commit(self, path: str | os.PathLike, *, full: bool = True) -> None:
+        """Queue a just-committed checkpoint (``CheckpointManager(on_commit=...)``).
+
+        ``full=False`` for weights-only files: they are uploaded like any other, but the remote
+        ``latest`` never falls back to naming one, since it must name something to resume from.
+        """
         p = Path(path).absolute()
         with self._cond:
             if self._closed:
                 raise CheckpointError(f"uploader for {self.display} is closed; cannot queue {p}.")
             self._pending += 1
-            self._newest = p
+            if full:
+                self._newest = p
         self._queue.put(p)
 
     def can_delete(self, path: str | os.PathLike) -> bool:
