@@ -23,6 +23,7 @@ from linnaeus.checkpoint.sources import DownloadOptions, RcloneSource, download,
 from linnaeus.checkpoint.state import KIND_FULL, KIND_WEIGHTS
 from linnaeus.checkpoint.store import read_info, read_latest
 from linnaeus.checkpoint.upload import BackgroundUploader, UploadError
+from linnaeus.config import config_yaml
 from linnaeus.dist import all_gather_object, any_rank_true, barrier, broadcast_object, is_main_process
 
 logger = logging.getLogger("linnaeus")
@@ -64,7 +65,7 @@ class Checkpointer:
         self.uploader = None
         if cfg.ENV.OUTPUT.BUCKET.ENABLED and is_main_process():
             self.uploader = BackgroundUploader(cfg.ENV.OUTPUT.BUCKET, cfg.EXPERIMENT.NAME)
-        common = dict(config=cfg.dump(), experiment=cfg.EXPERIMENT.NAME, model_name=_model_name(cfg))
+        common = dict(config=config_yaml(cfg), experiment=cfg.EXPERIMENT.NAME, model_name=_model_name(cfg))
         self.main = CheckpointManager(self.directory, build_policy(cfg), name="checkpoint",
                                       **common, **self._upload_hooks(full=not cfg.CHECKPOINT.WEIGHTS_ONLY))
         self.weights = None
