@@ -27,7 +27,6 @@ matches the pending sidecar) or drops (it does not) the pending sidecar of a dea
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
@@ -43,6 +42,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 
 import torch
 
+from .durability import BackgroundFlush
 from .errors import CheckpointCorruptError, CheckpointNotFoundError
 from .hashing import (
     SIDECAR_SUFFIX,
@@ -180,30 +180,7 @@ def _atomic_write_text(path: Path, text: str, phase: str) -> None:
 
 
 # ----------------------------------------------------------------------------- write
-_WRITEBACK_EVERY = 32 << 20
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """Linux's sync_file_range(2) (not in the os module); None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start (not wait for) writeback of a byte range; a hint, so failure only costs speed."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+_FLUSH_EVERY = 32 << 20  # bytes serialised between background flushes (see durability.py)
 
 
 @dataclass(frozen=True)
@@ -236,11 +213,11 @@ def commit_file(
     flushed = [0]
 
     def on_write(total: int) -> None:
-        if total - flushed[0] >= _WRITEBACK_EVERY:
+        if total - flushed[0] >= _FLUSH_EVERY:
             # Let the disk work while we go on serialising and hashing, instead of
             # leaving all of it to the final fsync.
             raw.flush()
-            _start_writeback(raw.fileno(), flushed[0], total - flushed[0])
+            flusher.kick()
             flushed[0] = total
         if total - last_reported[0] >= _WRITE_PHASE_EVERY:
             last_reported[0] = total
@@ -251,7 +228,11 @@ def commit_file(
         with open(tmp, "xb") as raw:
             _phase("open")
             writer = HashingWriter(raw, on_write=on_write)
-            serialize(state, writer)
+            flusher = BackgroundFlush(raw.fileno())
+            try:
+                serialize(state, writer)
+            finally:
+                flusher.close()
             raw.flush()
             _phase("written", writer.bytes_written)
             os.fsync(raw.fileno())

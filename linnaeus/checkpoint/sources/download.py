@@ -38,6 +38,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
+from linnaeus.checkpoint.durability import BackgroundFlush
 from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
 from linnaeus.checkpoint.hashing import SIDECAR_SUFFIX, format_sidecar, sidecar_path
 from linnaeus.checkpoint.sources.base import Source, TransientSourceError
@@ -195,42 +196,6 @@ def _expected(source: Source, pool: ThreadPoolExecutor) -> _Expected:
 _FLUSH_EVERY = 8 << 20  # bytes written between background flushes while a download streams in
 
 
-class _BackgroundFlush:
-    """``fdatasync`` running behind the writes of a download, one call in flight at a time.
-
-    A download must be on disk before its rename; fsyncing a large file only at the end costs
-    as much as the transfer's last third here. Flushing on another thread while bytes still
-    arrive overlaps the disk with the network, so the final fsync waits only for the tail.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="linnaeus-flush")
-        self._pending: Future | None = None
-        self._error: BaseException | None = None
-
-    def kick(self) -> None:
-        if self._pending is not None:
-            if not self._pending.done():
-                return  # the disk is still busy with the last batch: no queue of flushes
-            self._note(self._pending)
-        self._pending = self._pool.submit(os.fdatasync, self._fd)
-
-    def _note(self, future: Future) -> None:
-        if self._error is None and future.exception() is not None:
-            self._error = future.exception()
-
-    def close(self) -> None:
-        """Wait for the flush in flight (the fd must stay open until then) and re-raise its
-        error: the kernel reports a writeback error to one sync call only, and it may have
-        been this thread's."""
-        self._pool.shutdown(wait=True)
-        if self._pending is not None:
-            self._note(self._pending)
-        if self._error is not None:
-            raise self._error
-
-
 def _transfer(source: Source, tmp: Path, expected: "Future[_Expected]", options: DownloadOptions) -> tuple[int, str]:
     """Stream ``source`` into ``tmp`` (which must not exist), sha256-hashing on the way; fsync it.
 
@@ -241,7 +206,7 @@ def _transfer(source: Source, tmp: Path, expected: "Future[_Expected]", options:
     bar: tqdm | None = None
     try:
         with open(tmp, "xb") as f, source.open_stream() as chunks:
-            flusher = _BackgroundFlush(f.fileno())
+            flusher = BackgroundFlush(f.fileno())
             try:
                 flushed = 0
                 for chunk in chunks:
