@@ -529,7 +529,10 @@ def load_verified(path: str | Path, *, map_location: Any = "cpu", require_sideca
     load_error: Exception | None = None
     state = None
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        # mmap: tensors come straight from the pages the hash thread is reading anyway,
+        # instead of a second copy of the whole file in memory (files are never modified
+        # in place, only replaced by rename, so the mapping stays what was verified).
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - re-raised below as CheckpointCorruptError, after the hash verdict
         load_error = e
     if hashing is not None:
