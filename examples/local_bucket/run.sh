@@ -71,23 +71,21 @@ bucket_opts=(ENV.INPUT.BUCKET.ENABLED True ENV.INPUT.BUCKET.REMOTE localbucket
 rm -rf "$work/cache"   # let the training run fetch it again by itself
 
 # 5. Train from those weights; checkpoints are uploaded to the same bucket under runs/.
-if [[ "$train" == "1" ]]; then
+train_run() {  # train_run EPOCHS: the one command a user would relaunch
   "$py" tools/train.py --cfg configs/demo.yaml --opts \
       MODEL.PRETRAINED demo_pretrained.pth "${bucket_opts[@]}" \
       ENV.OUTPUT.BASE_DIR "$work/output" EXPERIMENT.NAME local_bucket_demo \
       ENV.OUTPUT.BUCKET.ENABLED True ENV.OUTPUT.BUCKET.REMOTE localbucket \
       ENV.OUTPUT.BUCKET.NAME linnaeus ENV.OUTPUT.BUCKET.PATH_PREFIX runs/ \
-      TRAIN.EPOCHS 1 TRAIN.MAX_STEPS_PER_EPOCH 5
+      TRAIN.EPOCHS "$1" TRAIN.MAX_STEPS_PER_EPOCH 5
+}
+if [[ "$train" == "1" ]]; then
+  train_run 1
   echo "bucket after training:"
   "$rclone" lsl localbucket:linnaeus
 
   # 6. A "fresh machine": the local run dir is gone. The same command, asked for one more
   #    epoch, finds the run's newest committed checkpoint in the bucket and resumes from it.
   rm -rf "$work/output"
-  "$py" tools/train.py --cfg configs/demo.yaml --opts \
-      MODEL.PRETRAINED demo_pretrained.pth "${bucket_opts[@]}" \
-      ENV.OUTPUT.BASE_DIR "$work/output" EXPERIMENT.NAME local_bucket_demo \
-      ENV.OUTPUT.BUCKET.ENABLED True ENV.OUTPUT.BUCKET.REMOTE localbucket \
-      ENV.OUTPUT.BUCKET.NAME linnaeus ENV.OUTPUT.BUCKET.PATH_PREFIX runs/ \
-      TRAIN.EPOCHS 2 TRAIN.MAX_STEPS_PER_EPOCH 5
+  train_run 2
 fi
