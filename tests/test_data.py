@@ -218,13 +218,18 @@ def test_toy_dataset_refuses_mismatched_or_foreign_folders(tmp_path):
     ensure_toy_dataset(tmp_path / "toy", num_samples=36, img_size=64)
     with pytest.raises(DatasetError, match=r"toy.*'num_samples': 36.*Delete the folder"):
         ensure_toy_dataset(tmp_path / "toy", num_samples=72, img_size=64)
+    # a dataset drawn by an older generator is refused with the reason, not silently reused
+    marker = tmp_path / "toy" / MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "generator_version": 1}))
+    with pytest.raises(DatasetError, match=r"toy generator version 1; this linnaeus draws version \d+.*Delete the folder"):
+        ensure_toy_dataset(tmp_path / "toy", num_samples=36, img_size=64)
     (tmp_path / "mine" / "x").mkdir(parents=True)
     with pytest.raises(DatasetError, match="mine exists but is not a complete toy dataset"):
         ensure_toy_dataset(tmp_path / "mine", num_samples=36)
     # an empty placeholder folder is fine, and a killed generator's temp folder is cleaned up
     (tmp_path / "empty").mkdir()
     stale = tmp_path / ".empty.tmp-killed"
-    (stale / "circle_red").mkdir(parents=True)
+    (stale / "circle_light").mkdir(parents=True)
     ensure_toy_dataset(tmp_path / "empty", num_samples=36)
     assert (tmp_path / "empty" / MARKER).is_file() and not stale.exists()
 
@@ -324,3 +329,26 @@ def test_build_data_errors_are_actionable(tmp_path):
                              "DATA.TAXONOMY_FILE", "meta/tax.json"])
     with pytest.raises(FileNotFoundError, match=str(root / "meta" / "tax.json")):
         build_data(cfg, 0, 1)
+
+
+def test_toy_genera_share_a_hue_so_relatives_look_alike():
+    # The demo relies on this: each genus's colour clusters around its own hue (round genera
+    # warm, angular cool), and the species variants differ in shade or pattern.
+    import colorsys
+
+    import numpy as np
+
+    from linnaeus.data.toy import GENUS_HUES, _foreground
+
+    def mean_hue(genus: str, variant: str, i: int) -> float:
+        texture = _foreground(genus, variant, 32, np.random.default_rng([7, i]))
+        return colorsys.rgb_to_hsv(*(texture.reshape(-1, 3).mean(0) / 255.0))[0] * 360.0
+
+    for genus, hue in GENUS_HUES.items():
+        for variant in ("light", "dark", "striped"):
+            hues = [mean_hue(genus, variant, i) for i in range(50)]
+            dist = np.array([min(abs(h - hue), 360 - abs(h - hue)) for h in hues])
+            assert np.median(dist) < 10 and dist.max() < 40, (genus, variant, hues)
+    warm = [GENUS_HUES[g] for g in ("circle", "ellipse", "ring")]
+    cool = [GENUS_HUES[g] for g in ("triangle", "square", "star")]
+    assert all((h >= 330 or h <= 90) for h in warm) and all(150 <= h <= 270 for h in cool)
