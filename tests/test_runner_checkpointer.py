@@ -193,6 +193,31 @@ def test_relaunch_with_train_resume_continues_from_the_runs_newest_checkpoint(tm
     assert "Saved checkpoint" not in out and _sha(newest) == final  # nothing was trained again
 
 
+def test_relaunch_on_a_fresh_machine_with_train_resume_continues_from_the_bucket(
+        tmp_path: Path, toy_root: Path, s3_server: RcloneServer) -> None:
+    # Launched with TRAIN.RESUME <some other run's checkpoint>, saved and uploaded epochs past it, preempted;
+    # the relaunch with the same command lands on a fresh machine whose run dir is empty.
+    run_train(tmp_path, toy_root, *SHORT, *OUT_BUCKET, "TRAIN.EPOCHS", "2")
+    start = tmp_path / "elsewhere" / "start.pth"
+    start.parent.mkdir()
+    shutil.copy(tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_1.pth", start)
+    remote = s3_server.root / BUCKET / "runs" / "tiny"
+    final = _sha(remote / "checkpoint_epoch_2.pth")
+    shutil.rmtree(tmp_path / "tiny")
+
+    proc = run_train(tmp_path, toy_root, *SHORT, *OUT_BUCKET, "TRAIN.EPOCHS", "2", "TRAIN.RESUME", str(start))
+    out = _output(proc)
+    newest = tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_2.pth"
+    assert f"TRAIN.RESUME {start} (step 2) is older than this run's newest checkpoint {newest} (step 4)" in out
+    assert f"Resumed from {newest} (epoch 2, step 4)" in out
+    assert "Saved checkpoint" not in out and _sha(newest) == final  # nothing was trained again
+
+    # A new run (empty bucket folder) starts from TRAIN.RESUME as asked.
+    proc = run_train(tmp_path, toy_root, *SHORT, *OUT_BUCKET, "TRAIN.EPOCHS", "2", "TRAIN.RESUME", str(start),
+                     name="other")
+    assert f"Resumed from {start} (epoch 1, step 2)" in _output(proc)
+
+
 def _checkpointer(tmp_path: Path, *opts: str):
     from linnaeus.config import load_config
     from linnaeus.engine.trainer import Progress

@@ -115,7 +115,8 @@ class Checkpointer:
     def find_resume_point(self) -> Path | None:
         """Where this run continues from (None: a fresh start); every rank gets the same answer.
 
-        TRAIN.RESUME (unless this run has already gone past it: see ``_newer_own_checkpoint``) >
+        TRAIN.RESUME (unless this run, locally or in its output bucket, has already gone past it:
+        see ``_newer_own_checkpoint``) >
         newest verified local checkpoint > newest one in the output bucket. The chosen file is
         read and hashed once, here; :meth:`restore` applies that state. Then (rank 0) the
         checkpoints already on disk are handed to the uploader.
@@ -195,8 +196,12 @@ class Checkpointer:
 
     def _newer_own_checkpoint(self, target: Path) -> Loaded | None:
         """The relaunch contract: once this run has saved past its TRAIN.RESUME target, a relaunch
-        with the same command continues from the run's newest checkpoint instead of repeating work."""
-        target_step, newer_exists = None, False
+        with the same command continues from the run's newest checkpoint instead of repeating work.
+
+        "This run's checkpoints" are the local ones and, with ENV.OUTPUT.BUCKET, those in its bucket
+        folder: a relaunch on a fresh machine has only the latter.
+        """
+        target_step = None
         if is_main_process():
             # Metadata only (no tensor data is read). A target that cannot be read here is not
             # compared: _load then fails on it with the full reason, on every rank.
@@ -206,8 +211,13 @@ class Checkpointer:
                 info = None
             if info is not None and info.readable:
                 target_step = info.step
-                newer_exists = any(i.kind == KIND_FULL and i.step > target_step for i in self.main.checkpoints())
-        target_step, newer_exists = broadcast_object((target_step, newer_exists))
+        target_step = broadcast_object(target_step)
+        if target_step is None:
+            return None
+        newer_exists = self._own_checkpoint_after(target_step)
+        if not newer_exists and self.cfg.ENV.OUTPUT.BUCKET.ENABLED:
+            self._download_bucket_latest()
+            newer_exists = self._own_checkpoint_after(target_step)
         if not newer_exists:
             return None
         found = self.main.load_resumable()
@@ -220,6 +230,11 @@ class Checkpointer:
             "(relaunch). To restart from %s, set TRAIN.AUTO_RESUME False, use a new EXPERIMENT.NAME or remove the "
             "newer checkpoints.", identifier, target_step, path, step, path, identifier)
         return found
+
+    def _own_checkpoint_after(self, step: int) -> bool:
+        """Whether this run's checkpoint dir holds a full checkpoint past ``step`` (same answer on every rank)."""
+        newer = is_main_process() and any(i.kind == KIND_FULL and i.step > step for i in self.main.checkpoints())
+        return bool(broadcast_object(newer))
 
     def _load(self, path: Path) -> dict[str, Any]:
         """Verify and load ``path`` (one read); raises on every rank if it fails on any."""
@@ -234,7 +249,15 @@ class Checkpointer:
         return state
 
     def _fetch_from_bucket(self) -> Loaded | None:
-        # Every process calls it: one per machine transfers, the others wait on its file lock.
+        if not self._download_bucket_latest():
+            logger.info("No checkpoint of %s in the output bucket either.", self.cfg.EXPERIMENT.NAME)
+            return None
+        return self.main.load_resumable()
+
+    def _download_bucket_latest(self) -> bool:
+        """Download the run's newest committed checkpoint in ENV.OUTPUT.BUCKET into the checkpoints dir;
+        False if the bucket has none. Every process calls it: one per machine transfers, the others
+        wait on its file lock."""
         path, error = None, None
         try:
             path = download_remote_latest(self.cfg.ENV.OUTPUT.BUCKET, self.cfg.EXPERIMENT.NAME, self.directory,
@@ -243,10 +266,7 @@ class Checkpointer:
             error = e
         _raise_on_all_ranks(error, "fetching this run's newest checkpoint from ENV.OUTPUT.BUCKET")
         barrier()
-        if not broadcast_object(path is not None):
-            logger.info("No checkpoint of %s in the output bucket either.", self.cfg.EXPERIMENT.NAME)
-            return None
-        return self.main.load_resumable()
+        return bool(broadcast_object(path is not None))
 
     def _refuse_weights_only_restart(self) -> None:
         """No full checkpoint to resume from, but weights-only ones of this run: starting fresh would
