@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -350,7 +351,7 @@ def test_ddp_ranks_agree_on_saves_and_failures(tmp_path: Path) -> None:
         assert f"rank {rank} ranked path r0_" in out and f"rank {rank} ranked path exists=True" in out
         assert f"rank {rank} naming raised InvalidOperationError" in out
     assert "rank 0 rng entries=2 differ=True" in out
-    ranked = {line.split()[4] for line in out.splitlines() if " ranked path r0_" in line}
+    ranked = set(re.findall(r"^rank [01] ranked path (r0_\S+\.pth)$", out, flags=re.MULTILINE))
     assert len(ranked) == 1, out[-4000:]
     assert "unexpectedly survived" not in out
     assert proc.returncode != 0

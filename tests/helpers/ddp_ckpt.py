@@ -8,6 +8,7 @@ which must raise on both ranks and make the job exit non-zero.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -22,6 +23,13 @@ from linnaeus.checkpoint import CheckpointError, CheckpointManager, CheckpointPo
 from linnaeus.dist import barrier, get_rank, init_distributed  # noqa: E402
 
 
+def say(line: str) -> None:
+    # One write(2) per line: both ranks share torchrun's stdout pipe, and print() may issue the
+    # text and its newline as two writes (PYTHONUNBUFFERED), letting the other rank's line land
+    # in between. A pipe write of at most PIPE_BUF bytes is atomic.
+    os.write(1, (line + "\n").encode())
+
+
 def main(root: Path) -> None:
     torch.set_num_threads(1)
     init_distributed()
@@ -32,12 +40,12 @@ def main(root: Path) -> None:
 
     manager = CheckpointManager(directory, CheckpointPolicy())
     path = manager.save(epoch=1, step=10, model=model)
-    print(f"rank {rank} saved {path} exists={path.exists()}", flush=True)
+    say(f"rank {rank} saved {path} exists={path.exists()}")
     if rank == 0:
         rng = torch.load(path, weights_only=True)["rng"]
         differ = not torch.equal(rng[0]["torch"], rng[1]["torch"])
-        print(f"rank 0 rng entries={len(rng)} differ={differ}", flush=True)
-    print(f"rank {rank} resumable {manager.find_resumable()}", flush=True)
+        say(f"rank 0 rng entries={len(rng)} differ={differ}")
+    say(f"rank {rank} resumable {manager.find_resumable()}")
 
     # An exception inside a transaction on one rank discards the save on all of them.
     try:
@@ -46,8 +54,8 @@ def main(root: Path) -> None:
             if rank == 1:
                 raise RuntimeError("rank 1 failed while assembling")
     except Exception as e:  # noqa: BLE001 - the helper reports what each rank saw
-        print(f"rank {rank} transaction aborted: {type(e).__name__}", flush=True)
-    print(f"rank {rank} epoch2 exists={(directory / 'checkpoint_epoch_2.pth').exists()}", flush=True)
+        say(f"rank {rank} transaction aborted: {type(e).__name__}")
+    say(f"rank {rank} epoch2 exists={(directory / 'checkpoint_epoch_2.pth').exists()}")
 
     # Asynchronous save whose commit hook fails on rank 0: poll() raises on both ranks.
     def failing_hook(p: Path) -> None:
@@ -62,24 +70,24 @@ def main(root: Path) -> None:
             amgr.poll()
         except CheckpointError as e:
             raised = True
-            print(f"rank {rank} async failure raised: {e}", flush=True)
+            say(f"rank {rank} async failure raised: {e}")
             break
         time.sleep(0.02)
-    print(f"rank {rank} async raised={raised}", flush=True)
+    say(f"rank {rank} async raised={raised}")
 
     # {rank} and {timestamp} render differently per rank; every rank must report rank 0's file.
     named = CheckpointManager(directory, CheckpointPolicy(filename="r{rank}_{timestamp}_{epoch}.pth"), name="ranked")
     if rank == 1:
         time.sleep(1.1)  # a later second on rank 1, so a local rendering would differ
     ranked = named.save(epoch=5, step=50, model=model)
-    print(f"rank {rank} ranked path {ranked.name}", flush=True)
-    print(f"rank {rank} ranked path exists={ranked.exists()}", flush=True)
+    say(f"rank {rank} ranked path {ranked.name}")
+    say(f"rank {rank} ranked path exists={ranked.exists()}")
     # A metric only rank 1 has: rank 0 cannot name the file, and all ranks raise instead of hanging.
     metric_named = CheckpointManager(directory, CheckpointPolicy(filename="m_{epoch}_{val_acc:.2f}.pth"), name="m")
     try:
         metric_named.save(epoch=6, step=60, metrics={"val/acc": 0.5} if rank == 1 else None, model=model)
     except CheckpointError as e:
-        print(f"rank {rank} naming raised {type(e).__name__}: {e}", flush=True)
+        say(f"rank {rank} naming raised {type(e).__name__}: {e}")
 
     # A real I/O failure on rank 0 only: its checkpoint dir is replaced by a file.
     barrier()
@@ -90,9 +98,9 @@ def main(root: Path) -> None:
     try:
         manager.save(epoch=4, step=40, model=model)
     except CheckpointError as e:
-        print(f"rank {rank} raised {type(e).__name__}: {e}", flush=True)
+        say(f"rank {rank} raised {type(e).__name__}: {e}")
         raise
-    print(f"rank {rank} unexpectedly survived", flush=True)
+    say(f"rank {rank} unexpectedly survived")
 
 
 if __name__ == "__main__":
