@@ -48,9 +48,9 @@ from .hashing import (
     SIDECAR_SUFFIX,
     HashingWriter,
     format_sidecar,
-    read_sidecar,
+    read_sidecar_digest,
     read_sidecar_file,
-    sha256_file,
+    read_sidecar_file_digest,
     sha256_file_async,
     sidecar_path,
 )
@@ -237,7 +237,7 @@ def commit_file(
             _phase("written", writer.bytes_written)
             os.fsync(raw.fileno())
             _phase("fsynced", writer.bytes_written)
-        digest = writer.hexdigest()
+        digest = writer.digest()
         with _dir_lock(directory):
             side = sidecar_path(final)
             if final.exists() and side.exists():
@@ -257,7 +257,7 @@ def commit_file(
         if sidecar_written and not final.exists():
             sidecar_path(final).unlink(missing_ok=True)
         raise
-    return SaveResult(final, digest, writer.bytes_written, time.perf_counter() - start)
+    return SaveResult(final, digest.sha256, writer.bytes_written, time.perf_counter() - start)
 
 
 def _overwrite_committed(tmp: Path, final: Path, sidecar_text: str, nbytes: int) -> None:
@@ -477,15 +477,16 @@ def verify_checkpoint(path: str | Path, *, require_sidecar: bool = True) -> Veri
     path = Path(path)
     if not path.is_file():
         return VerifyResult(path, False, "file does not exist")
-    expected = None
+    known = None
     try:
-        expected = read_sidecar(path)
+        known = read_sidecar_digest(path)
     except FileNotFoundError:
         if require_sidecar:
             return VerifyResult(path, False, f"no {SIDECAR_SUFFIX} sidecar (the save never committed)")
     except ValueError as e:
         return VerifyResult(path, False, str(e))
-    actual = sha256_file(path)
+    expected = known.sha256 if known is not None else None
+    actual = sha256_file_async(path, known).result()
     if expected is not None and actual != expected:
         if actual not in _pending_hashes(path):
             return VerifyResult(path, False, f"content does not match {sidecar_path(path).name}", expected, actual)
@@ -517,15 +518,16 @@ def load_verified(path: str | Path, *, map_location: Any = "cpu", require_sideca
             f"checkpoint {path} {what}. Expected a checkpoint file (e.g. checkpoint_epoch_3.pth); "
             f"check the path, or list what is there with `linnaeus-ckpt ls {path.parent}`."
         )
-    expected = None
+    known = None
     try:
-        expected = read_sidecar(path)
+        known = read_sidecar_digest(path)
     except FileNotFoundError:
         if require_sidecar:
             raise CheckpointCorruptError(path, f"it has no {SIDECAR_SUFFIX} sidecar, so it was never committed") from None
     except ValueError as e:
         raise CheckpointCorruptError(path, str(e)) from None
-    hashing = sha256_file_async(path) if expected is not None else None
+    expected = known.sha256 if known is not None else None
+    hashing = sha256_file_async(path, known) if known is not None else None
     load_error: Exception | None = None
     state = None
     try:
@@ -609,10 +611,10 @@ def _finish_pending(pending: Path, data: Path) -> bool:
     and the pending sidecar is dropped.
     """
     try:
-        new = read_sidecar_file(pending, data.name)
+        new = read_sidecar_file_digest(pending, data.name)
     except ValueError:
         new = None
-    if new is not None and data.is_file() and sha256_file(data) == new:
+    if new is not None and data.is_file() and sha256_file_async(data, new).result() == new.sha256:
         os.replace(pending, sidecar_path(data))
         fsync_dir(data.parent)
         return True

@@ -160,9 +160,10 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from linnaeus.checkpoint.hashing import format_sidecar, sha256_file, sidecar_path
+    from linnaeus.checkpoint.hashing import digest_file, sidecar_path
     from linnaeus.checkpoint.remote import LATEST_MARKER
     from linnaeus.checkpoint.resolve import BucketConfig
+    from linnaeus.checkpoint.sources.download import write_sidecar
     from linnaeus.checkpoint.sources.rclone import rcat
     from linnaeus.checkpoint.upload import upload_checkpoint
 
@@ -172,9 +173,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         for raw in args.paths:
             path = Path(raw)
             if args.write_sidecar and path.is_file() and not sidecar_path(path).exists():
-                tmp = sidecar_path(path).with_name(f".{path.name}.sha256.{os.getpid()}.tmp")
-                tmp.write_text(format_sidecar(sha256_file(path), path.name))
-                os.replace(tmp, sidecar_path(path))
+                write_sidecar(path, digest_file(path))
             sent = upload_checkpoint(path, folder)
             print(f"{'uploaded' if sent else 'already remote'}: {path} -> {bucket.folder()}"
                   f"{args.experiment.strip('/') + '/' if args.experiment else ''}{path.name}")

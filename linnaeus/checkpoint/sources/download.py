@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from linnaeus.checkpoint.durability import BackgroundFlush
 from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
-from linnaeus.checkpoint.hashing import SIDECAR_SUFFIX, format_sidecar, sidecar_path
+from linnaeus.checkpoint.hashing import SIDECAR_SUFFIX, FileDigest, chunks_from_sidecar_text, format_sidecar, sidecar_path
 from linnaeus.checkpoint.sources.base import Source, TransientSourceError
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_sidecar(dest: Path, digest: str) -> Path:
+def write_sidecar(dest: Path, digest: str | FileDigest) -> Path:
     """Write ``<dest>.sha256`` atomically (temp + fsync + rename)."""
     sidecar = sidecar_path(dest)
     tmp = temp_path_for(sidecar)
@@ -174,6 +174,9 @@ class _Expected:
     algorithm: str | None
     digest: str | None
     origin: str  # where the digest came from, for messages
+    # The remote sidecar's chunk digests (bound to ``digest``), copied into the local sidecar
+    # so later loads verify on every core without hashing the download again.
+    sidecar: FileDigest | None = None
 
 
 def _expected(source: Source, pool: ThreadPoolExecutor) -> _Expected:
@@ -186,7 +189,8 @@ def _expected(source: Source, pool: ThreadPoolExecutor) -> _Expected:
     data = data_f.result()
     if data is not None:
         digest = parse_sha256_sidecar(data, sidecar.display, source.name)
-        return _Expected(info.size, "sha256", digest, sidecar.display)
+        chunked = chunks_from_sidecar_text(data.decode("utf-8", "replace"), digest)
+        return _Expected(info.size, "sha256", digest, sidecar.display, chunked)
     # No sidecar: ask for the remote's hashes (free on object stores; some backends read the file).
     info = source.stat(with_hashes=True) or info
     algo = next((a for a in _HASH_PREFERENCE if info.hashes.get(a)), None)
@@ -265,7 +269,7 @@ def _attempt(source: Source, dest: Path, options: DownloadOptions) -> Path:
                     source.display,
                     f"the downloaded bytes' {expected.algorithm} is {actual}, {expected.origin} says {expected.digest}",
                 )
-            write_sidecar(dest, sha256)
+            write_sidecar(dest, expected.sidecar if expected.sidecar is not None else sha256)
             os.replace(tmp, dest)
             _fsync_dir(dest.parent)
         finally:
