@@ -7,7 +7,7 @@ import string
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import InvalidOperationError
+from .errors import CheckpointError, InvalidOperationError
 
 # Fields every template may use; metric fields (e.g. {val_acc1_species}) come on top.
 KNOWN_FIELDS = frozenset({"epoch", "step", "experiment", "model", "timestamp", "rank"})
@@ -17,12 +17,35 @@ _SAMPLE_FIELDS = {"epoch": 1, "step": 1, "experiment": "exp", "model": "model", 
 _SAMPLE_METRIC = 0.5
 
 
+class InvalidPolicyError(CheckpointError, ValueError):
+    """A checkpoint policy (interval, filename template, retention) is invalid.
+
+    ``field`` is the :class:`CheckpointPolicy` field at fault; ``related`` are other fields the
+    message names (e.g. ``monitor`` for ``keep_best_n``), so that a caller that fills the policy
+    from its own settings can point at those settings. A ``ValueError`` too, as bad arguments are.
+    """
+
+    def __init__(self, field: str, message: str, related: tuple[str, ...] = ()) -> None:
+        self.field = field
+        self.related = related
+        super().__init__(message)
+
+
 @dataclass(frozen=True)
 class Interval:
     """Save every ``every`` epochs (unit "ep") or optimizer steps (unit "st")."""
 
     every: int
     unit: str  # "ep" | "st"
+
+    def __post_init__(self) -> None:
+        # due() divides by every: a zero would fail at the first save, not here.
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every <= 0:
+            raise InvalidPolicyError("interval", f"interval needs a positive int count, got every={self.every!r}.")
+        if self.unit not in ("ep", "st"):
+            raise InvalidPolicyError(
+                "interval", f"interval unit must be 'ep' (epochs) or 'st' (optimizer steps), got {self.unit!r}."
+            )
 
     @property
     def by_steps(self) -> bool:
@@ -42,15 +65,14 @@ _INTERVAL_RE = re.compile(r"^\s*(\d+)\s*(ep|st)?\s*$")
 
 
 def parse_interval(value: Any) -> Interval:
-    """``"1ep"``, ``"2ep"``, ``"500st"``, or a bare int (epochs)."""
-    if isinstance(value, bool):
-        raise ValueError(f"INTERVAL expects '<N>ep', '<N>st' or an int number of epochs, got {value!r}.")
-    if isinstance(value, int):
-        value = str(value)
-    m = _INTERVAL_RE.match(str(value))
+    """``"1ep"``, ``"2ep"``, ``"500st"``, or a bare int (epochs); an :class:`Interval` passes through."""
+    if isinstance(value, Interval):
+        return value
+    m = None if isinstance(value, bool) else _INTERVAL_RE.match(str(value))
     if not m or int(m.group(1)) <= 0:
-        raise ValueError(
-            f"INTERVAL expects a positive '<N>ep' (epochs), '<N>st' (optimizer steps) or int, got {value!r}."
+        raise InvalidPolicyError(
+            "interval",
+            f"interval expects a positive '<N>ep' (epochs), '<N>st' (optimizer steps) or int, got {value!r}.",
         )
     return Interval(int(m.group(1)), m.group(2) or "ep")
 
@@ -73,23 +95,34 @@ def metric_fields(template: str) -> set[str]:
     return template_fields(template) - KNOWN_FIELDS
 
 
-def validate_filename_template(template: str, interval: Interval) -> None:
-    """Reject templates that would let two saves of one run collide (or that escape the dir)."""
-    if not template or "/" in template or "\\" in template or template in (".", ".."):
-        raise ValueError(f"filename template must be a plain file name, got {template!r}.")
-    fields = template_fields(template)
+def validate_filename_template(template: str, interval: Interval, *, field: str = "filename") -> None:
+    """Reject templates that would let two saves of one run collide (or that escape the dir).
+
+    Raises :class:`InvalidPolicyError` naming ``field`` (the policy field the template is in).
+    """
+    if not isinstance(template, str) or not template or "/" in template or "\\" in template \
+            or template in (".", ".."):
+        raise InvalidPolicyError(field, f"filename template must be a plain file name, got {template!r}.")
+    try:
+        fields = template_fields(template)
+    except ValueError as e:
+        raise InvalidPolicyError(field, str(e)) from None
     if template.startswith(".") or template.endswith((".tmp", ".sha256")) or template == "latest":
-        raise ValueError(
+        raise InvalidPolicyError(
+            field,
             f"filename template {template!r} clashes with linnaeus' own names "
             "(hidden temp files, '.sha256' sidecars, 'latest'); choose another name."
         )
     if interval.by_steps and "step" not in fields:
-        raise ValueError(
+        raise InvalidPolicyError(
+            field,
             f"filename template {template!r} saves every {interval} but has no {{step}} field, so two "
-            "saves within one epoch would share a name. Add {step}, e.g. 'checkpoint_step_{step}.pth'."
+            "saves within one epoch would share a name. Add {step}, e.g. 'checkpoint_step_{step}.pth'.",
+            related=("interval",) if field == "filename" else (),
         )
     if not fields & {"epoch", "step"}:
-        raise ValueError(
+        raise InvalidPolicyError(
+            field,
             f"filename template {template!r} has neither {{epoch}} nor {{step}}, so successive saves "
             "would overwrite each other. Add {epoch} or {step}."
         )
@@ -97,7 +130,8 @@ def validate_filename_template(template: str, interval: Interval) -> None:
     try:
         template.format(**sample)
     except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-        raise ValueError(
+        raise InvalidPolicyError(
+            field,
             f"filename template {template!r} cannot be rendered: {type(e).__name__}: {e}. Use named fields "
             "with format specs that fit them: {epoch}/{step}/{rank} are integers, metric fields are floats "
             "(e.g. {val_acc1_species:.3f}), {experiment}/{model}/{timestamp} are text."
@@ -145,7 +179,11 @@ def render_filename(template: str, fields: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class CheckpointPolicy:
-    """Everything that decides when checkpoints are written, how they are named and kept."""
+    """Everything that decides when checkpoints are written, how they are named and kept.
+
+    The policy owns its rules: constructing an invalid one raises :class:`InvalidPolicyError`
+    naming the field, so a policy that exists is one every save can follow.
+    """
 
     interval: Interval = Interval(1, "ep")
     filename: str = "checkpoint_epoch_{epoch}.pth"
@@ -159,17 +197,28 @@ class CheckpointPolicy:
     save_last_only: bool = False
 
     def __post_init__(self) -> None:
-        validate_filename_template(self.filename, self.interval)
-        validate_filename_template(self.mid_epoch_filename, Interval(1, "st"))
+        if not isinstance(self.interval, Interval):
+            raise InvalidPolicyError(
+                "interval", f"interval must be an Interval, got {self.interval!r}; use parse_interval('2ep') "
+                "(epochs) or parse_interval('500st') (optimizer steps)."
+            )
+        validate_filename_template(self.filename, self.interval, field="filename")
+        validate_filename_template(self.mid_epoch_filename, Interval(1, "st"), field="mid_epoch_filename")
         if self.mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}.")
+            raise InvalidPolicyError("mode", f"mode must be 'min' or 'max', got {self.mode!r}.")
+        for name, zero in (("keep_last_n", "keep all"), ("keep_best_n", "keep none for being best")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidPolicyError(name, f"{name} must be an int >= 0 (0 = {zero}), got {name}={value!r}.")
         if self.keep_best_n > 0 and not self.monitor:
-            raise ValueError(
+            raise InvalidPolicyError(
+                "keep_best_n",
                 f"keep_best_n={self.keep_best_n} needs a monitor metric name to rank checkpoints by, "
-                "e.g. monitor='val/acc1/species'; or set keep_best_n=0."
+                "e.g. monitor='val/acc1/species'; or set keep_best_n=0.",
+                related=("monitor",),
             )
-        if self.keep_last_n < 0 or self.keep_best_n < 0:
-            raise ValueError(
-                f"keep_last_n and keep_best_n must be >= 0 (0 = keep all / no best), got "
-                f"keep_last_n={self.keep_last_n}, keep_best_n={self.keep_best_n}."
-            )
+
+    @property
+    def metric_fields(self) -> frozenset[str]:
+        """Metric fields of ``filename``: a save can only be named once those metrics exist."""
+        return frozenset(metric_fields(self.filename))
