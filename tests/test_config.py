@@ -17,7 +17,7 @@ def write(path: Path, data: dict) -> Path:
 
 
 def test_every_default_key_has_a_comment():
-    src = (REPO / "linnaeus" / "config.py").read_text().splitlines()
+    src = (REPO / "linnaeus" / "config" / "defaults.py").read_text().splitlines()
     for i, line in enumerate(src):
         stripped = line.strip()
         if stripped.startswith("_C.") and "= CN()" not in stripped and "=" in stripped:
@@ -96,9 +96,43 @@ def test_resolved_config_dump_roundtrips(tmp_path):
     assert again == cfg
 
 
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{"A": {"B": 1}}`` -> ``{"A.B": 1}``."""
+    out: dict[str, object] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _lookup(cfg, key: str):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
 def test_shipped_configs_load():
-    for f in (REPO / "configs").glob("*.yaml"):
-        load_config(str(f))
+    # Every config a user is pointed at (configs/, examples/) and the ones the tests train with.
+    shipped = sorted([*(REPO / "configs").rglob("*.yaml"), *(REPO / "examples").rglob("*.yaml"),
+                      *(REPO / "tests" / "configs").rglob("*.yaml")])
+    assert any(f.parent == REPO / "configs" for f in shipped), "no configs/*.yaml found"
+    for f in shipped:
+        cfg = load_config(str(f))  # merges its _BASE_ chain and validates, or raises ConfigError
+        own = _leaves(yaml.safe_load(f.read_text()) or {})
+        own.pop("_BASE_", None)
+        assert own, f"{f} sets no keys"
+        for key, value in own.items():
+            loaded = _lookup(cfg, key)
+            if isinstance(value, list):
+                loaded = list(loaded)
+            if isinstance(loaded, str) and isinstance(value, int):  # INTERVAL: 2 is read as "2"
+                value = str(value)
+            assert loaded == value, f"{f}: {key} is {value!r} in the file but {loaded!r} once loaded"
+
+
+def test_auto_resume_is_on_by_default():
     assert get_default_config().TRAIN.AUTO_RESUME is True
 
 
@@ -151,7 +185,7 @@ def test_metric_field_typos_and_bad_format_specs_fail_at_load():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["CHECKPOINT.FILENAME", "c_{epoch}_{val_acc1_specis:.3f}.pth"])
     assert "val_acc1_specis" in str(err.value) and "'val_acc1_species'" in str(err.value)
-    with pytest.raises(ConfigError, match=r"CHECKPOINT: filename template .*cannot be rendered"):
+    with pytest.raises(ConfigError, match=r"CHECKPOINT\.FILENAME: filename template .*cannot be rendered"):
         load_config(None, ["CHECKPOINT.FILENAME", "c_{epoch}_{val_loss:d}.pth"])
     with pytest.raises(ConfigError, match=r"EVAL.INTERVAL must be >= 1"):
         load_config(None, ["EVAL.INTERVAL", "0"])

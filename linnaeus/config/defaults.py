@@ -1,0 +1,213 @@
+"""Config defaults (yacs): every key of the tree, each with a one-line comment above it.
+
+This module is the reference for what can be set: a YAML file or ``--opts`` may only set keys
+that exist here, with values of the same type (see :mod:`linnaeus.config.load`).
+"""
+
+from __future__ import annotations
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# ----------------------------------------------------------------------------- ENV
+_C.ENV = CN()
+_C.ENV.INPUT = CN()
+# Flat local cache where bare checkpoint file names are looked up (and downloads land).
+_C.ENV.INPUT.CACHE_DIR = "~/.cache/linnaeus/checkpoints"
+# Also search CACHE_DIR recursively (through an index file) when <CACHE_DIR>/<name> is absent.
+_C.ENV.INPUT.RECURSIVE_LOOKUP = False
+# Download attempts before giving up on a transient failure.
+_C.ENV.INPUT.DOWNLOAD_RETRIES = 3
+_C.ENV.INPUT.BUCKET = CN()
+# Look up bare file names missing from the cache in this bucket.
+_C.ENV.INPUT.BUCKET.ENABLED = False
+# rclone remote name (configured in rclone.conf or RCLONE_CONFIG_<NAME>_* env vars).
+_C.ENV.INPUT.BUCKET.REMOTE = ""
+# Bucket (or top-level folder) on the remote.
+_C.ENV.INPUT.BUCKET.NAME = ""
+# Prefix inside the bucket; object = REMOTE:NAME/PATH_PREFIX<filename>.
+_C.ENV.INPUT.BUCKET.PATH_PREFIX = ""
+
+_C.ENV.OUTPUT = CN()
+# Run dir = BASE_DIR/EXPERIMENT.NAME.
+_C.ENV.OUTPUT.BASE_DIR = "output"
+_C.ENV.OUTPUT.BUCKET = CN()
+# Upload every committed checkpoint to REMOTE:NAME/PATH_PREFIX<experiment>/ in the background.
+_C.ENV.OUTPUT.BUCKET.ENABLED = False
+# rclone remote name for uploads.
+_C.ENV.OUTPUT.BUCKET.REMOTE = ""
+# Bucket (or top-level folder) for uploads.
+_C.ENV.OUTPUT.BUCKET.NAME = ""
+# Prefix inside the upload bucket.
+_C.ENV.OUTPUT.BUCKET.PATH_PREFIX = ""
+
+# ----------------------------------------------------------------------- EXPERIMENT
+_C.EXPERIMENT = CN()
+# Name of the run; also the run dir's name under ENV.OUTPUT.BASE_DIR.
+_C.EXPERIMENT.NAME = "default"
+# Global seed; each rank derives its own from it.
+_C.EXPERIMENT.SEED = 42
+
+# ---------------------------------------------------------------------------- MODEL
+_C.MODEL = CN()
+# "hybrid" (ConvNeXt front → RoPE-ViT stack) or "timm" (any timm model by name).
+_C.MODEL.TYPE = "hybrid"
+# timm model name when MODEL.TYPE is "timm".
+_C.MODEL.TIMM_NAME = "resnet18"
+# Dropout before each classification head.
+_C.MODEL.DROP_RATE = 0.0
+# Stochastic depth rate (linearly increasing over blocks).
+_C.MODEL.DROP_PATH_RATE = 0.0
+_C.MODEL.HYBRID = CN()
+# timm ConvNeXt variant whose stem and stage widths/depths the conv front mirrors.
+_C.MODEL.HYBRID.CONVNEXT_VARIANT = "convnext_atto"
+# How many ConvNeXt stages (from the first) the conv front keeps.
+_C.MODEL.HYBRID.CONV_STAGES = 2
+# Number of RoPE-ViT blocks after the conv front.
+_C.MODEL.HYBRID.VIT_DEPTH = 4
+# Width of the RoPE-ViT blocks (conv features are projected to it).
+_C.MODEL.HYBRID.VIT_DIM = 192
+# Attention heads in each RoPE-ViT block.
+_C.MODEL.HYBRID.VIT_HEADS = 3
+# MLP hidden width = VIT_DIM * MLP_RATIO.
+_C.MODEL.HYBRID.MLP_RATIO = 4.0
+# Rotary embedding frequency base (theta).
+_C.MODEL.HYBRID.ROPE_THETA = 100.0
+# "axial" (fixed frequencies, as timm vit_*_rope_*) or "mixed" (learnable, as vit_*_rope_mixed_*).
+_C.MODEL.HYBRID.ROPE_TYPE = "axial"
+# Layer-scale init for the ViT blocks (0 disables layer scale).
+_C.MODEL.HYBRID.LAYER_SCALE_INIT = 0.0
+# Whole-model weights to start from (identifier: path, file name in the cache/bucket, or URI).
+_C.MODEL.PRETRAINED = ""
+# timm/facebookresearch ConvNeXt weights mapped into the hybrid's stem and conv stages.
+_C.MODEL.PRETRAINED_CONVNEXT = ""
+# timm vit_*_rope_* / EVA (or naver rope-vit) weights mapped into the hybrid's ViT blocks.
+_C.MODEL.PRETRAINED_ROPEVIT = ""
+# Source ViT block index for each target block; empty = first-to-first.
+_C.MODEL.PRETRAINED_ROPEVIT_BLOCKS = []
+# How pretrained weights load: "weights_only" (all must match), "transfer" (skip missing/mis-shaped), "strict".
+_C.MODEL.PRETRAINED_STRATEGY = "transfer"
+# Keep 4-D weights in channels_last memory format: ConvNeXt runs faster, and DDP's gradient buckets match the grads' layout.
+_C.MODEL.CHANNELS_LAST = True
+
+# ----------------------------------------------------------------------------- DATA
+_C.DATA = CN()
+# "toy" (generated once into DATA.ROOT) or "imagefolder" (class-per-folder tree + taxonomy).
+_C.DATA.DATASET = "toy"
+# Dataset root; for "toy" the generator writes here on first use.
+_C.DATA.ROOT = "data/toy"
+# Taxonomy file (JSON: leaf class → {level: name}); relative paths are under DATA.ROOT.
+_C.DATA.TAXONOMY_FILE = "taxonomy.json"
+# Taxonomic levels to predict, leaf first; one head per level.
+_C.DATA.TASK_KEYS = ["species", "genus", "family"]
+# Square input size in pixels.
+_C.DATA.IMG_SIZE = 64
+# Per-process batch size.
+_C.DATA.BATCH_SIZE = 32
+# DataLoader worker processes per rank.
+_C.DATA.NUM_WORKERS = 2
+# Fraction of each class held out for validation (when ROOT has no train/ and val/ folders).
+_C.DATA.VAL_FRACTION = 0.2
+# Number of images the toy generator writes.
+_C.DATA.TOY_NUM_SAMPLES = 2400
+# Random-resized-crop minimum scale for training augmentation.
+_C.DATA.AUG_SCALE_MIN = 0.6
+# Horizontal flip probability for training augmentation.
+_C.DATA.AUG_HFLIP = 0.5
+
+# ---------------------------------------------------------------------------- TRAIN
+_C.TRAIN = CN()
+# Total epochs; a resumed run may raise it to train longer.
+_C.TRAIN.EPOCHS = 10
+# Resume from this run's newest verified checkpoint when one exists.
+_C.TRAIN.AUTO_RESUME = True
+# Checkpoint identifier to resume full training state from (takes precedence over AUTO_RESUME).
+_C.TRAIN.RESUME = ""
+# Micro-batches per optimizer step (gradient accumulation, DDP sync only on the last).
+_C.TRAIN.ACCUM_STEPS = 1
+# Gradient-norm clipping threshold (0 disables).
+_C.TRAIN.CLIP_GRAD = 0.0
+# Mixed precision: bf16 autocast on CPU, fp16 autocast + GradScaler on CUDA.
+_C.TRAIN.AMP = False
+# Per-level loss weights in DATA.TASK_KEYS order; empty = all 1.0.
+_C.TRAIN.LOSS_WEIGHTS = []
+# Label smoothing for every level's cross-entropy.
+_C.TRAIN.LABEL_SMOOTHING = 0.0
+# Cap on optimizer steps per epoch (0 = whole epoch); for smoke tests.
+_C.TRAIN.MAX_STEPS_PER_EPOCH = 0
+# Log (and TensorBoard) every N optimizer steps.
+_C.TRAIN.LOG_INTERVAL = 10
+# Show a progress bar on rank 0.
+_C.TRAIN.PROGRESS_BAR = True
+_C.TRAIN.OPTIMIZER = CN()
+# timm optimizer name (create_optimizer_v2), e.g. "adamw", "sgd", "lamb".
+_C.TRAIN.OPTIMIZER.NAME = "adamw"
+# Peak learning rate.
+_C.TRAIN.OPTIMIZER.LR = 1e-3
+# Weight decay (not applied to norms and biases).
+_C.TRAIN.OPTIMIZER.WEIGHT_DECAY = 0.05
+# Momentum for SGD-style optimizers.
+_C.TRAIN.OPTIMIZER.MOMENTUM = 0.9
+_C.TRAIN.SCHEDULER = CN()
+# timm scheduler name (create_scheduler_v2), e.g. "cosine", "step", "none"; stepped per optimizer step.
+_C.TRAIN.SCHEDULER.NAME = "cosine"
+# Linear warmup length in epochs (converted to optimizer steps).
+_C.TRAIN.SCHEDULER.WARMUP_EPOCHS = 1.0
+# Learning rate at the start of warmup.
+_C.TRAIN.SCHEDULER.WARMUP_LR = 1e-6
+# Learning rate at the end of the cosine decay.
+_C.TRAIN.SCHEDULER.MIN_LR = 1e-5
+_C.TRAIN.EMA = CN()
+# Keep an exponential moving average of the weights (timm ModelEmaV3); saved in checkpoints.
+_C.TRAIN.EMA.ENABLED = False
+# EMA decay per optimizer step.
+_C.TRAIN.EMA.DECAY = 0.999
+
+# ----------------------------------------------------------------------------- EVAL
+_C.EVAL = CN()
+# Validate every N epochs (and always after the last).
+_C.EVAL.INTERVAL = 1
+# Per-process validation batch size (0 = DATA.BATCH_SIZE).
+_C.EVAL.BATCH_SIZE = 0
+
+# ----------------------------------------------------------------------- CHECKPOINT
+_C.CHECKPOINT = CN()
+# When to save: "1ep", "2ep" (epochs), "500st" (optimizer steps), or an int (epochs).
+_C.CHECKPOINT.INTERVAL = "1ep"
+# File name template: {epoch} (epochs completed), {step}, {experiment}, {model}, {timestamp}, {rank}, metric fields.
+_C.CHECKPOINT.FILENAME = "checkpoint_epoch_{epoch}.pth"
+# Template for saves that land mid-epoch (preemption, step intervals); must contain {step}.
+_C.CHECKPOINT.MID_EPOCH_FILENAME = "checkpoint_epoch_{epoch}_step_{step}.pth"
+# Keep the N newest checkpoints (0 = keep all).
+_C.CHECKPOINT.KEEP_LAST_N = 0
+# Also keep the N best by MONITOR (0 = none).
+_C.CHECKPOINT.KEEP_BEST_N = 0
+# Metric that ranks checkpoints for KEEP_BEST_N, e.g. "val/acc1/species".
+_C.CHECKPOINT.MONITOR = ""
+# "max" if a larger MONITOR is better, "min" otherwise.
+_C.CHECKPOINT.MODE = "max"
+# Write, hash and commit in a background thread after snapshotting state to CPU memory.
+_C.CHECKPOINT.ASYNC = False
+# Save only model weights (+config, meta); such checkpoints cannot resume training exactly.
+_C.CHECKPOINT.WEIGHTS_ONLY = False
+# Save only once, when training ends (and on preemption).
+_C.CHECKPOINT.SAVE_LAST_ONLY = False
+# On SIGTERM/SIGINT: finish the current step, commit a checkpoint, exit 0.
+_C.CHECKPOINT.SAVE_ON_PREEMPT = True
+_C.CHECKPOINT.WEIGHTS_SAVER = CN()
+# A second, independent weights-only saver (own interval, name and retention).
+_C.CHECKPOINT.WEIGHTS_SAVER.ENABLED = False
+# Interval of the weights-only saver ("1ep", "500st", or int epochs).
+_C.CHECKPOINT.WEIGHTS_SAVER.INTERVAL = "1ep"
+# File name template of the weights-only saver.
+_C.CHECKPOINT.WEIGHTS_SAVER.FILENAME = "weights_epoch_{epoch}.pth"
+# Keep the N newest weights-only files (0 = keep all).
+_C.CHECKPOINT.WEIGHTS_SAVER.KEEP_LAST_N = 0
+# Save the EMA weights (when TRAIN.EMA is enabled) instead of the raw model.
+_C.CHECKPOINT.WEIGHTS_SAVER.USE_EMA = False
+
+
+def get_default_config() -> CN:
+    """A fresh, mutable copy of the defaults."""
+    return _C.clone()

@@ -1,0 +1,34 @@
+"""Cross-key checks that a single key's type cannot express, run on every loaded config."""
+
+from __future__ import annotations
+
+from yacs.config import CfgNode as CN
+
+from .checkpointing import validate_checkpointing
+from .errors import ConfigError
+
+
+def validate(cfg: CN) -> None:
+    """Raise :class:`ConfigError` naming the key when ``cfg`` cannot run."""
+    if cfg.MODEL.TYPE not in ("hybrid", "timm"):
+        raise ConfigError(f"MODEL.TYPE must be 'hybrid' or 'timm', got {cfg.MODEL.TYPE!r}.")
+    if cfg.MODEL.PRETRAINED_STRATEGY not in ("weights_only", "transfer", "strict"):
+        raise ConfigError(
+            "MODEL.PRETRAINED_STRATEGY must be 'weights_only', 'transfer' or 'strict', "
+            f"got {cfg.MODEL.PRETRAINED_STRATEGY!r}."
+        )
+    if cfg.DATA.DATASET not in ("toy", "imagefolder"):
+        raise ConfigError(f"DATA.DATASET must be 'toy' or 'imagefolder', got {cfg.DATA.DATASET!r}.")
+    if not cfg.DATA.TASK_KEYS:
+        raise ConfigError("DATA.TASK_KEYS must name at least one taxonomic level.")
+    if cfg.TRAIN.LOSS_WEIGHTS and len(cfg.TRAIN.LOSS_WEIGHTS) != len(cfg.DATA.TASK_KEYS):
+        raise ConfigError(
+            f"TRAIN.LOSS_WEIGHTS has {len(cfg.TRAIN.LOSS_WEIGHTS)} entries but DATA.TASK_KEYS has "
+            f"{len(cfg.DATA.TASK_KEYS)}; give one weight per level or leave it empty."
+        )
+    if cfg.TRAIN.ACCUM_STEPS < 1:
+        raise ConfigError(f"TRAIN.ACCUM_STEPS must be >= 1, got {cfg.TRAIN.ACCUM_STEPS}.")
+    if cfg.EVAL.INTERVAL < 1:
+        raise ConfigError(f"EVAL.INTERVAL must be >= 1 (validate every N epochs), got {cfg.EVAL.INTERVAL}.")
+    # Last: the metric-field rules there divide by EVAL.INTERVAL.
+    validate_checkpointing(cfg)
