@@ -189,3 +189,34 @@ def test_metric_field_typos_and_bad_format_specs_fail_at_load():
         load_config(None, ["CHECKPOINT.FILENAME", "c_{epoch}_{val_loss:d}.pth"])
     with pytest.raises(ConfigError, match=r"EVAL.INTERVAL must be >= 1"):
         load_config(None, ["EVAL.INTERVAL", "0"])
+
+
+def test_checkpoint_policy_errors_name_the_config_key():
+    from linnaeus.checkpoint.policy import CheckpointPolicy, InvalidPolicyError
+    from linnaeus.config import build_policy, build_weights_policy
+
+    # The library names its own field, never a config key ...
+    with pytest.raises(InvalidPolicyError) as err:
+        CheckpointPolicy(keep_best_n=2)
+    assert err.value.field == "keep_best_n" and err.value.related == ("monitor",)
+    assert "CHECKPOINT" not in str(err.value)
+    # ... and the config layer, which builds the same policies the runner saves with, adds the key.
+    # Negative retention used to pass load_config and fail only when the runner built its savers.
+    with pytest.raises(ConfigError, match=r"^CHECKPOINT\.KEEP_LAST_N: keep_last_n must be an int >= 0"):
+        load_config(None, ["CHECKPOINT.KEEP_LAST_N", "-1"])
+    with pytest.raises(ConfigError, match=r"^CHECKPOINT\.WEIGHTS_SAVER\.KEEP_LAST_N: "):
+        load_config(None, ["CHECKPOINT.WEIGHTS_SAVER.KEEP_LAST_N", "-1"])
+    with pytest.raises(ConfigError, match=r"^CHECKPOINT\.MODE: mode must be 'min' or 'max'"):
+        load_config(None, ["CHECKPOINT.MODE", "best"])
+    with pytest.raises(ConfigError, match=r"^CHECKPOINT\.WEIGHTS_SAVER\.INTERVAL: interval expects"):
+        load_config(None, ["CHECKPOINT.WEIGHTS_SAVER.INTERVAL", "0ep"])
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["CHECKPOINT.INTERVAL", "500st"])
+    assert "filename is CHECKPOINT.FILENAME, interval is CHECKPOINT.INTERVAL" in str(err.value)
+    cfg = load_config(None, ["CHECKPOINT.INTERVAL", "500st", "CHECKPOINT.FILENAME", "s_{step}.pth",
+                             "CHECKPOINT.KEEP_BEST_N", "1", "CHECKPOINT.MONITOR", "val/loss", "CHECKPOINT.MODE", "min"])
+    policy = build_policy(cfg)
+    assert (str(policy.interval), policy.filename, policy.keep_best_n, policy.monitor, policy.mode) == \
+        ("500st", "s_{step}.pth", 1, "val/loss", "min")
+    weights = build_weights_policy(cfg)
+    assert weights.weights_only and weights.filename == cfg.CHECKPOINT.WEIGHTS_SAVER.FILENAME
