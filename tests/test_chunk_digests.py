@@ -22,7 +22,7 @@ from linnaeus.checkpoint import hashing
 from linnaeus.checkpoint.hashing import HashingWriter, read_sidecar_digest, sidecar_path
 from linnaeus.checkpoint.sources import RcloneSource, download
 from linnaeus.checkpoint.state import make_meta
-from linnaeus.checkpoint.store import commit_file
+from linnaeus.checkpoint.commit import commit_file
 from tests.fixtures_rclone import BUCKET, REMOTE, RcloneServer, rclone_isolated, s3_server, settle  # noqa: F401
 
 CHUNK = 64 << 10

@@ -31,19 +31,17 @@ from linnaeus.checkpoint import (
 )
 from linnaeus.checkpoint.hashing import HashingWriter, read_sidecar, sha256_file, sidecar_path
 from linnaeus.checkpoint.state import make_meta
-from linnaeus.checkpoint.store import (
-    CheckpointInfo,
-    cleanup_stale,
-    commit_file,
+from linnaeus.checkpoint.catalog import CheckpointInfo
+from linnaeus.checkpoint.commit import commit_file, write_latest
+from linnaeus.checkpoint.names import (
     is_checkpoint_name,
     is_pending_sidecar_name,
     is_temp_name,
     pending_sidecar_name,
-    plan_retention,
-    set_test_phase_hook,
     temp_name,
-    write_latest,
 )
+from linnaeus.checkpoint.retention import cleanup_stale, plan_retention
+from linnaeus.checkpoint.testing import set_test_phase_hook
 
 
 def _full_state(step: int, epoch: int = 0, **metrics: float) -> dict:

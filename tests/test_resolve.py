@@ -63,8 +63,16 @@ def test_missing_everywhere_lists_places(tmp_path: Path, s3_server: RcloneServer
         resolve("absent.pth", cache_dir=tmp_path / "cache", bucket=bucket_cfg(prefix="p/"))
     msg = str(info.value)
     assert str(tmp_path / "cache" / "absent.pth") in msg and f"{REMOTE}:{BUCKET}/p/absent.pth" in msg
-    with pytest.raises(CheckpointNotFoundError, match="ENABLED is False"):
+    with pytest.raises(CheckpointNotFoundError, match=r"bucket: not searched \(the bucket is disabled\)") as info:
         resolve("absent.pth", cache_dir=tmp_path / "cache", bucket=bucket_cfg(enabled=False))
+    # A library message: the caller (the runner) adds which of its config keys is meant.
+    assert "ENV." not in str(info.value) and "tools/" not in str(info.value)
+
+
+def test_enabled_bucket_without_remote_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="the bucket is enabled but its remote is empty") as info:
+        resolve("absent.pth", cache_dir=tmp_path / "cache", bucket={"ENABLED": True, "REMOTE": " ", "NAME": "b"})
+    assert "rclone remote" in str(info.value) and "ENV." not in str(info.value) and "tools/" not in str(info.value)
 
 
 def test_relative_paths(tmp_path: Path, s3_server: RcloneServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,6 +107,7 @@ def test_recursive_lookup_is_opt_in(tmp_path: Path) -> None:
         resolve("deep.pth", cache_dir=cache)
     assert resolve("deep.pth", cache_dir=cache, recursive_lookup=True) == cache / "team" / "v1" / "deep.pth"
     assert (cache / ".linnaeus-index.json").is_file()
+    assert sorted(p.name for p in cache.iterdir()) == [".linnaeus-index.json", ".linnaeus-index.json.lock", "team"]
     (cache / "team" / "v2").mkdir()
     (cache / "team" / "v2" / "deep.pth").write_bytes(b"e")
     (cache / "team" / "v1" / "deep.pth").unlink()  # stale index entry → one rebuild finds v2

@@ -41,7 +41,8 @@ CHUNK_SIZE = 32 << 20
 _READ_BUFFER = 1 << 20
 # Below this, handing a buffer to another thread costs more than hashing it inline.
 _PARALLEL_MIN = 1 << 20
-_SIDECAR_RE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
+# sha256sum writes "<hex>  <name>" (or " *<name>" in binary mode); a bare digest is accepted too.
+_SIDECAR_RE = re.compile(r"^\s*([0-9a-fA-F]{64})(?:\s+\*?(.+?))?\s*$")
 _CHUNKS_HEADER = "# linnaeus-chunks v1"
 _CHUNKS_RE = re.compile(r"^# linnaeus-chunks v1 sha256=([0-9a-f]{64}) size=(\d+) chunk=(\d+)$")
 _CHUNK_LINE_RE = re.compile(r"^# ([0-9a-f]{64})$")
@@ -332,50 +333,64 @@ def format_sidecar(digest: str | FileDigest, file_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chunks_from_sidecar_text(text: str, sha256: str) -> FileDigest:
-    """``sha256`` plus the chunk digests a sidecar's comment lines give for it, when they are
-    complete and bound to that digest; otherwise ``sha256`` alone (checked as a whole)."""
-    lines = text.strip().splitlines()[1:]
-    m = _CHUNKS_RE.match(lines[0].strip()) if lines else None
-    if m is None or m.group(1) != sha256.lower():
-        return FileDigest(sha256.lower())
+class SidecarError(ValueError):
+    """A sidecar that is not in ``sha256sum`` format, or is written for another file."""
+
+    def __init__(self, where: str | Path, reason: str, *, malformed: bool) -> None:
+        self.where = str(where)
+        self.reason = reason
+        self.malformed = malformed  # not sha256sum format (vs. a well-formed line for another file)
+        super().__init__(f"{where} {reason}")
+
+
+def parse_sidecar(text: str | bytes, file_name: str, where: str | Path) -> FileDigest:
+    """What a ``sha256sum``-format sidecar records for ``file_name``: the one parser of
+    sidecars, for local files and remote bytes alike.
+
+    The first line is ``<64 hex> [ *]<name>``; the name may be absent (a bare digest) or carry
+    a directory part (as ``sha256sum dir/x.pth`` writes it), but its base name must be
+    ``file_name``: a sidecar of another file verifies nothing. The ``# linnaeus-chunks``
+    comment lines add the chunk digests when they are complete and bound to that digest
+    (otherwise they are ignored and the file is checked as a whole).
+
+    Raises :class:`SidecarError` (a ValueError) naming ``where`` and what was wrong.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    lines = text.strip().splitlines()
+    m = _SIDECAR_RE.match(lines[0]) if lines else None
+    if m is None:
+        raise SidecarError(where, f"is not in sha256sum format ('<64 hex>  <file name>'); found {text[:80]!r}",
+                           malformed=True)
+    named = m.group(2)
+    if named and named.replace("\\", "/").rsplit("/", 1)[-1] != file_name:
+        raise SidecarError(where, f"is for file {named!r}, not {file_name!r}", malformed=False)
+    return _with_chunks(lines[1:], m.group(1).lower())
+
+
+def _with_chunks(comment_lines: list[str], sha256: str) -> FileDigest:
+    m = _CHUNKS_RE.match(comment_lines[0].strip()) if comment_lines else None
+    if m is None or m.group(1) != sha256:
+        return FileDigest(sha256)
     size, chunk = int(m.group(2)), int(m.group(3))
-    chunks = [c.group(1) for c in (_CHUNK_LINE_RE.match(line.strip()) for line in lines[1:]) if c]
+    chunks = [c.group(1) for c in (_CHUNK_LINE_RE.match(line.strip()) for line in comment_lines[1:]) if c]
     if chunk <= 0 or size <= chunk or len(chunks) != -(-size // chunk):
-        return FileDigest(sha256.lower())
-    return FileDigest(sha256.lower(), size, chunk, tuple(chunks))
+        return FileDigest(sha256)
+    return FileDigest(sha256, size, chunk, tuple(chunks))
+
+
+def read_sidecar_digest(path: str | Path, *, sidecar: str | Path | None = None) -> FileDigest:
+    """What ``path``'s sidecar records for it (the sha256 and, when present, the chunk digests).
+
+    ``sidecar`` reads another file than ``<path>.sha256`` (the store's pending sidecar, kept
+    under a hidden name while it overwrites a committed file). Raises FileNotFoundError if
+    there is no sidecar and :class:`SidecarError` (a ValueError) if it is malformed or
+    written for another file.
+    """
+    side = Path(sidecar) if sidecar is not None else sidecar_path(path)
+    return parse_sidecar(side.read_text(encoding="utf-8", errors="replace"), Path(path).name, side)
 
 
 def read_sidecar(path: str | Path) -> str:
-    """Expected sha256 of ``path`` from its sidecar.
-
-    Raises FileNotFoundError if there is no sidecar and ValueError (naming the sidecar
-    and what was wrong) if it is malformed or written for another file.
-    """
-    return read_sidecar_file(sidecar_path(path), Path(path).name)
-
-
-def read_sidecar_digest(path: str | Path) -> FileDigest:
-    """Like :func:`read_sidecar`, with the chunk digests when the sidecar has them."""
-    return read_sidecar_file_digest(sidecar_path(path), Path(path).name)
-
-
-def read_sidecar_file(side: str | Path, file_name: str) -> str:
-    """Expected sha256 of ``file_name`` from the sha256sum-format file ``side`` (any name).
-
-    The store also keeps a pending sidecar while it overwrites a committed file, under a
-    hidden name; this reads both. Errors as in :func:`read_sidecar`.
-    """
-    return read_sidecar_file_digest(side, file_name).sha256
-
-
-def read_sidecar_file_digest(side: str | Path, file_name: str) -> FileDigest:
-    """Like :func:`read_sidecar_file`, with the chunk digests when the sidecar has them."""
-    side = Path(side)
-    text = side.read_text(encoding="utf-8", errors="replace").strip()
-    m = _SIDECAR_RE.match(text.splitlines()[0] if text else "")
-    if not m:
-        raise ValueError(f"{side} is not in sha256sum format ('<64 hex>  <file name>'); found {text[:80]!r}")
-    if m.group(2) != file_name:
-        raise ValueError(f"{side} is for file {m.group(2)!r}, not {file_name!r}")
-    return chunks_from_sidecar_text(text, m.group(1))
+    """Expected sha256 of ``path`` from its sidecar; errors as in :func:`read_sidecar_digest`."""
+    return read_sidecar_digest(path).sha256

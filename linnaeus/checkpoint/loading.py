@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointIncompatibleError, CheckpointNotFoundError
+from linnaeus.checkpoint.fsio import write_durably
 
 STRATEGIES = ("weights_only", "transfer", "strict")
 # Containers that wrap a state dict, in the order they are tried (timm, torchvision,
@@ -293,13 +294,10 @@ def group_by_prefix(keys: Iterable[str]) -> dict[str, int]:
 
 
 def write_load_reports(reports: Sequence[LoadReport], path: str | os.PathLike) -> Path:
-    """Write reports as a JSON list (temp file + rename, so readers never see half a file)."""
+    """Write reports as a JSON list, durably (readers never see half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps([r.to_dict() for r in reports], indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_durably(path, json.dumps([r.to_dict() for r in reports], indent=2))
 
 
 # ----------------------------------------------------------------------------- loading

@@ -32,6 +32,7 @@ from typing import Any, Mapping
 from filelock import FileLock
 
 from linnaeus.checkpoint.errors import CheckpointError, CheckpointNotFoundError
+from linnaeus.checkpoint.fsio import write_durably
 from linnaeus.checkpoint.sources import DownloadOptions, RcloneSource, download, get_source, is_uri, redact
 
 logger = logging.getLogger(__name__)
@@ -78,9 +79,8 @@ class BucketConfig:
         remote = self.remote.strip().rstrip(":")
         if not remote:
             raise CheckpointError(
-                "bucket is enabled but its REMOTE is empty: set ENV.INPUT.BUCKET.REMOTE or "
-                "ENV.OUTPUT.BUCKET.REMOTE in the config (or --remote / $LINNAEUS_BUCKET_REMOTE for "
-                "linnaeus-ckpt and tools/scripts/upload_checkpoints.sh) to an rclone remote name, e.g. 'mys3'."
+                "the bucket is enabled but its remote is empty: give the name of an rclone remote "
+                "(configured in rclone.conf or by RCLONE_CONFIG_<NAME>_* variables), e.g. 'mys3'."
             )
         name = self.name.strip("/")
         return f"{remote}:" + (name + "/" if name else "") + self.path_prefix.lstrip("/")
@@ -185,13 +185,13 @@ def resolve(
         except CheckpointNotFoundError:
             looked.append(f"{source.display} (bucket)")
     else:
-        looked.append("bucket: not searched (ENV.INPUT.BUCKET.ENABLED is False)")
+        looked.append("bucket: not searched (the bucket is disabled)")
 
     places = "\n".join(f"  - {p}" for p in looked)
     raise CheckpointNotFoundError(
         f"checkpoint {ident!r} not found. Looked in:\n{places}\n"
-        "Put the file in the cache dir, give an absolute path or a URI, or enable and configure "
-        "ENV.INPUT.BUCKET (REMOTE/NAME/PATH_PREFIX)."
+        "Put the file in the cache dir, give an absolute path or a URI, or enable the bucket and "
+        "give its remote, name and path prefix."
     )
 
 
@@ -228,9 +228,7 @@ class CacheIndex:
                 files.setdefault(n, []).append(rel)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.index_path) + ".lock"):
-            tmp = self.index_path.with_name(f"{INDEX_FILE}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"version": 1, "files": files}))
-            os.replace(tmp, self.index_path)
+            write_durably(self.index_path, json.dumps({"version": 1, "files": files}))
         return files
 
     def lookup(self, name: str) -> Path | None:

@@ -3,15 +3,18 @@
 Each save ``step`` holds tensors filled with ``step`` so a reader can tell a complete,
 consistent checkpoint from a mixture or a partial one.
 
-    python tests/helpers/ckpt_writer.py DIR N_SAVES [FIXED_FILENAME]
+    python tests/helpers/ckpt_writer.py [--phase-delay S] DIR N_SAVES [FIXED_FILENAME]
 
-With ``LINNAEUS_TEST_SAVE_DELAY=<s>`` the store prints ``linnaeus-test-phase <phase> <bytes>``
-to stderr and pauses at every step of a save, so a test can ``kill -9`` it there. The
-``run_writer`` function is also used in forked children with an in-process phase hook.
+With ``--phase-delay S`` this script installs the store's test phase hook
+(:func:`linnaeus.checkpoint.testing.install_phase_delay`): every step of a save prints
+``linnaeus-test-phase <phase> <bytes>`` to stderr and pauses S seconds, so a test can
+``kill -9`` it there. The ``run_writer`` function is also used in forked children with an
+in-process phase hook.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -22,6 +25,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, parse_interval  # noqa: E402
+from linnaeus.checkpoint.testing import install_phase_delay  # noqa: E402
 
 NUM_TENSORS = 6
 TENSOR_NUMEL = 64 * 1024  # 256 KiB each: one "write" phase per tensor
@@ -63,5 +67,18 @@ def run_writer(directory: str | Path, n_saves: int, filename: str | None = None)
     return step
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phase-delay", type=float, default=None, metavar="S",
+                        help="print and pause S seconds at every step of a save (for kill tests)")
+    parser.add_argument("directory")
+    parser.add_argument("n_saves", type=int)
+    parser.add_argument("filename", nargs="?", default=None)
+    args = parser.parse_args(argv)
+    if args.phase_delay is not None:
+        install_phase_delay(args.phase_delay)
+    print(run_writer(args.directory, args.n_saves, args.filename), flush=True)
+
+
 if __name__ == "__main__":
-    print(run_writer(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None), flush=True)
+    main()

@@ -38,16 +38,22 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from linnaeus.checkpoint.durability import BackgroundFlush
 from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
-from linnaeus.checkpoint.hashing import SIDECAR_SUFFIX, FileDigest, chunks_from_sidecar_text, format_sidecar, sidecar_path
+from linnaeus.checkpoint.fsio import BackgroundFlush, fsync_dir, pid_alive, write_durably
+from linnaeus.checkpoint.hashing import (
+    SIDECAR_SUFFIX,
+    FileDigest,
+    SidecarError,
+    format_sidecar,
+    parse_sidecar,
+    sidecar_path,
+)
 from linnaeus.checkpoint.sources.base import Source, TransientSourceError
 
 logger = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".partial"
 _HASH_PREFERENCE = ("sha256", "sha1", "md5")  # remote hashes we can recompute with hashlib
-_SHA256_LINE = re.compile(r"^\s*([0-9a-fA-F]{64})(?:\s+\*?(.+?))?\s*$")
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.(?P<rand>[0-9a-f]{8})" + re.escape(TEMP_SUFFIX) + "$")
 
 
@@ -85,16 +91,6 @@ def lock_path_for(dest: Path) -> Path:
     return dest.with_name(f".{dest.name[:200]}.lock")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def cleanup_stale_temps(directory: str | os.PathLike, max_age_hours: float = 6.0) -> list[Path]:
     """Delete download temp files left by killed processes; return what was removed.
 
@@ -117,7 +113,7 @@ def cleanup_stale_temps(directory: str | os.PathLike, max_age_hours: float = 6.0
             age_h = (now - entry.stat(follow_symlinks=False).st_mtime) / 3600
         except FileNotFoundError:
             continue  # its writer finished (renamed it) meanwhile
-        dead = m["host"] == host and not _pid_alive(int(m["pid"]))
+        dead = m["host"] == host and not pid_alive(int(m["pid"]))
         if dead or age_h > max_age_hours:
             try:
                 os.unlink(entry.path)
@@ -128,44 +124,26 @@ def cleanup_stale_temps(directory: str | os.PathLike, max_age_hours: float = 6.0
     return removed
 
 
-def parse_sha256_sidecar(data: bytes, where: str, file_name: str) -> str:
-    """The hex digest from a ``sha256sum``-format line (``<hex>  <file name>``).
-
-    The named file (if any) must be ``file_name`` (a directory part is tolerated, as
-    ``sha256sum dir/x.pth`` writes one): a sidecar for another file verifies nothing.
-    """
-    text = data.decode("utf-8", "replace").strip().splitlines()
-    m = _SHA256_LINE.match(text[0]) if text else None
-    if not m:
-        raise CheckpointCorruptError(
-            where,
-            f"expected a sha256sum line '<64 hex digits>  <file name>', got {data[:100]!r}; "
-            "re-upload the checkpoint with its .sha256 (tools/scripts/upload_checkpoints.sh)",
-        )
-    named = m.group(2)
-    if named and named.replace("\\", "/").rsplit("/", 1)[-1] != file_name:
-        raise CheckpointCorruptError(where, f"the sidecar is for {named!r}, not {file_name!r}")
-    return m.group(1).lower()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def parse_remote_sidecar(data: bytes, where: str, file_name: str) -> FileDigest:
+    """What a remote ``<object>.sha256`` records for ``file_name`` (see
+    :func:`linnaeus.checkpoint.hashing.parse_sidecar`), as a :class:`CheckpointCorruptError`
+    naming ``where`` when it verifies nothing."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return parse_sidecar(data, file_name, where)
+    except SidecarError as e:
+        hint = "; re-upload the checkpoint together with its .sha256 sidecar" if e.malformed else ""
+        raise CheckpointCorruptError(where, f"the sidecar {e.reason}{hint}") from None
+
+
+def parse_sha256_sidecar(data: bytes, where: str, file_name: str) -> str:
+    """The sha256 a remote sidecar records for ``file_name``; errors as in :func:`parse_remote_sidecar`."""
+    return parse_remote_sidecar(data, where, file_name).sha256
 
 
 def write_sidecar(dest: Path, digest: str | FileDigest) -> Path:
-    """Write ``<dest>.sha256`` atomically (temp + fsync + rename)."""
+    """Write ``<dest>.sha256`` durably; its temp file is a download temp (cleaned like one)."""
     sidecar = sidecar_path(dest)
-    tmp = temp_path_for(sidecar)
-    with open(tmp, "x") as f:
-        f.write(format_sidecar(digest, dest.name))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, sidecar)
-    return sidecar
+    return write_durably(sidecar, format_sidecar(digest, dest.name), temp=temp_path_for(sidecar))
 
 
 @dataclass(frozen=True)
@@ -188,9 +166,8 @@ def _expected(source: Source, pool: ThreadPoolExecutor) -> _Expected:
         raise CheckpointNotFoundError(f"{source.display}: no such object.")
     data = data_f.result()
     if data is not None:
-        digest = parse_sha256_sidecar(data, sidecar.display, source.name)
-        chunked = chunks_from_sidecar_text(data.decode("utf-8", "replace"), digest)
-        return _Expected(info.size, "sha256", digest, sidecar.display, chunked)
+        recorded = parse_remote_sidecar(data, sidecar.display, source.name)
+        return _Expected(info.size, "sha256", recorded.sha256, sidecar.display, recorded)
     # No sidecar: ask for the remote's hashes (free on object stores; some backends read the file).
     info = source.stat(with_hashes=True) or info
     algo = next((a for a in _HASH_PREFERENCE if info.hashes.get(a)), None)
@@ -271,7 +248,7 @@ def _attempt(source: Source, dest: Path, options: DownloadOptions) -> Path:
                 )
             write_sidecar(dest, expected.sidecar if expected.sidecar is not None else sha256)
             os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         finally:
             tmp.unlink(missing_ok=True)
     how = f"verified {expected.algorithm} from {expected.origin}" if expected.digest else "size verified; no remote hash"
