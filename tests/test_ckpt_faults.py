@@ -29,14 +29,10 @@ from linnaeus.checkpoint import (  # noqa: E402
     verify_checkpoint,
 )
 from linnaeus.checkpoint.hashing import read_sidecar, sha256_file, sidecar_path  # noqa: E402
-from linnaeus.checkpoint.store import (  # noqa: E402
-    commit_file,
-    is_checkpoint_name,
-    is_pending_sidecar_name,
-    is_temp_name,
-    load_verified,
-    set_test_phase_hook,
-)
+from linnaeus.checkpoint.commit import commit_file, read_latest  # noqa: E402
+from linnaeus.checkpoint.names import is_checkpoint_name, is_pending_sidecar_name, is_temp_name  # noqa: E402
+from linnaeus.checkpoint.testing import set_test_phase_hook  # noqa: E402
+from linnaeus.checkpoint.verify import load_verified  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FORK = multiprocessing.get_context("fork")
@@ -157,10 +153,11 @@ def test_kill_minus_9_at_every_step_of_a_save(tmp_path: Path, three_saved: Path,
     assert distinct == len(KILL_POINTS) == 39
 
 
-def test_kill_fresh_interpreter_via_env_delay(tmp_path: Path) -> None:
-    """The standalone script in a fresh interpreter, paused by LINNAEUS_TEST_SAVE_DELAY and killed."""
-    env = {**os.environ, "LINNAEUS_TEST_SAVE_DELAY": "0.05", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests/helpers/ckpt_writer.py"), str(tmp_path), "3"],
+def test_kill_fresh_interpreter_via_phase_delay(tmp_path: Path) -> None:
+    """The standalone script in a fresh interpreter, paused by its --phase-delay hook and killed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests/helpers/ckpt_writer.py"), "--phase-delay", "0.05",
+                             str(tmp_path), "3"],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     latest_seen = 0
     try:
@@ -220,10 +217,25 @@ def test_bit_flip_is_detected_and_skipped(tmp_path: Path, caplog: pytest.LogCapt
     assert any(newest.name in r.getMessage() and "expected sha256" in r.getMessage() for r in caplog.records)
 
 
-def test_latest_pointing_to_missing_file_falls_back(tmp_path: Path) -> None:
-    paths = _saved_steps(tmp_path, 2)
-    (tmp_path / "latest").write_text("ckpt_step_99.pth\n")
-    assert CheckpointManager(tmp_path, make_policy(), name="writer").find_resumable() == paths[-1]
+def test_latest_pointing_to_missing_file_falls_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``latest`` names the newest checkpoint, which is then lost (deleted by hand, a partial
+    restore): resume must not trust the pointer but fall back to the newest file that exists,
+    say why, and a relaunch must leave ``latest`` naming a real file again."""
+    paths = _saved_steps(tmp_path, 3)
+    newest = paths[-1]
+    assert read_latest(tmp_path) == newest.name  # the pointer names the file about to go ...
+    newest.unlink()
+    sidecar_path(newest).unlink()
+    assert read_latest(tmp_path) == newest.name  # ... and now dangles
+    with caplog.at_level(logging.WARNING, logger="linnaeus.checkpoint"):
+        manager = CheckpointManager(tmp_path, make_policy(), name="writer")
+        assert manager.find_resumable() == paths[-2]
+        found = manager.load_resumable()
+    assert found is not None and found[0] == paths[-2] and check_consistent(found[1]) == 2
+    assert any("latest" in r.getMessage() and newest.name in r.getMessage() and "does not exist" in r.getMessage()
+               for r in caplog.records), "the dangling latest must be named in a warning"
+    assert run_writer(tmp_path, 1) == 3  # the relaunch continues from step 2 ...
+    assert read_latest(tmp_path) == newest.name and verify_checkpoint(newest).ok  # ... and latest is real again
 
 
 class _Evil:

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import multiprocessing as mp
 import os
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -115,10 +118,40 @@ def test_download_verifies_against_sidecar(tmp_path: Path, s3_server: RcloneServ
     assert not (tmp_path / "c" / "bad.pth").exists() and _no_temps(tmp_path / "c") == []
 
 
-def test_download_without_sidecar_uses_remote_md5(tmp_path: Path, s3_server: RcloneServer) -> None:
-    put(s3_server, "plain.pth", b"x" * 5000, sidecar=False)
-    out = download(RcloneSource(f"{REMOTE}:{BUCKET}/plain.pth"), tmp_path / "plain.pth")
-    assert out.read_bytes() == b"x" * 5000
+class _FlippedInTransit(RcloneSource):
+    """The real object, but one byte of its stream changes on the way (the size does not):
+    only a hash can tell, and without a sidecar only the remote's md5 is there to tell it."""
+
+    @contextmanager
+    def open_stream(self) -> Iterator[Iterator[bytes]]:
+        with super().open_stream() as chunks:
+            yield self._flip_first(chunks)
+
+    @staticmethod
+    def _flip_first(chunks: Iterator[bytes]) -> Iterator[bytes]:
+        first = True
+        for chunk in chunks:
+            if first and chunk:
+                chunk, first = bytes([chunk[0] ^ 0x01]) + chunk[1:], False
+            yield chunk
+
+
+def test_download_without_sidecar_uses_remote_md5(tmp_path: Path, s3_server: RcloneServer,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    data = os.urandom(5000)
+    put(s3_server, "plain.pth", data, sidecar=False)
+    # The remote reports the object's md5; matching bytes are accepted and the log says what was checked.
+    with caplog.at_level(logging.INFO, logger="linnaeus.checkpoint.sources.download"):
+        out = download(RcloneSource(f"{REMOTE}:{BUCKET}/plain.pth"), tmp_path / "ok" / "plain.pth")
+    assert out.read_bytes() == data
+    assert "verified md5 from the rclone md5 hash" in caplog.text
+    assert (tmp_path / "ok" / "plain.pth.sha256").read_text() == f"{hashlib.sha256(data).hexdigest()}  plain.pth\n"
+    # Bytes that differ from the object (same size, so the size check passes) fail the md5 comparison.
+    with pytest.raises(CheckpointCorruptError, match=f"md5 is (?!{hashlib.md5(data).hexdigest()}).*says "
+                                                     f"{hashlib.md5(data).hexdigest()}"):
+        download(_FlippedInTransit(f"{REMOTE}:{BUCKET}/plain.pth"), tmp_path / "bad" / "plain.pth",
+                 DownloadOptions(retries=1))
+    assert not (tmp_path / "bad" / "plain.pth").exists() and _no_temps(tmp_path / "bad") == []
 
 
 def _resolve_in_child(cache: str, barrier, results) -> None:  # runs in a forked process
