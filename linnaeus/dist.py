@@ -10,10 +10,12 @@ from __future__ import annotations
 import datetime
 import os
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def is_dist() -> bool:
@@ -107,3 +109,43 @@ def any_rank_true(flag: bool) -> bool:
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+class PeerRankError(RuntimeError):
+    """Raised on the ranks that did not fail when another rank did (see :func:`raise_on_all_ranks`)."""
+
+
+def raise_on_all_ranks(error: BaseException | None, what: str,
+                       peer_error: Callable[[str], BaseException] = PeerRankError) -> None:
+    """Raise on every rank when ``error`` is set on any (a collective: call it on all ranks).
+
+    A rank that raised alone would leave the others waiting in their next collective until the
+    process group times out (many minutes). Here the failed ranks raise their own error and the
+    others raise ``peer_error`` naming each failed rank and its cause, so every process exits
+    within one collective's time. Any exception type takes this path: the decision to fail
+    must not depend on which kinds of error a caller thought of.
+    """
+    if not any_rank_true(error is not None):
+        return
+    messages = all_gather_object(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+    detail = "\n".join(f"  rank {r}: {m}" for r, m in failed)
+    raise peer_error(f"{what} failed on rank {', '.join(str(r) for r, _ in failed)}:\n{detail}")
+
+
+def run_on_all_ranks(fn: Callable[[], T], what: str,
+                     peer_error: Callable[[str], BaseException] = PeerRankError) -> T:
+    """``fn()`` on this rank; if it raises here or on any other rank, raise on every rank.
+
+    ``fn`` must not itself run collectives (a rank that fails before one would leave the others
+    inside it). Its result is returned where every rank succeeded.
+    """
+    result, error = None, None
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001 - re-raised below, on this rank and as peer_error on the others
+        error = e
+    raise_on_all_ranks(error, what, peer_error)
+    return result  # type: ignore[return-value]

@@ -24,7 +24,7 @@ from linnaeus.engine.loss import MultiLevelLoss
 from linnaeus.engine.optim import build_ema, build_optimizer, build_scheduler
 from linnaeus.engine.trainer import Progress, Trainer
 from linnaeus.models.build import build_model
-from linnaeus.runner.checkpointer import Checkpointer
+from linnaeus.runner.checkpoints import RunCheckpoints
 from linnaeus.runner.pretrained import load_pretrained_weights
 from linnaeus.runner.preemption import PreemptionHandler
 from linnaeus.runner.seed import seed_everything
@@ -64,8 +64,8 @@ def run(cfg: CfgNode) -> dict[str, Any]:
 
         data = build_data(cfg, rank, world_size)
         model = build_model(cfg, data.taxonomy.num_classes).to(device)
-        checkpointer = Checkpointer(cfg, out_dir)
-        resume_from = checkpointer.find_resume_point()
+        checkpoints = RunCheckpoints(cfg, out_dir)
+        resume_from = checkpoints.find_resume_point()
         if resume_from is None:
             # Pretrained weights only matter for a fresh start: a resume overwrites them anyway.
             load_pretrained_weights(cfg, model, out_dir)
@@ -81,12 +81,12 @@ def run(cfg: CfgNode) -> dict[str, Any]:
         autocast, scaler = build_amp(cfg, device)
         ema = build_ema(cfg, model)
         progress = Progress()
-        checkpointer.attach(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+        checkpoints.attach(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                             ema=ema, sampler=data.train_sampler, progress=progress)
         if resume_from is not None:
-            checkpointer.restore(resume_from)
+            checkpoints.restore(resume_from)
         else:
-            logger.info("No checkpoint to resume from: starting fresh (run id %s)", checkpointer.run_id)
+            logger.info("No checkpoint to resume from: starting fresh (run id %s)", checkpoints.run_id)
 
         tb = build_tb_writer(out_dir, rank, purge_step=progress.step)
         trainer = Trainer(
@@ -98,30 +98,30 @@ def run(cfg: CfgNode) -> dict[str, Any]:
             tb_writer=tb, progress_bar=cfg.TRAIN.PROGRESS_BAR and is_main_process(), world_size=world_size,
         )
         with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT) as preempt:
-            last_metrics = _fit(cfg, trainer, data, checkpointer, progress, preempt, autocast, device, tb)
-        checkpointer.close()
+            last_metrics = _fit(cfg, trainer, data, checkpoints, progress, preempt, autocast, device, tb)
+        checkpoints.close()
         tb.close()
-        _report(cfg, out_dir, last_metrics, checkpointer, data.taxonomy.num_classes, preempted=preempt.requested)
+        _report(cfg, out_dir, last_metrics, checkpoints, data.taxonomy.num_classes, preempted=preempt.requested)
         return last_metrics
 
 
-def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpointer: Checkpointer, progress: Progress,
+def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints, progress: Progress,
          preempt: PreemptionHandler, autocast: Any, device: torch.device, tb: Any) -> dict[str, Any]:
     """The epoch loop: train, evaluate when due, save when due, stop cleanly on preemption."""
-    last_metrics: dict[str, Any] = checkpointer.last_metrics()
+    last_metrics: dict[str, Any] = checkpoints.last_metrics()
 
     def on_step_end(p: Progress) -> bool:
-        checkpointer.poll()  # surfaces background-save errors on every rank
-        if checkpointer.preemption_requested(preempt.requested):
+        checkpoints.poll()  # surfaces background-save errors on every rank
+        if checkpoints.preemption_requested(preempt.requested):
             return True
-        checkpointer.maybe_save_step(p)
+        checkpoints.maybe_save_step(p)
         return False
 
     while progress.epoch < cfg.TRAIN.EPOCHS:
         data.train_sampler.set_epoch(progress.epoch)
         result = trainer.train_epoch(progress, on_step_end)
         if not result["completed"]:
-            checkpointer.save_preemption()
+            checkpoints.save_preemption()
             logger.info("Preempted at epoch %d step %d: checkpoint committed, exiting 0", progress.epoch,
                         progress.step)
             return last_metrics
@@ -133,7 +133,7 @@ def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpointer: Checkpointer, 
             _log_metrics(progress, result, last_metrics, tb)
         # The saved sampler state must point at the start of the next epoch.
         data.train_sampler.set_epoch(progress.epoch)
-        checkpointer.maybe_save_epoch(progress, last_metrics, is_last=last_epoch)
+        checkpoints.maybe_save_epoch(progress, last_metrics, is_last=last_epoch)
     return last_metrics
 
 
@@ -150,13 +150,13 @@ def _log_metrics(progress: Progress, train: dict[str, Any], val: dict[str, Any],
                 train.get("train/loss", float("nan")), summary)
 
 
-def _report(cfg: CfgNode, out_dir: Any, metrics: dict[str, Any], checkpointer: Checkpointer,
+def _report(cfg: CfgNode, out_dir: Any, metrics: dict[str, Any], checkpoints: RunCheckpoints,
             num_classes: dict[str, int], preempted: bool) -> None:
     if not is_main_process():
         return
     lines = ["", "=" * 60, f"Run dir:      {out_dir}", f"Log file:     {out_dir / 'log.txt'}",
              f"TensorBoard:  tensorboard --logdir {out_dir / 'tensorboard'}",
-             f"Checkpoints:  {checkpointer.directory}  (linnaeus-ckpt ls {out_dir})"]
+             f"Checkpoints:  {checkpoints.directory}  (linnaeus-ckpt ls {out_dir})"]
     if preempted:
         lines.append("Stopped by a signal; relaunch the same command to continue.")
     for level in cfg.DATA.TASK_KEYS:

@@ -6,16 +6,21 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from linnaeus.checkpoint.hashing import format_sidecar
-from linnaeus.checkpoint.remote import checkpoint_sort_key, download_remote_latest, find_remote_latest
+from linnaeus.checkpoint.ordering import progress_from_name
+from linnaeus.checkpoint.remote import RemoteRun
 from linnaeus.checkpoint.store import read_latest
+from linnaeus.checkpoint.sources import DownloadOptions
 from linnaeus.checkpoint.upload import BackgroundUploader, UploadError
 from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
     BUCKET,
+    RCLONE,
     REMOTE,
     RcloneServer,
     bucket_cfg,
@@ -29,6 +34,10 @@ from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_BUCKET = {"ENABLED": True, "REMOTE": REMOTE, "NAME": BUCKET, "PATH_PREFIX": "runs/"}
+
+
+def remote_run(exp: str) -> RemoteRun:
+    return RemoteRun.in_bucket(OUT_BUCKET, exp)
 
 
 def commit(directory: Path, name: str, data: bytes, latest: bool = True) -> Path:
@@ -47,7 +56,7 @@ def remote_dir(server: RcloneServer, exp: str) -> Path:
 
 def test_uploads_data_sidecar_then_latest(tmp_path: Path, s3_server: RcloneServer) -> None:
     ckpts = tmp_path / "exp1" / "checkpoints"
-    up = BackgroundUploader(OUT_BUCKET, "exp1", retries=2, backoff_s=0.1)
+    up = BackgroundUploader(remote_run("exp1"), retries=2, backoff_s=0.1)
     first = commit(ckpts, "checkpoint_epoch_1.pth", os.urandom(50_000))
     assert not up.can_delete(first)  # nothing is deletable before its upload is confirmed
     up.on_commit(first)
@@ -60,7 +69,7 @@ def test_uploads_data_sidecar_then_latest(tmp_path: Path, s3_server: RcloneServe
         assert (remote / (p.name + ".sha256")).read_text() == (p.parent / (p.name + ".sha256")).read_text()
         assert up.is_confirmed(p) and up.can_delete(p)
     assert (remote / "latest").read_text().strip() == "checkpoint_epoch_2.pth"
-    assert find_remote_latest(OUT_BUCKET, "exp1") == f"{REMOTE}:{BUCKET}/runs/exp1/checkpoint_epoch_2.pth"
+    assert remote_run("exp1").newest() == f"{REMOTE}:{BUCKET}/runs/exp1/checkpoint_epoch_2.pth"
     with pytest.raises(Exception, match="closed"):
         up.on_commit(second)
 
@@ -71,7 +80,7 @@ def test_failed_upload_is_reported_and_kept(tmp_path: Path, monkeypatch: pytest.
 
     configure_remote(monkeypatch, Dead)  # type: ignore[arg-type]
     p = commit(tmp_path / "ck", "checkpoint_epoch_1.pth", b"data")
-    up = BackgroundUploader(OUT_BUCKET, "exp2", retries=2, backoff_s=0.05)
+    up = BackgroundUploader(remote_run("exp2"), retries=2, backoff_s=0.05)
     up.on_commit(p)
     assert up.wait(timeout=60)
     assert not up.is_confirmed(p) and not up.can_delete(p)
@@ -86,11 +95,11 @@ def test_enqueue_existing_skips_what_is_already_remote(tmp_path: Path, s3_server
     ckpts = tmp_path / "ck"
     a = commit(ckpts, "checkpoint_epoch_1.pth", b"a" * 1000)
     b = commit(ckpts, "checkpoint_epoch_2.pth", b"b" * 1000)  # local latest now names b
-    with BackgroundUploader(OUT_BUCKET, "exp3", retries=2, backoff_s=0.1) as up:
+    with BackgroundUploader(remote_run("exp3"), retries=2, backoff_s=0.1) as up:
         up.on_commit(a)
     # The marker may only name confirmed data: b is not uploaded yet, so there is no marker.
     assert not (remote_dir(s3_server, "exp3") / "latest").exists()
-    with BackgroundUploader(OUT_BUCKET, "exp3", retries=2, backoff_s=0.1) as up:  # a relaunch
+    with BackgroundUploader(remote_run("exp3"), retries=2, backoff_s=0.1) as up:  # a relaunch
         assert up.enqueue_existing(ckpts) == 2
     assert up.is_confirmed(a) and up.is_confirmed(b)
     assert (remote_dir(s3_server, "exp3") / "latest").read_text().strip() == b.name
@@ -102,7 +111,7 @@ def test_enqueue_existing_skips_what_is_already_remote(tmp_path: Path, s3_server
 def test_sort_key_orders_epochs_and_steps_numerically() -> None:
     names = ["checkpoint_epoch_10.pth", "checkpoint_epoch_9.pth", "checkpoint_epoch_9_step_950.pth",
              "checkpoint_epoch_9_step_1000.pth", "checkpoint_epoch_2.pth", "custom.pth"]
-    assert sorted(names, key=checkpoint_sort_key) == [
+    assert sorted(names, key=progress_from_name) == [
         "custom.pth", "checkpoint_epoch_2.pth", "checkpoint_epoch_9.pth", "checkpoint_epoch_9_step_950.pth",
         "checkpoint_epoch_9_step_1000.pth", "checkpoint_epoch_10.pth"]
 
@@ -118,9 +127,9 @@ def test_resume_from_bucket_falls_back_past_corrupt_latest(tmp_path: Path, s3_se
     (run / "checkpoint_epoch_10.pth").write_bytes(b"bit rot")  # no longer matches its .sha256
     settle()
 
-    assert find_remote_latest(OUT_BUCKET, "exp4").endswith("/checkpoint_epoch_10.pth")
+    assert remote_run("exp4").newest().endswith("/checkpoint_epoch_10.pth")
     local = tmp_path / "fresh" / "checkpoints"
-    got = download_remote_latest(OUT_BUCKET, "exp4", local, retries=1)
+    got = remote_run("exp4").fetch_newest(local, DownloadOptions(retries=1))
     assert got == local / "checkpoint_epoch_9.pth" and got.read_bytes() == datas[9]
     assert read_latest(local) == "checkpoint_epoch_9.pth"
     assert not (local / "checkpoint_epoch_10.pth").exists()
@@ -128,9 +137,9 @@ def test_resume_from_bucket_falls_back_past_corrupt_latest(tmp_path: Path, s3_se
     (run / "latest").unlink()  # no marker: newest committed by name (10 > 9 numerically)
     (run / "checkpoint_epoch_10.pth").write_bytes(datas[10])
     settle()
-    assert download_remote_latest(OUT_BUCKET, "exp4", tmp_path / "other", retries=1).name == "checkpoint_epoch_10.pth"
-    assert find_remote_latest(OUT_BUCKET, "nothing-here") is None
-    assert download_remote_latest(OUT_BUCKET, "nothing-here", tmp_path / "none") is None
+    assert remote_run("exp4").fetch_newest(tmp_path / "other", DownloadOptions(retries=1)).name == "checkpoint_epoch_10.pth"
+    assert remote_run("nothing-here").newest() is None
+    assert remote_run("nothing-here").fetch_newest(tmp_path / "none") is None
 
 
 def test_upload_script(tmp_path: Path, s3_server: RcloneServer, monkeypatch: pytest.MonkeyPatch,
@@ -151,3 +160,66 @@ def test_upload_script(tmp_path: Path, s3_server: RcloneServer, monkeypatch: pyt
     remote = s3_server.root / BUCKET / "pre"
     assert (remote / "weights.pth").read_bytes() == b"pretrained"
     assert (remote / "weights.pth.sha256").read_text().split()[0] == hashlib.sha256(b"pretrained").hexdigest()
+
+
+# ----------------------------------------------------------------------------- the worker survives any error
+@pytest.fixture
+def rclone_with_bad_lsjson(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The real rclone, except that ``lsjson`` prints something that is not JSON (as a broken
+    build, a proxy's error page or a truncated pipe would)."""
+    from linnaeus.checkpoint.sources.rclone import rclone_binary
+
+    wrapper = tmp_path / "rclone-bad-json"
+    wrapper.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = lsjson ] && {{ echo "<html>502 Bad Gateway"; exit 0; }}; done\n'
+                       f'exec {RCLONE} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("LINNAEUS_RCLONE", str(wrapper))
+    rclone_binary.cache_clear()
+    yield
+    rclone_binary.cache_clear()
+
+
+def _bounded_poll(up: BackgroundUploader, limit_s: float = 30.0) -> UploadError:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            up.poll()
+        except UploadError as e:
+            return e
+        time.sleep(0.05)
+    raise AssertionError(f"no upload failure surfaced within {limit_s} s")
+
+
+def test_uploader_survives_bad_json_from_rclone(tmp_path: Path, s3_server: RcloneServer,
+                                                 rclone_with_bad_lsjson: None) -> None:
+    ckpts = tmp_path / "ck"
+    first = commit(ckpts, "checkpoint_epoch_1.pth", b"a" * 1000)
+    second = commit(ckpts, "checkpoint_epoch_2.pth", b"b" * 1000)
+    up = BackgroundUploader(remote_run("badjson"), retries=2, backoff_s=0.01)
+    up.on_commit(first)
+    up.on_commit(second)  # queued behind the first: the worker must still be there for it
+    error = _bounded_poll(up)
+    assert "checkpoint_epoch_1.pth" in str(error) and "JSONDecodeError" in str(error)
+    started = time.monotonic()
+    with pytest.raises(UploadError, match="checkpoint_epoch_2.pth"):
+        up.close(timeout=60)  # the second item failed too (same rclone), and was reported, not lost
+    assert time.monotonic() - started < 60
+    assert not up.can_delete(first) and not up.can_delete(second)
+
+
+def test_uploader_survives_an_oserror_and_uploads_the_next(tmp_path: Path, s3_server: RcloneServer) -> None:
+    ckpts = tmp_path / "ck"
+    broken = commit(ckpts, "checkpoint_epoch_1.pth", b"a" * 1000)
+    side = ckpts / "checkpoint_epoch_1.pth.sha256"
+    side.unlink()
+    side.mkdir()  # reading the sidecar raises IsADirectoryError, an OSError
+    good = commit(ckpts, "checkpoint_epoch_2.pth", b"b" * 1000)
+    up = BackgroundUploader(remote_run("oserror"), retries=1)
+    up.on_commit(broken)
+    up.on_commit(good)
+    error = _bounded_poll(up)
+    assert "checkpoint_epoch_1.pth" in str(error)
+    assert up.wait(timeout=60)
+    up.close(timeout=60)  # the failure was reported by poll(); the good file went up
+    assert up.is_confirmed(good) and not up.can_delete(broken)
+    assert (remote_dir(s3_server, "oserror") / good.name).read_bytes() == good.read_bytes()

@@ -23,52 +23,42 @@ In DDP only rank 0 writes; all ranks learn the outcome, and a failed save raises
 
 from __future__ import annotations
 
-import copy
 import datetime
 import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from linnaeus.dist import all_gather_object, any_rank_true, broadcast_object, get_rank, get_world_size
+from linnaeus.dist import broadcast_object, get_rank, get_world_size, raise_on_all_ranks
 
 from .async_writer import AsyncWriter
 from .errors import (
-    CheckpointCorruptError,
     CheckpointError,
-    CheckpointIncompatibleError,
-    CheckpointNotFoundError,
     InvalidOperationError,
 )
+from .history import MetricHistory
 from .policy import CheckpointPolicy, render_filename
 from .state import (
-    CORE_META_KEYS,
     KIND_FULL,
     KIND_WEIGHTS,
+    Stateful,
     build_state,
     config_text,
     gather_rng_states,
     make_meta,
     model_state_dict,
-    newer_format_reason,
     plain_metrics,
     restore_state,
 )
-from .store import (
-    CheckpointInfo,
-    cleanup_stale,
-    commit_file,
-    delete_checkpoint,
-    list_checkpoints,
-    load_verified,
-    plan_retention,
-    read_info,
-    read_latest,
-    verify_checkpoint,
-)
+from .catalog import CheckpointInfo, list_checkpoints, read_info
+from .commit import commit_file, read_latest
+from .resume import load_newest, newest_verified
+from .retention import cleanup_stale, delete_checkpoint, plan_retention
+from .transaction import CheckpointTransaction
+from .verify import load_verified
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
@@ -78,74 +68,6 @@ class ResumeResult:
     path: Path
     progress: dict[str, int]  # epoch (completed), step, epoch_step, samples
     state: dict[str, Any]
-
-
-class CheckpointTransaction:
-    """A checkpoint being assembled: fill it like a dict; commit() writes it atomically.
-
-    As a context manager it commits on a clean exit and discards on an exception. In
-    DDP all ranks must enter and leave it; if any rank raises inside, all discard it.
-    """
-
-    def __init__(self, manager: "CheckpointManager", *, filename: str, progress: dict[str, int], metrics: dict[str, float]):
-        self._manager = manager
-        self.filename = filename
-        self.path = manager.directory / filename
-        self.progress = progress
-        self.metrics = metrics
-        self.state: dict[str, Any] = {}
-        self.meta_extra: dict[str, Any] = {}
-        self.committed = False
-        self._done = False
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.state[key] = value
-
-    def __getitem__(self, key: str) -> Any:
-        return self.state[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.state
-
-    def update(self, items: Mapping[str, Any]) -> None:
-        self.state.update(items)
-
-    def commit(self) -> Path:
-        if self._done:
-            raise InvalidOperationError(
-                f"transaction for {self.path} is already {'committed' if self.committed else 'aborted'}; "
-                "open a new one with manager.begin(...) to save again."
-            )
-        self._done = True
-        try:
-            self._manager._commit(self)
-            self.committed = True
-        finally:
-            self._manager._open_txn = None
-        return self.path
-
-    def abort(self) -> None:
-        self._done = True
-        self._manager._open_txn = None
-
-    def __enter__(self) -> "CheckpointTransaction":
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        if self._done:
-            return False
-        failed_here = exc_type is not None
-        # A collective, so that ranks never disagree on whether this save happened.
-        if any_rank_true(failed_here):
-            self.abort()
-            if not failed_here:
-                raise CheckpointError(
-                    f"save of {self.path} aborted, nothing was committed: another rank raised inside the "
-                    "transaction. Its error is in that rank's output."
-                )
-            return False
-        self.commit()
-        return False
 
 
 class CheckpointManager:
@@ -185,8 +107,7 @@ class CheckpointManager:
         self.can_delete = can_delete
         self.on_commit = on_commit
         self.protect: set[str] = set()  # file names retention never deletes (e.g. the one resumed from)
-        self.history: list[dict[str, float]] = []
-        self.best: dict[str, Any] = {}
+        self.metrics = MetricHistory(self.policy.monitor, self.policy.mode)
         self.last_committed: Path | None = None
         self._writer = AsyncWriter(name) if self.policy.async_save else None
         self._open_txn: CheckpointTransaction | None = None
@@ -194,6 +115,14 @@ class CheckpointManager:
         if self.is_writer:
             self.directory.mkdir(parents=True, exist_ok=True)
             cleanup_stale(self.directory)
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.metrics.history
+
+    @property
+    def best(self) -> dict[str, Any]:
+        return self.metrics.best
 
     # ------------------------------------------------------------------ decisions
     @property
@@ -293,16 +222,15 @@ class CheckpointManager:
         end_of_epoch: bool = True,
         metrics: Mapping[str, Any] | None = None,
         model: nn.Module | Mapping[str, Any],
-        optimizer: Any = None,
-        scheduler: Any = None,
-        scaler: Any = None,
-        ema: Any = None,
-        sampler: Any = None,
         extra: Mapping[str, Any] | None = None,
         filename: str | None = None,
+        **components: Stateful | None,
     ) -> Path:
-        """Save the given objects' state (a collective in DDP). Returns the checkpoint path.
+        """Save ``model`` and each named component's state (a collective in DDP). Returns the path.
 
+        ``components`` are the training state beside the model, by checkpoint key: typically
+        ``optimizer=``, ``scheduler=``, ``scaler=``, ``ema=``, ``sampler=``; any other
+        :class:`~linnaeus.checkpoint.state.Stateful` under any other name is saved the same way.
         Synchronous: the file is committed when this returns. Async: it is committed in
         the background; errors surface on the next ``save``/``poll``/``wait``/``close``.
         """
@@ -310,10 +238,7 @@ class CheckpointManager:
             epoch=epoch, step=step, epoch_step=epoch_step, samples=samples,
             end_of_epoch=end_of_epoch, metrics=metrics, filename=filename,
         ) as ckpt:
-            ckpt.update(build_state(
-                model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                ema=ema, sampler=sampler, weights_only=self.policy.weights_only,
-            ))
+            ckpt.update(build_state(model, components, weights_only=self.policy.weights_only))
             if extra:
                 ckpt.update(extra)
         return ckpt.path
@@ -321,7 +246,7 @@ class CheckpointManager:
     def _commit(self, txn: CheckpointTransaction) -> None:
         self._check_open()
         # Misuse found on one rank must stop all of them before the collectives below.
-        self._agree(self._misuse(txn), f"save of {txn.path}")
+        self._agree(txn.problem(), f"save of {txn.path}")
         if self._writer is not None:
             # One save in flight; a failure of the previous one is raised before starting another.
             if self.is_writer:
@@ -341,26 +266,10 @@ class CheckpointManager:
                 error = e
         self._agree(error, f"save of {txn.path}")
 
-    @staticmethod
-    def _misuse(txn: CheckpointTransaction) -> InvalidOperationError | None:
-        """What makes ``txn`` uncommittable on this rank, or None."""
-        if "model" not in txn.state:
-            return InvalidOperationError(
-                f"checkpoint {txn.path} has no 'model' entry; set ckpt['model'] = model (or its state_dict())."
-            )
-        clashing = sorted(CORE_META_KEYS.intersection(txn.meta_extra))
-        if clashing:
-            return InvalidOperationError(
-                f"meta_extra of checkpoint {txn.path} sets {clashing}, which linnaeus writes itself "
-                f"(core meta keys: {sorted(CORE_META_KEYS)}); a wrong value would make the file unreadable "
-                f"or let another saver delete it. Store your values under other names, e.g. {'my_' + clashing[0]!r}."
-            )
-        return None
-
     def _complete_state(self, txn: CheckpointTransaction) -> dict[str, Any]:
         """Add what every checkpoint carries (progress, rng, metrics, config, meta) to the user's entries."""
         epoch, step = txn.progress["epoch"], txn.progress["step"]
-        self._record_metrics(epoch, step, txn.metrics, txn.filename)
+        self.metrics.record(epoch, step, txn.metrics, txn.filename)
         state = dict(txn.state)
         if isinstance(state["model"], nn.Module) or any(k.startswith("module.") for k in state["model"]):
             state["model"] = model_state_dict(state["model"])
@@ -368,7 +277,7 @@ class CheckpointManager:
             state = {"model": state["model"]}
         else:
             state.setdefault("progress", dict(txn.progress))
-            state.setdefault("metrics", {"history": copy.deepcopy(self.history), "best": dict(self.best)})
+            state.setdefault("metrics", self.metrics.state_dict())
             if "rng" not in state:
                 state["rng"] = gather_rng_states()  # collective: every rank's RNG, for exact resume
         state["config"] = txn.state.get("config", self.config_text)
@@ -377,22 +286,6 @@ class CheckpointManager:
             epoch=epoch, step=step, metrics=txn.metrics, extra=txn.meta_extra,
         )
         return state
-
-    def _record_metrics(self, epoch: int, step: int, metrics: dict[str, float], filename: str) -> None:
-        if not metrics:
-            return
-        record = {"epoch": epoch, "step": step, **metrics}
-        if self.history and self.history[-1]["step"] == step:
-            self.history[-1] = {**self.history[-1], **record}
-        else:
-            self.history.append(record)
-        monitor = self.policy.monitor
-        if monitor and monitor in metrics:
-            value = metrics[monitor]
-            old = self.best.get("value")
-            better = old is None or (value > old if self.policy.mode == "max" else value < old)
-            if better and value == value:  # NaN never becomes best
-                self.best = {"monitor": monitor, "value": value, "epoch": epoch, "step": step, "file": filename}
 
     def _write(self, state: dict[str, Any], filename: str) -> None:
         """Rank 0: commit, run the hook, apply retention (on the writer thread when async).
@@ -477,15 +370,7 @@ class CheckpointManager:
     @staticmethod
     def _agree(error: BaseException | None, what: str) -> None:
         """Raise on every rank if ``error`` is set on any rank (a collective in DDP)."""
-        if not any_rank_true(error is not None):
-            return
-        messages = all_gather_object(None if error is None else str(error))
-        failed = [(r, m) for r, m in enumerate(messages) if m is not None]
-        # The same failure everywhere (e.g. misuse every rank made) reads best as itself.
-        if isinstance(error, CheckpointError) and len({m for _, m in failed}) == 1:
-            raise error
-        detail = "; ".join(f"rank {r}: {m}" for r, m in failed)
-        raise CheckpointError(f"{what} failed on {len(failed)} rank(s): {detail}") from error
+        raise_on_all_ranks(error, what, CheckpointError)
 
     # ------------------------------------------------------------------ retention
     def checkpoints(self) -> list[CheckpointInfo]:
@@ -521,117 +406,43 @@ class CheckpointManager:
         return deleted
 
     # ------------------------------------------------------------------ resume
-    def _resume_candidates(self) -> Iterator[CheckpointInfo]:
-        """Committed full checkpoints, newest first by stored progress (``latest`` wins ties).
-
-        Files in a newer format are candidates too (unless marked weights-only), so that resume
-        stops at them; one whose progress cannot be read counts as the newest.
-        """
-        latest = read_latest(self.directory)
-        if latest and not (self.directory / latest).exists():
-            logger.warning("%s names %s, which does not exist; looking for older checkpoints.",
-                           self.directory / "latest", latest)
-        usable = []
-        for info in list_checkpoints(self.directory):
-            if not info.committed:
-                continue  # never committed (no sidecar): not ours to resume from
-            if not info.readable:
-                logger.warning("Skipping checkpoint %s: %s.", info.path, info.error)
-            elif info.kind == KIND_FULL or (info.too_new and info.kind != KIND_WEIGHTS):
-                usable.append(info)
-        usable.sort(key=lambda i: (i.too_new and i.step < 0, i.order_key, i.name == latest), reverse=True)
-        return iter(usable)
-
-    def _newer_format_stop(self, path: Path, reason: str) -> CheckpointIncompatibleError:
-        return CheckpointIncompatibleError(
-            f"auto-resume stopped at {path}: {reason}. It is the newest checkpoint in {self.directory} that is "
-            "not damaged, so resuming from an older one would silently lose the progress it holds. "
-            f"Upgrade linnaeus; or, to restart from an older checkpoint on purpose, move {path.name} "
-            f"(and {path.name}.sha256) out of {self.directory}.",
-            path=path,
-        )
-
     def find_resumable(self) -> Path | None:
         """Newest checkpoint here that verifies (sha256 + structure), or None (all ranks agree).
 
-        Damaged files are skipped with a warning. A file in a newer format than this linnaeus
-        reads raises :class:`CheckpointIncompatibleError` instead (on every rank).
+        Damaged files are skipped with a warning; a file in a newer format than this linnaeus
+        reads raises :class:`CheckpointIncompatibleError` on every rank (see :mod:`.resume`).
         """
-        found, error = None, None
-        if self.is_writer:
-            for info in self._resume_candidates():
-                result = verify_checkpoint(info.path)
-                if result.ok:
-                    found = str(info.path)
-                    break
-                if result.incompatible:
-                    error = self._newer_format_stop(info.path, result.reason)
-                    break
-                logger.warning("Skipping checkpoint %s: %s%s; trying the next older one.", info.path, result.reason,
-                               _hash_detail(result.expected_sha256, result.actual_sha256))
-        self._agree(error, f"resume in {self.directory}")
-        found = broadcast_object(found)
-        return Path(found) if found else None
+        return newest_verified(self.directory)
 
     def load(self, path: str | Path, *, map_location: Any = "cpu", require_sidecar: bool = True) -> dict[str, Any]:
         """Verify (sha256, streamed beside the load) and load with ``weights_only=True``."""
         return load_verified(path, map_location=map_location, require_sidecar=require_sidecar)
 
     def load_resumable(self, *, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
-        """(path, state) of the newest valid checkpoint, or None; one read pass per file tried.
+        """(path, state) of the newest valid checkpoint here, or None; one read pass per file
+        tried. Skips and stops like :meth:`find_resumable`."""
+        return load_newest(self.directory, map_location=map_location)
 
-        Skips damaged files like :meth:`find_resumable` and, like it, raises on a newer format.
-        """
-        found, state, error = None, None, None
-        if self.is_writer:
-            for info in self._resume_candidates():
-                try:
-                    state = self.load(info.path, map_location=map_location)
-                    found = str(info.path)
-                    break
-                except CheckpointCorruptError as e:
-                    logger.warning("Skipping checkpoint %s: %s%s; trying the next older one.", info.path, e.reason,
-                                   _hash_detail(e.expected_sha256, e.actual_sha256))
-                except CheckpointNotFoundError:
-                    logger.warning("Skipping checkpoint %s: it was deleted while resume looked at it.", info.path)
-                except CheckpointIncompatibleError as e:
-                    # Listing read the same file's meta; str(e) only if it changed in between.
-                    reason = newer_format_reason(info.format_version) if info.too_new else str(e)
-                    error = self._newer_format_stop(info.path, reason)
-                    break
-        self._agree(error, f"resume in {self.directory}")
-        found = broadcast_object(found)
-        if found is None:
-            return None
-        if not self.is_writer:
-            try:
-                state = self.load(found, map_location=map_location)
-            except CheckpointError as e:  # re-raised on every rank by _agree
-                error = e
-        self._agree(error, f"loading {found}")
-        return Path(found), state
-
-    def restore(self, state: Mapping[str, Any], *, path: str | Path | None = None, rng: bool = True, **objects: Any) -> dict[str, int]:
-        """Load ``state`` into ``objects`` (model=, optimizer=, scheduler=, scaler=, ema=, sampler=),
+    def restore(self, state: Mapping[str, Any], *, path: str | Path | None = None, rng: bool = True,
+                model: nn.Module | None = None, **components: Stateful | None) -> dict[str, int]:
+        """Load ``state`` into ``model`` and the named components (as passed to :meth:`save`),
         take over its metric history, protect ``path`` from retention; returns its progress."""
         source = str(path) if path is not None else f"checkpoint {state.get('meta', {}).get('file', '?')}"
-        progress = restore_state(state, rng=rng, source=source, **objects)
+        progress = restore_state(state, model, components, rng=rng, source=source)
         metrics = state.get("metrics") or {}
-        self.history = [dict(r) for r in metrics.get("history", [])]
-        self.best = dict(metrics.get("best", {}))
+        self.metrics.load_state_dict(metrics)
         if path is not None and Path(path).parent.resolve() == self.directory.resolve():
             self.protect.add(Path(path).name)
         return progress
 
-    def resume(self, *, map_location: Any = "cpu", rng: bool = True, **objects: Any) -> ResumeResult | None:
+    def resume(self, *, map_location: Any = "cpu", rng: bool = True, model: nn.Module | None = None,
+               **components: Stateful | None) -> ResumeResult | None:
         """Find, verify, load and restore the newest valid checkpoint; None for a fresh start."""
         found = self.load_resumable(map_location=map_location)
         if found is None:
             return None
         path, state = found
-        progress = self.restore(state, path=path, rng=rng, **objects)
+        progress = self.restore(state, path=path, rng=rng, model=model, **components)
         return ResumeResult(path, progress, state)
 
 
-def _hash_detail(expected: str | None, actual: str | None) -> str:
-    return f" (expected sha256 {expected}, actual {actual})" if expected and actual and expected != actual else ""

@@ -1,160 +1,198 @@
-"""A run's checkpoints in a bucket: layout, the remote ``latest`` marker, auto-resume.
+"""A run's folder in a bucket: list it, upload into it, move its marker, fetch its newest checkpoint.
 
-Layout written by :class:`linnaeus.checkpoint.upload.BackgroundUploader`::
+Layout (``REMOTE:NAME/PATH_PREFIX<experiment>/``)::
 
-    REMOTE:NAME/PATH_PREFIX<experiment>/
-        checkpoint_epoch_3.pth
-        checkpoint_epoch_3.pth.sha256   uploaded after the data is confirmed remote
-        latest                          file name of the newest checkpoint confirmed remote
+    checkpoint_epoch_3.pth
+    checkpoint_epoch_3.pth.sha256   uploaded after the data is confirmed remote
+    latest                          file name of the newest checkpoint confirmed remote
 
-A checkpoint counts as *committed remotely* when both its data file and its ``.sha256``
-are listed. Ordering (used when ``latest`` is missing or names something unusable) parses
-the file name: ``epoch_<E>`` and ``step_<S>`` (also ``ep<E>`` / ``st<S>`` / ``iter<S>``);
-an end-of-epoch file ``..._epoch_E`` sorts before mid-epoch files ``..._epoch_E_step_S``
-(saved during epoch E+1) which sort by step, and all of them before ``..._epoch_<E+1>``.
-Names with no parseable number sort oldest, among themselves by the remote modification
-time. Weights-only files (``weights_*``) are never resume candidates unless a ``name_filter``
-says so.
+A checkpoint counts as *committed remotely* when both its data file and its ``.sha256`` are
+listed: the sidecar is the remote commit marker, as the rename is the local one. Everything
+that reads or writes this layout — the background uploader, resume from the bucket,
+``linnaeus-ckpt upload`` — goes through :class:`RemoteRun`, so the layout is defined here only.
+
+Ordering follows the local rule (:mod:`linnaeus.checkpoint.ordering`): most training progress
+first, the ``latest`` marker breaking ties and winning outright when what it names is committed.
+Remotely the progress is read from the file name (``epoch_<E>``, ``step_<S>``; see
+:func:`~linnaeus.checkpoint.ordering.progress_from_name`), as the data is not downloaded to list it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointNotFoundError
-from linnaeus.checkpoint.resolve import BucketConfig
-from linnaeus.checkpoint.sources import DownloadOptions, RcloneSource, download
-from linnaeus.checkpoint.sources.rclone import list_files
-from linnaeus.checkpoint.store import read_latest, write_latest
+from .errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
+from .hashing import read_sidecar, sidecar_path
+from .ordering import default_name_filter, progress_from_name
+from .resolve import BucketConfig
+from .sources import DownloadOptions, RcloneSource, download
+from .sources.base import TransientSourceError, redact
+from .sources.download import parse_sha256_sidecar
+from .sources.rclone import copyto, list_files, rcat
+from .store import read_latest, write_latest
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("linnaeus.checkpoint")
 
 LATEST_MARKER = "latest"
 SIDECAR_SUFFIX = ".sha256"
-_EPOCH = re.compile(r"(?:^|[_\-.])(?:epoch|ep)[_\-]?(\d+)", re.IGNORECASE)
-_STEP = re.compile(r"(?:^|[_\-.])(?:step|st|iter)[_\-]?(\d+)", re.IGNORECASE)
-_CKPT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
+_LOCAL_HASHES = ("md5", "sha1", "sha256")  # remote hashes worth recomputing locally to verify
 
 
-def default_name_filter(name: str) -> bool:
-    """Full training checkpoints: a checkpoint suffix, not a weights-only export."""
-    return name.endswith(_CKPT_SUFFIXES) and not name.startswith("weights_")
+class RemoteRun:
+    """The folder holding one run's checkpoints in a bucket (an rclone path ending in ``/``).
 
-
-def checkpoint_sort_key(name: str, modtime: str = "") -> tuple:
-    """Older < newer (see the module docstring)."""
-    epoch = _EPOCH.search(name)
-    step = _STEP.search(name)
-    if epoch is None and step is None:
-        return (0, -1, -1, -1, modtime, name)
-    e = int(epoch.group(1)) if epoch else -1
-    s = int(step.group(1)) if step else -1
-    # With an epoch: end-of-epoch (no step) first, then mid-epoch saves of the next epoch by step.
-    return (1, e, 0 if step is None else 1, s, modtime, name)
-
-
-def run_folder(bucket_cfg: BucketConfig | Mapping[str, Any], experiment: str) -> str:
-    """``REMOTE:NAME/PATH_PREFIX<experiment>/``."""
-    if not experiment or "/" in experiment.strip("/") or experiment in (".", ".."):
-        raise ValueError(f"experiment name {experiment!r} must be a single non-empty path component.")
-    return BucketConfig.from_any(bucket_cfg).folder() + experiment.strip("/") + "/"
-
-
-def list_remote_checkpoints(
-    bucket_cfg: BucketConfig | Mapping[str, Any],
-    experiment: str,
-    name_filter: Callable[[str], bool] = default_name_filter,
-) -> list[str]:
-    """File names of the run's remotely committed checkpoints (data + ``.sha256``), newest first."""
-    entries = list_files(run_folder(bucket_cfg, experiment))
-    names = {e["Name"]: e.get("ModTime", "") for e in entries}
-    committed = [n for n in names if name_filter(n) and n + SIDECAR_SUFFIX in names]
-    return sorted(committed, key=lambda n: checkpoint_sort_key(n, names[n]), reverse=True)
-
-
-def _read_marker(folder: str) -> str | None:
-    data = RcloneSource(folder + LATEST_MARKER).read_small(4096)
-    if data is None:
-        return None
-    name = data.decode("utf-8", "replace").strip()
-    if not name or "/" in name or "\\" in name or name in (".", ".."):
-        logger.warning("Ignoring remote marker %s%s: expected a file name, found %r", folder, LATEST_MARKER, name[:80])
-        return None
-    return name
-
-
-def find_remote_latest(bucket_cfg: BucketConfig | Mapping[str, Any], experiment: str) -> str | None:
-    """rclone path of the run's newest remotely committed checkpoint, or None if it has none.
-
-    The ``latest`` marker wins when the checkpoint it names is committed remotely; otherwise
-    the newest committed checkpoint by name ordering.
+    Build it with :meth:`in_bucket` from a bucket config and the run's name, or from any
+    rclone folder string. Every method talks to the remote with the real rclone binary;
+    nothing here ever deletes a remote object (``copyto``/``rcat`` only).
     """
-    candidates = _candidates(bucket_cfg, experiment, default_name_filter)
-    return candidates[0][1] if candidates else None
 
+    def __init__(self, folder: str) -> None:
+        if not folder or ":" not in folder:
+            raise ValueError(f"remote run folder {folder!r} is not an rclone path ('remote:bucket/prefix/').")
+        self.folder = folder if folder.endswith((":", "/")) else folder + "/"
 
-def _candidates(bucket_cfg, experiment: str, name_filter: Callable[[str], bool]) -> list[tuple[str, str]]:
-    folder = run_folder(bucket_cfg, experiment)
-    listed = list_remote_checkpoints(bucket_cfg, experiment, name_filter)
-    marker = _read_marker(folder)
-    if marker is not None and marker not in listed:
-        logger.warning(
-            "Remote marker %s%s names %s, which is not committed remotely (data or .sha256 missing); "
-            "using the newest committed checkpoint instead", folder, LATEST_MARKER, marker,
-        )
-    ordered = ([marker] if marker in listed else []) + [n for n in listed if n != marker]
-    return [(n, folder + n) for n in ordered]
+    @classmethod
+    def in_bucket(cls, bucket: BucketConfig | Mapping[str, Any], experiment: str) -> "RemoteRun":
+        """``REMOTE:NAME/PATH_PREFIX<experiment>/``."""
+        if not experiment or "/" in experiment.strip("/") or experiment in (".", ".."):
+            raise ValueError(f"experiment name {experiment!r} must be a single non-empty path component.")
+        return cls(BucketConfig.from_any(bucket).folder() + experiment.strip("/") + "/")
 
+    @property
+    def display(self) -> str:
+        return redact(self.folder)
 
-def download_remote_latest(
-    bucket_cfg: BucketConfig | Mapping[str, Any],
-    experiment: str,
-    checkpoints_dir: str | os.PathLike,
-    *,
-    name_filter: Callable[[str], bool] = default_name_filter,
-    retries: int = 3,
-    progress: bool | None = None,
-    local_rank: int | None = None,
-) -> Path | None:
-    """Download the run's newest good remote checkpoint into ``checkpoints_dir``.
+    def source(self, name: str) -> RcloneSource:
+        return RcloneSource(self.folder + name)
 
-    For a run relaunched on a fresh machine with an empty run dir. Tries the ``latest``
-    target, then older committed checkpoints, each downloaded with the safe download (lock,
-    temp file, sha256 checked against the remote ``.sha256``, atomic rename; the local
-    ``.sha256`` is written too). A missing or corrupt one is logged and skipped. Writes
-    ``checkpoints_dir/latest`` (atomically) when there is none yet. Call it from every
-    process: one per machine transfers, the others wait on the file lock (no collectives).
+    # ------------------------------------------------------------------ reading
+    def list(self, name_filter: Callable[[str], bool] = default_name_filter) -> list[str]:
+        """File names of the remotely committed checkpoints (data + ``.sha256``), newest first."""
+        entries = list_files(self.folder)
+        names = {e["Name"]: e.get("ModTime", "") for e in entries}
+        committed = [n for n in names if name_filter(n) and n + SIDECAR_SUFFIX in names]
+        return sorted(committed, key=lambda n: progress_from_name(n, names[n]), reverse=True)
 
-    Returns the local path, or None when the bucket holds no usable checkpoint of the run.
-    """
-    options = DownloadOptions(retries=retries, progress=progress, local_rank=local_rank)
-    dest_dir = Path(checkpoints_dir)
-    for name, remote_path in _candidates(bucket_cfg, experiment, name_filter):
+    def read_marker(self) -> str | None:
+        """The name the remote ``latest`` marker holds, or None (absent or not a file name)."""
+        data = self.source(LATEST_MARKER).read_small(4096)
+        if data is None:
+            return None
+        name = data.decode("utf-8", "replace").strip()
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            logger.warning("Ignoring remote marker %s%s: expected a file name, found %r",
+                           self.display, LATEST_MARKER, name[:80])
+            return None
+        return name
+
+    def candidates(self, name_filter: Callable[[str], bool] = default_name_filter) -> list[str]:
+        """Resume candidates, best first: the marker's target when committed, then newest first."""
+        listed = self.list(name_filter)
+        marker = self.read_marker()
+        if marker is not None and marker not in listed:
+            logger.warning("Remote marker %s%s names %s, which is not committed remotely (data or .sha256 "
+                           "missing); using the newest committed checkpoint instead", self.display, LATEST_MARKER,
+                           marker)
+        return ([marker] if marker in listed else []) + [n for n in listed if n != marker]
+
+    def newest(self) -> str | None:
+        """rclone path of the newest remotely committed checkpoint, or None if there is none."""
+        names = self.candidates()
+        return self.folder + names[0] if names else None
+
+    # ------------------------------------------------------------------ fetching
+    def fetch(self, name: str, dest_dir: str | os.PathLike, options: DownloadOptions = DownloadOptions()) -> Path:
+        """Download ``name`` into ``dest_dir`` with the safe download (lock, temp file, verified
+        against the remote ``.sha256``, atomic rename, local sidecar). Raises
+        CheckpointNotFoundError when the folder has no such file."""
+        return download(self.source(name), Path(dest_dir) / name, options)
+
+    def fetch_newest(self, dest_dir: str | os.PathLike, options: DownloadOptions = DownloadOptions(), *,
+                     name_filter: Callable[[str], bool] = default_name_filter) -> Path | None:
+        """Download the newest good checkpoint into ``dest_dir``; None when the folder has none.
+
+        For a run relaunched on a fresh machine. Candidates are tried best first; a missing or
+        corrupt one is logged and skipped. Writes ``dest_dir/latest`` when there is none yet.
+        Call it from every process: one per machine transfers, the others wait on its file lock.
+        """
+        dest = Path(dest_dir)
+        for name in self.candidates(name_filter):
+            try:
+                path = self.fetch(name, dest, options)
+            except (CheckpointNotFoundError, CheckpointCorruptError) as e:
+                logger.warning("Skipping remote checkpoint %s%s: %s", self.display, name, e)
+                continue
+            if read_latest(dest) is None:
+                write_latest(dest, name)
+            logger.info("Fetched remote checkpoint %s%s -> %s", self.display, name, path)
+            return path
+        return None
+
+    # ------------------------------------------------------------------ writing
+    def upload(self, local: str | os.PathLike) -> bool:
+        """Upload one committed checkpoint (data, then ``.sha256``) and verify the remote copy.
+
+        Returns False when the remote already held an identical copy (nothing transferred).
+        Raises CheckpointError (TransientSourceError for what a retry may fix); never deletes.
+        """
+        path = Path(local)
+        if not path.is_file():
+            raise CheckpointError(f"cannot upload {path}: no such file.")
         try:
-            path = download(RcloneSource(remote_path), dest_dir / name, options)
-        except (CheckpointNotFoundError, CheckpointCorruptError) as e:
-            logger.warning("Skipping remote checkpoint %s: %s", remote_path, e)
-            continue
-        _write_local_marker(dest_dir, name)
-        logger.info("Fetched remote checkpoint %s -> %s", remote_path, path)
-        return path
-    return None
+            digest = read_sidecar(path)
+        except FileNotFoundError:
+            raise CheckpointError(
+                f"cannot upload {path}: its sidecar {sidecar_path(path)} is missing, so the file is not a "
+                "committed checkpoint. Write it with `sha256sum NAME > NAME.sha256` in its folder if the file is good."
+            ) from None
+        except ValueError as e:
+            raise CheckpointError(f"cannot upload {path}: {e}") from None
+        size = path.stat().st_size
+        target = self.source(path.name)
+        if _remote_matches(target, size, digest):
+            return False
+        copyto(path, target.path)
+        _verify_remote_data(target, path, size)
+        copyto(sidecar_path(path), target.sibling(SIDECAR_SUFFIX).path)
+        remote_digest = target.sibling(SIDECAR_SUFFIX).read_small()
+        if remote_digest is None or parse_sha256_sidecar(remote_digest, target.display + SIDECAR_SUFFIX,
+                                                         path.name) != digest:
+            raise TransientSourceError(f"{target.display}.sha256: read back does not match the local sidecar.")
+        return True
+
+    def write_marker(self, name: str) -> None:
+        """Point the remote ``latest`` at ``name`` (the caller makes sure it is committed remotely)."""
+        rcat((name + "\n").encode(), self.folder + LATEST_MARKER)
 
 
-def _write_local_marker(dest_dir: Path, name: str) -> None:
-    if read_latest(dest_dir) is None:
-        write_latest(dest_dir, name)
+def _remote_matches(target: RcloneSource, size: int, digest: str) -> bool:
+    data = target.sibling(SIDECAR_SUFFIX).read_small()
+    if data is None:
+        return False
+    try:
+        remote_digest = parse_sha256_sidecar(data, target.display + SIDECAR_SUFFIX, target.name)
+    except CheckpointError:
+        return False  # a malformed remote sidecar is simply overwritten by a fresh upload
+    info = target.stat()
+    return remote_digest == digest and info is not None and info.size == size
 
 
-__all__ = [
-    "checkpoint_sort_key",
-    "default_name_filter",
-    "download_remote_latest",
-    "find_remote_latest",
-    "list_remote_checkpoints",
-    "run_folder",
-]
+def _verify_remote_data(target: RcloneSource, path: Path, size: int) -> None:
+    info = target.stat(with_hashes=True)
+    if info is None or info.size != size:
+        found = "nothing" if info is None else f"{info.size} bytes"
+        raise TransientSourceError(f"{target.display}: after upload the remote holds {found}, expected {size} bytes.")
+    algo = next((a for a in _LOCAL_HASHES if info.hashes.get(a)), None)
+    if algo is None:
+        return  # size only: this remote reports no hash we can recompute (rclone checked what it could)
+    with open(path, "rb") as f:
+        local = hashlib.file_digest(f, algo).hexdigest()
+    if local != info.hashes[algo].lower():
+        raise TransientSourceError(f"{target.display}: remote {algo} {info.hashes[algo]} != local {local}.")
+
+
+__all__ = ["LATEST_MARKER", "RemoteRun"]

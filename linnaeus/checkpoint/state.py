@@ -23,7 +23,7 @@ import datetime
 import logging
 import random
 import socket
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -39,14 +39,26 @@ logger = logging.getLogger("linnaeus.checkpoint")
 FORMAT_VERSION = 1
 KIND_FULL = "full"
 KIND_WEIGHTS = "weights"
-# Components restored from objects through state_dict()/load_state_dict().
-COMPONENTS = ("optimizer", "scheduler", "scaler", "ema", "sampler")
+# Top-level entries linnaeus itself writes; a training component cannot be named like one.
+RESERVED_KEYS = frozenset({"model", "progress", "rng", "metrics", "config", "meta"})
 PROGRESS_FIELDS = ("epoch", "step", "epoch_step", "samples")
 # The meta fields linnaeus itself writes (see make_meta); resume, retention and listing rely on them.
 CORE_META_KEYS = frozenset({
     "format_version", "linnaeus_version", "torch_version", "world_size", "created", "run_id",
     "kind", "saver", "file", "epoch", "step", "metrics", "hostname",
 })
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """What a checkpoint component is (as in torch.distributed.checkpoint and fairseq2): anything
+    with ``state_dict()`` and ``load_state_dict()`` — optimizers, schedulers, GradScaler, timm's
+    ModelEma, samplers, a data loader's state. Components are passed as one mapping of checkpoint
+    key → object, so adding one to a training loop is one entry, not a new keyword everywhere."""
+
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> Any: ...
 
 
 # ----------------------------------------------------------------------------- RNG
@@ -230,42 +242,35 @@ def make_meta(
 
 
 def build_state(
-    *,
     model: nn.Module | Mapping[str, Any],
-    optimizer: Any = None,
-    scheduler: Any = None,
-    scaler: Any = None,
-    ema: Any = None,
-    sampler: Any = None,
+    components: Mapping[str, Stateful | None] | None = None,
+    *,
     weights_only: bool = False,
 ) -> dict[str, Any]:
-    """The object-derived part of a checkpoint: ``model`` plus each given component's state dict.
+    """The object-derived part of a checkpoint: ``model`` plus each named component's state dict.
 
-    progress, rng, metrics, config and meta are added by the manager's transaction (or by
-    the caller when using the store directly).
+    ``components`` maps checkpoint keys to :class:`Stateful` objects (``{"optimizer": opt,
+    "scheduler": sched, ...}``); ``None`` values are skipped. progress, rng, metrics, config and
+    meta are added by the manager's transaction (or by the caller when using the store directly).
     """
     state: dict[str, Any] = {"model": model_state_dict(model)}
     if weights_only:
         return state
-    for key, obj in zip(COMPONENTS, (optimizer, scheduler, scaler, ema, sampler)):
-        if obj is not None:
-            state[key] = obj.state_dict()
+    for key, obj in _present(components):
+        state[key] = obj.state_dict()
     return state
 
 
 def restore_state(
     state: Mapping[str, Any],
-    *,
     model: nn.Module | None = None,
-    optimizer: Any = None,
-    scheduler: Any = None,
-    scaler: Any = None,
-    ema: Any = None,
-    sampler: Any = None,
+    components: Mapping[str, Stateful | None] | None = None,
+    *,
     rng: bool = True,
     source: str = "checkpoint",
 ) -> dict[str, int]:
-    """Load ``state`` into the given objects (skip any left as None); return its progress.
+    """Load ``state`` into ``model`` and each named component (``None`` values are skipped);
+    return its progress.
 
     A component passed in but missing from the checkpoint is an error, not a silent
     fresh start: resuming without optimizer state would not be the run the user asked for.
@@ -273,9 +278,7 @@ def restore_state(
     if model is not None:
         check_model_compatible(model, state["model"], source=source)
         unwrap_model(model).load_state_dict(state["model"])
-    for key, obj in zip(COMPONENTS, (optimizer, scheduler, scaler, ema, sampler)):
-        if obj is None:
-            continue
+    for key, obj in _present(components):
         if key not in state:
             kind = state.get("meta", {}).get("kind", "?")
             raise CheckpointIncompatibleError(
@@ -287,6 +290,23 @@ def restore_state(
         restore_rank_rng_state(state["rng"])
     progress = state.get("progress", {})
     return {k: int(progress.get(k, 0)) for k in PROGRESS_FIELDS}
+
+
+def _present(components: Mapping[str, Stateful | None] | None) -> list[tuple[str, Stateful]]:
+    items = [(k, v) for k, v in (components or {}).items() if v is not None]
+    reserved = sorted(RESERVED_KEYS.intersection(k for k, _ in items))
+    if reserved:
+        raise InvalidOperationError(
+            f"component name(s) {reserved} are checkpoint entries linnaeus writes itself "
+            f"({sorted(RESERVED_KEYS)}); give the component another name."
+        )
+    missing = [k for k, v in items if not isinstance(v, Stateful)]
+    if missing:
+        raise InvalidOperationError(
+            f"component(s) {missing} have no state_dict()/load_state_dict(); pass objects that do "
+            "(optimizers, schedulers, GradScaler, ModelEma, samplers) or wrap yours in a class with both."
+        )
+    return items
 
 
 # ----------------------------------------------------------------------------- checks

@@ -161,24 +161,21 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_upload(args: argparse.Namespace) -> int:
     from linnaeus.checkpoint.hashing import digest_file, sidecar_path
-    from linnaeus.checkpoint.remote import LATEST_MARKER
+    from linnaeus.checkpoint.remote import RemoteRun
     from linnaeus.checkpoint.resolve import BucketConfig
     from linnaeus.checkpoint.sources.download import write_sidecar
-    from linnaeus.checkpoint.sources.rclone import rcat
-    from linnaeus.checkpoint.upload import upload_checkpoint
 
     def go() -> int:
         bucket = BucketConfig.from_any(_bucket(args, upload=True))
-        folder = bucket.folder() + (args.experiment.strip("/") + "/" if args.experiment else "")
+        remote = RemoteRun.in_bucket(bucket, args.experiment) if args.experiment else RemoteRun(bucket.folder())
         for raw in args.paths:
             path = Path(raw)
             if args.write_sidecar and path.is_file() and not sidecar_path(path).exists():
                 write_sidecar(path, digest_file(path))
-            sent = upload_checkpoint(path, folder)
-            print(f"{'uploaded' if sent else 'already remote'}: {path} -> {bucket.folder()}"
-                  f"{args.experiment.strip('/') + '/' if args.experiment else ''}{path.name}")
+            sent = remote.upload(path)
+            print(f"{'uploaded' if sent else 'already remote'}: {path} -> {remote.display}{path.name}")
         if args.latest:
-            rcat((Path(args.paths[-1]).name + "\n").encode(), folder + LATEST_MARKER)
+            remote.write_marker(Path(args.paths[-1]).name)
             print(f"latest -> {Path(args.paths[-1]).name}")
         return 0
 

@@ -2,13 +2,16 @@
 
 ``resolve_checkpoint_path(identifier, cache_dir, bucket_config)`` is what configs and user
 code have always called; it forwards to :func:`linnaeus.checkpoint.resolve.resolve`, which
-holds the resolution order and takes the richer keyword options.
+holds the resolution order and takes the richer keyword options. :func:`input_resolver` is the
+one mapping from a config's ``ENV.INPUT`` to it: the runner resolves TRAIN.RESUME and
+MODEL.PRETRAINED* through it, so a user calling these functions gets the runner's answer.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 from linnaeus.checkpoint.resolve import BucketConfig, resolve
 
@@ -40,4 +43,10 @@ def resolve_from_env_input(identifier: str, env_input: Mapping[str, Any], **opti
     RECURSIVE_LOOKUP, DOWNLOAD_RETRIES); keyword options override the node."""
     options.setdefault("recursive_lookup", bool(env_input.get("RECURSIVE_LOOKUP", False)))
     options.setdefault("retries", int(env_input.get("DOWNLOAD_RETRIES", 3)))
-    return resolve_checkpoint_path(identifier, env_input["CACHE_DIR"], env_input.get("BUCKET"), **options)
+    return resolve_checkpoint_path(identifier, os.path.expanduser(env_input["CACHE_DIR"]), env_input.get("BUCKET"),
+                                   **options)
+
+
+def input_resolver(env_input: Mapping[str, Any], **options: Any) -> Callable[[str], Path]:
+    """``identifier -> local Path`` as ``cfg.ENV.INPUT`` configures it (see :func:`resolve_from_env_input`)."""
+    return lambda identifier: Path(resolve_from_env_input(identifier, env_input, **options))

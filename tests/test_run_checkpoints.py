@@ -1,4 +1,4 @@
-"""The runner's Checkpointer: uploads across relaunches, upload failures under DDP, TRAIN.RESUME
+"""The runner's RunCheckpoints: uploads across relaunches, upload failures under DDP, TRAIN.RESUME
 lookup and the relaunch contract, weights-only runs, per-saver save bookkeeping, one read per
 resume. Real training processes, real files and a real ``rclone serve s3`` on 127.0.0.1."""
 
@@ -80,14 +80,14 @@ import torch
 from linnaeus.config import load_config
 from linnaeus.dist import get_rank, init_distributed
 from linnaeus.engine.trainer import Progress
-from linnaeus.runner.checkpointer import Checkpointer
+from linnaeus.runner.checkpoints import RunCheckpoints
 from linnaeus.checkpoint.upload import UploadError
 
 def checkpointer(name):
     # No auto-resume: it would look in the (dead) bucket first and fail there.
     cfg = load_config({cfg!r}, ["ENV.OUTPUT.BASE_DIR", {out!r}, "EXPERIMENT.NAME", name, "TRAIN.AUTO_RESUME", "False",
                                 *{bucket!r}])
-    ck = Checkpointer(cfg, Path({out!r}) / name)
+    ck = RunCheckpoints(cfg, Path({out!r}) / name)
     if ck.uploader is not None:  # rank 0: fail after one attempt instead of 5 with backoff
         ck.uploader.retries, ck.uploader.backoff_s = 1, 0.01
     progress = Progress()
@@ -166,12 +166,12 @@ def test_resume_bare_name_from_the_runs_output_bucket_on_a_fresh_machine(
 
 def test_resume_bare_name_not_found_lists_every_place_without_output_bucket(tmp_path: Path) -> None:
     from linnaeus.config import load_config
-    from linnaeus.runner.checkpointer import Checkpointer
+    from linnaeus.runner.checkpoints import RunCheckpoints
 
     cfg = load_config(str(TINY_CFG), ["ENV.OUTPUT.BASE_DIR", str(tmp_path), "ENV.INPUT.CACHE_DIR",
                                       str(tmp_path / "cache"), "TRAIN.RESUME", "checkpoint_epoch_100.pth"])
     with pytest.raises(CheckpointNotFoundError) as info:
-        Checkpointer(cfg, tmp_path / "tiny").find_resume_point()
+        RunCheckpoints(cfg, tmp_path / "tiny").find_resume_point()
     msg = str(info.value)
     assert str(tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_100.pth") in msg
     assert "ENV.OUTPUT.BUCKET.ENABLED is False" in msg
@@ -221,11 +221,11 @@ def test_relaunch_on_a_fresh_machine_with_train_resume_continues_from_the_bucket
 def _checkpointer(tmp_path: Path, *opts: str):
     from linnaeus.config import load_config
     from linnaeus.engine.trainer import Progress
-    from linnaeus.runner.checkpointer import Checkpointer
+    from linnaeus.runner.checkpoints import RunCheckpoints
 
     cfg = load_config(str(TINY_CFG), ["ENV.OUTPUT.BASE_DIR", str(tmp_path), "ENV.INPUT.CACHE_DIR",
                                       str(tmp_path / "cache"), *opts])
-    ck, progress, model = Checkpointer(cfg, tmp_path / "tiny"), Progress(), torch.nn.Linear(64, 64)
+    ck, progress, model = RunCheckpoints(cfg, tmp_path / "tiny"), Progress(), torch.nn.Linear(64, 64)
     ck.attach(progress=progress, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     return ck, progress, model
 
@@ -265,8 +265,9 @@ def test_train_resume_is_honoured_unless_the_run_went_past_it(tmp_path: Path, re
     level, log.level = log.level, logging.INFO
     try:
         ck, progress, _ = _checkpointer(tmp_path, "TRAIN.RESUME", resume, "TRAIN.AUTO_RESUME", auto_resume)
-        path = ck.find_resume_point()
-        ck.restore(path)
+        point = ck.find_resume_point()
+        ck.restore(point)
+        path = point.path
     finally:
         log.removeHandler(lines)
         log.setLevel(level)
@@ -310,12 +311,12 @@ def test_step_interval_weights_saver_saves_once_at_an_epoch_end_step(tmp_path: P
 def test_auto_resume_reads_and_hashes_the_checkpoint_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from linnaeus.config import load_config
     from linnaeus.engine.trainer import Progress
-    from linnaeus.runner.checkpointer import Checkpointer
+    from linnaeus.runner.checkpoints import RunCheckpoints
 
     cfg = load_config(str(TINY_CFG), ["ENV.OUTPUT.BASE_DIR", str(tmp_path)])
 
-    def attached() -> tuple[Checkpointer, Progress, torch.nn.Module]:
-        ck, progress, model = Checkpointer(cfg, tmp_path / "tiny"), Progress(), torch.nn.Linear(64, 64)
+    def attached() -> tuple[RunCheckpoints, Progress, torch.nn.Module]:
+        ck, progress, model = RunCheckpoints(cfg, tmp_path / "tiny"), Progress(), torch.nn.Linear(64, 64)
         ck.attach(progress=progress, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
         return ck, progress, model
 
@@ -342,8 +343,9 @@ def test_auto_resume_reads_and_hashes_the_checkpoint_once(tmp_path: Path, monkey
 
     monkeypatch.setattr(torch, "load", counting_load)
     ck, progress, model = attached()
-    path = ck.find_resume_point()
-    ck.restore(path)
+    point = ck.find_resume_point()
+    ck.restore(point)
+    path = point.path
     assert path == tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_1.pth"
     assert (progress.epoch, progress.step) == (1, 5)
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())

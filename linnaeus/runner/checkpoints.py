@@ -1,0 +1,236 @@
+"""The run's checkpoints as the config asks for them: which savers, where to resume, when to save.
+
+Every decision about checkpoints is the library's (``linnaeus.checkpoint``): where to resume
+from (:func:`~linnaeus.checkpoint.resume.find_resume_point`), what a save writes, retention,
+upload order. This module maps CHECKPOINT.*, TRAIN.RESUME / TRAIN.AUTO_RESUME and
+ENV.*.BUCKET onto it, tells the savers when the training loop is at a save point, and puts
+the config keys into the library's errors, so the user reads the names they can change.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from yacs.config import CfgNode
+
+from linnaeus.checkpoint import CheckpointManager
+from linnaeus.checkpoint.errors import CheckpointIncompatibleError, CheckpointNotFoundError
+from linnaeus.checkpoint.remote import RemoteRun
+from linnaeus.checkpoint.resume import ResumePoint, WeightsOnlyRunError, find_resume_point
+from linnaeus.checkpoint.sources import DownloadOptions
+from linnaeus.checkpoint.upload import BackgroundUploader, UploadError
+from linnaeus.config import build_policy, build_weights_policy, config_yaml
+from linnaeus.dist import any_rank_true, broadcast_object, is_main_process, raise_on_all_ranks
+from linnaeus.utils.checkpoint_utils import input_resolver
+
+logger = logging.getLogger("linnaeus")
+
+# While rank 0 waits for its uploads at the end of a run, the other ranks wait for its verdict in
+# collectives of at most this long, so that no single collective can outlast the process group's
+# timeout however long a large upload takes.
+_UPLOAD_WAIT_SLICE_S = 30.0
+
+
+class RunCheckpoints:
+    """The run's savers (full + optional weights-only), its uploader, and its save schedule."""
+
+    def __init__(self, cfg: CfgNode, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.directory = run_dir / "checkpoints"
+        out = cfg.ENV.OUTPUT.BUCKET
+        self.remote = RemoteRun.in_bucket(out, cfg.EXPERIMENT.NAME) if out.ENABLED else None
+        self.uploader = BackgroundUploader(self.remote) if self.remote is not None and is_main_process() else None
+        model_name = cfg.MODEL.TIMM_NAME if cfg.MODEL.TYPE == "timm" else f"hybrid_{cfg.MODEL.HYBRID.CONVNEXT_VARIANT}"
+        common = dict(config=config_yaml(cfg), experiment=cfg.EXPERIMENT.NAME, model_name=model_name)
+        self.main = CheckpointManager(self.directory, build_policy(cfg), name="checkpoint", **common,
+                                      **self._upload_hooks(full=not cfg.CHECKPOINT.WEIGHTS_ONLY))
+        self.weights = None
+        if cfg.CHECKPOINT.WEIGHTS_SAVER.ENABLED:
+            self.weights = CheckpointManager(self.directory, build_weights_policy(cfg), name="weights",
+                                             update_latest=False, **common, **self._upload_hooks(full=False))
+        self.objects: dict[str, Any] = {}
+        self.progress: Any = None
+        # Runs of the same experiment share one run id across relaunches (taken from the checkpoint).
+        self._set_run_id(broadcast_object(self.main.run_id))
+        # Per saver (by name): the step of its last save, so that no saver saves twice at one step.
+        self._saved_step: dict[str, int] = {}
+        self._closed = False
+        if cfg.CHECKPOINT.WEIGHTS_ONLY and is_main_process():
+            logger.warning(
+                "CHECKPOINT.WEIGHTS_ONLY is True: the main saver writes model weights only, without the "
+                "optimizer, scheduler, sampler and RNG state, so this run cannot be resumed exactly: a relaunch "
+                "with TRAIN.AUTO_RESUME stops with an error instead of continuing. For weights-only copies next to "
+                "resumable full checkpoints, use CHECKPOINT.WEIGHTS_SAVER.ENABLED True with "
+                "CHECKPOINT.WEIGHTS_ONLY False."
+            )
+
+    def _upload_hooks(self, *, full: bool) -> dict[str, Any]:
+        uploader = self.uploader
+        if uploader is None:
+            return {}
+        # Retention may only delete a local copy once its upload is confirmed.
+        return {"on_commit": lambda path: uploader.on_commit(path, full=full), "can_delete": uploader.can_delete}
+
+    def _savers(self) -> list[CheckpointManager]:
+        return [m for m in (self.main, self.weights) if m is not None]
+
+    def _set_run_id(self, run_id: str) -> None:
+        self.run_id = run_id
+        for m in self._savers():
+            m.run_id = run_id
+
+    # ------------------------------------------------------------------ resume
+    def find_resume_point(self) -> ResumePoint | None:
+        """The library's answer for this config (the same on every rank); then (rank 0) queue the
+        checkpoints already on disk for upload, so a relaunch finishes what the last launch did not."""
+        cfg = self.cfg
+        try:
+            point = find_resume_point(
+                self.main, explicit=cfg.TRAIN.RESUME, auto=cfg.TRAIN.AUTO_RESUME, resolve=input_resolver(cfg.ENV.INPUT),
+                remote=self.remote, download=DownloadOptions(retries=cfg.ENV.INPUT.DOWNLOAD_RETRIES))
+        except WeightsOnlyRunError as e:
+            raise CheckpointIncompatibleError(
+                f"{e} (they were written with CHECKPOINT.WEIGHTS_ONLY True). Choose one:\n"
+                "  - start over from scratch: set TRAIN.AUTO_RESUME False (new saves overwrite files of the same name);\n"
+                f"  - start from these weights: MODEL.PRETRAINED {e.newest} with a new EXPERIMENT.NAME;\n"
+                "  - make runs resumable: CHECKPOINT.WEIGHTS_ONLY False, and CHECKPOINT.WEIGHTS_SAVER.ENABLED True "
+                "for weights-only copies next to the full checkpoints.", path=e.newest) from e
+        except CheckpointNotFoundError as e:
+            if not cfg.TRAIN.RESUME:
+                raise
+            raise CheckpointNotFoundError(f"TRAIN.RESUME {e}{self._not_searched()}") from e
+        if point is not None and point.superseded is not None:
+            old = point.superseded
+            logger.warning(
+                "TRAIN.RESUME %s (step %d) is older than this run's newest checkpoint %s (step %d): continuing from %s "
+                "(relaunch). To restart from %s, set TRAIN.AUTO_RESUME False, use a new EXPERIMENT.NAME or remove the "
+                "newer checkpoints.", cfg.TRAIN.RESUME, old.step, point.path, point.step, point.path, cfg.TRAIN.RESUME)
+        if self.uploader is not None:
+            queued = self.uploader.enqueue_existing(self.directory)
+            if queued:
+                logger.info("Queued %d checkpoint(s) already in %s for upload to %s (those already there are only "
+                            "confirmed)", queued, self.directory, self.uploader.display)
+        return point
+
+    def _not_searched(self) -> str:
+        notes = [f"{place} was not searched: {key}.ENABLED is False" for place, key in (
+            ("the model-zoo bucket", "ENV.INPUT.BUCKET"), ("this run's bucket folder", "ENV.OUTPUT.BUCKET"))
+            if not self.cfg[key.split(".")[0]][key.split(".")[1]].BUCKET.ENABLED]
+        return "".join(f"\nNote: {n}." for n in notes)
+
+    def attach(self, *, progress: Any, **objects: Any) -> None:
+        """The live training objects that saves read from and a resume writes into."""
+        self.progress = progress
+        self.objects = {k: v for k, v in objects.items() if v is not None}
+
+    def restore(self, point: ResumePoint) -> None:
+        """Load ``point`` (read once by :meth:`find_resume_point`) into the attached objects."""
+        self.progress.load_state_dict(self.main.restore(point.state, path=point.path, **self.objects))
+        run_id = point.state.get("meta", {}).get("run_id")
+        if point.path.parent.resolve() == self.directory.resolve() and run_id:  # this run's own file
+            self._set_run_id(str(run_id))
+        if self.weights is not None:
+            self.weights.protect.add(point.path.name)
+        self._saved_step[self.main.name] = self.progress.step
+        point.state = {}  # needed once; don't keep a second copy of the model alive
+        logger.info("Resumed from %s (epoch %d, step %d)", point.path, self.progress.epoch, self.progress.step)
+
+    def last_metrics(self) -> dict[str, Any]:
+        return dict(self.main.history[-1]) if self.main.history else {}
+
+    # ------------------------------------------------------------------ saving
+    def _save(self, manager: CheckpointManager, *, end_of_epoch: bool, metrics: dict[str, Any] | None) -> None:
+        p, objects = self.progress, dict(self.objects)
+        if manager is self.weights and self.cfg.CHECKPOINT.WEIGHTS_SAVER.USE_EMA and "ema" in objects:
+            objects["model"] = getattr(objects["ema"], "module", objects["ema"])
+        manager.save(epoch=p.epoch, step=p.step, epoch_step=p.epoch_step, samples=p.samples,
+                     end_of_epoch=end_of_epoch, metrics=_scalar_metrics(metrics), **objects)
+        self._saved_step[manager.name] = p.step
+
+    def maybe_save_step(self, progress: Any) -> None:
+        """After an optimizer step: step-interval saves (never the epoch-interval ones)."""
+        for manager in self._savers():
+            if manager.should_save(epoch=progress.epoch, step=progress.step, end_of_epoch=False):
+                self._save(manager, end_of_epoch=False, metrics=None)
+
+    def maybe_save_epoch(self, progress: Any, metrics: dict[str, Any], *, is_last: bool) -> None:
+        for manager in self._savers():
+            due = manager.should_save(epoch=progress.epoch, step=progress.step, end_of_epoch=True, is_last=is_last)
+            # A step-interval save that landed on the epoch's last step already holds this state.
+            if due and not (manager.policy.interval.by_steps and self._saved_at(manager, progress.step)):
+                self._save(manager, end_of_epoch=True, metrics=metrics)
+
+    def _saved_at(self, manager: CheckpointManager, step: int) -> bool:
+        return self._saved_step.get(manager.name) == step
+
+    def save_preemption(self) -> None:
+        if not self._saved_at(self.main, self.progress.step):
+            self._save(self.main, end_of_epoch=False, metrics=None)
+        self.close()
+
+    # ------------------------------------------------------------------ coordination
+    def preemption_requested(self, local_flag: bool) -> bool:
+        """Ranks agree: any rank signalled → all stop after this step (a collective when enabled)."""
+        return self.cfg.CHECKPOINT.SAVE_ON_PREEMPT and any_rank_true(local_flag)
+
+    def poll(self) -> None:
+        """Raise a failed background save or upload on every rank (collectives: call on all ranks)."""
+        for manager in self._savers():
+            manager.poll()
+        if self.remote is not None:  # the same on every rank, so all of them join the collective
+            # Only rank 0 uploads: its failure must reach the ranks waiting in the next collective.
+            raise_on_all_ranks(_error_of(self.uploader.poll) if self.uploader else None, "checkpoint upload",
+                               UploadError)
+
+    def close(self) -> None:
+        """Finish saves in flight, then uploads; raises what failed on every rank. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for manager in self._savers():
+            manager.close()
+        if self.remote is not None:
+            self._finish_uploads()
+
+    def _finish_uploads(self) -> None:
+        uploader, self.uploader = self.uploader, None
+        if uploader is not None:
+            logger.info("Waiting for uploads to %s to finish ...", uploader.display)
+
+        def still_waiting() -> bool:
+            try:
+                return uploader is not None and not uploader.wait(timeout=_UPLOAD_WAIT_SLICE_S)
+            except UploadError:
+                return False  # a dead worker: closing it below raises this on every rank
+
+        # Rank 0 waits in slices, meeting the other ranks in between (see _UPLOAD_WAIT_SLICE_S).
+        while any_rank_true(still_waiting()):
+            pass
+        raise_on_all_ranks(_error_of(lambda: self._close_uploader(uploader)), "checkpoint upload", UploadError)
+
+    def _close_uploader(self, uploader: BackgroundUploader | None) -> None:
+        if uploader is None:
+            return
+        uploader.close()
+        # Files that retention kept only because their upload was not confirmed yet (this launch's
+        # last ones, earlier launches' ones) may go now, not at the next launch.
+        for manager in self._savers():
+            manager.apply_retention()
+
+
+def _error_of(fn: Any) -> BaseException | None:
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - handed to raise_on_all_ranks, which raises it
+        return e
+    return None
+
+
+def _scalar_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
+    return {k: float(v) for k, v in (metrics or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step")}
+
+
+__all__ = ["RunCheckpoints"]

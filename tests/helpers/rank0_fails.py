@@ -1,0 +1,32 @@
+"""Train under torchrun with an injected RuntimeError on rank 0, at resume or at pretrained loading.
+
+Usage: torchrun ... rank0_fails.py {resume|pretrained} <tools/train.py args...>
+The error is not a CheckpointError, OSError or ValueError: the other rank must still stop.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from linnaeus.checkpoint.manager import CheckpointManager  # noqa: E402
+from linnaeus.main import cli  # noqa: E402
+from linnaeus.runner import pretrained  # noqa: E402
+
+
+def _boom(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("injected failure on rank 0")
+
+
+if __name__ == "__main__":
+    where, argv = sys.argv[1], sys.argv[2:]
+    if os.environ.get("RANK") == "0":
+        if where == "resume":
+            CheckpointManager.load = _boom  # type: ignore[method-assign]
+        else:
+            pretrained.load_pretrained_from_cfg = _boom  # type: ignore[assignment]
+    sys.exit(cli(argv))
