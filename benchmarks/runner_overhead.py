@@ -35,7 +35,7 @@ from linnaeus.config import load_config  # noqa: E402
 from linnaeus.data.build import build_data  # noqa: E402
 from linnaeus.data.sampler import ResumableDistributedSampler  # noqa: E402
 from linnaeus.engine.amp import build_amp  # noqa: E402
-from linnaeus.engine.logging import build_tb_writer, setup_logging  # noqa: E402
+from linnaeus.engine.run_log import build_tb_writer, setup_logging  # noqa: E402
 from linnaeus.engine.loss import MultiLevelLoss  # noqa: E402
 from linnaeus.engine.optim import build_ema, build_optimizer, build_scheduler  # noqa: E402
 from linnaeus.engine.trainer import Progress, Trainer, steps_per_epoch  # noqa: E402

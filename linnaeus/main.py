@@ -19,10 +19,10 @@ from linnaeus.data.build import build_data
 from linnaeus.dist import distributed_session, get_rank, get_world_size, is_dist, is_main_process, select_device
 from linnaeus.engine.amp import build_amp
 from linnaeus.engine.evaluator import evaluate
-from linnaeus.engine.logging import build_tb_writer, setup_logging
+from linnaeus.engine.run_log import build_tb_writer, setup_logging
 from linnaeus.engine.loss import MultiLevelLoss
 from linnaeus.engine.optim import build_ema, build_optimizer, build_scheduler
-from linnaeus.engine.trainer import Progress, Trainer
+from linnaeus.engine.trainer import Progress, Trainer, steps_per_epoch
 from linnaeus.models.build import build_model
 from linnaeus.runner.checkpoints import RunCheckpoints
 from linnaeus.runner.pretrained import load_pretrained_weights
@@ -76,8 +76,9 @@ def run(cfg: CfgNode) -> dict[str, Any]:
             model = model.to(memory_format=torch.channels_last)
         ddp_model = DistributedDataParallel(model) if is_dist() else model
         optimizer = build_optimizer(cfg, model)
-        steps_per_epoch = _steps_per_epoch(cfg, len(data.train_loader))
-        scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
+        # Sized by the trainer's own count of optimizer steps, so the schedule ends at the last step.
+        scheduler = build_scheduler(cfg, optimizer, steps_per_epoch(len(data.train_loader), cfg.TRAIN.ACCUM_STEPS,
+                                                                    cfg.TRAIN.MAX_STEPS_PER_EPOCH))
         autocast, scaler = build_amp(cfg, device)
         ema = build_ema(cfg, model)
         progress = Progress()
@@ -135,11 +136,6 @@ def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints,
         data.train_sampler.set_epoch(progress.epoch)
         checkpoints.maybe_save_epoch(progress, last_metrics, is_last=last_epoch)
     return last_metrics
-
-
-def _steps_per_epoch(cfg: CfgNode, batches_per_epoch: int) -> int:
-    steps = max(1, batches_per_epoch // cfg.TRAIN.ACCUM_STEPS)
-    return min(steps, cfg.TRAIN.MAX_STEPS_PER_EPOCH) if cfg.TRAIN.MAX_STEPS_PER_EPOCH > 0 else steps
 
 
 def _log_metrics(progress: Progress, train: dict[str, Any], val: dict[str, Any], tb: Any) -> None:

@@ -22,10 +22,10 @@ from linnaeus.config import ConfigError, load_config
 from linnaeus.data.sampler import ResumableDistributedSampler, ShardedEvalSampler
 from linnaeus.engine.amp import build_amp
 from linnaeus.engine.evaluator import evaluate
-from linnaeus.engine.logging import NullWriter, build_tb_writer, setup_logging
 from linnaeus.engine.loss import MultiLevelLoss
 from linnaeus.engine.metrics import RunningSums, topk_correct
 from linnaeus.engine.optim import build_ema, build_optimizer, build_scheduler
+from linnaeus.engine.run_log import NullWriter, build_tb_writer, setup_logging
 from linnaeus.engine.trainer import Progress, Trainer, steps_per_epoch
 
 LEVELS = {"species": 6, "genus": 3}

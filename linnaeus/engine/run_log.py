@@ -1,4 +1,6 @@
-"""Run logging: rank 0 writes ``<run dir>/log.txt`` and stdout; TensorBoard under ``<run dir>/tensorboard/``.
+"""A run's records: rank 0 logs to ``<run dir>/log.txt`` and stdout; TensorBoard under ``<run dir>/tensorboard/``.
+
+(Named ``run_log``, not ``logging``, so that it does not shadow the standard library's module.)
 
 Everything in the package logs to children of the ``"linnaeus"`` logger (``linnaeus.engine``,
 ``linnaeus.checkpoint``, ...), so one configuration here routes them all, including the
@@ -10,11 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-from tqdm.contrib.logging import logging_redirect_tqdm
+from typing import Any, Callable
 
 LOG_FILE = "log.txt"
 TB_DIR = "tensorboard"
@@ -58,22 +57,6 @@ def setup_logging(run_dir: str | os.PathLike, rank: int) -> logging.Logger:
     checkpoint_logger.setLevel(logging.NOTSET)
     checkpoint_logger.propagate = True
     return logger
-
-
-@contextmanager
-def logging_around_progress_bar() -> Iterator[None]:
-    """While a tqdm bar is drawn, print the ``"linnaeus"`` logger's console lines through
-    ``tqdm.write`` so they do not tear the bar; the log file is untouched."""
-    logger = logging.getLogger("linnaeus")
-    consoles = [h for h in logger.handlers
-                if type(h) is logging.StreamHandler and h.stream in (sys.stdout, sys.stderr)]
-    if not consoles:
-        yield
-        return
-    with logging_redirect_tqdm([logger]):
-        # tqdm's stand-in handler (appended last) copies the formatter and filters, not the level.
-        logger.handlers[-1].setLevel(consoles[0].level)
-        yield
 
 
 class NullWriter:

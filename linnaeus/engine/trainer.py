@@ -23,13 +23,13 @@ from typing import Any, Callable, ContextManager, Iterable, Mapping
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from linnaeus.dist import get_rank
 from linnaeus.engine.amp import autocast_factory
-from linnaeus.engine.logging import NullWriter, logging_around_progress_bar
 from linnaeus.engine.loss import MultiLevelLoss
 from linnaeus.engine.metrics import RunningSums
+from linnaeus.engine.progress_bar import ProgressDisplay, epoch_progress
+from linnaeus.engine.run_log import NullWriter
 
 OnStepEnd = Callable[["Progress"], bool]
 
@@ -71,10 +71,12 @@ class Progress:
 
 
 def steps_per_epoch(num_batches: int, accum_steps: int = 1, max_steps_per_epoch: int = 0) -> int:
-    """Optimizer steps in an epoch of ``num_batches`` micro-batches (per rank).
+    """Optimizer steps :class:`Trainer` makes in an epoch of ``num_batches`` micro-batches (per rank).
 
-    A trailing group of fewer than ``accum_steps`` micro-batches still makes a step (as in
-    timm's train script: no data is skipped), hence the ceiling; capped by ``max_steps_per_epoch``.
+    The one definition: the runner sizes the LR schedule with it and the trainer its progress
+    bar, so the schedule ends at the epoch's last step. A trailing group of fewer than
+    ``accum_steps`` micro-batches still makes a step (as in timm's train script: no data is
+    skipped), hence the ceiling; capped by ``max_steps_per_epoch`` (0 = no cap).
     """
     steps = math.ceil(num_batches / accum_steps)
     return min(steps, max_steps_per_epoch) if max_steps_per_epoch > 0 else steps
@@ -104,7 +106,8 @@ class Trainer:
             so it holds across a mid-epoch resume (0 = off).
         log_interval: log to the logger/TensorBoard every N global steps.
         tb_writer: ``SummaryWriter`` (or ``NullWriter``).
-        progress_bar: show a tqdm bar (only ever on rank 0).
+        progress_bar: show the epoch's progress (only ever on rank 0): a tqdm bar on a terminal,
+            plain lines otherwise (``engine.progress_bar``).
         world_size: number of ranks (for global sample counts and images/s).
     """
 
@@ -185,16 +188,11 @@ class Trainer:
         # seed augmentation from (seed, epoch, index), as linnaeus.data does, not from workers.
         with torch.random.fork_rng(devices=[]):
             batches = iter(self.train_loader)
-        bar = self._make_bar(progress)
-        redirect = logging_around_progress_bar() if bar is not None else contextlib.nullcontext()
-        completed = True
-        with redirect:
+        with self._progress_display(progress) as bar:
             try:
                 completed = self._run(batches, progress, on_step_end, window, bar)
             finally:
                 window.reset(progress)  # folds the unlogged tail into epoch_sums
-                if bar is not None:
-                    bar.close()
         elapsed = time.perf_counter() - start
         epoch_sums.all_reduce()
         result: dict[str, Any] = {"completed": completed}
@@ -208,7 +206,7 @@ class Trainer:
         return result
 
     def _run(self, batches: Any, progress: Progress, on_step_end: OnStepEnd | None,
-             window: "_Window", bar: tqdm | None) -> bool:
+             window: "_Window", bar: ProgressDisplay | None) -> bool:
         """The micro-batch loop; returns False if ``on_step_end`` asked to stop."""
         # One batch of lookahead tells whether a micro-batch ends the epoch (and so its
         # accumulation group) without relying on len(loader).
@@ -283,22 +281,20 @@ class Trainer:
         return sum(lrs) / len(lrs)
 
     # ------------------------------------------------------------------ reporting
-    def _make_bar(self, progress: Progress) -> tqdm | None:
+    def _progress_display(self, progress: Progress) -> ContextManager[ProgressDisplay | None]:
         if not self.progress_bar:
-            return None
+            return contextlib.nullcontext()
         try:
-            remaining = math.ceil(len(self.train_loader) / self.accum_steps)  # type: ignore[arg-type]
-        except TypeError:  # an iterable loader without a length: a bar without a total
+            remaining = steps_per_epoch(len(self.train_loader), self.accum_steps)  # type: ignore[arg-type]
+        except TypeError:  # an iterable loader without a length: a display without a total
             total = None
         else:
             total = progress.epoch_step + remaining
             if self.max_steps_per_epoch > 0:
                 total = min(total, self.max_steps_per_epoch)
-        # mininterval keeps redraws (and log-file noise when stderr is redirected) rare.
-        return tqdm(total=total, initial=progress.epoch_step, desc=f"epoch {progress.epoch}",
-                    unit="step", dynamic_ncols=True, mininterval=2.0, leave=False)
+        return epoch_progress(total, progress.epoch_step, f"epoch {progress.epoch}")
 
-    def _log(self, progress: Progress, window: "_Window", lr: float, bar: tqdm | None) -> None:
+    def _log(self, progress: Progress, window: "_Window", lr: float, bar: ProgressDisplay | None) -> None:
         """One host sync: window averages → logger, TensorBoard, progress bar."""
         averages = window.sums.averages()
         elapsed = time.perf_counter() - window.start
