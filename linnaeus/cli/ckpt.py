@@ -5,16 +5,12 @@
     linnaeus-ckpt verify FILE|RUN_OR_DIR     exit 1 if any file is bad
     linnaeus-ckpt prune DIR --keep-last N [--keep-best N --monitor M --mode max] [--dry-run]
     linnaeus-ckpt export FILE OUT [--ema] [--safetensors]
-
-``resolve``, ``download`` and ``upload`` come from :mod:`linnaeus.cli.remote_cmds` when
-that module is installed.
+    linnaeus-ckpt resolve|download|upload ...   (defined in :mod:`linnaeus.cli.remote_cmds`)
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import logging
 import sys
@@ -42,6 +38,7 @@ from linnaeus.checkpoint.store import (
     read_latest,
     verify_checkpoint,
 )
+from linnaeus.cli import remote_cmds
 
 # Leftovers younger than this may belong to a save in progress in a live run.
 _PRUNE_LEFTOVER_MIN_AGE_S = 600.0
@@ -325,9 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--safetensors", action="store_true", help="write safetensors instead of a .pth")
     p.set_defaults(func=cmd_export)
 
-    # resolve / download / upload live with the remote-storage code, once it exists.
-    if importlib.util.find_spec("linnaeus.cli.remote_cmds") is not None:
-        importlib.import_module("linnaeus.cli.remote_cmds").register(sub)
+    remote_cmds.register(sub)  # resolve / download / upload
     return parser
 
 
