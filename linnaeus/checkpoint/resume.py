@@ -128,7 +128,7 @@ class _Resume:
             if self._fetch_newest_from_remote():
                 found = self._own_newest("bucket")
             else:
-                logger.info("No checkpoint in %s either.", self.remote.display)
+                logger.info("No checkpoint of this run in its bucket folder %s either.", self.remote.display)
         if found is None:
             self._refuse_weights_only_restart()
         return found
@@ -271,10 +271,10 @@ def load_newest(directory: Path, *, map_location: Any = "cpu") -> tuple[Path, di
     path = broadcast_object(None if found is None else str(found[0]))
     if path is None:
         return None
-    if is_main_process():
-        return found
-    return Path(path), run_on_all_ranks(lambda: load_verified(path, map_location=map_location), f"loading {path}",
-                                        CheckpointError)
+    # Every rank joins this agreement, rank 0 with the state it already holds.
+    state = run_on_all_ranks(lambda: found[1] if found is not None else load_verified(path, map_location=map_location),
+                             f"loading {path}", CheckpointError)
+    return Path(path), state
 
 
 def _first_verified(directory: Path) -> str | None:
