@@ -19,14 +19,14 @@ from linnaeus.data.build import build_data
 from linnaeus.dist import distributed_session, get_rank, get_world_size, is_dist, is_main_process, select_device
 from linnaeus.engine.amp import build_amp
 from linnaeus.engine.evaluator import evaluate
-from linnaeus.engine.run_log import build_tb_writer, setup_logging
 from linnaeus.engine.loss import MultiLevelLoss
 from linnaeus.engine.optim import build_ema, build_optimizer, build_scheduler
+from linnaeus.engine.run_log import build_tb_writer, setup_logging
 from linnaeus.engine.trainer import Progress, Trainer, steps_per_epoch
 from linnaeus.models.build import build_model
 from linnaeus.runner.checkpoints import RunCheckpoints
-from linnaeus.runner.pretrained import load_pretrained_weights
 from linnaeus.runner.preemption import PreemptionHandler
+from linnaeus.runner.pretrained import load_pretrained_weights
 from linnaeus.runner.seed import seed_everything
 
 logger = logging.getLogger("linnaeus")

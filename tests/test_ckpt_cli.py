@@ -52,7 +52,7 @@ def test_ls_marks_latest_and_best_and_verifies(run_dir: Path, capsys: pytest.Cap
     assert main(["ls", str(run_dir / "checkpoints")]) == 0
     out = capsys.readouterr().out
     assert "BAD" in _table(out)["checkpoint_epoch_3.pth"]
-    # DESIGN's CLI contract says nothing of ls' exit code, so it stays 0, with a footer that says so.
+    # The CLI contract (docs/checkpoints.md) says nothing of ls' exit code, so it stays 0, with a footer that says so.
     assert out.splitlines()[-1].startswith(
         f"1 file(s) failed verification: run `linnaeus-ckpt verify {run_dir / 'checkpoints'}`")
 

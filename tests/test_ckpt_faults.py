@@ -22,15 +22,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 from ckpt_writer import check_consistent, expected_model, make_policy, run_writer  # noqa: E402
+
 from linnaeus.checkpoint import (  # noqa: E402
     CheckpointCorruptError,
     CheckpointIncompatibleError,
     CheckpointManager,
     verify_checkpoint,
 )
-from linnaeus.checkpoint.hashing import read_sidecar, sha256_file, sidecar_path  # noqa: E402
 from linnaeus.checkpoint.commit import commit_file, read_latest  # noqa: E402
+from linnaeus.checkpoint.hashing import sha256_file  # noqa: E402
 from linnaeus.checkpoint.names import is_checkpoint_name, is_pending_sidecar_name, is_temp_name  # noqa: E402
+from linnaeus.checkpoint.sidecar import read_sidecar, sidecar_path
 from linnaeus.checkpoint.testing import set_test_phase_hook  # noqa: E402
 from linnaeus.checkpoint.verify import load_verified  # noqa: E402
 

@@ -122,7 +122,7 @@ def test_anatomy_loads_with_weights_only(tmp_path: Path) -> None:
         assert key in meta
     assert meta["run_id"] == "run42" and meta["kind"] == "full" and meta["world_size"] == 1
     assert read_latest(tmp_path) == path.name
-    assert (tmp_path / f"{path.name}.sha256").read_text().endswith(f"  {path.name}\n")
+    assert (tmp_path / f"{path.name}.sha256").read_text().splitlines()[0].endswith(f"  {path.name}")
 
 
 def test_policy_decisions_and_names(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ from torch import nn
 from linnaeus.checkpoint import (
     CheckpointCorruptError,
     CheckpointManager,
-    InvalidOperationError,
     CheckpointNotFoundError,
+    InvalidOperationError,
     collect_rng_state,
     list_checkpoints,
     load_verified,
@@ -29,10 +29,9 @@ from linnaeus.checkpoint import (
     unwrap_model,
     verify_checkpoint,
 )
-from linnaeus.checkpoint.hashing import HashingWriter, read_sidecar, sha256_file, sidecar_path
-from linnaeus.checkpoint.state import make_meta
 from linnaeus.checkpoint.catalog import CheckpointInfo
 from linnaeus.checkpoint.commit import commit_file, write_latest
+from linnaeus.checkpoint.hashing import HashingWriter, sha256_file
 from linnaeus.checkpoint.names import (
     is_checkpoint_name,
     is_pending_sidecar_name,
@@ -41,6 +40,8 @@ from linnaeus.checkpoint.names import (
     temp_name,
 )
 from linnaeus.checkpoint.retention import cleanup_stale, plan_retention
+from linnaeus.checkpoint.sidecar import read_sidecar, sidecar_path
+from linnaeus.checkpoint.state import make_meta
 from linnaeus.checkpoint.testing import set_test_phase_hook
 
 
@@ -59,9 +60,12 @@ def test_commit_writes_data_sidecar_and_latest(tmp_path: Path) -> None:
     data = (tmp_path / "ckpt_1.pth").read_bytes()
     assert result.sha256 == hashlib.sha256(data).hexdigest() and result.size == len(data)
     assert (tmp_path / "latest").read_text() == "ckpt_1.pth\n"
-    assert (tmp_path / "ckpt_1.pth.sha256").read_text() == f"{result.sha256}  ckpt_1.pth\n"
+    # sha256sum's line, then the progress the file holds (a comment line, for bucket listings).
+    assert (tmp_path / "ckpt_1.pth.sha256").read_text() == (
+        f"{result.sha256}  ckpt_1.pth\n# linnaeus-progress v1 step=1 epoch=0 epoch_step=0\n")
     # The sidecar is what coreutils expects.
-    check = subprocess.run(["sha256sum", "-c", "ckpt_1.pth.sha256"], cwd=tmp_path, capture_output=True, text=True)
+    check = subprocess.run(["sha256sum", "-c", "--strict", "ckpt_1.pth.sha256"], cwd=tmp_path, capture_output=True,
+                           text=True)
     assert check.returncode == 0 and "ckpt_1.pth: OK" in check.stdout
     commit_file(tmp_path, "weights_1.pth", {"model": {}}, update_latest=False)
     assert read_latest(tmp_path) == "ckpt_1.pth"

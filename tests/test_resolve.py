@@ -169,7 +169,7 @@ def test_bucket_config_from_yacs_node() -> None:
 
     node = CfgNode({"ENABLED": True, "REMOTE": "r:", "NAME": "b", "PATH_PREFIX": "p/q/"})
     assert BucketConfig.from_any(node).object_path("x.pth") == "r:b/p/q/x.pth"
-    # DESIGN: object = REMOTE:NAME/PATH_PREFIX<filename>, the prefix taken as written.
+    # The contract (docs/resolve.md): object = REMOTE:NAME/PATH_PREFIX<filename>, the prefix taken as written.
     prefixed = BucketConfig.from_any({"ENABLED": True, "REMOTE": "r", "NAME": "b", "PATH_PREFIX": "models/v2_"})
     assert prefixed.object_path("x.pth") == "r:b/models/v2_x.pth"
     assert BucketConfig.from_any({"ENABLED": True, "REMOTE": "r", "NAME": "", "PATH_PREFIX": ""}).object_path("x") == "r:x"

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import torch
 
-from linnaeus.checkpoint.hashing import format_sidecar
+from linnaeus.checkpoint.commit import read_latest
 from linnaeus.checkpoint.ordering import progress_from_name
 from linnaeus.checkpoint.remote import RemoteRun
-from linnaeus.checkpoint.store import read_latest
+from linnaeus.checkpoint.sidecar import format_sidecar
 from linnaeus.checkpoint.sources import DownloadOptions
 from linnaeus.checkpoint.upload import BackgroundUploader, UploadError
 from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
@@ -223,3 +224,31 @@ def test_uploader_survives_an_oserror_and_uploads_the_next(tmp_path: Path, s3_se
     up.close(timeout=60)  # the failure was reported by poll(); the good file went up
     assert up.is_confirmed(good) and not up.can_delete(broken)
     assert (remote_dir(s3_server, "oserror") / good.name).read_bytes() == good.read_bytes()
+
+
+def test_bucket_listing_orders_by_the_progress_stored_in_sidecars(tmp_path: Path, s3_server: RcloneServer) -> None:
+    """Names that say nothing about progress (a fixed ``last.pth`` rewritten each epoch, a
+    ``best.pth``): the remote order must come from what the files hold, as locally."""
+    from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy
+    from linnaeus.checkpoint.sidecar import sidecar_progress
+
+    ckpts = tmp_path / "ck"
+    model = torch.nn.Linear(2, 2)
+    saves = (("zzz_early.pth", 1, 10), ("aaa_latest_work.pth", 3, 30), ("mmm_middle.pth", 2, 20))
+    manager = CheckpointManager(ckpts, CheckpointPolicy())
+    for name, epoch, step in saves:
+        manager.save(epoch=epoch, step=step, model=model, filename=name)
+        assert sidecar_progress((ckpts / (name + ".sha256")).read_text())["step"] == step
+    with BackgroundUploader(remote_run("byprogress"), retries=2, backoff_s=0.1) as up:
+        for name, _, _ in saves:
+            up.on_commit(ckpts / name)
+    put(s3_server, "runs/byprogress/checkpoint_epoch_99.pth", b"hand-uploaded, sidecar without progress")
+    settle()
+    run = remote_run("byprogress")
+    # Stored progress first; the hand-uploaded file (no progress line) below, whatever its name says.
+    assert run.list() == ["aaa_latest_work.pth", "mmm_middle.pth", "zzz_early.pth", "checkpoint_epoch_99.pth"]
+    assert run.newest().endswith("/aaa_latest_work.pth")
+    # The sidecar is still sha256sum's format.
+    sidecar = (ckpts / "mmm_middle.pth.sha256").read_text()
+    assert subprocess.run(["sha256sum", "-c", "--strict", "-"], input=sidecar, cwd=ckpts, text=True,
+                          capture_output=True).returncode == 0

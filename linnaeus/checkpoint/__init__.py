@@ -3,6 +3,8 @@
 Usable from any PyTorch loop; see :class:`CheckpointManager`.
 """
 
+from .catalog import CheckpointInfo, list_checkpoints
+from .commit import SaveResult, read_latest
 from .errors import (
     CheckpointCorruptError,
     CheckpointError,
@@ -11,11 +13,15 @@ from .errors import (
     InvalidOperationError,
 )
 from .manager import CheckpointManager, CheckpointTransaction, ResumeResult
+from .policy import CheckpointPolicy, Interval, parse_interval, render_filename, validate_filename_template
+from .remote import RemoteRun
+
 # The function shadows its submodule's name on purpose: ``linnaeus.checkpoint.resolve(...)`` is
 # the documented call; ``from linnaeus.checkpoint.resolve import BucketConfig`` still works.
 from .resolve import BucketConfig, resolve
-from .policy import CheckpointPolicy, Interval, parse_interval, render_filename, validate_filename_template
+from .resume import ResumePoint, find_resume_point
 from .state import (
+    Stateful,
     build_state,
     collect_rng_state,
     gather_rng_states,
@@ -23,15 +29,7 @@ from .state import (
     restore_state,
     unwrap_model,
 )
-from .store import (
-    CheckpointInfo,
-    SaveResult,
-    VerifyResult,
-    list_checkpoints,
-    load_verified,
-    read_latest,
-    verify_checkpoint,
-)
+from .verify import VerifyResult, load_verified, verify_checkpoint
 
 __all__ = [
     "BucketConfig",
@@ -45,11 +43,15 @@ __all__ = [
     "CheckpointTransaction",
     "Interval",
     "InvalidOperationError",
+    "RemoteRun",
+    "ResumePoint",
     "ResumeResult",
     "SaveResult",
+    "Stateful",
     "VerifyResult",
     "build_state",
     "collect_rng_state",
+    "find_resume_point",
     "gather_rng_states",
     "list_checkpoints",
     "load_verified",

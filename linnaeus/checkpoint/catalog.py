@@ -12,8 +12,8 @@ from typing import Any, Mapping
 
 import torch
 
-from .hashing import sidecar_path
 from .names import is_checkpoint_name
+from .sidecar import sidecar_path
 from .state import FORMAT_VERSION
 
 

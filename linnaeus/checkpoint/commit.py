@@ -37,8 +37,9 @@ from typing import Any, BinaryIO, Callable
 import torch
 
 from .fsio import TEMP_SYNCED, BackgroundFlush, fsync_dir, write_durably
-from .hashing import HashingWriter, format_sidecar, sidecar_path
+from .hashing import HashingWriter
 from .names import LATEST, dir_lock, is_checkpoint_name, pending_sidecar_name, temp_name
+from .sidecar import format_sidecar, sidecar_path
 from .testing import WRITE_PHASE_EVERY, phase
 
 logger = logging.getLogger("linnaeus.checkpoint")
@@ -106,14 +107,15 @@ def commit_file(
             os.fsync(raw.fileno())
             phase("fsynced", writer.bytes_written)
         digest = writer.digest()
+        sidecar_text = format_sidecar(digest, filename, _stored_progress(state))
         with dir_lock(directory):
             side = sidecar_path(final)
             if final.exists() and side.exists():
-                _overwrite_committed(tmp, final, format_sidecar(digest, filename), writer.bytes_written)
+                _overwrite_committed(tmp, final, sidecar_text, writer.bytes_written)
             else:
                 # Sidecar first: once the data file has its final name it is fully committed.
                 sidecar_written = True
-                write_durably(side, format_sidecar(digest, filename), on_step=_phases_of("sidecar"))
+                write_durably(side, sidecar_text, on_step=_phases_of("sidecar"))
                 os.replace(tmp, final)
                 phase("renamed", writer.bytes_written)
                 fsync_dir(directory)
@@ -126,6 +128,16 @@ def commit_file(
             sidecar_path(final).unlink(missing_ok=True)
         raise
     return SaveResult(final, digest.sha256, writer.bytes_written, time.perf_counter() - start)
+
+
+def _stored_progress(state: Any) -> dict[str, int] | None:
+    """The progress a checkpoint holds (its meta's epoch/step, the position inside the epoch),
+    copied into its sidecar; None for states that are not linnaeus checkpoints."""
+    meta = state.get("meta") if isinstance(state, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        return None
+    progress = state.get("progress") if isinstance(state.get("progress"), dict) else {}
+    return {"step": meta["step"], "epoch": int(meta.get("epoch", -1)), "epoch_step": int(progress.get("epoch_step", 0))}
 
 
 def _overwrite_committed(tmp: Path, final: Path, sidecar_text: str, nbytes: int) -> None:

@@ -4,34 +4,24 @@ Hashing runs on helper threads, overlapped with the file I/O it accompanies
 (``hashlib`` and file writes both release the GIL), so checksumming costs close to
 nothing on top of the I/O instead of adding a second pass over the data.
 
-Sidecars are ``sha256sum`` files. For files larger than one chunk (``CHUNK_SIZE``) the
-store also records the sha256 of every chunk, as comment lines that ``sha256sum -c``
-skips::
-
-    <sha256 of the file>  checkpoint_epoch_3.pth
-    # linnaeus-chunks v1 sha256=<same hex> size=<bytes> chunk=<bytes>
-    # <sha256 of bytes [0, chunk)>
-    # <sha256 of bytes [chunk, 2*chunk)>
-    ...
-
-One sha256 is inherently sequential (about 1.2 GB/s on one core); the chunk digests let
-a reader verify the same bytes on all cores at once. They are only an accelerator: when a
-chunk does not match (or the block is absent, malformed, or bound to another digest), the
-whole file is hashed and compared with the first line, exactly as without them.
+For files larger than one chunk (``CHUNK_SIZE``) the sha256 of every chunk is computed
+too, from the same stream. One sha256 is inherently sequential (about 1.2 GB/s on one core);
+the chunk digests, recorded in the sidecar (:mod:`.sidecar`), let a reader verify the same
+bytes on all cores at once. They are only an accelerator: when a chunk does not match (or
+the block is absent, malformed, or bound to another digest), the whole file is hashed and
+compared with the sidecar's first line, exactly as without them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-SIDECAR_SUFFIX = ".sha256"
 # Unit of the per-chunk digests: small enough to balance over many cores, large enough
 # that a 10 GB checkpoint's sidecar stays ~20 kB.
 CHUNK_SIZE = 32 << 20
@@ -41,11 +31,6 @@ CHUNK_SIZE = 32 << 20
 _READ_BUFFER = 1 << 20
 # Below this, handing a buffer to another thread costs more than hashing it inline.
 _PARALLEL_MIN = 1 << 20
-# sha256sum writes "<hex>  <name>" (or " *<name>" in binary mode); a bare digest is accepted too.
-_SIDECAR_RE = re.compile(r"^\s*([0-9a-fA-F]{64})(?:\s+\*?(.+?))?\s*$")
-_CHUNKS_HEADER = "# linnaeus-chunks v1"
-_CHUNKS_RE = re.compile(r"^# linnaeus-chunks v1 sha256=([0-9a-f]{64}) size=(\d+) chunk=(\d+)$")
-_CHUNK_LINE_RE = re.compile(r"^# ([0-9a-f]{64})$")
 
 _executor: ThreadPoolExecutor | None = None
 _verify_executor: ThreadPoolExecutor | None = None
@@ -314,83 +299,3 @@ def sha256_file_async(path: str | Path, known: FileDigest | None = None) -> Pend
     hashed as a whole and its actual digest returned.
     """
     return PendingSha256(path, known)
-
-
-def sidecar_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + SIDECAR_SUFFIX)
-
-
-def format_sidecar(digest: str | FileDigest, file_name: str) -> str:
-    """sha256sum's format, so ``sha256sum -c`` works in the checkpoint dir; chunk digests
-    (if any) follow as ``#`` comment lines, which sha256sum skips."""
-    if isinstance(digest, str):
-        return f"{digest}  {file_name}\n"
-    lines = [f"{digest.sha256}  {file_name}"]
-    if digest.chunked:
-        lines.append(f"{_CHUNKS_HEADER} sha256={digest.sha256} size={digest.size} chunk={digest.chunk_size}")
-        lines.extend(f"# {c}" for c in digest.chunks)
-    return "\n".join(lines) + "\n"
-
-
-class SidecarError(ValueError):
-    """A sidecar that is not in ``sha256sum`` format, or is written for another file."""
-
-    def __init__(self, where: str | Path, reason: str, *, malformed: bool) -> None:
-        self.where = str(where)
-        self.reason = reason
-        self.malformed = malformed  # not sha256sum format (vs. a well-formed line for another file)
-        super().__init__(f"{where} {reason}")
-
-
-def parse_sidecar(text: str | bytes, file_name: str, where: str | Path) -> FileDigest:
-    """What a ``sha256sum``-format sidecar records for ``file_name``: the one parser of
-    sidecars, for local files and remote bytes alike.
-
-    The first line is ``<64 hex> [ *]<name>``; the name may be absent (a bare digest) or carry
-    a directory part (as ``sha256sum dir/x.pth`` writes it), but its base name must be
-    ``file_name``: a sidecar of another file verifies nothing. The ``# linnaeus-chunks``
-    comment lines add the chunk digests when they are complete and bound to that digest
-    (otherwise they are ignored and the file is checked as a whole).
-
-    Raises :class:`SidecarError` (a ValueError) naming ``where`` and what was wrong.
-    """
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    lines = text.strip().splitlines()
-    m = _SIDECAR_RE.match(lines[0]) if lines else None
-    if m is None:
-        raise SidecarError(where, f"is not in sha256sum format ('<64 hex>  <file name>'); found {text[:80]!r}",
-                           malformed=True)
-    named = m.group(2)
-    if named and named.replace("\\", "/").rsplit("/", 1)[-1] != file_name:
-        raise SidecarError(where, f"is for file {named!r}, not {file_name!r}", malformed=False)
-    return _with_chunks(lines[1:], m.group(1).lower())
-
-
-def _with_chunks(comment_lines: list[str], sha256: str) -> FileDigest:
-    m = _CHUNKS_RE.match(comment_lines[0].strip()) if comment_lines else None
-    if m is None or m.group(1) != sha256:
-        return FileDigest(sha256)
-    size, chunk = int(m.group(2)), int(m.group(3))
-    chunks = [c.group(1) for c in (_CHUNK_LINE_RE.match(line.strip()) for line in comment_lines[1:]) if c]
-    if chunk <= 0 or size <= chunk or len(chunks) != -(-size // chunk):
-        return FileDigest(sha256)
-    return FileDigest(sha256, size, chunk, tuple(chunks))
-
-
-def read_sidecar_digest(path: str | Path, *, sidecar: str | Path | None = None) -> FileDigest:
-    """What ``path``'s sidecar records for it (the sha256 and, when present, the chunk digests).
-
-    ``sidecar`` reads another file than ``<path>.sha256`` (the store's pending sidecar, kept
-    under a hidden name while it overwrites a committed file). Raises FileNotFoundError if
-    there is no sidecar and :class:`SidecarError` (a ValueError) if it is malformed or
-    written for another file.
-    """
-    side = Path(sidecar) if sidecar is not None else sidecar_path(path)
-    return parse_sidecar(side.read_text(encoding="utf-8", errors="replace"), Path(path).name, side)
-
-
-def read_sidecar(path: str | Path) -> str:
-    """Expected sha256 of ``path`` from its sidecar; errors as in :func:`read_sidecar_digest`."""
-    return read_sidecar_digest(path).sha256

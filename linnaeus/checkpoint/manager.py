@@ -32,15 +32,19 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from linnaeus.dist import broadcast_object, get_rank, get_world_size, raise_on_all_ranks
+from linnaeus.dist import broadcast_object, get_rank, get_world_size, raise_on_all_ranks, run_on_all_ranks
 
 from .async_writer import AsyncWriter
+from .catalog import CheckpointInfo, list_checkpoints, read_info
+from .commit import commit_file, read_latest
 from .errors import (
     CheckpointError,
     InvalidOperationError,
 )
 from .history import MetricHistory
 from .policy import CheckpointPolicy, render_filename
+from .resume import load_newest, newest_verified
+from .retention import cleanup_stale, delete_checkpoint, plan_retention
 from .state import (
     KIND_FULL,
     KIND_WEIGHTS,
@@ -53,10 +57,6 @@ from .state import (
     plain_metrics,
     restore_state,
 )
-from .catalog import CheckpointInfo, list_checkpoints, read_info
-from .commit import commit_file, read_latest
-from .resume import load_newest, newest_verified
-from .retention import cleanup_stale, delete_checkpoint, plan_retention
 from .transaction import CheckpointTransaction
 from .verify import load_verified
 
@@ -82,20 +82,10 @@ class CheckpointManager:
     e.g. until its upload is confirmed).
     """
 
-    def __init__(
-        self,
-        directory: str | Path,
-        policy: CheckpointPolicy | None = None,
-        *,
-        name: str = "checkpoint",
-        config: Any = None,
-        experiment: str = "",
-        model_name: str = "",
-        run_id: str | None = None,
-        update_latest: bool | None = None,
-        can_delete: Callable[[Path], bool] | None = None,
-        on_commit: Callable[[Path], None] | None = None,
-    ) -> None:
+    def __init__(self, directory: str | Path, policy: CheckpointPolicy | None = None, *, name: str = "checkpoint",
+                 config: Any = None, experiment: str = "", model_name: str = "", run_id: str | None = None,
+                 update_latest: bool | None = None, can_delete: Callable[[Path], bool] | None = None,
+                 on_commit: Callable[[Path], None] | None = None) -> None:
         self.directory = Path(directory)
         self.policy = policy or CheckpointPolicy()
         self.name = name
@@ -154,29 +144,14 @@ class CheckpointManager:
         """
         use_mid = not end_of_epoch and not self.policy.interval.by_steps
         template = self.policy.mid_epoch_filename if use_mid else self.policy.filename
-        fields = {
-            "epoch": epoch,
-            "step": step,
-            "experiment": self.experiment,
-            "model": self.model_name,
-            "timestamp": datetime.datetime.now().strftime("%Y%m%d-%H%M%S"),
-            "rank": get_rank(),
-            **plain_metrics(metrics),
-        }
+        fields = {"epoch": epoch, "step": step, "experiment": self.experiment, "model": self.model_name,
+                  "timestamp": datetime.datetime.now().strftime("%Y%m%d-%H%M%S"), "rank": get_rank(),
+                  **plain_metrics(metrics)}
         return render_filename(template, fields)
 
     # ------------------------------------------------------------------ saving
-    def begin(
-        self,
-        *,
-        epoch: int,
-        step: int,
-        epoch_step: int = 0,
-        samples: int = 0,
-        end_of_epoch: bool = True,
-        metrics: Mapping[str, Any] | None = None,
-        filename: str | None = None,
-    ) -> CheckpointTransaction:
+    def begin(self, *, epoch: int, step: int, epoch_step: int = 0, samples: int = 0, end_of_epoch: bool = True,
+              metrics: Mapping[str, Any] | None = None, filename: str | None = None) -> CheckpointTransaction:
         """Open a save transaction (see :class:`CheckpointTransaction`)."""
         self._check_open()
         if self._open_txn is not None:
@@ -195,37 +170,24 @@ class CheckpointManager:
 
         Only rank 0 writes, so every rank's ``txn.path``/``save()`` must name rank 0's file,
         whereas ``{rank}``, ``{timestamp}`` and rank-local metrics render differently per rank.
-        A rendering error is sent along, so all ranks raise it instead of waiting for rank 0.
+        A rendering error on rank 0 is raised on every rank instead of leaving them waiting.
         """
-        name, problem, error = None, None, None
-        if self.is_writer:
+        def render() -> str:
             try:
-                name = filename or self.filename_for(epoch=epoch, step=step, end_of_epoch=end_of_epoch, metrics=metrics)
+                return filename or self.filename_for(epoch=epoch, step=step, end_of_epoch=end_of_epoch, metrics=metrics)
             except InvalidOperationError as e:
                 where = " (rank 0 names the file for every rank)" if get_world_size() > 1 else ""
-                error = InvalidOperationError(
-                    f"cannot name the save at epoch {epoch}, step {step} in {self.directory}{where}: {e}")
-                error.__cause__ = e
-                problem = str(error)
-        name, problem = broadcast_object((name, problem))
-        if problem is not None:
-            raise error or InvalidOperationError(problem)
-        return name
+                raise InvalidOperationError(
+                    f"cannot name the save at epoch {epoch}, step {step} in {self.directory}{where}: {e}") from e
 
-    def save(
-        self,
-        *,
-        epoch: int,
-        step: int,
-        epoch_step: int = 0,
-        samples: int = 0,
-        end_of_epoch: bool = True,
-        metrics: Mapping[str, Any] | None = None,
-        model: nn.Module | Mapping[str, Any],
-        extra: Mapping[str, Any] | None = None,
-        filename: str | None = None,
-        **components: Stateful | None,
-    ) -> Path:
+        name = run_on_all_ranks(lambda: render() if self.is_writer else None, "naming a checkpoint",
+                                InvalidOperationError)
+        return broadcast_object(name)
+
+    def save(self, *, epoch: int, step: int, epoch_step: int = 0, samples: int = 0, end_of_epoch: bool = True,
+             metrics: Mapping[str, Any] | None = None, model: nn.Module | Mapping[str, Any],
+             extra: Mapping[str, Any] | None = None, filename: str | None = None,
+             **components: Stateful | None) -> Path:
         """Save ``model`` and each named component's state (a collective in DDP). Returns the path.
 
         ``components`` are the training state beside the model, by checkpoint key: typically
@@ -234,10 +196,8 @@ class CheckpointManager:
         Synchronous: the file is committed when this returns. Async: it is committed in
         the background; errors surface on the next ``save``/``poll``/``wait``/``close``.
         """
-        with self.begin(
-            epoch=epoch, step=step, epoch_step=epoch_step, samples=samples,
-            end_of_epoch=end_of_epoch, metrics=metrics, filename=filename,
-        ) as ckpt:
+        with self.begin(epoch=epoch, step=step, epoch_step=epoch_step, samples=samples, end_of_epoch=end_of_epoch,
+                        metrics=metrics, filename=filename) as ckpt:
             ckpt.update(build_state(model, components, weights_only=self.policy.weights_only))
             if extra:
                 ckpt.update(extra)
@@ -387,14 +347,10 @@ class CheckpointManager:
         if self.policy.keep_last_n <= 0:
             return []
         latest = read_latest(self.directory)
-        doomed = plan_retention(
-            self.checkpoints(),
-            keep_last_n=self.policy.keep_last_n,
-            keep_best_n=self.policy.keep_best_n,
-            monitor=self.policy.monitor,
-            mode=self.policy.mode,
-            protect=self.protect | ({latest} if latest else set()),
-        )
+        p = self.policy
+        doomed = plan_retention(self.checkpoints(), keep_last_n=p.keep_last_n, keep_best_n=p.keep_best_n,
+                                monitor=p.monitor, mode=p.mode, protect=self.protect | ({latest} if latest else set()),
+                                latest=latest)
         deleted = []
         for info in doomed:
             if self.can_delete is not None and not self.can_delete(info.path):

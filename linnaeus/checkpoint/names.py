@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .fsio import is_temp_name, temp_name, temp_writer_pid
-from .hashing import SIDECAR_SUFFIX
+from .sidecar import SIDECAR_SUFFIX
 
 __all__ = [
     "LATEST",

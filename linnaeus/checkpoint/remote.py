@@ -11,10 +11,12 @@ listed: the sidecar is the remote commit marker, as the rename is the local one.
 that reads or writes this layout — the background uploader, resume from the bucket,
 ``linnaeus-ckpt upload`` — goes through :class:`RemoteRun`, so the layout is defined here only.
 
-Ordering follows the local rule (:mod:`linnaeus.checkpoint.ordering`): most training progress
-first, the ``latest`` marker breaking ties and winning outright when what it names is committed.
-Remotely the progress is read from the file name (``epoch_<E>``, ``step_<S>``; see
-:func:`~linnaeus.checkpoint.ordering.progress_from_name`), as the data is not downloaded to list it.
+Ordering is the local rule (:mod:`linnaeus.checkpoint.ordering`): most stored training progress
+first, the ``latest`` marker breaking ties. The data is not downloaded to list it: each sidecar
+carries the progress its file holds (a ``# linnaeus-progress`` comment line), and one rclone call
+reads all of a folder's sidecars. Files whose sidecar has no such line (uploaded by hand, or by
+an older linnaeus) rank below the others, among themselves by file name
+(:func:`~linnaeus.checkpoint.ordering.progress_from_name`).
 """
 
 from __future__ import annotations
@@ -22,24 +24,42 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .commit import read_latest, write_latest
 from .errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
-from .hashing import read_sidecar, sidecar_path
-from .ordering import default_name_filter, progress_from_name
+from .ordering import default_name_filter, newest_first, progress_from_name
 from .resolve import BucketConfig
+from .sidecar import SidecarError, parse_sidecar, read_sidecar, sidecar_path, sidecar_progress
 from .sources import DownloadOptions, RcloneSource, download
 from .sources.base import TransientSourceError, redact
-from .sources.download import parse_sha256_sidecar
-from .sources.rclone import copyto, list_files, rcat
-from .store import read_latest, write_latest
+from .sources.rclone import cat_matching, copyto, list_files, rcat
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
 LATEST_MARKER = "latest"
 SIDECAR_SUFFIX = ".sha256"
 _LOCAL_HASHES = ("md5", "sha1", "sha256")  # remote hashes worth recomputing locally to verify
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """A remotely committed checkpoint as a listing sees it (no data downloaded)."""
+
+    name: str
+    modtime: str
+    progress: dict[str, int] | None  # from its sidecar's progress line; None for sidecars without one
+
+    @property
+    def order_key(self) -> tuple[Any, ...]:
+        # Stored progress as locally (step, epoch, position in the epoch); files whose sidecar
+        # records none (uploaded by hand or by an older linnaeus) rank below, by their names.
+        if self.progress is not None:
+            p = self.progress
+            return (1, p["step"], p.get("epoch", -1), p.get("epoch_step", 0))
+        return (0, *progress_from_name(self.name, self.modtime))
 
 
 class RemoteRun:
@@ -72,10 +92,13 @@ class RemoteRun:
     # ------------------------------------------------------------------ reading
     def list(self, name_filter: Callable[[str], bool] = default_name_filter) -> list[str]:
         """File names of the remotely committed checkpoints (data + ``.sha256``), newest first."""
-        entries = list_files(self.folder)
-        names = {e["Name"]: e.get("ModTime", "") for e in entries}
-        committed = [n for n in names if name_filter(n) and n + SIDECAR_SUFFIX in names]
-        return sorted(committed, key=lambda n: progress_from_name(n, names[n]), reverse=True)
+        return [e.name for e in newest_first(self._entries(name_filter))]
+
+    def _entries(self, name_filter: Callable[[str], bool]) -> list[RemoteEntry]:
+        listed = {e["Name"]: e.get("ModTime", "") for e in list_files(self.folder)}
+        committed = [n for n in listed if name_filter(n) and n + SIDECAR_SUFFIX in listed]
+        progress = _progress_by_name(cat_matching(self.folder, "*" + SIDECAR_SUFFIX)) if committed else {}
+        return [RemoteEntry(n, listed[n], progress.get(n)) for n in committed]
 
     def read_marker(self) -> str | None:
         """The name the remote ``latest`` marker holds, or None (absent or not a file name)."""
@@ -90,14 +113,13 @@ class RemoteRun:
         return name
 
     def candidates(self, name_filter: Callable[[str], bool] = default_name_filter) -> list[str]:
-        """Resume candidates, best first: the marker's target when committed, then newest first."""
-        listed = self.list(name_filter)
+        """Resume candidates, best first: newest by stored progress, the marker breaking ties."""
+        entries = self._entries(name_filter)
         marker = self.read_marker()
-        if marker is not None and marker not in listed:
+        if marker is not None and marker not in {e.name for e in entries}:
             logger.warning("Remote marker %s%s names %s, which is not committed remotely (data or .sha256 "
-                           "missing); using the newest committed checkpoint instead", self.display, LATEST_MARKER,
-                           marker)
-        return ([marker] if marker in listed else []) + [n for n in listed if n != marker]
+                           "missing); ordering by stored progress alone", self.display, LATEST_MARKER, marker)
+        return [e.name for e in newest_first(entries, marker)]
 
     def newest(self) -> str | None:
         """rclone path of the newest remotely committed checkpoint, or None if there is none."""
@@ -158,9 +180,8 @@ class RemoteRun:
         copyto(path, target.path)
         _verify_remote_data(target, path, size)
         copyto(sidecar_path(path), target.sibling(SIDECAR_SUFFIX).path)
-        remote_digest = target.sibling(SIDECAR_SUFFIX).read_small()
-        if remote_digest is None or parse_sha256_sidecar(remote_digest, target.display + SIDECAR_SUFFIX,
-                                                         path.name) != digest:
+        remote_sidecar = target.sibling(SIDECAR_SUFFIX).read_small()
+        if remote_sidecar is None or _remote_digest(remote_sidecar, target) != digest:
             raise TransientSourceError(f"{target.display}.sha256: read back does not match the local sidecar.")
         return True
 
@@ -169,16 +190,38 @@ class RemoteRun:
         rcat((name + "\n").encode(), self.folder + LATEST_MARKER)
 
 
+def _progress_by_name(sidecars: bytes) -> dict[str, dict[str, int]]:
+    """Split concatenated sidecars (each starts with its ``<hex>  <name>`` line) into name -> progress."""
+    found: dict[str, dict[str, int]] = {}
+    name, lines = None, []
+    for line in sidecars.decode("utf-8", "replace").splitlines() + [""]:
+        if line.startswith("#"):
+            lines.append(line)
+            continue
+        if name is not None and (progress := sidecar_progress("\n".join(lines))) is not None:
+            found[name] = progress
+        parts = line.split(None, 1)
+        name = parts[1].lstrip("*").replace("\\", "/").rsplit("/", 1)[-1] if len(parts) == 2 else None
+        lines = []
+    return found
+
+
 def _remote_matches(target: RcloneSource, size: int, digest: str) -> bool:
     data = target.sibling(SIDECAR_SUFFIX).read_small()
     if data is None:
         return False
-    try:
-        remote_digest = parse_sha256_sidecar(data, target.display + SIDECAR_SUFFIX, target.name)
-    except CheckpointError:
+    remote_digest = _remote_digest(data, target)
+    if remote_digest is None:
         return False  # a malformed remote sidecar is simply overwritten by a fresh upload
     info = target.stat()
     return remote_digest == digest and info is not None and info.size == size
+
+
+def _remote_digest(sidecar: bytes, target: RcloneSource) -> str | None:
+    try:
+        return parse_sidecar(sidecar, target.name, target.display + SIDECAR_SUFFIX).sha256
+    except SidecarError:
+        return None
 
 
 def _verify_remote_data(target: RcloneSource, path: Path, size: int) -> None:

@@ -15,8 +15,10 @@ from typing import Iterable
 
 from .catalog import CheckpointInfo, forget_info
 from .fsio import fsync_dir, pid_alive
-from .hashing import SIDECAR_SUFFIX, read_sidecar_digest, sha256_file_async, sidecar_path
+from .hashing import sha256_file_async
 from .names import dir_lock, pending_sidecar_target, temp_writer_pid
+from .ordering import oldest_first
+from .sidecar import SIDECAR_SUFFIX, read_sidecar_digest, sidecar_path
 from .testing import phase
 
 logger = logging.getLogger("linnaeus.checkpoint")
@@ -30,13 +32,15 @@ def plan_retention(
     monitor: str = "",
     mode: str = "max",
     protect: Iterable[str] = (),
+    latest: str | None = None,
 ) -> list[CheckpointInfo]:
     """Which of ``infos`` (one saver's committed, readable files) to delete.
 
     Keeps the ``keep_last_n`` newest, the ``keep_best_n`` best by ``monitor``, the newest
     one in any case, and every protected file name. ``keep_last_n == 0`` keeps everything.
+    Newest is the library's one ordering (:mod:`.ordering`), ``latest`` breaking ties.
     """
-    ordered = sorted(infos, key=lambda i: (i.order_key, i.name))
+    ordered = oldest_first(infos, latest)
     if keep_last_n <= 0 or not ordered:
         return []
     keep = {i.name for i in ordered[-keep_last_n:]} | {ordered[-1].name} | set(protect)

@@ -1,6 +1,6 @@
 """What a checkpoint holds: collect training state into a weights_only-safe dict and restore it.
 
-The anatomy (binding, see DESIGN.md)::
+The anatomy (a contract with users: docs/checkpoints.md, "Anatomy")::
 
     model       state dict (no "module." / "_orig_mod." prefix)
     optimizer, scheduler, scaler, ema, sampler     state dicts (absent when not used)

@@ -33,11 +33,12 @@ import threading
 import time
 from pathlib import Path
 
+from .catalog import list_checkpoints
+from .commit import read_latest
 from .errors import CheckpointError
 from .ordering import oldest_first
 from .remote import RemoteRun
 from .state import KIND_FULL
-from .store import list_checkpoints, read_latest
 
 logger = logging.getLogger("linnaeus.checkpoint")
 

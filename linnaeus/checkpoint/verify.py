@@ -13,8 +13,9 @@ import torch
 
 from .catalog import first_line, mmap_load, read_info_uncached
 from .errors import CheckpointCorruptError, CheckpointNotFoundError
-from .hashing import SIDECAR_SUFFIX, read_sidecar_digest, sha256_file_async, sidecar_path
+from .hashing import sha256_file_async
 from .names import pending_sidecars
+from .sidecar import SIDECAR_SUFFIX, read_sidecar_digest, sidecar_path
 from .state import newer_format_error, newer_format_version, validate_structure
 
 

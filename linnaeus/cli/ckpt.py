@@ -20,24 +20,14 @@ from typing import Any, Sequence
 
 import torch
 
+from linnaeus.checkpoint.catalog import CheckpointInfo, list_checkpoints
+from linnaeus.checkpoint.commit import commit_file, read_latest
 from linnaeus.checkpoint.errors import CheckpointError
-from linnaeus.checkpoint.hashing import SIDECAR_SUFFIX
+from linnaeus.checkpoint.names import is_checkpoint_name, is_pending_sidecar_name, is_temp_name
+from linnaeus.checkpoint.retention import cleanup_stale, delete_checkpoint, plan_retention
+from linnaeus.checkpoint.sidecar import SIDECAR_SUFFIX
 from linnaeus.checkpoint.state import KIND_WEIGHTS, make_meta, model_state_dict
-from linnaeus.checkpoint.store import (
-    CheckpointInfo,
-    cleanup_stale,
-    commit_file,
-    delete_checkpoint,
-    is_checkpoint_name,
-    is_pending_sidecar_name,
-    is_temp_name,
-    list_checkpoints,
-    load_verified,
-    plan_retention,
-    read_info,
-    read_latest,
-    verify_checkpoint,
-)
+from linnaeus.checkpoint.verify import load_verified, verify_checkpoint
 from linnaeus.cli import remote_cmds
 
 # Leftovers younger than this may belong to a save in progress in a live run.

@@ -160,9 +160,10 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from linnaeus.checkpoint.hashing import digest_file, sidecar_path
+    from linnaeus.checkpoint.hashing import digest_file
     from linnaeus.checkpoint.remote import RemoteRun
     from linnaeus.checkpoint.resolve import BucketConfig
+    from linnaeus.checkpoint.sidecar import sidecar_path
     from linnaeus.checkpoint.sources.download import write_sidecar
 
     def go() -> int:

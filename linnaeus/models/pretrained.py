@@ -10,7 +10,7 @@ Three independent sources (each optional, applied in this order):
                                 any timm ViT → the hybrid's ``blocks.*``, ``norm.*`` and (mixed
                                 RoPE) ``rope.freqs``, with a configurable block mapping.
 
-Every load returns a :class:`~linnaeus.checkpoint.loading.LoadReport`; docs/pretrained.md
+Every load returns a :class:`~linnaeus.checkpoint.load_report.LoadReport`; docs/pretrained.md
 has the key mapping tables. Reading files and applying strategies is the checkpoint
 library's job (:mod:`linnaeus.checkpoint.loading`); this module only knows model layouts.
 """
@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from linnaeus.checkpoint.errors import CheckpointIncompatibleError
-from linnaeus.checkpoint.loading import Expect, LoadReport, WeightsFile, load_weights, read_weights
+from linnaeus.checkpoint.load_report import Expect, LoadReport
+from linnaeus.checkpoint.loading import WeightsFile, load_weights, read_weights
 from linnaeus.models.hybrid import HybridConvNeXtRoPEViT
 from linnaeus.models.timm_multihead import TimmMultiHead
 

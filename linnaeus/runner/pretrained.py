@@ -14,7 +14,7 @@ from torch import nn
 from yacs.config import CfgNode
 
 from linnaeus.checkpoint.errors import CheckpointError, CheckpointIncompatibleError
-from linnaeus.checkpoint.loading import write_load_reports
+from linnaeus.checkpoint.load_report import write_load_reports
 from linnaeus.dist import is_main_process, run_on_all_ranks
 from linnaeus.models.pretrained import load_pretrained_from_cfg
 from linnaeus.utils.checkpoint_utils import input_resolver

@@ -40,13 +40,14 @@ from tqdm import tqdm
 
 from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
 from linnaeus.checkpoint.fsio import BackgroundFlush, fsync_dir, pid_alive, write_durably
-from linnaeus.checkpoint.hashing import (
+from linnaeus.checkpoint.hashing import FileDigest
+from linnaeus.checkpoint.sidecar import (
     SIDECAR_SUFFIX,
-    FileDigest,
     SidecarError,
     format_sidecar,
     parse_sidecar,
     sidecar_path,
+    sidecar_progress,
 )
 from linnaeus.checkpoint.sources.base import Source, TransientSourceError
 
@@ -126,7 +127,7 @@ def cleanup_stale_temps(directory: str | os.PathLike, max_age_hours: float = 6.0
 
 def parse_remote_sidecar(data: bytes, where: str, file_name: str) -> FileDigest:
     """What a remote ``<object>.sha256`` records for ``file_name`` (see
-    :func:`linnaeus.checkpoint.hashing.parse_sidecar`), as a :class:`CheckpointCorruptError`
+    :func:`linnaeus.checkpoint.sidecar.parse_sidecar`), as a :class:`CheckpointCorruptError`
     naming ``where`` when it verifies nothing."""
     try:
         return parse_sidecar(data, file_name, where)
@@ -135,15 +136,10 @@ def parse_remote_sidecar(data: bytes, where: str, file_name: str) -> FileDigest:
         raise CheckpointCorruptError(where, f"the sidecar {e.reason}{hint}") from None
 
 
-def parse_sha256_sidecar(data: bytes, where: str, file_name: str) -> str:
-    """The sha256 a remote sidecar records for ``file_name``; errors as in :func:`parse_remote_sidecar`."""
-    return parse_remote_sidecar(data, where, file_name).sha256
-
-
-def write_sidecar(dest: Path, digest: str | FileDigest) -> Path:
+def write_sidecar(dest: Path, digest: str | FileDigest, progress: dict[str, int] | None = None) -> Path:
     """Write ``<dest>.sha256`` durably; its temp file is a download temp (cleaned like one)."""
     sidecar = sidecar_path(dest)
-    return write_durably(sidecar, format_sidecar(digest, dest.name), temp=temp_path_for(sidecar))
+    return write_durably(sidecar, format_sidecar(digest, dest.name, progress), temp=temp_path_for(sidecar))
 
 
 @dataclass(frozen=True)
@@ -155,6 +151,7 @@ class _Expected:
     # The remote sidecar's chunk digests (bound to ``digest``), copied into the local sidecar
     # so later loads verify on every core without hashing the download again.
     sidecar: FileDigest | None = None
+    progress: dict[str, int] | None = None  # the remote sidecar's progress line, kept in the local one
 
 
 def _expected(source: Source, pool: ThreadPoolExecutor) -> _Expected:
@@ -167,7 +164,7 @@ def _expected(source: Source, pool: ThreadPoolExecutor) -> _Expected:
     data = data_f.result()
     if data is not None:
         recorded = parse_remote_sidecar(data, sidecar.display, source.name)
-        return _Expected(info.size, "sha256", recorded.sha256, sidecar.display, recorded)
+        return _Expected(info.size, "sha256", recorded.sha256, sidecar.display, recorded, sidecar_progress(data))
     # No sidecar: ask for the remote's hashes (free on object stores; some backends read the file).
     info = source.stat(with_hashes=True) or info
     algo = next((a for a in _HASH_PREFERENCE if info.hashes.get(a)), None)
@@ -246,7 +243,7 @@ def _attempt(source: Source, dest: Path, options: DownloadOptions) -> Path:
                     source.display,
                     f"the downloaded bytes' {expected.algorithm} is {actual}, {expected.origin} says {expected.digest}",
                 )
-            write_sidecar(dest, expected.sidecar if expected.sidecar is not None else sha256)
+            write_sidecar(dest, expected.sidecar if expected.sidecar is not None else sha256, expected.progress)
             os.replace(tmp, dest)
             fsync_dir(dest.parent)
         finally:

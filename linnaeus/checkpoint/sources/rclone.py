@@ -338,3 +338,16 @@ def list_files(remote_dir: str, *, env: Mapping[str, str] | None = None) -> list
             return []
         raise
     return json.loads(out)
+
+
+def cat_matching(remote_dir: str, include: str, *, env: Mapping[str, str] | None = None) -> bytes:
+    """The contents of the files directly under ``remote_dir`` whose names match the rclone
+    filter ``include``, concatenated, in one rclone call (b"" for an absent directory)."""
+    try:
+        return run_rclone_bytes(["cat", "--max-depth", "1", "--include", include, remote_dir], env=env,
+                                what=f"reading {include} in {redact(remote_dir)}")
+    except TransientSourceError as e:
+        if _NOT_FOUND.search(str(e)):
+            return b""
+        raise
+
