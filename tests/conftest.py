@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+import time
+from typing import Callable, Iterator, TypeVar
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CFG = REPO / "tests" / "configs" / "tiny.yaml"
 VENV_BIN = Path(sys.executable).parent
+E = TypeVar("E", bound=BaseException)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Tests run many small processes side by side on 2 cores: one thread each avoids oversubscription.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def restore_linnaeus_logger() -> Iterator[None]:
+    """Runs and ``setup_logging`` reconfigure the process-wide "linnaeus" logger: put it back for
+    the tests that follow."""
+    logger = logging.getLogger("linnaeus")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    for h in logger.handlers:
+        if h not in saved[0]:
+            h.close()
+    logger.handlers, logger.level, logger.propagate = saved
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +66,16 @@ def run_train(out_dir: Path, toy_root: Path, *opts: str, nproc: int = 1, name: s
         raise AssertionError(f"training exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-6000:]}\n"
                              f"STDERR:\n{proc.stderr[-6000:]}")
     return proc
+
+
+def poll_until_raises(poll: Callable[[], None], error: type[E], timeout: float = 30.0) -> E:
+    """Call ``poll`` (a training loop's per-step check) until it raises ``error``; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            poll()
+        except error as e:
+            return e
+        time.sleep(0.01)
+    raise AssertionError(f"{getattr(poll, '__qualname__', poll)} did not raise {error.__name__} within {timeout} s")
+

@@ -8,7 +8,6 @@ import random
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from linnaeus.checkpoint import (
     read_latest,
     verify_checkpoint,
 )
+from tests.conftest import poll_until_raises
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -273,17 +273,6 @@ def test_incompatible_model_lists_differences(tmp_path: Path) -> None:
         manager.restore(manager.load(path), optimizer=torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1))
 
 
-def _poll_until_error(manager: CheckpointManager, timeout: float = 30.0) -> CheckpointError:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            manager.poll()
-        except CheckpointError as e:
-            return e
-        time.sleep(0.01)
-    raise AssertionError("poll() never reported the failed background save")
-
-
 def test_async_save_snapshots_state_and_commits_in_background(tmp_path: Path) -> None:
     model = nn.Linear(64, 64)
     with torch.no_grad():
@@ -308,7 +297,7 @@ def test_async_errors_surface_on_next_poll_and_close(tmp_path: Path) -> None:
 
     manager = CheckpointManager(tmp_path / "a", CheckpointPolicy(async_save=True), on_commit=hook)
     _save(manager, 1)
-    err = _poll_until_error(manager)
+    err = poll_until_raises(manager.poll, CheckpointError)
     assert "upload queue refused checkpoint_epoch_1.pth" in str(err)
     manager.poll()  # reported once
 
@@ -318,7 +307,7 @@ def test_async_errors_surface_on_next_poll_and_close(tmp_path: Path) -> None:
     target.rmdir()
     target.write_text("not a dir")
     _save(manager, 1)
-    assert "checkpoint_epoch_1.pth" in str(_poll_until_error(manager))
+    assert "checkpoint_epoch_1.pth" in str(poll_until_raises(manager.poll, CheckpointError))
     _save(manager, 2)
     with pytest.raises(CheckpointError, match="checkpoint_epoch_2.pth"):
         manager.close()

@@ -359,18 +359,6 @@ def test_bf16_autocast_on_cpu_trains_in_bfloat16():
     assert any(not torch.equal(a, b) for a, b in zip(before, s.model.parameters()))
 
 
-@pytest.fixture
-def restore_linnaeus_logger():
-    """setup_logging reconfigures a process-wide logger: put it back for the tests that follow."""
-    logger = logging.getLogger("linnaeus")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    for h in logger.handlers:
-        if h not in saved[0]:
-            h.close()
-    logger.handlers, logger.level, logger.propagate = saved
-
-
 def test_tensorboard_scalars_log_file_and_progress_bar_on_rank_0(tmp_path, capsys, restore_linnaeus_logger):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

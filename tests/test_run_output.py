@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fcntl
 import io
-import logging
 import os
 import pty
 import re
@@ -24,18 +23,6 @@ from linnaeus.data.build import build_data
 from linnaeus.engine.progress_bar import LineProgress
 from linnaeus.main import run
 from tests.conftest import REPO, TINY_CFG, tiny_args
-
-
-@pytest.fixture
-def restore_linnaeus_logger():
-    """``run`` reconfigures the process-wide "linnaeus" logger: put it back for the tests that follow."""
-    logger = logging.getLogger("linnaeus")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    for h in logger.handlers:
-        if h not in saved[0]:
-            h.close()
-    logger.handlers, logger.level, logger.propagate = saved
 
 
 def _tiny_cfg(out_dir: Path, toy_root: Path, *opts: str):

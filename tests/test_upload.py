@@ -19,6 +19,7 @@ from linnaeus.checkpoint.remote import RemoteRun
 from linnaeus.checkpoint.sidecar import format_sidecar
 from linnaeus.checkpoint.sources import DownloadOptions
 from linnaeus.checkpoint.upload import BackgroundUploader, UploadError
+from tests.conftest import poll_until_raises
 from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
     BUCKET,
     RCLONE,
@@ -180,17 +181,6 @@ def rclone_with_bad_lsjson(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     rclone_binary.cache_clear()
 
 
-def _bounded_poll(up: BackgroundUploader, limit_s: float = 30.0) -> UploadError:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        try:
-            up.poll()
-        except UploadError as e:
-            return e
-        time.sleep(0.05)
-    raise AssertionError(f"no upload failure surfaced within {limit_s} s")
-
-
 def test_uploader_survives_bad_json_from_rclone(tmp_path: Path, s3_server: RcloneServer,
                                                  rclone_with_bad_lsjson: None) -> None:
     ckpts = tmp_path / "ck"
@@ -199,7 +189,7 @@ def test_uploader_survives_bad_json_from_rclone(tmp_path: Path, s3_server: Rclon
     up = BackgroundUploader(remote_run("badjson"), retries=2, backoff_s=0.01)
     up.on_commit(first)
     up.on_commit(second)  # queued behind the first: the worker must still be there for it
-    error = _bounded_poll(up)
+    error = poll_until_raises(up.poll, UploadError)
     assert "checkpoint_epoch_1.pth" in str(error) and "JSONDecodeError" in str(error)
     started = time.monotonic()
     with pytest.raises(UploadError, match="checkpoint_epoch_2.pth"):
@@ -218,7 +208,7 @@ def test_uploader_survives_an_oserror_and_uploads_the_next(tmp_path: Path, s3_se
     up = BackgroundUploader(remote_run("oserror"), retries=1)
     up.on_commit(broken)
     up.on_commit(good)
-    error = _bounded_poll(up)
+    error = poll_until_raises(up.poll, UploadError)
     assert "checkpoint_epoch_1.pth" in str(error)
     assert up.wait(timeout=60)
     up.close(timeout=60)  # the failure was reported by poll(); the good file went up
