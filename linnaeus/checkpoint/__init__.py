@@ -11,6 +11,7 @@ from .errors import (
     CheckpointIncompatibleError,
     CheckpointNotFoundError,
     InvalidOperationError,
+    InvalidPolicyError,
 )
 from .manager import CheckpointManager, CheckpointTransaction, ResumeResult
 from .policy import CheckpointPolicy, Interval, parse_interval, render_filename, validate_filename_template
@@ -43,6 +44,7 @@ __all__ = [
     "CheckpointTransaction",
     "Interval",
     "InvalidOperationError",
+    "InvalidPolicyError",
     "RemoteRun",
     "ResumePoint",
     "ResumeResult",

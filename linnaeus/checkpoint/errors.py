@@ -72,6 +72,20 @@ class InvalidOperationError(CheckpointError):
     """The library was used out of order (a save after close, nested transactions, ...)."""
 
 
+class InvalidPolicyError(CheckpointError, ValueError):
+    """A checkpoint policy (interval, filename template, retention) is invalid.
+
+    ``field`` is the :class:`CheckpointPolicy` field at fault; ``related`` are other fields the
+    message names (e.g. ``monitor`` for ``keep_best_n``), so that a caller that fills the policy
+    from its own settings can point at those settings. A ``ValueError`` too, as bad arguments are.
+    """
+
+    def __init__(self, field: str, message: str, related: tuple[str, ...] = ()) -> None:
+        self.field = field
+        self.related = related
+        super().__init__(message)
+
+
 def _preview(items: Sequence[str], limit: int = 10) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")

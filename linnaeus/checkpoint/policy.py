@@ -7,7 +7,7 @@ import string
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import CheckpointError, InvalidOperationError
+from .errors import InvalidOperationError, InvalidPolicyError
 
 # Fields every template may use; metric fields (e.g. {val_acc1_species}) come on top.
 KNOWN_FIELDS = frozenset({"epoch", "step", "experiment", "model", "timestamp", "rank"})
@@ -15,20 +15,6 @@ KNOWN_FIELDS = frozenset({"epoch", "step", "experiment", "model", "timestamp", "
 _SAMPLE_FIELDS = {"epoch": 1, "step": 1, "experiment": "exp", "model": "model", "timestamp": "20000101-000000",
                   "rank": 0}
 _SAMPLE_METRIC = 0.5
-
-
-class InvalidPolicyError(CheckpointError, ValueError):
-    """A checkpoint policy (interval, filename template, retention) is invalid.
-
-    ``field`` is the :class:`CheckpointPolicy` field at fault; ``related`` are other fields the
-    message names (e.g. ``monitor`` for ``keep_best_n``), so that a caller that fills the policy
-    from its own settings can point at those settings. A ``ValueError`` too, as bad arguments are.
-    """
-
-    def __init__(self, field: str, message: str, related: tuple[str, ...] = ()) -> None:
-        self.field = field
-        self.related = related
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
