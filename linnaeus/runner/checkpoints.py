@@ -20,18 +20,12 @@ from linnaeus.checkpoint.errors import CheckpointIncompatibleError, CheckpointNo
 from linnaeus.checkpoint.remote import RemoteRun
 from linnaeus.checkpoint.resume import ResumePoint, WeightsOnlyRunError, find_resume_point
 from linnaeus.checkpoint.sources import DownloadOptions
-from linnaeus.checkpoint.upload import BackgroundUploader, UploadError
+from linnaeus.checkpoint.upload import BackgroundUploader, close_on_all_ranks, poll_on_all_ranks
 from linnaeus.config import build_policy, build_weights_policy, config_yaml
-from linnaeus.dist import any_rank_true, broadcast_object, is_main_process, raise_on_all_ranks
+from linnaeus.dist import any_rank_true, broadcast_object, is_main_process
 from linnaeus.utils.checkpoint_utils import input_resolver
 
 logger = logging.getLogger("linnaeus")
-
-# While rank 0 waits for its uploads at the end of a run, the other ranks wait for its verdict in
-# collectives of at most this long, so that no single collective can outlast the process group's
-# timeout however long a large upload takes.
-_UPLOAD_WAIT_SLICE_S = 30.0
-
 
 class RunCheckpoints:
     """The run's savers (full + optional weights-only), its uploader, and its save schedule."""
@@ -180,9 +174,7 @@ class RunCheckpoints:
         for manager in self._savers():
             manager.poll()
         if self.remote is not None:  # the same on every rank, so all of them join the collective
-            # Only rank 0 uploads: its failure must reach the ranks waiting in the next collective.
-            raise_on_all_ranks(_error_of(self.uploader.poll) if self.uploader else None, "checkpoint upload",
-                               UploadError)
+            poll_on_all_ranks(self.uploader)
 
     def close(self) -> None:
         """Finish saves in flight, then uploads; raises what failed on every rank. Safe to call twice."""
@@ -192,40 +184,10 @@ class RunCheckpoints:
         for manager in self._savers():
             manager.close()
         if self.remote is not None:
-            self._finish_uploads()
-
-    def _finish_uploads(self) -> None:
-        uploader, self.uploader = self.uploader, None
-        if uploader is not None:
-            logger.info("Waiting for uploads to %s to finish ...", uploader.display)
-
-        def still_waiting() -> bool:
-            try:
-                return uploader is not None and not uploader.wait(timeout=_UPLOAD_WAIT_SLICE_S)
-            except UploadError:
-                return False  # a dead worker: closing it below raises this on every rank
-
-        # Rank 0 waits in slices, meeting the other ranks in between (see _UPLOAD_WAIT_SLICE_S).
-        while any_rank_true(still_waiting()):
-            pass
-        raise_on_all_ranks(_error_of(lambda: self._close_uploader(uploader)), "checkpoint upload", UploadError)
-
-    def _close_uploader(self, uploader: BackgroundUploader | None) -> None:
-        if uploader is None:
-            return
-        uploader.close()
-        # Files that retention kept only because their upload was not confirmed yet (this launch's
-        # last ones, earlier launches' ones) may go now, not at the next launch.
-        for manager in self._savers():
-            manager.apply_retention()
-
-
-def _error_of(fn: Any) -> BaseException | None:
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001 - handed to raise_on_all_ranks, which raises it
-        return e
-    return None
+            uploader, self.uploader = self.uploader, None
+            # Files that retention kept only because their upload was not confirmed yet (this
+            # launch's last ones, earlier launches' ones) may go now, not at the next launch.
+            close_on_all_ranks(uploader, then=lambda: [m.apply_retention() for m in self._savers()])
 
 
 def _scalar_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
