@@ -127,14 +127,15 @@ def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints,
                         progress.step)
             return last_metrics
         last_epoch = progress.epoch >= cfg.TRAIN.EPOCHS
+        measured: dict[str, Any] = {}  # this epoch's validation, if it ran: a save carries only its own step's
         if last_epoch or progress.epoch % cfg.EVAL.INTERVAL == 0:
             if data.val_loader is not None:
-                last_metrics = evaluate(trainer.model, data.val_loader, list(cfg.DATA.TASK_KEYS), device,
-                                        autocast=autocast)
+                last_metrics = measured = evaluate(trainer.model, data.val_loader, list(cfg.DATA.TASK_KEYS),
+                                                   device, autocast=autocast)
             _log_metrics(progress, result, last_metrics, tb)
         # The saved sampler state must point at the start of the next epoch.
         data.train_sampler.set_epoch(progress.epoch)
-        checkpoints.maybe_save_epoch(progress, last_metrics, is_last=last_epoch)
+        checkpoints.maybe_save_epoch(progress, measured, is_last=last_epoch)
     return last_metrics
 
 

@@ -36,8 +36,9 @@ def plan_retention(
 ) -> list[CheckpointInfo]:
     """Which of ``infos`` (one saver's committed, readable files) to delete.
 
-    Keeps the ``keep_last_n`` newest, the ``keep_best_n`` best by ``monitor``, the newest
-    one in any case, and every protected file name. ``keep_last_n == 0`` keeps everything.
+    Keeps the ``keep_last_n`` newest, the ``keep_best_n`` best by ``monitor`` (ranking only
+    files whose metrics hold ``monitor``; ties keep the older), the newest one in any case, and
+    every protected file name. ``keep_last_n == 0`` keeps everything.
     Newest is the library's one ordering (:mod:`.ordering`), ``latest`` breaking ties.
     """
     ordered = oldest_first(infos, latest)
@@ -45,8 +46,11 @@ def plan_retention(
         return []
     keep = {i.name for i in ordered[-keep_last_n:]} | {ordered[-1].name} | set(protect)
     if keep_best_n > 0 and monitor:
+        # Only files with metrics measured at their own step are rated; on a tie the older file
+        # wins (it was best first, and a newer equal one adds nothing worth deleting it for).
         rated = [i for i in ordered if i.metric(monitor) is not None]
-        rated.sort(key=lambda i: (i.metric(monitor), i.order_key), reverse=(mode == "max"))
+        sign = -1.0 if mode == "max" else 1.0
+        rated.sort(key=lambda i: (sign * i.metric(monitor), i.order_key))
         keep |= {i.name for i in rated[:keep_best_n]}
     return [i for i in ordered if i.name not in keep]
 
