@@ -35,6 +35,7 @@ from linnaeus.checkpoint.names import is_checkpoint_name, is_pending_sidecar_nam
 from linnaeus.checkpoint.sidecar import read_sidecar, sidecar_path
 from linnaeus.checkpoint.testing import set_test_phase_hook  # noqa: E402
 from linnaeus.checkpoint.verify import load_verified  # noqa: E402
+from linnaeus.checkpoint.writer_lock import LOCK_NAME  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FORK = multiprocessing.get_context("fork")
@@ -98,7 +99,7 @@ def _assert_no_partial_under_final_name(directory: Path) -> None:
             assert sidecar_path(directory / name).exists(), f"{name} visible under its final name without a sidecar"
             assert verify_checkpoint(directory / name).ok, f"{name} visible under its final name but invalid"
         else:
-            assert (name == "latest" or name.endswith(".sha256") or is_temp_name(name)
+            assert (name in ("latest", LOCK_NAME) or name.endswith(".sha256") or is_temp_name(name)
                     or is_pending_sidecar_name(name)), f"unexpected file {name}"
 
 
@@ -114,7 +115,7 @@ def last_saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """last.pth at step 3, already overwritten twice, and nothing else."""
     base = tmp_path_factory.mktemp("last")
     assert run_writer(base, 3, FIXED_NAME) == 3
-    assert sorted(os.listdir(base)) == [FIXED_NAME, FIXED_NAME + ".sha256", "latest"]
+    assert sorted(os.listdir(base)) == sorted([LOCK_NAME, FIXED_NAME, FIXED_NAME + ".sha256", "latest"])
     return base
 
 

@@ -172,23 +172,46 @@ def test_plan_retention() -> None:
     assert names(plan_retention(list(reversed(infos)), keep_last_n=1)) == ["a", "b", "c", "d"]
 
 
-def test_cleanup_removes_only_dead_writers_leftovers(tmp_path: Path) -> None:
+def test_cleanup_under_the_writer_lock_removes_every_other_processs_leftovers(tmp_path: Path) -> None:
+    """Holding the lock, no other writer is alive: the pid in a name decides nothing (pids are reused;
+    a live process that does not hold the lock is no writer here). Only this process's own files stay."""
     commit_file(tmp_path, "a.pth", _full_state(1), update_latest=True)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(dead.stdout)
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (tmp_path / f".b.pth.tmp-{dead_pid}-abcd1234").write_bytes(b"partial")
-        (tmp_path / f".c.pth.tmp-{live.pid}-abcd1234").write_bytes(b"in progress")
-        (tmp_path / "gone.pth.sha256").write_text("0" * 64 + "  gone.pth\n")
-        assert cleanup_stale(tmp_path, min_age_s=3600) == []  # too young for an outside tool to judge
-        removed = sorted(p.name for p in cleanup_stale(tmp_path))
-        assert removed == [f".b.pth.tmp-{dead_pid}-abcd1234", "gone.pth.sha256"]
-        assert (tmp_path / f".c.pth.tmp-{live.pid}-abcd1234").exists()
+        leftovers = [
+            f".b.pth.tmp-{_dead_pid()}-abcd1234",  # a dead writer's, named before writer tokens
+            f".c.pth.tmp-{os.getpid()}-{'0' * 12}-abcd1234",  # this pid, another process: pid reuse
+            f".d.pth.tmp-{live.pid}-{'1' * 12}-abcd1234",  # a live pid that does not hold the lock
+            "gone.pth.sha256",  # a sidecar without its data
+        ]
+        own = temp_name("e.pth")  # this process's save in progress
+        for name in leftovers + [own]:
+            (tmp_path / name).write_bytes(b"partial")
+        assert cleanup_stale(tmp_path, min_age_s=3600) == []  # spared: younger than asked for
+        assert sorted(p.name for p in cleanup_stale(tmp_path)) == sorted(leftovers)
+        assert (tmp_path / own).exists()
         assert verify_checkpoint(tmp_path / "a.pth").ok
     finally:
         live.kill()
         live.wait()
+
+
+def test_without_the_lock_a_writer_is_dead_if_its_pid_is_or_is_ours_under_another_token() -> None:
+    """The rule for a filesystem that cannot lock: a live pid other than ours may be a writer."""
+    from linnaeus.checkpoint.fsio import writer_id
+    from linnaeus.checkpoint.retention import _dead_writer
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not _dead_writer(f"{live.pid}-{'1' * 12}", exclusive=False)
+        assert not _dead_writer(str(live.pid), exclusive=False)
+        assert _dead_writer(f"{live.pid}-{'1' * 12}", exclusive=True)
+    finally:
+        live.kill()
+        live.wait()
+    assert _dead_writer(str(_dead_pid()), exclusive=False)
+    assert _dead_writer(f"{os.getpid()}-{'0' * 12}", exclusive=False)  # pid 1 again, in a container
+    assert not _dead_writer(writer_id(), exclusive=False) and not _dead_writer(writer_id(), exclusive=True)
 
 
 def test_bad_latest_is_ignored_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -272,15 +295,27 @@ def _dead_pid() -> int:
 
 
 def test_cleanup_leaves_a_live_writers_pending_sidecar_alone(tmp_path: Path) -> None:
+    """A live writer holds the directory's lock: cleanup refuses and touches nothing; once it is
+    dead, its pending sidecar is settled (dropped here: the data is still the old file)."""
+    from linnaeus.checkpoint.errors import DirectoryLockedError
+
     path = commit_file(tmp_path, "last.pth", _full_state(1), update_latest=False).path
     old_sidecar = sidecar_path(path).read_text()
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    code = ("import sys, time; sys.path.insert(0, %r)\n"
+            "from linnaeus.checkpoint import CheckpointManager\n"
+            "m = CheckpointManager(%r); print('holding', flush=True); time.sleep(60)\n") % (
+        str(Path(__file__).resolve().parents[1]), str(tmp_path))
+    live = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        pending = tmp_path / f".last.pth.sha256.pending-{live.pid}"
+        assert live.stdout.readline().strip() == "holding"
+        pending = tmp_path / f".last.pth.sha256.pending-{live.pid}-{'2' * 12}"
         pending.write_text("0" * 64 + "  last.pth\n")
         assert is_pending_sidecar_name(pending.name) and not is_checkpoint_name(pending.name)
-        assert pending_sidecar_name("last.pth") == f".last.pth.sha256.pending-{os.getpid()}"
-        assert cleanup_stale(tmp_path) == [] and pending.exists()
+        assert pending_sidecar_name("last.pth").startswith(f".last.pth.sha256.pending-{os.getpid()}-")
+        assert is_pending_sidecar_name(pending_sidecar_name("last.pth"))
+        with pytest.raises(DirectoryLockedError, match=f"pid {live.pid} "):
+            cleanup_stale(tmp_path)
+        assert pending.exists()
         assert verify_checkpoint(path).ok and sidecar_path(path).read_text() == old_sidecar
     finally:
         live.kill()

@@ -68,8 +68,48 @@ class CheckpointIncompatibleError(CheckpointError):
         super().__init__("\n".join(lines))
 
 
+class LatestUpdateError(CheckpointError):
+    """A checkpoint was committed, but the ``latest`` pointer could not be moved to it."""
+
+    def __init__(self, path: str | Path, cause: OSError) -> None:
+        self.path, self.cause = Path(path), cause
+        super().__init__(
+            f"checkpoint {self.path} was committed (it verifies against its sidecar), but 'latest' in "
+            f"{self.path.parent} could not be updated: {type(cause).__name__}: {cause}. The data is safe: resume "
+            "picks the checkpoint with the most stored progress, 'latest' only breaks ties. Fix the cause (free "
+            "space, permissions) before the next save."
+        )
+
+
+class CheckpointUnreadableError(CheckpointError):
+    """This process cannot read a checkpoint (permissions, an I/O error): not a verdict on its bytes."""
+
+    def __init__(self, path: str | Path, cause: OSError) -> None:
+        self.path, self.cause = Path(path), cause
+        super().__init__(
+            f"cannot read checkpoint {self.path}: {type(cause).__name__}: {cause}. This is an access problem, not "
+            "damage: the file was not checked and must not be deleted for it. Make it readable by this process "
+            "(permissions, ownership, the mount), then try again."
+        )
+
+
+class NotATrainingCheckpointError(CheckpointIncompatibleError):
+    """An intact file that is not a checkpoint of this library (e.g. a plain state dict): it holds
+    weights at most, not the state a training run resumes from."""
+
+    def __init__(self, path: str | Path, found: str) -> None:
+        super().__init__(
+            f"{path} is not a linnaeus training checkpoint ({found}), so there is no optimizer, scheduler, "
+            "progress or RNG state to resume from. The file is intact. To start from the weights it holds, "
+            "load it as pretrained weights instead of resuming from it.", path=path)
+
+
 class InvalidOperationError(CheckpointError):
     """The library was used out of order (a save after close, nested transactions, ...)."""
+
+
+class DirectoryLockedError(CheckpointError):
+    """Another live process holds a checkpoint directory's writer lock (see :mod:`.writer_lock`)."""
 
 
 class InvalidPolicyError(CheckpointError, ValueError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -21,23 +21,51 @@ from typing import Callable
 TEMP_SYNCED = "temp-synced"  # the temp file is on disk; the final name still holds the old file
 REPLACED = "replaced"  # the rename is on disk
 
-_TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")
+# A writer identity is ``<pid>-<token>``: the token is random per process (renewed in a forked
+# child), so a relaunch that gets the same pid (pid 1 in a container, every time) still tells its
+# own files from a killed predecessor's. Names written before tokens existed carry the pid alone.
+WRITER_ID = r"\d+(?:-[0-9a-f]{12})?"
+_TEMP_RE = re.compile(rf"^\..+\.tmp-({WRITER_ID})-[0-9a-f]+$")
+_process_token = secrets.token_hex(6)
+
+
+def _renew_process_token() -> None:
+    global _process_token
+    _process_token = secrets.token_hex(6)
+
+
+os.register_at_fork(after_in_child=_renew_process_token)
+
+
+def writer_id() -> str:
+    """This process's identity in the names of its temp files and pending sidecars."""
+    return f"{os.getpid()}-{_process_token}"
+
+
+def writer_pid(identity: str) -> int:
+    return int(identity.split("-", 1)[0])
 
 
 def temp_name(final_name: str) -> str:
-    """``.<final_name>.tmp-<pid>-<rand>``: hidden, so it never ends like a checkpoint (or any
-    name a lookup matches); the pid lets a cleanup tell a dead writer's leftovers."""
-    return f".{final_name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    """``.<final_name>.tmp-<pid>-<token>-<rand>``: hidden, so it never ends like a checkpoint (or
+    any name a lookup matches); the :func:`writer_id` lets a cleanup tell another process's files."""
+    return f".{final_name}.tmp-{writer_id()}-{secrets.token_hex(4)}"
 
 
 def is_temp_name(name: str) -> bool:
     return _TEMP_RE.match(name) is not None
 
 
+def temp_writer(name: str) -> str | None:
+    """The writer identity encoded in a :func:`temp_name`, or None if ``name`` is not one."""
+    m = _TEMP_RE.match(name)
+    return m.group(1) if m else None
+
+
 def temp_writer_pid(name: str) -> int | None:
     """The pid encoded in a :func:`temp_name`, or None if ``name`` is not one."""
-    m = _TEMP_RE.match(name)
-    return int(m.group(1)) if m else None
+    identity = temp_writer(name)
+    return writer_pid(identity) if identity is not None else None
 
 
 def pid_alive(pid: int) -> bool:
@@ -103,32 +131,42 @@ class BackgroundFlush:
     :meth:`kick` every few MiB lets the disk work on the other core while the writer
     keeps serialising and hashing, so the closing fsync only waits for the tail.
 
+    Each flush runs on a thread of its own, not on a ``concurrent.futures`` executor: at
+    interpreter exit those refuse new work while an async save is still being written (the
+    exit waits for it), and a refused flush would abort that save. Where no thread can be
+    started the flush runs inline: slower, never lost.
+
     Usage: ``kick()`` after ``flush()``-ing Python's buffer; ``close()`` before the file is
     closed (the fd must stay valid while a flush runs), then the usual final ``fsync``.
     """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="linnaeus-flush")
-        self._pending: Future | None = None
+        self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def kick(self) -> None:
-        if self._pending is not None:
-            if not self._pending.done():
-                return  # the disk is still busy with the last batch: no queue of flushes
-            self._note(self._pending)
-        self._pending = self._pool.submit(os.fdatasync, self._fd)
+        if self._thread is not None and self._thread.is_alive():
+            return  # the disk is still busy with the last batch: no queue of flushes
+        self._thread = threading.Thread(target=self._flush, name="linnaeus-flush", daemon=True)
+        try:
+            self._thread.start()
+        except RuntimeError:  # "can't create new thread" (interpreter finalizing, thread limit)
+            self._thread = None
+            self._flush()
 
-    def _note(self, future: Future) -> None:
-        if self._error is None and future.exception() is not None:
-            self._error = future.exception()
+    def _flush(self) -> None:
+        try:
+            os.fdatasync(self._fd)
+        except BaseException as e:  # noqa: BLE001 - re-raised by close() on the writer's thread
+            if self._error is None:
+                self._error = e
 
     def close(self) -> None:
         """Wait for the flush in flight and re-raise its error: the kernel reports a
         writeback error to one sync call only, and it may have been this thread's."""
-        self._pool.shutdown(wait=True)
-        if self._pending is not None:
-            self._note(self._pending)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         if self._error is not None:
             raise self._error

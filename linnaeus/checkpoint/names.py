@@ -2,9 +2,10 @@
 
 ``<name>`` is a checkpoint, ``<name>.sha256`` its sidecar, ``latest`` the pointer to the
 newest full checkpoint. Everything else the store writes is hidden (a leading dot), so it
-never passes for a checkpoint: temp files ``.<name>.tmp-<pid>-<rand>`` (see
-:mod:`linnaeus.checkpoint.fsio`) and, while a committed file is overwritten, its pending
-sidecar ``.<name>.sha256.pending-<pid>``.
+never passes for a checkpoint: temp files ``.<name>.tmp-<writer>-<rand>`` (see
+:mod:`linnaeus.checkpoint.fsio`; ``<writer>`` is ``<pid>-<token>``, unique per process), while a
+committed file is overwritten its pending sidecar ``.<name>.sha256.pending-<writer>``, and the
+writer lock ``.lock`` (:mod:`linnaeus.checkpoint.writer_lock`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .fsio import is_temp_name, temp_name, temp_writer_pid
+from .fsio import WRITER_ID, is_temp_name, temp_name, temp_writer, temp_writer_pid, writer_id
 from .sidecar import SIDECAR_SUFFIX
 
 __all__ = [
@@ -29,11 +30,12 @@ __all__ = [
     "pending_sidecar_target",
     "pending_sidecars",
     "temp_name",
+    "temp_writer",
     "temp_writer_pid",
 ]
 
 LATEST = "latest"
-_PENDING_RE = re.compile(r"^\.(.+)" + re.escape(SIDECAR_SUFFIX) + r"\.pending-(\d+)$")
+_PENDING_RE = re.compile(r"^\.(.+)" + re.escape(SIDECAR_SUFFIX) + rf"\.pending-({WRITER_ID})$")
 
 
 def is_checkpoint_name(name: str) -> bool:
@@ -42,18 +44,18 @@ def is_checkpoint_name(name: str) -> bool:
 
 
 def pending_sidecar_name(final_name: str) -> str:
-    """Hidden name of the new sidecar while a committed file is overwritten; pid as in temp names."""
-    return f".{final_name}{SIDECAR_SUFFIX}.pending-{os.getpid()}"
+    """Hidden name of the new sidecar while a committed file is overwritten; writer as in temp names."""
+    return f".{final_name}{SIDECAR_SUFFIX}.pending-{writer_id()}"
 
 
 def is_pending_sidecar_name(name: str) -> bool:
     return _PENDING_RE.match(name) is not None
 
 
-def pending_sidecar_target(name: str) -> tuple[str, int] | None:
-    """(data file name, writer pid) of a pending sidecar name, or None if ``name`` is not one."""
+def pending_sidecar_target(name: str) -> tuple[str, str] | None:
+    """(data file name, writer identity) of a pending sidecar name, or None if ``name`` is not one."""
     m = _PENDING_RE.match(name)
-    return (m.group(1), int(m.group(2))) if m else None
+    return (m.group(1), m.group(2)) if m else None
 
 
 def pending_sidecars(path: str | Path) -> list[Path]:

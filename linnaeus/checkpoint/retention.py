@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Iterable
 
 from .catalog import CheckpointInfo, forget_info
-from .fsio import fsync_dir, pid_alive
+from . import writer_lock
+from .fsio import fsync_dir, pid_alive, writer_id, writer_pid
 from .hashing import sha256_file_async
-from .names import dir_lock, pending_sidecar_target, temp_writer_pid
+from .names import dir_lock, pending_sidecar_target, temp_writer
 from .ordering import oldest_first
 from .sidecar import SIDECAR_SUFFIX, read_sidecar_digest, sidecar_path
 from .testing import phase
@@ -56,9 +57,11 @@ def plan_retention(
 
 
 def delete_checkpoint(path: str | Path) -> None:
-    """Data first, then sidecar: a crash in between leaves an orphan sidecar, which cleanup removes."""
+    """Data first, then sidecar: a crash in between leaves an orphan sidecar, which cleanup removes.
+    Holds the directory's writer lock (this process's own if it has one; else it raises
+    :class:`DirectoryLockedError` while another process writes there)."""
     path = Path(path)
-    with dir_lock(path.parent):
+    with writer_lock.acquire(path.parent), dir_lock(path.parent):
         path.unlink(missing_ok=True)
         phase("deleted-data")
         sidecar_path(path).unlink(missing_ok=True)
@@ -84,12 +87,26 @@ def _finish_pending(pending: Path, data: Path) -> bool:
     return False
 
 
+def _dead_writer(identity: str, exclusive: bool) -> bool:
+    """Whether the process that named a temp file or pending sidecar ``identity`` is gone."""
+    if identity == writer_id():
+        return False  # this process's own save, possibly in progress on another thread
+    if exclusive:
+        return True  # we hold the writer lock: no other writer is alive, whatever its pid
+    # A filesystem without locks: our pid under another token is a dead predecessor (a pid names
+    # one live process at a time); another live pid may be a writer.
+    pid = writer_pid(identity)
+    return pid == os.getpid() or not pid_alive(pid)
+
+
 def cleanup_stale(directory: str | Path, *, min_age_s: float = 0.0) -> list[Path]:
     """Remove leftovers of interrupted saves: temp files of dead writers, sidecars without data,
     and pending sidecars of interrupted overwrites (finished when the data already is the new file).
 
-    ``min_age_s`` spares files younger than that (for tools run beside a live writer).
-    Returns the paths removed (a finished pending sidecar counts: its name is gone).
+    Runs holding the directory's writer lock (:mod:`.writer_lock`; shared with this process's
+    managers), so it raises :class:`DirectoryLockedError` rather than touch a live writer's files.
+    ``min_age_s`` spares files younger than that. Returns the paths removed (a finished pending
+    sidecar counts: its name is gone).
     """
     directory = Path(directory)
     removed: list[Path] = []
@@ -97,18 +114,19 @@ def cleanup_stale(directory: str | Path, *, min_age_s: float = 0.0) -> list[Path
     if not directory.is_dir():
         return removed
     now = time.time()
-    with dir_lock(directory):
+    with writer_lock.acquire(directory) as lease, dir_lock(directory):
         for entry in os.scandir(directory):
             if not entry.is_file():
                 continue
             name = entry.name
-            writer = temp_writer_pid(name)
+            writer = temp_writer(name)
             pending = pending_sidecar_target(name)
             if pending is not None:
-                # Written and renamed under the directory lock, so one with our own pid is
-                # not in progress; another live process may be mid-overwrite.
-                data_name, pid = pending
-                if (pid != os.getpid() and pid_alive(pid)) or now - entry.stat().st_mtime < min_age_s:
+                # Written and renamed under dir_lock, so one of this process is not in progress.
+                data_name, identity = pending
+                if identity != writer_id() and not _dead_writer(identity, lease.exclusive):
+                    continue
+                if now - entry.stat().st_mtime < min_age_s:
                     continue
                 try:
                     done = _finish_pending(Path(entry.path), directory / data_name)
@@ -117,7 +135,7 @@ def cleanup_stale(directory: str | Path, *, min_age_s: float = 0.0) -> list[Path
                 (finished if done else removed).append(Path(entry.path))
                 continue
             if writer is not None:
-                stale = writer != os.getpid() and not pid_alive(writer)
+                stale = _dead_writer(writer, lease.exclusive)
             elif name.endswith(SIDECAR_SUFFIX):
                 stale = not (directory / name[: -len(SIDECAR_SUFFIX)]).exists()
             else:
