@@ -4,10 +4,18 @@ One save is in flight at a time; a new one first waits for the previous. The wor
 a fresh non-daemon thread per save, so an interpreter that exits normally finishes the
 save in flight instead of abandoning a half-written temp file.
 
-The snapshot is the only part the training loop waits for. Its CPU tensors are kept
-after the write and reused by the next snapshot (same shapes, dtypes): copying into
-memory that is already mapped avoids the page faults and zeroing of fresh allocations.
-The cost is one state's worth of host memory held between saves.
+The snapshot holds what ``torch.save`` of the live state would write: every storage the
+state's tensors view is copied once, whole, and each tensor is rebuilt as the same view
+(offset, shape, strides, dtype) of its storage's copy. Tied weights, views, slices and
+non-contiguous tensors therefore keep their sharing and layout, and an object met twice is
+one object in the copy, as in pickle. On CPU the file is byte-identical to a synchronous
+save of the same state; from a GPU only the recorded device of each storage differs.
+
+The snapshot is the only part the training loop waits for. Its CPU storages are kept after
+the write and reused by the next snapshot (by size): copying into memory that is already
+mapped avoids the page faults and zeroing of fresh allocations. Each kept storage is handed
+out once per snapshot, so two tensors of the state never land in one buffer. The cost is
+one state's worth of host memory held between saves.
 """
 
 from __future__ import annotations
@@ -18,70 +26,95 @@ from collections import defaultdict
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
-_BufferKey = tuple[tuple[int, ...], torch.dtype]
-
 
 class _BufferPool:
-    """Contiguous CPU tensors free for reuse, by (shape, dtype)."""
+    """CPU storages free for reuse, by size in bytes."""
 
     def __init__(self) -> None:
-        self._free: dict[_BufferKey, list[torch.Tensor]] = defaultdict(list)
+        self._free: dict[int, list[torch.UntypedStorage]] = defaultdict(list)
 
-    def recycle(self, tree: Any) -> None:
-        for t in _tensors(tree):
-            if t.is_contiguous() and t.layout == torch.strided:
-                self._free[(tuple(t.shape), t.dtype)].append(t)
+    def recycle(self, storages: list[torch.UntypedStorage]) -> None:
+        """Offer ``storages`` (each a distinct storage, no longer read by anyone) for reuse."""
+        for s in storages:
+            self._free[s.nbytes()].append(s)
 
-    def take(self, like: torch.Tensor) -> torch.Tensor:
-        free = self._free.get((tuple(like.shape), like.dtype))
-        return free.pop() if free else torch.empty(like.shape, dtype=like.dtype, device="cpu")
+    def take(self, nbytes: int) -> torch.UntypedStorage:
+        free = self._free.get(nbytes)
+        return free.pop() if free else torch.UntypedStorage(nbytes)
 
     def clear(self) -> None:
         self._free.clear()
 
 
-def _tensors(tree: Any) -> list[torch.Tensor]:
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    if isinstance(tree, dict):
-        return [t for v in tree.values() for t in _tensors(v)]
-    if isinstance(tree, (list, tuple)):
-        return [t for v in tree for t in _tensors(v)]
-    return []
+def _bytes_of(storage: torch.UntypedStorage) -> torch.Tensor:
+    return torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
 
 
-def snapshot(obj: Any, pool: _BufferPool | None = None, _memo: dict | None = None) -> Any:
-    """Deep copy of a state tree with every tensor copied to CPU memory.
+class _Snapshot:
+    """One deep copy of a state tree, storage by storage (see the module docstring)."""
 
-    Containers are rebuilt too: state dicts share live objects (e.g. optimizer
-    param_groups, which the scheduler keeps mutating) that must not change under the
-    writer. Tensors that are the same view of the same storage (tied weights) stay shared.
-    """
-    memo = {} if _memo is None else _memo
-    if isinstance(obj, torch.Tensor):
-        key = (obj.device, obj.untyped_storage().data_ptr(), obj.storage_offset(), tuple(obj.shape),
-               tuple(obj.stride()), obj.dtype) if obj.layout == torch.strided else None
-        if key is not None and key in memo:
-            return memo[key]
-        src = obj.detach()
-        if pool is not None and src.layout == torch.strided and src.is_contiguous():
-            copy = pool.take(src).copy_(src)
+    def __init__(self, pool: _BufferPool | None) -> None:
+        self._pool = pool
+        self.storages: list[torch.UntypedStorage] = []  # the copies, each once
+        # Source storage → its copy, keyed by the storage's identity (what torch.save keys by):
+        # views of one storage share one copy, distinct storages never do.
+        self._copies: dict[int, torch.UntypedStorage] = {}
+        # id(source object) → its copy: an object that appears twice stays one object. The
+        # sources are alive in the tree being copied, so their ids are not reused meanwhile.
+        self._memo: dict[int, Any] = {}
+
+    def copy(self, obj: Any) -> Any:
+        if not isinstance(obj, (torch.Tensor, dict, list, tuple)) or isinstance(obj, torch.Size):
+            return obj  # str/int/float/bool/None/bytes/torch.Size are immutable
+        done = self._memo.get(id(obj))
+        if done is not None:
+            return done
+        if isinstance(obj, torch.Tensor):
+            out: Any = self._tensor(obj)
+        elif isinstance(obj, dict):
+            # Containers are rebuilt too: state dicts share live objects (e.g. optimizer
+            # param_groups, which the scheduler keeps mutating) that must not change under the writer.
+            items = [(k, self.copy(v)) for k, v in obj.items()]
+            out = dict(items) if type(obj) is dict else type(obj)(items)  # keeps OrderedDict
+        elif isinstance(obj, list):
+            out = [self.copy(v) for v in obj]
         else:
-            copy = src.to("cpu", copy=True)
-        if key is not None:
-            memo[key] = copy
-        return copy
-    if isinstance(obj, dict):
-        items = [(k, snapshot(v, pool, memo)) for k, v in obj.items()]
-        return dict(items) if type(obj) is dict else type(obj)(items)  # keeps OrderedDict
-    if isinstance(obj, list):
-        return [snapshot(v, pool, memo) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(snapshot(v, pool, memo) for v in obj)
-    return obj  # str/int/float/bool/None/bytes are immutable
+            out = tuple(self.copy(v) for v in obj)
+        self._memo[id(obj)] = out
+        return out
+
+    def _tensor(self, t: torch.Tensor) -> torch.Tensor:
+        kind = type(t)
+        if ((kind is not torch.Tensor and kind is not nn.Parameter) or t.layout != torch.strided or t.is_quantized
+                or t.is_conj() or t.is_neg()):
+            return t.detach().to("cpu", copy=True)  # rare kinds: a private copy
+        source = t.untyped_storage()
+        copy = self._copies.get(source._cdata)
+        out = torch.empty(0, dtype=t.dtype)
+        if copy is None:
+            nbytes = source.nbytes()
+            copy = self._pool.take(nbytes) if self._pool is not None else torch.UntypedStorage(nbytes)
+            self._copies[source._cdata] = copy
+            self.storages.append(copy)
+            out.set_(copy, t.storage_offset(), t.shape, t.stride())
+            if t.storage_offset() == 0 and t.numel() * t.element_size() == nbytes and t.is_contiguous():
+                out.copy_(t.detach())  # the usual parameter: the tensor is its whole storage
+            else:
+                _bytes_of(copy).copy_(_bytes_of(source))
+        else:
+            out.set_(copy, t.storage_offset(), t.shape, t.stride())
+        if kind is nn.Parameter:
+            return nn.Parameter(out, requires_grad=t.requires_grad)
+        return out.requires_grad_() if t.requires_grad and t.is_leaf else out
+
+
+def snapshot(obj: Any, pool: _BufferPool | None = None) -> Any:
+    """Deep copy of a state tree with every tensor's storage copied to CPU memory (see the module docstring)."""
+    return _Snapshot(pool).copy(obj)
 
 
 class AsyncWriter:
@@ -93,7 +126,7 @@ class AsyncWriter:
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._pool = _BufferPool() if reuse_buffers else None
-        self._last_snapshot: Any = None
+        self._last_storages: list[torch.UntypedStorage] = []  # the last snapshot's, reused by the next
 
     @property
     def busy(self) -> bool:
@@ -102,12 +135,13 @@ class AsyncWriter:
     def snapshot(self, state: Any) -> Any:
         """CPU copy of ``state`` for the next job (waits for the job in flight: its buffers get reused)."""
         self.wait_idle()
-        if self._pool is not None and self._last_snapshot is not None:
-            self._pool.recycle(self._last_snapshot)
-        frozen = snapshot(state, self._pool)
+        if self._pool is not None:
+            self._pool.recycle(self._last_storages)
+        copier = _Snapshot(self._pool)
+        frozen = copier.copy(state)
         if self._pool is not None:
             self._pool.clear()  # buffers that did not fit this state are released
-            self._last_snapshot = frozen
+            self._last_storages = copier.storages
         return frozen
 
     def submit(self, job: Callable[[], None], description: str) -> None:
@@ -140,6 +174,6 @@ class AsyncWriter:
     def release_buffers(self) -> None:
         """Drop the kept snapshot (after the last save) so its memory can be freed."""
         self.wait_idle()
-        self._last_snapshot = None
+        self._last_storages = []
         if self._pool is not None:
             self._pool.clear()
