@@ -1,0 +1,77 @@
+"""Kill -9 storm against a real runner that saves every step asynchronously with EMA on (issue 10).
+
+After every kill each file under a final checkpoint name verifies, and the relaunch resumes
+from the newest of them, in the same lineage (run id).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from linnaeus.checkpoint import verify_checkpoint
+from linnaeus.checkpoint.names import is_checkpoint_name
+from tests.conftest import REPO, tiny_args, train_cmd
+
+KILLS = 8
+OPTS = ("CHECKPOINT.ASYNC", "True", "TRAIN.EMA.ENABLED", "True", "CHECKPOINT.INTERVAL", "1st",
+        "CHECKPOINT.FILENAME", "step_{step}.pth", "CHECKPOINT.KEEP_LAST_N", "3", "TRAIN.EPOCHS", "100")
+
+
+def _wait_for(pattern: str, log: Path, proc: subprocess.Popen, timeout: float = 60) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = re.search(pattern, log.read_text(errors="replace"))
+        if m:
+            return m
+        assert proc.poll() is None, f"runner exited {proc.returncode}:\n{log.read_text()[-4000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern!r} within {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def _committed(ckpts: Path) -> dict[int, Path]:
+    """Every file under a final checkpoint name, by the step it holds; each must verify."""
+    found = {}
+    for path in sorted(p for p in ckpts.iterdir() if is_checkpoint_name(p.name)):
+        result = verify_checkpoint(path)
+        assert result.ok, f"{path.name} does not verify after a kill: {result.reason}"
+        found[torch.load(path, weights_only=True)["meta"]["step"]] = path
+    return found
+
+
+def test_kill9_storm_on_async_saves_every_step(tmp_path: Path, toy_root: Path) -> None:
+    rng = random.Random(10)
+    ckpts = tmp_path / "tiny" / "checkpoints"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    run_ids: set[str] = set()
+    newest: Path | None = None
+    for launch in range(KILLS + 1):
+        log = tmp_path / f"launch{launch}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(train_cmd() + tiny_args(tmp_path, toy_root, *OPTS), cwd=REPO, env=env,
+                                    stdout=out, stderr=subprocess.STDOUT)
+        try:
+            if newest is None:
+                _wait_for(r"starting fresh", log, proc)
+            else:
+                m = _wait_for(r"Resumed from (\S+) \(epoch \d+, step (\d+)\)", log, proc)
+                assert Path(m.group(1)).name == newest.name, f"launch {launch} resumed from {m.group(1)}, newest is {newest}"
+            if launch == KILLS:
+                break
+            _wait_for(r"Saved checkpoint", log, proc)  # this launch is saving: kill somewhere in its saves
+            time.sleep(rng.uniform(0, 0.4))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        committed = _committed(ckpts)
+        assert committed, f"no checkpoint after kill {launch + 1}"
+        newest = committed[max(committed)]
+        run_ids |= {torch.load(p, weights_only=True)["meta"]["run_id"] for p in committed.values()}
+    assert len(run_ids) == 1, f"one run's relaunches wrote several lineages: {run_ids}"
