@@ -30,6 +30,8 @@ class CheckpointInfo:
     step: int = -1
     epoch_step: int = 0
     created: str = ""
+    run_id: str = ""  # lineage (lineage.py): the run, and the sha256 of the file it resumed from
+    parent_sha256: str | None = None  # "" = a fresh start; None = not recorded (an older linnaeus)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # why it could not be read
     format_version: int | None = None  # meta.format_version, when it is an int
@@ -127,6 +129,8 @@ def read_info_uncached(path: Path, size: int, obj: Any = None) -> CheckpointInfo
         info.step = int(progress.get("step", meta.get("step", -1)))
         info.epoch_step = int(progress.get("epoch_step", 0))
         info.created = str(meta.get("created", ""))
+        info.run_id = str(meta.get("run_id", ""))
+        info.parent_sha256 = meta["parent_sha256"] if isinstance(meta.get("parent_sha256"), str) else None
         info.metrics = {str(k): float(v) for k, v in dict(meta.get("metrics", {})).items()}
     except (TypeError, ValueError) as e:
         # A newer format may lay out progress/meta differently; that is no damage. Its

@@ -5,6 +5,7 @@
     linnaeus-ckpt verify FILE|RUN_OR_DIR     exit 1 if any file is bad
     linnaeus-ckpt prune DIR --keep-last N [--keep-best N --monitor M --mode max] [--dry-run]
     linnaeus-ckpt export FILE OUT [--ema] [--safetensors]
+    linnaeus-ckpt set-aside RUN_OR_DIR | adopt RUN_OR_DIR   (defined in :mod:`linnaeus.cli.lineage_cmds`)
     linnaeus-ckpt resolve|download|upload ...   (defined in :mod:`linnaeus.cli.remote_cmds`)
 """
 
@@ -20,18 +21,16 @@ from typing import Any, Sequence
 
 import torch
 
+from linnaeus.checkpoint import writer_lock
 from linnaeus.checkpoint.catalog import CheckpointInfo, list_checkpoints
 from linnaeus.checkpoint.commit import commit_file, read_latest
-from linnaeus.checkpoint.errors import CheckpointError
+from linnaeus.checkpoint.errors import CheckpointError, DirectoryLockedError
 from linnaeus.checkpoint.names import is_checkpoint_name, is_pending_sidecar_name, is_temp_name
 from linnaeus.checkpoint.retention import cleanup_stale, delete_checkpoint, plan_retention
 from linnaeus.checkpoint.sidecar import SIDECAR_SUFFIX
 from linnaeus.checkpoint.state import KIND_WEIGHTS, make_meta, model_state_dict
 from linnaeus.checkpoint.verify import load_verified, verify_checkpoint
-from linnaeus.cli import remote_cmds
-
-# Leftovers younger than this may belong to a save in progress in a live run.
-_PRUNE_LEFTOVER_MIN_AGE_S = 600.0
+from linnaeus.cli import lineage_cmds, remote_cmds
 
 
 def _checkpoint_dir(path: Path) -> Path:
@@ -78,7 +77,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     monitor = args.monitor or _guess_monitor(infos)
     rated = [i for i in infos if monitor and i.metric(monitor) is not None]
     best = (max if args.mode == "max" else min)(rated, key=lambda i: i.metric(monitor)).name if rated else None
-    rows = [["file", "kind", "epoch", "step", monitor or "metric", "size", "verified", "marks"]]
+    rows = [["file", "kind", "epoch", "step", monitor or "metric", "size", "verified", "run", "parent", "marks"]]
+    parents = lineage_cmds.parent_names(directory, infos)
     bad = 0
     for info in infos:
         if args.no_verify:
@@ -92,7 +92,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         rows.append([
             info.name, info.kind if info.readable else "?",
             str(info.epoch) if info.epoch >= 0 else "-", str(info.step) if info.step >= 0 else "-",
-            f"{value:.4g}" if value is not None else "-", _human_size(info.size), verified, marks,
+            f"{value:.4g}" if value is not None else "-", _human_size(info.size), verified, info.run_id or "-",
+            parents[info.name], marks,
         ])
     print(f"{directory}:")
     _print_table(rows)
@@ -222,6 +223,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.keep_best and not args.monitor:
         raise CheckpointError("--keep-best needs --monitor (e.g. --monitor val/acc1/species).")
     directory = _checkpoint_dir(Path(args.dir))
+    lease = None if args.dry_run else _writer_lease(directory, "prune")
     latest = read_latest(directory)
     # Each saver (full checkpoints, weights-only saver, ...) keeps its own N.
     groups: dict[str, list[CheckpointInfo]] = defaultdict(list)
@@ -241,10 +243,22 @@ def cmd_prune(args: argparse.Namespace) -> int:
             delete_checkpoint(info.path)
         print(f"{verb} {info.path}")
     if not args.dry_run:
-        for leftover in cleanup_stale(directory, min_age_s=_PRUNE_LEFTOVER_MIN_AGE_S):
+        # Holding the lock, every other process's temp file is a dead writer's, however young.
+        for leftover in cleanup_stale(directory):
             print(f"removed leftover {leftover}")
     print(f"{verb} {len(doomed)} checkpoint(s)")
+    if lease is not None:
+        lease.release()
     return 0
+
+
+def _writer_lease(directory: Path, command: str) -> writer_lock.WriterLease:
+    """The directory's writer lock for a command that deletes or renames there: it refuses, touching
+    nothing, while a run writes into the directory (that run's own retention and cleanup are safe)."""
+    try:
+        return writer_lock.acquire(directory)
+    except DirectoryLockedError as e:
+        raise DirectoryLockedError(f"refusing to {command} while a run writes there, nothing was touched: {e}") from e
 
 
 # ----------------------------------------------------------------------------- export
@@ -312,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--safetensors", action="store_true", help="write safetensors instead of a .pth")
     p.set_defaults(func=cmd_export)
 
+    lineage_cmds.register(sub, _checkpoint_dir)  # set-aside / adopt
     remote_cmds.register(sub)  # resolve / download / upload
     return parser
 
