@@ -275,6 +275,12 @@ def test_train_resume_is_honoured_unless_the_run_went_past_it(tmp_path: Path, re
     assert any(line.startswith(f"TRAIN.RESUME {resume} (step ") and "is older than this run's newest checkpoint"
                in line for line in lines.lines) == continues, lines.lines
     assert f"Resumed from {path} (epoch {progress.epoch}, step {progress.step})" in lines.lines
+    # A deliberate restart from an older file (AUTO_RESUME False) sets the newer timeline aside, whole.
+    aside = [d for d in ckpts.iterdir() if d.is_dir()]
+    restarted = auto_resume == "False" and resume == "checkpoint_epoch_1.pth"
+    assert (ckpts / "checkpoint_epoch_2.pth").exists() != restarted
+    assert len(aside) == restarted and all((d / n).is_file() for d in aside
+                                           for n in ("checkpoint_epoch_2.pth", "checkpoint_epoch_2.pth.sha256"))
 
 
 # ----------------------------------------------------------------------------- weights-only main saver
@@ -337,7 +343,7 @@ def test_auto_resume_reads_and_hashes_the_checkpoint_once(tmp_path: Path, monkey
 
     def counting_load(f, *a, **k):
         # Full verified loads only; metadata peeks (progress of each candidate) read a few bytes.
-        if sys._getframe(1).f_code.co_name == "load_verified":
+        if sys._getframe(1).f_code.co_name in ("load_verified", "load_verified_digest"):
             loads.append(f)
         return torch_load(f, *a, **k)
 

@@ -36,6 +36,8 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
+from .catalog import read_info
+from .errors import CheckpointError, LatestUpdateError
 from .fsio import TEMP_SYNCED, BackgroundFlush, fsync_dir, write_durably
 from .hashing import HashingWriter
 from .names import LATEST, dir_lock, is_checkpoint_name, pending_sidecar_name, temp_name
@@ -100,6 +102,12 @@ def commit_file(
             flusher = BackgroundFlush(raw.fileno())
             try:
                 serialize(state, writer)
+            except Exception as e:
+                # torch.save reports a failed write of its own as a position mismatch
+                # ("unexpected pos ..."); the OSError (ENOSPC, EFBIG, EIO) is the cause.
+                if writer.error is not None and writer.error is not e:
+                    raise writer.error from e
+                raise
             finally:
                 flusher.close()
             raw.flush()
@@ -121,13 +129,38 @@ def commit_file(
                 fsync_dir(directory)
                 phase("dir-synced", writer.bytes_written)
             if update_latest:
-                write_latest(directory, filename)
+                try:
+                    write_latest(directory, filename)
+                except OSError as e:
+                    raise LatestUpdateError(final, e) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         if sidecar_written and not final.exists():
             sidecar_path(final).unlink(missing_ok=True)
         raise
     return SaveResult(final, digest.sha256, writer.bytes_written, time.perf_counter() - start)
+
+
+def commit_for_saver(directory: Path, filename: str, state: Any, *, saver: str, update_latest: bool) -> SaveResult:
+    """:func:`commit_file` on behalf of the saver named ``saver``, its failures as
+    :class:`CheckpointError` naming the file and whether it got committed."""
+    target = directory / filename
+    if target.exists():
+        owner = read_info(target).saver
+        if owner and owner != saver:
+            raise CheckpointError(
+                f"refusing to overwrite {target}: it belongs to saver {owner!r}, not {saver!r}. "
+                "Give the two savers different FILENAME templates."
+            )
+    try:
+        return commit_file(directory, filename, state, update_latest=update_latest)
+    except LatestUpdateError:
+        raise  # the data is committed; its message says so
+    except Exception as e:
+        raise CheckpointError(
+            f"save of {target} failed, nothing was committed: {type(e).__name__}: {e}. "
+            "Check that the checkpoint directory is writable and has free space."
+        ) from e
 
 
 def _stored_progress(state: Any) -> dict[str, int] | None:

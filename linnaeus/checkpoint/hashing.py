@@ -155,6 +155,7 @@ class HashingWriter:
         self._hasher = _ChunkedSha256(chunk_size)
         self._on_write = on_write
         self.bytes_written = 0
+        self.error: OSError | None = None  # the first failed write (a serializer may report it otherwise)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data).cast("B")
@@ -166,6 +167,9 @@ class HashingWriter:
         pending = [(job, _submit(job, view) if size >= _PARALLEL_MIN else None) for job in jobs]
         try:
             written = self._raw.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
         finally:
             for _, future in pending:
                 if future is not None:
@@ -177,7 +181,11 @@ class HashingWriter:
             raise OSError(f"short write: {written} of {size} bytes")
         self.bytes_written += size
         if self._on_write is not None:
-            self._on_write(self.bytes_written)
+            try:
+                self._on_write(self.bytes_written)
+            except OSError as e:  # e.g. a flush of what was buffered
+                self.error = self.error or e
+                raise
         return size
 
     def flush(self) -> None:

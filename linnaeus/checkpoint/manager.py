@@ -35,13 +35,11 @@ from torch import nn
 from linnaeus.dist import broadcast_object, get_rank, get_world_size, raise_on_all_ranks, run_on_all_ranks
 
 from .async_writer import AsyncWriter
-from .catalog import CheckpointInfo, list_checkpoints, read_info
-from .commit import commit_file, read_latest
-from .errors import (
-    CheckpointError,
-    InvalidOperationError,
-)
+from .catalog import CheckpointInfo, list_checkpoints
+from .commit import commit_for_saver, read_latest
+from .errors import CheckpointError, InvalidOperationError
 from .history import MetricHistory
+from .lineage import parent_sha256
 from .policy import CheckpointPolicy, render_filename
 from .resume import load_newest, newest_verified
 from .retention import cleanup_stale, delete_checkpoint, plan_retention
@@ -59,6 +57,7 @@ from .state import (
 )
 from .transaction import CheckpointTransaction
 from .verify import load_verified
+from .writer_lock import acquire_on_writer_rank
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
@@ -76,6 +75,9 @@ class CheckpointManager:
     Two managers may share a directory (e.g. full checkpoints + a weights-only saver with
     its own interval, name and keep count): each one's retention only touches files whose
     ``meta.saver`` is its ``name``, and only full-checkpoint managers move ``latest``.
+    From construction to ``close()`` rank 0 holds the directory's writer lock (shared by the
+    managers of one process; :mod:`.writer_lock`): construction is a collective in DDP and
+    raises :class:`DirectoryLockedError` on every rank while another process writes there.
 
     Hooks (rank 0, on the writer thread when async): ``on_commit(path)`` after each commit;
     ``can_delete(path) -> bool`` before retention deletes a file (False keeps it for now,
@@ -93,6 +95,7 @@ class CheckpointManager:
         self.experiment = experiment
         self.model_name = model_name
         self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.parent_sha256 = ""  # lineage: sha256 of the file this run resumed from ("" = fresh start)
         self.update_latest = (not self.policy.weights_only) if update_latest is None else update_latest
         self.can_delete = can_delete
         self.on_commit = on_commit
@@ -102,8 +105,9 @@ class CheckpointManager:
         self._writer = AsyncWriter(name) if self.policy.async_save else None
         self._open_txn: CheckpointTransaction | None = None
         self._closed = False
+        # One writer per directory: rank 0 holds the OS lock until close(); every rank raises if it can't.
+        self._lease = acquire_on_writer_rank(self.directory)
         if self.is_writer:
-            self.directory.mkdir(parents=True, exist_ok=True)
             cleanup_stale(self.directory)
 
     @property
@@ -243,7 +247,7 @@ class CheckpointManager:
         state["config"] = txn.state.get("config", self.config_text)
         state["meta"] = make_meta(
             kind=self.kind, saver=self.name, file=txn.filename, run_id=self.run_id,
-            epoch=epoch, step=step, metrics=txn.metrics, extra=txn.meta_extra,
+            epoch=epoch, step=step, metrics=txn.metrics, extra=txn.meta_extra, parent_sha256=self.parent_sha256,
         )
         return state
 
@@ -252,21 +256,7 @@ class CheckpointManager:
 
         Failures come out as CheckpointError naming the file and whether it got committed.
         """
-        target = self.directory / filename
-        if target.exists():
-            owner = read_info(target).saver
-            if owner and owner != self.name:
-                raise CheckpointError(
-                    f"refusing to overwrite {target}: it belongs to saver {owner!r}, not {self.name!r}. "
-                    "Give the two savers different FILENAME templates."
-                )
-        try:
-            result = commit_file(self.directory, filename, state, update_latest=self.update_latest)
-        except Exception as e:
-            raise CheckpointError(
-                f"save of {target} failed, nothing was committed: {type(e).__name__}: {e}. "
-                "Check that the checkpoint directory is writable and has free space."
-            ) from e
+        result = commit_for_saver(self.directory, filename, state, saver=self.name, update_latest=self.update_latest)
         self.last_committed = result.path
         logger.info("Saved checkpoint %s", result.path)
         logger.debug("  %d bytes, sha256 %s, %.2fs", result.size, result.sha256, result.seconds)
@@ -310,18 +300,30 @@ class CheckpointManager:
             self._closed = True
             if self._writer is not None:
                 self._writer.release_buffers()
+            if self._lease is not None:
+                self._lease.release()
 
     def __enter__(self) -> "CheckpointManager":
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            # Still finish the write in flight, but don't mask the original exception.
+        self.close() if exc_type is None else self.close_after_error()
+
+    def close_after_error(self) -> None:
+        """:meth:`close` for a caller unwinding an exception, perhaps on this rank alone: finish
+        this rank's save in flight (it commits, or the previous files stay) with no collective,
+        and raise nothing (a failed save is logged by the writer), so the caller's exception is
+        the one that propagates. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
             if self._writer is not None and self.is_writer:
-                self._writer.wait_idle()
-            self._closed = True
+                self._writer.release_buffers()  # waits for the job in flight first
+                self._writer.take_error()
+        finally:
+            if self._lease is not None:
+                self._lease.release()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -389,6 +391,8 @@ class CheckpointManager:
         self.metrics.load_state_dict(metrics)
         if path is not None and Path(path).parent.resolve() == self.directory.resolve():
             self.protect.add(Path(path).name)
+        if path is not None and self.is_writer:  # only the writer's meta is saved
+            self.parent_sha256 = parent_sha256(Path(path))
         return progress
 
     def resume(self, *, map_location: Any = "cpu", rng: bool = True, model: nn.Module | None = None,

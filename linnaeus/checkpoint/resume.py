@@ -9,6 +9,11 @@
 4. nothing: a fresh start — refused when the run holds weights-only checkpoints of its main
    saver, since starting over would silently repeat and then overwrite that work.
 
+Lineage (:mod:`.lineage`): checkpoints without a sidecar stop every path until adopted; an
+explicit target with ``auto`` off is a deliberate restart, which moves the directory's files
+with more progress aside (the abandoned timeline); ``auto`` off without a target (a fresh start)
+is refused while the directory holds checkpoints.
+
 The relaunch rule: a job launched with an explicit target saves checkpoints past it, dies and is
 relaunched with the same command. Resuming the target again would repeat work, so when ``auto``
 is on and the run (locally, else in its bucket folder) holds a full checkpoint with more
@@ -16,8 +21,8 @@ progress than the target, that one is taken and :attr:`ResumePoint.superseded` s
 
 A bare name is looked up in the run's own checkpoint directory, then in its bucket folder, then
 handed to ``resolve`` (cache, model-zoo bucket). Every file is verified and read once here; the
-caller restores :attr:`ResumePoint.state`. Resuming has no other side effect: it queues no
-upload and deletes nothing. Newest means most stored progress (:mod:`.ordering`).
+caller restores :attr:`ResumePoint.state`. Resuming has no other side effect (beyond a restart's
+move aside): it queues no upload and deletes nothing. Newest means most stored progress (:mod:`.ordering`).
 
 Errors are raised on every rank (:func:`linnaeus.dist.raise_on_all_ranks`), whatever their type,
 so no rank is left waiting in a collective. Messages speak of this function's arguments; a
@@ -32,16 +37,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from linnaeus.dist import barrier, broadcast_object, is_main_process, run_on_all_ranks
+from linnaeus.dist import barrier, broadcast_object, get_rank, is_main_process, run_on_all_ranks
 
 from .catalog import CheckpointInfo, list_checkpoints, read_info
 from .commit import read_latest
-from .errors import CheckpointCorruptError, CheckpointError, CheckpointIncompatibleError, CheckpointNotFoundError
+from . import lineage
+from .errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointIncompatibleError,
+    CheckpointNotFoundError,
+    CheckpointUnreadableError,
+)
 from .ordering import newest_first
 from .remote import RemoteRun
-from .sources import DownloadOptions, is_uri
+from .sources import DownloadOptions, is_uri, redact
 from .state import KIND_FULL, KIND_WEIGHTS, newer_format_reason
-from .verify import load_verified, verify_checkpoint
+from .verify import load_verified_digest, verify_checkpoint
 
 if TYPE_CHECKING:
     from .manager import CheckpointManager
@@ -116,12 +128,21 @@ class _Resume:
         self.resolve, self.remote, self.download = resolve, remote, download
 
     def choose(self, explicit: str, auto: bool) -> ResumePoint | None:
+        self._on_rank0(lambda: _refuse_if_any(self.directory, lineage.unadopted, lineage.UnadoptedCheckpointsError),
+                       "looking for checkpoints without sidecars")
         if explicit:
-            target = run_on_all_ranks(lambda: self._locate(explicit), f"locating resume target {explicit!r}",
-                                      CheckpointError)
+            target = run_on_all_ranks(lambda: self._locate(explicit),
+                                      f"locating resume target {redact(explicit)!r}", CheckpointError)
             newer = self._newer_own_checkpoint(target) if auto else None
-            return newer or ResumePoint(target, self._load(target), "explicit")
+            if newer is not None:
+                return newer
+            point = ResumePoint(target, self._load(target), "explicit")
+            if not auto:  # a deliberate restart: a newer timeline in this directory is set aside (lineage.py)
+                self._on_rank0(lambda: lineage.branch(self.directory, target, point.step), f"restarting from {target}")
+            return point
         if not auto:
+            self._on_rank0(lambda: _refuse_if_any(self.directory, lineage.held_checkpoints,
+                                                  lineage.CheckpointsPresentError), "starting fresh")
             return None
         found = self._own_newest("run")
         if found is None and self.remote is not None:
@@ -154,8 +175,8 @@ class _Resume:
                 looked.append("this run's bucket folder: not searched (no remote configured for this run)")
         if self.resolve is None:
             if not looked:
-                raise CheckpointNotFoundError(f"{identifier!r}: not found and no resolver was given.")
-            raise CheckpointNotFoundError(f"{identifier!r} not found. Looked in:\n" +
+                raise CheckpointNotFoundError(f"{redact(identifier)!r}: not found and no resolver was given.")
+            raise CheckpointNotFoundError(f"{redact(identifier)!r} not found. Looked in:\n" +
                                           "\n".join(f"  - {p}" for p in looked))
         try:
             return self.resolve(identifier)
@@ -164,7 +185,7 @@ class _Resume:
                 raise
             places = "\n".join(f"  - {p}" for p in looked)
             raise CheckpointNotFoundError(
-                f"{identifier!r} not found. Looked first in this run's own places:\n{places}\n"
+                f"{redact(identifier)!r} not found. Looked first in this run's own places:\n{places}\n"
                 f"then resolved it as an identifier: {e}"
             ) from None
 
@@ -216,8 +237,15 @@ class _Resume:
     def _load(self, path: Path) -> dict[str, Any]:
         # Outside the run's directory a sidecar is optional (a file copied from elsewhere).
         inside = path.parent.resolve() == self.directory.resolve()
-        return run_on_all_ranks(lambda: self.manager.load(path, require_sidecar=inside), f"loading {path}",
-                                CheckpointError)
+        loaded = run_on_all_ranks(
+            lambda: load_verified_digest(path, require_sidecar=inside, hash_always=True) if is_main_process() else None,
+            f"loading {path}", CheckpointError)
+        return load_same_bytes(path, loaded, require_sidecar=inside)
+
+    @staticmethod
+    def _on_rank0(step: Callable[[], Any], what: str) -> None:
+        """Rank 0 reads or moves the directory's files; every rank gets its error, or goes on after it."""
+        run_on_all_ranks(lambda: step() if is_main_process() else None, what, CheckpointError)
 
     def _refuse_weights_only_restart(self) -> None:
         found: list[tuple[str, int]] = []
@@ -245,10 +273,21 @@ def local_candidates(directory: Path) -> list[CheckpointInfo]:
         if not info.committed:
             continue  # never committed (no sidecar): not ours to resume from
         if not info.readable:
+            _raise_if_inaccessible(info.path)  # not damage: falling back past it would lose its progress
             logger.warning("Skipping checkpoint %s: %s.", info.path, info.error)
         elif info.kind == KIND_FULL or (info.too_new and info.kind != KIND_WEIGHTS):
             usable.append(info)
     return sorted(newest_first(usable, latest), key=lambda i: not (i.too_new and i.step < 0))
+
+
+def _raise_if_inaccessible(path: Path) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise CheckpointUnreadableError(path, e) from e
 
 
 def newest_verified(directory: Path) -> Path | None:
@@ -271,10 +310,34 @@ def load_newest(directory: Path, *, map_location: Any = "cpu") -> tuple[Path, di
     path = broadcast_object(None if found is None else str(found[0]))
     if path is None:
         return None
-    # Every rank joins this agreement, rank 0 with the state it already holds.
-    state = run_on_all_ranks(lambda: found[1] if found is not None else load_verified(path, map_location=map_location),
-                             f"loading {path}", CheckpointError)
-    return Path(path), state
+    return Path(path), load_same_bytes(Path(path), None if found is None else found[1], map_location=map_location)
+
+
+def load_same_bytes(path: Path, rank0: tuple[dict[str, Any], str | None] | None, *, map_location: Any = "cpu",
+                    require_sidecar: bool = True) -> dict[str, Any]:
+    """Every rank's state of ``path``, which rank 0 has loaded as ``rank0`` (state, sha256).
+
+    A collective. Rank 0 broadcasts the sha256 of the bytes it loaded; each other rank loads
+    ``path`` and checks its bytes hash the same, since with node-local directories one path can
+    name different files. A rank whose bytes differ fails the load on every rank.
+    """
+    digest = broadcast_object(rank0[1] if rank0 is not None else None)
+
+    def load() -> dict[str, Any]:
+        if rank0 is not None:
+            return rank0[0]  # rank 0, with the state it already holds
+        state, actual = load_verified_digest(path, map_location=map_location, require_sidecar=require_sidecar,
+                                             hash_always=digest is not None)
+        if digest is not None and actual != digest:
+            rank = get_rank()
+            raise CheckpointError(
+                f"ranks would resume from different bytes: {path} has sha256 {actual} on rank {rank}, but rank 0 "
+                f"loaded sha256 {digest} from the same path. Every rank must load the same bytes; with node-local "
+                "checkpoint directories, copy rank 0's file and its .sha256 to every node (or use a shared "
+                "filesystem) and relaunch.")
+        return state
+
+    return run_on_all_ranks(load, f"loading {path}", CheckpointError)
 
 
 def _first_verified(directory: Path) -> str | None:
@@ -289,10 +352,10 @@ def _first_verified(directory: Path) -> str | None:
     return None
 
 
-def _first_loadable(directory: Path, map_location: Any) -> tuple[Path, dict[str, Any]] | None:
+def _first_loadable(directory: Path, map_location: Any) -> tuple[Path, tuple[dict[str, Any], str | None]] | None:
     for info in local_candidates(directory):
         try:
-            return info.path, load_verified(info.path, map_location=map_location)
+            return info.path, load_verified_digest(info.path, map_location=map_location)
         except CheckpointCorruptError as e:
             logger.warning("Skipping checkpoint %s: %s%s; trying the next older one.", info.path, e.reason,
                            _hash_detail(e.expected_sha256, e.actual_sha256))
@@ -303,6 +366,13 @@ def _first_loadable(directory: Path, map_location: Any) -> tuple[Path, dict[str,
             reason = newer_format_reason(info.format_version) if info.too_new else str(e)
             raise _newer_format_stop(directory, info.path, reason) from e
     return None
+
+
+def _refuse_if_any(directory: Path, find: Callable[[Path], list[CheckpointInfo]],
+                   error: Callable[[Path, list[CheckpointInfo]], CheckpointError]) -> None:
+    found = find(directory)
+    if found:
+        raise error(directory, found)
 
 
 def _newer_format_stop(directory: Path, path: Path, reason: str) -> CheckpointIncompatibleError:

@@ -12,7 +12,12 @@ from typing import Any
 import torch
 
 from .catalog import first_line, mmap_load, read_info_uncached
-from .errors import CheckpointCorruptError, CheckpointNotFoundError
+from .errors import (
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    CheckpointUnreadableError,
+    NotATrainingCheckpointError,
+)
 from .hashing import sha256_file_async
 from .names import pending_sidecars
 from .sidecar import SIDECAR_SUFFIX, read_sidecar_digest, sidecar_path
@@ -85,6 +90,13 @@ def load_verified(path: str | Path, *, map_location: Any = "cpu", require_sideca
     the file comes from disk once). Loading before the hash is known is safe: the
     weights_only unpickler never executes code; a mismatch discards the result.
     """
+    return load_verified_digest(path, map_location=map_location, require_sidecar=require_sidecar)[0]
+
+
+def load_verified_digest(path: str | Path, *, map_location: Any = "cpu", require_sidecar: bool = True,
+                         hash_always: bool = False) -> tuple[dict[str, Any], str | None]:
+    """:func:`load_verified`, also returning the sha256 of the bytes loaded (None when the file
+    has no sidecar, unless ``hash_always``), so that others can check they load the same bytes."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
@@ -94,14 +106,19 @@ def load_verified(path: str | Path, *, map_location: Any = "cpu", require_sideca
         )
     known = None
     try:
+        with open(path, "rb"):  # an access problem is reported as such, never as damage
+            pass
         known = read_sidecar_digest(path)
     except FileNotFoundError:
         if require_sidecar:
             raise CheckpointCorruptError(path, f"it has no {SIDECAR_SUFFIX} sidecar, so it was never committed") from None
     except ValueError as e:
         raise CheckpointCorruptError(path, str(e)) from None
+    except OSError as e:
+        raise CheckpointUnreadableError(getattr(e, "filename", None) or path, e) from e
     expected = known.sha256 if known is not None else None
-    hashing = sha256_file_async(path, known) if known is not None else None
+    hashing = sha256_file_async(path, known) if known is not None or hash_always else None
+    actual = None
     load_error: Exception | None = None
     state = None
     try:
@@ -112,11 +129,16 @@ def load_verified(path: str | Path, *, map_location: Any = "cpu", require_sideca
     except Exception as e:  # noqa: BLE001 - re-raised below as CheckpointCorruptError, after the hash verdict
         load_error = e
     if hashing is not None:
-        actual = hashing.result()
-        if actual != expected and actual not in pending_hashes(path):
+        try:
+            actual = hashing.result()
+        except OSError as e:
+            raise CheckpointUnreadableError(path, e) from e
+        if expected is not None and actual != expected and actual not in pending_hashes(path):
             raise CheckpointCorruptError(
                 path, f"content does not match {sidecar_path(path).name}", expected_sha256=expected, actual_sha256=actual
             )
+    if isinstance(load_error, OSError):
+        raise CheckpointUnreadableError(path, load_error) from load_error
     if load_error is not None:
         raise CheckpointCorruptError(
             path, f"cannot be loaded with weights_only=True ({type(load_error).__name__}: {first_line(load_error)})"
@@ -125,6 +147,9 @@ def load_verified(path: str | Path, *, map_location: Any = "cpu", require_sideca
     if newer is not None:
         raise newer_format_error(path, newer)
     problems = validate_structure(state)
+    if problems and isinstance(state, dict) and "meta" not in state:
+        found = f"no 'meta' entry; a plain dict with {len(state)} entries such as a state dict"
+        raise NotATrainingCheckpointError(path, found)
     if problems:
         raise CheckpointCorruptError(path, "not a linnaeus checkpoint: " + "; ".join(problems))
-    return state
+    return state, actual

@@ -15,7 +15,8 @@ def run_dir(cfg: CN) -> Path:
 
 # Keys whose values are checkpoint identifiers: a URL or rclone connection string there may
 # carry credentials, which must never be written to the run dir or into a checkpoint.
-_IDENTIFIER_KEYS = ("TRAIN.RESUME", "MODEL.PRETRAINED", "MODEL.PRETRAINED_CONVNEXT", "MODEL.PRETRAINED_ROPEVIT")
+_IDENTIFIER_KEYS = ("TRAIN.RESUME", "MODEL.PRETRAINED", "MODEL.PRETRAINED_CONVNEXT", "MODEL.PRETRAINED_ROPEVIT",
+                    "ENV.INPUT.BUCKET.REMOTE", "ENV.OUTPUT.BUCKET.REMOTE")
 
 
 def config_yaml(cfg: CN) -> str:

@@ -16,13 +16,22 @@ from typing import Any
 from yacs.config import CfgNode
 
 from linnaeus.checkpoint import CheckpointManager
-from linnaeus.checkpoint.errors import CheckpointIncompatibleError, CheckpointNotFoundError
+from linnaeus.checkpoint.errors import (
+    CheckpointIncompatibleError,
+    CheckpointNotFoundError,
+    DirectoryLockedError,
+    NotATrainingCheckpointError,
+)
+from linnaeus.checkpoint.lineage import CheckpointsPresentError
 from linnaeus.checkpoint.remote import RemoteRun
 from linnaeus.checkpoint.resume import ResumePoint, WeightsOnlyRunError, find_resume_point
 from linnaeus.checkpoint.sources import DownloadOptions
+from linnaeus.checkpoint.sources.base import redact
 from linnaeus.checkpoint.upload import BackgroundUploader, close_on_all_ranks, poll_on_all_ranks
+from linnaeus.checkpoint.writer_lock import WriterLease, acquire_on_writer_rank
 from linnaeus.config import build_policy, build_weights_policy, config_yaml
-from linnaeus.dist import any_rank_true, broadcast_object, is_main_process
+from linnaeus.dist import any_rank_true, broadcast_object, get_world_size, is_main_process
+from linnaeus.runner import config_diff
 from linnaeus.utils.checkpoint_utils import input_resolver
 
 logger = logging.getLogger("linnaeus")
@@ -33,6 +42,7 @@ class RunCheckpoints:
     def __init__(self, cfg: CfgNode, run_dir: Path) -> None:
         self.cfg = cfg
         self.directory = run_dir / "checkpoints"
+        self._lock = self._lock_directory()  # held until close(); the savers share it
         out = cfg.ENV.OUTPUT.BUCKET
         self.remote = RemoteRun.in_bucket(out, cfg.EXPERIMENT.NAME) if out.ENABLED else None
         self.uploader = BackgroundUploader(self.remote) if self.remote is not None and is_main_process() else None
@@ -59,6 +69,14 @@ class RunCheckpoints:
                 "resumable full checkpoints, use CHECKPOINT.WEIGHTS_SAVER.ENABLED True with "
                 "CHECKPOINT.WEIGHTS_ONLY False."
             )
+
+    def _lock_directory(self) -> WriterLease | None:
+        """One writer per run dir: a second launch stops here, on every rank, naming the first."""
+        try:
+            return acquire_on_writer_rank(self.directory)
+        except DirectoryLockedError as e:
+            raise DirectoryLockedError(f"{e} To run both, give this launch its own run dir: another "
+                                       "EXPERIMENT.NAME or ENV.OUTPUT.BASE_DIR.") from e
 
     def _upload_hooks(self, *, full: bool) -> dict[str, Any]:
         uploader = self.uploader
@@ -87,20 +105,35 @@ class RunCheckpoints:
         except WeightsOnlyRunError as e:
             raise CheckpointIncompatibleError(
                 f"{e} (they were written with CHECKPOINT.WEIGHTS_ONLY True). Choose one:\n"
-                "  - start over from scratch: set TRAIN.AUTO_RESUME False (new saves overwrite files of the same name);\n"
+                f"  - start over from scratch: move them aside with `linnaeus-ckpt set-aside {self.directory.parent}` "
+                "(nothing is deleted; TRAIN.AUTO_RESUME False alone refuses while they are there);\n"
                 f"  - start from these weights: MODEL.PRETRAINED {e.newest} with a new EXPERIMENT.NAME;\n"
                 "  - make runs resumable: CHECKPOINT.WEIGHTS_ONLY False, and CHECKPOINT.WEIGHTS_SAVER.ENABLED True "
                 "for weights-only copies next to the full checkpoints.", path=e.newest) from e
+        except CheckpointsPresentError as e:
+            shown = ", ".join(e.names[:8]) + (f" and {len(e.names) - 8} more" if len(e.names) > 8 else "")
+            raise CheckpointIncompatibleError(
+                f"TRAIN.AUTO_RESUME is False and TRAIN.RESUME is empty (a fresh start), but {e.directory} holds "
+                f"{len(e.names)} checkpoint(s) ({shown}), which a fresh start would overwrite. Choose one:\n"
+                f"  - resume them: set TRAIN.AUTO_RESUME True (the newest), or TRAIN.RESUME {e.newest} (or another);\n"
+                f"  - start over: move them aside with `linnaeus-ckpt set-aside {self.directory.parent}` (nothing is "
+                "deleted), then relaunch.", path=e.path) from e
         except CheckpointNotFoundError as e:
             if not cfg.TRAIN.RESUME:
                 raise
             raise CheckpointNotFoundError(f"TRAIN.RESUME {e}{self._not_searched()}") from e
+        except NotATrainingCheckpointError as e:
+            shown = redact(cfg.TRAIN.RESUME)
+            raise CheckpointIncompatibleError(
+                f"TRAIN.RESUME {shown}: {e} To start from its weights, set MODEL.PRETRAINED {shown} and leave "
+                "TRAIN.RESUME empty.", path=e.path) from e
         if point is not None and point.superseded is not None:
             old = point.superseded
             logger.warning(
                 "TRAIN.RESUME %s (step %d) is older than this run's newest checkpoint %s (step %d): continuing from %s "
                 "(relaunch). To restart from %s, set TRAIN.AUTO_RESUME False, use a new EXPERIMENT.NAME or remove the "
-                "newer checkpoints.", cfg.TRAIN.RESUME, old.step, point.path, point.step, point.path, cfg.TRAIN.RESUME)
+                "newer checkpoints.", redact(cfg.TRAIN.RESUME), old.step, point.path, point.step, point.path,
+                redact(cfg.TRAIN.RESUME))
         if self.uploader is not None:
             queued = self.uploader.enqueue_existing(self.directory)
             if queued:
@@ -120,13 +153,28 @@ class RunCheckpoints:
         self.objects = {k: v for k, v in objects.items() if v is not None}
 
     def restore(self, point: ResumePoint) -> None:
-        """Load ``point`` (read once by :meth:`find_resume_point`) into the attached objects."""
+        """Load ``point`` (read once by :meth:`find_resume_point`) into the attached objects.
+
+        First the checkpoint's config is compared with this one (:mod:`.config_diff`): refused
+        changes stop here, before anything is loaded; optimizer hyperparameters are re-applied
+        after the optimizer's saved state."""
+        changes = []
+        if point.state.get("config"):
+            changes = config_diff.config_changes(point.state["config"], config_yaml(self.cfg),
+                                                 saved_world_size=point.state.get("meta", {}).get("world_size"),
+                                                 world_size=get_world_size())
+            config_diff.refuse(changes, point.path)
+        fresh = config_diff.optimizer_hyperparameters(self.objects.get("optimizer"))
         self.progress.load_state_dict(self.main.restore(point.state, path=point.path, **self.objects))
+        config_diff.reapply(changes, self.objects.get("optimizer"), fresh)
+        if is_main_process():
+            config_diff.log_changes(changes, point.path)
         run_id = point.state.get("meta", {}).get("run_id")
         if point.path.parent.resolve() == self.directory.resolve() and run_id:  # this run's own file
             self._set_run_id(str(run_id))
         if self.weights is not None:
             self.weights.protect.add(point.path.name)
+            self.weights.parent_sha256 = self.main.parent_sha256  # one lineage for both savers
         self._saved_step[self.main.name] = self.progress.step
         point.state = {}  # needed once; don't keep a second copy of the model alive
         logger.info("Resumed from %s (epoch %d, step %d)", point.path, self.progress.epoch, self.progress.step)
@@ -188,6 +236,22 @@ class RunCheckpoints:
             # Files that retention kept only because their upload was not confirmed yet (this
             # launch's last ones, earlier launches' ones) may go now, not at the next launch.
             close_on_all_ranks(uploader, then=lambda: [m.apply_retention() for m in self._savers()])
+        if self._lock is not None:
+            self._lock.release()
+
+    def close_after_error(self) -> None:
+        """:meth:`close` while the run unwinds an exception (perhaps on this rank alone): this rank's
+        saves in flight commit, no collective runs and nothing is raised, so the run's own error
+        propagates. Uploads are not waited for: the next launch queues the files they missed."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for manager in self._savers():
+                manager.close_after_error()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
 
 def _scalar_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:

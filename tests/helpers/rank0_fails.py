@@ -26,7 +26,7 @@ if __name__ == "__main__":
     where, argv = sys.argv[1], sys.argv[2:]
     if os.environ.get("RANK") == "0":
         if where == "resume":
-            resume.load_verified = _boom  # the verified read of the checkpoint to resume from
+            resume.load_verified_digest = _boom  # the verified read of the checkpoint to resume from
         else:
             pretrained.load_pretrained_from_cfg = _boom  # type: ignore[assignment]
     sys.exit(cli(argv))

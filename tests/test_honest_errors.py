@@ -1,0 +1,75 @@
+"""Each checkpoint failure names its real cause and the right next step: a failed ``latest``
+after the commit, a full disk during torch.save, a foreign state dict given to resume from, a
+file this process may not read."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from linnaeus.checkpoint import CheckpointError, CheckpointManager
+from linnaeus.checkpoint.verify import verify_checkpoint
+from tests.conftest import REPO, run_train
+
+HELPER = REPO / "tests" / "helpers" / "honest_errors.py"
+
+
+def _helper(*args: str, prefix: tuple[str, ...] = ()) -> str:
+    proc = subprocess.run([*prefix, sys.executable, str(HELPER), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_failed_latest_after_the_commit_says_the_data_is_committed(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path)
+    (tmp_path / "latest").mkdir()  # a real failure of the pointer's rename: a directory is in the way
+    with pytest.raises(CheckpointError) as info:
+        manager.save(epoch=1, step=10, model=torch.nn.Linear(4, 4))
+    msg = str(info.value)
+    assert "nothing was committed" not in msg
+    assert "checkpoint_epoch_1.pth was committed" in msg and "'latest'" in msg and "IsADirectoryError" in msg
+    assert verify_checkpoint(tmp_path / "checkpoint_epoch_1.pth").ok
+
+
+def test_disk_full_during_torch_save_reports_the_oserror(tmp_path: Path) -> None:
+    out = _helper("fsize", str(tmp_path))
+    assert "unexpected pos" not in out, out
+    assert "nothing was committed" in out and "File too large" in out and "cause: OSError" in out, out
+    left = [p.name for p in tmp_path.iterdir() if p.name != ".lock"]  # .lock: the directory's writer lock
+    assert not left, f"the failed save left files behind: {left}"
+
+
+def test_foreign_state_dict_as_train_resume_points_to_pretrained(tmp_path: Path, toy_root: Path) -> None:
+    foreign = tmp_path / "some_weights.pth"
+    torch.save(torch.nn.Linear(4, 4).state_dict(), foreign)
+    proc = run_train(tmp_path, toy_root, "TRAIN.RESUME", str(foreign), "TRAIN.EPOCHS", "1", check=False)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode != 0
+    assert "corrupt" not in err and "Delete" not in err, err[-3000:]
+    assert "is not a linnaeus training checkpoint" in err and f"MODEL.PRETRAINED {foreign}" in err, err[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv to drop CAP_DAC_OVERRIDE")
+def test_permission_error_is_reported_as_such_not_as_corruption(tmp_path: Path) -> None:
+    # We run as root, which reads any file: the helper runs without the capabilities that let it.
+    own = CheckpointManager(tmp_path / "run")
+    own.save(epoch=1, step=10, model=torch.nn.Linear(4, 4))
+    newest = own.save(epoch=2, step=20, model=torch.nn.Linear(4, 4))
+    own.close()  # releases the directory's writer lock for the helper
+    torch.save(own.load(newest), tmp_path / "elsewhere.pth")  # an explicit target without a sidecar
+    for path in (newest, tmp_path / "elsewhere.pth"):
+        path.chmod(0)
+    drop = ("setpriv", "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search")
+    out = _helper("unreadable", str(tmp_path), prefix=drop)
+    explicit, auto = out.splitlines()
+    for line, path in ((explicit, tmp_path / "elsewhere.pth"), (auto, newest)):
+        assert line.startswith("CheckpointUnreadableError: cannot read checkpoint"), out
+        assert f"{path}: PermissionError" in line and "corrupt" not in line and "Delete" not in line, out
