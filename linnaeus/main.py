@@ -57,6 +57,8 @@ def run(cfg: CfgNode) -> dict[str, Any]:
         device = select_device()
         out_dir = run_dir(cfg)
         setup_logging(out_dir, rank)
+        # First: a second launch on this run dir stops here (the writer lock), before writing to it.
+        checkpoints = RunCheckpoints(cfg, out_dir)
         if is_main_process():
             dump_config(cfg, out_dir / "config.yaml")
         logger.info("Run dir: %s (world size %d, device %s)", out_dir, world_size, device)
@@ -64,7 +66,6 @@ def run(cfg: CfgNode) -> dict[str, Any]:
 
         data = build_data(cfg, rank, world_size)
         model = build_model(cfg, data.taxonomy.num_classes).to(device)
-        checkpoints = RunCheckpoints(cfg, out_dir)
         resume_from = checkpoints.find_resume_point()
         if resume_from is None:
             # Pretrained weights only matter for a fresh start: a resume overwrites them anyway.
@@ -98,8 +99,12 @@ def run(cfg: CfgNode) -> dict[str, Any]:
             ema=ema, max_steps_per_epoch=cfg.TRAIN.MAX_STEPS_PER_EPOCH, log_interval=cfg.TRAIN.LOG_INTERVAL,
             tb_writer=tb, progress_bar=cfg.TRAIN.PROGRESS_BAR and is_main_process(), world_size=world_size,
         )
-        with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT) as preempt:
-            last_metrics = _fit(cfg, trainer, data, checkpoints, progress, preempt, autocast, device, tb)
+        try:
+            with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT) as preempt:
+                last_metrics = _fit(cfg, trainer, data, checkpoints, progress, preempt, autocast, device, tb)
+        except BaseException:
+            checkpoints.close_after_error()  # a save in flight commits; this exception still propagates
+            raise
         checkpoints.close()
         tb.close()
         _report(cfg, out_dir, last_metrics, checkpoints, data.taxonomy.num_classes, preempted=preempt.requested)

@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from linnaeus.checkpoint import (
     read_latest,
     verify_checkpoint,
 )
+from linnaeus.checkpoint.writer_lock import LOCK_NAME
 from tests.conftest import poll_until_raises
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,7 +155,7 @@ def test_metric_field_missing_at_save_time_is_a_clear_error(tmp_path: Path) -> N
     assert "epoch 1, step 10" in text and str(tmp_path) in text
     with pytest.raises(InvalidOperationError, match="has no metrics"):
         manager.save(epoch=1, step=10, model=nn.Linear(2, 2))
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == [LOCK_NAME]  # the writer lock, nothing of the saves
     # Nothing is left open: the next save with the metric works.
     path = manager.save(epoch=1, step=10, metrics={"val/acc1/species": 0.51234}, model=nn.Linear(2, 2))
     assert path.name == "ckpt_1_0.512.pth" and verify_checkpoint(path).ok
@@ -165,7 +167,7 @@ def test_meta_extra_may_not_replace_core_meta(tmp_path: Path) -> None:
         with manager.begin(epoch=1, step=10) as ckpt:
             ckpt["model"] = nn.Linear(2, 2)
             ckpt.meta_extra["format_version"] = 99
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == [LOCK_NAME]  # the writer lock, nothing of the save
     with manager.begin(epoch=1, step=10) as ckpt:
         ckpt["model"] = nn.Linear(2, 2)
         ckpt.meta_extra["dataset_hash"] = "abc"
@@ -245,7 +247,8 @@ def test_transaction_commits_or_discards(tmp_path: Path, caplog: pytest.LogCaptu
         with manager.begin(epoch=2, step=10) as ckpt:
             ckpt["model"] = nn.Linear(2, 2).state_dict()
             raise RuntimeError("boom")
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint_epoch_1.pth", "checkpoint_epoch_1.pth.sha256", "latest"]
+    assert sorted(os.listdir(tmp_path)) == [LOCK_NAME, "checkpoint_epoch_1.pth", "checkpoint_epoch_1.pth.sha256",
+                                            "latest"]
 
     txn = manager.begin(epoch=3, step=15)
     with pytest.raises(InvalidOperationError, match="still open"):
@@ -304,7 +307,7 @@ def test_async_errors_surface_on_next_poll_and_close(tmp_path: Path) -> None:
     # A real I/O failure: the target dir is replaced by a regular file.
     target = tmp_path / "b"
     manager = CheckpointManager(target, CheckpointPolicy(async_save=True))
-    target.rmdir()
+    shutil.rmtree(target)  # its writer lock file included
     target.write_text("not a dir")
     _save(manager, 1)
     assert "checkpoint_epoch_1.pth" in str(poll_until_raises(manager.poll, CheckpointError))
