@@ -167,6 +167,14 @@ def test_library_managers_hold_the_lock_share_it_in_process_and_release_it(
         assert ckpt_main(["prune", str(directory), "--keep-last", "1"]) == 2
         assert f"pid {holder.pid}" in capsys.readouterr().err
         assert temp.exists()
+        # Nor do the commands that move or adopt a run's files.
+        (directory / "checkpoint_epoch_1.pth").write_bytes(b"a run's file without its sidecar yet")
+        for command in ("set-aside", "adopt"):
+            before = sorted(os.listdir(directory))
+            assert ckpt_main([command, str(directory)]) == 2, command
+            assert f"pid {holder.pid}" in capsys.readouterr().err
+            assert sorted(os.listdir(directory)) == before, command
+        (directory / "checkpoint_epoch_1.pth").unlink()
     finally:
         _stop(holder)
     # The kernel released the lock with the process: the next writer gets it and cleans up.

@@ -28,6 +28,7 @@ from typing import Iterable, Mapping
 
 import torch
 
+from . import writer_lock
 from .catalog import CheckpointInfo, first_line, forget_info, list_checkpoints
 from .commit import read_latest, write_latest
 from .errors import CheckpointIncompatibleError
@@ -167,16 +168,18 @@ def _safe(text: str) -> str:
 
 def set_aside(directory: Path) -> tuple[Path, list[str]] | None:
     """Move every checkpoint of ``directory`` (with sidecars and ``latest``) into
-    ``set-aside-<UTC time>/``; (folder, names), or None if there was nothing to move."""
+    ``set-aside-<UTC time>/``; (folder, names), or None if there was nothing to move.
+    Holds the directory's writer lock: raises DirectoryLockedError beside a live run."""
     directory = Path(directory)
-    found = held_checkpoints(directory)
-    if not found:
-        return None
-    folder = move_aside(directory, found, f"set-aside-{_utc_stamp()}")
-    if (directory / LATEST).exists():
-        os.rename(directory / LATEST, folder / LATEST)
-        fsync_dir(folder)
-        fsync_dir(directory)
+    with writer_lock.acquire(directory):
+        found = held_checkpoints(directory)
+        if not found:
+            return None
+        folder = move_aside(directory, found, f"set-aside-{_utc_stamp()}")
+        if (directory / LATEST).exists():
+            os.rename(directory / LATEST, folder / LATEST)
+            fsync_dir(folder)
+            fsync_dir(directory)
     return folder, [i.name for i in found]
 
 
@@ -193,11 +196,13 @@ def adopt(directory: Path) -> list[Adoption]:
     Adopted: files that load with ``weights_only=True`` and have a linnaeus checkpoint's
     structure (:func:`~linnaeus.checkpoint.state.validate_structure`) in a format this version
     reads. The sidecar is written durably and records the hash of the bytes that were checked.
+    Holds the directory's writer lock: raises DirectoryLockedError beside a live run.
     """
     results = []
-    for info in list_checkpoints(directory):
-        if not info.committed:
-            results.append(_adopt_one(info.path))
+    with writer_lock.acquire(directory):
+        for info in list_checkpoints(directory):
+            if not info.committed:
+                results.append(_adopt_one(info.path))
     return results
 
 
