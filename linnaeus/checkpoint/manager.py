@@ -384,13 +384,14 @@ class CheckpointManager:
     def restore(self, state: Mapping[str, Any], *, path: str | Path | None = None, rng: bool = True,
                 model: nn.Module | None = None, **components: Stateful | None) -> dict[str, int]:
         """Load ``state`` into ``model`` and the named components (as passed to :meth:`save`),
-        take over its metric history, protect ``path`` from retention; returns its progress."""
+        take over its metric history and, for a file of this directory, its run id (a resumed
+        run keeps its lineage); protect ``path`` from retention; returns its progress."""
         source = str(path) if path is not None else f"checkpoint {state.get('meta', {}).get('file', '?')}"
         progress = restore_state(state, model, components, rng=rng, source=source)
-        metrics = state.get("metrics") or {}
-        self.metrics.load_state_dict(metrics)
+        self.metrics.load_state_dict(state.get("metrics") or {})
         if path is not None and Path(path).parent.resolve() == self.directory.resolve():
             self.protect.add(Path(path).name)
+            self.run_id = str(state.get("meta", {}).get("run_id") or self.run_id)
         if path is not None and self.is_writer:  # only the writer's meta is saved
             self.parent_sha256 = parent_sha256(Path(path))
         return progress
