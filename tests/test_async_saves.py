@@ -3,7 +3,6 @@ snapshot holds exactly what a synchronous save of the same state writes (issue 1
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from linnaeus.checkpoint.resolve import uri_cache_path
-from tests.conftest import REPO, VENV_BIN, tiny_args, train_cmd
+from tests.conftest import REPO, tiny_args, train_cmd
 
 SECRET = "s3cret"
 URL = f"http://user:{SECRET}TOKEN@127.0.0.1:1/ckpt.pth"

@@ -9,12 +9,12 @@ from .errors import (
     CheckpointCorruptError,
     CheckpointError,
     CheckpointIncompatibleError,
-    CheckpointUnreadableError,
-    NotATrainingCheckpointError,
     CheckpointNotFoundError,
+    CheckpointUnreadableError,
     DirectoryLockedError,
     InvalidOperationError,
     InvalidPolicyError,
+    NotATrainingCheckpointError,
 )
 from .manager import CheckpointManager, CheckpointTransaction, ResumeResult
 from .policy import CheckpointPolicy, Interval, parse_interval, render_filename, validate_filename_template

@@ -146,10 +146,9 @@ def branch(directory: Path, target: Path, step: int) -> Path | None:
     if not newer:
         return None
     latest = read_latest(directory)
-    stem = target.name.rsplit(".", 1)[0] if "." in target.name[1:] else target.name
     # Files first, then ``latest``: a crash in between leaves a pointer to a missing file, which
     # resume ignores with a warning, and a top level that already is the new lineage.
-    folder = move_aside(directory, newer, f"abandoned-{_utc_stamp()}-from-{_safe(stem)}")
+    folder = move_aside(directory, newer, abandoned_folder_name(target))
     if latest in {i.name for i in newer}:
         if target.parent.resolve() == directory.resolve():
             write_latest(directory, target.name)
@@ -160,6 +159,12 @@ def branch(directory: Path, target: Path, step: int) -> Path | None:
                    "checkpoint(s) of the abandoned timeline (%s) to %s (nothing was deleted).", target, step,
                    len(newer), _shown([i.name for i in newer]), folder)
     return folder
+
+
+def abandoned_folder_name(target: Path) -> str:
+    """``abandoned-<UTC>-from-<target stem>``: where a restart from ``target`` sets the newer timeline aside."""
+    stem = target.name.rsplit(".", 1)[0] if "." in target.name[1:] else target.name
+    return f"abandoned-{_utc_stamp()}-from-{_safe(stem)}"
 
 
 def _safe(text: str) -> str:

@@ -41,8 +41,8 @@ from .errors import CheckpointError, InvalidOperationError
 from .history import MetricHistory
 from .lineage import parent_sha256
 from .policy import CheckpointPolicy, render_filename
-from .resume import load_newest, newest_verified
 from .retention import cleanup_stale, delete_checkpoint, plan_retention
+from .scan import load_newest, newest_verified
 from .state import (
     KIND_FULL,
     KIND_WEIGHTS,

@@ -35,7 +35,7 @@ from .resolve import BucketConfig
 from .sidecar import SidecarError, parse_sidecar, read_sidecar, sidecar_path, sidecar_progress
 from .sources import DownloadOptions, RcloneSource, download
 from .sources.base import TransientSourceError, redact
-from .sources.rclone import cat_matching, copyto, list_files, rcat
+from .sources.rclone import cat_matching, copyto, list_files, move_within, rcat
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
@@ -184,6 +184,24 @@ class RemoteRun:
         if remote_sidecar is None or _remote_digest(remote_sidecar, target) != digest:
             raise TransientSourceError(f"{target.display}.sha256: read back does not match the local sidecar.")
         return True
+
+    def move_aside(self, names: list[str], folder_name: str) -> str:
+        """Move committed checkpoints of this folder into the sub-folder ``folder_name``, the way the
+        local directory sets an abandoned timeline aside; returns the sub-folder's rclone path.
+
+        Nothing is deleted: each object is copied server-side before its source goes. The sidecar
+        moves first, so the data left behind for a moment is uncommitted, never a stale commit.
+        """
+        dest = self.folder + folder_name.strip("/") + "/"
+        for name in names:
+            move_within(self.folder + name + SIDECAR_SUFFIX, dest + name + SIDECAR_SUFFIX)
+            move_within(self.folder + name, dest + name)
+        return dest
+
+    def entries_after(self, step: int) -> list[str]:
+        """Committed checkpoints whose sidecar records more progress than ``step`` (files whose
+        sidecar records none cannot be placed on a timeline and are left alone)."""
+        return [e.name for e in self._entries(default_name_filter) if e.progress and e.progress["step"] > step]
 
     def write_marker(self, name: str) -> None:
         """Point the remote ``latest`` at ``name`` (the caller makes sure it is committed remotely)."""

@@ -37,23 +37,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from linnaeus.dist import barrier, broadcast_object, get_rank, is_main_process, run_on_all_ranks
+from linnaeus.dist import barrier, broadcast_object, is_main_process, run_on_all_ranks
 
-from .catalog import CheckpointInfo, list_checkpoints, read_info
-from .commit import read_latest
 from . import lineage
+from .catalog import CheckpointInfo, read_info
 from .errors import (
-    CheckpointCorruptError,
     CheckpointError,
     CheckpointIncompatibleError,
     CheckpointNotFoundError,
-    CheckpointUnreadableError,
 )
-from .ordering import newest_first
 from .remote import RemoteRun
+from .scan import load_same_bytes
 from .sources import DownloadOptions, is_uri, redact
-from .state import KIND_FULL, KIND_WEIGHTS, newer_format_reason
-from .verify import load_verified_digest, verify_checkpoint
+from .state import KIND_FULL, KIND_WEIGHTS
+from .verify import load_verified_digest
 
 if TYPE_CHECKING:
     from .manager import CheckpointManager
@@ -83,6 +80,18 @@ class ResumePoint:
     @property
     def step(self) -> int:
         return int(self.state.get("progress", {}).get("step", 0))
+
+
+class RemoteCheckpointsPresentError(CheckpointIncompatibleError):
+    """A fresh start was asked for while the run's bucket folder holds committed checkpoints."""
+
+    def __init__(self, remote: RemoteRun, names: list[str]) -> None:
+        self.remote, self.names = remote, names
+        super().__init__(
+            f"refusing to start fresh: this run's bucket folder {remote.display} holds {len(names)} checkpoint(s) "
+            f"({', '.join(names[:8])}{' ...' if len(names) > 8 else ''}), which a fresh start would mix with a second "
+            "run (a relaunch on another machine would resume from them). Resume from them (auto-resume), or give the "
+            "new run its own name.")
 
 
 class WeightsOnlyRunError(CheckpointIncompatibleError):
@@ -137,12 +146,14 @@ class _Resume:
             if newer is not None:
                 return newer
             point = ResumePoint(target, self._load(target), "explicit")
-            if not auto:  # a deliberate restart: a newer timeline in this directory is set aside (lineage.py)
+            if not auto:  # a deliberate restart: a newer timeline here and in the bucket is set aside (lineage.py)
                 self._on_rank0(lambda: lineage.branch(self.directory, target, point.step), f"restarting from {target}")
+                self._on_rank0(lambda: self._branch_remote(target, point.step), f"restarting from {target}")
             return point
         if not auto:
             self._on_rank0(lambda: _refuse_if_any(self.directory, lineage.held_checkpoints,
                                                   lineage.CheckpointsPresentError), "starting fresh")
+            self._on_rank0(self._refuse_fresh_over_remote, "starting fresh")
             return None
         found = self._own_newest("run")
         if found is None and self.remote is not None:
@@ -242,6 +253,30 @@ class _Resume:
             f"loading {path}", CheckpointError)
         return load_same_bytes(path, loaded, require_sidecar=inside)
 
+    def _branch_remote(self, target: Path, step: int) -> None:
+        """The bucket folder's side of a restart: its checkpoints with more progress than ``target``
+        move to a sub-folder, so that a relaunch on a fresh machine cannot pick the abandoned timeline."""
+        if self.remote is None:
+            return
+        newer = self.remote.entries_after(step)
+        if newer:
+            folder = self.remote.move_aside(newer, lineage.abandoned_folder_name(target))
+            logger.warning("Restarting from %s (step %d): moved %d newer checkpoint(s) of the abandoned timeline in "
+                           "the bucket (%s) to %s (nothing was deleted).", target, step, len(newer), ", ".join(newer),
+                           redact(folder))
+
+    def _refuse_fresh_over_remote(self) -> None:
+        if self.remote is None:
+            return
+        try:
+            held = self.remote.list()
+        except CheckpointError as e:  # an unreachable bucket fails the uploads later, loudly; don't block on it
+            logger.warning("Could not check %s for checkpoints of an earlier run before a fresh start: %s",
+                           self.remote.display, e)
+            return
+        if held:
+            raise RemoteCheckpointsPresentError(self.remote, held)
+
     @staticmethod
     def _on_rank0(step: Callable[[], Any], what: str) -> None:
         """Rank 0 reads or moves the directory's files; every rank gets its error, or goes on after it."""
@@ -256,137 +291,11 @@ class _Resume:
             raise WeightsOnlyRunError(self.directory, found)
 
 
-# ----------------------------------------------------------------------------- the run's own directory
-def local_candidates(directory: Path) -> list[CheckpointInfo]:
-    """Committed full checkpoints in ``directory``, newest first by stored progress (``latest`` wins ties).
-
-    Files in a newer format are candidates too (unless marked weights-only), so that resume
-    stops at them rather than silently going back past them; one whose progress cannot be read
-    counts as the newest.
-    """
-    latest = read_latest(directory)
-    if latest and not (directory / latest).exists():
-        logger.warning("%s names %s, which does not exist; looking for older checkpoints.", directory / "latest",
-                       latest)
-    usable = []
-    for info in list_checkpoints(directory):
-        if not info.committed:
-            continue  # never committed (no sidecar): not ours to resume from
-        if not info.readable:
-            _raise_if_inaccessible(info.path)  # not damage: falling back past it would lose its progress
-            logger.warning("Skipping checkpoint %s: %s.", info.path, info.error)
-        elif info.kind == KIND_FULL or (info.too_new and info.kind != KIND_WEIGHTS):
-            usable.append(info)
-    return sorted(newest_first(usable, latest), key=lambda i: not (i.too_new and i.step < 0))
-
-
-def _raise_if_inaccessible(path: Path) -> None:
-    try:
-        with open(path, "rb"):
-            pass
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise CheckpointUnreadableError(path, e) from e
-
-
-def newest_verified(directory: Path) -> Path | None:
-    """Newest checkpoint in ``directory`` that verifies (sha256 + structure), or None.
-    A collective: rank 0 checks, every rank gets its answer (or its error)."""
-    found = run_on_all_ranks(lambda: _first_verified(directory) if is_main_process() else None,
-                             f"resume in {directory}", CheckpointError)
-    found = broadcast_object(found)
-    return Path(found) if found else None
-
-
-def load_newest(directory: Path, *, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
-    """(path, state) of the newest checkpoint in ``directory`` that verifies and loads, or None.
-
-    Rank 0 tries the candidates in order, one read per file; the others then load its choice.
-    A damaged file is skipped with a warning; a newer format stops with an error. A collective.
-    """
-    found = run_on_all_ranks(lambda: _first_loadable(directory, map_location) if is_main_process() else None,
-                             f"resume in {directory}", CheckpointError)
-    path = broadcast_object(None if found is None else str(found[0]))
-    if path is None:
-        return None
-    return Path(path), load_same_bytes(Path(path), None if found is None else found[1], map_location=map_location)
-
-
-def load_same_bytes(path: Path, rank0: tuple[dict[str, Any], str | None] | None, *, map_location: Any = "cpu",
-                    require_sidecar: bool = True) -> dict[str, Any]:
-    """Every rank's state of ``path``, which rank 0 has loaded as ``rank0`` (state, sha256).
-
-    A collective. Rank 0 broadcasts the sha256 of the bytes it loaded; each other rank loads
-    ``path`` and checks its bytes hash the same, since with node-local directories one path can
-    name different files. A rank whose bytes differ fails the load on every rank.
-    """
-    digest = broadcast_object(rank0[1] if rank0 is not None else None)
-
-    def load() -> dict[str, Any]:
-        if rank0 is not None:
-            return rank0[0]  # rank 0, with the state it already holds
-        state, actual = load_verified_digest(path, map_location=map_location, require_sidecar=require_sidecar,
-                                             hash_always=digest is not None)
-        if digest is not None and actual != digest:
-            rank = get_rank()
-            raise CheckpointError(
-                f"ranks would resume from different bytes: {path} has sha256 {actual} on rank {rank}, but rank 0 "
-                f"loaded sha256 {digest} from the same path. Every rank must load the same bytes; with node-local "
-                "checkpoint directories, copy rank 0's file and its .sha256 to every node (or use a shared "
-                "filesystem) and relaunch.")
-        return state
-
-    return run_on_all_ranks(load, f"loading {path}", CheckpointError)
-
-
-def _first_verified(directory: Path) -> str | None:
-    for info in local_candidates(directory):
-        result = verify_checkpoint(info.path)
-        if result.ok:
-            return str(info.path)
-        if result.incompatible:
-            raise _newer_format_stop(directory, info.path, result.reason)
-        logger.warning("Skipping checkpoint %s: %s%s; trying the next older one.", info.path, result.reason,
-                       _hash_detail(result.expected_sha256, result.actual_sha256))
-    return None
-
-
-def _first_loadable(directory: Path, map_location: Any) -> tuple[Path, tuple[dict[str, Any], str | None]] | None:
-    for info in local_candidates(directory):
-        try:
-            return info.path, load_verified_digest(info.path, map_location=map_location)
-        except CheckpointCorruptError as e:
-            logger.warning("Skipping checkpoint %s: %s%s; trying the next older one.", info.path, e.reason,
-                           _hash_detail(e.expected_sha256, e.actual_sha256))
-        except CheckpointNotFoundError:
-            logger.warning("Skipping checkpoint %s: it was deleted while resume looked at it.", info.path)
-        except CheckpointIncompatibleError as e:
-            # Listing read the same file's meta; str(e) only if it changed in between.
-            reason = newer_format_reason(info.format_version) if info.too_new else str(e)
-            raise _newer_format_stop(directory, info.path, reason) from e
-    return None
-
-
 def _refuse_if_any(directory: Path, find: Callable[[Path], list[CheckpointInfo]],
                    error: Callable[[Path, list[CheckpointInfo]], CheckpointError]) -> None:
     found = find(directory)
     if found:
         raise error(directory, found)
-
-
-def _newer_format_stop(directory: Path, path: Path, reason: str) -> CheckpointIncompatibleError:
-    return CheckpointIncompatibleError(
-        f"auto-resume stopped at {path}: {reason}. It is the newest checkpoint in {directory} that is "
-        "not damaged, so resuming from an older one would silently lose the progress it holds. "
-        f"Upgrade linnaeus; or, to restart from an older checkpoint on purpose, move {path.name} "
-        f"(and {path.name}.sha256) out of {directory}.",
-        path=path,
-    )
-
-
-def _hash_detail(expected: str | None, actual: str | None) -> str:
-    return f" (expected sha256 {expected}, actual {actual})" if expected and actual and expected != actual else ""
 
 
 def is_bare_name(identifier: str) -> bool:
@@ -395,5 +304,5 @@ def is_bare_name(identifier: str) -> bool:
             and identifier not in (".", "..") and not identifier.startswith("~"))
 
 
-__all__ = ["ResumePoint", "Superseded", "WeightsOnlyRunError", "find_resume_point", "is_bare_name", "load_newest",
-           "local_candidates", "newest_verified"]
+__all__ = ["RemoteCheckpointsPresentError", "ResumePoint", "Superseded", "WeightsOnlyRunError", "find_resume_point",
+           "is_bare_name"]

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from .catalog import CheckpointInfo, forget_info
 from . import writer_lock
+from .catalog import CheckpointInfo, forget_info
 from .fsio import fsync_dir, pid_alive, writer_id, writer_pid
 from .hashing import sha256_file_async
 from .names import dir_lock, pending_sidecar_target, temp_writer

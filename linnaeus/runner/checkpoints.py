@@ -24,7 +24,12 @@ from linnaeus.checkpoint.errors import (
 )
 from linnaeus.checkpoint.lineage import CheckpointsPresentError
 from linnaeus.checkpoint.remote import RemoteRun
-from linnaeus.checkpoint.resume import ResumePoint, WeightsOnlyRunError, find_resume_point
+from linnaeus.checkpoint.resume import (
+    RemoteCheckpointsPresentError,
+    ResumePoint,
+    WeightsOnlyRunError,
+    find_resume_point,
+)
 from linnaeus.checkpoint.sources import DownloadOptions
 from linnaeus.checkpoint.sources.base import redact
 from linnaeus.checkpoint.upload import BackgroundUploader, close_on_all_ranks, poll_on_all_ranks
@@ -118,6 +123,10 @@ class RunCheckpoints:
                 f"  - resume them: set TRAIN.AUTO_RESUME True (the newest), or TRAIN.RESUME {e.newest} (or another);\n"
                 f"  - start over: move them aside with `linnaeus-ckpt set-aside {self.directory.parent}` (nothing is "
                 "deleted), then relaunch.", path=e.path) from e
+        except RemoteCheckpointsPresentError as e:
+            raise CheckpointIncompatibleError(
+                f"TRAIN.AUTO_RESUME is False and TRAIN.RESUME is empty (a fresh start), but {e} Choose one: set "
+                "TRAIN.AUTO_RESUME True to resume them, or a new EXPERIMENT.NAME for a new run.") from e
         except CheckpointNotFoundError as e:
             if not cfg.TRAIN.RESUME:
                 raise

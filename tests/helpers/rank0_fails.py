@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from linnaeus.checkpoint import resume  # noqa: E402
+from linnaeus.checkpoint import scan  # noqa: E402
 from linnaeus.main import cli  # noqa: E402
 from linnaeus.runner import pretrained  # noqa: E402
 
@@ -26,7 +26,7 @@ if __name__ == "__main__":
     where, argv = sys.argv[1], sys.argv[2:]
     if os.environ.get("RANK") == "0":
         if where == "resume":
-            resume.load_verified_digest = _boom  # the verified read of the checkpoint to resume from
+            scan.load_verified_digest = _boom  # the verified read of the checkpoint to resume from
         else:
             pretrained.load_pretrained_from_cfg = _boom  # type: ignore[assignment]
     sys.exit(cli(argv))

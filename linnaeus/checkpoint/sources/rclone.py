@@ -314,6 +314,12 @@ def copyto(local_path: str | os.PathLike, remote_path: str, *, env: Mapping[str,
     )
 
 
+def move_within(src: str, dst: str, *, env: Mapping[str, str] | None = None) -> None:
+    """Move one object to another name on the same remote (``rclone moveto``: a server-side copy,
+    then the source is removed once the copy exists)."""
+    run_rclone(["moveto", src, dst], env=env, what=f"moving {redact(src)} to {redact(dst)}")
+
+
 def rcat(data: bytes, remote_path: str, *, env: Mapping[str, str] | None = None) -> None:
     """Write a small object (a marker) from memory."""
     full_env = child_env(env)
