@@ -60,3 +60,22 @@ def test_no_secret_in_any_output(tmp_path: Path, toy_root: Path) -> None:
     assert "MODEL.PRETRAINED:" in procs[-1].stdout  # the config diff logged the identifiers (redacted)
     assert list((tmp_path / "run" / "tensorboard").rglob("events*"))
     assert _leaks(tmp_path, procs) == []
+
+
+def test_no_secret_in_cli_output(tmp_path: Path) -> None:
+    """The CLI commands that take identifiers and remotes print none of their secrets."""
+    ckpt = REPO / ".venv" / "bin" / "linnaeus-ckpt"
+    ckpt_cmd = [str(ckpt)] if ckpt.exists() else ["python", "-m", "linnaeus.cli.ckpt"]
+    local = tmp_path / "w.pth"
+    local.write_bytes(b"weights")
+    runs = [
+        ["resolve", URL, "--cache-dir", str(tmp_path / "cache"), "--retries", "1"],
+        ["download", URL, "--to", str(tmp_path / "dl"), "--cache-dir", str(tmp_path / "cache"), "--retries", "1"],
+        ["resolve", "missing.pth", "--cache-dir", str(tmp_path / "cache"), "--remote", REMOTE, "--bucket", "b",
+         "--retries", "1"],
+        ["upload", str(local), "--write-sidecar", "--remote", REMOTE, "--bucket", "b"],
+    ]
+    for args in runs:
+        proc = subprocess.run(ckpt_cmd + args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0, (args, proc.stdout, proc.stderr)  # nothing listens there: each fails
+        assert SECRET not in proc.stdout + proc.stderr, (args, proc.stdout, proc.stderr)
