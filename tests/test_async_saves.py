@@ -139,10 +139,11 @@ def _derive(kind: str, base: torch.Tensor, pick: int) -> torch.Tensor:
     return base[::2]
 
 
-def _build(bases_spec: list, derived_spec: list, g: torch.Generator) -> tuple[dict[str, Any], list[torch.Tensor]]:
+def _build(bases_spec: list, derived_spec: list, g: torch.Generator,
+           device: str = "cpu") -> tuple[dict[str, Any], list[torch.Tensor]]:
     bases = []
     for _, dtype, shape in bases_spec:
-        t = torch.empty(shape, dtype=dtype)
+        t = torch.empty(shape, dtype=dtype, device=device)
         _fill(t, g)
         bases.append(t)
     derived = [_derive(kind, bases[pick % len(bases)], pick) for kind, pick in derived_spec]
