@@ -73,3 +73,19 @@ def test_permission_error_is_reported_as_such_not_as_corruption(tmp_path: Path) 
     for line, path in ((explicit, tmp_path / "elsewhere.pth"), (auto, newest)):
         assert line.startswith("CheckpointUnreadableError: cannot read checkpoint"), out
         assert f"{path}: PermissionError" in line and "corrupt" not in line and "Delete" not in line, out
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv to drop CAP_DAC_OVERRIDE")
+def test_verify_cli_reports_an_unreadable_file_as_unreadable(tmp_path: Path) -> None:
+    own = CheckpointManager(tmp_path / "run")
+    path = own.save(epoch=1, step=10, model=torch.nn.Linear(4, 4))
+    own.close()
+    path.chmod(0)
+    cli = Path(sys.executable).parent / "linnaeus-ckpt"
+    proc = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                           "--inh-caps=-dac_override,-dac_read_search", str(cli), "verify", str(path.parent)],
+                          capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "cannot read" in out and "PermissionError" in out and "Traceback" not in out, out
+    assert "corrupt" not in out.lower() and "not damage (do not delete it)" in out, out

@@ -122,6 +122,9 @@ def _first_verified(directory: Path) -> str | None:
             return str(info.path)
         if result.incompatible:
             raise _newer_format_stop(directory, info.path, result.reason)
+        if result.unreadable:  # no verdict on its bytes: resuming from an older file would lose its progress
+            _raise_if_inaccessible(info.path)
+            raise CheckpointUnreadableError(info.path, OSError(result.reason))
         logger.warning("Skipping checkpoint %s: %s%s; trying the next older one.", info.path, result.reason,
                        _hash_detail(result.expected_sha256, result.actual_sha256))
     return None

@@ -35,6 +35,8 @@ class VerifyResult:
     # Intact, but written in a newer format than this linnaeus reads (reason says so): not
     # corrupt, so resume must stop at it rather than fall back to an older checkpoint.
     incompatible: bool = False
+    # This process could not read it (permissions, an I/O error): no verdict on its bytes.
+    unreadable: bool = False
 
     def __bool__(self) -> bool:
         return self.ok
@@ -52,10 +54,24 @@ def pending_hashes(path: Path) -> list[str]:
 
 
 def verify_checkpoint(path: str | Path, *, require_sidecar: bool = True) -> VerifyResult:
-    """Full check of one file: sha256 against its sidecar, then a weights_only structure load."""
+    """Full check of one file: sha256 against its sidecar, then a weights_only structure load.
+
+    A file this process cannot read is reported as unreadable (``unreadable=True``), with the
+    ``OSError``, never as damaged.
+    """
     path = Path(path)
     if not path.is_file():
         return VerifyResult(path, False, "file does not exist")
+    try:
+        return _verify(path, require_sidecar)
+    except FileNotFoundError:
+        return VerifyResult(path, False, "file does not exist (deleted while it was checked)")
+    except OSError as e:
+        return VerifyResult(path, False, f"cannot read it: {type(e).__name__}: {e}; an access problem, not damage "
+                                         "(do not delete it): make it readable by this process", unreadable=True)
+
+
+def _verify(path: Path, require_sidecar: bool) -> VerifyResult:
     known = None
     try:
         known = read_sidecar_digest(path)
