@@ -125,7 +125,7 @@ class _AboveBarsHandler(logging.StreamHandler):
                 self.flush()
         except RecursionError:
             raise
-        except Exception:
+        except Exception:  # as logging.StreamHandler.emit does: handleError reports it on stderr
             self.handleError(record)
 
 
