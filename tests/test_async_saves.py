@@ -20,6 +20,7 @@ from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, verify_chec
 from linnaeus.checkpoint.async_writer import AsyncWriter
 from linnaeus.checkpoint.commit import commit_file
 from tests.conftest import REPO, tiny_args
+from tests.helpers.tied_model import TiedLM
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -61,15 +62,6 @@ def test_runner_exception_during_async_epoch_save_commits_it_and_exits_nonzero(t
 
 
 # ---------------------------------------------------------------- item 2: snapshots equal sync saves
-class TiedLM(nn.Module):
-    def __init__(self, vocab: int = 50, dim: int = 16) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        self.body = nn.Linear(dim, dim)
-        self.head = nn.Linear(dim, vocab, bias=False)
-        self.head.weight = self.embed.weight  # tied input/output embedding
-
-
 def test_tied_weights_with_ema_async_saves_hold_the_models_weights(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = TiedLM()

@@ -19,26 +19,13 @@ from timm.utils import ModelEmaV3  # noqa: E402
 from torch import nn  # noqa: E402
 
 from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, parse_interval  # noqa: E402
-
-
-class TiedLM(nn.Module):
-    """Embedding and output layer share one weight (as tied language-model heads do)."""
-
-    def __init__(self, vocab: int = 512, dim: int = 256) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        self.mix = nn.Linear(dim, dim)
-        self.head = nn.Linear(dim, vocab, bias=False)
-        self.head.weight = self.embed.weight
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.tanh(self.mix(self.embed(tokens))))
+from tests.helpers.tied_model import TiedLM  # noqa: E402
 
 
 def main(directory: Path) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    model = TiedLM()
+    model = TiedLM(vocab=512, dim=256)
     ema = ModelEmaV3(model, decay=0.9)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     policy = CheckpointPolicy(interval=parse_interval("1st"), filename="step_{step}.pth", keep_last_n=3,
