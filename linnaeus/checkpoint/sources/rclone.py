@@ -26,6 +26,7 @@ import json
 import os
 import queue
 import re
+import select
 import shutil
 import subprocess
 import sys
@@ -74,6 +75,7 @@ def rclone_binary() -> str:
         )
     from rclone_python import rclone as rclone_python
 
+    found = os.path.abspath(found)  # spawn_rclone needs an absolute path (posix_spawn)
     rclone_python.set_executable_file(found)
     return found
 
@@ -123,36 +125,68 @@ def classify_failure(rc: int, stderr: str, what: str, env: Mapping[str, str]) ->
     return TransientSourceError(f"{what}: rclone exited with status {rc}:\n{detail}")
 
 
+def spawn_rclone(args: Sequence[str], env: Mapping[str, str], **streams: object) -> subprocess.Popen:
+    """Start ``rclone <args>`` with posix_spawn, so that a fork elsewhere cannot block the start.
+
+    CPython's default start (fork_exec) waits for EOF on an internal pipe to learn whether exec
+    worked; a process forked by another thread in that moment (a DataLoader worker, forked by
+    the trainer while the upload thread starts rclone) inherits the write end and the start
+    blocks for that process's whole life. ``posix_spawn`` (vfork) has no such pipe; CPython
+    uses it only with ``close_fds=False`` and an absolute executable. Python's own descriptors
+    are close-on-exec anyway (PEP 446), so rclone inherits nothing it did not before.
+    """
+    return subprocess.Popen([rclone_binary(), *COMMON_FLAGS, *args], env=env, close_fds=False,
+                            **streams)  # type: ignore[call-overload]
+
+
+def _run_captured(
+    args: Sequence[str], env: Mapping[str, str], *, stdin: bytes | None = None, timeout: float | None = None
+) -> tuple[int, bytes, bytes]:
+    """Run rclone with stdin/stdout/stderr in temp files, not pipes, and wait for its exit.
+
+    Why not pipes: the trainer forks (DataLoader workers) while the upload thread runs rclone.
+    A process forked between ``Popen`` creating a pipe and closing its copy of the write end
+    keeps that copy for its whole life, and a caller waiting for EOF waits for it (a persistent
+    DataLoader worker lives until the run exits, which waits for the upload: a hang, seen in
+    CI). Waiting for the child's exit status depends on nobody else.
+    """
+    with tempfile.TemporaryFile() as inf, tempfile.TemporaryFile() as outf, tempfile.TemporaryFile() as errf:
+        if stdin is not None:
+            inf.write(stdin)
+            inf.seek(0)
+        proc = spawn_rclone(args, env, stdin=inf if stdin is not None else subprocess.DEVNULL, stdout=outf,
+                            stderr=errf)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # our own child, by handle
+            proc.wait()
+            raise
+        outf.seek(0)
+        errf.seek(0)
+        return rc, outf.read(), errf.read()
+
+
 def run_rclone(
     args: Sequence[str], *, env: Mapping[str, str] | None = None, what: str, timeout: float | None = None
 ) -> str:
     """Run ``rclone <args>`` (argv, no shell) and return stdout; raise a classified error on failure."""
+    return run_rclone_bytes(args, env=env, what=what, timeout=timeout).decode("utf-8", "replace")
+
+
+def run_rclone_bytes(
+    args: Sequence[str], *, env: Mapping[str, str] | None = None, what: str, timeout: float | None = None,
+    stdin: bytes | None = None,
+) -> bytes:
+    """Like :func:`run_rclone` but returns stdout as bytes (object contents); ``stdin`` feeds rclone."""
     full_env = child_env(env)
     try:
-        proc = subprocess.run(
-            [rclone_binary(), *COMMON_FLAGS, *args],
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        rc, out, err = _run_captured(args, full_env, stdin=stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise TransientSourceError(f"{what}: rclone did not finish within {timeout:.0f} s.") from None
-    if proc.returncode != 0:
-        raise classify_failure(proc.returncode, proc.stderr, what, full_env)
-    return proc.stdout
-
-
-def run_rclone_bytes(args: Sequence[str], *, env: Mapping[str, str] | None = None, what: str) -> bytes:
-    """Like :func:`run_rclone` but returns stdout as bytes (object contents)."""
-    full_env = child_env(env)
-    proc = subprocess.run(
-        [rclone_binary(), *COMMON_FLAGS, *args], env=full_env, stdin=subprocess.DEVNULL, capture_output=True
-    )
-    if proc.returncode != 0:
-        raise classify_failure(proc.returncode, proc.stderr.decode("utf-8", "replace"), what, full_env)
-    return proc.stdout
+    if rc != 0:
+        raise classify_failure(rc, err.decode("utf-8", "replace"), what, full_env)
+    return out
 
 
 def split_remote(path: str) -> tuple[str, str]:
@@ -248,14 +282,8 @@ class RcloneSource(Source):
         """
         env = self.env
         with tempfile.TemporaryFile() as errf:
-            proc = subprocess.Popen(
-                [rclone_binary(), *COMMON_FLAGS, "cat", self.path],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=errf,
-                env=env,
-                bufsize=0,
-            )
+            proc = spawn_rclone(["cat", self.path], env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=errf)
             try:
                 fcntl.fcntl(proc.stdout.fileno(), _F_SETPIPE_SZ, 1 << 20)
             except OSError:
@@ -264,9 +292,23 @@ class RcloneSource(Source):
             stop = threading.Event()
 
             def pump() -> None:
+                # End of stream is rclone's exit with the pipe drained, not the pipe's EOF alone:
+                # a process forked while Popen held the write end (a DataLoader worker) keeps it
+                # open for its whole life (see _run_captured).
+                fd = proc.stdout.fileno()
+                exited = False
                 try:
                     while not stop.is_set():
-                        block = proc.stdout.read(CHUNK_SIZE)
+                        readable, _, _ = select.select([fd], [], [], 0 if exited else 0.2)
+                        if readable:
+                            block = os.read(fd, CHUNK_SIZE)
+                        elif exited:
+                            block = b""
+                        else:
+                            # Everything rclone wrote is in the pipe before it exits: once it
+                            # has, one more empty select means the stream is complete.
+                            exited = proc.poll() is not None
+                            continue
                         chunks.put(block)
                         if not block:
                             return
@@ -322,17 +364,7 @@ def move_within(src: str, dst: str, *, env: Mapping[str, str] | None = None) -> 
 
 def rcat(data: bytes, remote_path: str, *, env: Mapping[str, str] | None = None) -> None:
     """Write a small object (a marker) from memory."""
-    full_env = child_env(env)
-    proc = subprocess.run(
-        [rclone_binary(), *COMMON_FLAGS, "rcat", remote_path],
-        input=data,
-        env=full_env,
-        capture_output=True,
-    )
-    if proc.returncode != 0:
-        raise classify_failure(
-            proc.returncode, proc.stderr.decode("utf-8", "replace"), f"writing {redact(remote_path)}", full_env
-        )
+    run_rclone_bytes(["rcat", remote_path], env=env, stdin=data, what=f"writing {redact(remote_path)}")
 
 
 def list_files(remote_dir: str, *, env: Mapping[str, str] | None = None) -> list[dict]:
