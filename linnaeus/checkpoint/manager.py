@@ -42,7 +42,7 @@ from .history import MetricHistory
 from .lineage import parent_sha256
 from .policy import CheckpointPolicy, render_filename
 from .retention import cleanup_stale, delete_checkpoint, plan_retention
-from .scan import load_newest, newest_verified
+from .scan import load_newest, newest_verified, nothing_to_load_error
 from .state import (
     KIND_FULL,
     KIND_WEIGHTS,
@@ -380,6 +380,15 @@ class CheckpointManager:
         """(path, state) of the newest valid checkpoint here, or None; one read pass per file
         tried. Skips and stops like :meth:`find_resumable`."""
         return load_newest(self.directory, map_location=map_location)
+
+    def load_last(self, *, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]]:
+        """:meth:`load_resumable` for a caller that needs a checkpoint (fairseq2's
+        ``load_last_checkpoint``): raises :class:`CheckpointNotFoundError` listing the places
+        looked and why each file there was passed over, instead of returning None."""
+        found = self.load_resumable(map_location=map_location)
+        if found is None:
+            raise nothing_to_load_error(self.directory)
+        return found
 
     def restore(self, state: Mapping[str, Any], *, path: str | Path | None = None, rng: bool = True,
                 model: nn.Module | None = None, **components: Stateful | None) -> dict[str, int]:

@@ -2,8 +2,9 @@
 
 :func:`find_resume_point` answers, on every rank alike, from these sources in this order:
 
-1. an explicit target (``explicit``: a path, URI or bare name) — unless this run has already
-   saved past it (the relaunch rule below);
+1. an explicit target (``explicit``: a path, URI or bare name, or ``latest`` / ``step:N`` for the
+   run's own checkpoints, :mod:`.resume_target`) — unless this run has already saved past it
+   (the relaunch rule below);
 2. the run's own newest checkpoint that verifies (``auto``);
 3. the run's newest checkpoint in its bucket folder (``remote``), for a relaunch on a fresh machine;
 4. nothing: a fresh start — refused when the run holds weights-only checkpoints of its main
@@ -47,6 +48,7 @@ from .errors import (
     CheckpointNotFoundError,
 )
 from .remote import RemoteRun
+from .resume_target import locate_run_target, parse_run_target
 from .scan import load_same_bytes
 from .sources import DownloadOptions, is_uri, redact
 from .state import KIND_FULL, KIND_WEIGHTS
@@ -167,7 +169,11 @@ class _Resume:
 
     # ------------------------------------------------------------------ explicit target
     def _locate(self, identifier: str) -> Path:
-        """The run's own file, then its bucket folder, then ``resolve`` (no collectives)."""
+        """The run's own file, then its bucket folder, then ``resolve`` (no collectives).
+        ``latest`` and ``step:N`` name the run's own checkpoints only (:mod:`.resume_target`)."""
+        run_target = parse_run_target(identifier)
+        if run_target is not None:
+            return locate_run_target(run_target, self.directory, self.remote, self.download)
         looked: list[str] = []
         if is_bare_name(identifier):
             own = self.directory / identifier

@@ -88,6 +88,29 @@ def load_newest(directory: Path, *, map_location: Any = "cpu") -> tuple[Path, di
     return Path(path), load_same_bytes(Path(path), None if found is None else found[1], map_location=map_location)
 
 
+def nothing_to_load_error(directory: Path) -> CheckpointNotFoundError:
+    """Why ``directory`` gave no checkpoint to load: the places looked and, per file there, why it
+    was passed over (fairseq2's ``load_last_checkpoint`` raises rather than returning nothing)."""
+    latest = read_latest(directory)
+    looked = [f"{directory}{'' if directory.is_dir() else ' (does not exist)'}",
+              f"{directory / 'latest'} ({f'names {latest}' if latest else 'absent'})"]
+    passed = []
+    for info in list_checkpoints(directory):
+        if not info.committed:
+            why = "no .sha256 sidecar: never committed"
+        elif not info.readable:
+            why = str(info.error)
+        elif info.kind != KIND_FULL:
+            why = f"a {info.kind} checkpoint, without the training state a resume needs"
+        else:
+            why = "did not verify (see the warning logged for it)"
+        passed.append(f"{info.name}: {why}")
+    message = f"no checkpoint to load in {directory}. Looked in:\n" + "\n".join(f"  - {p}" for p in looked)
+    if passed:
+        message += "\nFiles passed over:\n" + "\n".join(f"  - {p}" for p in passed)
+    return CheckpointNotFoundError(message)
+
+
 def load_same_bytes(path: Path, rank0: tuple[dict[str, Any], str | None] | None, *, map_location: Any = "cpu",
                     require_sidecar: bool = True) -> dict[str, Any]:
     """Every rank's state of ``path``, which rank 0 has loaded as ``rank0`` (state, sha256).
@@ -160,4 +183,4 @@ def _hash_detail(expected: str | None, actual: str | None) -> str:
     return f" (expected sha256 {expected}, actual {actual})" if expected and actual and expected != actual else ""
 
 
-__all__ = ["load_newest", "load_same_bytes", "local_candidates", "newest_verified"]
+__all__ = ["load_newest", "load_same_bytes", "local_candidates", "newest_verified", "nothing_to_load_error"]

@@ -15,6 +15,7 @@ from typing import Iterator, Mapping
 from yacs.config import CfgNode as CN
 
 from linnaeus.checkpoint.policy import CheckpointPolicy, InvalidPolicyError, metric_fields, parse_interval
+from linnaeus.checkpoint.resume_target import InvalidResumeTargetError, parse_run_target
 
 from .errors import ConfigError
 
@@ -69,6 +70,10 @@ def build_weights_policy(cfg: CN) -> CheckpointPolicy:
 
 def validate_checkpointing(cfg: CN) -> None:
     """Build both savers' policies (as the runner will) and check their names against the metrics."""
+    try:
+        parse_run_target(cfg.TRAIN.RESUME)  # 'latest', 'step:N', or an identifier checked when resolved
+    except InvalidResumeTargetError as e:
+        raise ConfigError(f"TRAIN.RESUME: {e}") from None
     main = build_policy(cfg)
     # Built even when disabled, so that enabling it later with --opts cannot surprise.
     weights = build_weights_policy(cfg)

@@ -122,7 +122,8 @@ _C.TRAIN = CN()
 _C.TRAIN.EPOCHS = 10
 # Resume from this run's newest verified checkpoint when one exists.
 _C.TRAIN.AUTO_RESUME = True
-# Checkpoint identifier to resume full training state from (takes precedence over AUTO_RESUME).
+# Full training state to resume from: an identifier, "latest" (the run's newest committed checkpoint) or
+# "step:N" (the run's checkpoint at optimizer step N); takes precedence over AUTO_RESUME.
 _C.TRAIN.RESUME = ""
 # Micro-batches per optimizer step (gradient accumulation, DDP sync only on the last).
 _C.TRAIN.ACCUM_STEPS = 1

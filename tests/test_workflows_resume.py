@@ -1,0 +1,150 @@
+"""Resume and keep habits users bring from fairseq2, Composer and Mammoth (issue 12, items 3-5).
+
+``TRAIN.RESUME latest`` / ``step:N``, the library's load-last raising with the places looked,
+foreign and weights-only files given to TRAIN.RESUME, keep-best alone and CHECKPOINT.KEEP_LOCAL_N
+with a real ``rclone serve s3``. Real files, the runner's RunCheckpoints in-process with a tiny
+model (no training needed to decide what resumes or what is kept)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy
+from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
+from linnaeus.config import ConfigError, load_config
+from tests.conftest import TINY_CFG
+from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
+    BUCKET,
+    REMOTE,
+    RcloneServer,
+    configure_remote,
+    free_port,
+    rclone_isolated,
+    s3_server,
+    settle,
+)
+
+
+def _cfg(tmp_path: Path, *opts: str):
+    return load_config(str(TINY_CFG), ["ENV.OUTPUT.BASE_DIR", str(tmp_path), "ENV.INPUT.CACHE_DIR",
+                                       str(tmp_path / "cache"), *opts])
+
+
+def _checkpointer(tmp_path: Path, *opts: str):
+    from linnaeus.engine.trainer import Progress
+    from linnaeus.runner.checkpoints import RunCheckpoints
+
+    ck, progress, model = RunCheckpoints(_cfg(tmp_path, *opts), tmp_path / "tiny"), Progress(), torch.nn.Linear(8, 8)
+    ck.attach(progress=progress, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    return ck, progress, model
+
+
+def _save_epochs(tmp_path: Path, steps: tuple[int, ...] = (2, 4, 6), *opts: str,
+                 metrics: dict[int, float] | None = None) -> Path:
+    """A run that saved after each epoch at ``steps``; returns its checkpoint directory."""
+    ck, progress, model = _checkpointer(tmp_path, "TRAIN.AUTO_RESUME", "False", *opts)
+    assert ck.find_resume_point() is None
+    for epoch, step in enumerate(steps, start=1):
+        progress.epoch, progress.step = epoch, step
+        with torch.no_grad():
+            model.weight.fill_(float(step))  # each file's weights say which step it holds
+        measured = {"val/acc1/species": metrics[step]} if metrics and step in metrics else {}
+        ck.maybe_save_epoch(progress, measured, is_last=False)
+    ck.close()
+    return tmp_path / "tiny" / "checkpoints"
+
+
+def _resume(tmp_path: Path, *opts: str):
+    ck, progress, model = _checkpointer(tmp_path, *opts)
+    point = ck.find_resume_point()
+    assert point is not None
+    ck.restore(point)
+    ck.close()
+    return point.path, progress, float(model.weight[0, 0].detach())
+
+
+# ----------------------------------------------------------------------------- item 3: latest, step:N
+@pytest.mark.parametrize("auto", ["True", "False"])
+def test_train_resume_latest_resumes_what_latest_names(tmp_path: Path, auto: str) -> None:
+    ckpts = _save_epochs(tmp_path)
+    assert (ckpts / "latest").read_text().strip() == "checkpoint_epoch_3.pth"
+    path, progress, weight = _resume(tmp_path, "TRAIN.RESUME", "latest", "TRAIN.AUTO_RESUME", auto)
+    assert path == ckpts / "checkpoint_epoch_3.pth"
+    assert (progress.epoch, progress.step, weight) == (3, 6, 6.0)
+
+
+def test_train_resume_latest_is_verified_not_passed_over(tmp_path: Path) -> None:
+    ckpts = _save_epochs(tmp_path)
+    data = bytearray((ckpts / "checkpoint_epoch_3.pth").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (ckpts / "checkpoint_epoch_3.pth").write_bytes(bytes(data))
+    ck, _, _ = _checkpointer(tmp_path, "TRAIN.RESUME", "latest", "TRAIN.AUTO_RESUME", "False")
+    with pytest.raises(CheckpointCorruptError, match="checkpoint_epoch_3.pth.*does not match"):
+        ck.find_resume_point()
+
+
+def test_train_resume_step_n_resumes_the_runs_checkpoint_at_that_step(tmp_path: Path) -> None:
+    ckpts = _save_epochs(tmp_path)
+    # AUTO_RESUME False: a deliberate restart from step 4 (the newer file is set aside, not deleted).
+    path, progress, weight = _resume(tmp_path, "TRAIN.RESUME", "step:4", "TRAIN.AUTO_RESUME", "False")
+    assert path == ckpts / "checkpoint_epoch_2.pth"
+    assert (progress.epoch, progress.step, weight) == (2, 4, 4.0)
+    assert [p.name for d in ckpts.iterdir() if d.is_dir() for p in d.glob("*.pth")] == ["checkpoint_epoch_3.pth"]
+
+
+def test_train_resume_latest_and_step_not_found_list_the_places_looked(tmp_path: Path) -> None:
+    ckpts = _save_epochs(tmp_path, (2, 4))
+    ck, _, _ = _checkpointer(tmp_path, "TRAIN.RESUME", "step:3")
+    with pytest.raises(CheckpointNotFoundError) as info:
+        ck.find_resume_point()
+    msg = str(info.value)
+    assert msg.startswith("TRAIN.RESUME step:3: the run's checkpoint at step 3 not found. Looked in:"), msg
+    assert f"{ckpts} (no committed checkpoint at step 3; steps held: 2, 4)" in msg
+    assert "this run's bucket folder: not searched" in msg and "ENV.OUTPUT.BUCKET.ENABLED is False" in msg
+    ck.close()
+
+    shutil.rmtree(ckpts)
+    ck, _, _ = _checkpointer(tmp_path, "TRAIN.RESUME", "latest")
+    with pytest.raises(CheckpointNotFoundError) as info:
+        ck.find_resume_point()
+    assert f"{ckpts / 'latest'} (absent: this run has committed no full checkpoint here)" in str(info.value)
+    ck.close()
+
+
+def test_train_resume_step_from_the_bucket_folder_on_a_fresh_machine(tmp_path: Path,
+                                                                     s3_server: RcloneServer) -> None:
+    bucket = ("ENV.OUTPUT.BUCKET.ENABLED", "True", "ENV.OUTPUT.BUCKET.REMOTE", REMOTE,
+              "ENV.OUTPUT.BUCKET.NAME", BUCKET, "ENV.OUTPUT.BUCKET.PATH_PREFIX", "runs/")
+    ckpts = _save_epochs(tmp_path, (2, 4, 6), *bucket)
+    settle()
+    shutil.rmtree(ckpts.parent)  # a fresh machine
+    path, progress, weight = _resume(tmp_path, "TRAIN.RESUME", "step:4", "TRAIN.AUTO_RESUME", "False", *bucket)
+    assert path == ckpts / "checkpoint_epoch_2.pth"
+    assert (progress.step, weight) == (4, 4.0)
+
+
+@pytest.mark.parametrize("value", ["step:", "step:x", "step:-3", "step:0", "step:1.5"])
+def test_bad_step_values_are_config_errors_naming_train_resume(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^TRAIN.RESUME: .*'step:' must be followed by a positive integer"):
+        _cfg(tmp_path, "TRAIN.RESUME", value)
+
+
+def test_library_load_last_raises_with_the_places_looked(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path / "ckpts", CheckpointPolicy())
+    model = torch.nn.Linear(2, 2)
+    manager.save(epoch=1, step=3, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    (tmp_path / "ckpts" / "checkpoint_epoch_1.pth.sha256").unlink()  # never committed
+    with pytest.raises(CheckpointNotFoundError) as info:
+        manager.load_last()
+    msg = str(info.value)
+    assert f"no checkpoint to load in {tmp_path / 'ckpts'}. Looked in:" in msg
+    assert f"{tmp_path / 'ckpts' / 'latest'} (names checkpoint_epoch_1.pth)" in msg
+    assert "checkpoint_epoch_1.pth: no .sha256 sidecar: never committed" in msg
+    manager.save(epoch=2, step=6, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    assert manager.load_last()[0] == tmp_path / "ckpts" / "checkpoint_epoch_2.pth"
+    manager.close()
