@@ -33,8 +33,8 @@ def _calls(tmp: Path) -> list:
             assert sum(len(c) for c in chunks) == 200_000
 
     return [
-        lambda: run_rclone(["lsjson", str(tmp)], what="listing"),
-        lambda: run_rclone_bytes(["cat", str(data)], what="reading"),
+        lambda: run_rclone(["lsjson", "--", str(tmp)], what="listing"),
+        lambda: run_rclone_bytes(["cat", "--", str(data)], what="reading"),
         lambda: rcat(b"marker\n", f":local:{tmp / 'marker'}"),
         stream,
     ]

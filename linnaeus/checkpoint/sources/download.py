@@ -82,14 +82,19 @@ def _host_tag() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
 
 
+def _cut(name: str, max_bytes: int) -> str:
+    """``name`` cut to at most ``max_bytes`` of UTF-8 (NAME_MAX counts bytes, not characters)."""
+    return name.encode("utf-8", "surrogateescape")[:max_bytes].decode("utf-8", "ignore")
+
+
 def temp_path_for(dest: Path) -> Path:
     """A fresh temp name in ``dest``'s directory: hidden, unique, ends in ``.partial``."""
-    stem = dest.name[:120]
+    stem = _cut(dest.name, 120)
     return dest.with_name(f".{stem}.{_host_tag()}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
 def lock_path_for(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name[:200]}.lock")
+    return dest.with_name(f".{_cut(dest.name, 200)}.lock")
 
 
 def cleanup_stale_temps(directory: str | os.PathLike, max_age_hours: float = 6.0) -> list[Path]:

@@ -14,6 +14,11 @@ its ``copyto`` ignores ``set_executable_file`` and runs whatever ``rclone`` is f
 full source path (a connection string may carry parameters). An argv list gives us literal
 paths (``model[1].pth`` stays literal), the exit code, and a stderr we can redact.
 
+Paths are data, never options: every argv puts ``--`` between our options and the paths
+(rclone's flag parser honours it for each subcommand used here, checked by
+tests/test_identifier_fuzz.py), :func:`spawn_rclone` refuses an argv without it, and
+:class:`RcloneSource` refuses remote names rclone could not mean (:mod:`.identifiers`).
+
 Credentials never appear on the command line: they come from rclone's config file, from
 ``RCLONE_CONFIG_<NAME>_*`` variables, or (for ``s3://`` etc., see :mod:`.cloud`) from the
 standard provider variables mapped onto ``RCLONE_<BACKEND>_*`` in the child's environment.
@@ -45,6 +50,7 @@ from linnaeus.checkpoint.sources.base import (
     TransientSourceError,
     redact,
 )
+from linnaeus.checkpoint.sources.identifiers import check_remote, check_text
 
 # Never prompt for a config password: a training job has no terminal to answer it.
 COMMON_FLAGS = ("--ask-password=false",)
@@ -125,8 +131,17 @@ def classify_failure(rc: int, stderr: str, what: str, env: Mapping[str, str]) ->
     return TransientSourceError(f"{what}: rclone exited with status {rc}:\n{detail}")
 
 
+def rclone_args(command: str, *options: str, paths: Sequence[str]) -> list[str]:
+    """``[command, *options, "--", *paths]``: after ``--`` rclone reads every argument as a path,
+    so a path that starts with ``-`` (``-vv:x``, ``--dump=auth:x``) cannot become an option."""
+    return [command, *options, "--", *paths]
+
+
 def spawn_rclone(args: Sequence[str], env: Mapping[str, str], **streams: object) -> subprocess.Popen:
     """Start ``rclone <args>`` with posix_spawn, so that a fork elsewhere cannot block the start.
+
+    ``args`` must separate options from paths with ``--`` (build it with :func:`rclone_args`):
+    a path read as an option could print credentials or write files where a config value says.
 
     CPython's default start (fork_exec) waits for EOF on an internal pipe to learn whether exec
     worked; a process forked by another thread in that moment (a DataLoader worker, forked by
@@ -135,6 +150,9 @@ def spawn_rclone(args: Sequence[str], env: Mapping[str, str], **streams: object)
     uses it only with ``close_fds=False`` and an absolute executable. Python's own descriptors
     are close-on-exec anyway (PEP 446), so rclone inherits nothing it did not before.
     """
+    if "--" not in args:
+        raise ValueError(f"rclone argv {list(args)!r} has no '--' between options and paths; "
+                         "build it with rclone_args().")
     return subprocess.Popen([rclone_binary(), *COMMON_FLAGS, *args], env=env, close_fds=False,
                             **streams)  # type: ignore[call-overload]
 
@@ -222,7 +240,9 @@ class RcloneSource(Source):
         self.path = path
         self.env = child_env(env, forced_env)
         self._display = display if display is not None else redact(path)
+        check_text(path, "rclone path")
         remote, key = split_remote(path)
+        check_remote(remote, f"rclone path {self._display}")
         if not key.strip("/"):
             raise ValueError(f"{self._display}: names a bucket/remote root, not a file.")
 
@@ -238,7 +258,7 @@ class RcloneSource(Source):
         return RcloneSource(self.path + suffix, forced_env=self.env, display=self.display + suffix)
 
     def _lsjson_stat(self, with_hash: bool) -> dict | None:
-        args = ["lsjson", "--stat", *(["--hash"] if with_hash else []), self.path]
+        args = rclone_args("lsjson", "--stat", *(["--hash"] if with_hash else []), paths=[self.path])
         try:
             out = run_rclone(args, env=self.env, what=f"looking up {self.display}")
         except TransientSourceError as e:
@@ -264,7 +284,8 @@ class RcloneSource(Source):
         # a sidecar or marker is never legitimately empty, so empty means absent.
         try:
             out = run_rclone_bytes(
-                ["cat", "--count", str(max_bytes + 1), self.path], env=self.env, what=f"reading {self.display}"
+                rclone_args("cat", "--count", str(max_bytes + 1), paths=[self.path]), env=self.env,
+                what=f"reading {self.display}",
             )
         except TransientSourceError as e:
             if _NOT_FOUND.search(str(e)):
@@ -282,8 +303,8 @@ class RcloneSource(Source):
         """
         env = self.env
         with tempfile.TemporaryFile() as errf:
-            proc = spawn_rclone(["cat", self.path], env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=errf)
+            proc = spawn_rclone(rclone_args("cat", paths=[self.path]), env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=errf)
             try:
                 fcntl.fcntl(proc.stdout.fileno(), _F_SETPIPE_SZ, 1 << 20)
             except OSError:
@@ -347,10 +368,17 @@ class RcloneSource(Source):
                 proc.wait()
 
 
+def _remote(path: str) -> str:
+    """``path`` checked as :class:`RcloneSource` checks its own (for the calls that take a bare path)."""
+    check_remote(split_remote(check_text(path, "rclone path"))[0], f"rclone path {redact(path)}")
+    return path
+
+
 def copyto(local_path: str | os.PathLike, remote_path: str, *, env: Mapping[str, str] | None = None) -> None:
     """Upload one file to exactly ``remote_path`` (``rclone copyto``: never deletes anything)."""
+    _remote(remote_path)
     run_rclone(
-        ["copyto", os.fspath(local_path), remote_path],
+        rclone_args("copyto", paths=[os.fspath(local_path), remote_path]),
         env=env,
         what=f"uploading {os.fspath(local_path)} to {redact(remote_path)}",
     )
@@ -359,18 +387,23 @@ def copyto(local_path: str | os.PathLike, remote_path: str, *, env: Mapping[str,
 def move_within(src: str, dst: str, *, env: Mapping[str, str] | None = None) -> None:
     """Move one object to another name on the same remote (``rclone moveto``: a server-side copy,
     then the source is removed once the copy exists)."""
-    run_rclone(["moveto", src, dst], env=env, what=f"moving {redact(src)} to {redact(dst)}")
+    _remote(src), _remote(dst)
+    run_rclone(rclone_args("moveto", paths=[src, dst]), env=env, what=f"moving {redact(src)} to {redact(dst)}")
 
 
 def rcat(data: bytes, remote_path: str, *, env: Mapping[str, str] | None = None) -> None:
     """Write a small object (a marker) from memory."""
-    run_rclone_bytes(["rcat", remote_path], env=env, stdin=data, what=f"writing {redact(remote_path)}")
+    _remote(remote_path)
+    run_rclone_bytes(rclone_args("rcat", paths=[remote_path]), env=env, stdin=data,
+                     what=f"writing {redact(remote_path)}")
 
 
 def list_files(remote_dir: str, *, env: Mapping[str, str] | None = None) -> list[dict]:
     """Files directly under ``remote_dir`` (lsjson entries); an absent directory is empty."""
+    _remote(remote_dir)
     try:
-        out = run_rclone(["lsjson", "--files-only", remote_dir], env=env, what=f"listing {redact(remote_dir)}")
+        out = run_rclone(rclone_args("lsjson", "--files-only", paths=[remote_dir]), env=env,
+                         what=f"listing {redact(remote_dir)}")
     except TransientSourceError as e:
         if _NOT_FOUND.search(str(e)):
             return []
@@ -381,9 +414,10 @@ def list_files(remote_dir: str, *, env: Mapping[str, str] | None = None) -> list
 def cat_matching(remote_dir: str, include: str, *, env: Mapping[str, str] | None = None) -> bytes:
     """The contents of the files directly under ``remote_dir`` whose names match the rclone
     filter ``include``, concatenated, in one rclone call (b"" for an absent directory)."""
+    _remote(remote_dir)
     try:
-        return run_rclone_bytes(["cat", "--max-depth", "1", "--include", include, remote_dir], env=env,
-                                what=f"reading {include} in {redact(remote_dir)}")
+        return run_rclone_bytes(rclone_args("cat", "--max-depth", "1", "--include", include, paths=[remote_dir]),
+                                env=env, what=f"reading {include} in {redact(remote_dir)}")
     except TransientSourceError as e:
         if _NOT_FOUND.search(str(e)):
             return b""
