@@ -18,7 +18,7 @@ from linnaeus.config import ConfigError, dump_config, load_config, run_dir
 from linnaeus.data.build import build_data
 from linnaeus.dist import distributed_session, get_rank, get_world_size, is_dist, is_main_process, select_device
 from linnaeus.engine.amp import build_amp
-from linnaeus.engine.evaluator import evaluate
+from linnaeus.engine.evaluator import evaluate, summary_lines
 from linnaeus.engine.loss import MultiLevelLoss
 from linnaeus.engine.optim import build_ema, build_optimizer, build_scheduler
 from linnaeus.engine.run_log import build_tb_writer, setup_logging
@@ -136,7 +136,8 @@ def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints,
         if last_epoch or progress.epoch % cfg.EVAL.INTERVAL == 0:
             if data.val_loader is not None:
                 last_metrics = measured = evaluate(trainer.model, data.val_loader, list(cfg.DATA.TASK_KEYS),
-                                                   device, autocast=autocast)
+                                                   device, autocast=autocast, hierarchy=data.hierarchy,
+                                                   consistent_decoding=cfg.EVAL.CONSISTENT_DECODING)
             _log_metrics(progress, result, last_metrics, tb)
         # The saved sampler state must point at the start of the next epoch.
         data.train_sampler.set_epoch(progress.epoch)
@@ -161,11 +162,7 @@ def _report(cfg: CfgNode, out_dir: Any, metrics: dict[str, Any], checkpoints: Ru
              f"Checkpoints:  {checkpoints.directory}  (linnaeus-ckpt ls {out_dir})"]
     if preempted:
         lines.append("Stopped by a signal; relaunch the same command to continue.")
-    for level in cfg.DATA.TASK_KEYS:
-        if f"val/acc1/{level}" in metrics:
-            lines.append(f"val top-1 {level:>10}: {100 * metrics[f'val/acc1/{level}']:.1f}%   "
-                         f"top-5: {100 * metrics[f'val/acc5/{level}']:.1f}%   "
-                         f"(chance {100 / num_classes[level]:.1f}%)")
+    lines += summary_lines(metrics, cfg.DATA.TASK_KEYS, num_classes)
     lines.append("=" * 60)
     logger.info("\n".join(lines))
 

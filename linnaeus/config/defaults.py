@@ -93,10 +93,17 @@ _C.MODEL.CHANNELS_LAST = True
 
 # ----------------------------------------------------------------------------- DATA
 _C.DATA = CN()
-# "toy" (generated once into DATA.ROOT) or "imagefolder" (class-per-folder tree + taxonomy).
+# "toy" (generated once into DATA.ROOT), "imagefolder" (class-per-folder tree + taxonomy),
+# "inat" (iNaturalist JSON annotations) or "csv" (manifest: path column + one column per rank).
 _C.DATA.DATASET = "toy"
-# Dataset root; for "toy" the generator writes here on first use.
+# Dataset root; for "toy" the generator writes here on first use; image paths in annotations are relative to it.
 _C.DATA.ROOT = "data/toy"
+# inat/csv: training annotation file (train2021.json style, or a CSV manifest); relative paths are under DATA.ROOT.
+_C.DATA.TRAIN_ANN = ""
+# inat/csv: validation annotation file; empty = hold out DATA.VAL_FRACTION of each leaf class of TRAIN_ANN.
+_C.DATA.VAL_ANN = ""
+# "inat" or "csv": generate that small example set into DATA.ROOT first (configs/inat_example.yaml); "" = off.
+_C.DATA.EXAMPLE = ""
 # Taxonomy file (JSON: leaf class → {level: name}); relative paths are under DATA.ROOT.
 _C.DATA.TAXONOMY_FILE = "taxonomy.json"
 # Taxonomic levels to predict, leaf first; one head per level.
@@ -171,6 +178,9 @@ _C.EVAL = CN()
 _C.EVAL.INTERVAL = 1
 # Per-process validation batch size (0 = DATA.BATCH_SIZE).
 _C.EVAL.BATCH_SIZE = 0
+# Predict the most probable consistent path through the taxonomy (leaf + its ancestors) instead of
+# each level's own argmax; top-1 and the hierarchy metrics then use that path.
+_C.EVAL.CONSISTENT_DECODING = False
 
 # ----------------------------------------------------------------------- CHECKPOINT
 _C.CHECKPOINT = CN()

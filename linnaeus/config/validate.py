@@ -17,10 +17,18 @@ def validate(cfg: CN) -> None:
             "MODEL.PRETRAINED_STRATEGY must be 'weights_only', 'transfer' or 'strict', "
             f"got {cfg.MODEL.PRETRAINED_STRATEGY!r}."
         )
-    if cfg.DATA.DATASET not in ("toy", "imagefolder"):
-        raise ConfigError(f"DATA.DATASET must be 'toy' or 'imagefolder', got {cfg.DATA.DATASET!r}.")
+    if cfg.DATA.DATASET not in ("toy", "imagefolder", "inat", "csv"):
+        raise ConfigError(f"DATA.DATASET must be 'toy', 'imagefolder', 'inat' or 'csv', got {cfg.DATA.DATASET!r}.")
+    if cfg.DATA.DATASET in ("inat", "csv") and not cfg.DATA.TRAIN_ANN:
+        raise ConfigError(f"DATA.DATASET {cfg.DATA.DATASET} needs DATA.TRAIN_ANN (the training annotation file, "
+                          "relative to DATA.ROOT).")
+    if cfg.DATA.EXAMPLE and cfg.DATA.EXAMPLE != cfg.DATA.DATASET:
+        raise ConfigError(f"DATA.EXAMPLE {cfg.DATA.EXAMPLE!r} generates a {cfg.DATA.EXAMPLE} set, but DATA.DATASET "
+                          f"is {cfg.DATA.DATASET!r}; set both to 'inat' or 'csv', or DATA.EXAMPLE to ''.")
     if not cfg.DATA.TASK_KEYS:
         raise ConfigError("DATA.TASK_KEYS must name at least one taxonomic level.")
+    if cfg.EVAL.CONSISTENT_DECODING and len(cfg.DATA.TASK_KEYS) < 2:
+        raise ConfigError("EVAL.CONSISTENT_DECODING needs two or more DATA.TASK_KEYS levels (a tree to decode).")
     if cfg.TRAIN.LOSS_WEIGHTS and len(cfg.TRAIN.LOSS_WEIGHTS) != len(cfg.DATA.TASK_KEYS):
         raise ConfigError(
             f"TRAIN.LOSS_WEIGHTS has {len(cfg.TRAIN.LOSS_WEIGHTS)} entries but DATA.TASK_KEYS has "

@@ -106,7 +106,58 @@ def seeded_rngs(seed: int) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-class HierarchicalImageFolder(Dataset):
+class LabeledImages(Dataset):
+    """``dataset[(epoch, index)]`` or ``dataset[index]`` → ``(image, LongTensor[num_levels])`` for
+    an explicit list of image files and their label rows (``IGNORE_INDEX`` where a rank is unknown).
+
+    Args:
+        files: image paths.
+        targets: LongTensor[len(files), num_levels].
+        transform: callable applied to the RGB PIL image (e.g. from ``build_transforms``).
+        seed: base seed for augmentation randomness (EXPERIMENT.SEED).
+        origin: names where sample ``i`` was listed (``origin(i)`` → e.g. "train.csv line 12"),
+            so that a decode error points at the manifest entry as well as the file.
+    """
+
+    def __init__(self, files: Sequence[str | os.PathLike], targets: torch.Tensor, transform: Callable | None = None,
+                 seed: int = 0, origin: Callable[[int], str] | None = None) -> None:
+        if targets.ndim != 2 or targets.shape[0] != len(files):
+            raise ValueError(f"LabeledImages: targets must be [{len(files)}, levels], got {tuple(targets.shape)}.")
+        self.files = list(files)
+        self.targets = targets
+        self.transform = transform
+        self.seed = int(seed)
+        self.origin = origin
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _where(self, index: int) -> str:
+        return self.origin(index) if self.origin is not None else f"sample {index}"
+
+    def load_image(self, index: int) -> Image.Image:
+        """The RGB image of sample ``index``; unreadable files raise DatasetError naming the file."""
+        path = self.files[index]
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")  # convert() forces a full decode, so truncation shows up here
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+            raise DatasetError(
+                f"cannot read image {path} ({self._where(index)}): {type(e).__name__}: {e}. "
+                "Replace or delete the file."
+            ) from e
+
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = (0, key) if isinstance(key, (int, np.integer)) else key
+        index = int(index)
+        image = self.load_image(index)
+        if self.transform is not None:
+            with seeded_rngs(sample_seed(self.seed, int(epoch), index)):
+                image = self.transform(image)
+        return image, self.targets[index].clone()
+
+
+class HierarchicalImageFolder(LabeledImages):
     """``dataset[(epoch, index)]`` or ``dataset[index]`` → ``(image, LongTensor[num_levels])``.
 
     Args:
@@ -127,35 +178,13 @@ class HierarchicalImageFolder(Dataset):
     ) -> None:
         self.root = Path(root)
         self.taxonomy = taxonomy
-        self.transform = transform
-        self.seed = int(seed)
         self.samples: list[Sample] = list(samples) if samples is not None else scan_image_folder(root, taxonomy)
         leaf_labels = {leaf: taxonomy.labels(leaf) for leaf in sorted({leaf for _, leaf in self.samples})}
         # one row per sample; a (N, levels) tensor is cheap to share with workers
-        self.targets = torch.tensor(
+        targets = torch.tensor(
             [leaf_labels[leaf] for _, leaf in self.samples], dtype=torch.long
         ).reshape(len(self.samples), len(taxonomy.task_keys))
+        super().__init__([p for p, _ in self.samples], targets, transform, seed)
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def load_image(self, index: int) -> Image.Image:
-        """The RGB image of sample ``index``; unreadable files raise DatasetError naming the file."""
-        path = self.samples[index][0]
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")  # convert() forces a full decode, so truncation shows up here
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-            raise DatasetError(
-                f"cannot read image {path} (sample {index} of {self.root}): {type(e).__name__}: {e}. "
-                "Replace or delete the file."
-            ) from e
-
-    def __getitem__(self, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, index = (0, key) if isinstance(key, (int, np.integer)) else key
-        index = int(index)
-        image = self.load_image(index)
-        if self.transform is not None:
-            with seeded_rngs(sample_seed(self.seed, int(epoch), index)):
-                image = self.transform(image)
-        return image, self.targets[index].clone()
+    def _where(self, index: int) -> str:
+        return f"sample {index} of {self.root}"

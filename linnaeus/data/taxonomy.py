@@ -16,32 +16,99 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
+
+
+IGNORE_INDEX = -100  # label of a rank unknown for an image (torch's cross-entropy ignore_index)
 
 
 class DatasetError(ValueError):
     """A dataset or taxonomy file is invalid; the message names the file and the fix."""
 
 
+Record = tuple[Mapping[str, str], str]  # ({level: name} known for one image/category, where it came from)
+
+
+def tree_conflicts(task_keys: Sequence[str], records: Iterable[Record]
+                   ) -> tuple[list[str], dict[tuple[str, str], dict[str, str]]]:
+    """Check that every name has one ancestor per coarser level across ``records``.
+
+    Returns ``(problems, ancestors)``: one message per disagreement naming both places (e.g.
+    ``species 'A b' is under genus 'A' (line 3) and genus 'C' (line 9)``), and
+    ``{(level, name): {coarser level: name}}`` for every name seen.
+    """
+    task_keys = list(task_keys)
+    ancestors: dict[tuple[str, str], dict[str, str]] = {}
+    first_seen: dict[tuple[str, str, str], str] = {}
+    problems: list[str] = []
+    for known, where in records:
+        chain = [lv for lv in task_keys if known.get(lv)]
+        for i, level in enumerate(chain):
+            anc = ancestors.setdefault((level, known[level]), {})
+            for coarser in chain[i + 1:]:
+                seen = anc.setdefault(coarser, known[coarser])
+                key = (level, known[level], coarser)
+                first_seen.setdefault(key, where)
+                if seen != known[coarser]:
+                    problems.append(f"{level} {known[level]!r} is under {coarser} {seen!r} ({first_seen[key]}) "
+                                    f"and under {coarser} {known[coarser]!r} ({where})")
+    return problems, ancestors
+
+
 @dataclass(frozen=True)
 class Taxonomy:
-    """Per-level class lists and the leaf → label mapping."""
+    """Per-level class lists, the leaf → label mapping and the tree between the levels.
+
+    ``parents`` maps every leaf name to its names at the coarser levels of ``task_keys``; a
+    level may be absent from an entry when it is unknown (CSV manifests). ``branches`` adds
+    names at coarser levels that no leaf entry reaches (a genus seen only on images whose
+    species is unknown): ``{level: {name: {coarser level: name}}}``. A name that two entries
+    place under different parents is refused (:class:`DatasetError`).
+    """
 
     task_keys: tuple[str, ...]
     path: Path
-    # leaf name -> {level: name} for every non-leaf level in task_keys
+    # leaf name -> {level: name} for the non-leaf levels in task_keys that are known
     parents: Mapping[str, Mapping[str, str]]
+    branches: Mapping[str, Mapping[str, Mapping[str, str]]] = field(default_factory=dict)
     _names: dict[str, list[str]] = field(init=False, repr=False)
     _index: dict[str, dict[str, int]] = field(init=False, repr=False)
+    _up: dict[str, dict[str, str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        leaf_key = self.task_keys[0]
-        names = {leaf_key: sorted(self.parents)}
-        for level in self.task_keys[1:]:
-            names[level] = sorted({p[level] for p in self.parents.values()})
+        records = [({self.leaf_level: leaf, **p}, f"entry {leaf!r}") for leaf, p in self.parents.items()]
+        records += [({lv: name, **p}, f"{lv} {name!r}") for lv, names in self.branches.items()
+                    for name, p in names.items()]
+        problems, ancestors = tree_conflicts(self.task_keys, records)
+        if problems:
+            raise DatasetError(f"taxonomy of {self.path}: " + "; ".join(problems[:5]) +
+                               ". One name can have one parent: fix the entries.")
+        names = {lv: sorted({name for (level, name) in ancestors if level == lv}) for lv in self.task_keys}
+        up: dict[str, dict[str, str]] = {lv: {} for lv in self.task_keys}
+        for child, parent in zip(self.task_keys, self.task_keys[1:]):
+            up[child] = {name: anc[parent] for (lv, name), anc in ancestors.items() if lv == child and parent in anc}
         # frozen dataclass: derived tables are set once here and never change
         object.__setattr__(self, "_names", names)
         object.__setattr__(self, "_index", {lv: {n: i for i, n in enumerate(ns)} for lv, ns in names.items()})
+        object.__setattr__(self, "_up", up)
+        bad = self._transitive_conflicts(ancestors)
+        if bad:
+            raise DatasetError(f"taxonomy of {self.path}: " + "; ".join(bad[:5]) +
+                               ". One name can have one parent: fix the entries.")
+
+    def _transitive_conflicts(self, ancestors: Mapping[tuple[str, str], Mapping[str, str]]) -> list[str]:
+        """A name whose recorded ancestor differs from the one reached through its parents."""
+        out = []
+        for (level, name), anc in ancestors.items():
+            current = name
+            for child, parent in zip(self.task_keys[self.task_keys.index(level):], self.task_keys[
+                    self.task_keys.index(level) + 1:]):
+                current = self._up[child].get(current) if current is not None else None
+                if current is not None and parent in anc and anc[parent] != current:
+                    out.append(f"{level} {name!r} is under {parent} {anc[parent]!r} but its parents lead to "
+                               f"{parent} {current!r}")
+                    break
+        return out
 
     @property
     def leaf_level(self) -> str:
@@ -58,11 +125,18 @@ class Taxonomy:
             raise KeyError(f"unknown taxonomic level {level!r}; this taxonomy has {list(self.task_keys)}.")
         return list(self._names[level])
 
+    def index(self, level: str, name: str) -> int:
+        """Class index of ``name`` at ``level``."""
+        try:
+            return self._index[level][name]
+        except KeyError:
+            raise KeyError(f"{name!r} is not a {level} of the taxonomy {self.path}.") from None
+
     def __contains__(self, leaf: object) -> bool:
         return leaf in self.parents
 
     def labels(self, leaf: str) -> list[int]:
-        """Class index of ``leaf`` at every level, in ``task_keys`` order."""
+        """Class index of ``leaf`` at every level, in ``task_keys`` order (IGNORE_INDEX where unknown)."""
         if leaf not in self.parents:
             example = json.dumps({leaf: {level: "..." for level in self.task_keys[1:]}})[1:-1]
             raise DatasetError(
@@ -71,8 +145,37 @@ class Taxonomy:
             )
         parents = self.parents[leaf]
         out = [self._index[self.leaf_level][leaf]]
-        out += [self._index[level][parents[level]] for level in self.task_keys[1:]]
+        out += [self._index[lv][parents[lv]] if lv in parents else IGNORE_INDEX for lv in self.task_keys[1:]]
         return out
+
+    def parent_indices(self, level: str) -> list[int]:
+        """For each class of ``level``, the index of its parent at the next coarser level in
+        ``task_keys`` (-1 where unknown). ``level`` must not be the coarsest."""
+        i = self.task_keys.index(level)
+        parent_level = self.task_keys[i + 1]
+        return [self._index[parent_level][self._up[level][n]] if n in self._up[level] else -1
+                for n in self._names[level]]
+
+    @property
+    def is_complete(self) -> bool:
+        """True when every class below the coarsest level has a known parent: the tree the
+        hierarchy-aware metrics and consistent decoding walk."""
+        return all(-1 not in self.parent_indices(lv) for lv in self.task_keys[:-1])
+
+    def leaf_paths(self) -> list[list[int]]:
+        """Each leaf class's index at every level (task_keys order), following the tree upwards.
+        Requires :attr:`is_complete`."""
+        if not self.is_complete:
+            raise DatasetError(f"taxonomy of {self.path} has classes without a known parent; "
+                               "leaf paths need the whole tree.")
+        ups = [self.parent_indices(lv) for lv in self.task_keys[:-1]]
+        paths = []
+        for leaf in range(len(self._names[self.leaf_level])):
+            path = [leaf]
+            for up in ups:
+                path.append(up[path[-1]])
+            paths.append(path)
+        return paths
 
 
 def load_taxonomy(path: str | os.PathLike, task_keys: Sequence[str]) -> Taxonomy:

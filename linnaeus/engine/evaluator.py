@@ -1,21 +1,61 @@
-"""Validation: per-level loss and top-1/top-5 accuracy, exact across ranks.
+"""Validation: per-level loss, top-1/top-5 and balanced accuracy, and the hierarchy-aware metrics,
+exact across ranks.
 
 Each rank evaluates its own shard (the validation sampler does not pad, so ranks may run
-different numbers of batches); correct counts and sample totals are summed with one
-all-reduce after the loop. Pass the bare model, not the DDP wrapper: DDP's forward may issue
-collectives, which would hang when ranks have different batch counts.
+different numbers of batches); counts and sums are added up with one all-reduce after the loop.
+Pass the bare model, not the DDP wrapper: DDP's forward may issue collectives, which would hang
+when ranks have different batch counts.
+
+A label of ``IGNORE_INDEX`` (a rank unknown for that image) is left out of that level's loss and
+accuracies: each level is averaged over its own known labels.
 """
 
 from __future__ import annotations
 
-from typing import Callable, ContextManager, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterable, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from linnaeus.engine.amp import autocast_factory
-from linnaeus.engine.metrics import RunningSums, topk_correct
+from linnaeus.engine.loss import IGNORE_INDEX
+from linnaeus.engine.metrics import topk_correct
+
+if TYPE_CHECKING:  # the data side builds it from the taxonomy; the engine only calls its methods
+    from linnaeus.data.hierarchy import Hierarchy
+
+
+class _Sums:
+    """Named float64 device tensors added to per batch and all-reduced once, packed together."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, value: torch.Tensor) -> None:
+        value = value.detach().to(torch.float64).reshape(-1)
+        if name in self.sums:
+            self.sums[name] += value
+        else:
+            self.sums[name] = value.clone()
+
+    def all_reduce(self) -> None:
+        if not (dist.is_available() and dist.is_initialized()) or not self.sums:
+            return
+        names = list(self.sums)
+        packed = torch.cat([self.sums[n] for n in names])
+        if dist.get_backend() == "nccl" and packed.device.type != "cuda":
+            packed = packed.cuda()
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+        packed = packed.to(self.device)
+        sizes = [self.sums[n].numel() for n in names]
+        self.sums = dict(zip(names, packed.split(sizes)))
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else float("nan")
 
 
 @torch.no_grad()
@@ -29,24 +69,38 @@ def evaluate(
     autocast: Callable[[], ContextManager] | None = None,
     weights: Sequence[float] | None = None,
     prefix: str = "val",
+    hierarchy: Hierarchy | None = None,
+    consistent_decoding: bool = False,
 ) -> dict[str, float]:
     """Evaluate ``model`` on ``loader`` (``(images, labels[B, num_levels])`` batches).
 
-    Returns ``<prefix>/loss`` (weighted sum over levels of the mean cross-entropy, weights as in
-    training, no label smoothing), ``<prefix>/loss/<level>``, ``<prefix>/acc1/<level>`` and
-    ``<prefix>/acc5/<level>`` (fractions in [0, 1]; top-5 is top-min(5, classes)), and
-    ``<prefix>/samples``. Use ``prefix="val_ema"`` for the EMA model. The model's train/eval
-    mode is restored afterwards, and no global RNG is consumed (the loader's iterator is
-    created under ``fork_rng``), so evaluating never changes the training RNG stream.
+    Returns, per level ``<k>``: ``<prefix>/loss/<k>`` (mean cross-entropy, no label smoothing),
+    ``<prefix>/acc1/<k>``, ``<prefix>/acc5/<k>`` (top-min(5, classes)) and ``<prefix>/bacc/<k>``
+    (balanced accuracy: the mean over classes present in the data of each class's top-1 recall),
+    all over that level's known labels; ``<prefix>/loss`` (weighted sum of the level losses,
+    weights as in training) and ``<prefix>/samples``. With a ``hierarchy`` (and two levels or
+    more) also ``<prefix>/consistency`` (fraction of images whose predictions form a path of the
+    tree) and ``<prefix>/mistake_severity`` (mean LCA height over leaf errors, NaN without
+    errors); see :mod:`linnaeus.data.hierarchy`. ``consistent_decoding`` makes the top-1
+    predictions the most probable consistent path (needs ``hierarchy``); top-5 stays per level.
+
+    Use ``prefix="val_ema"`` for the EMA model. The model's train/eval mode is restored
+    afterwards, and no global RNG is consumed (the loader's iterator is created under
+    ``fork_rng``), so evaluating never changes the training RNG stream.
     """
     task_keys = list(task_keys)
     weights = list(weights) if weights else [1.0] * len(task_keys)
     if len(weights) != len(task_keys):
         raise ValueError(f"evaluate: {len(weights)} weights for {len(task_keys)} levels {task_keys}.")
-    autocast = autocast if autocast is not None else autocast_factory(torch.device(device), amp)
-    # Per level: summed loss, top-1 correct, top-5 correct.
-    names = [f"{stat}/{k}" for k in task_keys for stat in ("loss", "acc1", "acc5")]
-    sums = RunningSums(names, device)
+    if consistent_decoding and hierarchy is None:
+        raise ValueError("evaluate: consistent_decoding needs the taxonomy's tree (hierarchy=...); it is "
+                         "unavailable with one level or classes whose parent is unknown.")
+    if hierarchy is not None and list(hierarchy.task_keys) != task_keys:
+        raise ValueError(f"evaluate: hierarchy levels {list(hierarchy.task_keys)} differ from {task_keys}.")
+    device = torch.device(device)
+    autocast = autocast if autocast is not None else autocast_factory(device, amp)
+    tree = hierarchy.to(device) if hierarchy is not None else None
+    sums = _Sums(device)
     was_training = model.training
     model.eval()
     try:
@@ -57,23 +111,67 @@ def evaluate(
             labels = labels.to(device, non_blocking=True)
             with autocast():
                 outputs = model(images)
-            stats = []
+            logits = {k: outputs[k].float() for k in task_keys}
+            if consistent_decoding:
+                preds = tree.decode(logits)
+            else:
+                preds = torch.stack([logits[k].topk(1, dim=-1).indices[:, 0] for k in task_keys], dim=1)
+            sums.add("samples", torch.tensor(labels.shape[0], device=device))
             for i, k in enumerate(task_keys):
-                logits, target = outputs[k].float(), labels[:, i]
-                loss_sum = F.cross_entropy(logits, target, reduction="sum")
-                stats.append(torch.cat([loss_sum.reshape(1).double(), topk_correct(logits, target, (1, 5))]))
-            sums.update(torch.cat(stats), labels.shape[0])
+                target, known = labels[:, i], labels[:, i] != IGNORE_INDEX
+                hit = (preds[:, i] == target) & known
+                sums.add(f"loss/{k}", F.cross_entropy(logits[k], target, reduction="sum", ignore_index=IGNORE_INDEX))
+                sums.add(f"known/{k}", known.sum())
+                sums.add(f"acc1/{k}", hit.sum())
+                sums.add(f"acc5/{k}", topk_correct(logits[k], target, (5,)))
+                num_classes = logits[k].shape[-1]
+                sums.add(f"class_total/{k}", torch.bincount(target[known], minlength=num_classes))
+                sums.add(f"class_hit/{k}", torch.bincount(target[hit], minlength=num_classes))
+            if tree is not None:
+                sums.add("consistent", tree.consistent(preds).sum())
+                leaf, known_leaf = labels[:, 0], labels[:, 0] != IGNORE_INDEX
+                wrong = known_leaf & (preds[:, 0] != leaf)
+                sums.add("mistakes", wrong.sum())
+                sums.add("severity", tree.lca_height(preds[wrong, 0], leaf[wrong]).sum())
     finally:
         model.train(was_training)
     sums.all_reduce()
-    if sums.count == 0:
+    if not sums.sums or sums.sums["samples"].item() == 0:
         raise ValueError("evaluate: the validation loader yielded no samples on any rank; "
                          "check the validation split (DATA.VAL_FRACTION) and EVAL.BATCH_SIZE.")
-    avg = sums.averages()
-    out = {f"{prefix}/loss": sum(w * avg[f"loss/{k}"] for k, w in zip(task_keys, weights))}
+    s = {name: t.tolist() for name, t in sums.sums.items()}  # one host sync
+    out: dict[str, float] = {}
     for k in task_keys:
-        out[f"{prefix}/loss/{k}"] = avg[f"loss/{k}"]
-        out[f"{prefix}/acc1/{k}"] = avg[f"acc1/{k}"]
-        out[f"{prefix}/acc5/{k}"] = avg[f"acc5/{k}"]
-    out[f"{prefix}/samples"] = float(sums.count)
+        known = s[f"known/{k}"][0]
+        out[f"{prefix}/loss/{k}"] = _ratio(s[f"loss/{k}"][0], known)
+        out[f"{prefix}/acc1/{k}"] = _ratio(s[f"acc1/{k}"][0], known)
+        out[f"{prefix}/acc5/{k}"] = _ratio(s[f"acc5/{k}"][0], known)
+        recalls = [h / t for h, t in zip(s[f"class_hit/{k}"], s[f"class_total/{k}"]) if t > 0]
+        out[f"{prefix}/bacc/{k}"] = sum(recalls) / len(recalls) if recalls else float("nan")
+    out[f"{prefix}/loss"] = sum(w * out[f"{prefix}/loss/{k}"] for k, w in zip(task_keys, weights))
+    if tree is not None:
+        out[f"{prefix}/consistency"] = s["consistent"][0] / s["samples"][0]
+        out[f"{prefix}/mistake_severity"] = _ratio(s["severity"][0], s["mistakes"][0])
+    out[f"{prefix}/samples"] = float(s["samples"][0])
     return out
+
+
+def summary_lines(metrics: dict[str, float], task_keys: Sequence[str], num_classes: dict[str, int],
+                  prefix: str = "val") -> list[str]:
+    """Human-readable lines of :func:`evaluate`'s metrics for the end-of-run report (levels the
+    metrics lack, e.g. from an older checkpoint's history, are left out)."""
+    lines = []
+    for k in task_keys:
+        if f"{prefix}/acc1/{k}" not in metrics:
+            continue
+        bacc = metrics.get(f"{prefix}/bacc/{k}")
+        lines.append(f"{prefix} top-1 {k:>10}: {100 * metrics[f'{prefix}/acc1/{k}']:.1f}%   "
+                     f"top-5: {100 * metrics[f'{prefix}/acc5/{k}']:.1f}%   "
+                     + (f"balanced: {100 * bacc:.1f}%   " if bacc is not None else "")
+                     + f"(chance {100 / num_classes[k]:.1f}%)")
+    if f"{prefix}/consistency" in metrics:
+        lines.append(f"{prefix} consistency:      {100 * metrics[f'{prefix}/consistency']:.1f}% of images predicted "
+                     "on one path of the tree")
+        lines.append(f"{prefix} mistake severity: {metrics[f'{prefix}/mistake_severity']:.2f} levels to the common "
+                     f"ancestor, mean over {task_keys[0]} errors")
+    return lines

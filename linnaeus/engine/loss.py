@@ -1,4 +1,8 @@
-"""Per-level cross-entropy for hierarchical labels, combined as a weighted sum."""
+"""Per-level cross-entropy for hierarchical labels, combined as a weighted sum.
+
+A label of ``IGNORE_INDEX`` (-100) marks a rank unknown for that image (CSV manifests with empty
+cells): it is left out of that level's loss, and the level's mean is over its known labels only.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from typing import Mapping, Sequence
 
 import torch
 from torch import nn
+
+IGNORE_INDEX = -100  # = linnaeus.data.taxonomy.IGNORE_INDEX; engine does not import data
 
 
 class MultiLevelLoss(nn.Module):
@@ -18,7 +24,8 @@ class MultiLevelLoss(nn.Module):
 
     ``forward(outputs, labels)`` takes the model's ``{level: logits[B, C_l]}`` and
     ``labels`` LongTensor[B, num_levels] and returns ``(total, {level: loss})`` where every
-    loss is the batch mean for its level (unweighted) and ``total`` is their weighted sum.
+    loss is the mean over the batch's known labels for its level (unweighted; 0 when the batch
+    has none at that level) and ``total`` is their weighted sum.
     """
 
     def __init__(self, task_keys: Sequence[str], weights: Sequence[float] | None = None,
@@ -34,7 +41,10 @@ class MultiLevelLoss(nn.Module):
                 "give one weight per level (TRAIN.LOSS_WEIGHTS) or none."
             )
         self.weights = [float(w) for w in weights]
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # Summed, then divided by the known-label count: a plain mean over ignored labels would be
+        # 0/0 = NaN for a batch with no known label at a level.
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction="sum",
+                                             ignore_index=IGNORE_INDEX)
 
     def forward(self, outputs: Mapping[str, torch.Tensor],
                 labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -47,7 +57,8 @@ class MultiLevelLoss(nn.Module):
         if missing:
             raise KeyError(f"MultiLevelLoss: model outputs lack levels {missing}; got {sorted(outputs)}. "
                            "The model needs one head per DATA.TASK_KEYS entry.")
-        per_level = {k: self.criterion(outputs[k], labels[:, i]) for i, k in enumerate(self.task_keys)}
+        known = (labels != IGNORE_INDEX).sum(0).clamp_(min=1)  # stays on the device: no host sync
+        per_level = {k: self.criterion(outputs[k], labels[:, i]) / known[i] for i, k in enumerate(self.task_keys)}
         total = None
         for k, w in zip(self.task_keys, self.weights):
             # Unit weights skip the multiply: one op and one autograd node fewer per level.
