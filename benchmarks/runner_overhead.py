@@ -139,7 +139,7 @@ def main() -> None:
 
     run = work / "runs" / "runner_overhead"
     logger = setup_logging(run, rank=0)
-    tb = build_tb_writer(run, rank=0, purge_step=0)
+    tb = build_tb_writer(run, rank=0, resumed_step=0)
     trainer = Trainer(
         model, model, optimizer, scheduler,
         MultiLevelLoss(task_keys, cfg.TRAIN.LOSS_WEIGHTS, cfg.TRAIN.LABEL_SMOOTHING), loader, sampler,

@@ -90,7 +90,8 @@ def run(cfg: CfgNode) -> dict[str, Any]:
         else:
             logger.info("No checkpoint to resume from: starting fresh (run id %s)", checkpoints.run_id)
 
-        tb = build_tb_writer(out_dir, rank, purge_step=progress.step)
+        tb = build_tb_writer(out_dir, rank, resumed_step=progress.step)  # keeps steps <= it, purges later ones
+        checkpoints.before_save.append(tb.flush)  # a checkpoint never outlives the events it keeps
         trainer = Trainer(
             model, ddp_model, optimizer, scheduler, MultiLevelLoss(cfg.DATA.TASK_KEYS, cfg.TRAIN.LOSS_WEIGHTS,
                                                                    cfg.TRAIN.LABEL_SMOOTHING),

@@ -364,7 +364,7 @@ def test_tensorboard_scalars_log_file_and_progress_bar_on_rank_0(tmp_path, capsy
 
     run = tmp_path / "run"
     logger = setup_logging(run, rank=0)
-    tb = build_tb_writer(run, rank=0, purge_step=0)
+    tb = build_tb_writer(run, rank=0, resumed_step=0)
     s = Setup(make_cfg("TRAIN.LOG_INTERVAL", "2"))
     s.sampler.set_epoch(0)
     trainer = s.trainer(tb_writer=tb, logger=logging.getLogger("linnaeus.engine"))

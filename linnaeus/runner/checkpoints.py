@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from yacs.config import CfgNode
 
@@ -65,6 +65,9 @@ class RunCheckpoints:
         self._set_run_id(broadcast_object(self.main.run_id))
         # Per saver (by name): the step of its last save, so that no saver saves twice at one step.
         self._saved_step: dict[str, int] = {}
+        # Called right before every save (main.py: the TensorBoard writer's flush, so the events a
+        # resume from this checkpoint keeps are on disk before the checkpoint is).
+        self.before_save: list[Callable[[], None]] = []
         self._closed = False
         if cfg.CHECKPOINT.WEIGHTS_ONLY and is_main_process():
             logger.warning(
@@ -193,6 +196,8 @@ class RunCheckpoints:
 
     # ------------------------------------------------------------------ saving
     def _save(self, manager: CheckpointManager, *, end_of_epoch: bool, metrics: dict[str, Any] | None) -> None:
+        for hook in self.before_save:
+            hook()
         p, objects = self.progress, dict(self.objects)
         if manager is self.weights and self.cfg.CHECKPOINT.WEIGHTS_SAVER.USE_EMA and "ema" in objects:
             objects["model"] = getattr(objects["ema"], "module", objects["ema"])
