@@ -184,6 +184,7 @@ def test_cli_resolve_and_download(tmp_path: Path, s3_server: RcloneServer, monke
     put(s3_server, "cli.pth", b"cli bytes")
     monkeypatch.setenv("LINNAEUS_BUCKET_REMOTE", REMOTE)
     monkeypatch.setenv("LINNAEUS_BUCKET_NAME", BUCKET)
+    monkeypatch.setenv("LINNAEUS_BUCKET_PREFIX", "")  # set, even empty, it overrides the default "modelZoo/"
     monkeypatch.setenv("LINNAEUS_CACHE_DIR", str(tmp_path / "c"))
     # The module runs on its own (`python -m`), as the lead's linnaeus-ckpt wires it in.
     r = subprocess.run([sys.executable, "-m", "linnaeus.cli.remote_cmds", "resolve", "cli.pth"], cwd=REPO,

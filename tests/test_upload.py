@@ -155,7 +155,9 @@ def test_upload_script(tmp_path: Path, s3_server: RcloneServer, monkeypatch: pyt
     ck.write_bytes(b"pretrained")
     for var, value in {"LINNAEUS_BUCKET_REMOTE": REMOTE, "LINNAEUS_BUCKET_NAME": BUCKET, "LINNAEUS_BUCKET_PREFIX": "pre/"}.items():
         monkeypatch.setenv(var, value)
-    assert main(["upload", str(ck)]) == 1  # no sidecar: not a committed checkpoint, refused
+    # Into a run's folder, a file without its sidecar is not a committed checkpoint: refused.
+    # (A model-zoo upload, the default, computes the sidecar: tests/test_bucket_workflows.py.)
+    assert main(["upload", "--output", "--experiment", "run1", str(ck)]) == 1
     assert "sidecar" in capsys.readouterr().err
     r = subprocess.run([script, "--write-sidecar", str(ck)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

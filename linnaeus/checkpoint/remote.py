@@ -70,24 +70,33 @@ class RemoteRun:
     nothing here ever deletes a remote object (``copyto``/``rcat`` only).
     """
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, *, env: Mapping[str, str] | None = None) -> None:
         if not folder or ":" not in folder:
             raise ValueError(f"remote run folder {folder!r} is not an rclone path ('remote:bucket/prefix/').")
         self.folder = folder if folder.endswith((":", "/")) else folder + "/"
+        # RCLONE_* defaults for every rclone child (an on-the-fly remote's settings, e.g. B2's credentials).
+        self.env = dict(env or {})
 
     @classmethod
     def in_bucket(cls, bucket: BucketConfig | Mapping[str, Any], experiment: str) -> "RemoteRun":
         """``REMOTE:NAME/PATH_PREFIX<experiment>/``."""
         if not experiment or "/" in experiment.strip("/") or experiment in (".", ".."):
             raise ValueError(f"experiment name {experiment!r} must be a single non-empty path component.")
-        return cls(BucketConfig.from_any(bucket).folder() + experiment.strip("/") + "/")
+        cfg = BucketConfig.from_any(bucket)
+        return cls(cfg.folder() + experiment.strip("/") + "/", env=cfg.rclone_env())
+
+    @classmethod
+    def bucket_root(cls, bucket: BucketConfig | Mapping[str, Any]) -> "RemoteRun":
+        """``REMOTE:NAME/PATH_PREFIX`` itself: where bare names are resolved from (a model zoo)."""
+        cfg = BucketConfig.from_any(bucket)
+        return cls(cfg.folder(), env=cfg.rclone_env())
 
     @property
     def display(self) -> str:
         return redact(self.folder)
 
     def source(self, name: str) -> RcloneSource:
-        return RcloneSource(self.folder + name)
+        return RcloneSource(self.folder + name, env=self.env)
 
     # ------------------------------------------------------------------ reading
     def list(self, name_filter: Callable[[str], bool] = default_name_filter) -> list[str]:
@@ -95,9 +104,9 @@ class RemoteRun:
         return [e.name for e in newest_first(self._entries(name_filter))]
 
     def _entries(self, name_filter: Callable[[str], bool]) -> list[RemoteEntry]:
-        listed = {e["Name"]: e.get("ModTime", "") for e in list_files(self.folder)}
+        listed = {e["Name"]: e.get("ModTime", "") for e in list_files(self.folder, env=self.env)}
         committed = [n for n in listed if name_filter(n) and n + SIDECAR_SUFFIX in listed]
-        progress = _progress_by_name(cat_matching(self.folder, "*" + SIDECAR_SUFFIX)) if committed else {}
+        progress = _progress_by_name(cat_matching(self.folder, "*" + SIDECAR_SUFFIX, env=self.env)) if committed else {}
         return [RemoteEntry(n, listed[n], progress.get(n)) for n in committed]
 
     def read_marker(self) -> str | None:
@@ -177,9 +186,9 @@ class RemoteRun:
         target = self.source(path.name)
         if _remote_matches(target, size, digest):
             return False
-        copyto(path, target.path)
+        copyto(path, target.path, env=self.env)
         _verify_remote_data(target, path, size)
-        copyto(sidecar_path(path), target.sibling(SIDECAR_SUFFIX).path)
+        copyto(sidecar_path(path), target.sibling(SIDECAR_SUFFIX).path, env=self.env)
         remote_sidecar = target.sibling(SIDECAR_SUFFIX).read_small()
         if remote_sidecar is None or _remote_digest(remote_sidecar, target) != digest:
             raise TransientSourceError(f"{target.display}.sha256: read back does not match the local sidecar.")
@@ -194,8 +203,8 @@ class RemoteRun:
         """
         dest = self.folder + folder_name.strip("/") + "/"
         for name in names:
-            move_within(self.folder + name + SIDECAR_SUFFIX, dest + name + SIDECAR_SUFFIX)
-            move_within(self.folder + name, dest + name)
+            move_within(self.folder + name + SIDECAR_SUFFIX, dest + name + SIDECAR_SUFFIX, env=self.env)
+            move_within(self.folder + name, dest + name, env=self.env)
         return dest
 
     def entries_after(self, step: int) -> list[str]:
@@ -205,7 +214,7 @@ class RemoteRun:
 
     def write_marker(self, name: str) -> None:
         """Point the remote ``latest`` at ``name`` (the caller makes sure it is committed remotely)."""
-        rcat((name + "\n").encode(), self.folder + LATEST_MARKER)
+        rcat((name + "\n").encode(), self.folder + LATEST_MARKER, env=self.env)
 
 
 def _progress_by_name(sidecars: bytes) -> dict[str, dict[str, int]]:

@@ -34,6 +34,7 @@ from filelock import FileLock
 from linnaeus.checkpoint.errors import CheckpointError, CheckpointNotFoundError
 from linnaeus.checkpoint.fsio import write_durably
 from linnaeus.checkpoint.sources import DownloadOptions, RcloneSource, download, get_source, is_uri, redact
+from linnaeus.checkpoint.sources.cloud import B2_DEFAULT_REMOTE, b2_env, missing_b2_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -74,22 +75,40 @@ class BucketConfig:
             path_prefix=str(lower.get("path_prefix", "") or ""),
         )
 
+    @property
+    def is_b2_default(self) -> bool:
+        """An empty REMOTE means Backblaze B2 from B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY (DESIGN)."""
+        return not self.remote.strip().rstrip(":")
+
     def folder(self) -> str:
-        """``REMOTE:NAME/PATH_PREFIX``: what every object name is appended to."""
-        remote = self.remote.strip().rstrip(":")
-        if not remote:
-            raise CheckpointError(
-                "the bucket is enabled but its remote is empty: give the name of an rclone remote "
-                "(configured in rclone.conf or by RCLONE_CONFIG_<NAME>_* variables), e.g. 'mys3'."
-            )
+        """``REMOTE:NAME/PATH_PREFIX``: what every object name is appended to (``:b2:NAME/PATH_PREFIX``
+        when REMOTE is empty)."""
         name = self.name.strip("/")
-        return f"{remote}:" + (name + "/" if name else "") + self.path_prefix.lstrip("/")
+        if self.is_b2_default:
+            missing = missing_b2_credentials()
+            if missing:
+                raise CheckpointError(
+                    "the bucket is enabled but its remote is empty and the Backblaze B2 credentials it then uses "
+                    f"are not set ({' and '.join(missing)} missing): export B2_APPLICATION_KEY_ID and "
+                    "B2_APPLICATION_KEY, or give the name of an rclone remote (configured in rclone.conf or by "
+                    "RCLONE_CONFIG_<NAME>_* variables), e.g. 'mys3'."
+                )
+            if not name:
+                raise CheckpointError("the bucket is Backblaze B2 (its remote is empty) but its name is empty: "
+                                      "give the B2 bucket's name, e.g. 'linnaeus-checkpoints'.")
+            return f"{B2_DEFAULT_REMOTE}{name}/" + self.path_prefix.lstrip("/")
+        return f"{self.remote.strip().rstrip(':')}:" + (name + "/" if name else "") + self.path_prefix.lstrip("/")
+
+    def rclone_env(self) -> dict[str, str]:
+        """``RCLONE_*`` defaults every rclone child needs for this bucket: the B2 credentials mapped
+        for the on-the-fly ``:b2:`` remote, nothing for a named remote (its config has them)."""
+        return b2_env() if self.is_b2_default else {}
 
     def object_path(self, rel: str) -> str:
         return self.folder() + rel.lstrip("/")
 
     def source(self, rel: str) -> RcloneSource:
-        return RcloneSource(self.object_path(rel))
+        return RcloneSource(self.object_path(rel), env=self.rclone_env())
 
 
 def _safe_relative(identifier: str) -> PurePosixPath | None:

@@ -7,7 +7,9 @@ Registered into the ``linnaeus-ckpt`` parser by :func:`register`; also runnable 
 
 Settings come from flags, else from environment variables (LINNAEUS_CACHE_DIR,
 LINNAEUS_BUCKET_REMOTE, LINNAEUS_BUCKET_NAME, LINNAEUS_BUCKET_PREFIX), else from a config
-file given with ``--cfg`` (``ENV.INPUT`` for resolve/download, ``ENV.OUTPUT.BUCKET`` for upload).
+file given with ``--cfg`` (``ENV.INPUT``; ``ENV.OUTPUT.BUCKET`` for ``upload --output``).
+``upload`` without any of them uses the config defaults: the model zoo
+``linnaeus-checkpoints/modelZoo/`` on Backblaze B2 (B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY).
 Exit codes: 0 ok, 1 checkpoint error (access denied, corrupt, retries exhausted), 2 not found.
 """
 
@@ -26,7 +28,7 @@ DEFAULT_CACHE_DIR = "~/.cache/linnaeus/checkpoints"
 
 
 def _add_bucket_args(p: argparse.ArgumentParser, *, for_upload: bool) -> None:
-    p.add_argument("--cfg", help="config YAML to read defaults from (ENV.INPUT / ENV.OUTPUT.BUCKET)")
+    p.add_argument("--cfg", help="config YAML to read defaults from (ENV.INPUT; ENV.OUTPUT with upload --output)")
     p.add_argument("--remote", help="rclone remote name [$LINNAEUS_BUCKET_REMOTE]")
     p.add_argument("--bucket", help="bucket (top-level folder) on the remote [$LINNAEUS_BUCKET_NAME]")
     p.add_argument("--prefix", help="path prefix inside the bucket [$LINNAEUS_BUCKET_PREFIX]")
@@ -57,35 +59,59 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
     p = subparsers.add_parser(
         "upload", help="upload checkpoint files and their .sha256 to a bucket (verified; never deletes)",
-        description="Upload each PATH and PATH.sha256 to REMOTE:BUCKET/PREFIX[EXPERIMENT/]<name>.",
+        description="Upload each PATH and PATH.sha256 to REMOTE:BUCKET/PREFIX[EXPERIMENT/]<name>: by default "
+        "the input bucket's model zoo (ENV.INPUT.BUCKET), where bare names in MODEL.PRETRAINED* are resolved "
+        "from; with --output a run's folder in the output bucket (ENV.OUTPUT.BUCKET).",
     )
     p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--output", action="store_true",
+                   help="upload into a run's folder in the output bucket (ENV.OUTPUT.BUCKET of --cfg, "
+                   "<prefix><experiment>/, experiment = --experiment or EXPERIMENT.NAME of --cfg)")
     p.add_argument("--experiment", default="", help="upload into <prefix><experiment>/ (a run's folder)")
     p.add_argument("--latest", action="store_true", help="then point the folder's `latest` marker at the last PATH")
-    p.add_argument("--write-sidecar", action="store_true", help="compute and write PATH.sha256 when it is missing")
+    p.add_argument("--write-sidecar", action="store_true",
+                   help="compute and write PATH.sha256 when it is missing (always done for model-zoo uploads)")
     _add_bucket_args(p, for_upload=True)
     p.set_defaults(func=cmd_upload)
 
 
-def _cfg_section(args: argparse.Namespace, upload: bool):
+def _load_cfg(args: argparse.Namespace):
     if not getattr(args, "cfg", None):
         return None
     from linnaeus.config import load_config  # the CLI may read configs; the library never does
 
-    cfg = load_config(args.cfg)
-    return cfg.ENV.OUTPUT if upload else cfg.ENV.INPUT
+    return load_config(args.cfg)
+
+
+def _cfg_section(args: argparse.Namespace, upload: bool):
+    cfg = _load_cfg(args)
+    if cfg is None:
+        return None
+    return cfg.ENV.OUTPUT if upload and args.output else cfg.ENV.INPUT
 
 
 def _bucket(args: argparse.Namespace, upload: bool) -> dict:
+    """ENABLED/REMOTE/NAME/PATH_PREFIX: each from its flag, else LINNAEUS_BUCKET_* (set, even empty), else
+    the ``--cfg`` section, else the config defaults, so that ``upload`` and ``resolve`` agree on where
+    a bare name lives (``linnaeus-checkpoints/modelZoo/<name>``, REMOTE empty = Backblaze B2)."""
+    from linnaeus.config.defaults import get_default_config
+
+    output = upload and args.output
     section = _cfg_section(args, upload)
-    node = section.BUCKET if section is not None else None
-    pick = lambda flag, env, key: flag or os.environ.get(env) or (node[key] if node is not None else "")  # noqa: E731
+    if section is None:
+        section = get_default_config().ENV.OUTPUT if output else get_default_config().ENV.INPUT
+    node = section.BUCKET
+
+    def pick(flag: str | None, env: str, key: str) -> str:
+        return flag if flag is not None else os.environ.get(env, node[key])
+
+    explicit_remote = args.remote is not None or "LINNAEUS_BUCKET_REMOTE" in os.environ
     remote = pick(args.remote, "LINNAEUS_BUCKET_REMOTE", "REMOTE")
-    enabled = bool(remote) and not getattr(args, "no_bucket", False)
-    if node is not None and not (args.remote or os.environ.get("LINNAEUS_BUCKET_REMOTE")):
-        enabled = enabled and bool(node.ENABLED or upload)
+    # A named remote given here enables the bucket; otherwise the config decides (an empty REMOTE
+    # there is Backblaze B2, not "no bucket"). An upload always has a target.
+    enabled = (bool(remote.strip()) if explicit_remote else bool(node.ENABLED)) or upload
     return {
-        "ENABLED": enabled,
+        "ENABLED": enabled and not getattr(args, "no_bucket", False),
         "REMOTE": remote,
         "NAME": pick(args.bucket, "LINNAEUS_BUCKET_NAME", "NAME"),
         "PATH_PREFIX": pick(args.prefix, "LINNAEUS_BUCKET_PREFIX", "PATH_PREFIX"),
@@ -118,7 +144,7 @@ def _run(fn) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except ValueError as e:  # a malformed identifier or URI (e.g. s3://bucket-only): the user's input
+    except ValueError as e:  # a malformed identifier or URI (e.g. s3://bucket-only), or a bad --cfg (ConfigError)
         print(f"error: {e}", file=sys.stderr)
         return 1
 
@@ -168,16 +194,38 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
     def go() -> int:
         bucket = BucketConfig.from_any(_bucket(args, upload=True))
-        remote = RemoteRun.in_bucket(bucket, args.experiment) if args.experiment else RemoteRun(bucket.folder())
+        experiment = args.experiment
+        if args.output and not experiment:
+            cfg = _load_cfg(args)
+            if cfg is None:
+                raise ValueError("upload --output needs the run's folder: give --experiment NAME or --cfg with "
+                                 "EXPERIMENT.NAME.")
+            experiment = cfg.EXPERIMENT.NAME
+        remote = RemoteRun.in_bucket(bucket, experiment) if experiment else RemoteRun.bucket_root(bucket)
+        # A model-zoo file is anyone's weights file: it has no sidecar until we write one. In a run's
+        # folder a missing sidecar means "not committed", so that stays an explicit --write-sidecar.
+        make_sidecar = args.write_sidecar or not args.output
         for raw in args.paths:
             path = Path(raw)
-            if args.write_sidecar and path.is_file() and not sidecar_path(path).exists():
-                write_sidecar(path, digest_file(path))
+            if make_sidecar and path.is_file() and not sidecar_path(path).exists():
+                try:
+                    write_sidecar(path, digest_file(path))
+                except OSError as e:
+                    raise CheckpointError(f"cannot write {sidecar_path(path)} next to {path} ({e.strerror}): "
+                                          "copy the file into a writable folder and upload the copy.") from None
             sent = remote.upload(path)
-            print(f"{'uploaded' if sent else 'already remote'}: {path} -> {remote.display}{path.name}")
+            name = (experiment.strip("/") + "/" if experiment else "") + path.name
+            print(f"{'uploaded and verified' if sent else 'already remote (same sha256)'}: {path} -> "
+                  f"{remote.display}{path.name}", file=sys.stderr if not args.output else sys.stdout)
+            if not args.output:
+                # The bare name is what MODEL.PRETRAINED* takes: resolved from the cache, then this bucket.
+                print(name)
         if args.latest:
             remote.write_marker(Path(args.paths[-1]).name)
-            print(f"latest -> {Path(args.paths[-1]).name}")
+            print(f"latest -> {Path(args.paths[-1]).name}", file=sys.stderr if not args.output else sys.stdout)
+        if not args.output:
+            print("Use it as MODEL.PRETRAINED (or PRETRAINED_CONVNEXT / PRETRAINED_ROPEVIT) with ENV.INPUT.BUCKET "
+                  "pointing at this bucket.", file=sys.stderr)
         return 0
 
     return _run(go)

@@ -22,12 +22,12 @@ _C.ENV.INPUT.DOWNLOAD_RETRIES = 3
 _C.ENV.INPUT.BUCKET = CN()
 # Look up bare file names missing from the cache in this bucket.
 _C.ENV.INPUT.BUCKET.ENABLED = False
-# rclone remote name (configured in rclone.conf or RCLONE_CONFIG_<NAME>_* env vars).
+# rclone remote name (rclone.conf or RCLONE_CONFIG_<NAME>_* env vars); empty = Backblaze B2 from B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY.
 _C.ENV.INPUT.BUCKET.REMOTE = ""
 # Bucket (or top-level folder) on the remote.
-_C.ENV.INPUT.BUCKET.NAME = ""
+_C.ENV.INPUT.BUCKET.NAME = "linnaeus-checkpoints"
 # Prefix inside the bucket; object = REMOTE:NAME/PATH_PREFIX<filename>.
-_C.ENV.INPUT.BUCKET.PATH_PREFIX = ""
+_C.ENV.INPUT.BUCKET.PATH_PREFIX = "modelZoo/"
 
 _C.ENV.OUTPUT = CN()
 # Run dir = BASE_DIR/EXPERIMENT.NAME.
@@ -35,12 +35,12 @@ _C.ENV.OUTPUT.BASE_DIR = "output"
 _C.ENV.OUTPUT.BUCKET = CN()
 # Upload every committed checkpoint to REMOTE:NAME/PATH_PREFIX<experiment>/ in the background.
 _C.ENV.OUTPUT.BUCKET.ENABLED = False
-# rclone remote name for uploads.
+# rclone remote name for uploads; empty = Backblaze B2 from B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY.
 _C.ENV.OUTPUT.BUCKET.REMOTE = ""
 # Bucket (or top-level folder) for uploads.
-_C.ENV.OUTPUT.BUCKET.NAME = ""
+_C.ENV.OUTPUT.BUCKET.NAME = "linnaeus-checkpoints"
 # Prefix inside the upload bucket.
-_C.ENV.OUTPUT.BUCKET.PATH_PREFIX = ""
+_C.ENV.OUTPUT.BUCKET.PATH_PREFIX = "modelZoo/"
 
 # ----------------------------------------------------------------------- EXPERIMENT
 _C.EXPERIMENT = CN()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
+from .buckets import validate_buckets
 from .checkpointing import validate_checkpointing
 from .errors import ConfigError
 
@@ -38,5 +39,6 @@ def validate(cfg: CN) -> None:
         raise ConfigError(f"TRAIN.ACCUM_STEPS must be >= 1, got {cfg.TRAIN.ACCUM_STEPS}.")
     if cfg.EVAL.INTERVAL < 1:
         raise ConfigError(f"EVAL.INTERVAL must be >= 1 (validate every N epochs), got {cfg.EVAL.INTERVAL}.")
+    validate_buckets(cfg)
     # Last: the metric-field rules there divide by EVAL.INTERVAL.
     validate_checkpointing(cfg)

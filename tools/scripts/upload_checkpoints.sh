@@ -1,35 +1,45 @@
 #!/usr/bin/env bash
-# Upload checkpoint files and their .sha256 sidecars to the configured bucket prefix.
+# Upload checkpoint files and their .sha256 sidecars to the model-zoo bucket (or a run's folder).
 set -euo pipefail
 
 usage() {
   cat <<'USAGE'
 Usage: tools/scripts/upload_checkpoints.sh [options] /path/to/checkpoint.pth [more.pth ...]
 
-Uploads each file, then its .sha256 sidecar, to
-    REMOTE:BUCKET/PREFIX[EXPERIMENT/]<file name>
-with rclone copyto (never deletes anything remotely), and verifies the remote size, the
-remote hash where the remote reports one, and the uploaded sidecar. Files already present
-remotely with the same size and sha256 are skipped.
+With no options, uploads each file to the input bucket's model zoo, where bare names in
+MODEL.PRETRAINED* are resolved from:
+    REMOTE:NAME/PATH_PREFIX<file name>      (defaults: Backblaze B2, linnaeus-checkpoints/modelZoo/)
+computing <file>.sha256 first when it is missing, then uploads the sidecar, verifies the remote
+copy (size, the remote's hash where it reports one, the sidecar read back) and prints the bare
+name to use in MODEL.PRETRAINED (stdout; messages go to stderr). Uses rclone copyto: never
+deletes anything remotely. Files already remote with the same size and sha256 are skipped.
 
-Options (each falls back to the environment variable in brackets):
-  --remote NAME       rclone remote name                      [LINNAEUS_BUCKET_REMOTE]
-  --bucket NAME       bucket / top-level folder on the remote  [LINNAEUS_BUCKET_NAME]
-  --prefix PATH       prefix inside the bucket, e.g. ckpts/    [LINNAEUS_BUCKET_PREFIX]
-  --experiment NAME   upload into <prefix><experiment>/ (a run's folder; needed for auto-resume)
+Options (each falls back to the environment variable in brackets, then to --cfg, then to the
+config defaults):
+  --remote NAME       rclone remote name; empty = Backblaze B2      [LINNAEUS_BUCKET_REMOTE]
+  --bucket NAME       bucket / top-level folder on the remote        [LINNAEUS_BUCKET_NAME]
+  --prefix PATH       prefix inside the bucket, e.g. modelZoo/       [LINNAEUS_BUCKET_PREFIX]
+  --cfg FILE          read REMOTE/NAME/PATH_PREFIX from ENV.INPUT.BUCKET of a config file
+  --output            upload a run's checkpoints into its folder in the output bucket instead
+                      (ENV.OUTPUT.BUCKET of --cfg, <prefix><experiment>/); their .sha256 must
+                      exist (the commit marker) unless --write-sidecar
+  --experiment NAME   upload into <prefix><experiment>/ (a run's folder; needed for auto-resume;
+                      default with --output: EXPERIMENT.NAME of --cfg)
   --latest            then point that folder's `latest` marker at the last file
-  --write-sidecar     compute <file>.sha256 first when it is missing
-  --cfg FILE          read REMOTE/NAME/PATH_PREFIX from ENV.OUTPUT.BUCKET of a config file
+  --write-sidecar     compute <file>.sha256 first when it is missing (always done without --output)
   -h, --help          this help
 
-Credentials: the remote is configured in rclone.conf (rclone config; RCLONE_CONFIG=path) or
-with environment variables RCLONE_CONFIG_<NAME>_TYPE, RCLONE_CONFIG_<NAME>_ACCESS_KEY_ID, ...
-They are never printed. Python: $LINNAEUS_PYTHON, else the repo's .venv/bin/python, else python3.
+Credentials are never printed or put on a command line. With an empty remote, rclone's b2
+backend is configured in its own environment from B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY.
+A named remote is configured in rclone.conf (rclone config; RCLONE_CONFIG=path) or with
+environment variables RCLONE_CONFIG_<NAME>_TYPE, RCLONE_CONFIG_<NAME>_ACCESS_KEY_ID, ...
+Python: $LINNAEUS_PYTHON, else the repo's .venv/bin/python, else python3.
 
-Example:
-  export RCLONE_CONFIG_MYS3_TYPE=s3 RCLONE_CONFIG_MYS3_PROVIDER=AWS RCLONE_CONFIG_MYS3_ENV_AUTH=true
-  tools/scripts/upload_checkpoints.sh --remote mys3 --bucket ckpts --prefix linnaeus/ \
-      output/demo/checkpoints/checkpoint_epoch_3.pth
+Examples:
+  export B2_APPLICATION_KEY_ID=... B2_APPLICATION_KEY=...
+  tools/scripts/upload_checkpoints.sh /path/to/checkpoint.pth
+  tools/scripts/upload_checkpoints.sh --cfg configs/my_run.yaml --output \
+      output/my_run/checkpoints/checkpoint_epoch_3.pth
 USAGE
 }
 

@@ -12,14 +12,16 @@ URI               environment read
 s3://bucket/key   AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN / AWS_PROFILE
                   (rclone ``env_auth``: also ~/.aws and instance roles); endpoint for
                   S3-compatible stores (B2, MinIO, R2, ``rclone serve s3``):
-                  LINNAEUS_S3_ENDPOINT, else AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL;
+                  LINNAEUS_S3_ENDPOINT, else AWS_ENDPOINT_URL_S3, else S3_ENDPOINT_URL
+                  (Composer's name), else AWS_ENDPOINT_URL;
                   LINNAEUS_S3_PROVIDER (default AWS, or Other with an endpoint);
                   AWS_REGION / AWS_DEFAULT_REGION
 gs://bucket/key   Application default credentials (GOOGLE_APPLICATION_CREDENTIALS, gcloud,
                   metadata server) via rclone ``env_auth``
 az://cont/blob    AZURE_STORAGE_ACCOUNT (or _NAME); AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_URL,
                   else Azure identity via rclone ``env_auth`` (AZURE_CLIENT_ID, ...)
-b2://bucket/key   B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY
+b2://bucket/key   B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY (also the bucket default, see
+                  :data:`B2_DEFAULT_REMOTE`)
 http(s)://...     none (URL user-info is passed through the environment too)
 ================  ==========================================================================
 
@@ -56,7 +58,8 @@ def _first_env(*names: str) -> str | None:
 def s3_source(uri: str) -> RcloneSource:
     """``s3://bucket/key`` (AWS or any S3-compatible store through an endpoint override)."""
     bucket, key = _bucket_key(uri)
-    endpoint = _first_env("LINNAEUS_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    # Most specific first: ours, AWS's S3-only variable, Composer's, then AWS's all-services one.
+    endpoint = _first_env("LINNAEUS_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
     env = {
         "RCLONE_S3_ENV_AUTH": "true",
         "RCLONE_S3_PROVIDER": os.environ.get("LINNAEUS_S3_PROVIDER") or ("Other" if endpoint else "AWS"),
@@ -91,15 +94,35 @@ def azure_source(uri: str) -> RcloneSource:
     return RcloneSource(f":azureblob:{container}/{key}", env=env, display=redact(uri))
 
 
-def b2_source(uri: str) -> RcloneSource:
-    """``b2://bucket/key`` with B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY (native B2 API)."""
-    bucket, key = _bucket_key(uri)
+# Backblaze's own variable names (b2 CLI, B2 SDKs) and the rclone ones they map onto.
+B2_KEY_ID_VARS = ("B2_APPLICATION_KEY_ID", "RCLONE_B2_ACCOUNT")
+B2_KEY_VARS = ("B2_APPLICATION_KEY", "RCLONE_B2_KEY")
+# The on-the-fly remote of a bucket whose REMOTE is empty: rclone's b2 backend, configured
+# only by RCLONE_B2_* in the child's environment (see :func:`b2_env`).
+B2_DEFAULT_REMOTE = ":b2:"
+
+
+def b2_env() -> dict[str, str]:
+    """``RCLONE_B2_ACCOUNT`` / ``RCLONE_B2_KEY`` from B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY,
+    as defaults for the rclone child (RCLONE_B2_* the user set already win)."""
     env = {}
     if os.environ.get("B2_APPLICATION_KEY_ID"):
         env["RCLONE_B2_ACCOUNT"] = os.environ["B2_APPLICATION_KEY_ID"]
     if os.environ.get("B2_APPLICATION_KEY"):
         env["RCLONE_B2_KEY"] = os.environ["B2_APPLICATION_KEY"]
-    return RcloneSource(f":b2:{bucket}/{key}", env=env, display=redact(uri))
+    return env
+
+
+def missing_b2_credentials() -> list[str]:
+    """The B2 variables still to set (empty when an account id and a key are both available,
+    under Backblaze's names or rclone's)."""
+    return [vars_[0] for vars_ in (B2_KEY_ID_VARS, B2_KEY_VARS) if not _first_env(*vars_)]
+
+
+def b2_source(uri: str) -> RcloneSource:
+    """``b2://bucket/key`` with B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY (native B2 API)."""
+    bucket, key = _bucket_key(uri)
+    return RcloneSource(f"{B2_DEFAULT_REMOTE}{bucket}/{key}", env=b2_env(), display=redact(uri))
 
 
 def http_source(uri: str) -> RcloneSource:

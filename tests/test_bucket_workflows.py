@@ -1,0 +1,254 @@
+"""The checkpoint guide's bucket workflows as written (issue 12, items 1, 2 and 6).
+
+Real rclone throughout. Backblaze B2 itself cannot be reached from a test, so the B2 default is
+checked where it can be: the argv and environment linnaeus gives the real rclone binary, and
+what rclone then sends to a B2 authorize endpoint on 127.0.0.1 (``RCLONE_B2_ENDPOINT``). The
+whole flow runs against ``rclone serve s3`` with the remote given explicitly.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import logging
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from linnaeus.checkpoint.errors import CheckpointError
+from linnaeus.checkpoint.remote import RemoteRun
+from linnaeus.checkpoint.resolve import BucketConfig, resolve
+from linnaeus.checkpoint.sources import get_source
+from linnaeus.checkpoint.sources.rclone import rclone_binary
+from linnaeus.config import load_config
+from linnaeus.config.errors import ConfigError
+from linnaeus.utils.checkpoint_utils import input_resolver
+from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
+    ACCESS_KEY,
+    BUCKET,
+    RCLONE,
+    REMOTE,
+    SECRET_KEY,
+    RcloneServer,
+    put,
+    rclone_isolated,
+    s3_server,
+    settle,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "tools" / "scripts" / "upload_checkpoints.sh"
+KEY_ID = "0042b2keyid-test"
+APP_KEY = "K004secret-b2-app-key-Zz81"  # asserted never to appear on argv or in messages
+ZOO = "linnaeus-checkpoints"  # the guide's NAME (the default), holding PATH_PREFIX "modelZoo/"
+
+# The guide's bucket block, verbatim.
+GUIDE_BLOCK = {"ENV": {"INPUT": {"CACHE_DIR": "/path/to/checkpoints",
+                                 "BUCKET": {"ENABLED": True, "NAME": ZOO, "PATH_PREFIX": "modelZoo/"}}}}
+
+
+@pytest.fixture
+def no_b2_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("B2_APPLICATION_KEY_ID", "B2_APPLICATION_KEY", "RCLONE_B2_ACCOUNT", "RCLONE_B2_KEY",
+                "LINNAEUS_BUCKET_REMOTE", "LINNAEUS_BUCKET_NAME", "LINNAEUS_BUCKET_PREFIX"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _write_cfg(tmp_path: Path, tree: dict, name: str = "guide.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+# ------------------------------------------------------------------ item 1: config load
+@pytest.mark.parametrize("section", ["INPUT", "OUTPUT"])
+def test_enabled_bucket_without_remote_or_b2_credentials_fails_at_config_load(
+        tmp_path: Path, section: str, no_b2_env: None) -> None:
+    tree = {"ENV": {section: {"BUCKET": {"ENABLED": True}}}}
+    with pytest.raises(ConfigError) as info:
+        load_config(str(_write_cfg(tmp_path, tree)))
+    msg = str(info.value)
+    for needed in (f"ENV.{section}.BUCKET.REMOTE", f"ENV.{section}.BUCKET.ENABLED", "B2_APPLICATION_KEY_ID",
+                   "B2_APPLICATION_KEY", "rclone"):
+        assert needed in msg, (needed, msg)
+
+
+def test_guide_block_loads_as_b2_with_the_guide_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         no_b2_env: None) -> None:
+    monkeypatch.setenv("B2_APPLICATION_KEY_ID", KEY_ID)
+    monkeypatch.setenv("B2_APPLICATION_KEY", APP_KEY)
+    cfg = load_config(str(_write_cfg(tmp_path, GUIDE_BLOCK)))
+    assert BucketConfig.from_any(cfg.ENV.INPUT.BUCKET).folder() == f":b2:{ZOO}/modelZoo/"
+    # NAME and PATH_PREFIX default to the guide's values: ENABLED alone means the same bucket.
+    bare = load_config(str(_write_cfg(tmp_path, {"ENV": {"INPUT": {"BUCKET": {"ENABLED": True}},
+                                                         "OUTPUT": {"BUCKET": {"ENABLED": True}}}}, "bare.yaml")))
+    for node in (bare.ENV.INPUT.BUCKET, bare.ENV.OUTPUT.BUCKET):
+        assert BucketConfig.from_any(node).folder() == f":b2:{ZOO}/modelZoo/"
+    assert RemoteRun.in_bucket(bare.ENV.OUTPUT.BUCKET, "exp").env == {"RCLONE_B2_ACCOUNT": KEY_ID,
+                                                                      "RCLONE_B2_KEY": APP_KEY}
+    # rclone's own variables count as credentials too (and win, as for b2:// URIs).
+    monkeypatch.delenv("B2_APPLICATION_KEY_ID")
+    monkeypatch.delenv("B2_APPLICATION_KEY")
+    monkeypatch.setenv("RCLONE_B2_ACCOUNT", KEY_ID)
+    monkeypatch.setenv("RCLONE_B2_KEY", APP_KEY)
+    load_config(str(_write_cfg(tmp_path, GUIDE_BLOCK)))
+
+
+# ------------------------------------------------------------------ item 1: what rclone gets
+class _B2AuthRecorder(http.server.BaseHTTPRequestHandler):
+    """Stands in for api.backblazeb2.com: records the Authorization of each authorize call, refuses it."""
+
+    seen: list[tuple[str, str]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.seen.append((self.path, self.headers.get("Authorization", "")))
+        body = b'{"status": 401, "code": "bad_auth_token", "message": "test server"}'
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def b2_auth_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str]]]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _B2AuthRecorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _B2AuthRecorder.seen = []
+    monkeypatch.setenv("RCLONE_B2_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    try:
+        yield _B2AuthRecorder.seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def recorded_rclone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The real rclone behind a wrapper that appends its argv, and the B2 variables it was given,
+    to a log (one line each)."""
+    log = tmp_path / "rclone-calls.log"
+    wrapper = tmp_path / "rclone-recording"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        f"{{ printf 'ARGV'; printf ' %q' \"$@\"; echo; echo \"ENV account=$RCLONE_B2_ACCOUNT key=$RCLONE_B2_KEY\"; }}"
+        f" >> '{log}'\n"
+        f"exec '{RCLONE}' \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("LINNAEUS_RCLONE", str(wrapper))
+    rclone_binary.cache_clear()
+    yield log
+    rclone_binary.cache_clear()  # monkeypatch restores LINNAEUS_RCLONE; the next call finds the real binary
+
+
+def test_b2_default_gives_rclone_the_credentials_in_its_environment_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, rclone_isolated: None,
+        no_b2_env: None, b2_auth_server: list[tuple[str, str]], recorded_rclone: Path) -> None:
+    monkeypatch.setenv("B2_APPLICATION_KEY_ID", KEY_ID)
+    monkeypatch.setenv("B2_APPLICATION_KEY", APP_KEY)
+    cfg = load_config(str(_write_cfg(tmp_path, GUIDE_BLOCK)), opts=["ENV.INPUT.CACHE_DIR", str(tmp_path / "cache"),
+                                                                    "ENV.OUTPUT.BUCKET.ENABLED", "True"])
+    caplog.set_level(logging.DEBUG)
+    # A cache miss goes to the bucket: B2 (here, the stand-in) refuses the test credentials.
+    with pytest.raises(CheckpointError, match="access denied") as miss:
+        input_resolver(cfg.ENV.INPUT, retries=1)("convnext_tiny_22k_1k_384.pth")
+    # The output bucket's uploads go the same way.
+    ck = tmp_path / "checkpoint_epoch_1.pth"
+    ck.write_bytes(b"weights")
+    (tmp_path / "checkpoint_epoch_1.pth.sha256").write_text(f"{hashlib.sha256(b'weights').hexdigest()}  {ck.name}\n")
+    with pytest.raises(CheckpointError, match="access denied") as upload:
+        RemoteRun.in_bucket(cfg.ENV.OUTPUT.BUCKET, "exp").upload(ck)
+
+    calls = recorded_rclone.read_text().splitlines()
+    argv = [c for c in calls if c.startswith("ARGV")]
+    assert any(f":b2:{ZOO}/modelZoo/convnext_tiny_22k_1k_384.pth" in a for a in argv), argv
+    assert any(f":b2:{ZOO}/modelZoo/exp/checkpoint_epoch_1.pth" in a for a in argv), argv
+    assert all(line == f"ENV account={KEY_ID} key={APP_KEY}" for line in calls if line.startswith("ENV")), calls
+    # rclone really authenticated with them: HTTP basic auth of <key id>:<key> to the authorize endpoint.
+    basic = "Basic " + base64.b64encode(f"{KEY_ID}:{APP_KEY}".encode()).decode()
+    assert b2_auth_server and all(path.endswith("/b2_authorize_account") and auth == basic
+                                  for path, auth in b2_auth_server), b2_auth_server
+    # Never on argv, never in a message or a log line.
+    for text in ("\n".join(argv), str(miss.value), str(upload.value), caplog.text):
+        assert APP_KEY not in text and KEY_ID not in text
+
+
+def test_b2_default_without_credentials_in_the_library_names_the_variables(no_b2_env: None, tmp_path: Path) -> None:
+    # The library (no config validation in between) says the same thing at the first use.
+    with pytest.raises(CheckpointError, match="B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY missing"):
+        resolve("absent.pth", cache_dir=tmp_path, bucket={"ENABLED": True, "NAME": ZOO, "PATH_PREFIX": "modelZoo/"})
+
+
+# ------------------------------------------------------------------ items 1 + 2: the whole flow on a real S3 server
+def test_one_argument_upload_then_bare_name_resolves_through_the_config(
+        tmp_path: Path, s3_server: RcloneServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        no_b2_env: None) -> None:
+    """The guide: upload_checkpoints.sh /path/to/checkpoint.pth, then MODEL.PRETRAINED <that name>.
+    The remote is the local S3 server, named explicitly (B2 cannot be reached); NAME and
+    PATH_PREFIX are the defaults, so the file lands at linnaeus-checkpoints/modelZoo/<name>.
+    The script runs once as the user runs it; the later calls go to its Python entry point in-process
+    (each interpreter start imports torch: seconds)."""
+    from linnaeus.cli.remote_cmds import main
+
+    (s3_server.root / ZOO).mkdir()
+    weights = tmp_path / "downloads" / "convnext_tiny_22k_1k_384.pth"
+    weights.parent.mkdir()
+    data = os.urandom(200_000)
+    weights.write_bytes(data)
+    monkeypatch.setenv("LINNAEUS_BUCKET_REMOTE", REMOTE)
+    r = subprocess.run([SCRIPT, str(weights)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == weights.name  # the bare name, alone on stdout
+    assert "verified" in r.stderr and "MODEL.PRETRAINED" in r.stderr
+    remote = s3_server.root / ZOO / "modelZoo"
+    assert (remote / weights.name).read_bytes() == data
+    assert (remote / f"{weights.name}.sha256").read_text().split()[0] == hashlib.sha256(data).hexdigest()
+    assert (weights.parent / f"{weights.name}.sha256").is_file()  # computed because the file had none
+    # Again: nothing to send, still the name to use.
+    assert main(["upload", str(weights)]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == weights.name and "already remote" in err, err
+
+    # A run configured with the guide's block (remote given explicitly) finds it by that name.
+    monkeypatch.delenv("LINNAEUS_BUCKET_REMOTE")
+    cfg_file = _write_cfg(tmp_path, {"ENV": {"INPUT": {"CACHE_DIR": str(tmp_path / "cache"),
+                                                       "BUCKET": {"ENABLED": True, "REMOTE": REMOTE}}}})
+    cfg = load_config(str(cfg_file))
+    got = input_resolver(cfg.ENV.INPUT, progress=False)(out.strip())
+    assert got == tmp_path / "cache" / weights.name and got.read_bytes() == data
+
+    # --cfg reads ENV.INPUT.BUCKET: a second file goes to the same model zoo.
+    other = tmp_path / "downloads" / "rope_vit.pth"
+    other.write_bytes(b"rope")
+    assert main(["upload", "--cfg", str(cfg_file), str(other)]) == 0
+    assert capsys.readouterr().out.strip() == "rope_vit.pth"
+    assert (remote / "rope_vit.pth").read_bytes() == b"rope"
+
+
+def test_upload_to_a_runs_output_folder_stays_an_explicit_option(
+        tmp_path: Path, s3_server: RcloneServer, monkeypatch: pytest.MonkeyPatch, no_b2_env: None) -> None:
+    from linnaeus.cli.remote_cmds import main
+
+    cfg_file = _write_cfg(tmp_path, {"EXPERIMENT": {"NAME": "my_run"}, "ENV": {"OUTPUT": {"BUCKET": {
+        "ENABLED": True, "REMOTE": REMOTE, "NAME": BUCKET, "PATH_PREFIX": "runs/"}}}})
+    ck = tmp_path / "checkpoint_epoch_1.pth"
+    ck.write_bytes(b"run bytes")
+    # A run's file without its sidecar is uncommitted: refused unless --write-sidecar.
+    assert main(["upload", "--output", "--cfg", str(cfg_file), str(ck)]) == 1
+    assert not (s3_server.root / BUCKET / "runs").exists()
+    assert main(["upload", "--output", "--cfg", str(cfg_file), "--write-sidecar", "--latest", str(ck)]) == 0
+    folder = s3_server.root / BUCKET / "runs" / "my_run"
+    assert (folder / ck.name).read_bytes() == b"run bytes" and (folder / "latest").read_text().strip() == ck.name
