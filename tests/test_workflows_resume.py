@@ -148,3 +148,61 @@ def test_library_load_last_raises_with_the_places_looked(tmp_path: Path) -> None
     manager.save(epoch=2, step=6, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     assert manager.load_last()[0] == tmp_path / "ckpts" / "checkpoint_epoch_2.pth"
     manager.close()
+
+
+# ----------------------------------------------------------------------------- item 4: foreign files to TRAIN.RESUME
+def _foreign_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Files people hand to a resume, with the phrase that must say what each is."""
+    model = torch.nn.Linear(8, 8)
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    files = {
+        "bare.pth": (model.state_dict(), "a bare state dict such as torch.save(model.state_dict(), ...) writes"),
+        # timm's train.py (CheckpointSaver) stores its argparse arguments beside the weights.
+        "timm_train.pth.tar": ({"epoch": 3, "arch": "resnet18", "state_dict": model.state_dict(), "version": 2,
+                                "optimizer": torch.optim.SGD(model.parameters(), lr=0.1).state_dict(),
+                                "args": argparse.Namespace(model="resnet18", lr=0.1)},
+                               "a pickle holding argparse.Namespace besides tensors (timm's train.py"),
+        "timm_no_args.pth": ({"epoch": 3, "arch": "resnet18", "state_dict": model.state_dict(), "version": 2},
+                             "another framework's training checkpoint (e.g. timm's train.py; entries: arch, epoch"),
+    }
+    out = {}
+    for name, (obj, phrase) in files.items():
+        torch.save(obj, folder / name)
+        out[name] = (folder / name, phrase)
+    return out
+
+
+def _resume_error(tmp_path: Path, target: str, *opts: str) -> str:
+    ck, _, _ = _checkpointer(tmp_path, "TRAIN.RESUME", target, *opts)
+    try:
+        with pytest.raises(CheckpointError) as info:
+            point = ck.find_resume_point()
+            ck.restore(point)
+    finally:
+        ck.close()
+    return " ".join(str(info.value).split())
+
+
+@pytest.mark.parametrize("name", ["bare.pth", "timm_train.pth.tar", "timm_no_args.pth"])
+def test_foreign_file_to_train_resume_says_what_it_is_and_names_model_pretrained(tmp_path: Path, name: str) -> None:
+    path, phrase = _foreign_files(tmp_path)[name]
+    before = path.read_bytes()
+    msg = _resume_error(tmp_path, str(path))
+    assert f"{path} is not a linnaeus training checkpoint: it is {phrase}" in msg, msg
+    assert "corrupt" not in msg and "Delete" not in msg, msg
+    assert "The file is intact (do not delete it)" in msg, msg
+    assert f"MODEL.PRETRAINED {path} with MODEL.PRETRAINED_STRATEGY transfer" in msg, msg
+    assert "weights_only" in msg and "strict" in msg and "TRAIN.RESUME empty" in msg, msg
+    assert path.read_bytes() == before
+
+
+def test_linnaeus_weights_only_file_to_train_resume_names_model_pretrained(tmp_path: Path) -> None:
+    ckpts = _save_epochs(tmp_path, (2, 4), "CHECKPOINT.WEIGHTS_SAVER.ENABLED", "True")
+    weights = ckpts / "weights_epoch_2.pth"
+    assert weights.is_file()
+    msg = _resume_error(tmp_path, weights.name)
+    assert (f"{weights} is not a linnaeus training checkpoint: it is a linnaeus weights-only checkpoint "
+            "(saver 'weights', epoch 2, step 4") in msg, msg
+    assert f"MODEL.PRETRAINED {weights.name} with MODEL.PRETRAINED_STRATEGY transfer" in msg, msg
+    assert weights.is_file()

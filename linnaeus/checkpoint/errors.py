@@ -97,11 +97,13 @@ class NotATrainingCheckpointError(CheckpointIncompatibleError):
     """An intact file that is not a checkpoint of this library (e.g. a plain state dict): it holds
     weights at most, not the state a training run resumes from."""
 
-    def __init__(self, path: str | Path, found: str) -> None:
+    def __init__(self, path: str | Path, found: str, note: str = "") -> None:
+        self.found = found
         super().__init__(
-            f"{path} is not a linnaeus training checkpoint ({found}), so there is no optimizer, scheduler, "
-            "progress or RNG state to resume from. The file is intact. To start from the weights it holds, "
-            "load it as pretrained weights instead of resuming from it.", path=path)
+            f"{path} is not a linnaeus training checkpoint: it is {found}, so it holds no optimizer, scheduler, progress "
+            "or RNG state to resume from. The file is intact (do not delete it). To start a run from its weights, "
+            "load it as pretrained weights with a strategy (transfer, weights_only or strict) instead of resuming."
+            + (f" {note}" if note else ""), path=path)
 
 
 class InvalidOperationError(CheckpointError):

@@ -46,7 +46,9 @@ from .errors import (
     CheckpointError,
     CheckpointIncompatibleError,
     CheckpointNotFoundError,
+    NotATrainingCheckpointError,
 )
+from .foreign import describe as describe_foreign
 from .remote import RemoteRun
 from .resume_target import locate_run_target, parse_run_target
 from .scan import load_same_bytes
@@ -254,10 +256,16 @@ class _Resume:
     def _load(self, path: Path) -> dict[str, Any]:
         # Outside the run's directory a sidecar is optional (a file copied from elsewhere).
         inside = path.parent.resolve() == self.directory.resolve()
-        loaded = run_on_all_ranks(
-            lambda: load_verified_digest(path, require_sidecar=inside, hash_always=True) if is_main_process() else None,
-            f"loading {path}", CheckpointError)
-        return load_same_bytes(path, loaded, require_sidecar=inside)
+
+        def load() -> tuple[dict[str, Any], str | None] | None:
+            if not is_main_process():
+                return None
+            loaded = load_verified_digest(path, require_sidecar=inside, hash_always=True)
+            if loaded[0].get("meta", {}).get("kind") == KIND_WEIGHTS:  # intact, but nothing to resume training from
+                raise NotATrainingCheckpointError(path, describe_foreign(loaded[0]))
+            return loaded
+
+        return load_same_bytes(path, run_on_all_ranks(load, f"loading {path}", CheckpointError), require_sidecar=inside)
 
     def _branch_remote(self, target: Path, step: int) -> None:
         """The bucket folder's side of a restart: its checkpoints with more progress than ``target``

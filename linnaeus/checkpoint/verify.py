@@ -18,6 +18,8 @@ from .errors import (
     CheckpointUnreadableError,
     NotATrainingCheckpointError,
 )
+from .foreign import describe as describe_foreign
+from .foreign import REFUSED_PICKLE_ADVICE, refused_pickle
 from .hashing import sha256_file_async
 from .names import pending_sidecars
 from .sidecar import SIDECAR_SUFFIX, read_sidecar_digest, sidecar_path
@@ -155,6 +157,11 @@ def load_verified_digest(path: str | Path, *, map_location: Any = "cpu", require
             )
     if isinstance(load_error, OSError):
         raise CheckpointUnreadableError(path, load_error) from load_error
+    # A file from elsewhere (no sidecar) that holds pickled classes is another tool's intact file; a
+    # committed one cannot have been written so by linnaeus, so that one stays "corrupt" below.
+    refused = refused_pickle(load_error) if load_error is not None and known is None else None
+    if refused is not None:
+        raise NotATrainingCheckpointError(path, refused, REFUSED_PICKLE_ADVICE) from load_error
     if load_error is not None:
         raise CheckpointCorruptError(
             path, f"cannot be loaded with weights_only=True ({type(load_error).__name__}: {first_line(load_error)})"
@@ -164,8 +171,7 @@ def load_verified_digest(path: str | Path, *, map_location: Any = "cpu", require
         raise newer_format_error(path, newer)
     problems = validate_structure(state)
     if problems and isinstance(state, dict) and "meta" not in state:
-        found = f"no 'meta' entry; a plain dict with {len(state)} entries such as a state dict"
-        raise NotATrainingCheckpointError(path, found)
+        raise NotATrainingCheckpointError(path, describe_foreign(state))
     if problems:
         raise CheckpointCorruptError(path, "not a linnaeus checkpoint: " + "; ".join(problems))
     return state, actual

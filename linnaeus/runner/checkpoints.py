@@ -137,8 +137,9 @@ class RunCheckpoints:
         except NotATrainingCheckpointError as e:
             shown = redact(cfg.TRAIN.RESUME)
             raise CheckpointIncompatibleError(
-                f"TRAIN.RESUME {shown}: {e} To start from its weights, set MODEL.PRETRAINED {shown} and leave "
-                "TRAIN.RESUME empty.", path=e.path) from e
+                f"TRAIN.RESUME {shown}: {e} In the config: MODEL.PRETRAINED {shown} with MODEL.PRETRAINED_STRATEGY "
+                "transfer (what matches loads; heads follow this run's taxonomy), weights_only (every model tensor "
+                "from the file) or strict, and TRAIN.RESUME empty.", path=e.path) from e
         if point is not None and point.superseded is not None:
             old = point.superseded
             logger.warning(
