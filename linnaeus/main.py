@@ -11,16 +11,16 @@ import sys
 from typing import Any, Sequence
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from yacs.config import CfgNode
 
 from linnaeus.config import ConfigError, dump_config, load_config, run_dir
 from linnaeus.data.build import build_data
-from linnaeus.dist import distributed_session, get_rank, get_world_size, is_dist, is_main_process, select_device
+from linnaeus.dist import distributed_session, get_rank, get_world_size, is_main_process, select_device
 from linnaeus.engine.amp import build_amp
 from linnaeus.engine.evaluator import evaluate, summary_lines
 from linnaeus.engine.loss import MultiLevelLoss
 from linnaeus.engine.optim import build_ema, build_optimizer, build_scheduler
+from linnaeus.engine.parallel import wrap_model
 from linnaeus.engine.run_log import build_tb_writer, setup_logging
 from linnaeus.engine.trainer import Progress, Trainer, steps_per_epoch
 from linnaeus.models.build import build_model
@@ -75,7 +75,7 @@ def run(cfg: CfgNode) -> dict[str, Any]:
             # After loading (a layout change is not a value change); before DDP, whose gradient
             # buckets take the parameters' strides at construction.
             model = model.to(memory_format=torch.channels_last)
-        ddp_model = DistributedDataParallel(model) if is_dist() else model
+        ddp_model = wrap_model(model, cfg.TRAIN.STRATEGY, amp=cfg.TRAIN.AMP)  # DDP, or FSDP2 sharding in place
         optimizer = build_optimizer(cfg, model)
         # Sized by the trainer's own count of optimizer steps, so the schedule ends at the last step.
         scheduler = build_scheduler(cfg, optimizer, steps_per_epoch(len(data.train_loader), cfg.TRAIN.ACCUM_STEPS,

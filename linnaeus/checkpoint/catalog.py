@@ -78,6 +78,9 @@ def read_info(path: str | Path) -> CheckpointInfo:
     unpickling of the structure only; results are cached by (inode, size, mtime).
     """
     path = Path(path)
+    if path.is_dir():  # a sharded checkpoint: its manifest is small and holds all of this
+        from .sharded_manifest import read_dir_info
+        return read_dir_info(path)
     st = path.stat()
     key = (st.st_ino, st.st_size, st.st_mtime_ns)
     committed = sidecar_path(path).exists()
@@ -149,14 +152,20 @@ def first_line(e: BaseException) -> str:
     return lines[0][:300] if lines else ""
 
 
+def _is_sharded_dir(entry: os.DirEntry) -> bool:
+    # Folders such as abandoned-*/ hold no DCP metadata or manifest at their top level.
+    return entry.is_dir() and any(os.path.exists(os.path.join(entry.path, n)) for n in ("manifest.json", ".metadata"))
+
+
 def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:
-    """Every checkpoint-named file in ``directory``, oldest first (unreadable ones first)."""
+    """Every checkpoint-named file (and sharded checkpoint directory) in ``directory``, oldest first
+    (unreadable ones first)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
     infos = []
     for entry in os.scandir(directory):
-        if not entry.is_file() or not is_checkpoint_name(entry.name):
+        if not is_checkpoint_name(entry.name) or not (entry.is_file() or _is_sharded_dir(entry)):
             continue
         try:
             infos.append(read_info(Path(entry.path)))

@@ -56,7 +56,10 @@ def unadopted(directory: Path) -> list[CheckpointInfo]:
 
 def parent_sha256(path: Path) -> str:
     """The sha256 recorded as a checkpoint's parent: its sidecar's (verified when it was loaded),
-    else the hash of the file (a file from elsewhere, without a sidecar)."""
+    else the hash of the file (a file from elsewhere, without a sidecar); for a sharded checkpoint
+    directory, the sha256 of its manifest (which holds every file's)."""
+    if path.is_dir():
+        return sha256_file(path / "manifest.json")
     try:
         return read_sidecar_digest(path).sha256
     except (OSError, ValueError):

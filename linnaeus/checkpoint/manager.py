@@ -55,6 +55,8 @@ from .state import (
     plain_metrics,
     restore_state,
 )
+from .sharded import restore_any
+from .sharded_saver import save_sharded_for
 from .transaction import CheckpointTransaction
 from .verify import load_verified
 from .writer_lock import acquire_on_writer_rank
@@ -87,8 +89,9 @@ class CheckpointManager:
     def __init__(self, directory: str | Path, policy: CheckpointPolicy | None = None, *, name: str = "checkpoint",
                  config: Any = None, experiment: str = "", model_name: str = "", run_id: str | None = None,
                  update_latest: bool | None = None, can_delete: Callable[[Path], bool] | None = None,
-                 on_commit: Callable[[Path], None] | None = None) -> None:
+                 on_commit: Callable[[Path], None] | None = None, sharded: bool = False) -> None:
         self.directory = Path(directory)
+        self.sharded = sharded  # save DCP directories written by every rank (sharded.py), not one file
         self.policy = policy or CheckpointPolicy()
         self.name = name
         self.config_text = config_text(config)
@@ -199,7 +202,12 @@ class CheckpointManager:
         :class:`~linnaeus.checkpoint.state.Stateful` under any other name is saved the same way.
         Synchronous: the file is committed when this returns. Async: it is committed in
         the background; errors surface on the next ``save``/``poll``/``wait``/``close``.
+        With ``sharded=True`` every rank writes its shards of a checkpoint directory (synchronous).
         """
+        if self.sharded:
+            return save_sharded_for(self, epoch=epoch, step=step, epoch_step=epoch_step, samples=samples,
+                                    end_of_epoch=end_of_epoch, metrics=metrics, model=model, extra=extra,
+                                    filename=filename, components=components)
         with self.begin(epoch=epoch, step=step, epoch_step=epoch_step, samples=samples, end_of_epoch=end_of_epoch,
                         metrics=metrics, filename=filename) as ckpt:
             ckpt.update(build_state(model, components, weights_only=self.policy.weights_only))
@@ -396,7 +404,7 @@ class CheckpointManager:
         take over its metric history and, for a file of this directory, its run id (a resumed
         run keeps its lineage); protect ``path`` from retention; returns its progress."""
         source = str(path) if path is not None else f"checkpoint {state.get('meta', {}).get('file', '?')}"
-        progress = restore_state(state, model, components, rng=rng, source=source)
+        progress = restore_any(state, model, components, rng=rng, source=source)  # file or sharded, any world size
         self.metrics.load_state_dict(state.get("metrics") or {})
         if path is not None and Path(path).parent.resolve() == self.directory.resolve():
             self.protect.add(Path(path).name)

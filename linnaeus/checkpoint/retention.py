@@ -19,6 +19,7 @@ from .fsio import fsync_dir, pid_alive, writer_id, writer_pid
 from .hashing import sha256_file_async
 from .names import dir_lock, pending_sidecar_target, temp_writer
 from .ordering import oldest_first
+from .sharded_manifest import remove_checkpoint_dir, remove_tree
 from .sidecar import SIDECAR_SUFFIX, read_sidecar_digest, sidecar_path
 from .testing import phase
 
@@ -62,6 +63,8 @@ def delete_checkpoint(path: str | Path) -> None:
     :class:`DirectoryLockedError` while another process writes there)."""
     path = Path(path)
     with writer_lock.acquire(path.parent), dir_lock(path.parent):
+        if path.is_dir():  # a sharded checkpoint (no sidecar: its manifest is inside)
+            remove_checkpoint_dir(path)
         path.unlink(missing_ok=True)
         phase("deleted-data")
         sidecar_path(path).unlink(missing_ok=True)
@@ -116,6 +119,12 @@ def cleanup_stale(directory: str | Path, *, min_age_s: float = 0.0) -> list[Path
     now = time.time()
     with writer_lock.acquire(directory) as lease, dir_lock(directory):
         for entry in os.scandir(directory):
+            if entry.is_dir(follow_symlinks=False) and (owner := temp_writer(entry.name)) is not None:
+                # An interrupted sharded save's temp directory (or an overwritten one set aside).
+                if _dead_writer(owner, lease.exclusive) and now - entry.stat().st_mtime >= min_age_s:
+                    remove_tree(entry.path)
+                    removed.append(Path(entry.path))
+                continue
             if not entry.is_file():
                 continue
             name = entry.name

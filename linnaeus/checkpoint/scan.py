@@ -57,8 +57,11 @@ def local_candidates(directory: Path) -> list[CheckpointInfo]:
 
 def _raise_if_inaccessible(path: Path) -> None:
     try:
-        with open(path, "rb"):
-            pass
+        if path.is_dir():  # a sharded checkpoint
+            next(path.iterdir(), None)
+        else:
+            with open(path, "rb"):
+                pass
     except FileNotFoundError:
         return
     except OSError as e:

@@ -62,6 +62,9 @@ def verify_checkpoint(path: str | Path, *, require_sidecar: bool = True) -> Veri
     ``OSError``, never as damaged.
     """
     path = Path(path)
+    if path.is_dir():
+        from .sharded import verify_directory
+        return verify_directory(path)
     if not path.is_file():
         return VerifyResult(path, False, "file does not exist")
     try:
@@ -116,6 +119,9 @@ def load_verified_digest(path: str | Path, *, map_location: Any = "cpu", require
     """:func:`load_verified`, also returning the sha256 of the bytes loaded (None when the file
     has no sidecar, unless ``hash_always``), so that others can check they load the same bytes."""
     path = Path(path)
+    if path.is_dir() and any((path / n).exists() for n in ("manifest.json", ".metadata")):  # a sharded checkpoint
+        from .sharded import load_directory
+        return load_directory(path)
     if not path.is_file():
         what = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
         raise CheckpointNotFoundError(

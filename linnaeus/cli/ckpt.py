@@ -30,7 +30,7 @@ from linnaeus.checkpoint.retention import cleanup_stale, delete_checkpoint, plan
 from linnaeus.checkpoint.sidecar import SIDECAR_SUFFIX
 from linnaeus.checkpoint.state import KIND_WEIGHTS, make_meta, model_state_dict
 from linnaeus.checkpoint.verify import load_verified, verify_checkpoint
-from linnaeus.cli import lineage_cmds, remote_cmds
+from linnaeus.cli import lineage_cmds, remote_cmds, sharded_cmds
 
 
 def _checkpoint_dir(path: Path) -> Path:
@@ -60,7 +60,7 @@ def _guess_monitor(infos: list[CheckpointInfo]) -> str:
     """The metric recorded as 'best' in the newest full checkpoint, if any."""
     for info in reversed(infos):
         if info.readable and info.kind == "full":
-            best = (torch.load(info.path, map_location="cpu", weights_only=True, mmap=True).get("metrics") or {}).get("best")
+            best = (torch.load(sharded_cmds.state_file(info.path), map_location="cpu", weights_only=True, mmap=True).get("metrics") or {}).get("best")
             if best and best.get("monitor"):
                 return str(best["monitor"])
     return ""
@@ -153,7 +153,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not result.ok:
         print(f"BAD {path}: {result.reason}", file=sys.stderr)
         return 1
-    info = _describe(path)
+    info = sharded_cmds.describe(path) if path.is_dir() else _describe(path)
     info["sha256"] = result.actual_sha256
     info["sidecar"] = "matches" if result.expected_sha256 else "missing"
     if args.json:
@@ -184,10 +184,11 @@ def _leftover_kind(directory: Path, name: str) -> str | None:
 def cmd_verify(args: argparse.Namespace) -> int:
     path = Path(args.path)
     leftovers: list[tuple[Path, str]] = []
-    if path.is_dir():
+    if path.is_dir() and not sharded_cmds.is_sharded_checkpoint(path):
         # Like ls and prune: a run dir means its checkpoints/, whose config.yaml and log.txt are no checkpoints.
         path = _checkpoint_dir(path)
-        entries = sorted(p for p in path.iterdir() if p.is_file())
+        entries = sorted(p for p in path.iterdir() if p.is_file() or sharded_cmds.is_sharded_checkpoint(p)
+                         or (p.is_dir() and is_temp_name(p.name)))
         files = [p for p in entries if is_checkpoint_name(p.name)]
         leftovers = [(p, kind) for p in entries if (kind := _leftover_kind(path, p.name)) is not None]
         if not files:
@@ -264,7 +265,8 @@ def _writer_lease(directory: Path, command: str) -> writer_lock.WriterLease:
 # ----------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
     src, out = Path(args.file), Path(args.out)
-    state = load_verified(src, require_sidecar=False)
+    # A sharded checkpoint is consolidated here, on one process, whatever world size saved it.
+    state = sharded_cmds.export_source(src) if src.is_dir() else load_verified(src, require_sidecar=False)
     key = "ema" if args.ema else "model"
     if key not in state:
         raise CheckpointError(f"{src} has no '{key}' state (it holds {sorted(state)}); drop --ema to export the model.")

@@ -134,6 +134,8 @@ _C.TRAIN.AUTO_RESUME = True
 _C.TRAIN.RESUME = ""
 # Micro-batches per optimizer step (gradient accumulation, DDP sync only on the last).
 _C.TRAIN.ACCUM_STEPS = 1
+# "ddp" (DistributedDataParallel) or "fsdp" (FSDP2 fully_shard per ViT block / ConvNeXt stage / root).
+_C.TRAIN.STRATEGY = "ddp"
 # Gradient-norm clipping threshold (0 disables).
 _C.TRAIN.CLIP_GRAD = 0.0
 # Mixed precision: bf16 autocast on CPU, fp16 autocast + GradScaler on CUDA.
@@ -200,6 +202,9 @@ _C.CHECKPOINT.MONITOR = ""
 _C.CHECKPOINT.MODE = "max"
 # Write, hash and commit in a background thread after snapshotting state to CPU memory.
 _C.CHECKPOINT.ASYNC = False
+# "auto" (sharded under TRAIN.STRATEGY fsdp, one file under ddp), "file" or "sharded" (a DCP directory
+# named by FILENAME without its suffix, every rank writing its shards; loads on any world size).
+_C.CHECKPOINT.FORMAT = "auto"
 # Save only model weights (+config, meta); such checkpoints cannot resume training exactly.
 _C.CHECKPOINT.WEIGHTS_ONLY = False
 # Save only once, when training ends (and on preemption).

@@ -7,6 +7,7 @@ from yacs.config import CfgNode as CN
 from .buckets import validate_buckets
 from .checkpointing import validate_checkpointing
 from .errors import ConfigError
+from .parallel import validate_parallel
 
 
 def validate(cfg: CN) -> None:
@@ -40,5 +41,6 @@ def validate(cfg: CN) -> None:
     if cfg.EVAL.INTERVAL < 1:
         raise ConfigError(f"EVAL.INTERVAL must be >= 1 (validate every N epochs), got {cfg.EVAL.INTERVAL}.")
     validate_buckets(cfg)
+    validate_parallel(cfg)
     # Last: the metric-field rules there divide by EVAL.INTERVAL.
     validate_checkpointing(cfg)

@@ -28,6 +28,7 @@ from linnaeus.dist import get_rank
 from linnaeus.engine.amp import autocast_factory
 from linnaeus.engine.loss import MultiLevelLoss
 from linnaeus.engine.metrics import RunningSums
+from linnaeus.engine.parallel import gradient_sync, grad_norm_value
 from linnaeus.engine.progress_bar import ProgressDisplay, epoch_progress
 from linnaeus.engine.run_log import NullWriter
 
@@ -245,7 +246,7 @@ class Trainer:
                           window: "_Window") -> int:
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        no_sync = self.ddp_model.no_sync() if (self._is_ddp and not sync) else contextlib.nullcontext()
+        no_sync = gradient_sync(self.ddp_model, sync)  # DDP no_sync / FSDP2 set_requires_gradient_sync
         with no_sync:
             with self.autocast():
                 outputs = self.ddp_model(images)
@@ -270,7 +271,8 @@ class Trainer:
         if self.clip_grad > 0:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
-            window.grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad)
+            # Under fsdp the parameters are DTensor shards: the norm is over all shards (one reduction).
+            window.grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad))
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         if self.scaler is not None:
             self.scaler.step(self.optimizer)

@@ -35,6 +35,7 @@ from linnaeus.checkpoint.sources.base import redact
 from linnaeus.checkpoint.upload import BackgroundUploader, close_on_all_ranks, poll_on_all_ranks
 from linnaeus.checkpoint.writer_lock import WriterLease, acquire_on_writer_rank
 from linnaeus.config import build_policy, build_weights_policy, config_yaml
+from linnaeus.config.parallel import sharded_checkpoints
 from linnaeus.dist import any_rank_true, broadcast_object, get_world_size, is_main_process
 from linnaeus.runner import config_diff
 from linnaeus.utils.checkpoint_utils import input_resolver
@@ -54,6 +55,7 @@ class RunCheckpoints:
         model_name = cfg.MODEL.TIMM_NAME if cfg.MODEL.TYPE == "timm" else f"hybrid_{cfg.MODEL.HYBRID.CONVNEXT_VARIANT}"
         common = dict(config=config_yaml(cfg), experiment=cfg.EXPERIMENT.NAME, model_name=model_name)
         self.main = CheckpointManager(self.directory, build_policy(cfg), name="checkpoint", **common,
+                                      sharded=sharded_checkpoints(cfg),
                                       **self._upload_hooks(full=not cfg.CHECKPOINT.WEIGHTS_ONLY))
         self.weights = None
         if cfg.CHECKPOINT.WEIGHTS_SAVER.ENABLED:

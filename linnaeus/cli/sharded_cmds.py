@@ -1,0 +1,57 @@
+"""What ``linnaeus-ckpt`` does differently for a sharded checkpoint (a DCP directory): where its
+non-tensor state lives, what ``inspect`` shows, and the consolidation ``export`` starts from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint import FileSystemReader  # noqa: F401 - DCP must be importable here
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from linnaeus.checkpoint.sharded import VerifyingReader, consolidate_model, load_sharded_state
+from linnaeus.checkpoint.sharded_manifest import STATE_FILE, is_sharded_checkpoint, read_manifest
+
+
+def state_file(path: Path) -> Path:
+    """The file holding a checkpoint's progress/metrics/meta: itself, or a sharded one's state.pt."""
+    return path / STATE_FILE if path.is_dir() else path
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """``inspect``'s view of a sharded checkpoint (no tensor data is read beyond DCP's metadata)."""
+    manifest, digest = read_manifest(path)
+    state, _ = load_sharded_state(path)
+    metadata = VerifyingReader(path, manifest).read_metadata()
+    model = {k[len("model."):]: v for k, v in metadata.state_dict_metadata.items()
+             if k.startswith("model.") and isinstance(v, TensorStorageMetadata)}
+    shards = sorted(n for n in manifest["files"] if n.endswith(".distcp"))
+    return {
+        "file": str(path),
+        "format": "sharded (DCP directory)",
+        "size": sum(int(e["size"]) for e in manifest["files"].values()),
+        "saved_by_ranks": int(state.get("meta", {}).get("world_size", len(shards))),
+        "shard_files": shards,
+        "manifest_sha256": digest,
+        "keys": sorted(k for k in state if k != "sharded") + ["model", "optimizer"],
+        "model": {
+            "tensors": len(model),
+            "parameters": int(sum(torch.Size(v.size).numel() for v in model.values())),
+            "dtypes": sorted({str(v.properties.dtype).replace("torch.", "") for v in model.values()}),
+            "first_keys": list(model)[:8],
+        },
+        "meta": state.get("meta", {}),
+        "progress": state.get("progress", {}),
+        "components": sorted(k for k in ("optimizer_rest", "scheduler", "scaler", "ema", "sampler") if k in state),
+    }
+
+
+def export_source(path: Path) -> dict[str, Any]:
+    """The anatomy of a sharded checkpoint with its whole model consolidated into this process."""
+    model, state = consolidate_model(path)
+    state["model"] = model
+    return state
+
+
+__all__ = ["describe", "export_source", "is_sharded_checkpoint", "state_file"]

@@ -1,0 +1,217 @@
+"""Sharded (DCP directory) checkpoints in one process: layout and commit, verified loads and the
+fallback past damaged directories, retention, cleanup, the CLI, and the config rules.
+The multi-rank cases (FSDP2, resharding, every rank failing together) are in test_sharded_dist.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, read_latest, verify_checkpoint
+from linnaeus.checkpoint.catalog import list_checkpoints
+from linnaeus.checkpoint.errors import CheckpointCorruptError
+from linnaeus.checkpoint.names import is_checkpoint_name
+from linnaeus.checkpoint.retention import cleanup_stale
+from linnaeus.checkpoint.sharded_manifest import MANIFEST, sha256_of, sharded_dirname
+from linnaeus.cli.ckpt import main as ckpt_main
+from linnaeus.config import ConfigError, load_config
+from tests.conftest import TINY_CFG
+
+
+class Position:
+    def __init__(self) -> None:
+        self.consumed = 0
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.consumed = sd["consumed"]
+
+
+def _objects(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer, Position]:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3))
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2), Position()
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, position: Position) -> None:
+    loss = model(torch.randn(4, 6)).square().mean()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    position.consumed += 4
+
+
+def _saved_run(directory: Path, saves: int = 2, **policy: object) -> tuple[CheckpointManager, list[Path], nn.Module]:
+    model, optimizer, position = _objects()
+    manager = CheckpointManager(directory, CheckpointPolicy(**policy), sharded=True, config="a: 1\n")
+    paths = []
+    for epoch in range(1, saves + 1):
+        _step(model, optimizer, position)
+        paths.append(manager.save(epoch=epoch, step=epoch * 10, model=model, optimizer=optimizer, sampler=position,
+                                  metrics={"val/acc": 0.1 * epoch}))
+    return manager, paths, model
+
+
+def test_layout_manifest_and_commit(tmp_path: Path) -> None:
+    manager, paths, model = _saved_run(tmp_path / "ck")
+    manager.close()
+    final = paths[-1]
+    assert final.name == "checkpoint_epoch_2" == sharded_dirname("checkpoint_epoch_2.pth") and final.is_dir()
+    names = sorted(os.listdir(final))
+    assert names == [".metadata", "__0_0.distcp", MANIFEST, "state.pt"], names
+    manifest = json.loads((final / MANIFEST).read_text())
+    assert sorted(manifest["files"]) == [".metadata", "__0_0.distcp", "state.pt"]
+    for name, entry in manifest["files"].items():  # every file's bytes are recorded
+        assert sha256_of(final / name) == (entry["size"], entry["sha256"])
+    assert manifest["progress"] == {"epoch": 2, "step": 20, "epoch_step": 0, "samples": 0}
+    assert manifest["meta"]["kind"] == "full" and manifest["meta"]["run_id"] == manager.run_id
+    assert manifest["config"] == "a: 1\n"
+    # Nothing but the final names, their parent's lock and `latest`: no temp directory is left behind.
+    assert sorted(os.listdir(tmp_path / "ck")) == [".lock", "checkpoint_epoch_1", "checkpoint_epoch_2", "latest"]
+    assert read_latest(tmp_path / "ck") == "checkpoint_epoch_2"
+    infos = list_checkpoints(tmp_path / "ck")
+    assert [(i.name, i.step, i.committed, i.readable) for i in infos] == [
+        ("checkpoint_epoch_1", 10, True, True), ("checkpoint_epoch_2", 20, True, True)]
+    # The state outside DCP loads with weights_only (no pickled code anywhere we read).
+    state = torch.load(final / "state.pt", weights_only=True)
+    assert state["sampler"] == {"consumed": 8} and state["progress"]["step"] == 20
+    assert verify_checkpoint(final).ok
+
+
+def test_resume_restores_model_optimizer_and_components_exactly(tmp_path: Path) -> None:
+    manager, _, model = _saved_run(tmp_path / "ck")
+    saved_model = {k: v.clone() for k, v in model.state_dict().items()}
+    manager.close()
+    fresh, optimizer, position = _objects(seed=1)
+    restarted = CheckpointManager(tmp_path / "ck", sharded=True)
+    result = restarted.resume(model=fresh, optimizer=optimizer, sampler=position)
+    assert result is not None and result.path.name == "checkpoint_epoch_2" and result.progress["step"] == 20
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in saved_model.items())
+    assert position.consumed == 8 and optimizer.state_dict()["state"][0]["step"].item() == 2
+    # Training continues identically from the restored state (optimizer moments included).
+    original, orig_opt, orig_pos = _objects()
+    for _ in range(2):
+        _step(original, orig_opt, orig_pos)
+    torch.manual_seed(5)
+    _step(original, orig_opt, orig_pos)
+    torch.manual_seed(5)
+    _step(fresh, optimizer, position)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in original.state_dict().items())
+    restarted.close()
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("damage,victim,expect", [
+    ("flip", "__0_0.distcp", "__0_0.distcp: content does not match manifest.json"),
+    ("truncate", "__0_0.distcp", "__0_0.distcp has"),
+    ("delete", ".metadata", ".metadata is missing"),
+    ("delete", MANIFEST, "manifest.json is missing"),
+])
+def test_damage_is_named_and_resume_falls_back(tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str,
+                                               victim: str, expect: str) -> None:
+    manager, paths, _ = _saved_run(tmp_path / "ck")
+    manager.close()
+    target = paths[-1] / victim
+    {"flip": _flip_byte, "truncate": _truncate, "delete": os.unlink}[damage](target)
+    result = verify_checkpoint(paths[-1])
+    assert not result.ok and expect in result.reason, result.reason
+    with pytest.raises(CheckpointCorruptError, match=str(target).replace(".", r"\.")) as err:
+        CheckpointManager(tmp_path / "other", sharded=True).load(paths[-1])
+    assert expect in str(err.value)
+    fresh, optimizer, position = _objects(seed=1)
+    restarted = CheckpointManager(tmp_path / "ck", sharded=True)
+    with caplog.at_level(logging.WARNING, logger="linnaeus.checkpoint"):
+        result = restarted.resume(model=fresh, optimizer=optimizer, sampler=position)
+    assert result is not None and result.path == paths[0], "resume must fall back to the older complete checkpoint"
+    assert position.consumed == 4
+    assert any("checkpoint_epoch_2" in r.getMessage() and expect in r.getMessage() for r in caplog.records), \
+        [r.getMessage() for r in caplog.records]
+    # The damaged directory is never deleted by retention nor by cleanup: it is evidence, not a leftover.
+    restarted.apply_retention()
+    cleanup_stale(tmp_path / "ck")
+    assert paths[-1].is_dir()
+    restarted.close()
+
+
+def test_retention_and_keep_best_delete_whole_directories(tmp_path: Path) -> None:
+    manager, paths, _ = _saved_run(tmp_path / "ck", saves=4, keep_last_n=1, keep_best_n=1, monitor="val/acc",
+                                   mode="min")
+    manager.close()
+    # keep-last 1 -> epoch 4 (also latest), keep-best (min val/acc) -> epoch 1.
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [".lock", "checkpoint_epoch_1",
+                                                                    "checkpoint_epoch_4", "latest"]
+
+
+def test_temp_names_never_match_and_dead_writers_temp_dirs_are_removed(tmp_path: Path) -> None:
+    directory = tmp_path / "ck"
+    manager, _, _ = _saved_run(directory, saves=1)
+    manager.close()
+    # An interrupted save of another process (cleanup holds the writer lock, so it is a dead writer's):
+    # its temp directory holds shards but no manifest.
+    leftover = directory / f".checkpoint_epoch_9.tmp-999999-{'0' * 12}-abcd"
+    shutil.copytree(directory / "checkpoint_epoch_1", leftover)
+    (leftover / MANIFEST).unlink()
+    assert not is_checkpoint_name(leftover.name)
+    assert [i.name for i in list_checkpoints(directory)] == ["checkpoint_epoch_1"]
+    assert cleanup_stale(directory) == [leftover] and not leftover.exists()
+
+
+def test_cli_ls_verify_inspect_and_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    manager, paths, model = _saved_run(tmp_path / "ck")
+    manager.close()
+    assert ckpt_main(["ls", str(tmp_path / "ck")]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint_epoch_2" in out and "latest" in out and "ok" in out
+    assert ckpt_main(["verify", str(tmp_path / "ck")]) == 0
+    capsys.readouterr()
+    assert ckpt_main(["inspect", str(paths[-1]), "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["model"]["tensors"] == 4 and described["progress"]["step"] == 20
+    assert described["shard_files"] == ["__0_0.distcp"]
+    out_file = tmp_path / "weights.pth"
+    assert ckpt_main(["export", str(paths[-1]), str(out_file)]) == 0
+    exported = torch.load(out_file, weights_only=True)
+    assert exported["meta"]["kind"] == "weights"
+    assert all(torch.equal(exported["model"][k], v) for k, v in model.state_dict().items())
+    _flip_byte(paths[-1] / "__0_0.distcp")
+    assert ckpt_main(["verify", str(paths[-1])]) == 1
+    assert "__0_0.distcp: content does not match" in capsys.readouterr().out
+    assert ckpt_main(["export", str(paths[-1]), str(tmp_path / "bad.pth")]) == 2
+    assert "__0_0.distcp" in capsys.readouterr().err and not (tmp_path / "bad.pth").exists()
+
+
+@pytest.mark.parametrize("opts,key", [
+    (["TRAIN.STRATEGY", "zero"], "TRAIN.STRATEGY"),
+    (["CHECKPOINT.FORMAT", "tar"], "CHECKPOINT.FORMAT"),
+    (["TRAIN.STRATEGY", "fsdp", "CHECKPOINT.FORMAT", "file"], "CHECKPOINT.FORMAT file"),
+    (["TRAIN.STRATEGY", "fsdp", "TRAIN.EMA.ENABLED", "True"], "TRAIN.EMA.ENABLED"),
+    (["TRAIN.STRATEGY", "fsdp", "CHECKPOINT.ASYNC", "True"], "CHECKPOINT.ASYNC"),
+    (["CHECKPOINT.FORMAT", "sharded", "CHECKPOINT.WEIGHTS_ONLY", "True"], "CHECKPOINT.WEIGHTS_ONLY"),
+])
+def test_config_refuses_what_cannot_run_naming_the_key(opts: list[str], key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(str(TINY_CFG), opts)
+
+
+def test_config_accepts_fsdp_and_sharded_formats() -> None:
+    assert load_config(str(TINY_CFG), ["TRAIN.STRATEGY", "fsdp"]).CHECKPOINT.FORMAT == "auto"
+    load_config(str(TINY_CFG), ["CHECKPOINT.FORMAT", "sharded"])
