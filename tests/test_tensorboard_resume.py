@@ -1,7 +1,7 @@
 """TensorBoard across resumes, read back with TensorBoard's own ``EventAccumulator``: a run
-killed right after an epoch end and preempted mid-epoch, then relaunched once finished, shows the
-same scalars at the same steps as an uninterrupted run, each step once; and the writer is flushed
-before every checkpoint save."""
+killed right after an epoch end, preempted mid-epoch and preempted before its last validation,
+then relaunched once finished, shows the same scalars at the same steps as an uninterrupted run,
+each step once; and the writer is flushed before every checkpoint save."""
 
 from __future__ import annotations
 
@@ -66,13 +66,19 @@ def test_interrupted_and_resumed_run_logs_the_same_scalars_as_an_uninterrupted_o
     assert [s for s, _ in _scalars(run / "tiny" / "tensorboard")["train/loss"]] == list(range(1, 7))
     # Preempted mid-epoch (SIGTERM at step 7): the relaunch resumes at 7 and keeps 7's scalars.
     _launch_with(run, toy_root, "term", 7, 0)
-    order = _launch_with(run, toy_root, "none", 0, 0).splitlines()
-    got = _scalars(run / "tiny" / "tensorboard")
-    _assert_same_curves(got, want)
+    # Preempted on the last step (SIGTERM at step 12), so the checkpoint precedes that epoch's
+    # validation: the relaunch resumes at 12 and validates there, next to 12's train scalars.
+    order = _launch_with(run, toy_root, "term", 12, 0).splitlines()
     # Every save found the events it keeps on disk: the writer was flushed right before it.
     saves = [i for i, line in enumerate(order) if line.startswith("save step")]
     assert [order[i] for i in saves] == ["save step 8", "save step 12"]
     assert all(i > 0 and order[i - 1] == "tb flush" for i in saves), order
+    before_last_validation = _scalars(run / "tiny" / "tensorboard")
+    assert [s for s, _ in before_last_validation["val/acc1/species"]] == [4, 8]
+    assert [s for s, _ in before_last_validation["train/loss"]] == list(range(1, 13))
+    run_train(run, toy_root, *OPTS)
+    got = _scalars(run / "tiny" / "tensorboard")
+    _assert_same_curves(got, want)
 
     # A relaunch of the finished run writes no event file and changes nothing.
     files = _event_files(run / "tiny")

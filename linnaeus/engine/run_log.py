@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 import numpy
 
+from linnaeus.checkpoint.fsio import fsync_dir
+
 LOG_FILE = "log.txt"
 TB_DIR = "tensorboard"
 EVENTS_GLOB = "events.out.tfevents.*"  # SummaryWriter's file names
@@ -148,7 +150,7 @@ class RunEventWriter:
         for path in self._files:
             _fsync(path)
         if not self._dir_synced and self._files:
-            _fsync(self.log_dir)  # the new file's name, once
+            fsync_dir(self.log_dir)  # the new file's name, once
             self._dir_synced = True
 
     def close(self) -> None:
@@ -183,7 +185,6 @@ class RunEventWriter:
         for tag, (value, wall_time) in rewrite.items():
             self._writer.add_scalar(tag, value, self.resumed_step, walltime=wall_time)
         return self._writer
-
 
 
 def scalars_at_step(log_dir: Path, step: int) -> dict[str, tuple[float, float]]:
