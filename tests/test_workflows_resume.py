@@ -206,3 +206,77 @@ def test_linnaeus_weights_only_file_to_train_resume_names_model_pretrained(tmp_p
             "(saver 'weights', epoch 2, step 4") in msg, msg
     assert f"MODEL.PRETRAINED {weights.name} with MODEL.PRETRAINED_STRATEGY transfer" in msg, msg
     assert weights.is_file()
+
+
+# ----------------------------------------------------------------------------- item 5: keep-best alone, KEEP_LOCAL_N
+BEST = ("CHECKPOINT.KEEP_LAST_N", "0", "CHECKPOINT.KEEP_BEST_N", "1", "CHECKPOINT.MONITOR", "val/acc1/species",
+        "CHECKPOINT.MODE", "max")
+OUT_BUCKET = ("ENV.OUTPUT.BUCKET.ENABLED", "True", "ENV.OUTPUT.BUCKET.REMOTE", REMOTE,
+              "ENV.OUTPUT.BUCKET.NAME", BUCKET, "ENV.OUTPUT.BUCKET.PATH_PREFIX", "runs/")
+
+
+def _local(ckpts: Path) -> list[str]:
+    return sorted(p.name for p in ckpts.glob("*.pth"))
+
+
+def test_keep_best_alone_keeps_the_best_and_what_resume_needs(tmp_path: Path) -> None:
+    ckpts = _save_epochs(tmp_path, (2, 4, 6, 8), *BEST, metrics={2: 0.5, 4: 0.9, 6: 0.3, 8: 0.4})
+    # The best (epoch 2, step 4) and the newest (the one a relaunch resumes): nothing else.
+    assert _local(ckpts) == ["checkpoint_epoch_2.pth", "checkpoint_epoch_4.pth"]
+    assert (ckpts / "latest").read_text().strip() == "checkpoint_epoch_4.pth"
+    # The relaunch resumes the newest, and the file it resumed from survives its first save.
+    ck, progress, model = _checkpointer(tmp_path, *BEST)
+    ck.restore(ck.find_resume_point())
+    progress.epoch, progress.step = 5, 10
+    ck.maybe_save_epoch(progress, {"val/acc1/species": 0.1}, is_last=False)
+    ck.close()
+    assert _local(ckpts) == ["checkpoint_epoch_2.pth", "checkpoint_epoch_4.pth", "checkpoint_epoch_5.pth"]
+
+
+@pytest.mark.parametrize("keep_local, kept", [
+    ("0", ["checkpoint_epoch_3.pth"]),  # Composer's save_num_checkpoints_to_keep=0: only what resume needs
+    ("2", ["checkpoint_epoch_2.pth", "checkpoint_epoch_3.pth"]),
+])
+def test_keep_local_n_keeps_at_most_n_local_copies_once_uploaded(tmp_path: Path, s3_server: RcloneServer,
+                                                                 keep_local: str, kept: list[str]) -> None:
+    ckpts = _save_epochs(tmp_path, (2, 4, 6), *OUT_BUCKET, "CHECKPOINT.KEEP_LOCAL_N", keep_local)
+    remote = s3_server.root / BUCKET / "runs" / "tiny"
+    assert _local(ckpts) == kept
+    assert (ckpts / "latest").read_text().strip() == "checkpoint_epoch_3.pth"
+    for e in (1, 2, 3):  # every file is in the bucket, byte for byte where a local copy is left
+        assert (remote / f"checkpoint_epoch_{e}.pth").is_file()
+        assert (remote / f"checkpoint_epoch_{e}.pth.sha256").is_file()
+    for name in kept:
+        assert (remote / name).read_bytes() == (ckpts / name).read_bytes()
+    # A relaunch resumes the newest local copy.
+    path, progress, weight = _resume(tmp_path, *OUT_BUCKET, "CHECKPOINT.KEEP_LOCAL_N", keep_local)
+    assert (path.name, progress.step) == ("checkpoint_epoch_3.pth", 6)
+
+
+def test_keep_local_n_never_deletes_a_copy_whose_upload_is_not_confirmed(tmp_path: Path) -> None:
+    from linnaeus.checkpoint.retention import plan_retention
+
+    manager = CheckpointManager(tmp_path, CheckpointPolicy())
+    model = torch.nn.Linear(2, 2)
+    for e in range(1, 5):
+        manager.save(epoch=e, step=e, model=model)
+    infos = manager.checkpoints()
+    confirmed = {"checkpoint_epoch_1.pth", "checkpoint_epoch_3.pth", "checkpoint_epoch_4.pth"}
+    doomed = plan_retention(infos, keep_last_n=0, keep_local_n=0, protect={"checkpoint_epoch_4.pth"},
+                            uploaded=lambda i: i.name in confirmed)
+    assert [i.name for i in doomed] == ["checkpoint_epoch_1.pth", "checkpoint_epoch_3.pth"]
+    manager.close()
+    # A library manager without an uploader cannot know what is confirmed: it says so at its first save.
+    lonely = CheckpointManager(tmp_path / "other", CheckpointPolicy(keep_local_n=0))
+    with pytest.raises(CheckpointError, match="keep_local_n=0 .* no can_delete hook"):
+        lonely.save(epoch=1, step=1, model=model)
+    lonely.close()
+
+
+@pytest.mark.parametrize("opts, message", [
+    (("CHECKPOINT.KEEP_LOCAL_N", "0"), "CHECKPOINT.KEEP_LOCAL_N 0 limits .* ENV.OUTPUT.BUCKET.ENABLED is False"),
+    (("CHECKPOINT.KEEP_LOCAL_N", "-2", *OUT_BUCKET), "^CHECKPOINT.KEEP_LOCAL_N: keep_local_n must be an int >= -1"),
+])
+def test_keep_local_n_config_errors_name_the_key(tmp_path: Path, opts: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _cfg(tmp_path, *opts)

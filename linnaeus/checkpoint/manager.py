@@ -354,13 +354,20 @@ class CheckpointManager:
 
     def apply_retention(self) -> list[Path]:
         """Delete this saver's checkpoints the policy no longer keeps; returns the deleted paths."""
-        if self.policy.keep_last_n <= 0:
-            return []
-        latest = read_latest(self.directory)
         p = self.policy
+        if not p.prunes:
+            return []
+        if p.keep_local_n >= 0 and self.can_delete is None:
+            raise InvalidOperationError(
+                f"keep_local_n={p.keep_local_n} limits local copies whose upload is confirmed, but this manager has "
+                "no can_delete hook to say which are: pass can_delete=uploader.can_delete (a BackgroundUploader), "
+                "or keep_local_n=-1.")
+        latest = read_latest(self.directory)
+        confirmed = self.can_delete
         doomed = plan_retention(self.checkpoints(), keep_last_n=p.keep_last_n, keep_best_n=p.keep_best_n,
                                 monitor=p.monitor, mode=p.mode, protect=self.protect | ({latest} if latest else set()),
-                                latest=latest)
+                                latest=latest, keep_local_n=p.keep_local_n,
+                                uploaded=None if confirmed is None else lambda info: confirmed(info.path))
         deleted = []
         for info in doomed:
             if self.can_delete is not None and not self.can_delete(info.path):

@@ -174,8 +174,9 @@ class CheckpointPolicy:
     interval: Interval = Interval(1, "ep")
     filename: str = "checkpoint_epoch_{epoch}.pth"
     mid_epoch_filename: str = "checkpoint_epoch_{epoch}_step_{step}.pth"
-    keep_last_n: int = 0  # 0 = keep all
+    keep_last_n: int = 0  # 0 = keep all (unless keep_best_n selects alone)
     keep_best_n: int = 0
+    keep_local_n: int = -1  # >= 0: at most this many local copies whose upload is confirmed; -1 = no limit
     monitor: str = ""
     mode: str = "max"
     async_save: bool = False
@@ -196,6 +197,10 @@ class CheckpointPolicy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidPolicyError(name, f"{name} must be an int >= 0 (0 = {zero}), got {name}={value!r}.")
+        if isinstance(self.keep_local_n, bool) or not isinstance(self.keep_local_n, int) or self.keep_local_n < -1:
+            raise InvalidPolicyError(
+                "keep_local_n", "keep_local_n must be an int >= -1 (-1 = no limit; N >= 0 = keep at most N local "
+                f"copies once their upload is confirmed), got keep_local_n={self.keep_local_n!r}.")
         if self.keep_best_n > 0 and not self.monitor:
             raise InvalidPolicyError(
                 "keep_best_n",
@@ -203,6 +208,11 @@ class CheckpointPolicy:
                 "e.g. monitor='val/acc1/species'; or set keep_best_n=0.",
                 related=("monitor",),
             )
+
+    @property
+    def prunes(self) -> bool:
+        """Whether retention may delete anything (keep-last, keep-best alone, or a local-copy limit)."""
+        return self.keep_last_n > 0 or self.keep_best_n > 0 or self.keep_local_n >= 0
 
     @property
     def metric_fields(self) -> frozenset[str]:

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from . import writer_lock
 from .catalog import CheckpointInfo, forget_info
@@ -35,18 +35,27 @@ def plan_retention(
     mode: str = "max",
     protect: Iterable[str] = (),
     latest: str | None = None,
+    keep_local_n: int = -1,
+    uploaded: Callable[[CheckpointInfo], bool] | None = None,
 ) -> list[CheckpointInfo]:
     """Which of ``infos`` (one saver's committed, readable files) to delete.
 
-    Keeps the ``keep_last_n`` newest, the ``keep_best_n`` best by ``monitor`` (ranking only
-    files whose metrics hold ``monitor``; ties keep the older), the newest one in any case, and
-    every protected file name. ``keep_last_n == 0`` keeps everything.
+    Keeps the ``keep_last_n`` newest and the ``keep_best_n`` best by ``monitor`` (ranking only
+    files whose metrics hold ``monitor``; ties keep the older); either alone selects, and with
+    neither (both 0) everything is kept. What a resume needs is kept in any case: the newest
+    file and every protected name (the caller protects the file resumed from and ``latest``).
+    ``keep_local_n >= 0`` (with ``uploaded``, which says whose upload is confirmed) then keeps
+    only the ``keep_local_n`` newest of the kept files whose upload is confirmed (Composer's
+    ``save_num_checkpoints_to_keep``): the bucket holds the others. Unconfirmed files stay.
     Newest is the library's one ordering (:mod:`.ordering`), ``latest`` breaking ties.
     """
     ordered = oldest_first(infos, latest)
-    if keep_last_n <= 0 or not ordered:
+    if not ordered:
         return []
-    keep = {i.name for i in ordered[-keep_last_n:]} | {ordered[-1].name} | set(protect)
+    needed = {ordered[-1].name} | set(protect)
+    keep = {i.name for i in ordered}
+    if keep_last_n > 0 or (keep_best_n > 0 and monitor):
+        keep = needed | {i.name for i in ordered[-keep_last_n:]} if keep_last_n > 0 else set(needed)
     if keep_best_n > 0 and monitor:
         # Only files with metrics measured at their own step are rated; on a tie the older file
         # wins (it was best first, and a newer equal one adds nothing worth deleting it for).
@@ -54,6 +63,9 @@ def plan_retention(
         sign = -1.0 if mode == "max" else 1.0
         rated.sort(key=lambda i: (sign * i.metric(monitor), i.order_key))
         keep |= {i.name for i in rated[:keep_best_n]}
+    if keep_local_n >= 0 and uploaded is not None:
+        confirmed = [i.name for i in ordered if i.name in keep and uploaded(i)]
+        keep -= set(confirmed[:max(0, len(confirmed) - keep_local_n)]) - needed
     return [i for i in ordered if i.name not in keep]
 
 

@@ -26,6 +26,7 @@ _MAIN_KEYS = {
     "mid_epoch_filename": "CHECKPOINT.MID_EPOCH_FILENAME",
     "keep_last_n": "CHECKPOINT.KEEP_LAST_N",
     "keep_best_n": "CHECKPOINT.KEEP_BEST_N",
+    "keep_local_n": "CHECKPOINT.KEEP_LOCAL_N",
     "monitor": "CHECKPOINT.MONITOR",
     "mode": "CHECKPOINT.MODE",
 }
@@ -33,6 +34,7 @@ _WEIGHTS_KEYS = {
     "interval": "CHECKPOINT.WEIGHTS_SAVER.INTERVAL",
     "filename": "CHECKPOINT.WEIGHTS_SAVER.FILENAME",
     "keep_last_n": "CHECKPOINT.WEIGHTS_SAVER.KEEP_LAST_N",
+    "keep_local_n": "CHECKPOINT.KEEP_LOCAL_N",
 }
 
 
@@ -55,7 +57,8 @@ def build_policy(cfg: CN) -> CheckpointPolicy:
     with _config_keys(_MAIN_KEYS):
         return CheckpointPolicy(
             interval=parse_interval(c.INTERVAL), filename=c.FILENAME, mid_epoch_filename=c.MID_EPOCH_FILENAME,
-            keep_last_n=c.KEEP_LAST_N, keep_best_n=c.KEEP_BEST_N, monitor=c.MONITOR, mode=c.MODE,
+            keep_last_n=c.KEEP_LAST_N, keep_best_n=c.KEEP_BEST_N, keep_local_n=c.KEEP_LOCAL_N, monitor=c.MONITOR,
+            mode=c.MODE,
             async_save=c.ASYNC, weights_only=c.WEIGHTS_ONLY, save_last_only=c.SAVE_LAST_ONLY,
         )
 
@@ -65,7 +68,8 @@ def build_weights_policy(cfg: CN) -> CheckpointPolicy:
     w = cfg.CHECKPOINT.WEIGHTS_SAVER
     with _config_keys(_WEIGHTS_KEYS):
         return CheckpointPolicy(interval=parse_interval(w.INTERVAL), filename=w.FILENAME,
-                                keep_last_n=w.KEEP_LAST_N, async_save=cfg.CHECKPOINT.ASYNC, weights_only=True)
+                                keep_last_n=w.KEEP_LAST_N, keep_local_n=cfg.CHECKPOINT.KEEP_LOCAL_N,
+                                async_save=cfg.CHECKPOINT.ASYNC, weights_only=True)
 
 
 def validate_checkpointing(cfg: CN) -> None:
@@ -75,6 +79,11 @@ def validate_checkpointing(cfg: CN) -> None:
     except InvalidResumeTargetError as e:
         raise ConfigError(f"TRAIN.RESUME: {e}") from None
     main = build_policy(cfg)
+    if cfg.CHECKPOINT.KEEP_LOCAL_N >= 0 and not cfg.ENV.OUTPUT.BUCKET.ENABLED:
+        raise ConfigError(
+            f"CHECKPOINT.KEEP_LOCAL_N {cfg.CHECKPOINT.KEEP_LOCAL_N} limits the local copies kept once their upload "
+            "is confirmed, but ENV.OUTPUT.BUCKET.ENABLED is False, so nothing is uploaded. Enable the output bucket, "
+            "or set CHECKPOINT.KEEP_LOCAL_N -1 and use CHECKPOINT.KEEP_LAST_N / KEEP_BEST_N.")
     # Built even when disabled, so that enabling it later with --opts cannot surprise.
     weights = build_weights_policy(cfg)
     savers = [("CHECKPOINT", main)]

@@ -192,10 +192,12 @@ _C.CHECKPOINT.INTERVAL = "1ep"
 _C.CHECKPOINT.FILENAME = "checkpoint_epoch_{epoch}.pth"
 # Template for saves that land mid-epoch (preemption, step intervals); must contain {step}.
 _C.CHECKPOINT.MID_EPOCH_FILENAME = "checkpoint_epoch_{epoch}_step_{step}.pth"
-# Keep the N newest checkpoints (0 = keep all).
+# Keep the N newest checkpoints (0 = keep all, unless KEEP_BEST_N selects alone).
 _C.CHECKPOINT.KEEP_LAST_N = 0
-# Also keep the N best by MONITOR (0 = none).
+# Also keep the N best by MONITOR (0 = none); alone (KEEP_LAST_N 0): the N best and the newest, nothing else.
 _C.CHECKPOINT.KEEP_BEST_N = 0
+# With ENV.OUTPUT.BUCKET: keep at most N local copies once their upload is confirmed (0 = only what resume needs; -1 = no limit).
+_C.CHECKPOINT.KEEP_LOCAL_N = -1
 # Metric that ranks checkpoints for KEEP_BEST_N, e.g. "val/acc1/species".
 _C.CHECKPOINT.MONITOR = ""
 # "max" if a larger MONITOR is better, "min" otherwise.
