@@ -263,6 +263,12 @@ def test_kill9_mid_epoch_then_relaunch_is_bit_identical_on_inat_data(tmp_path, i
     ref = run_train(tmp_path / "ref", inat_root, *STEP_OPTS)
     assert "val/consistency=" in ref.stdout + ref.stderr and "mistake severity" in ref.stdout + ref.stderr
     reference = _final_state(tmp_path / "ref" / "tiny")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "ref" / "tiny" / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"val/acc1/species", "val/bacc/species", "val/consistency", "val/mistake_severity"} <= scalars
 
     out = tmp_path / "killed"
     out.mkdir()

@@ -52,7 +52,35 @@ def tree_conflicts(task_keys: Sequence[str], records: Iterable[Record]
                 if seen != known[coarser]:
                     problems.append(f"{level} {known[level]!r} is under {coarser} {seen!r} ({first_seen[key]}) "
                                     f"and under {coarser} {known[coarser]!r} ({where})")
+    if problems:
+        return problems, ancestors
+    # Records that agree pairwise can still disagree through intermediate ranks: s under G
+    # (line 1), G under F1 (line 3), but s directly under F2 (line 2).
+    for (level, name), anc in ancestors.items():
+        known = [lv for lv in task_keys if lv in anc]
+        for coarser in known[1:]:
+            mid = known[0]  # the finest known ancestor: the walk up starts there
+            via = _reach(ancestors, task_keys, (mid, anc[mid]), coarser)
+            if via is not None and via != anc[coarser]:
+                through = first_seen.get((mid, anc[mid], coarser), "through its parents")
+                problems.append(
+                    f"{level} {name!r} is under {coarser} {anc[coarser]!r} ({first_seen[(level, name, coarser)]}) "
+                    f"and under {mid} {anc[mid]!r} ({first_seen[(level, name, mid)]}), which is under {coarser} "
+                    f"{via!r} ({through})")
     return problems, ancestors
+
+
+def _reach(ancestors: Mapping[tuple[str, str], Mapping[str, str]], task_keys: Sequence[str],
+           node: tuple[str, str], target: str) -> str | None:
+    """The ``target``-level ancestor of ``node`` following known parents upwards (None if unknown)."""
+    level, _ = node
+    anc = ancestors.get(node, {})
+    between = [lv for lv in task_keys[task_keys.index(level) + 1:task_keys.index(target)] if lv in anc]
+    if between:
+        up = _reach(ancestors, task_keys, (between[0], anc[between[0]]), target)
+        if up is not None:
+            return up
+    return anc.get(target)
 
 
 @dataclass(frozen=True)
@@ -91,24 +119,6 @@ class Taxonomy:
         object.__setattr__(self, "_names", names)
         object.__setattr__(self, "_index", {lv: {n: i for i, n in enumerate(ns)} for lv, ns in names.items()})
         object.__setattr__(self, "_up", up)
-        bad = self._transitive_conflicts(ancestors)
-        if bad:
-            raise DatasetError(f"taxonomy of {self.path}: " + "; ".join(bad[:5]) +
-                               ". One name can have one parent: fix the entries.")
-
-    def _transitive_conflicts(self, ancestors: Mapping[tuple[str, str], Mapping[str, str]]) -> list[str]:
-        """A name whose recorded ancestor differs from the one reached through its parents."""
-        out = []
-        for (level, name), anc in ancestors.items():
-            current = name
-            for child, parent in zip(self.task_keys[self.task_keys.index(level):], self.task_keys[
-                    self.task_keys.index(level) + 1:]):
-                current = self._up[child].get(current) if current is not None else None
-                if current is not None and parent in anc and anc[parent] != current:
-                    out.append(f"{level} {name!r} is under {parent} {anc[parent]!r} but its parents lead to "
-                               f"{parent} {current!r}")
-                    break
-        return out
 
     @property
     def leaf_level(self) -> str:
