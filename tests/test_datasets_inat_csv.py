@@ -297,3 +297,12 @@ def test_kill9_mid_epoch_then_relaunch_is_bit_identical_on_inat_data(tmp_path, i
     for k in reference["model"]:
         assert torch.equal(final["model"][k], reference["model"][k]), f"model tensor {k} differs"
     assert final["metrics"]["history"] == reference["metrics"]["history"]
+
+
+def test_a_resume_with_another_training_manifest_is_reported_as_a_data_order_change():
+    from linnaeus.runner.config_diff import DATA_ORDER, HONOURED, config_changes
+
+    old = "DATA:\n  TRAIN_ANN: train2018.json\n  VAL_ANN: val2018.json\n"
+    new = "DATA:\n  TRAIN_ANN: train2021.json\n  VAL_ANN: val2021.json\n"
+    got = {c.key: c.action for c in config_changes(old, new)}
+    assert got == {"DATA.TRAIN_ANN": DATA_ORDER, "DATA.VAL_ANN": HONOURED}

@@ -63,6 +63,8 @@ _ORDER = {
                  "sampler refuses a training set of a different size",
     "DATA.DATASET": "a different dataset reorders every epoch; the sampler refuses a training set of a different size",
     "DATA.TOY_NUM_SAMPLES": "a different dataset size: the sampler refuses to continue a position in another size",
+    "DATA.TRAIN_ANN": "a different training manifest reorders every epoch; the sampler refuses a training set of "
+                      "a different size",
     "DATA.VAL_FRACTION": "changes which samples are in the training set and so its order; the sampler refuses a "
                          "training set of a different size",
 }
