@@ -35,6 +35,7 @@ from linnaeus.checkpoint.errors import CheckpointError, CheckpointNotFoundError
 from linnaeus.checkpoint.fsio import write_durably
 from linnaeus.checkpoint.sources import DownloadOptions, RcloneSource, download, get_source, is_uri, redact
 from linnaeus.checkpoint.sources.cloud import B2_DEFAULT_REMOTE, b2_env, missing_b2_credentials
+from linnaeus.checkpoint.sources.identifiers import check_bucket, check_file_name, check_identifier, check_path_parts
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class BucketConfig:
     def folder(self) -> str:
         """``REMOTE:NAME/PATH_PREFIX``: what every object name is appended to (``:b2:NAME/PATH_PREFIX``
         when REMOTE is empty)."""
+        check_bucket(self.remote, self.name, self.path_prefix)
         name = self.name.strip("/")
         if self.is_b2_default:
             missing = missing_b2_credentials()
@@ -155,6 +157,7 @@ def resolve(
     ident = str(identifier).strip()
     if not ident:
         raise CheckpointNotFoundError("empty checkpoint identifier: give a file name, a path or a URI.")
+    check_identifier(ident)  # before anything reads it as a path, a remote or an option
     cache = Path(os.path.expanduser(os.fspath(cache_dir))).absolute()
     bucket_cfg = BucketConfig.from_any(bucket)
     options = DownloadOptions(retries=retries, progress=progress, local_rank=local_rank, lock_timeout_s=lock_timeout_s)
@@ -171,8 +174,12 @@ def resolve(
             source = get_source(ident)
         except ValueError as e:
             raise CheckpointNotFoundError(f"cannot use {redact(ident)!r}: {e}") from None
-        return download(source, uri_cache_path(ident, cache, source.name), options)
+        # The cache entry is named after the object's last part: it must be a file name (a URL
+        # ending in ".." or "%2E%2E" would make the entry the cache folder itself).
+        name = check_file_name(source.name, redact(ident))
+        return download(source, uri_cache_path(ident, cache, name), options)
 
+    check_path_parts(ident, "checkpoint identifier")  # a local or bucket path: each part is a file name
     looked: list[str] = []
     if "/" in ident:
         local = Path(ident).absolute()

@@ -162,6 +162,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     from linnaeus.checkpoint.resolve import BucketConfig, resolve
     from linnaeus.checkpoint.sources import DownloadOptions, download, get_source, is_uri
+    from linnaeus.checkpoint.sources.identifiers import check_bucket_path, check_file_name, check_identifier
 
     def go() -> int:
         kwargs = _resolve_kwargs(args)
@@ -169,17 +170,21 @@ def cmd_download(args: argparse.Namespace) -> int:
             print(resolve(args.identifier, **kwargs))
             return 0
         bucket = BucketConfig.from_any(kwargs["bucket"])
+        check_identifier(args.identifier)
         if is_uri(args.identifier):
             source = get_source(args.identifier)
         elif bucket.enabled:
-            source = bucket.source(args.identifier)
+            # As resolve() does: a name in the bucket never climbs out of the bucket's folder.
+            source = bucket.source(check_bucket_path(args.identifier, "checkpoint identifier"))
         else:
             raise CheckpointNotFoundError(
                 f"{args.identifier!r} is not a URI and no bucket is configured (--remote/--bucket or "
                 "LINNAEUS_BUCKET_REMOTE); nothing to download from."
             )
         options = DownloadOptions(retries=kwargs["retries"], progress=kwargs["progress"])
-        print(download(source, Path(args.to) / source.name, options))
+        # The object's last part becomes a file in --to: one name, never a path out of it.
+        name = check_file_name(source.name, source.display)
+        print(download(source, Path(args.to) / name, options))
         return 0
 
     return _run(go)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
+from linnaeus.checkpoint.upload import WAIT_SLICE_S
+
 from .buckets import validate_buckets
 from .checkpointing import validate_checkpointing
 from .errors import ConfigError
+from .identifiers import validate_identifiers
 from .parallel import validate_parallel
 
 
@@ -19,6 +22,7 @@ def validate(cfg: CN) -> None:
             "MODEL.PRETRAINED_STRATEGY must be 'weights_only', 'transfer' or 'strict', "
             f"got {cfg.MODEL.PRETRAINED_STRATEGY!r}."
         )
+    validate_identifiers(cfg)  # before anything could hand them to rclone
     if cfg.DATA.DATASET not in ("toy", "imagefolder", "inat", "csv"):
         raise ConfigError(f"DATA.DATASET must be 'toy', 'imagefolder', 'inat' or 'csv', got {cfg.DATA.DATASET!r}.")
     if cfg.DATA.DATASET in ("inat", "csv") and not cfg.DATA.TRAIN_ANN:
@@ -40,6 +44,13 @@ def validate(cfg: CN) -> None:
         raise ConfigError(f"TRAIN.ACCUM_STEPS must be >= 1, got {cfg.TRAIN.ACCUM_STEPS}.")
     if cfg.EVAL.INTERVAL < 1:
         raise ConfigError(f"EVAL.INTERVAL must be >= 1 (validate every N epochs), got {cfg.EVAL.INTERVAL}.")
+    if cfg.TRAIN.COLLECTIVE_TIMEOUT_S < 1:
+        raise ConfigError(f"TRAIN.COLLECTIVE_TIMEOUT_S must be >= 1 (seconds a collective may wait for the other "
+                          f"ranks; default 600), got {cfg.TRAIN.COLLECTIVE_TIMEOUT_S}.")
+    if cfg.ENV.OUTPUT.BUCKET.ENABLED and cfg.TRAIN.COLLECTIVE_TIMEOUT_S <= WAIT_SLICE_S:
+        raise ConfigError(f"TRAIN.COLLECTIVE_TIMEOUT_S {cfg.TRAIN.COLLECTIVE_TIMEOUT_S} is too short with "
+                          f"ENV.OUTPUT.BUCKET.ENABLED: while rank 0 waits for its uploads the other ranks wait in "
+                          f"collectives of {WAIT_SLICE_S:g} s; set it above {WAIT_SLICE_S:g} (default 600).")
     validate_buckets(cfg)
     validate_parallel(cfg)
     # Last: the metric-field rules there divide by EVAL.INTERVAL.

@@ -111,6 +111,17 @@ def check_file_name(name: str, where: str) -> str:
     return name
 
 
+def check_path_parts(path: str, what: str) -> str:
+    """Every ``/``-separated part of a local or bucket path fits a file name (:data:`MAX_NAME_BYTES`)."""
+    for part in path.split("/"):
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            raise UnsafeIdentifierError(
+                f"{what} {_shown(path)} has a part longer than {MAX_NAME_BYTES} bytes, more than the file system "
+                "allows for a file and its .sha256 sidecar."
+            )
+    return path
+
+
 def _split_options(spec: str) -> tuple[str, list[str]]:
     """``name,opt=v,opt2='a,b'`` -> (``name``, [``opt``, ``opt2``]); quotes as rclone reads them."""
     parts, current, quote = [], "", ""

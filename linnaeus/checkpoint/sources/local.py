@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
+from linnaeus.checkpoint.errors import CheckpointError, CheckpointNotFoundError
 from linnaeus.checkpoint.sources.base import CHUNK_SIZE, RemoteObject, Source
+from linnaeus.checkpoint.sources.identifiers import check_text
 
 
 class LocalSource(Source):
@@ -26,7 +29,8 @@ class LocalSource(Source):
             parts = urlsplit(uri)
             if parts.netloc not in ("", "localhost"):
                 raise ValueError(f"file:// URI with a host is not supported: {uri!r}; use file:///abs/path.")
-            return cls(unquote(parts.path))
+            # %00 and friends decode to characters no file name holds.
+            return cls(check_text(unquote(parts.path), "file:// path"))
         return cls(uri)
 
     @property
@@ -41,15 +45,26 @@ class LocalSource(Source):
         # A local file knows no hash without reading it all; the download hashes it anyway.
         try:
             st = self.path.stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:
+                return None  # no file can have that name
+            raise CheckpointError(f"cannot read {self.display}: {e.strerror}.") from None
         if not self.path.is_file():
             return None
         return RemoteObject(self.display, st.st_size)
 
     @contextmanager
     def open_stream(self) -> Iterator[Iterator[bytes]]:
-        with open(self.path, "rb") as f:
+        # The transfer starts beside stat() (download._attempt): a missing file is its error too.
+        try:
+            f = open(self.path, "rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise CheckpointNotFoundError(f"{self.display}: no such file.") from None
+        except OSError as e:
+            raise CheckpointError(f"cannot read {self.display}: {e.strerror}.") from None
+        with f:
             yield iter(lambda: f.read(CHUNK_SIZE), b"")
 
     def sibling(self, suffix: str) -> "LocalSource":
