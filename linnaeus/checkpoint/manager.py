@@ -40,7 +40,7 @@ from .commit import commit_for_saver, read_latest
 from .errors import CheckpointError, InvalidOperationError
 from .history import MetricHistory
 from .lineage import parent_sha256
-from .policy import CheckpointPolicy, render_filename
+from .policy import RUN_FIELDS, CheckpointPolicy, render_filename, template_fields
 from .retention import cleanup_stale, delete_checkpoint, plan_retention
 from .scan import load_newest, newest_verified, nothing_to_load_error
 from .state import (
@@ -88,6 +88,7 @@ class CheckpointManager:
 
     def __init__(self, directory: str | Path, policy: CheckpointPolicy | None = None, *, name: str = "checkpoint",
                  config: Any = None, experiment: str = "", model_name: str = "", run_id: str | None = None,
+                 run_timestamp: str | None = None, name_fields: Mapping[str, Any] | None = None,
                  update_latest: bool | None = None, can_delete: Callable[[Path], bool] | None = None,
                  on_commit: Callable[[Path], None] | None = None, sharded: bool = False) -> None:
         self.directory = Path(directory)
@@ -98,6 +99,10 @@ class CheckpointManager:
         self.experiment = experiment
         self.model_name = model_name
         self.run_id = run_id or uuid.uuid4().hex[:12]
+        # {run_timestamp}: the run's start, recorded in every checkpoint and taken over on resume
+        # like the run id, so a relaunch keeps naming its files with the first launch's time.
+        self.run_timestamp = run_timestamp or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.name_fields = _run_name_fields(self.policy, name_fields)
         self.parent_sha256 = ""  # lineage: sha256 of the file this run resumed from ("" = fresh start)
         self.update_latest = (not self.policy.weights_only) if update_latest is None else update_latest
         self.can_delete = can_delete
@@ -153,6 +158,7 @@ class CheckpointManager:
         template = self.policy.mid_epoch_filename if use_mid else self.policy.filename
         fields = {"epoch": epoch, "step": step, "experiment": self.experiment, "model": self.model_name,
                   "timestamp": datetime.datetime.now().strftime("%Y%m%d-%H%M%S"), "rank": get_rank(),
+                  "run_timestamp": self.run_timestamp, **self.name_fields,
                   **plain_metrics(metrics)}
         return render_filename(template, fields)
 
@@ -254,7 +260,7 @@ class CheckpointManager:
                 state["rng"] = gather_rng_states()  # collective: every rank's RNG, for exact resume
         state["config"] = txn.state.get("config", self.config_text)
         state["meta"] = make_meta(
-            kind=self.kind, saver=self.name, file=txn.filename, run_id=self.run_id,
+            kind=self.kind, saver=self.name, file=txn.filename, run_id=self.run_id, run_timestamp=self.run_timestamp,
             epoch=epoch, step=step, metrics=txn.metrics, extra=txn.meta_extra, parent_sha256=self.parent_sha256,
         )
         return state
@@ -416,6 +422,7 @@ class CheckpointManager:
         if path is not None and Path(path).parent.resolve() == self.directory.resolve():
             self.protect.add(Path(path).name)
             self.run_id = str(state.get("meta", {}).get("run_id") or self.run_id)
+            self.run_timestamp = str(state.get("meta", {}).get("run_timestamp") or self.run_timestamp)
         if path is not None and self.is_writer:  # only the writer's meta is saved
             self.parent_sha256 = parent_sha256(Path(path))
         return progress
@@ -430,4 +437,20 @@ class CheckpointManager:
         progress = self.restore(state, path=path, rng=rng, model=model, **components)
         return ResumeResult(path, progress, state)
 
-
+def _run_name_fields(policy: CheckpointPolicy, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run-level name fields ({dataset}, {n_epochs}) a manager renders with; refuses, at
+    construction rather than at the first save, a template that uses one it was not given."""
+    fields = dict(given or {})
+    unknown = sorted(set(fields) - RUN_FIELDS)
+    if unknown:
+        raise InvalidOperationError(f"name_fields {unknown} are not run-level name fields; expected some of "
+                                    f"{sorted(RUN_FIELDS)}.")
+    used = (template_fields(policy.filename) | template_fields(policy.mid_epoch_filename)) & RUN_FIELDS
+    missing = sorted(used - set(fields))
+    if missing:
+        raise InvalidOperationError(
+            f"filename template {policy.filename!r} / {policy.mid_epoch_filename!r} uses "
+            f"{', '.join('{' + m + '}' for m in missing)}, which this manager was not given: pass "
+            f"name_fields={{{', '.join(repr(m) + ': ...' for m in missing)}}} to CheckpointManager."
+        )
+    return fields

@@ -18,7 +18,7 @@ import re
 from typing import Any, Iterable, Protocol, TypeVar
 
 _EPOCH = re.compile(r"(?:^|[_\-.])(?:epoch|ep)[_\-]?(\d+)", re.IGNORECASE)
-_STEP = re.compile(r"(?:^|[_\-.])(?:step|st|iter)[_\-]?(\d+)", re.IGNORECASE)
+_STEP = re.compile(r"(?:^|[_\-.])(?:step|st|iter|ba)[_\-]?(\d+)", re.IGNORECASE)  # ba: Composer's batches
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 
 
@@ -48,7 +48,7 @@ def oldest_first(items: Iterable[T], latest: str | None = None) -> list[T]:
 def progress_from_name(name: str, modtime: str = "") -> tuple[Any, ...]:
     """Sort key of a checkpoint known only by name (older < newer).
 
-    Parses ``epoch_<E>`` and ``step_<S>`` (also ``ep<E>`` / ``st<S>`` / ``iter<S>``). An
+    Parses ``epoch_<E>`` and ``step_<S>`` (also ``ep<E>`` / ``st<S>`` / ``ba<S>`` / ``iter<S>``). An
     end-of-epoch file ``..._epoch_E`` sorts before the mid-epoch files ``..._epoch_E_step_S``
     (saved during epoch E+1), which sort by step, and all of them before ``..._epoch_<E+1>``.
     Names with no number sort oldest, among themselves by ``modtime`` (all there is).

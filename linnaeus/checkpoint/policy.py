@@ -9,11 +9,17 @@ from typing import Any, Mapping
 
 from .errors import InvalidOperationError, InvalidPolicyError
 
-# Fields every template may use; metric fields (e.g. {val_acc1_species}) come on top.
-KNOWN_FIELDS = frozenset({"epoch", "step", "experiment", "model", "timestamp", "rank"})
+# Fields that describe the run rather than one save, given to the manager once (``name_fields``):
+# the dataset's name and the run's total epochs.
+RUN_FIELDS = frozenset({"dataset", "n_epochs"})
+# Fields every template may use; metric fields (e.g. {val_acc1_species}) come on top. {timestamp} is
+# the moment of the save; {run_timestamp} the run's start, the same in all its files and relaunches.
+KNOWN_FIELDS = frozenset({"epoch", "step", "experiment", "model", "timestamp", "run_timestamp", "rank"}) | RUN_FIELDS
 # Stand-ins for a trial rendering, so that a bad format spec fails when the policy is made.
 _SAMPLE_FIELDS = {"epoch": 1, "step": 1, "experiment": "exp", "model": "model", "timestamp": "20000101-000000",
-                  "rank": 0}
+                  "run_timestamp": "20000101-000000", "rank": 0, "dataset": "data", "n_epochs": 1}
+# Interval units: "ba" (batches, Composer's spelling) is an alias of "st": an optimizer step.
+_UNIT_ALIASES = {"ba": "st"}
 _SAMPLE_METRIC = 0.5
 
 
@@ -47,20 +53,23 @@ class Interval:
         return f"{self.every}{self.unit}"
 
 
-_INTERVAL_RE = re.compile(r"^\s*(\d+)\s*(ep|st)?\s*$")
+_INTERVAL_RE = re.compile(r"^\s*(\d+)\s*(ep|st|ba)?\s*$")
 
 
 def parse_interval(value: Any) -> Interval:
-    """``"1ep"``, ``"2ep"``, ``"500st"``, or a bare int (epochs); an :class:`Interval` passes through."""
+    """``"1ep"``, ``"2ep"``, ``"500st"`` (``"500ba"`` the same), or a bare int (epochs); an
+    :class:`Interval` passes through."""
     if isinstance(value, Interval):
         return value
     m = None if isinstance(value, bool) else _INTERVAL_RE.match(str(value))
     if not m or int(m.group(1)) <= 0:
         raise InvalidPolicyError(
             "interval",
-            f"interval expects a positive '<N>ep' (epochs), '<N>st' (optimizer steps) or int, got {value!r}.",
+            f"interval expects a positive '<N>ep' (epochs), '<N>st' or '<N>ba' (optimizer steps) or int, "
+            f"got {value!r}.",
         )
-    return Interval(int(m.group(1)), m.group(2) or "ep")
+    unit = m.group(2) or "ep"
+    return Interval(int(m.group(1)), _UNIT_ALIASES.get(unit, unit))
 
 
 def template_fields(template: str) -> set[str]:
@@ -120,7 +129,8 @@ def validate_filename_template(template: str, interval: Interval, *, field: str 
             field,
             f"filename template {template!r} cannot be rendered: {type(e).__name__}: {e}. Use named fields "
             "with format specs that fit them: {epoch}/{step}/{rank} are integers, metric fields are floats "
-            "(e.g. {val_acc1_species:.3f}), {experiment}/{model}/{timestamp} are text."
+            "(e.g. {val_acc1_species:.3f}), {experiment}/{model}/{timestamp}/{run_timestamp}/{dataset} are text, "
+            "{n_epochs} an integer."
         ) from None
 
 

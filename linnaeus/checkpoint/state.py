@@ -9,7 +9,7 @@ The anatomy (a contract with users: docs/checkpoints.md, "Anatomy")::
     metrics     {history, best}
     config      resolved config as YAML text
     meta        {format_version, linnaeus_version, torch_version, world_size, created, run_id,
-                 parent_sha256, kind, saver, file, epoch, step, metrics, hostname}
+                 run_timestamp, parent_sha256, kind, saver, file, epoch, step, metrics, hostname}
 
 Everything is tensors and plain Python containers/scalars so ``torch.load(...,
 weights_only=True)`` loads it; NumPy's RNG state is converted to a tensor for that reason.
@@ -44,7 +44,8 @@ RESERVED_KEYS = frozenset({"model", "progress", "rng", "metrics", "config", "met
 PROGRESS_FIELDS = ("epoch", "step", "epoch_step", "samples")
 # The meta fields linnaeus itself writes (see make_meta); resume, retention and listing rely on them.
 CORE_META_KEYS = frozenset({
-    "format_version", "linnaeus_version", "torch_version", "world_size", "created", "run_id", "parent_sha256",
+    "format_version", "linnaeus_version", "torch_version", "world_size", "created", "run_id", "run_timestamp",
+    "parent_sha256",
     "kind", "saver", "file", "epoch", "step", "metrics", "hostname",
 })
 
@@ -209,6 +210,7 @@ def make_meta(
     metrics: Mapping[str, float] | None = None,
     extra: Mapping[str, Any] | None = None,
     parent_sha256: str = "",
+    run_timestamp: str = "",
 ) -> dict[str, Any]:
     """The ``meta`` entry of a checkpoint; ``extra`` adds the caller's own keys. ``run_id`` and
     ``parent_sha256`` (of the file this run resumed from; "" after a fresh start) are its lineage.
@@ -231,6 +233,7 @@ def make_meta(
         "world_size": get_world_size(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
         "run_id": run_id,
+        "run_timestamp": run_timestamp,  # the run's start ({run_timestamp} in file names), kept across relaunches
         "parent_sha256": parent_sha256,
         "kind": kind,
         "saver": saver,

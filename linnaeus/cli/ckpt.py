@@ -274,6 +274,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     src_meta = state.get("meta", {})
     meta = make_meta(
         kind=KIND_WEIGHTS, saver="export", file=out.name, run_id=str(src_meta.get("run_id", "")),
+        run_timestamp=str(src_meta.get("run_timestamp", "")),
         epoch=int(src_meta.get("epoch", -1)), step=int(src_meta.get("step", -1)),
         metrics=src_meta.get("metrics", {}), extra={"exported_from": src.name, "exported_ema": bool(args.ema)},
     )

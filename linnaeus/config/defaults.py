@@ -186,9 +186,10 @@ _C.EVAL.CONSISTENT_DECODING = False
 
 # ----------------------------------------------------------------------- CHECKPOINT
 _C.CHECKPOINT = CN()
-# When to save: "1ep", "2ep" (epochs), "500st" (optimizer steps), or an int (epochs).
+# When to save: "1ep", "2ep" (epochs), "500st" (optimizer steps; "500ba" the same), or an int (epochs).
 _C.CHECKPOINT.INTERVAL = "1ep"
-# File name template: {epoch} (epochs completed), {step}, {experiment}, {model}, {timestamp}, {rank}, metric fields.
+# File name template: {epoch} (epochs completed), {step}, {experiment}, {model}, {dataset}, {n_epochs} (TRAIN.EPOCHS),
+# {timestamp} (the save's), {run_timestamp} (the run's start, kept across relaunches), {rank}, metric fields.
 _C.CHECKPOINT.FILENAME = "checkpoint_epoch_{epoch}.pth"
 # Template for saves that land mid-epoch (preemption, step intervals); must contain {step}.
 _C.CHECKPOINT.MID_EPOCH_FILENAME = "checkpoint_epoch_{epoch}_step_{step}.pth"

@@ -53,7 +53,8 @@ class RunCheckpoints:
         self.remote = RemoteRun.in_bucket(out, cfg.EXPERIMENT.NAME) if out.ENABLED else None
         self.uploader = BackgroundUploader(self.remote) if self.remote is not None and is_main_process() else None
         model_name = cfg.MODEL.TIMM_NAME if cfg.MODEL.TYPE == "timm" else f"hybrid_{cfg.MODEL.HYBRID.CONVNEXT_VARIANT}"
-        common = dict(config=config_yaml(cfg), experiment=cfg.EXPERIMENT.NAME, model_name=model_name)
+        common = dict(config=config_yaml(cfg), experiment=cfg.EXPERIMENT.NAME, model_name=model_name,
+                      name_fields={"dataset": cfg.DATA.DATASET, "n_epochs": cfg.TRAIN.EPOCHS})
         self.main = CheckpointManager(self.directory, build_policy(cfg), name="checkpoint", **common,
                                       sharded=sharded_checkpoints(cfg),
                                       **self._upload_hooks(full=not cfg.CHECKPOINT.WEIGHTS_ONLY))
@@ -64,6 +65,7 @@ class RunCheckpoints:
         self.objects: dict[str, Any] = {}
         self.progress: Any = None
         # Runs of the same experiment share one run id across relaunches (taken from the checkpoint).
+        self.main.run_timestamp = broadcast_object(self.main.run_timestamp)  # {run_timestamp}: rank 0's start
         self._set_run_id(broadcast_object(self.main.run_id))
         # Per saver (by name): the step of its last save, so that no saver saves twice at one step.
         self._saved_step: dict[str, int] = {}
@@ -102,6 +104,7 @@ class RunCheckpoints:
         self.run_id = run_id
         for m in self._savers():
             m.run_id = run_id
+            m.run_timestamp = self.main.run_timestamp  # the main saver's restore takes it over from its file
 
     # ------------------------------------------------------------------ resume
     def find_resume_point(self) -> ResumePoint | None:
