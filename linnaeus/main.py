@@ -69,7 +69,7 @@ def run(cfg: CfgNode) -> dict[str, Any]:
         resume_from = checkpoints.find_resume_point()
         if resume_from is None:
             # Pretrained weights only matter for a fresh start: a resume overwrites them anyway.
-            load_pretrained_weights(cfg, model, out_dir)
+            load_pretrained_weights(cfg, model, out_dir, taxonomy=data.taxonomy)
 
         if cfg.MODEL.CHANNELS_LAST:
             # After loading (a layout change is not a value change); before DDP, whose gradient
@@ -84,7 +84,7 @@ def run(cfg: CfgNode) -> dict[str, Any]:
         ema = build_ema(cfg, model)
         progress = Progress()
         checkpoints.attach(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            ema=ema, sampler=data.train_sampler, progress=progress)
+                            ema=ema, sampler=data.train_sampler, progress=progress, taxonomy=data.taxonomy)
         if resume_from is not None:
             checkpoints.restore(resume_from)
         else:

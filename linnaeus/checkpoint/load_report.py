@@ -59,6 +59,8 @@ class LoadReport:
     shape_mismatched: list[KeyIssue] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Heads mapped by class name (transfer between taxonomies): {level: {"kept", "added", "dropped": [names]}}
+    classes: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     applied: bool = False  # False when the load failed and the model was left unchanged
 
     @property
@@ -122,6 +124,10 @@ class LoadReport:
                 lines.extend(f"    {_format_issue(i)}" for i in surprising[:_MAX_LISTED])
                 if len(surprising) > _MAX_LISTED:
                     lines.append(f"    ... and {len(surprising) - _MAX_LISTED} more (see load_report.json)")
+        for level, c in self.classes.items():
+            lines.append(f"  heads.{level} by class name: {len(c['kept'])} kept, {len(c['added'])} added (initialised)"
+                         f"{': ' + _preview(c['added']) if c['added'] else ''}, {len(c['dropped'])} dropped"
+                         f"{': ' + _preview(c['dropped']) if c['dropped'] else ''}")
         lines.extend(f"  note: {n}" for n in self.notes)
         lines.extend(f"  WARNING: {w}" for w in self.warnings)
         return "\n".join(lines)

@@ -38,6 +38,7 @@ from torch import nn
 
 from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointIncompatibleError, CheckpointNotFoundError
 from linnaeus.checkpoint.load_report import Expect, KeyIssue, LoadReport, format_groups, group_by_prefix
+from linnaeus.checkpoint.taxonomy import TAXONOMY_KEY, stored_taxonomy
 
 STRATEGIES = ("weights_only", "transfer", "strict")
 # Containers that wrap a state dict, in the order they are tried (timm, torchvision,
@@ -58,6 +59,7 @@ class WeightsFile:
     container: str = ""  # e.g. "model", "state_dict", "" (top level)
     stripped_prefix: str = ""  # e.g. "module." when every key had it
     notes: list[str] = field(default_factory=list)
+    taxonomy: dict[str, list[str]] | None = None  # what the file records (linnaeus checkpoints), see taxonomy.py
 
 
 def read_weights(path: str | os.PathLike, *, use_ema: bool = False) -> WeightsFile:
@@ -79,6 +81,7 @@ def read_weights(path: str | os.PathLike, *, use_ema: bool = False) -> WeightsFi
     if not path.is_file():
         raise CheckpointNotFoundError(f"weights file {path} does not exist (or is not a file).")
     obj = _load_file(path)
+    taxonomy = stored_taxonomy(obj)
     notes: list[str] = []
     containers: list[str] = []
     while isinstance(obj, Mapping) and not _is_state_dict(obj):
@@ -89,7 +92,7 @@ def read_weights(path: str | os.PathLike, *, use_ema: bool = False) -> WeightsFi
                 f"directly or under one of {list(_CONTAINERS + _EMA_CONTAINERS)}."
             )
         if not containers:
-            training = sorted(k for k in obj if k not in (name, "config", "meta") and k not in _CONTAINERS)
+            training = sorted(k for k in obj if k not in (name, "config", "meta", TAXONOMY_KEY) and k not in _CONTAINERS)
             if training:
                 notes.append(f"ignored other entries of the file: {', '.join(training)}")
             if not use_ema and any(isinstance(obj.get(k), Mapping) for k in _EMA_CONTAINERS):
@@ -109,7 +112,7 @@ def read_weights(path: str | os.PathLike, *, use_ema: bool = False) -> WeightsFi
     tensors, stripped = _strip_wrapper_prefixes(tensors)
     if stripped:
         notes.append(f"stripped prefix '{stripped}' present on every key")
-    return WeightsFile(path, tensors, ".".join(containers), stripped, notes)
+    return WeightsFile(path, tensors, ".".join(containers), stripped, notes, taxonomy)
 
 
 def _load_file(path: Path) -> object:

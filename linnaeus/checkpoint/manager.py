@@ -57,6 +57,7 @@ from .state import (
 )
 from .sharded import restore_any
 from .sharded_saver import save_sharded_for
+from .taxonomy import TAXONOMY_KEY, check_same_taxonomy
 from .transaction import CheckpointTransaction
 from .verify import load_verified
 from .writer_lock import acquire_on_writer_rank
@@ -108,6 +109,8 @@ class CheckpointManager:
         self.can_delete = can_delete
         self.on_commit = on_commit
         self.protect: set[str] = set()  # file names retention never deletes (e.g. the one resumed from)
+        # {level: class names in index order} (taxonomy.py): saved in every file, compared on restore.
+        self.taxonomy: dict[str, list[str]] | None = None
         self.metrics = MetricHistory(self.policy.monitor, self.policy.mode)
         self.last_committed: Path | None = None
         self._writer = AsyncWriter(name) if self.policy.async_save else None
@@ -259,6 +262,8 @@ class CheckpointManager:
             if "rng" not in state:
                 state["rng"] = gather_rng_states()  # collective: every rank's RNG, for exact resume
         state["config"] = txn.state.get("config", self.config_text)
+        if self.taxonomy is not None:  # weights-only files too: a transfer maps heads by these names
+            state[TAXONOMY_KEY] = self.taxonomy
         state["meta"] = make_meta(
             kind=self.kind, saver=self.name, file=txn.filename, run_id=self.run_id, run_timestamp=self.run_timestamp,
             epoch=epoch, step=step, metrics=txn.metrics, extra=txn.meta_extra, parent_sha256=self.parent_sha256,
@@ -417,6 +422,7 @@ class CheckpointManager:
         take over its metric history and, for a file of this directory, its run id (a resumed
         run keeps its lineage); protect ``path`` from retention; returns its progress."""
         source = str(path) if path is not None else f"checkpoint {state.get('meta', {}).get('file', '?')}"
+        check_same_taxonomy(state, self.taxonomy, source=source)  # before anything is loaded
         progress = restore_any(state, model, components, rng=rng, source=source)  # file or sharded, any world size
         self.metrics.load_state_dict(state.get("metrics") or {})
         if path is not None and Path(path).parent.resolve() == self.directory.resolve():

@@ -8,6 +8,7 @@ The anatomy (a contract with users: docs/checkpoints.md, "Anatomy")::
     rng         [ {python, numpy, torch, cuda} for rank 0, rank 1, ... ]
     metrics     {history, best}
     config      resolved config as YAML text
+    taxonomy    {level: class names in index order} (taxonomy.py; when the caller gives one)
     meta        {format_version, linnaeus_version, torch_version, world_size, created, run_id,
                  run_timestamp, parent_sha256, kind, saver, file, epoch, step, metrics, hostname}
 
@@ -40,7 +41,7 @@ FORMAT_VERSION = 1
 KIND_FULL = "full"
 KIND_WEIGHTS = "weights"
 # Top-level entries linnaeus itself writes; a training component cannot be named like one.
-RESERVED_KEYS = frozenset({"model", "progress", "rng", "metrics", "config", "meta"})
+RESERVED_KEYS = frozenset({"model", "progress", "rng", "metrics", "config", "meta", "taxonomy"})
 PROGRESS_FIELDS = ("epoch", "step", "epoch_step", "samples")
 # The meta fields linnaeus itself writes (see make_meta); resume, retention and listing rely on them.
 CORE_META_KEYS = frozenset({

@@ -28,6 +28,7 @@ from torch import nn
 from linnaeus.checkpoint.errors import CheckpointIncompatibleError
 from linnaeus.checkpoint.load_report import Expect, LoadReport
 from linnaeus.checkpoint.loading import WeightsFile, load_weights, read_weights
+from linnaeus.checkpoint.taxonomy import Taxonomy, map_heads, taxonomy_differences
 from linnaeus.models.hybrid import HybridConvNeXtRoPEViT
 from linnaeus.models.timm_multihead import TimmMultiHead
 
@@ -48,6 +49,7 @@ def load_pretrained(
     strategy: str = "transfer",
     resolve_fn: ResolveFn = Path,
     use_ema: bool = False,
+    taxonomy: Taxonomy | None = None,
 ) -> list[LoadReport]:
     """Apply each configured pretrained source to ``model``; one report per source.
 
@@ -55,11 +57,13 @@ def load_pretrained(
     the runner passes ``linnaeus.checkpoint.resolve``'s resolver. Empty identifiers are
     skipped. Raises ``CheckpointIncompatibleError`` when ``strategy`` is not met (the
     model is left unchanged by that load), and ``ValueError`` when a component does not
-    apply to this model type.
+    apply to this model type. ``taxonomy`` ({level: class names}) lets ``MODEL.PRETRAINED`` map
+    heads by class name (:func:`load_whole_model`).
     """
     reports = []
     if pretrained:
-        reports.append(load_whole_model(model, read_weights(resolve_fn(pretrained), use_ema=use_ema), strategy))
+        reports.append(load_whole_model(model, read_weights(resolve_fn(pretrained), use_ema=use_ema), strategy,
+                                        taxonomy))
     if pretrained_convnext:
         reports.append(load_convnext(_hybrid(model, "MODEL.PRETRAINED_CONVNEXT"),
                                      read_weights(resolve_fn(pretrained_convnext), use_ema=use_ema), strategy))
@@ -70,7 +74,8 @@ def load_pretrained(
     return reports
 
 
-def load_pretrained_from_cfg(model: nn.Module, cfg, resolve_fn: ResolveFn = Path) -> list[LoadReport]:
+def load_pretrained_from_cfg(model: nn.Module, cfg, resolve_fn: ResolveFn = Path,
+                             taxonomy: Taxonomy | None = None) -> list[LoadReport]:
     """:func:`load_pretrained` with the MODEL.PRETRAINED* keys of a linnaeus config."""
     m = cfg.MODEL
     return load_pretrained(
@@ -81,6 +86,7 @@ def load_pretrained_from_cfg(model: nn.Module, cfg, resolve_fn: ResolveFn = Path
         ropevit_blocks=list(m.PRETRAINED_ROPEVIT_BLOCKS),
         strategy=m.PRETRAINED_STRATEGY,
         resolve_fn=resolve_fn,
+        taxonomy=taxonomy,
     )
 
 
@@ -94,27 +100,42 @@ def _hybrid(model: nn.Module, key: str) -> HybridConvNeXtRoPEViT:
 
 
 # ----------------------------------------------------------------------------- whole model
-def load_whole_model(model: nn.Module, wf: WeightsFile, strategy: str) -> LoadReport:
+def load_whole_model(model: nn.Module, wf: WeightsFile, strategy: str, taxonomy: Taxonomy | None = None) -> LoadReport:
     """Same-architecture weights (any taxonomy in ``transfer``: heads are flagged expected).
 
-    For a :class:`TimmMultiHead`, a plain timm checkpoint (no ``trunk.`` prefix) is mapped
+    ``taxonomy`` is this model's ({level: class names in index order}). When the file records its
+    own too, ``transfer`` maps each head by class name (kept rows copied, added classes keep their
+    initialisation, dropped ones reported in ``report.classes``), and the other strategies refuse
+    heads whose classes differ. Without both, a head whose shape matches loads by position, with a
+    warning. For a :class:`TimmMultiHead`, a plain timm checkpoint (no ``trunk.`` prefix) is mapped
     under ``trunk.`` and its classifier is flagged unused.
     """
     state, renamed, unused = wf.tensors, {}, {}
     if isinstance(model, TimmMultiHead) and not any(k.startswith(("trunk.", "heads.")) for k in state):
         state, renamed, unused = _timm_trunk_state(model, state)
+    mappings = {}
+    if taxonomy is not None and wf.taxonomy is not None:
+        if strategy == "transfer":
+            state, mappings = map_heads(state, model.state_dict(), wf.taxonomy, taxonomy)
+        elif differences := taxonomy_differences(wf.taxonomy, taxonomy):
+            raise CheckpointIncompatibleError(
+                f"{wf.path}: '{strategy}' load refused, the model was left unchanged: the file's heads are for "
+                "another taxonomy than this model's, and loading them by position would make their rows mean other "
+                "classes. Differences:\n" + "\n".join(f"  - {d}" for d in differences) +
+                "\nUse the transfer strategy (MODEL.PRETRAINED_STRATEGY transfer), which maps heads by class name.")
     expect = [HEAD_EXPECT] if strategy == "transfer" else []
     report = load_weights(model, state, strategy=strategy, source=wf.path, component="model",
                           unused=unused, renamed=renamed, expect=expect, weights_file=wf)
-    reinit = [i.key for i in report.missing + report.shape_mismatched if i.key.startswith("heads.")]
-    kept = [k for k in report.loaded if k.startswith("heads.")]
-    if reinit and kept:
+    report.classes = {level: m.as_report() for level, m in mappings.items()}
+    by_position = sorted({".".join(k.split(".")[:2]) for k in report.loaded
+                          if k.startswith("heads.") and k.split(".")[1] not in mappings})
+    if strategy == "transfer" and by_position:
         # Shapes cannot tell whether a level's class list changed with the same class count.
+        unknown = "the file records no taxonomy" if wf.taxonomy is None else "no taxonomy was given for this model"
         report.warnings.append(
-            f"heads {sorted({'.'.join(k.split('.')[:2]) for k in kept})} were loaded because their shapes match while "
-            "other heads were re-initialized; if those levels' class lists changed, their weights now point at "
-            "the wrong classes"
-        )
+            f"heads {by_position} were loaded by position because their shapes match, but {unknown}, so whether "
+            "their rows are the same classes cannot be checked; if the class lists differ, their weights point at "
+            "the wrong classes")
     return report
 
 

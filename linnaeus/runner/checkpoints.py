@@ -37,7 +37,9 @@ from linnaeus.checkpoint.writer_lock import WriterLease, acquire_on_writer_rank
 from linnaeus.config import build_policy, build_weights_policy, config_yaml
 from linnaeus.config.parallel import sharded_checkpoints
 from linnaeus.dist import any_rank_true, broadcast_object, get_world_size, is_main_process
+from linnaeus.checkpoint.taxonomy import TaxonomyChangedError
 from linnaeus.runner import config_diff
+from linnaeus.runner.taxonomy_record import taxonomy_levels
 from linnaeus.utils.checkpoint_utils import input_resolver
 
 logger = logging.getLogger("linnaeus")
@@ -165,10 +167,14 @@ class RunCheckpoints:
             if not self.cfg[key.split(".")[0]][key.split(".")[1]].BUCKET.ENABLED]
         return "".join(f"\nNote: {n}." for n in notes)
 
-    def attach(self, *, progress: Any, **objects: Any) -> None:
-        """The live training objects that saves read from and a resume writes into."""
+    def attach(self, *, progress: Any, taxonomy: Any = None, **objects: Any) -> None:
+        """The live training objects that saves read from and a resume writes into; the data's
+        ``taxonomy`` is recorded in every checkpoint and a resume refuses a different one."""
         self.progress = progress
         self.objects = {k: v for k, v in objects.items() if v is not None}
+        record = taxonomy_levels(taxonomy)
+        for manager in self._savers():
+            manager.taxonomy = record
 
     def restore(self, point: ResumePoint) -> None:
         """Load ``point`` (read once by :meth:`find_resume_point`) into the attached objects.
@@ -183,7 +189,12 @@ class RunCheckpoints:
                                                  world_size=get_world_size())
             config_diff.refuse(changes, point.path)
         fresh = config_diff.optimizer_hyperparameters(self.objects.get("optimizer"))
-        self.progress.load_state_dict(self.main.restore(point.state, path=point.path, **self.objects))
+        try:
+            self.progress.load_state_dict(self.main.restore(point.state, path=point.path, **self.objects))
+        except TaxonomyChangedError as e:
+            raise CheckpointIncompatibleError(
+                f"{e} In the config: the dataset of the checkpoint's run (DATA.*), or a new EXPERIMENT.NAME with "
+                f"MODEL.PRETRAINED {point.path} and MODEL.PRETRAINED_STRATEGY transfer.", path=point.path) from e
         config_diff.reapply(changes, self.objects.get("optimizer"), fresh)
         if is_main_process():
             config_diff.log_changes(changes, point.path)
