@@ -215,8 +215,11 @@ def test_percent_encoded_traversal_in_a_url_stays_out_of_the_filesystem(sandbox:
 
 def test_connection_string_option_that_runs_a_program_is_refused(sandbox: Sandbox) -> None:
     """rclone's webdav backend runs ``bearer_token_command`` (and sftp its ``ssh``): from a YAML value."""
-    for ident in (f":webdav,url='{sandbox.http}',bearer_token_command='touch {sandbox.pwned}':bkt/model.pth",
-                  f":sftp,host=127.0.0.1,ssh='touch {sandbox.pwned}':model.pth"):
+    webdav = f":webdav,url='{sandbox.http}',bearer_token_command='touch {sandbox.pwned}':"
+    for ident in (webdav + "bkt/model.pth",
+                  f":sftp,host=127.0.0.1,ssh='touch {sandbox.pwned}':model.pth",
+                  f':alias,remote="{webdav}":bkt/model.pth',  # nested: alias parses its remote again
+                  f"fz,sftp_ssh='touch {sandbox.pwned}':bkt/model.pth"):
         with pytest.raises(CheckpointError, match="runs? a local program"):
             resolve(ident, cache_dir=sandbox.cache, retries=1)
     assert not sandbox.pwned.exists()
@@ -252,6 +255,7 @@ ATOMS = [
     "\u0430", "\uff0f", "\u2215", "e\u0301", "\U0001f600", "\udcff", "\u00fcn\u00ef.pth",
     "fz:", "fz:bkt/", ":local:", "nope:", "fz,ssh=x:", ":local,links:",
     ":webdav,url='HTTP/',bearer_token_command='touch PWNED':", ":sftp,ssh='touch PWNED':",
+    ":alias,remote=\":webdav,url='HTTP/',bearer_token_command='touch PWNED':\":",
     "HTTP/", "HTTP/bkt/", "file://", "file:///", "s3://", "s3://bkt/", "unknown://x/",
     "x" * 300, "\u00e9" * 130,
 ]
@@ -323,7 +327,7 @@ CONFIG_KEYS = ["TRAIN.RESUME", "MODEL.PRETRAINED", "MODEL.PRETRAINED_CONVNEXT", 
                *(f"ENV.{side}.BUCKET.{field}" for side in ("INPUT", "OUTPUT") for field in ("REMOTE", "NAME", "PATH_PREFIX"))]
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=200)
 @example(key="TRAIN.RESUME", value="-vv:x.pth")
 @example(key="ENV.INPUT.BUCKET.REMOTE", value=":webdav,bearer_token_command='touch x':")
 @example(key="ENV.OUTPUT.BUCKET.PATH_PREFIX", value="ckpts/../../")
@@ -350,14 +354,15 @@ def test_fuzz_config_keys(key: str, value: str) -> None:
         assert str(e).startswith(key), str(e)
         _fine_message(str(e))
         return
-    if "BUCKET" in key:
-        bucket = BucketConfig.from_any({**node, "REMOTE": node.REMOTE or "fz"})
-        bucket.folder()  # raises UnsafeIdentifierError if the config let an unsafe value through
-    elif value.strip():
-        try:
+    try:
+        if "BUCKET" in key:
+            BucketConfig.from_any(node).folder()
+        elif value.strip():
             check_identifier(value.strip())
-        except UnsafeIdentifierError as e:  # pragma: no cover - the assertion's message
-            pytest.fail(f"config accepted {key}={value!r}, the resolver refuses it: {e}")
+    except UnsafeIdentifierError as e:
+        pytest.fail(f"config accepted {key}={value!r}, the library refuses it: {e}")
+    except CheckpointError:
+        pass  # not about safety (a blank REMOTE is Backblaze B2, whose variables are not set here)
 
 
 def test_config_file_with_a_dash_identifier_names_the_key(tmp_path: Path) -> None:

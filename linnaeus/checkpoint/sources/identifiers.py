@@ -36,14 +36,18 @@ MAX_NAME_BYTES = 240
 
 # Bidirectional formatting (LRE..RLO, LRI..PDI, LRM/RLM/ALM): invisible, and they reorder what is shown.
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
-# rclone's rule (fs/config/configmap): letters, digits, '_', '-', '.', '+', '@' and space;
-# not starting with '-' or space, not ending with space.
+# rclone's rule, as rclone 1.75 states it when it refuses a name: letters, digits, '_', '-', '.',
+# '+', '@' and space; not starting with '-' or space, not ending with space.
 _REMOTE_NAME = re.compile(r"^[\w.+@][\w.+@ -]*(?<! )$")
 _BACKEND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: Connection-string options that make rclone start a local program (sftp ``ssh``, webdav
-#: ``bearer_token_command``, sftp ``*sum_command`` / ``server_command``). A remote that needs
-#: one is configured in rclone.conf, which a shared YAML value cannot change.
-COMMAND_OPTIONS = re.compile(r"^(ssh|.*command)$")
+#: ``bearer_token_command``, sftp ``*sum_command`` / ``server_command``), also with a backend
+#: prefix (``sftp_ssh``). A remote that needs one is configured in rclone.conf, which a shared
+#: YAML value cannot change.
+COMMAND_OPTIONS = re.compile(r"^(.*_)?ssh$|command$")
+# Every option of a connection string follows a ',', also inside another option's value: wrapping
+# backends (alias, crypt, union, combine, chunker, hasher...) parse ``remote=':webdav,...:'`` again.
+_ANY_OPTION = re.compile(r",\s*([A-Za-z0-9_ -]+?)\s*(?=[=,:'\"]|$)")
 
 
 class UnsafeIdentifierError(CheckpointError):
@@ -51,8 +55,8 @@ class UnsafeIdentifierError(CheckpointError):
 
 
 def _shown(value: str) -> str:
-    # ascii() shows control and invisible characters as escapes; long values are cut.
-    text = ascii(redact(value))
+    # repr() shows control, invisible and bidi characters as escapes; long values are cut.
+    text = repr(redact(value))
     return text if len(text) <= 160 else text[:150] + "...'"
 
 
@@ -156,7 +160,8 @@ def check_remote(remote: str, where: str) -> str:
             f"{where}: {_shown(head)} is not a valid rclone remote name: letters, digits, '_', '-', '.', '+', '@' "
             "and space, not starting with '-' or space and not ending with space (rclone's rule)."
         )
-    running = [k for k in keys if COMMAND_OPTIONS.match(k)]
+    nested = [k.strip().lower().replace("-", "_") for k in _ANY_OPTION.findall(spec)]
+    running = [k for k in (*keys, *nested) if COMMAND_OPTIONS.search(k)]
     if running:
         raise UnsafeIdentifierError(
             f"{where}: the connection-string option {running[0]!r} makes rclone run a local program, which an "
