@@ -13,22 +13,29 @@ import hashlib
 import http.server
 import logging
 import os
+import re
 import subprocess
 import threading
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+import torch
 import yaml
 
-from linnaeus.checkpoint.errors import CheckpointError
+from linnaeus.checkpoint.errors import CheckpointError, InvalidOperationError
+from linnaeus.checkpoint.manager import CheckpointManager
+from linnaeus.checkpoint.ordering import progress_from_name
+from linnaeus.checkpoint.policy import CheckpointPolicy, Interval, parse_interval
 from linnaeus.checkpoint.remote import RemoteRun
 from linnaeus.checkpoint.resolve import BucketConfig, resolve
 from linnaeus.checkpoint.sources import get_source
 from linnaeus.checkpoint.sources.rclone import rclone_binary
-from linnaeus.config import load_config
+from linnaeus.cli.remote_cmds import main as remote_cmds
+from linnaeus.config import build_policy, load_config
 from linnaeus.config.errors import ConfigError
 from linnaeus.utils.checkpoint_utils import input_resolver
+from tests.conftest import run_train
 from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
     ACCESS_KEY,
     BUCKET,
@@ -39,7 +46,6 @@ from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
     put,
     rclone_isolated,
     s3_server,
-    settle,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,8 +161,9 @@ def recorded_rclone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 
 def test_b2_default_gives_rclone_the_credentials_in_its_environment_only(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, rclone_isolated: None,
-        no_b2_env: None, b2_auth_server: list[tuple[str, str]], recorded_rclone: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture, rclone_isolated: None, no_b2_env: None, b2_auth_server: list[tuple[str, str]],
+        recorded_rclone: Path, restore_linnaeus_logger: None) -> None:
     monkeypatch.setenv("B2_APPLICATION_KEY_ID", KEY_ID)
     monkeypatch.setenv("B2_APPLICATION_KEY", APP_KEY)
     cfg = load_config(str(_write_cfg(tmp_path, GUIDE_BLOCK)), opts=["ENV.INPUT.CACHE_DIR", str(tmp_path / "cache"),
@@ -171,38 +178,51 @@ def test_b2_default_gives_rclone_the_credentials_in_its_environment_only(
     (tmp_path / "checkpoint_epoch_1.pth.sha256").write_text(f"{hashlib.sha256(b'weights').hexdigest()}  {ck.name}\n")
     with pytest.raises(CheckpointError, match="access denied") as upload:
         RemoteRun.in_bucket(cfg.ENV.OUTPUT.BUCKET, "exp").upload(ck)
+    # The guide's one-argument upload, with no remote anywhere: the model zoo on B2.
+    zoo_file = tmp_path / "zoo_weights.pth"
+    zoo_file.write_bytes(b"zoo")
+    assert remote_cmds(["upload", str(zoo_file)]) == 1
+    cli_err = capsys.readouterr().err
+    assert "access denied" in cli_err
 
     calls = recorded_rclone.read_text().splitlines()
     argv = [c for c in calls if c.startswith("ARGV")]
     assert any(f":b2:{ZOO}/modelZoo/convnext_tiny_22k_1k_384.pth" in a for a in argv), argv
     assert any(f":b2:{ZOO}/modelZoo/exp/checkpoint_epoch_1.pth" in a for a in argv), argv
+    assert any(f":b2:{ZOO}/modelZoo/zoo_weights.pth" in a for a in argv), argv
     assert all(line == f"ENV account={KEY_ID} key={APP_KEY}" for line in calls if line.startswith("ENV")), calls
     # rclone really authenticated with them: HTTP basic auth of <key id>:<key> to the authorize endpoint.
     basic = "Basic " + base64.b64encode(f"{KEY_ID}:{APP_KEY}".encode()).decode()
     assert b2_auth_server and all(path.endswith("/b2_authorize_account") and auth == basic
                                   for path, auth in b2_auth_server), b2_auth_server
     # Never on argv, never in a message or a log line.
-    for text in ("\n".join(argv), str(miss.value), str(upload.value), caplog.text):
+    for text in ("\n".join(argv), str(miss.value), str(upload.value), cli_err, caplog.text):
         assert APP_KEY not in text and KEY_ID not in text
 
 
-def test_b2_default_without_credentials_in_the_library_names_the_variables(no_b2_env: None, tmp_path: Path) -> None:
+def test_b2_default_without_credentials_in_the_library_names_the_variables(
+        no_b2_env: None, tmp_path: Path, capsys: pytest.CaptureFixture, restore_linnaeus_logger: None) -> None:
     # The library (no config validation in between) says the same thing at the first use.
     with pytest.raises(CheckpointError, match="B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY missing"):
         resolve("absent.pth", cache_dir=tmp_path, bucket={"ENABLED": True, "NAME": ZOO, "PATH_PREFIX": "modelZoo/"})
+    # And so does the one-argument upload, before anything is transferred or written.
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"w")
+    assert remote_cmds(["upload", str(weights)]) == 1
+    err = capsys.readouterr().err
+    assert "B2_APPLICATION_KEY_ID" in err and "rclone remote" in err
+    assert not (tmp_path / "w.pth.sha256").exists()
 
 
 # ------------------------------------------------------------------ items 1 + 2: the whole flow on a real S3 server
 def test_one_argument_upload_then_bare_name_resolves_through_the_config(
         tmp_path: Path, s3_server: RcloneServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-        no_b2_env: None) -> None:
+        no_b2_env: None, restore_linnaeus_logger: None) -> None:
     """The guide: upload_checkpoints.sh /path/to/checkpoint.pth, then MODEL.PRETRAINED <that name>.
     The remote is the local S3 server, named explicitly (B2 cannot be reached); NAME and
     PATH_PREFIX are the defaults, so the file lands at linnaeus-checkpoints/modelZoo/<name>.
     The script runs once as the user runs it; the later calls go to its Python entry point in-process
     (each interpreter start imports torch: seconds)."""
-    from linnaeus.cli.remote_cmds import main
-
     (s3_server.root / ZOO).mkdir()
     weights = tmp_path / "downloads" / "convnext_tiny_22k_1k_384.pth"
     weights.parent.mkdir()
@@ -218,7 +238,7 @@ def test_one_argument_upload_then_bare_name_resolves_through_the_config(
     assert (remote / f"{weights.name}.sha256").read_text().split()[0] == hashlib.sha256(data).hexdigest()
     assert (weights.parent / f"{weights.name}.sha256").is_file()  # computed because the file had none
     # Again: nothing to send, still the name to use.
-    assert main(["upload", str(weights)]) == 0
+    assert remote_cmds(["upload", str(weights)]) == 0
     out, err = capsys.readouterr()
     assert out.strip() == weights.name and "already remote" in err, err
 
@@ -233,37 +253,30 @@ def test_one_argument_upload_then_bare_name_resolves_through_the_config(
     # --cfg reads ENV.INPUT.BUCKET: a second file goes to the same model zoo.
     other = tmp_path / "downloads" / "rope_vit.pth"
     other.write_bytes(b"rope")
-    assert main(["upload", "--cfg", str(cfg_file), str(other)]) == 0
+    assert remote_cmds(["upload", "--cfg", str(cfg_file), str(other)]) == 0
     assert capsys.readouterr().out.strip() == "rope_vit.pth"
     assert (remote / "rope_vit.pth").read_bytes() == b"rope"
 
 
 def test_upload_to_a_runs_output_folder_stays_an_explicit_option(
-        tmp_path: Path, s3_server: RcloneServer, monkeypatch: pytest.MonkeyPatch, no_b2_env: None) -> None:
-    from linnaeus.cli.remote_cmds import main
-
+        tmp_path: Path, s3_server: RcloneServer, no_b2_env: None, restore_linnaeus_logger: None) -> None:
     cfg_file = _write_cfg(tmp_path, {"EXPERIMENT": {"NAME": "my_run"}, "ENV": {"OUTPUT": {"BUCKET": {
         "ENABLED": True, "REMOTE": REMOTE, "NAME": BUCKET, "PATH_PREFIX": "runs/"}}}})
     ck = tmp_path / "checkpoint_epoch_1.pth"
     ck.write_bytes(b"run bytes")
     # A run's file without its sidecar is uncommitted: refused unless --write-sidecar.
-    assert main(["upload", "--output", "--cfg", str(cfg_file), str(ck)]) == 1
+    assert remote_cmds(["upload", "--output", "--cfg", str(cfg_file), str(ck)]) == 1
     assert not (s3_server.root / BUCKET / "runs").exists()
-    assert main(["upload", "--output", "--cfg", str(cfg_file), "--write-sidecar", "--latest", str(ck)]) == 0
+    assert remote_cmds(["upload", "--output", "--cfg", str(cfg_file), "--write-sidecar", "--latest", str(ck)]) == 0
     folder = s3_server.root / BUCKET / "runs" / "my_run"
     assert (folder / ck.name).read_bytes() == b"run bytes" and (folder / "latest").read_text().strip() == ck.name
 
 
 # ------------------------------------------------------------------ item 6: file-name fields, "ba", S3_ENDPOINT_URL
 def test_ba_is_an_alias_of_st_in_intervals(tmp_path: Path) -> None:
-    from linnaeus.checkpoint.ordering import progress_from_name
-    from linnaeus.checkpoint.policy import Interval, parse_interval
-
     assert parse_interval("500ba") == parse_interval("500st") == Interval(500, "st")
     cfg = load_config(str(_write_cfg(tmp_path, {"CHECKPOINT": {"INTERVAL": "500ba",
                                                                "FILENAME": "ckpt_step_{step}.pth"}})))
-    from linnaeus.config import build_policy
-
     assert build_policy(cfg).interval == Interval(500, "st")
     # A step interval still needs {step} in the name, whichever spelling chose it.
     with pytest.raises(ConfigError, match=r"CHECKPOINT.FILENAME.*\{step\}"):
@@ -273,18 +286,12 @@ def test_ba_is_an_alias_of_st_in_intervals(tmp_path: Path) -> None:
 
 
 def _tiny_objects():
-    import torch
-
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     return model, torch.optim.SGD(model.parameters(), lr=0.1)
 
 
 def test_run_name_fields_and_run_timestamp_survive_a_relaunch(tmp_path: Path) -> None:
-    from linnaeus.checkpoint.errors import InvalidOperationError
-    from linnaeus.checkpoint.manager import CheckpointManager
-    from linnaeus.checkpoint.policy import CheckpointPolicy, parse_interval
-
     policy = CheckpointPolicy(interval=parse_interval("1ep"),
                               filename="{dataset}_{run_timestamp}_e{epoch}_of_{n_epochs}.pth")
     fields = {"dataset": "inat", "n_epochs": 5}
@@ -304,8 +311,6 @@ def test_run_name_fields_and_run_timestamp_survive_a_relaunch(tmp_path: Path) ->
     path2 = again.save(epoch=2, step=20, model=model, optimizer=opt)
     again.close()
     assert path2.name == "inat_20260101-090000_e2_of_8.pth"
-    import torch
-
     assert torch.load(path2, weights_only=True)["meta"]["run_timestamp"] == "20260101-090000"
 
     # A template with a run field the manager was not given fails when the manager is made, not at a save.
@@ -334,12 +339,6 @@ def test_s3_endpoint_url_is_read_for_s3_uris(tmp_path: Path, s3_server: RcloneSe
 def test_runner_names_files_with_the_runs_fields_across_a_relaunch(tmp_path: Path, toy_root: Path) -> None:
     """The runner gives DATA.DATASET / TRAIN.EPOCHS to both savers, and a relaunch (auto-resume)
     finds the first launch's files and keeps naming with its {run_timestamp}."""
-    import re
-
-    import torch
-
-    from tests.conftest import run_train
-
     opts = ("TRAIN.MAX_STEPS_PER_EPOCH", "2", "CHECKPOINT.INTERVAL", "2ba",
             "CHECKPOINT.FILENAME", "{dataset}_{run_timestamp}_s{step}_of_{n_epochs}.pth",
             "CHECKPOINT.WEIGHTS_SAVER.ENABLED", "True", "CHECKPOINT.WEIGHTS_SAVER.FILENAME",
