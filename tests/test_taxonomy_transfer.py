@@ -17,6 +17,7 @@ from linnaeus.models import HybridConvNeXtRoPEViT
 from linnaeus.models.pretrained import load_pretrained
 from linnaeus.runner.taxonomy_record import taxonomy_levels
 from tests.conftest import TINY_CFG
+from tests.fixtures_rclone import BUCKET, REMOTE, RcloneServer, put, rclone_isolated, s3_server  # noqa: F401
 
 LEVELS = ("species", "genus")
 # B drops s1, adds s5 and s6, and splits genus g2 (s4 moves to the new genus g3).
@@ -178,3 +179,69 @@ def test_a_real_run_records_its_datasets_taxonomy(tmp_path: Path, toy_root: Path
     state = torch.load(tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_1.pth", weights_only=True)
     toy = load_taxonomy(toy_root / "taxonomy.json", ("species", "genus", "family"))
     assert state["taxonomy"] == {level: toy.names(level) for level in ("species", "genus", "family")}
+
+
+# ----------------------------------------------------------------------------- item 8: load_model, strategy registry
+def test_load_model_resolves_any_identifier_and_maps_heads_by_class_name(tmp_path: Path,
+                                                                          s3_server: RcloneServer) -> None:
+    from linnaeus.checkpoint import load_model
+
+    a, b = _taxonomy(tmp_path, "a", TAXONOMY_A), _taxonomy(tmp_path, "b", TAXONOMY_B)
+    path, old = _saved(tmp_path, a)
+    put(s3_server, "zoo/run_a_epoch_1.pth", path.read_bytes())
+    cache = tmp_path / "cache"
+    bucket = {"remote": REMOTE, "name": BUCKET, "path_prefix": "zoo/"}
+    # A path, then a bare name that only the bucket has (downloaded into the cache), then the cached copy.
+    for identifier in (str(path), "run_a_epoch_1.pth", "run_a_epoch_1.pth"):
+        new = _model(b, seed=1)
+        report = load_model(new, identifier, strategy="transfer", cache_dir=cache, bucket=bucket,
+                            taxonomy=taxonomy_levels(b), report_path=tmp_path / "load_report.json")
+        assert report.classes["species"] == {"kept": ["s2", "s3", "s4"], "added": ["s5", "s6"], "dropped": ["s1"]}
+        assert torch.equal(_row(new, "species", "s4", b), _row(old, "species", "s4", a))
+        assert report.ok and report.applied
+    assert (cache / "run_a_epoch_1.pth").read_bytes() == path.read_bytes()
+    assert json.loads((tmp_path / "load_report.json").read_text())[0]["classes"] == report.classes
+
+
+def _trunk_only(model, weights, *, taxonomy):
+    """A user's strategy: every tensor but the heads must load (weights_only), the heads stay fresh."""
+    from linnaeus.checkpoint.loading import load_weights
+
+    scope = [k for k in model.state_dict() if not k.startswith("heads.")]
+    return load_weights(model, {k: v for k, v in weights.tensors.items() if not k.startswith("heads.")},
+                        strategy="weights_only", source=weights.path, scope=scope, weights_file=weights)
+
+
+def test_registered_strategy_is_usable_from_load_model_and_model_pretrained_strategy(tmp_path: Path) -> None:
+    from linnaeus.checkpoint import load_model, register_strategy, registered_strategies, unregister_strategy
+    from linnaeus.config import ConfigError, load_config
+    from linnaeus.runner.pretrained import load_pretrained_weights
+
+    a = _taxonomy(tmp_path, "a", TAXONOMY_A)
+    path, old = _saved(tmp_path, a)
+    opts = ["ENV.OUTPUT.BASE_DIR", str(tmp_path), "MODEL.PRETRAINED", str(path), "MODEL.PRETRAINED_STRATEGY",
+            "trunk_only"]
+    with pytest.raises(ConfigError, match=r"MODEL.PRETRAINED_STRATEGY must be a registered load strategy "
+                                          r"\(weights_only, transfer, strict\), got 'trunk_only'"):
+        load_config(str(TINY_CFG), opts)
+    with pytest.raises(ValueError, match="built in"):
+        register_strategy("transfer", _trunk_only)
+    register_strategy("trunk_only", _trunk_only)
+    try:
+        assert "trunk_only" in registered_strategies()
+        new = _model(a, seed=1)
+        heads = {k: v.clone() for k, v in new.state_dict().items() if k.startswith("heads.")}
+        report = load_model(new, str(path), strategy="trunk_only", cache_dir=tmp_path / "cache")
+        after = new.state_dict()
+        assert all(torch.equal(after[k], v) for k, v in heads.items())  # heads untouched
+        assert torch.equal(after["stem.0.weight"], old.state_dict()["stem.0.weight"])
+        assert report.strategy == "weights_only" and report.applied
+
+        cfg = load_config(str(TINY_CFG), opts)  # validates now
+        runner_model = _model(a, seed=2)
+        load_pretrained_weights(cfg, runner_model, tmp_path / "run", taxonomy=a)
+        assert torch.equal(runner_model.state_dict()["stem.0.weight"], old.state_dict()["stem.0.weight"])
+        assert (tmp_path / "run" / "load_report.json").is_file()
+    finally:
+        unregister_strategy("trunk_only")
+    assert "trunk_only" not in registered_strategies()

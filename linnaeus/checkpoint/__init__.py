@@ -33,6 +33,7 @@ from .state import (
     restore_state,
     unwrap_model,
 )
+from .strategies import load_model, register_strategy, registered_strategies, unregister_strategy
 from .verify import VerifyResult, load_verified, verify_checkpoint
 
 __all__ = [
@@ -62,13 +63,17 @@ __all__ = [
     "find_resume_point",
     "gather_rng_states",
     "list_checkpoints",
+    "load_model",
     "load_verified",
     "parse_interval",
     "read_latest",
+    "register_strategy",
+    "registered_strategies",
     "render_filename",
     "resolve",
     "restore_rng_state",
     "restore_state",
+    "unregister_strategy",
     "unwrap_model",
     "validate_filename_template",
     "verify_checkpoint",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
+from linnaeus.checkpoint.strategies import registered_strategies
 from linnaeus.checkpoint.upload import WAIT_SLICE_S
 
 from .buckets import validate_buckets
@@ -17,10 +18,11 @@ def validate(cfg: CN) -> None:
     """Raise :class:`ConfigError` naming the key when ``cfg`` cannot run."""
     if cfg.MODEL.TYPE not in ("hybrid", "timm"):
         raise ConfigError(f"MODEL.TYPE must be 'hybrid' or 'timm', got {cfg.MODEL.TYPE!r}.")
-    if cfg.MODEL.PRETRAINED_STRATEGY not in ("weights_only", "transfer", "strict"):
+    if cfg.MODEL.PRETRAINED_STRATEGY not in registered_strategies():
         raise ConfigError(
-            "MODEL.PRETRAINED_STRATEGY must be 'weights_only', 'transfer' or 'strict', "
-            f"got {cfg.MODEL.PRETRAINED_STRATEGY!r}."
+            f"MODEL.PRETRAINED_STRATEGY must be a registered load strategy ({', '.join(registered_strategies())}), "
+            f"got {cfg.MODEL.PRETRAINED_STRATEGY!r}. Register your own with "
+            "linnaeus.checkpoint.register_strategy(name, fn) before loading the config."
         )
     validate_identifiers(cfg)  # before anything could hand them to rclone
     if cfg.DATA.DATASET not in ("toy", "imagefolder", "inat", "csv"):

@@ -17,6 +17,7 @@ library's job (:mod:`linnaeus.checkpoint.loading`); this module only knows model
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -26,17 +27,17 @@ import torch
 from torch import nn
 
 from linnaeus.checkpoint.errors import CheckpointIncompatibleError
-from linnaeus.checkpoint.load_report import Expect, LoadReport
+from linnaeus.checkpoint.load_report import LoadReport
+from linnaeus.checkpoint.loading import STRATEGIES as BUILTIN_STRATEGIES
 from linnaeus.checkpoint.loading import WeightsFile, load_weights, read_weights
-from linnaeus.checkpoint.taxonomy import Taxonomy, map_heads, taxonomy_differences
+from linnaeus.checkpoint.strategies import apply_builtin, get_strategy
+from linnaeus.checkpoint.taxonomy import Taxonomy
 from linnaeus.models.hybrid import HybridConvNeXtRoPEViT
 from linnaeus.models.timm_multihead import TimmMultiHead
 
 ResolveFn = Callable[[str], Path]
 Tensors = "OrderedDict[str, torch.Tensor]"
 
-HEADS_REASON = "classification heads follow the target taxonomy; re-initialized (transfer)"
-HEAD_EXPECT = Expect(r"heads\.", HEADS_REASON)
 
 
 def load_pretrained(
@@ -60,6 +61,10 @@ def load_pretrained(
     apply to this model type. ``taxonomy`` ({level: class names}) lets ``MODEL.PRETRAINED`` map
     heads by class name (:func:`load_whole_model`).
     """
+    if strategy not in BUILTIN_STRATEGIES and (pretrained_convnext or pretrained_ropevit):
+        raise ValueError(
+            f"strategy {strategy!r} is a registered whole-model strategy (MODEL.PRETRAINED); MODEL.PRETRAINED_CONVNEXT "
+            f"and MODEL.PRETRAINED_ROPEVIT map components and take {', '.join(BUILTIN_STRATEGIES)}.")
     reports = []
     if pretrained:
         reports.append(load_whole_model(model, read_weights(resolve_fn(pretrained), use_ema=use_ema), strategy,
@@ -101,11 +106,11 @@ def _hybrid(model: nn.Module, key: str) -> HybridConvNeXtRoPEViT:
 
 # ----------------------------------------------------------------------------- whole model
 def load_whole_model(model: nn.Module, wf: WeightsFile, strategy: str, taxonomy: Taxonomy | None = None) -> LoadReport:
-    """Same-architecture weights (any taxonomy in ``transfer``: heads are flagged expected).
+    """Same-architecture weights under ``strategy`` (any registered name: :mod:`linnaeus.checkpoint.strategies`).
 
     ``taxonomy`` is this model's ({level: class names in index order}). When the file records its
     own too, ``transfer`` maps each head by class name (kept rows copied, added classes keep their
-    initialisation, dropped ones reported in ``report.classes``), and the other strategies refuse
+    initialisation, dropped ones reported in ``report.classes``), and the other built-ins refuse
     heads whose classes differ. Without both, a head whose shape matches loads by position, with a
     warning. For a :class:`TimmMultiHead`, a plain timm checkpoint (no ``trunk.`` prefix) is mapped
     under ``trunk.`` and its classifier is flagged unused.
@@ -113,30 +118,9 @@ def load_whole_model(model: nn.Module, wf: WeightsFile, strategy: str, taxonomy:
     state, renamed, unused = wf.tensors, {}, {}
     if isinstance(model, TimmMultiHead) and not any(k.startswith(("trunk.", "heads.")) for k in state):
         state, renamed, unused = _timm_trunk_state(model, state)
-    mappings = {}
-    if taxonomy is not None and wf.taxonomy is not None:
-        if strategy == "transfer":
-            state, mappings = map_heads(state, model.state_dict(), wf.taxonomy, taxonomy)
-        elif differences := taxonomy_differences(wf.taxonomy, taxonomy):
-            raise CheckpointIncompatibleError(
-                f"{wf.path}: '{strategy}' load refused, the model was left unchanged: the file's heads are for "
-                "another taxonomy than this model's, and loading them by position would make their rows mean other "
-                "classes. Differences:\n" + "\n".join(f"  - {d}" for d in differences) +
-                "\nUse the transfer strategy (MODEL.PRETRAINED_STRATEGY transfer), which maps heads by class name.")
-    expect = [HEAD_EXPECT] if strategy == "transfer" else []
-    report = load_weights(model, state, strategy=strategy, source=wf.path, component="model",
-                          unused=unused, renamed=renamed, expect=expect, weights_file=wf)
-    report.classes = {level: m.as_report() for level, m in mappings.items()}
-    by_position = sorted({".".join(k.split(".")[:2]) for k in report.loaded
-                          if k.startswith("heads.") and k.split(".")[1] not in mappings})
-    if strategy == "transfer" and by_position:
-        # Shapes cannot tell whether a level's class list changed with the same class count.
-        unknown = "the file records no taxonomy" if wf.taxonomy is None else "no taxonomy was given for this model"
-        report.warnings.append(
-            f"heads {by_position} were loaded by position because their shapes match, but {unknown}, so whether "
-            "their rows are the same classes cannot be checked; if the class lists differ, their weights point at "
-            "the wrong classes")
-    return report
+    if strategy not in BUILTIN_STRATEGIES:  # a user's strategy gets the tensors in the model's layout
+        return get_strategy(strategy)(model, dataclasses.replace(wf, tensors=state), taxonomy=taxonomy)
+    return apply_builtin(model, wf, strategy, taxonomy=taxonomy, state=state, unused=unused, renamed=renamed)
 
 
 def _timm_trunk_state(model: TimmMultiHead, state: Mapping[str, torch.Tensor]):
