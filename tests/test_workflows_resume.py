@@ -233,6 +233,15 @@ def test_keep_best_alone_keeps_the_best_and_what_resume_needs(tmp_path: Path) ->
     assert _local(ckpts) == ["checkpoint_epoch_2.pth", "checkpoint_epoch_4.pth", "checkpoint_epoch_5.pth"]
 
 
+def test_prune_with_keep_best_alone_applies_the_same_rule(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from linnaeus.cli.ckpt import main as ckpt
+
+    ckpts = _save_epochs(tmp_path, (2, 4, 6, 8), metrics={2: 0.5, 4: 0.9, 6: 0.3, 8: 0.4})
+    assert ckpt(["prune", str(ckpts), "--keep-last", "0", "--keep-best", "1", "--monitor", "val/acc1/species"]) == 0
+    assert _local(ckpts) == ["checkpoint_epoch_2.pth", "checkpoint_epoch_4.pth"]
+    assert "deleted 2 checkpoint(s)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("keep_local, kept", [
     ("0", ["checkpoint_epoch_3.pth"]),  # Composer's save_num_checkpoints_to_keep=0: only what resume needs
     ("2", ["checkpoint_epoch_2.pth", "checkpoint_epoch_3.pth"]),
