@@ -31,6 +31,7 @@ bench: venv
 	$(PY) benchmarks/runner_overhead.py
 	$(PY) benchmarks/checkpoint_io.py
 	$(PY) benchmarks/resolve.py
+	$(PY) benchmarks/data_throughput.py
 
 clean-venv:
 	rm -rf $(VENV)

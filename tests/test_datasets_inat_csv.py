@@ -183,6 +183,26 @@ def test_category_without_a_rank_is_named_by_id(tmp_path, inat_root):
     read_inat(root / "train.json", root, ["species", "family"])
 
 
+def test_annotation_problems_are_named_by_id(tmp_path, inat_root):
+    root = copy_of(inat_root, tmp_path)
+
+    def break_annotations(doc):
+        doc["annotations"][0]["category_id"] = 777  # no such category
+        doc["annotations"].append(dict(doc["annotations"][1], id=9001))  # image 2: a second annotation
+        doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] != 3]  # image 3: none
+        doc["images"].append(dict(doc["images"][4]))  # image 5 listed twice
+
+    edit_json(root / "train.json", break_annotations)
+    with pytest.raises(DatasetError) as e:
+        read_inat(root / "train.json", root, KEYS)
+    msg = str(e.value)
+    assert "4 problem(s)" in msg
+    for expected in ("annotation id 1 (image id 1) refers to category id 777, which is not in categories",
+                     "image id 2 has more than one annotation", "image id 3 (train/", ") has no annotation",
+                     "image id 5 is listed twice"):
+        assert expected in msg, msg
+
+
 def test_paths_escaping_the_root_are_refused(tmp_path, inat_root):
     root = copy_of(inat_root, tmp_path)
     outside = tmp_path / "outside.jpg"

@@ -102,12 +102,15 @@ def read_inat(path: str | Path, root: str | Path, task_keys: Sequence[str]) -> M
     manifest.records = [(cat, f"category id {cid}") for cid, cat in cats.items()]
 
     label_of: dict[Any, Any] = {}
+    listed = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
+    annotated: set[Any] = set()  # images with an annotation, kept or refused (then reported once)
     for i, a in enumerate(data["annotations"]):
         if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
             problems.add(f"annotations[{i}] needs image_id and category_id")
             continue
+        annotated.add(a["image_id"])
         if a["category_id"] not in cats:
-            if not any(isinstance(c, dict) and c.get("id") == a["category_id"] for c in data["categories"]):
+            if a["category_id"] not in listed:
                 problems.add(f"annotation id {a.get('id', i)} (image id {a['image_id']}) refers to category id "
                              f"{a['category_id']}, which is not in categories")
             continue  # a category already reported as incomplete
@@ -127,15 +130,16 @@ def read_inat(path: str | Path, root: str | Path, task_keys: Sequence[str]) -> M
             continue
         seen.add(iid)
         if iid not in label_of:
-            problems.add(f"image id {iid} ({im.get('file_name')}) has no annotation")
+            if iid not in annotated:
+                problems.add(f"image id {iid} ({im.get('file_name')}) has no annotation")
             continue
         file = image_path(root, im.get("file_name", ""), f"image id {iid}", problems)
         if file is None or label_of[iid] not in cats:
             continue
         manifest.files.append(file)
         manifest.known.append(cats[label_of[iid]])
-        manifest.numbers.append(int(iid) if isinstance(iid, int) else i)
-    for iid in label_of.keys() - seen:
+        manifest.numbers.append(iid)
+    for iid in annotated - seen:
         problems.add(f"an annotation refers to image id {iid}, which is not in images")
     problems.raise_if_any()
     if not manifest.files:

@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -58,7 +58,7 @@ class Manifest:
     kind: str
     files: list[str] = field(default_factory=list)
     known: list[dict[str, str]] = field(default_factory=list)
-    numbers: list[int] = field(default_factory=list)
+    numbers: list[Any] = field(default_factory=list)  # CSV line numbers, iNat image ids
     # taxonomy records beyond the samples' own (iNat categories without images)
     records: list[Record] = field(default_factory=list)
     # whether each sample's ranks are a taxonomy record of their own (CSV rows) or repeat one of
@@ -79,7 +79,7 @@ class Origin:
 
     file: str
     kind: str
-    numbers: tuple[int, ...]
+    numbers: tuple[Any, ...]
 
     def __call__(self, index: int) -> str:
         return f"{self.file} {self.kind} {self.numbers[index]}"
