@@ -28,7 +28,8 @@ def validate_buckets(cfg: CN) -> None:
         if missing:
             raise ConfigError(
                 f"{key}.ENABLED is True (the bucket {role}) but {key}.REMOTE is empty, which means Backblaze B2 "
-                f"with credentials from the environment, and {' and '.join(missing)} is not set. Export "
+                f"with credentials from the environment, and {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not set. Export "
                 "B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY, or set "
                 f"{key}.REMOTE to an rclone remote (configured in rclone.conf or by RCLONE_CONFIG_<NAME>_* variables), "
                 f"or set {key}.ENABLED False."
