@@ -432,3 +432,20 @@ def test_fuzz_ckpt_cli(sandbox: Sandbox, capsys: pytest.CaptureFixture, restore_
             # (upload/verify/inspect echo a local path as given: the user's own input, not checked here)
             _fine_message(out + err)
     _check_writes(sandbox, before, allowed=tuple(allowed))
+
+
+def test_ckpt_cli_refuses_a_shared_config_or_variable_that_smuggles_options(
+        sandbox: Sandbox, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        restore_linnaeus_logger: None) -> None:
+    from linnaeus.cli import ckpt
+
+    shared = sandbox.root / "logs" / "shared.yaml"
+    shared.write_text("ENV:\n  INPUT:\n    BUCKET:\n      ENABLED: true\n      REMOTE: '--dump=auth'\n      NAME: bkt\n")
+    assert ckpt.main(["resolve", f"--cfg={shared}", f"--cache-dir={sandbox.cache}", "--", "model.pth"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ENV.INPUT.BUCKET.REMOTE") and len(err.strip().splitlines()) == 1, err
+    monkeypatch.setenv("LINNAEUS_BUCKET_REMOTE", "-vv")
+    assert ckpt.main(["download", "--bucket=bkt", f"--to={sandbox.run}", "--", "model.pth"]) == 1
+    err = capsys.readouterr().err
+    assert "bucket REMOTE: '-vv' is not a valid rclone remote name" in err and len(err.strip().splitlines()) == 1, err
+    assert sandbox.log.calls() == []  # refused before any rclone call

@@ -83,12 +83,13 @@ def check_text(value: str, what: str) -> str:
     return value
 
 
-def check_not_option(value: str, what: str) -> str:
-    """Refuse a value that starts with ``-``: rclone (and most programs) would read it as an option."""
+def check_not_option(value: str, what: str, hint: str | None = None) -> str:
+    """Refuse a value that starts with ``-``: rclone (and most programs) would read it as an option.
+    ``hint`` says what to do instead (default: the ``./-name`` spelling of a local file)."""
     if value.startswith("-"):
+        hint = hint or "for a local file whose name starts with '-', write './" + value[:40] + "'."
         raise UnsafeIdentifierError(
-            f"{what} {_shown(value)} starts with '-', which rclone would read as an option, not a name. "
-            "Names never start with '-'; for a local file that does, write './" + value[:40] + "'."
+            f"{what} {_shown(value)} starts with '-', which rclone would read as an option, not a name; {hint}"
         )
     return value
 
@@ -147,7 +148,7 @@ def _split_options(spec: str) -> tuple[str, list[str]]:
 def check_remote(remote: str, where: str) -> str:
     """``remote`` (``name``, ``name,opts`` or ``:backend[,opts]``, with or without the trailing
     ``:``) follows rclone's naming rule and sets no option that runs a local program."""
-    check_identifier(remote, where)
+    check_text(remote, where)  # a leading '-' breaks the name rule below, which says so
     spec = remote[:-1] if remote.endswith(":") else remote
     head, keys = _split_options(spec)
     if head.startswith(":"):
@@ -172,7 +173,7 @@ def check_remote(remote: str, where: str) -> str:
 
 def check_bucket_path(value: str, what: str) -> str:
     """A bucket name or path prefix: an identifier that stays inside the bucket (no ``..`` part)."""
-    check_identifier(value, what)
+    check_not_option(check_text(value, what), what, "bucket and folder names never do; rename it.")
     if ".." in value.replace("\\", "/").split("/"):
         raise UnsafeIdentifierError(
             f"{what} {_shown(value)} has a '..' part, which would leave the bucket's folder. Name the folder directly."
