@@ -54,17 +54,27 @@ def select_device() -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(timeout_minutes: float = 30.0) -> bool:
+# The process group's timeout when the caller gives none: how long one collective may wait for
+# a peer. The runner passes TRAIN.COLLECTIVE_TIMEOUT_S (same default).
+DEFAULT_TIMEOUT_S = 600
+_timeout_s: float | None = None  # of the group this process initialised
+
+
+def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1).
 
-    nccl on CUDA, gloo on CPU. Returns whether a group was created.
+    nccl on CUDA, gloo on CPU. Returns whether a group was created. ``timeout_s`` bounds every
+    collective: a rank whose peer can no longer answer (its node is gone, it is stuck) raises
+    after that long instead of waiting for the backend's default (30 minutes for gloo).
     """
+    global _timeout_s
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_dist():
         return False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(get_local_rank())
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    _timeout_s = timeout_s
     return True
 
 
@@ -74,9 +84,9 @@ def destroy_distributed() -> None:
 
 
 @contextmanager
-def distributed_session() -> Iterator[None]:
+def distributed_session(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
     """Process group for the duration of the block, always torn down (also on error)."""
-    init_distributed()
+    init_distributed(timeout_s)
     try:
         yield
     finally:
@@ -109,6 +119,26 @@ def any_rank_true(flag: bool) -> bool:
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+# How gloo and NCCL word a collective that failed because a peer left or did not answer.
+_LOST_PEER_MARKS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Timed out waiting",
+                    "timed out", "Timeout", "remote process exited", "NCCL communicator was aborted")
+
+
+def lost_peer_message(error: BaseException) -> str | None:
+    """One line naming the cause when ``error`` is a collective that failed because another rank
+    left or stopped answering (None otherwise): the backend's own message does not say so."""
+    if _timeout_s is None or isinstance(error, PeerRankError):
+        return None
+    text = str(error)
+    distributed = isinstance(error, dist.DistError) or "gloo" in text or "NCCL" in text or "ProcessGroup" in text
+    if not distributed or not any(mark in text for mark in _LOST_PEER_MARKS):
+        return None
+    return (f"rank {get_rank()}: a collective with the other ranks failed ({text.splitlines()[0][:300]}): another "
+            f"rank's process died, its node is unreachable, or it stopped answering for longer than the process "
+            f"group's timeout (TRAIN.COLLECTIVE_TIMEOUT_S = {_timeout_s:g} s). That rank's own log says why; this "
+            "rank stops here. Relaunch to resume from the last committed checkpoint.")
 
 
 class PeerRankError(RuntimeError):

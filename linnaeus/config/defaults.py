@@ -136,6 +136,10 @@ _C.TRAIN.RESUME = ""
 _C.TRAIN.ACCUM_STEPS = 1
 # "ddp" (DistributedDataParallel) or "fsdp" (FSDP2 fully_shard per ViT block / ConvNeXt stage / root).
 _C.TRAIN.STRATEGY = "ddp"
+# Seconds one collective may wait for the other ranks before this rank gives up (the process group's
+# timeout): bounds the wait when a peer's node dies or hangs. Must exceed the longest rank-0-only work the
+# others wait through (a synchronous save, verifying or downloading the checkpoint to resume from).
+_C.TRAIN.COLLECTIVE_TIMEOUT_S = 600
 # Gradient-norm clipping threshold (0 disables).
 _C.TRAIN.CLIP_GRAD = 0.0
 # Mixed precision: bf16 autocast on CPU, fp16 autocast + GradScaler on CUDA.
