@@ -3,7 +3,6 @@ consistent decoding, masked labels, and the end-of-run report lines."""
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -187,4 +186,10 @@ def test_report_lines_show_balanced_accuracy_consistency_and_severity():
     old = {"val/acc1/species": 0.5, "val/acc5/species": 1.0}  # metrics of a checkpoint from before
     assert summary_lines(old, ["species"], {"species": 5}) == [
         "val top-1    species: 50.0%   top-5: 100.0%   (chance 20.0%)"]
-    assert math.isnan(run_eval(one_hot_logits([path("s1")]), torch.tensor([path("s1")]))["val/mistake_severity"])
+    # nothing to average is no key at all (NaN would break comparisons of saved metric histories)
+    perfect = run_eval(one_hot_logits([path("s1")]), torch.tensor([path("s1")]))
+    assert "val/mistake_severity" not in perfect and "val mistake severity: no species errors" in \
+        summary_lines(perfect, list(KEYS), taxonomy().num_classes)
+    unlabeled = run_eval(one_hot_logits([path("s1")]), torch.tensor([[IGNORE_INDEX, 0, 0, 0]]))
+    assert "val/acc1/species" not in unlabeled and "val/bacc/species" not in unlabeled
+    assert unlabeled["val/loss"] == pytest.approx(sum(unlabeled[f"val/loss/{k}"] for k in KEYS[1:]))

@@ -54,10 +54,6 @@ class _Sums:
         self.sums = dict(zip(names, packed.split(sizes)))
 
 
-def _ratio(num: float, den: float) -> float:
-    return num / den if den > 0 else float("nan")
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -80,8 +76,8 @@ def evaluate(
     all over that level's known labels; ``<prefix>/loss`` (weighted sum of the level losses,
     weights as in training) and ``<prefix>/samples``. With a ``hierarchy`` (and two levels or
     more) also ``<prefix>/consistency`` (fraction of images whose predictions form a path of the
-    tree) and ``<prefix>/mistake_severity`` (mean LCA height over leaf errors, NaN without
-    errors); see :mod:`linnaeus.data.hierarchy`. ``consistent_decoding`` makes the top-1
+    tree) and ``<prefix>/mistake_severity`` (mean LCA height over leaf errors; absent without
+    errors, as a level's metrics are without known labels); see :mod:`linnaeus.data.hierarchy`. ``consistent_decoding`` makes the top-1
     predictions the most probable consistent path (needs ``hierarchy``); top-5 stays per level.
 
     Use ``prefix="val_ema"`` for the EMA model. The model's train/eval mode is restored
@@ -140,18 +136,24 @@ def evaluate(
         raise ValueError("evaluate: the validation loader yielded no samples on any rank; "
                          "check the validation split (DATA.VAL_FRACTION) and EVAL.BATCH_SIZE.")
     s = {name: t.tolist() for name, t in sums.sums.items()}  # one host sync
+    # A metric with nothing to average (a level without known labels, no leaf errors) is left
+    # out rather than NaN: NaN != NaN would break comparisons of saved metric histories.
     out: dict[str, float] = {}
     for k in task_keys:
         known = s[f"known/{k}"][0]
-        out[f"{prefix}/loss/{k}"] = _ratio(s[f"loss/{k}"][0], known)
-        out[f"{prefix}/acc1/{k}"] = _ratio(s[f"acc1/{k}"][0], known)
-        out[f"{prefix}/acc5/{k}"] = _ratio(s[f"acc5/{k}"][0], known)
+        if known == 0:
+            continue
+        out[f"{prefix}/loss/{k}"] = s[f"loss/{k}"][0] / known
+        out[f"{prefix}/acc1/{k}"] = s[f"acc1/{k}"][0] / known
+        out[f"{prefix}/acc5/{k}"] = s[f"acc5/{k}"][0] / known
         recalls = [h / t for h, t in zip(s[f"class_hit/{k}"], s[f"class_total/{k}"]) if t > 0]
-        out[f"{prefix}/bacc/{k}"] = sum(recalls) / len(recalls) if recalls else float("nan")
-    out[f"{prefix}/loss"] = sum(w * out[f"{prefix}/loss/{k}"] for k, w in zip(task_keys, weights))
+        out[f"{prefix}/bacc/{k}"] = sum(recalls) / len(recalls)
+    out[f"{prefix}/loss"] = sum(w * out[f"{prefix}/loss/{k}"] for k, w in zip(task_keys, weights)
+                                if f"{prefix}/loss/{k}" in out)
     if tree is not None:
         out[f"{prefix}/consistency"] = s["consistent"][0] / s["samples"][0]
-        out[f"{prefix}/mistake_severity"] = _ratio(s["severity"][0], s["mistakes"][0])
+        if s["mistakes"][0] > 0:
+            out[f"{prefix}/mistake_severity"] = s["severity"][0] / s["mistakes"][0]
     out[f"{prefix}/samples"] = float(s["samples"][0])
     return out
 
@@ -172,6 +174,8 @@ def summary_lines(metrics: dict[str, float], task_keys: Sequence[str], num_class
     if f"{prefix}/consistency" in metrics:
         lines.append(f"{prefix} consistency:      {100 * metrics[f'{prefix}/consistency']:.1f}% of images predicted "
                      "on one path of the tree")
-        lines.append(f"{prefix} mistake severity: {metrics[f'{prefix}/mistake_severity']:.2f} levels to the common "
-                     f"ancestor, mean over {task_keys[0]} errors")
+        severity = metrics.get(f"{prefix}/mistake_severity")
+        lines.append(f"{prefix} mistake severity: {severity:.2f} levels to the common ancestor, mean over "
+                     f"{task_keys[0]} errors" if severity is not None else
+                     f"{prefix} mistake severity: no {task_keys[0]} errors")
     return lines
