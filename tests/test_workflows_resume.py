@@ -97,6 +97,19 @@ def test_train_resume_step_n_resumes_the_runs_checkpoint_at_that_step(tmp_path: 
     assert [p.name for d in ckpts.iterdir() if d.is_dir() for p in d.glob("*.pth")] == ["checkpoint_epoch_3.pth"]
 
 
+def test_train_resume_step_n_takes_the_full_checkpoint_over_a_weights_copy_of_that_step(tmp_path: Path) -> None:
+    ckpts = _save_epochs(tmp_path, (2, 4), "CHECKPOINT.WEIGHTS_SAVER.ENABLED", "True")
+    assert (ckpts / "weights_epoch_2.pth").is_file()  # saved after the full one, at the same step
+    path, progress, _ = _resume(tmp_path, "TRAIN.RESUME", "step:4")
+    assert (path, progress.step) == (ckpts / "checkpoint_epoch_2.pth", 4)
+    # With only the weights copy left at that step, the error names the file for MODEL.PRETRAINED.
+    for name in ("checkpoint_epoch_2.pth", "checkpoint_epoch_2.pth.sha256"):
+        (ckpts / name).rename(tmp_path / name)
+    msg = _resume_error(tmp_path, "step:4", "TRAIN.AUTO_RESUME", "False")
+    assert f"{ckpts / 'weights_epoch_2.pth'} is not a linnaeus training checkpoint" in msg, msg
+    assert f"MODEL.PRETRAINED {ckpts / 'weights_epoch_2.pth'} with MODEL.PRETRAINED_STRATEGY" in msg, msg
+
+
 def test_train_resume_latest_and_step_not_found_list_the_places_looked(tmp_path: Path) -> None:
     ckpts = _save_epochs(tmp_path, (2, 4))
     ck, _, _ = _checkpointer(tmp_path, "TRAIN.RESUME", "step:3")

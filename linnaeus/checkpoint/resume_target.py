@@ -102,7 +102,7 @@ def _local_step(directory: Path, step: int, looked: list[str]) -> Path | None:
     at = [i for i in infos if i.step == step]
     if at:
         # A full checkpoint over a weights-only copy of the same step (the latter cannot resume).
-        return newest_first(sorted(at, key=lambda i: i.kind == KIND_FULL))[0].path
+        return newest_first([i for i in at if i.kind == KIND_FULL] or at)[0].path
     looked.append(f"{directory} (no committed checkpoint at step {step}; {_steps_held(infos)})")
     return None
 

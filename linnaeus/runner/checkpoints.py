@@ -30,6 +30,7 @@ from linnaeus.checkpoint.resume import (
     WeightsOnlyRunError,
     find_resume_point,
 )
+from linnaeus.checkpoint.resume_target import parse_run_target
 from linnaeus.checkpoint.sources import DownloadOptions
 from linnaeus.checkpoint.sources.base import redact
 from linnaeus.checkpoint.upload import BackgroundUploader, close_on_all_ranks, poll_on_all_ranks
@@ -143,8 +144,10 @@ class RunCheckpoints:
             raise CheckpointNotFoundError(f"TRAIN.RESUME {e}{self._not_searched()}") from e
         except NotATrainingCheckpointError as e:
             shown = redact(cfg.TRAIN.RESUME)
+            # 'latest' / 'step:N' name a file of this run; MODEL.PRETRAINED needs its path.
+            file = shown if parse_run_target(cfg.TRAIN.RESUME) is None else str(e.path)
             raise CheckpointIncompatibleError(
-                f"TRAIN.RESUME {shown}: {e} In the config: MODEL.PRETRAINED {shown} with MODEL.PRETRAINED_STRATEGY "
+                f"TRAIN.RESUME {shown}: {e} In the config: MODEL.PRETRAINED {file} with MODEL.PRETRAINED_STRATEGY "
                 "transfer (what matches loads; heads follow this run's taxonomy), weights_only (every model tensor "
                 "from the file) or strict, and TRAIN.RESUME empty.", path=e.path) from e
         if point is not None and point.superseded is not None:
