@@ -426,8 +426,12 @@ def test_fuzz_ckpt_cli(sandbox: Sandbox, capsys: pytest.CaptureFixture, restore_
     assert rc in (0, 1, 2), (argv, rc, err)
     assert "Traceback" not in out + err
     if rc != 0:
+        # One error line says what is wrong (a not-found error then lists the places it looked).
         message = [ln for ln in (out + err).splitlines() if ln.strip() and not ln.startswith(("usage:", " "))]
         assert message, (argv, out, err)
+        first = ("error: ",) if command in ("resolve", "download", "upload") else (
+            f"linnaeus-ckpt {command}: error: ", "BAD ", "no checkpoint files in ")
+        assert message[0].startswith(first) or message[0].startswith(f"linnaeus-ckpt {command}: error: "), message
         if command in ("resolve", "download"):
             # (upload/verify/inspect echo a local path as given: the user's own input, not checked here)
             _fine_message(out + err)
