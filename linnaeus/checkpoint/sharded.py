@@ -244,6 +244,19 @@ def _commit(directory: Path, tmp: Path, name: str, files: dict[str, dict[str, An
 
 
 # ----------------------------------------------------------------------------- load
+class _DamagedFile(RuntimeError):
+    """A :class:`CheckpointCorruptError` as DCP can carry it between ranks (it pickles failures,
+    and an exception pickles by its ``args``): (path, reason, expected sha256, actual sha256)."""
+
+    @classmethod
+    def of(cls, e: CheckpointCorruptError) -> "_DamagedFile":
+        return cls(str(e.path), e.reason, e.expected_sha256, e.actual_sha256)
+
+    def error(self, note: str) -> CheckpointCorruptError:
+        path, reason, expected, actual = self.args
+        return CheckpointCorruptError(path, f"{reason} ({note})", expected_sha256=expected, actual_sha256=actual)
+
+
 class VerifyingReader(FileSystemReader):
     """DCP's file reader that uses no byte it has not checked against the manifest: ``.metadata``
     before it is unpickled, and every file this rank's load plan reads, before reading it."""
@@ -256,12 +269,16 @@ class VerifyingReader(FileSystemReader):
 
     def _verify(self, name: str) -> None:
         if name not in self.verified:
-            check_file(self.root, self.manifest, name)
+            try:
+                check_file(self.root, self.manifest, name)
+            except CheckpointCorruptError as e:
+                raise _DamagedFile.of(e) from None
             self.verified.add(name)
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("rank") is not None:  # DCP's fallback to per-rank metadata: not part of this format
-            raise CheckpointCorruptError(self.root / DCP_METADATA, "rank-local DCP metadata is not used")
+            raise _DamagedFile(str(self.root / DCP_METADATA), "rank-local DCP metadata is not part of this format",
+                               None, None)
         self._verify(DCP_METADATA)
         return super().read_metadata(*args, **kwargs)
 
@@ -269,6 +286,14 @@ class VerifyingReader(FileSystemReader):
         for name in sorted({self.storage_data[item.storage_index].relative_path for item in plan.items}):
             self._verify(name)
         return super().read_data(plan, planner)
+
+
+def read_checked_metadata(reader: VerifyingReader) -> Any:
+    """DCP's metadata of ``reader``'s directory, unpickled only after its sha256 matched."""
+    try:
+        return reader.read_metadata()
+    except _DamagedFile as e:
+        raise e.error("before DCP read it") from None
 
 
 def load_sharded_state(path: str | Path) -> tuple[dict[str, Any], str]:
@@ -318,9 +343,9 @@ def restore_sharded(state: Mapping[str, Any], model: nn.Module | None, component
                                           path=path)
     if model is not None:
         reader = VerifyingReader(path, manifest)
-        run_on_all_ranks(lambda: reader._verify(DCP_METADATA), f"loading {path}", CheckpointError)
+        run_on_all_ranks(lambda: check_file(path, manifest, DCP_METADATA), f"loading {path}", CheckpointError)
         msd, osd = _live_state(model, optimizer)
-        metadata = run_on_all_ranks(reader.read_metadata, f"loading {path}", CheckpointError)
+        metadata = run_on_all_ranks(lambda: read_checked_metadata(reader), f"loading {path}", CheckpointError)
         run_on_all_ranks(lambda: _check_compatible(metadata, msd, source, path), f"loading {path}", CheckpointError)
         tensors: dict[str, Any] = {"model": msd}
         if osd is not None:
@@ -356,11 +381,10 @@ def _load_error(e: BaseException, path: Path) -> CheckpointError:
     """DCP's error (it gathers every rank's failure) as ours, naming the damaged file if one is."""
     failures = getattr(e, "failures", None) or {}
     for rank, (exc, _) in sorted(failures.items()):
-        if isinstance(exc, CheckpointError):
-            if isinstance(exc, CheckpointCorruptError):
-                return CheckpointCorruptError(exc.path, f"{exc.reason} (found by rank {rank} while loading {path})",
-                                              expected_sha256=exc.expected_sha256, actual_sha256=exc.actual_sha256)
-            return exc
+        if isinstance(exc, _DamagedFile):
+            return exc.error(f"found by rank {rank} while loading {path}")
+    if isinstance(e, _DamagedFile):
+        return e.error(f"found while loading {path}")
     return CheckpointError(f"loading {path} failed: {_first_failure(e)}")
 
 

@@ -10,7 +10,7 @@ import torch
 from torch.distributed.checkpoint import FileSystemReader  # noqa: F401 - DCP must be importable here
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from linnaeus.checkpoint.sharded import VerifyingReader, consolidate_model, load_sharded_state
+from linnaeus.checkpoint.sharded import VerifyingReader, consolidate_model, load_sharded_state, read_checked_metadata
 from linnaeus.checkpoint.sharded_manifest import STATE_FILE, is_sharded_checkpoint, read_manifest
 
 
@@ -23,7 +23,7 @@ def describe(path: Path) -> dict[str, Any]:
     """``inspect``'s view of a sharded checkpoint (no tensor data is read beyond DCP's metadata)."""
     manifest, digest = read_manifest(path)
     state, _ = load_sharded_state(path)
-    metadata = VerifyingReader(path, manifest).read_metadata()
+    metadata = read_checked_metadata(VerifyingReader(path, manifest))
     model = {k[len("model."):]: v for k, v in metadata.state_dict_metadata.items()
              if k.startswith("model.") and isinstance(v, TensorStorageMetadata)}
     shards = sorted(n for n in manifest["files"] if n.endswith(".distcp"))

@@ -1,0 +1,45 @@
+#!/usr/bin/env python
+"""``tools/train.py`` with two test instruments around the real sampler (nothing else changes):
+
+- every (epoch, index) key the training loop consumes (the sampler's ``advance``) is appended to
+  ``$LINNAEUS_TEST_IDS.rank<r>``, in order, so a test can check an epoch across relaunches;
+- with ``LINNAEUS_TEST_SIGTERM_AT=K``, rank 0 sends itself a real SIGTERM after its K-th consumed
+  micro-batch (the runner's preemption path then saves on every rank and exits 0).
+"""
+
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from linnaeus.data.sampler import ResumableDistributedSampler  # noqa: E402
+from linnaeus.main import cli  # noqa: E402
+
+_OUT = os.environ["LINNAEUS_TEST_IDS"]
+_RANK = int(os.environ.get("RANK", "0"))
+_SIGTERM_AT = int(os.environ.get("LINNAEUS_TEST_SIGTERM_AT", "0"))
+_iter, _advance = ResumableDistributedSampler.__iter__, ResumableDistributedSampler.advance
+_consumed_batches = [0]
+
+
+def _recording_iter(self):  # type: ignore[no-untyped-def]
+    self._test_pending = list(_iter(self))
+    return iter(self._test_pending)
+
+
+def _recording_advance(self, n_per_rank: int) -> None:  # type: ignore[no-untyped-def]
+    taken, self._test_pending = self._test_pending[:n_per_rank], self._test_pending[n_per_rank:]
+    with open(f"{_OUT}.rank{_RANK}", "a") as f:
+        f.writelines(f"{epoch} {index}\n" for epoch, index in taken)
+    _advance(self, n_per_rank)
+    _consumed_batches[0] += 1
+    if _RANK == 0 and _consumed_batches[0] == _SIGTERM_AT:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+ResumableDistributedSampler.__iter__ = _recording_iter
+ResumableDistributedSampler.advance = _recording_advance
+
+if __name__ == "__main__":
+    sys.exit(cli())
