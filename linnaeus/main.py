@@ -15,7 +15,8 @@ from yacs.config import CfgNode
 
 from linnaeus.config import ConfigError, dump_config, load_config, run_dir
 from linnaeus.data.build import build_data
-from linnaeus.dist import distributed_session, get_rank, get_world_size, is_main_process, select_device
+from linnaeus.dist import (distributed_session, get_rank, get_world_size, is_main_process, lost_peer_message,
+                           select_device)
 from linnaeus.engine.amp import build_amp
 from linnaeus.engine.evaluator import evaluate, summary_lines
 from linnaeus.engine.loss import MultiLevelLoss
@@ -25,6 +26,7 @@ from linnaeus.engine.run_log import build_tb_writer, setup_logging
 from linnaeus.engine.trainer import Progress, Trainer, steps_per_epoch
 from linnaeus.models.build import build_model
 from linnaeus.runner.checkpoints import RunCheckpoints
+from linnaeus.runner.launcher_watch import LauncherWatch
 from linnaeus.runner.preemption import PreemptionHandler
 from linnaeus.runner.pretrained import load_pretrained_weights
 from linnaeus.runner.seed import seed_everything
@@ -52,7 +54,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
 def run(cfg: CfgNode) -> dict[str, Any]:
     """Train and evaluate ``cfg``; returns the last validation metrics."""
-    with distributed_session():
+    # Under torchrun: a worker whose launcher died stops instead of training on as an orphan.
+    with LauncherWatch() as launcher, distributed_session(cfg.TRAIN.COLLECTIVE_TIMEOUT_S):
         rank, world_size = get_rank(), get_world_size()
         device = select_device()
         out_dir = run_dir(cfg)
@@ -102,9 +105,13 @@ def run(cfg: CfgNode) -> dict[str, Any]:
         )
         try:
             with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT) as preempt:
-                last_metrics = _fit(cfg, trainer, data, checkpoints, progress, preempt, autocast, device, tb)
-        except BaseException:
+                last_metrics = _fit(cfg, trainer, data, checkpoints, progress, preempt, launcher, autocast, device,
+                                    tb)
+        except BaseException as e:
             checkpoints.close_after_error()  # a save in flight commits; this exception still propagates
+            launcher.raise_if_gone(e)  # then the launcher's death is the cause (logged once), not e
+            if lost_peer_message(e):
+                logger.error(lost_peer_message(e))
             raise
         checkpoints.close()
         tb.close()
@@ -113,11 +120,13 @@ def run(cfg: CfgNode) -> dict[str, Any]:
 
 
 def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints, progress: Progress,
-         preempt: PreemptionHandler, autocast: Any, device: torch.device, tb: Any) -> dict[str, Any]:
+         preempt: PreemptionHandler, launcher: LauncherWatch, autocast: Any, device: torch.device,
+         tb: Any) -> dict[str, Any]:
     """The epoch loop: train, evaluate when due, save when due, stop cleanly on preemption."""
     last_metrics: dict[str, Any] = checkpoints.last_metrics()
 
     def on_step_end(p: Progress) -> bool:
+        launcher.check()  # no new save once the launcher is gone (raises)
         checkpoints.poll()  # surfaces background-save errors on every rank
         if checkpoints.preemption_requested(preempt.requested):
             return True
@@ -142,6 +151,7 @@ def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints,
             _log_metrics(progress, result, last_metrics, tb)
         # The saved sampler state must point at the start of the next epoch.
         data.train_sampler.set_epoch(progress.epoch)
+        launcher.check()
         checkpoints.maybe_save_epoch(progress, measured, is_last=last_epoch)
     return last_metrics
 

@@ -1,0 +1,34 @@
+"""Train (tools/train.py arguments) with the run's first save held in the middle of its write.
+
+Usage: python slow_first_save.py <seconds> <tools/train.py args...>   (also as torchrun's script)
+
+The writer (rank 0) prints ``linnaeus-test-phase fsynced`` to stderr once the first save's temp
+file is fsynced, then pauses ``<seconds>`` there before the save goes on to commit, so that a test
+can kill the launcher while that save is in flight. Later saves are not slowed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from linnaeus import main  # noqa: E402
+from linnaeus.checkpoint import testing  # noqa: E402
+
+held = [False]
+
+
+def hold_first_save(phase: str, nbytes: int) -> None:
+    if phase == "fsynced" and not held[0]:
+        held[0] = True
+        print(f"linnaeus-test-phase {phase} {nbytes}", file=sys.stderr, flush=True)
+        time.sleep(float(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    testing.set_test_phase_hook(hold_first_save)
+    sys.exit(main.cli(sys.argv[2:]))

@@ -1,0 +1,218 @@
+"""When the launcher or a rank dies, the rest of a 2-process torchrun job stops on its own, fast.
+
+Real torchrun, real gloo, real SIGKILL/SIGSTOP. After each death: within BOUND_S no process of
+the job is left (pids collected from /proc before the kill, never looked up by name), every
+checkpoint under a final name verifies, and a relaunch resumes and ends bit-identical to an
+uninterrupted run (one shared reference run, compared with tests/test_resume_exact.py's helper).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from linnaeus.checkpoint import verify_checkpoint
+from tests.conftest import REPO, VENV_BIN, run_train, tiny_args
+from tests.test_resume_exact import _assert_bit_identical, _final_state, _log_step
+
+# 2 epochs of 12 steps, a step checkpoint every 4 steps, written asynchronously.
+OPTS = ("TRAIN.EPOCHS", "2", "CHECKPOINT.INTERVAL", "4st", "CHECKPOINT.FILENAME", "checkpoint_step_{step}.pth",
+        "CHECKPOINT.ASYNC", "True")
+# Seconds from the kill to no process of the job left (measured: about 1 s; see docs/checkpoints.md).
+BOUND_S = 30
+GONE_LINE = "The launcher of this worker (pid {pid}) is gone"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> dict:
+    """The uninterrupted 2-process run every relaunch must end identical to."""
+    out = tmp_path_factory.mktemp("ref")
+    run_train(out, toy_root, *OPTS, nproc=2)
+    return _final_state(out / "tiny")
+
+
+class Job:
+    """One torchrun launch (in a session of its own) and every process it started, by pid."""
+
+    def __init__(self, out: Path, toy_root: Path, *opts: str, hold_first_save_s: float = 0.0) -> None:
+        self.log = out / f"launch-{time.monotonic_ns()}.log"
+        cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2",
+               str(REPO / "tests" / "helpers" / "slow_first_save.py"), str(hold_first_save_s),
+               *tiny_args(out, toy_root, *OPTS, *opts)]
+        with open(self.log, "w") as log:
+            self.launcher = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+        self.pids: set[int] = {self.launcher.pid}
+        self.run_dir = out / "tiny"
+
+    def workers(self) -> list[int]:
+        return _children(self.launcher.pid)
+
+    def collect(self) -> None:
+        """Every process of the job now (launcher, workers, theirs): the ones that must all end."""
+        todo = [self.launcher.pid]
+        while todo:
+            pid = todo.pop()
+            self.pids.add(pid)
+            todo += _children(pid)
+
+    def wait_until(self, predicate, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.launcher.poll() is not None:
+                raise AssertionError(f"the job ended (rc {self.launcher.returncode}) before the interruption point:\n"
+                                     f"{self.output()[-4000:]}")
+            assert time.monotonic() < deadline, "timed out waiting for the interruption point"
+            time.sleep(0.02)
+
+    def seconds_until_all_gone(self, since: float) -> float:
+        """Seconds from ``since`` until no process of the job is left; fails after BOUND_S."""
+        while True:
+            alive = [pid for pid in self.pids if _alive(pid)]
+            if not alive:
+                return time.monotonic() - since
+            if time.monotonic() - since > BOUND_S:
+                raise AssertionError(f"processes {alive} of the job still ran {BOUND_S} s after the kill:\n"
+                                     f"{self.output()[-4000:]}")
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill_all(self) -> None:
+        for pid in self.pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if self.launcher.poll() is None:
+            self.launcher.kill()
+        self.launcher.wait(timeout=30)
+
+
+@pytest.fixture
+def jobs() -> Iterator[list[Job]]:
+    started: list[Job] = []
+    yield started
+    for job in started:  # also when the test failed
+        job.kill_all()
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            kids += [int(k) for k in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    except OSError:
+        pass  # already gone
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; its parent (init, or this test for the launcher) reaps it
+
+
+def _steps(run_dir: Path) -> list[int]:
+    """Steps of the step checkpoints under their final names."""
+    names = (p.name for p in (run_dir / "checkpoints").glob("checkpoint_step_*.pth"))
+    return sorted(int(m.group(1)) for m in map(re.compile(r"checkpoint_step_(\d+)\.pth").fullmatch, names) if m)
+
+
+def _assert_all_verify(run_dir: Path) -> None:
+    files = sorted((run_dir / "checkpoints").glob("*.pth"))
+    assert files, "no checkpoint was committed"
+    for path in files:
+        result = verify_checkpoint(path)
+        assert result.ok, f"{path.name} does not verify: {result}"
+
+
+def _kill_launcher(job: Job, *, save_in_flight: bool) -> int:
+    """SIGKILL the launcher; returns the last step a checkpoint may have (orphans would save up to 24)."""
+    job.collect()
+    kill_step = _log_step(job.run_dir)
+    os.kill(job.launcher.pid, signal.SIGKILL)
+    seconds = job.seconds_until_all_gone(since=time.monotonic())
+    out = job.output()
+    # Each worker says why, once (rank 0 to stdout and log.txt, rank 1 to stderr), and nothing else fails.
+    assert out.count(GONE_LINE.format(pid=job.launcher.pid)) == 2, out[-4000:]
+    assert "Traceback" not in out, out[-4000:]
+    print(f"launcher SIGKILL ({'save in flight' if save_in_flight else 'between saves'}) at step {kill_step}: "
+          f"all {len(job.pids)} processes gone after {seconds:.1f} s")
+    return kill_step
+
+
+def test_launcher_or_worker_sigkill_stops_the_job_and_the_relaunch_is_exact(
+        tmp_path: Path, toy_root: Path, reference: dict, jobs: list[Job]) -> None:
+    """Three deaths in a row on one run dir, each followed by a relaunch that resumes; the last
+    relaunch runs to the end and must match the uninterrupted run bit for bit."""
+    # 1. The launcher dies between saves: the workers stop at the next step, without saving.
+    job = Job(tmp_path, toy_root)
+    jobs.append(job)
+    job.wait_until(lambda: _log_step(job.run_dir) >= 6 and len(job.workers()) == 2)
+    kill_step = _kill_launcher(job, save_in_flight=False)
+    saved = _steps(job.run_dir)
+    assert saved and saved[-1] <= kill_step + 4, (kill_step, saved)  # orphans would go on to step 24
+    _assert_all_verify(job.run_dir)
+
+    # 2. The launcher dies while the relaunch's first save is in flight: it commits, nothing after it.
+    job = Job(tmp_path, toy_root, hold_first_save_s=3.0)
+    jobs.append(job)
+    job.wait_until(lambda: "linnaeus-test-phase fsynced" in job.output())
+    assert f"checkpoint_step_{saved[-1]}.pth (epoch 0, step {saved[-1]})" in job.output()
+    _kill_launcher(job, save_in_flight=True)
+    assert _steps(job.run_dir) == saved + [saved[-1] + 4], "the save in flight did not commit, or another followed"
+    saved = _steps(job.run_dir)
+    _assert_all_verify(job.run_dir)
+
+    # 3. One worker dies: the other names the cause and stops; torchrun exits non-zero.
+    job = Job(tmp_path, toy_root)
+    jobs.append(job)
+    job.wait_until(lambda: _log_step(job.run_dir) >= saved[-1] + 6 and len(job.workers()) == 2)
+    assert f"checkpoint_step_{saved[-1]}.pth (epoch {saved[-1] // 12}, step {saved[-1]})" in job.output()
+    job.collect()
+    os.kill(max(job.workers()), signal.SIGKILL)  # the later-started worker: local rank 1
+    seconds = job.seconds_until_all_gone(since=time.monotonic())
+    assert job.launcher.wait() != 0
+    assert "rank 0: a collective with the other ranks failed" in job.output(), job.output()[-4000:]
+    _assert_all_verify(job.run_dir)
+    print(f"worker SIGKILL: all {len(job.pids)} processes gone after {seconds:.1f} s")
+
+    # 4. The relaunch resumes from the newest committed checkpoint and ends as if never interrupted.
+    newest = _steps(job.run_dir)[-1]
+    out = run_train(tmp_path, toy_root, *OPTS, nproc=2)
+    assert f"checkpoint_step_{newest}.pth (epoch {newest // 12}, step {newest})" in out.stdout, out.stdout[-3000:]
+    _assert_bit_identical(_final_state(job.run_dir), reference)
+    _assert_all_verify(job.run_dir)
+
+
+def test_peer_that_stops_answering_is_given_up_after_the_collective_timeout(tmp_path: Path, toy_root: Path,
+                                                                          jobs: list[Job]) -> None:
+    """A SIGSTOPped rank is a node that vanished: no connection closes, only the timeout ends the wait."""
+    job = Job(tmp_path, toy_root, "TRAIN.COLLECTIVE_TIMEOUT_S", "4")
+    jobs.append(job)
+    job.wait_until(lambda: _log_step(job.run_dir) >= 2 and len(job.workers()) == 2)
+    job.collect()
+    rank0, rank1 = sorted(job.workers())
+    os.kill(rank1, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    while _alive(rank0):
+        assert time.monotonic() - stopped_at < BOUND_S, f"rank 0 still waits {BOUND_S} s after its peer stopped"
+        time.sleep(0.05)
+    waited = time.monotonic() - stopped_at
+    os.kill(rank1, signal.SIGKILL)  # the vanished node's process: what the scheduler's cleanup does
+    job.seconds_until_all_gone(since=time.monotonic())
+    out = job.output()
+    assert re.search(r"rank 0: a collective with the other ranks failed .*TRAIN\.COLLECTIVE_TIMEOUT_S = 4 s", out), \
+        out[-4000:]
+    assert 3.5 < waited < 4 + 10, waited
+    print(f"SIGSTOP of rank 1: rank 0 gave up after {waited:.1f} s")
+
