@@ -318,6 +318,20 @@ def test_run_name_fields_and_run_timestamp_survive_a_relaunch(tmp_path: Path) ->
         CheckpointManager(tmp_path / "other", policy, name_fields={"dataset": "inat"})
 
 
+def test_run_timestamp_survives_a_relaunch_of_sharded_checkpoints(tmp_path: Path) -> None:
+    """The sharded (DCP directory) saver records it too, so the relaunch keeps the first launch's."""
+    policy = CheckpointPolicy(filename="ck_{run_timestamp}_e{epoch}")
+    first = CheckpointManager(tmp_path, policy, sharded=True, run_timestamp="20260101-090000")
+    model, opt = _tiny_objects()
+    assert first.save(epoch=1, step=1, model=model, optimizer=opt).name == "ck_20260101-090000_e1"
+    first.close()
+    again = CheckpointManager(tmp_path, policy, sharded=True, run_timestamp="20260102-120000")
+    resumed = again.resume(model=model, optimizer=opt)
+    assert resumed is not None and resumed.path.name == "ck_20260101-090000_e1"
+    assert again.save(epoch=2, step=2, model=model, optimizer=opt).name == "ck_20260101-090000_e2"
+    again.close()
+
+
 def test_s3_endpoint_url_is_read_for_s3_uris(tmp_path: Path, s3_server: RcloneServer,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Composer's S3_ENDPOINT_URL (CoreWeave, MinIO...): s3:// downloads from the local S3 server."""
