@@ -153,6 +153,9 @@ def resolve(
         CheckpointNotFoundError: nothing found; the message lists every place looked.
         CheckpointCorruptError: the downloaded bytes never matched the expected hash.
         CheckpointError: access denied, remote not configured, or retries exhausted.
+        UnsafeIdentifierError: (a CheckpointError) the identifier or a bucket field is refused before
+            use: a leading '-', control characters, a command-running connection option... (see
+            :mod:`linnaeus.checkpoint.sources.identifiers`).
     """
     ident = str(identifier).strip()
     if not ident:

@@ -4,11 +4,13 @@
 - :mod:`.registry`: ``register_source(scheme, factory)``, ``get_source(uri)``
 - :mod:`.local`, :mod:`.rclone`, :mod:`.cloud`: built-in sources
 - :mod:`.download`: verified, locked, retried, atomic download into a directory
+- :mod:`.identifiers`: which identifiers and remotes are refused before use (:class:`UnsafeIdentifierError`)
 """
 
 from linnaeus.checkpoint.sources.base import RemoteObject, Source, TransientSourceError, redact
 from linnaeus.checkpoint.sources.cloud import azure_source, b2_source, gcs_source, http_source, s3_source
 from linnaeus.checkpoint.sources.download import DownloadOptions, cleanup_stale_temps, download
+from linnaeus.checkpoint.sources.identifiers import UnsafeIdentifierError
 from linnaeus.checkpoint.sources.local import LocalSource
 from linnaeus.checkpoint.sources.rclone import RcloneSource, rclone_binary
 from linnaeus.checkpoint.sources.registry import (
@@ -39,6 +41,7 @@ __all__ = [
     "RemoteObject",
     "Source",
     "TransientSourceError",
+    "UnsafeIdentifierError",
     "cleanup_stale_temps",
     "download",
     "get_source",
