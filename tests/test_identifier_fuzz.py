@@ -289,6 +289,8 @@ def _bucket_fields() -> st.SearchStrategy[dict]:
     })
 
 
+# derandomize: a fixed seed, the same examples on every run (no example database); each test
+# bounds its own max_examples to keep the file well under a minute on 2 cores.
 FUZZ = settings(derandomize=True, deadline=None, database=None, print_blob=False,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
