@@ -270,7 +270,8 @@ def test_a_run_refuses_to_start_on_a_broken_manifest(tmp_path, inat_root):
 
 
 # ------------------------------------------------------------------ exact resume on the iNat-format set
-STEP_OPTS = (*INAT_OPTS, "CHECKPOINT.INTERVAL", "5st",
+# JPEG decode and augmentation in a DataLoader worker, as real runs do
+STEP_OPTS = (*INAT_OPTS, "DATA.NUM_WORKERS", "1", "CHECKPOINT.INTERVAL", "5st",
              "CHECKPOINT.FILENAME", "checkpoint_step_{step}.pth")
 
 
