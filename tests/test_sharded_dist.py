@@ -141,7 +141,7 @@ def test_fsdp_2_ranks_sigterm_then_1_rank_continues_the_epoch_exactly(tmp_path: 
     assert state["sampler"]["consumed"] == 0 and state["sampler"]["epoch"] == 1  # the next epoch's start
 
 
-def test_two_rank_saves_damage_fallback_and_file_to_fsdp(tmp_path: Path) -> None:
+def test_two_rank_clip_saves_damage_fallback_and_file_to_fsdp(tmp_path: Path) -> None:
     proc = subprocess.run([str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2",
                            str(HELPERS / "sharded_two_ranks.py"), str(tmp_path / "ck")], cwd=REPO, capture_output=True,
                           text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
@@ -154,6 +154,7 @@ def test_two_rank_saves_damage_fallback_and_file_to_fsdp(tmp_path: Path) -> None
             and "content does not match manifest.json" in read[0], out[-3000:]
         assert f"rank{rank} choose: resumed checkpoint_epoch_1 step 1" in proc.stdout, out[-3000:]
         assert f"rank{rank} file->fsdp: equal" in proc.stdout, out[-3000:]
+        assert f"rank{rank} clip: equal" in proc.stdout, out[-3000:]
     # The 2-rank FSDP2 checkpoint in one process, into a plain model: the gathered 2-rank state exactly
     # (the damaged newest one is skipped here too).
     from torch import nn

@@ -16,6 +16,7 @@ from .errors import CheckpointError, InvalidOperationError
 from .sharded import save_sharded
 from .sharded_manifest import sharded_dirname
 from .state import KIND_FULL, Stateful, gather_rng_states, make_meta, plain_metrics
+from .taxonomy import TAXONOMY_KEY
 
 if TYPE_CHECKING:
     from .manager import CheckpointManager
@@ -51,6 +52,8 @@ def save_sharded_for(manager: CheckpointManager, *, epoch: int, step: int, epoch
         rest = {k: obj.state_dict() for k, obj in present.items()}
         rest.update(progress=progress, rng=rng, metrics=manager.metrics.state_dict(), config=manager.config_text,
                     meta=meta, **dict(extra or {}))
+        if manager.taxonomy is not None:  # as in a single file: a resume compares it, a transfer maps heads by it
+            rest[TAXONOMY_KEY] = manager.taxonomy
     result = save_sharded(manager.directory, name, model=model, optimizer=optimizer, rest=rest,
                           manifest_extra={"progress": progress, "meta": meta, "config": manager.config_text},
                           update_latest=manager.update_latest)

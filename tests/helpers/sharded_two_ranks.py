@@ -3,6 +3,8 @@
 
 - two sharded saves; rank 0 also writes the full (gathered) model+optimizer state of the first to
   ``full_epoch_1.pt``, so the test can load the 2-rank checkpoint in one process and compare;
+- gradient clipping over the shards: the norm ``clip_grad_norm_`` reports for the sharded model (and
+  the clipped gradients) equal a plain model's on the same batch (``clip: equal``);
 - a single-file checkpoint of a plain model (as a ddp run writes it) restored into the sharded model:
   the gathered state must equal the file's (``file->fsdp: equal``);
 - a byte of rank 1's shard file of the newest checkpoint flipped (by rank 0) at two moments:
@@ -27,6 +29,7 @@ from torch.distributed.fsdp import fully_shard  # noqa: E402
 from linnaeus.checkpoint import CheckpointManager  # noqa: E402
 from linnaeus.checkpoint.errors import CheckpointCorruptError  # noqa: E402
 from linnaeus.dist import barrier, init_distributed  # noqa: E402
+from linnaeus.engine.parallel import grad_norm_value  # noqa: E402
 
 
 def objects(seed: int, shard: bool = True):
@@ -68,6 +71,18 @@ def flip(path: str) -> None:
 def main() -> None:
     init_distributed()
     rank, root = dist.get_rank(), sys.argv[1]
+
+    # Same init and the same batch on both ranks: the reduced (averaged) gradient is the plain model's.
+    sharded, _ = objects(5)
+    plain, _ = objects(5, shard=False)
+    batch = torch.randn(6, 8)
+    for m in (sharded, plain):
+        m(batch).square().sum().backward()
+    norms = [float(grad_norm_value(torch.nn.utils.clip_grad_norm_(m.parameters(), 0.5))) for m in (sharded, plain)]
+    grads = {n: p.grad.full_tensor() for n, p in sharded.named_parameters()}
+    ok = abs(norms[0] - norms[1]) <= 1e-5 * norms[1] and all(
+        torch.allclose(grads[n], p.grad, rtol=1e-5, atol=1e-7) for n, p in plain.named_parameters())
+    print(f"rank{rank} clip: {'equal' if ok else 'DIFFERENT'} {norms}", flush=True)
     model, optimizer = objects(0)
     manager = CheckpointManager(root, sharded=True)
     for epoch in (1, 2):
