@@ -124,7 +124,7 @@ class LabeledImages(Dataset):
     an explicit list of image files and their label rows (``IGNORE_INDEX`` where a rank is unknown).
 
     Args:
-        files: image paths.
+        files: image paths (held as one bytes array; ``path(i)`` gives one back as ``str``).
         targets: LongTensor[len(files), num_levels].
         transform: callable applied to the RGB PIL image (e.g. from ``build_transforms``).
         seed: base seed for augmentation randomness (EXPERIMENT.SEED).
@@ -136,7 +136,9 @@ class LabeledImages(Dataset):
                  seed: int = 0, origin: Callable[[int], str] | None = None) -> None:
         if targets.ndim != 2 or targets.shape[0] != len(files):
             raise ValueError(f"LabeledImages: targets must be [{len(files)}, levels], got {tuple(targets.shape)}.")
-        self.files = list(files)
+        # One numpy bytes array, not a list of str: DataLoader workers forked from this process
+        # would otherwise copy every page of a million-path list as reading it touches refcounts.
+        self.files = np.array([os.fsencode(f) for f in files], dtype=np.bytes_)
         self.targets = targets
         self.transform = transform
         self.seed = int(seed)
@@ -145,12 +147,15 @@ class LabeledImages(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def path(self, index: int) -> str:
+        return os.fsdecode(self.files[index])
+
     def _where(self, index: int) -> str:
         return self.origin(index) if self.origin is not None else f"sample {index}"
 
     def load_image(self, index: int) -> Image.Image:
         """The RGB image of sample ``index``; unreadable files raise DatasetError naming the file."""
-        path = self.files[index]
+        path = self.path(index)
         try:
             with Image.open(path) as im:
                 return im.convert("RGB")  # convert() forces a full decode, so truncation shows up here

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from .folder import LabeledImages, split_per_class
@@ -73,13 +74,13 @@ class Manifest:
         return len(self.files)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Origin:
     """``origin(i)`` → where sample ``i`` was listed; picklable for DataLoader workers."""
 
     file: str
     kind: str
-    numbers: tuple[Any, ...]
+    numbers: np.ndarray  # an array rather than a tuple of ints, for the same reason as LabeledImages.files
 
     def __call__(self, index: int) -> str:
         return f"{self.file} {self.kind} {self.numbers[index]}"
@@ -143,7 +144,7 @@ def manifest_dataset(manifest: Manifest, taxonomy: Taxonomy, transform, seed: in
     idx = list(range(len(manifest))) if indices is None else list(indices)
     targets = targets_of(manifest, taxonomy)[idx] if idx else torch.empty(0, len(taxonomy.task_keys),
                                                                              dtype=torch.long)
-    origin = Origin(str(manifest.file), manifest.kind, tuple(manifest.numbers[i] for i in idx))
+    origin = Origin(str(manifest.file), manifest.kind, np.asarray([manifest.numbers[i] for i in idx]))
     return LabeledImages([manifest.files[i] for i in idx], targets, transform, seed, origin)
 
 
