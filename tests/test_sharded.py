@@ -215,3 +215,36 @@ def test_config_refuses_what_cannot_run_naming_the_key(opts: list[str], key: str
 def test_config_accepts_fsdp_and_sharded_formats() -> None:
     assert load_config(str(TINY_CFG), ["TRAIN.STRATEGY", "fsdp"]).CHECKPOINT.FORMAT == "auto"
     load_config(str(TINY_CFG), ["CHECKPOINT.FORMAT", "sharded"])
+
+
+@pytest.mark.parametrize("target", ["checkpoint_epoch_1", "ABSOLUTE", "step:10"])
+def test_explicit_targets_name_a_directory_and_a_restart_sets_newer_ones_aside(tmp_path: Path, target: str) -> None:
+    from linnaeus.checkpoint.resolve import resolve
+    from linnaeus.checkpoint.resume import find_resume_point
+
+    directory = tmp_path / "ck"
+    manager, paths, _ = _saved_run(directory)
+    manager.close()
+    ident = str(paths[0]) if target == "ABSOLUTE" else target
+    restarting = CheckpointManager(directory, sharded=True)
+    point = find_resume_point(restarting, explicit=ident, auto=False,
+                              resolve=lambda i: resolve(i, cache_dir=tmp_path / "cache"))
+    assert point is not None and point.path == paths[0] and point.step == 10
+    fresh, optimizer, position = _objects(seed=1)
+    restarting.restore(point.state, path=point.path, model=fresh, optimizer=optimizer, sampler=position)
+    assert position.consumed == 4
+    # A deliberate restart from epoch 1: the newer directory moves, whole, into the abandoned folder.
+    [folder] = [p for p in directory.iterdir() if p.name.startswith("abandoned-")]
+    assert (folder / "checkpoint_epoch_2" / MANIFEST).is_file() and not paths[1].exists()
+    restarting.close()
+
+
+def test_latest_names_a_directory(tmp_path: Path) -> None:
+    from linnaeus.checkpoint.resume import find_resume_point
+
+    manager, paths, _ = _saved_run(tmp_path / "ck")
+    manager.close()
+    again = CheckpointManager(tmp_path / "ck", sharded=True)
+    point = find_resume_point(again, explicit="latest", auto=True)
+    assert point is not None and point.path == paths[1] and point.step == 20
+    again.close()

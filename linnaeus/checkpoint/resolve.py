@@ -33,6 +33,7 @@ from filelock import FileLock
 
 from linnaeus.checkpoint.errors import CheckpointError, CheckpointNotFoundError
 from linnaeus.checkpoint.fsio import write_durably
+from linnaeus.checkpoint.sharded_manifest import is_sharded_checkpoint
 from linnaeus.checkpoint.sources import DownloadOptions, RcloneSource, download, get_source, is_uri, redact
 from linnaeus.checkpoint.sources.cloud import B2_DEFAULT_REMOTE, b2_env, missing_b2_credentials
 from linnaeus.checkpoint.sources.identifiers import check_bucket, check_file_name, check_identifier, check_path_parts
@@ -167,7 +168,7 @@ def resolve(
 
     expanded = os.path.expanduser(ident)
     if os.path.isabs(expanded):
-        if os.path.isfile(expanded):
+        if os.path.isfile(expanded) or is_sharded_checkpoint(expanded):  # a file, or a sharded checkpoint directory
             return Path(expanded)
         what = "is a directory, not a file" if os.path.isdir(expanded) else "does not exist"
         raise CheckpointNotFoundError(f"checkpoint path {expanded} {what}. Give the path of a checkpoint file.")
@@ -186,7 +187,7 @@ def resolve(
     looked: list[str] = []
     if "/" in ident:
         local = Path(ident).absolute()
-        if local.is_file():
+        if local.is_file() or is_sharded_checkpoint(local):
             return local
         looked.append(f"{local} (relative to the current directory)")
     rel = _safe_relative(ident)

@@ -52,6 +52,7 @@ from .foreign import describe as describe_foreign
 from .remote import RemoteRun
 from .resume_target import locate_run_target, parse_run_target
 from .scan import load_same_bytes
+from .sharded_manifest import is_sharded_checkpoint
 from .sources import DownloadOptions, is_uri, redact
 from .state import KIND_FULL, KIND_WEIGHTS
 from .verify import load_verified_digest
@@ -179,7 +180,7 @@ class _Resume:
         looked: list[str] = []
         if is_bare_name(identifier):
             own = self.directory / identifier
-            if own.is_file():
+            if own.is_file() or is_sharded_checkpoint(own):
                 return own
             looked.append(f"{own} (this run's checkpoints)")
             if self.remote is not None:

@@ -91,7 +91,7 @@ def _local_latest(directory: Path, looked: list[str]) -> Path | None:
     if name is None:
         looked.append(f"{pointer} (absent: this run has committed no full checkpoint here)")
         return None
-    if not (directory / name).is_file():
+    if not ((directory / name).is_file() or (directory / name).is_dir()):  # a file, or a sharded checkpoint
         looked.append(f"{pointer} (names {name}, which does not exist)")
         return None
     return directory / name
