@@ -122,7 +122,7 @@ def _is_complete(root: Path, params: dict) -> bool:
     return False
 
 
-def ensure_example_dataset(root: str | os.PathLike, kind: str, train_per_species: int = 12,
+def ensure_example_dataset(root: str | os.PathLike, kind: str, train_per_species: int = 40,
                            val_per_species: int = 4, img_size: int = 64) -> Path:
     """Generate the ``kind`` ("inat" or "csv") example set into ``root`` unless it is there; returns ``root``."""
     if kind not in KINDS:
