@@ -41,10 +41,11 @@ def reference(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> dict:
 class Job:
     """One torchrun launch (in a session of its own) and every process it started, by pid."""
 
-    def __init__(self, out: Path, toy_root: Path, *opts: str, hold_first_save_s: float = 0.0) -> None:
+    def __init__(self, out: Path, toy_root: Path, *opts: str, hold_first_save_s: float = 0.0,
+                 grace_s: float = 0.0) -> None:
         self.log = out / f"launch-{time.monotonic_ns()}.log"
         cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2",
-               str(REPO / "tests" / "helpers" / "slow_first_save.py"), str(hold_first_save_s),
+               str(REPO / "tests" / "helpers" / "slow_first_save.py"), str(hold_first_save_s), str(grace_s),
                *tiny_args(out, toy_root, *OPTS, *opts)]
         with open(self.log, "w") as log:
             self.launcher = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -216,3 +217,28 @@ def test_peer_that_stops_answering_is_given_up_after_the_collective_timeout(tmp_
     assert 3.5 < waited < 4 + 10, waited
     print(f"SIGSTOP of rank 1: rank 0 gave up after {waited:.1f} s")
 
+
+
+def test_worker_blocked_in_a_collective_when_the_launcher_dies_ends_itself(tmp_path: Path, toy_root: Path,
+                                                                           jobs: list[Job]) -> None:
+    """Rank 0 waits in a collective for rank 1 (SIGSTOPped: no error, no timeout for 600 s) when the
+    launcher dies: it never reaches a step boundary, so its watch thread ends it after the grace."""
+    job = Job(tmp_path, toy_root, grace_s=2.0)
+    jobs.append(job)
+    job.wait_until(lambda: _log_step(job.run_dir) >= 2 and len(job.workers()) == 2)
+    job.collect()
+    rank0, rank1 = sorted(job.workers())
+    os.kill(rank1, signal.SIGSTOP)
+    time.sleep(0.5)  # rank 0 reaches its next collective and waits there
+    os.kill(job.launcher.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    while _alive(rank0):
+        assert time.monotonic() - killed_at < BOUND_S, f"rank 0 still runs {BOUND_S} s after its launcher died"
+        time.sleep(0.05)
+    waited = time.monotonic() - killed_at
+    os.kill(rank1, signal.SIGCONT)  # it wakes without launcher and without peer: it ends too
+    job.seconds_until_all_gone(since=time.monotonic())
+    out = job.output()
+    assert out.count(GONE_LINE.format(pid=job.launcher.pid)) == 2, out[-4000:]
+    assert 1.5 < waited < 2 + 10, waited
+    print(f"launcher SIGKILL with rank 0 blocked in a collective: rank 0 ended after {waited:.1f} s (grace 2 s)")

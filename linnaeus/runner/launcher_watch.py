@@ -16,8 +16,8 @@ launcher hosted, may be gone as well. (So this is not SIGTERM's path, which save
 The main thread may never reach a step boundary: it can wait inside a collective whose peer
 will not answer until the process group's timeout. If the process still runs
 :data:`GRACE_S` after the launcher went, the thread finishes the job itself: it waits for the
-non-daemon threads (the asynchronous checkpoint writer: a save in flight commits, as at a
-normal interpreter exit) and ends the process with ``os._exit``; the kernel drops the lock.
+asynchronous checkpoint writer (a save in flight commits, as at a normal interpreter exit) and
+ends the process with ``os._exit``; the kernel drops the lock.
 
 Why not ``PR_SET_PDEATHSIG``: it fires when the parent *thread* that started the worker ends,
 not the launcher process, and the signal's Python handler runs only on the main thread between
@@ -63,9 +63,9 @@ def launched_by_torchrun() -> bool:
 class LauncherWatch:
     """Context manager: watches the parent process while the block runs (under torchrun only)."""
 
-    def __init__(self, enabled: bool | None = None, grace_s: float = GRACE_S) -> None:
+    def __init__(self, enabled: bool | None = None, grace_s: float | None = None) -> None:
         self.enabled = launched_by_torchrun() if enabled is None else enabled
-        self.grace_s = grace_s
+        self.grace_s = GRACE_S if grace_s is None else grace_s
         self.launcher_pid = os.getppid()
         self._gone = threading.Event()
         self._stop = threading.Event()
@@ -94,6 +94,10 @@ class LauncherWatch:
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
+        if self._gone.is_set():
+            # The run has unwound (its save in flight committed, the lock released): end the process
+            # now rather than through the interpreter's teardown, which took seconds here.
+            self._end_process()
 
     # ------------------------------------------------------------------ the watch thread
     def _watch(self) -> None:
@@ -104,11 +108,15 @@ class LauncherWatch:
         logger.error("The launcher of this worker (pid %d) is gone; stopping without a new save (a save in flight "
                      "finishes first) and exiting %d. Relaunch the same command to resume from the last committed "
                      "checkpoint.", pid, EXIT_LAUNCHER_GONE)
-        if self._stop.wait(self.grace_s):
-            return  # the main thread left the run in time
+        if not self._stop.wait(self.grace_s):
+            self._end_process()  # the main thread did not leave the run in time: it is blocked
+
+    @staticmethod
+    def _end_process() -> None:
         for thread in threading.enumerate():
-            # What a normal interpreter exit waits for: the asynchronous writer's save in flight.
-            if not thread.daemon and thread is not threading.main_thread() and thread is not threading.current_thread():
+            # The asynchronous writer's save in flight (AsyncWriter's thread, "linnaeus-<saver>-writer")
+            # commits first. Not every non-daemon thread: idle executor workers (hashing) never end.
+            if thread.name.startswith("linnaeus-") and thread.name.endswith("-writer") and not thread.daemon:
                 thread.join()
         for handler in logger.handlers:
             handler.flush()

@@ -1,10 +1,12 @@
 """Train (tools/train.py arguments) with the run's first save held in the middle of its write.
 
-Usage: python slow_first_save.py <seconds> <tools/train.py args...>   (also as torchrun's script)
+Usage: python slow_first_save.py <seconds> <grace seconds> <tools/train.py args...>   (as torchrun's script)
 
 The writer (rank 0) prints ``linnaeus-test-phase fsynced`` to stderr once the first save's temp
 file is fsynced, then pauses ``<seconds>`` there before the save goes on to commit, so that a test
-can kill the launcher while that save is in flight. Later saves are not slowed.
+can kill the launcher while that save is in flight. Later saves are not slowed. A grace above 0
+replaces the launcher watch's GRACE_S (how long a worker whose launcher died waits for its main
+thread before ending the process itself).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from linnaeus import main  # noqa: E402
 from linnaeus.checkpoint import testing  # noqa: E402
+from linnaeus.runner import launcher_watch  # noqa: E402
 
 held = [False]
 
@@ -31,4 +34,6 @@ def hold_first_save(phase: str, nbytes: int) -> None:
 
 if __name__ == "__main__":
     testing.set_test_phase_hook(hold_first_save)
-    sys.exit(main.cli(sys.argv[2:]))
+    if float(sys.argv[2]) > 0:
+        launcher_watch.GRACE_S = float(sys.argv[2])
+    sys.exit(main.cli(sys.argv[3:]))
