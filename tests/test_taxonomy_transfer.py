@@ -172,10 +172,14 @@ def test_runner_pretrained_writes_the_class_mapping_to_load_report_json(tmp_path
     assert written["classes"]["genus"] == {"kept": ["g1", "g2"], "added": ["g3"], "dropped": []}
 
 
-def test_a_real_run_records_its_datasets_taxonomy(tmp_path: Path, toy_root: Path) -> None:
-    from tests.conftest import run_train
+def test_a_real_run_records_its_datasets_taxonomy(tmp_path: Path, toy_root: Path,
+                                                 restore_linnaeus_logger: None) -> None:
+    from linnaeus.config import load_config
+    from linnaeus.main import run
 
-    run_train(tmp_path, toy_root, "TRAIN.EPOCHS", "1", "TRAIN.MAX_STEPS_PER_EPOCH", "1", "EVAL.INTERVAL", "1")
+    # The runner in this process (main.py passes the data's taxonomy to the savers): one step, one save.
+    run(load_config(str(TINY_CFG), ["ENV.OUTPUT.BASE_DIR", str(tmp_path), "DATA.ROOT", str(toy_root),
+                                    "TRAIN.EPOCHS", "1", "TRAIN.MAX_STEPS_PER_EPOCH", "1"]))
     state = torch.load(tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_1.pth", weights_only=True)
     toy = load_taxonomy(toy_root / "taxonomy.json", ("species", "genus", "family"))
     assert state["taxonomy"] == {level: toy.names(level) for level in ("species", "genus", "family")}
