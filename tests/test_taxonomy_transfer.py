@@ -65,6 +65,19 @@ def test_checkpoints_record_each_levels_class_names_in_order(tmp_path: Path, wei
     assert list(state["taxonomy"]) == list(LEVELS)
 
 
+def test_an_exported_weights_file_keeps_the_taxonomy_for_transfer(tmp_path: Path) -> None:
+    from linnaeus.cli.ckpt import main as ckpt
+
+    a, b = _taxonomy(tmp_path, "a", TAXONOMY_A), _taxonomy(tmp_path, "b", TAXONOMY_B)
+    path, old = _saved(tmp_path, a)
+    assert ckpt(["export", str(path), str(tmp_path / "export" / "a.pth")]) == 0
+    new = _model(b, seed=1)
+    [report] = load_pretrained(new, pretrained=str(tmp_path / "export" / "a.pth"), strategy="transfer",
+                               taxonomy=taxonomy_levels(b))
+    assert report.classes["species"] == {"kept": ["s2", "s3", "s4"], "added": ["s5", "s6"], "dropped": ["s1"]}
+    assert torch.equal(_row(new, "species", "s4", b), _row(old, "species", "s4", a))
+
+
 def test_resume_refuses_a_changed_taxonomy_listing_the_differences(tmp_path: Path) -> None:
     from linnaeus.config import load_config
     from linnaeus.engine.trainer import Progress

@@ -29,6 +29,7 @@ from linnaeus.checkpoint.names import is_checkpoint_name, is_pending_sidecar_nam
 from linnaeus.checkpoint.retention import cleanup_stale, delete_checkpoint, plan_retention
 from linnaeus.checkpoint.sidecar import SIDECAR_SUFFIX
 from linnaeus.checkpoint.state import KIND_WEIGHTS, make_meta, model_state_dict
+from linnaeus.checkpoint.taxonomy import TAXONOMY_KEY, stored_taxonomy
 from linnaeus.checkpoint.verify import load_verified, verify_checkpoint
 from linnaeus.cli import lineage_cmds, remote_cmds, sharded_cmds
 
@@ -287,6 +288,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                              serialize=lambda obj, f: f.write(safetensors_bytes(obj, metadata=text_meta)))
     else:
         payload = {"model": weights, "config": state.get("config", ""), "meta": meta}
+        taxonomy = stored_taxonomy(state)
+        if taxonomy is not None:  # so that a transfer from the export maps heads by class name
+            payload[TAXONOMY_KEY] = taxonomy
         result = commit_file(out.parent, out.name, payload, update_latest=False)
     print(f"exported {'EMA ' if args.ema else ''}weights of {src} to {result.path} ({_human_size(result.size)}, sha256 {result.sha256})")
     return 0
