@@ -208,8 +208,8 @@ def test_load_model_resolves_any_identifier_and_maps_heads_by_class_name(tmp_pat
     put(s3_server, "zoo/run_a_epoch_1.pth", path.read_bytes())
     cache = tmp_path / "cache"
     bucket = {"remote": REMOTE, "name": BUCKET, "path_prefix": "zoo/"}
-    # A path, then a bare name that only the bucket has (downloaded into the cache), then the cached copy.
-    for identifier in (str(path), "run_a_epoch_1.pth", "run_a_epoch_1.pth"):
+    # A path, a bare name that only the bucket has (downloaded into the cache), the cached copy, a URI.
+    for identifier in (str(path), "run_a_epoch_1.pth", "run_a_epoch_1.pth", f"{REMOTE}:{BUCKET}/zoo/run_a_epoch_1.pth"):
         new = _model(b, seed=1)
         report = load_model(new, identifier, strategy="transfer", cache_dir=cache, bucket=bucket,
                             taxonomy=taxonomy_levels(b), report_path=tmp_path / "load_report.json")
