@@ -193,3 +193,60 @@ def test_report_lines_show_balanced_accuracy_consistency_and_severity():
     unlabeled = run_eval(one_hot_logits([path("s1")]), torch.tensor([[IGNORE_INDEX, 0, 0, 0]]))
     assert "val/acc1/species" not in unlabeled and "val/bacc/species" not in unlabeled
     assert unlabeled["val/loss"] == pytest.approx(sum(unlabeled[f"val/loss/{k}"] for k in KEYS[1:]))
+
+
+# ------------------------------------------------------------------ across ranks
+def _preds_and_labels(n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    species = list(TREE)
+    truth = [species[i % 5] for i in range(n)]
+    guess = [species[(i * 3) % 5] for i in range(n)]
+    return one_hot_logits([path(s) for s in guess]), torch.tensor([path(s) for s in truth])
+
+
+def _eval_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from linnaeus.data.sampler import ShardedEvalSampler
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        out = {}
+        for n in (7, 1):  # 4 + 3 samples; then 1 + 0: rank 1 has no batch at all
+            logits, labels = _preds_and_labels(n)
+            x = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+            loader = DataLoader(list(zip(x, labels)), batch_size=2, sampler=ShardedEvalSampler(n, world_size, rank))
+            out[n] = evaluate(Fixed(logits), loader, list(KEYS), torch.device("cpu"),
+                              hierarchy=Hierarchy.from_taxonomy(taxonomy()))
+        torch.save(out, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_metrics_are_exact_across_ranks_even_for_a_rank_without_samples(tmp_path):
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.start_processes(_eval_worker, args=(2, port, str(tmp_path)), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 120
+    try:
+        while not ctx.join(timeout=1):
+            assert time.monotonic() < deadline, "evaluation across 2 ranks hung"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    for n in (7, 1):
+        logits, labels = _preds_and_labels(n)
+        single = run_eval(logits, labels)
+        assert r0[n] == r1[n]
+        assert r0[n].keys() == single.keys(), n
+        for k, v in single.items():
+            assert r0[n][k] == pytest.approx(v), (n, k)

@@ -33,6 +33,7 @@ class _Sums:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.sums: dict[str, torch.Tensor] = {}
+        self.num_classes: dict[str, int] = {}
 
     def add(self, name: str, value: torch.Tensor) -> None:
         value = value.detach().to(torch.float64).reshape(-1)
@@ -41,17 +42,29 @@ class _Sums:
         else:
             self.sums[name] = value.clone()
 
-    def all_reduce(self) -> None:
-        if not (dist.is_available() and dist.is_initialized()) or not self.sums:
+    def all_reduce(self, task_keys: Sequence[str], with_tree: bool) -> None:
+        """Sum over ranks (a collective). A rank that saw no batch has no sums and does not know
+        the class counts: those are agreed first (MAX), so every rank packs the same layout."""
+        if not (dist.is_available() and dist.is_initialized()):
             return
-        names = list(self.sums)
-        packed = torch.cat([self.sums[n] for n in names])
-        if dist.get_backend() == "nccl" and packed.device.type != "cuda":
-            packed = packed.cuda()
+        backend_device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+        counts = torch.tensor([self.num_classes.get(k, 0) for k in task_keys], dtype=torch.int64,
+                              device=backend_device)
+        dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+        layout = _layout(task_keys, dict(zip(task_keys, counts.tolist())), with_tree)
+        packed = torch.cat([self.sums[n].to(backend_device) if n in self.sums
+                            else torch.zeros(size, dtype=torch.float64, device=backend_device)
+                            for n, size in layout])
         dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-        packed = packed.to(self.device)
-        sizes = [self.sums[n].numel() for n in names]
-        self.sums = dict(zip(names, packed.split(sizes)))
+        self.sums = dict(zip([n for n, _ in layout], packed.to(self.device).split([size for _, size in layout])))
+
+
+def _layout(task_keys: Sequence[str], num_classes: dict[str, int], with_tree: bool) -> list[tuple[str, int]]:
+    layout = [("samples", 1)]
+    for k in task_keys:
+        layout += [(f"{stat}/{k}", 1) for stat in ("loss", "known", "acc1", "acc5")]
+        layout += [(f"class_total/{k}", num_classes[k]), (f"class_hit/{k}", num_classes[k])]
+    return layout + ([("consistent", 1), ("mistakes", 1), ("severity", 1)] if with_tree else [])
 
 
 @torch.no_grad()
@@ -120,7 +133,7 @@ def evaluate(
                 sums.add(f"known/{k}", known.sum())
                 sums.add(f"acc1/{k}", hit.sum())
                 sums.add(f"acc5/{k}", topk_correct(logits[k], target, (5,)))
-                num_classes = logits[k].shape[-1]
+                num_classes = sums.num_classes[k] = logits[k].shape[-1]
                 sums.add(f"class_total/{k}", torch.bincount(target[known], minlength=num_classes))
                 sums.add(f"class_hit/{k}", torch.bincount(target[hit], minlength=num_classes))
             if tree is not None:
@@ -131,7 +144,7 @@ def evaluate(
                 sums.add("severity", tree.lca_height(preds[wrong, 0], leaf[wrong]).sum())
     finally:
         model.train(was_training)
-    sums.all_reduce()
+    sums.all_reduce(task_keys, tree is not None)
     if not sums.sums or sums.sums["samples"].item() == 0:
         raise ValueError("evaluate: the validation loader yielded no samples on any rank; "
                          "check the validation split (DATA.VAL_FRACTION) and EVAL.BATCH_SIZE.")
