@@ -242,3 +242,17 @@ def test_worker_blocked_in_a_collective_when_the_launcher_dies_ends_itself(tmp_p
     assert out.count(GONE_LINE.format(pid=job.launcher.pid)) == 2, out[-4000:]
     assert 1.5 < waited < 2 + 10, waited
     print(f"launcher SIGKILL with rank 0 blocked in a collective: rank 0 ended after {waited:.1f} s (grace 2 s)")
+
+
+def test_collective_timeout_is_validated() -> None:
+    from linnaeus.config import ConfigError, load_config
+
+    cfg = REPO / "tests" / "configs" / "tiny.yaml"
+    assert load_config(str(cfg), []).TRAIN.COLLECTIVE_TIMEOUT_S == 600
+    with pytest.raises(ConfigError, match=r"TRAIN\.COLLECTIVE_TIMEOUT_S must be >= 1 .* got 0"):
+        load_config(str(cfg), ["TRAIN.COLLECTIVE_TIMEOUT_S", "0"])
+    # Uploads keep the other ranks in 30 s collectives while rank 0 waits for them.
+    bucket = ["ENV.OUTPUT.BUCKET.ENABLED", "True", "ENV.OUTPUT.BUCKET.REMOTE", "r", "ENV.OUTPUT.BUCKET.NAME", "b"]
+    with pytest.raises(ConfigError, match=r"TRAIN\.COLLECTIVE_TIMEOUT_S 30 is too short with ENV\.OUTPUT\.BUCKET"):
+        load_config(str(cfg), [*bucket, "TRAIN.COLLECTIVE_TIMEOUT_S", "30"])
+    assert load_config(str(cfg), [*bucket, "TRAIN.COLLECTIVE_TIMEOUT_S", "31"]).TRAIN.COLLECTIVE_TIMEOUT_S == 31
