@@ -10,9 +10,10 @@ resumable sampler with its ``advance`` after every batch, and label rows per ran
 - linnaeus: ``build_data`` on ``DATA.DATASET inat``, iterating ``train_loader`` as the trainer does.
 - bare: ``torchvision.datasets.ImageFolder`` + a shuffling ``DataLoader``.
 
-Both keep their workers between epochs (the runner's loader is persistent; so is the bare one).
-Each round reads ``--batches`` batches from a fresh iterator, as at the start of every epoch;
-rounds alternate which goes first, and the table reports each round and the medians.
+Each round reads ``--batches`` batches from a fresh iterator (worker start-up included) and
+reports images/s and the workers' CPU time per image (user + sys of the exited workers, which
+other load on a shared machine does not inflate as it does wall time); rounds alternate which
+goes first, and the table reports each round and the medians.
 
     python benchmarks/data_throughput.py                         # 2 workers, batch 32, 5 rounds
     python benchmarks/data_throughput.py --workers 8 --rounds 9 --batches 40
@@ -23,6 +24,7 @@ Target: linnaeus / bare >= 0.95.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import tempfile
@@ -46,24 +48,36 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)  # as linnaeus.data.build does for its workers
 
 
-def linnaeus_round(loader: DataLoader, sampler, epoch: int, batches: int) -> float:
-    sampler.set_epoch(epoch)
+def _cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def timed_round(loader: DataLoader, batches: int, sampler=None, epoch: int = 0) -> tuple[float, float]:
+    """``(images/s, worker CPU ms per image)`` over ``batches`` batches of a fresh iterator.
+
+    Workers are not persistent, so they exit (and are reaped) when the iterator is shut down:
+    their CPU time then shows in RUSAGE_CHILDREN (RUSAGE_SELF without workers), a measure that
+    other load on the machine does not inflate the way it inflates wall time.
+    """
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+    who = resource.RUSAGE_CHILDREN if loader.num_workers > 0 else resource.RUSAGE_SELF
+    cpu0 = _cpu(who)
     start, n = time.perf_counter(), 0
-    for i, (images, _labels) in enumerate(loader):
-        sampler.advance(images.shape[0])  # the trainer reports every micro-batch
+    it = iter(loader)
+    for i, (images, _labels) in enumerate(it):
+        if sampler is not None:
+            sampler.advance(images.shape[0])  # the trainer reports every micro-batch
         n += images.shape[0]
         if i + 1 == batches:
             break
-    return n / (time.perf_counter() - start)
-
-
-def bare_round(loader: DataLoader, batches: int) -> float:
-    start, n = time.perf_counter(), 0
-    for i, (images, _labels) in enumerate(loader):
-        n += images.shape[0]
-        if i + 1 == batches:
-            break
-    return n / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()  # join the workers now, so their CPU time is counted
+    del it
+    return n / wall, 1000 * (_cpu(who) - cpu0) / n
 
 
 def main() -> None:
@@ -88,36 +102,41 @@ def main() -> None:
                                  "DATA.IMG_SIZE", "224", "DATA.BATCH_SIZE", str(a.batch_size),
                                  "DATA.NUM_WORKERS", str(a.workers)])
         data = build_data(cfg, 0, 1)
-        ours = data.train_loader  # the runner's own loader (persistent workers, its sampler)
+        # The runner's dataset and sampler, in a loader built as build_data builds it except that
+        # its workers are not persistent (see timed_round); the bare loader likewise.
+        ours = DataLoader(data.train_dataset, batch_size=a.batch_size, sampler=data.train_sampler, drop_last=True,
+                          num_workers=a.workers, worker_init_fn=data.train_loader.worker_init_fn,
+                          generator=torch.Generator().manual_seed(0), pin_memory=torch.cuda.is_available())
         d = cfg.DATA
         bare_ds = ImageFolder(str(root / "train"), transform=build_train_transform(224, d.AUG_SCALE_MIN, d.AUG_HFLIP))
         bare = DataLoader(bare_ds, batch_size=a.batch_size, shuffle=True, drop_last=True, num_workers=a.workers,
-                          worker_init_fn=_worker_init if a.workers else None, persistent_workers=a.workers > 0,
-                          pin_memory=torch.cuda.is_available())
+                          worker_init_fn=_worker_init if a.workers else None, pin_memory=torch.cuda.is_available())
         assert len(bare_ds) == len(data.train_dataset), "both pipelines must read the same files"
 
-        linnaeus_round(ours, data.train_sampler, 0, 2)  # warm-up: page cache, imports in workers
-        bare_round(bare, 2)
+        timed_round(ours, 2, data.train_sampler)  # warm-up: page cache
+        timed_round(bare, 2)
         rows = []
         for r in range(a.rounds):
-            first_ours = r % 2 == 0  # alternate which goes first against drifting load on the machine
-            if first_ours:
-                ips_ours = linnaeus_round(ours, data.train_sampler, r + 1, a.batches)
-                ips_bare = bare_round(bare, a.batches)
+            if r % 2 == 0:  # alternate which goes first against drifting load on the machine
+                o = timed_round(ours, a.batches, data.train_sampler, r + 1)
+                b = timed_round(bare, a.batches)
             else:
-                ips_bare = bare_round(bare, a.batches)
-                ips_ours = linnaeus_round(ours, data.train_sampler, r + 1, a.batches)
-            rows.append((ips_ours, ips_bare))
+                b = timed_round(bare, a.batches)
+                o = timed_round(ours, a.batches, data.train_sampler, r + 1)
+            rows.append((o, b))
 
-    print(f"\nbatch {a.batch_size}, {a.workers} worker(s), {a.batches} batches per round\n")
-    print("| round | linnaeus img/s | bare ImageFolder img/s | ratio |")
-    print("|---:|---:|---:|---:|")
-    for i, (o, b) in enumerate(rows):
-        print(f"| {i} | {o:.1f} | {b:.1f} | {o / b:.3f} |")
-    mo, mb = statistics.median(o for o, _ in rows), statistics.median(b for _, b in rows)
-    ratios = statistics.median(o / b for o, b in rows)
-    print(f"| median | {mo:.1f} | {mb:.1f} | {ratios:.3f} |")
-    print(f"\nlinnaeus / bare (median of per-round ratios): {ratios:.3f}  (target >= 0.95)")
+    print(f"\nbatch {a.batch_size}, {a.workers} worker(s), {a.batches} batches per round; ratio = linnaeus / bare "
+          "throughput (wall: images/s; CPU: images per worker CPU-second)\n")
+    print("| round | linnaeus img/s | bare img/s | wall ratio | linnaeus CPU ms/img | bare CPU ms/img | CPU ratio |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for i, ((oi, oc), (bi, bc)) in enumerate(rows):
+        print(f"| {i} | {oi:.1f} | {bi:.1f} | {oi / bi:.3f} | {oc:.2f} | {bc:.2f} | {bc / oc:.3f} |")
+    med = statistics.median
+    wall = med(o[0] / b[0] for o, b in rows)
+    cpu = med(b[1] / o[1] for o, b in rows)
+    print(f"| median | {med(o[0] for o, _ in rows):.1f} | {med(b[0] for _, b in rows):.1f} | {wall:.3f} | "
+          f"{med(o[1] for o, _ in rows):.2f} | {med(b[1] for _, b in rows):.2f} | {cpu:.3f} |")
+    print(f"\nlinnaeus / bare, median of per-round ratios: wall {wall:.3f}, CPU {cpu:.3f}  (target >= 0.95)")
 
 
 if __name__ == "__main__":
