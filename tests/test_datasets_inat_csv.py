@@ -235,6 +235,18 @@ def test_species_under_two_genera_names_both_category_ids(tmp_path, inat_root):
             f"{other['genus']!r} (category id 500)") in str(e.value)
 
 
+def test_a_taxonomy_json_with_a_genus_in_two_families_is_refused_naming_both_entries(tmp_path):
+    from linnaeus.data import load_taxonomy
+
+    (tmp_path / "taxonomy.json").write_text(json.dumps({
+        "parus_major": {"genus": "parus", "family": "paridae"},
+        "parus_minor": {"genus": "parus", "family": "turdidae"}}))
+    with pytest.raises(DatasetError, match=re.escape(
+            "genus 'parus' is under family 'paridae' (entry 'parus_major') and under family 'turdidae' "
+            "(entry 'parus_minor')")):
+        load_taxonomy(tmp_path / "taxonomy.json", ["species", "genus", "family"])
+
+
 def test_csv_disagreeing_rows_bad_header_and_empty_rows_name_the_lines(tmp_path, csv_root):
     root = copy_of(csv_root, tmp_path)
     lines = (root / "train.csv").read_text().splitlines()

@@ -8,6 +8,10 @@ The leaf level (first of ``task_keys``) is the key itself, i.e. the class folder
 Class indices are the positions of the sorted names of each level, so they depend only
 on the taxonomy file: the same file gives the same indices on every machine, every rank
 and every run, whichever folders a particular split happens to contain.
+
+The iNaturalist and CSV readers build the same :class:`Taxonomy` from their annotation files;
+there a rank may be unknown for some names (``IGNORE_INDEX`` labels). Whatever the source,
+the levels must form a tree: :func:`tree_conflicts` refuses a name placed under two parents.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
-
 
 IGNORE_INDEX = -100  # label of a rank unknown for an image (torch's cross-entropy ignore_index)
 
