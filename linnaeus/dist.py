@@ -121,9 +121,9 @@ def any_rank_true(flag: bool) -> bool:
     return bool(t.item())
 
 
-# How gloo and NCCL word a collective that failed because a peer left or did not answer.
-_LOST_PEER_MARKS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Timed out waiting",
-                    "timed out", "Timeout", "remote process exited", "NCCL communicator was aborted")
+# How gloo and NCCL word a collective that failed because a peer left or did not answer (lower case).
+_LOST_PEER_MARKS = ("connection reset by peer", "connection closed by peer", "broken pipe", "timed out", "timeout",
+                    "timing out", "remote process exited", "communicator was aborted")
 
 
 def lost_peer_message(error: BaseException) -> str | None:
@@ -133,7 +133,7 @@ def lost_peer_message(error: BaseException) -> str | None:
         return None
     text = str(error)
     distributed = isinstance(error, dist.DistError) or "gloo" in text or "NCCL" in text or "ProcessGroup" in text
-    if not distributed or not any(mark in text for mark in _LOST_PEER_MARKS):
+    if not distributed or not any(mark in text.lower() for mark in _LOST_PEER_MARKS):
         return None
     return (f"rank {get_rank()}: a collective with the other ranks failed ({text.splitlines()[0][:300]}): another "
             f"rank's process died, its node is unreachable, or it stopped answering for longer than the process "
