@@ -339,3 +339,27 @@ def test_a_resume_with_another_training_manifest_is_reported_as_a_data_order_cha
     new = "DATA:\n  TRAIN_ANN: train2021.json\n  VAL_ANN: val2021.json\n"
     got = {c.key: c.action for c in config_changes(old, new)}
     assert got == {"DATA.TRAIN_ANN": DATA_ORDER, "DATA.VAL_ANN": HONOURED}
+
+
+def test_check_data_decodes_every_image_up_front_and_names_each_bad_one(tmp_path, inat_root, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_data", REPO / "tools" / "check_data.py")
+    check_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_data)
+    root = copy_of(inat_root, tmp_path)
+    args = ["--cfg", str(REPO / "tests" / "configs" / "tiny.yaml"), "--workers", "2", "--opts", "DATA.ROOT",
+            str(root), *INAT_OPTS]
+    assert check_data.main(args) == 0
+    assert "all 90 images decode" in capsys.readouterr().out
+    train, val = (json.loads((root / f).read_text())["images"] for f in ("train.json", "val.json"))
+    (root / train[5]["file_name"]).write_bytes(b"not a jpeg")
+    (root / val[0]["file_name"]).write_bytes((root / val[0]["file_name"]).read_bytes()[:150])
+    assert check_data.main(args) == 1
+    err = capsys.readouterr().err
+    assert "2 of 90 images do not decode" in err
+    assert f"cannot read image {root / train[5]['file_name']} ({root / 'train.json'} image id {train[5]['id']})" in err
+    assert f"cannot read image {root / val[0]['file_name']} ({root / 'val.json'} image id {val[0]['id']})" in err
+    (root / train[6]["file_name"]).unlink()
+    assert check_data.main(args) == 2  # the manifest checks of a run's start refuse it first
+    assert "1 problem(s), the run does not start" in capsys.readouterr().err
