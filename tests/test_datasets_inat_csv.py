@@ -109,7 +109,8 @@ def test_inat_homonyms_across_kingdoms_are_qualified_not_merged(tmp_path, inat_r
 
 # ------------------------------------------------------------------ CSV manifests
 def test_csv_empty_cells_are_ignore_index_and_counted_in_the_log(csv_root, caplog):
-    opts = ("DATA.DATASET", "csv", "DATA.TRAIN_ANN", "train.csv", "DATA.VAL_ANN", "val.csv", "DATA.TASK_KEYS", str(KEYS))
+    opts = ("DATA.DATASET", "csv", "DATA.TRAIN_ANN", "train.csv", "DATA.VAL_ANN", "val.csv",
+            "DATA.TASK_KEYS", str(KEYS))
     with caplog.at_level(logging.INFO, logger="linnaeus.data"):
         bundle = build_data(cfg_for(csv_root, *opts), 0, 1)
     rows = list(csv_rows(csv_root / "train.csv"))

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"check_data: {e}", file=sys.stderr)
         return 2
     problems, total = [], 0
-    for name, ds in (("train", data.train_dataset), ("val", data.val_dataset)):
+    for ds in (data.train_dataset, data.val_dataset):
         if ds is not None:
             problems += undecodable_images(ds, a.workers)
             total += len(ds)

@@ -90,8 +90,9 @@ def evaluate(
     weights as in training) and ``<prefix>/samples``. With a ``hierarchy`` (and two levels or
     more) also ``<prefix>/consistency`` (fraction of images whose predictions form a path of the
     tree) and ``<prefix>/mistake_severity`` (mean LCA height over leaf errors; absent without
-    errors, as a level's metrics are without known labels); see :mod:`linnaeus.data.hierarchy`. ``consistent_decoding`` makes the top-1
-    predictions the most probable consistent path (needs ``hierarchy``); top-5 stays per level.
+    errors, as a level's metrics are without known labels); see :mod:`linnaeus.data.hierarchy`.
+    ``consistent_decoding`` makes the top-1 predictions the most probable consistent path (needs
+    ``hierarchy``); top-5 stays per level.
 
     Use ``prefix="val_ema"`` for the EMA model. The model's train/eval mode is restored
     afterwards, and no global RNG is consumed (the loader's iterator is created under
