@@ -133,8 +133,12 @@ def build_taxonomy(manifests: Sequence[Manifest], task_keys: Sequence[str]) -> T
 
 def targets_of(manifest: Manifest, taxonomy: Taxonomy) -> torch.Tensor:
     """LongTensor[N, levels]: class indices, IGNORE_INDEX where the manifest leaves a rank empty."""
-    rows = [[taxonomy.index(lv, k[lv]) if lv in k else IGNORE_INDEX for lv in taxonomy.task_keys]
-            for k in manifest.known]
+    def row(k: dict[str, str]) -> list[int]:
+        return [taxonomy.index(lv, k[lv]) if lv in k else IGNORE_INDEX for lv in taxonomy.task_keys]
+
+    # iNat samples share their category's dict: one row per category, not per image
+    by_id: dict[int, list[int]] = {}
+    rows = [by_id[id(k)] if id(k) in by_id else by_id.setdefault(id(k), row(k)) for k in manifest.known]
     return torch.tensor(rows, dtype=torch.long).reshape(len(rows), len(taxonomy.task_keys))
 
 
