@@ -364,3 +364,21 @@ def test_check_data_decodes_every_image_up_front_and_names_each_bad_one(tmp_path
     (root / train[6]["file_name"]).unlink()
     assert check_data.main(args) == 2  # the manifest checks of a run's start refuse it first
     assert "1 problem(s), the run does not start" in capsys.readouterr().err
+
+
+def test_an_incomplete_tree_trains_without_hierarchy_metrics_and_refuses_consistent_decoding(tmp_path, caplog):
+    from linnaeus.data.examples import _save_jpeg
+
+    rows = ["path,species,genus,family"]
+    for i in range(8):  # 'B b' never has its genus: the tree above it is unknown
+        _save_jpeg(tmp_path / f"{i}.jpg", "circle_light", 16, [i])
+        rows.append(f"{i}.jpg,A a,A,F" if i % 2 else f"{i}.jpg,B b,,F")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    opts = ("DATA.DATASET", "csv", "DATA.TRAIN_ANN", "m.csv", "DATA.VAL_FRACTION", "0", "DATA.BATCH_SIZE", "2",
+            "DATA.TASK_KEYS", "[species, genus, family]")
+    with caplog.at_level(logging.WARNING, logger="linnaeus.data"):
+        bundle = build_data(cfg_for(tmp_path, *opts), 0, 1)
+    assert bundle.hierarchy is None and not bundle.taxonomy.is_complete
+    assert "never gives the parent rank of {'species': 1, 'genus': 0} classes" in caplog.text
+    with pytest.raises(DatasetError, match="EVAL.CONSISTENT_DECODING needs the whole tree"):
+        build_data(cfg_for(tmp_path, *opts, "EVAL.CONSISTENT_DECODING", "True"), 0, 1)
