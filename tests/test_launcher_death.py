@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -219,29 +220,34 @@ def test_peer_that_stops_answering_is_given_up_after_the_collective_timeout(tmp_
 
 
 
-def test_worker_blocked_in_a_collective_when_the_launcher_dies_ends_itself(tmp_path: Path, toy_root: Path,
-                                                                           jobs: list[Job]) -> None:
-    """Rank 0 waits in a collective for rank 1 (SIGSTOPped: no error, no timeout for 600 s) when the
-    launcher dies: it never reaches a step boundary, so its watch thread ends it after the grace."""
-    job = Job(tmp_path, toy_root, grace_s=2.0)
-    jobs.append(job)
-    job.wait_until(lambda: _log_step(job.run_dir) >= 2 and len(job.workers()) == 2)
-    job.collect()
-    rank0, rank1 = sorted(job.workers())
-    os.kill(rank1, signal.SIGSTOP)
-    time.sleep(0.5)  # rank 0 reaches its next collective and waits there
-    os.kill(job.launcher.pid, signal.SIGKILL)
-    killed_at = time.monotonic()
-    while _alive(rank0):
-        assert time.monotonic() - killed_at < BOUND_S, f"rank 0 still runs {BOUND_S} s after its launcher died"
-        time.sleep(0.05)
-    waited = time.monotonic() - killed_at
-    os.kill(rank1, signal.SIGCONT)  # it wakes without launcher and without peer: it ends too
-    job.seconds_until_all_gone(since=time.monotonic())
-    out = job.output()
-    assert out.count(GONE_LINE.format(pid=job.launcher.pid)) == 2, out[-4000:]
-    assert 1.5 < waited < 2 + 10, waited
-    print(f"launcher SIGKILL with rank 0 blocked in a collective: rank 0 ended after {waited:.1f} s (grace 2 s)")
+PARENT = "import subprocess, sys, time; c = subprocess.Popen([sys.executable] + sys.argv[1:]); print(c.pid, flush=True); time.sleep(600)"
+
+
+def test_worker_blocked_when_its_launcher_dies_ends_itself_after_the_save_in_flight(tmp_path: Path) -> None:
+    """The main thread never reaches a step boundary (blocked in a read, as in a collective whose
+    peer is silent): the watch thread ends the process after its grace, once the async save commits."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(REPO / "tests" / "helpers" / "blocked_orphan.py"),
+                               str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    child = int(parent.stdout.readline())
+    try:
+        assert parent.stdout.readline().strip() == "blocked"
+        os.kill(parent.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        while _alive(child):
+            assert time.monotonic() - killed_at < BOUND_S, f"the worker still runs {BOUND_S} s after its parent died"
+            time.sleep(0.05)
+        waited = time.monotonic() - killed_at
+    finally:
+        for pid in (child, parent.pid):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        parent.wait()
+    assert "The launcher of this worker (pid %d) is gone" % parent.pid in parent.stderr.read()
+    # Past the 1 s grace: it waited for the save held in its write, which committed.
+    assert verify_checkpoint(tmp_path / "checkpoint_epoch_1.pth").ok
+    assert 1.0 < waited < BOUND_S, waited
+    print(f"parent SIGKILL with the main thread blocked: the worker ended after {waited:.1f} s (grace 1 s)")
 
 
 def test_collective_timeout_is_validated() -> None:
