@@ -382,3 +382,12 @@ def test_an_incomplete_tree_trains_without_hierarchy_metrics_and_refuses_consist
     assert "never gives the parent rank of {'species': 1, 'genus': 0} classes" in caplog.text
     with pytest.raises(DatasetError, match="EVAL.CONSISTENT_DECODING needs the whole tree"):
         build_data(cfg_for(tmp_path, *opts, "EVAL.CONSISTENT_DECODING", "True"), 0, 1)
+
+
+def test_labeled_images_give_back_every_path_exactly():
+    from linnaeus.data import LabeledImages
+
+    files = ["a/Parus major/1.jpg", "b/Ærø/ü ß.jpg", "c/" + "x" * 300 + ".jpg", "d/2.jpg"]
+    ds = LabeledImages(files, torch.zeros(4, 2, dtype=torch.long))
+    assert len(ds) == 4 and [ds.path(i) for i in range(4)] == files
+    assert len(LabeledImages([], torch.zeros(0, 2, dtype=torch.long))) == 0

@@ -124,7 +124,7 @@ class LabeledImages(Dataset):
     an explicit list of image files and their label rows (``IGNORE_INDEX`` where a rank is unknown).
 
     Args:
-        files: image paths (held as one bytes array; ``path(i)`` gives one back as ``str``).
+        files: image paths (held in one byte buffer; ``path(i)`` gives one back as ``str``).
         targets: LongTensor[len(files), num_levels].
         transform: callable applied to the RGB PIL image (e.g. from ``build_transforms``).
         seed: base seed for augmentation randomness (EXPERIMENT.SEED).
@@ -136,19 +136,23 @@ class LabeledImages(Dataset):
                  seed: int = 0, origin: Callable[[int], str] | None = None) -> None:
         if targets.ndim != 2 or targets.shape[0] != len(files):
             raise ValueError(f"LabeledImages: targets must be [{len(files)}, levels], got {tuple(targets.shape)}.")
-        # One numpy bytes array, not a list of str: DataLoader workers forked from this process
-        # would otherwise copy every page of a million-path list as reading it touches refcounts.
-        self.files = np.array([os.fsencode(f) for f in files], dtype=np.bytes_)
+        # All paths in one byte buffer + offsets, not a list of str: DataLoader workers forked from
+        # this process would otherwise copy every page of a million-path list as reading it touches
+        # refcounts (and a fixed-width numpy string array pads every path to the longest).
+        encoded = [os.fsencode(f) for f in files]
+        self._paths = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self._offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
         self.targets = targets
         self.transform = transform
         self.seed = int(seed)
         self.origin = origin
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self._offsets) - 1
 
     def path(self, index: int) -> str:
-        return os.fsdecode(self.files[index])
+        """The image file of sample ``index``."""
+        return os.fsdecode(self._paths[self._offsets[index]:self._offsets[index + 1]].tobytes())
 
     def _where(self, index: int) -> str:
         return self.origin(index) if self.origin is not None else f"sample {index}"

@@ -80,7 +80,7 @@ class Origin:
 
     file: str
     kind: str
-    numbers: np.ndarray  # an array rather than a tuple of ints, for the same reason as LabeledImages.files
+    numbers: np.ndarray  # an array rather than a tuple of ints, for the same reason as LabeledImages._paths
 
     def __call__(self, index: int) -> str:
         return f"{self.file} {self.kind} {self.numbers[index]}"
