@@ -248,3 +248,16 @@ def test_latest_names_a_directory(tmp_path: Path) -> None:
     point = find_resume_point(again, explicit="latest", auto=True)
     assert point is not None and point.path == paths[1] and point.step == 20
     again.close()
+
+
+def test_pretrained_weights_from_a_sharded_directory(tmp_path: Path) -> None:
+    from linnaeus.checkpoint.loading import read_weights
+
+    manager, paths, model = _saved_run(tmp_path / "ck")
+    manager.close()
+    weights = read_weights(paths[-1])
+    assert weights.container == "model" and weights.tensors.keys() == model.state_dict().keys()
+    assert all(torch.equal(weights.tensors[k], v) for k, v in model.state_dict().items())
+    _flip_byte(paths[-1] / "__0_0.distcp")
+    with pytest.raises(CheckpointCorruptError, match="__0_0.distcp: content does not match"):
+        read_weights(paths[-1])

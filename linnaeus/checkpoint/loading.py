@@ -38,6 +38,8 @@ from torch import nn
 
 from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointIncompatibleError, CheckpointNotFoundError
 from linnaeus.checkpoint.load_report import Expect, KeyIssue, LoadReport, format_groups, group_by_prefix
+from linnaeus.checkpoint.sharded import consolidate_model
+from linnaeus.checkpoint.sharded_manifest import is_sharded_checkpoint
 from linnaeus.checkpoint.taxonomy import TAXONOMY_KEY, stored_taxonomy
 
 STRATEGIES = ("weights_only", "transfer", "strict")
@@ -78,9 +80,13 @@ def read_weights(path: str | os.PathLike, *, use_ema: bool = False) -> WeightsFi
         CheckpointIncompatibleError: the file loads but holds no state dict.
     """
     path = Path(path)
-    if not path.is_file():
+    if is_sharded_checkpoint(path):  # a DCP directory: its model consolidated here, every file verified
+        model, rest = consolidate_model(path)
+        obj: object = {**rest, "model": model}
+    elif not path.is_file():
         raise CheckpointNotFoundError(f"weights file {path} does not exist (or is not a file).")
-    obj = _load_file(path)
+    else:
+        obj = _load_file(path)
     taxonomy = stored_taxonomy(obj)
     notes: list[str] = []
     containers: list[str] = []
