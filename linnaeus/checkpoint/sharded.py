@@ -51,6 +51,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.tensor import DTensor
 
 from linnaeus.dist import (
     all_gather_object,
@@ -91,7 +92,7 @@ _OPTIM_REST = "optimizer_rest"  # in state.pt: the optimizer state dict without 
 def has_dtensors(model: nn.Module) -> bool:
     """Whether ``model``'s parameters are sharded (FSDP2 DTensors): full tensors must not be
     loaded into it with ``load_state_dict``."""
-    return any(type(p).__name__ == "DTensor" for p in model.parameters())
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def _split(tree: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
