@@ -261,3 +261,15 @@ def test_pretrained_weights_from_a_sharded_directory(tmp_path: Path) -> None:
     _flip_byte(paths[-1] / "__0_0.distcp")
     with pytest.raises(CheckpointCorruptError, match="__0_0.distcp: content does not match"):
         read_weights(paths[-1])
+
+
+def test_a_fixed_name_is_replaced_whole(tmp_path: Path) -> None:
+    model, optimizer, position = _objects()
+    manager = CheckpointManager(tmp_path / "ck", sharded=True)
+    for step in (1, 2):
+        _step(model, optimizer, position)
+        path = manager.save(epoch=0, step=step, model=model, optimizer=optimizer, sampler=position, filename="last.pth")
+    manager.close()
+    assert path.name == "last" and sorted(os.listdir(tmp_path / "ck")) == [".lock", "last", "latest"]
+    assert verify_checkpoint(path).ok
+    assert torch.load(path / "state.pt", weights_only=True)["progress"]["step"] == 2
