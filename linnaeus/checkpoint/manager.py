@@ -443,6 +443,7 @@ class CheckpointManager:
         progress = self.restore(state, path=path, rng=rng, model=model, **components)
         return ResumeResult(path, progress, state)
 
+
 def _run_name_fields(policy: CheckpointPolicy, given: Mapping[str, Any] | None) -> dict[str, Any]:
     """The run-level name fields ({dataset}, {n_epochs}) a manager renders with; refuses, at
     construction rather than at the first save, a template that uses one it was not given."""
