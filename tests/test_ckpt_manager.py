@@ -29,22 +29,10 @@ from linnaeus.checkpoint import (
 )
 from linnaeus.checkpoint.writer_lock import LOCK_NAME
 from tests.conftest import poll_until_raises
+from tests.helpers.counter import Counter as CountingSampler
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
-
-
-class CountingSampler:
-    """Minimal resumable sampler: anything with state_dict/load_state_dict is checkpointable."""
-
-    def __init__(self) -> None:
-        self.consumed = 0
-
-    def state_dict(self) -> dict:
-        return {"consumed": self.consumed}
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.consumed = sd["consumed"]
 
 
 def _components(seed: int = 0):

@@ -23,17 +23,7 @@ from linnaeus.checkpoint.sharded_manifest import MANIFEST, sha256_of, sharded_di
 from linnaeus.cli.ckpt import main as ckpt_main
 from linnaeus.config import ConfigError, load_config
 from tests.conftest import TINY_CFG
-
-
-class Position:
-    def __init__(self) -> None:
-        self.consumed = 0
-
-    def state_dict(self) -> dict:
-        return {"consumed": self.consumed}
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.consumed = sd["consumed"]
+from tests.helpers.counter import Counter as Position
 
 
 def _objects(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer, Position]:

@@ -127,20 +127,26 @@ def read_info_uncached(path: Path, size: int, obj: Any = None) -> CheckpointInfo
     try:
         # "foreign": no linnaeus meta at all (e.g. a timm state dict); structure is not checked.
         info.kind = str(meta.get("kind") or ("full" if progress else "unknown" if "meta" in obj else "foreign"))
-        info.saver = str(meta.get("saver", ""))
-        info.epoch = int(progress.get("epoch", meta.get("epoch", -1)))
-        info.step = int(progress.get("step", meta.get("step", -1)))
-        info.epoch_step = int(progress.get("epoch_step", 0))
-        info.created = str(meta.get("created", ""))
-        info.run_id = str(meta.get("run_id", ""))
-        info.parent_sha256 = meta["parent_sha256"] if isinstance(meta.get("parent_sha256"), str) else None
-        info.metrics = {str(k): float(v) for k, v in dict(meta.get("metrics", {})).items()}
+        fill_progress(info, meta, progress)
     except (TypeError, ValueError) as e:
         # A newer format may lay out progress/meta differently; that is no damage. Its
         # progress stays unknown (-1), and resume stops at it instead of skipping it.
         if not info.too_new:
             info.error = f"malformed progress/meta: {e}"
     return info
+
+
+def fill_progress(info: CheckpointInfo, meta: Mapping[str, Any], progress: Mapping[str, Any]) -> None:
+    """Copy a checkpoint's progress, lineage and metrics into ``info`` (single files and sharded
+    manifests store the same ``meta``/``progress``). Raises TypeError/ValueError when malformed."""
+    info.saver = str(meta.get("saver", ""))
+    info.epoch = int(progress.get("epoch", meta.get("epoch", -1)))
+    info.step = int(progress.get("step", meta.get("step", -1)))
+    info.epoch_step = int(progress.get("epoch_step", 0))
+    info.created = str(meta.get("created", ""))
+    info.run_id = str(meta.get("run_id", ""))
+    info.parent_sha256 = meta["parent_sha256"] if isinstance(meta.get("parent_sha256"), str) else None
+    info.metrics = {str(k): float(v) for k, v in dict(meta.get("metrics", {})).items()}
 
 
 def first_line(e: BaseException) -> str:

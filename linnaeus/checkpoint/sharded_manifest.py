@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
-from .catalog import CheckpointInfo
+from .catalog import CheckpointInfo, fill_progress
 from .errors import CheckpointCorruptError, CheckpointError, CheckpointIncompatibleError, CheckpointNotFoundError
 
 MANIFEST = "manifest.json"
@@ -190,14 +190,7 @@ def read_dir_info(path: Path) -> CheckpointInfo:
     info.format_version = int(meta.get("format_version", 1))
     try:
         info.kind = str(meta.get("kind", "full"))
-        info.saver = str(meta.get("saver", ""))
-        info.epoch = int(progress.get("epoch", meta.get("epoch", -1)))
-        info.step = int(progress.get("step", meta.get("step", -1)))
-        info.epoch_step = int(progress.get("epoch_step", 0))
-        info.created = str(meta.get("created", ""))
-        info.run_id = str(meta.get("run_id", ""))
-        info.parent_sha256 = meta["parent_sha256"] if isinstance(meta.get("parent_sha256"), str) else None
-        info.metrics = {str(k): float(v) for k, v in dict(meta.get("metrics", {})).items()}
+        fill_progress(info, meta, progress)
     except (TypeError, ValueError) as e:
         info.error = f"{MANIFEST}: malformed progress/meta: {e}"
     return info
