@@ -4,10 +4,14 @@ Layout (``REMOTE:NAME/PATH_PREFIX<experiment>/``)::
 
     checkpoint_epoch_3.pth
     checkpoint_epoch_3.pth.sha256   uploaded after the data is confirmed remote
-    latest                          file name of the newest checkpoint confirmed remote
+    checkpoint_epoch_4/             a sharded checkpoint: its files, each confirmed remote, then
+        manifest.json               its manifest, uploaded last
+    latest                          name of the newest checkpoint confirmed remote
 
 A checkpoint counts as *committed remotely* when both its data file and its ``.sha256`` are
-listed: the sidecar is the remote commit marker, as the rename is the local one. Everything
+listed, and a sharded directory when its ``manifest.json`` is: the sidecar or manifest is the
+remote commit marker, as the rename is the local one. A directory is fetched into a hidden temp
+directory, every file checked against the manifest's size and sha256, then renamed into place. Everything
 that reads or writes this layout — the background uploader, resume from the bucket,
 ``linnaeus-ckpt upload`` — goes through :class:`RemoteRun`, so the layout is defined here only.
 
@@ -22,26 +26,34 @@ an older linnaeus) rank below the others, among themselves by file name
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .commit import read_latest, write_latest
 from .errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
+from .fsio import fsync_dir
 from .ordering import default_name_filter, newest_first, progress_from_name
 from .resolve import BucketConfig
+from .sharded_manifest import MANIFEST, read_manifest, remove_tree, verify_all
 from .sidecar import SidecarError, parse_sidecar, read_sidecar, sidecar_path, sidecar_progress
 from .sources import DownloadOptions, RcloneSource, download
 from .sources.base import TransientSourceError, redact
-from .sources.rclone import cat_matching, copyto, list_files, move_within, rcat
+from .sources.download import lock_path_for, temp_path_for
+from .sources.rclone import (
+    cat_matching, copyto, list_files, move_within, rcat, rclone_args, run_rclone, run_rclone_bytes,
+)
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
 LATEST_MARKER = "latest"
 SIDECAR_SUFFIX = ".sha256"
 _LOCAL_HASHES = ("md5", "sha1", "sha256")  # remote hashes worth recomputing locally to verify
+_MAX_MANIFEST = 64 << 20  # a manifest lists a few entries per rank: far below this
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,7 @@ class RemoteEntry:
     name: str
     modtime: str
     progress: dict[str, int] | None  # from its sidecar's progress line; None for sidecars without one
+    is_dir: bool = False  # a sharded checkpoint directory (committed by its manifest)
 
     @property
     def order_key(self) -> tuple[Any, ...]:
@@ -107,7 +120,51 @@ class RemoteRun:
         listed = {e["Name"]: e.get("ModTime", "") for e in list_files(self.folder, env=self.env)}
         committed = [n for n in listed if name_filter(n) and n + SIDECAR_SUFFIX in listed]
         progress = _progress_by_name(cat_matching(self.folder, "*" + SIDECAR_SUFFIX, env=self.env)) if committed else {}
-        return [RemoteEntry(n, listed[n], progress.get(n)) for n in committed]
+        return [RemoteEntry(n, listed[n], progress.get(n)) for n in committed] + self._dir_entries(name_filter)
+
+    def _dir_entries(self, name_filter: Callable[[str], bool]) -> list[RemoteEntry]:
+        """Sharded directories whose manifest is listed (a directory without one never committed).
+
+        ``name_filter`` sees a directory as the file name it was saved under (``NAME.pth``)."""
+        found = {}
+        for e in self._lsjson(self.folder, "-R", "--max-depth", "2", "--include", "/*/" + MANIFEST):
+            name = e.get("Path", "").split("/", 1)[0]
+            if e.get("Path") == f"{name}/{MANIFEST}" and name_filter(name + ".pth"):
+                found[name] = e.get("ModTime", "")
+        if not found:
+            return []
+        # One rclone call reads every manifest; each names its directory in meta.file.
+        progress: dict[str, dict[str, int]] = {}
+        raw = run_rclone_bytes(rclone_args("cat", "--max-depth", "2", "--include", "/*/" + MANIFEST,
+                                           paths=[self.folder]), env=self.env,
+                               what=f"reading the manifests in {self.display}").decode("utf-8", "replace")
+        decoder, at = json.JSONDecoder(), 0
+        while (at := _skip_space(raw, at)) < len(raw):
+            try:
+                manifest, at = decoder.raw_decode(raw, at)
+            except json.JSONDecodeError:
+                break  # a damaged manifest: the ones after it rank by name; fetching it fails with the reason
+            try:
+                p = manifest["progress"]
+                progress[str(manifest["meta"]["file"])] = {k: int(p[k]) for k in ("step", "epoch", "epoch_step")}
+            except (KeyError, TypeError, ValueError):
+                continue
+        return [RemoteEntry(n, mt, progress.get(n), is_dir=True) for n, mt in found.items()]
+
+    def _lsjson(self, folder: str, *options: str) -> list[dict]:
+        try:
+            out = run_rclone(rclone_args("lsjson", "--files-only", *options, paths=[folder]), env=self.env,
+                             what=f"listing {redact(folder)}")
+        except TransientSourceError as e:
+            if "not found" in str(e).lower():
+                return []
+            raise
+        return json.loads(out)
+
+    def is_committed_dir(self, name: str) -> bool:
+        """Whether ``name/`` is a sharded checkpoint directory committed remotely (its manifest listed)."""
+        listed = self._lsjson(self.folder + name + "/", "--include", "/" + MANIFEST)
+        return any(e.get("Path") == MANIFEST for e in listed)
 
     def read_marker(self) -> str | None:
         """The name the remote ``latest`` marker holds, or None (absent or not a file name)."""
@@ -123,12 +180,15 @@ class RemoteRun:
 
     def candidates(self, name_filter: Callable[[str], bool] = default_name_filter) -> list[str]:
         """Resume candidates, best first: newest by stored progress, the marker breaking ties."""
+        return [e.name for e in self._candidate_entries(name_filter)]
+
+    def _candidate_entries(self, name_filter: Callable[[str], bool]) -> list[RemoteEntry]:
         entries = self._entries(name_filter)
         marker = self.read_marker()
         if marker is not None and marker not in {e.name for e in entries}:
-            logger.warning("Remote marker %s%s names %s, which is not committed remotely (data or .sha256 "
-                           "missing); ordering by stored progress alone", self.display, LATEST_MARKER, marker)
-        return [e.name for e in newest_first(entries, marker)]
+            logger.warning("Remote marker %s%s names %s, which is not committed remotely (data, .sha256 or "
+                           "manifest missing); ordering by stored progress alone", self.display, LATEST_MARKER, marker)
+        return list(newest_first(entries, marker))
 
     def newest(self) -> str | None:
         """rclone path of the newest remotely committed checkpoint, or None if there is none."""
@@ -138,9 +198,82 @@ class RemoteRun:
     # ------------------------------------------------------------------ fetching
     def fetch(self, name: str, dest_dir: str | os.PathLike, options: DownloadOptions = DownloadOptions()) -> Path:
         """Download ``name`` into ``dest_dir`` with the safe download (lock, temp file, verified
-        against the remote ``.sha256``, atomic rename, local sidecar). Raises
-        CheckpointNotFoundError when the folder has no such file."""
-        return download(self.source(name), Path(dest_dir) / name, options)
+        against the remote ``.sha256``, atomic rename, local sidecar); a committed sharded directory
+        of that name with :meth:`fetch_dir`. Raises CheckpointNotFoundError when the folder has neither."""
+        try:
+            return download(self.source(name), Path(dest_dir) / name, options)
+        except CheckpointNotFoundError:
+            if not self.is_committed_dir(name):
+                raise
+        return self.fetch_dir(name, dest_dir, options)
+
+    def fetch_dir(self, name: str, dest_dir: str | os.PathLike, options: DownloadOptions = DownloadOptions()) -> Path:
+        """Download the sharded checkpoint directory ``name`` into ``dest_dir/name`` as the safe
+        download does a file: under the file lock ``.<name>.lock`` (one process per machine
+        transfers, the others wait and find it in place), into a hidden temp directory, every file
+        checked against the remote manifest's size and sha256, then one rename into place.
+
+        Raises CheckpointNotFoundError (no manifest: not committed remotely) or
+        CheckpointCorruptError naming the remote file whose bytes do not match, after
+        ``options.retries`` attempts."""
+        from filelock import FileLock
+
+        dest = Path(dest_dir).absolute() / name
+        if dest.exists():
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(lock_path_for(dest), timeout=options.lock_timeout_s):
+            if dest.exists():  # another process of this machine fetched it while we waited
+                return dest
+            for attempt in range(1, options.retries + 1):
+                try:
+                    return self._fetch_dir_once(name, dest)
+                except (TransientSourceError, CheckpointCorruptError) as e:
+                    if attempt == options.retries:
+                        raise
+                    wait = min(options.backoff_s * 2 ** (attempt - 1), options.max_backoff_s)
+                    logger.warning("Download of %s%s/ failed (attempt %d/%d): %s; retrying in %.1f s", self.display,
+                                   name, attempt, options.retries, e, wait)
+                    time.sleep(wait)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _fetch_dir_once(self, name: str, dest: Path) -> Path:
+        remote_dir = self.folder + name + "/"
+        raw = self.source(f"{name}/{MANIFEST}").read_small(_MAX_MANIFEST)
+        if raw is None:
+            raise CheckpointNotFoundError(f"{self.display}{name}/{MANIFEST}: no such object (the directory is not "
+                                          "committed remotely).")
+        tmp = temp_path_for(dest)
+        started = time.monotonic()
+        try:
+            tmp.mkdir()
+            (tmp / MANIFEST).write_bytes(raw)
+            manifest, _ = read_manifest(tmp)
+            args = rclone_args("copy", "--max-depth", "1", "--exclude", "/" + MANIFEST, paths=[remote_dir, str(tmp)])
+            run_rclone(args, env=self.env, what=f"downloading {redact(remote_dir)} to {tmp}")
+            try:
+                verify_all(tmp, manifest)
+            except CheckpointCorruptError as e:
+                raise CheckpointCorruptError(f"{self.display}{name}/{e.path.name}", e.reason) from None
+            for entry in os.scandir(tmp):
+                if entry.name not in manifest["files"] and entry.name != MANIFEST:
+                    os.unlink(entry.path)  # not part of the commit (a leftover of an interrupted upload)
+                    continue
+                fd = os.open(entry.path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            fsync_dir(tmp)
+            os.rename(tmp, dest)
+            fsync_dir(dest.parent)
+        finally:
+            if tmp.exists():
+                remove_tree(tmp)
+        size = sum(int(e["size"]) for e in manifest["files"].values())
+        logger.info("Downloaded %s%s/ -> %s (%d files, %.1f MB in %.1f s, each verified against its manifest)",
+                    self.display, name, dest, len(manifest["files"]) + 1, size / 1e6, time.monotonic() - started)
+        return dest
 
     def fetch_newest(self, dest_dir: str | os.PathLike, options: DownloadOptions = DownloadOptions(), *,
                      name_filter: Callable[[str], bool] = default_name_filter) -> Path | None:
@@ -151,9 +284,10 @@ class RemoteRun:
         Call it from every process: one per machine transfers, the others wait on its file lock.
         """
         dest = Path(dest_dir)
-        for name in self.candidates(name_filter):
+        for entry in self._candidate_entries(name_filter):
+            name = entry.name
             try:
-                path = self.fetch(name, dest, options)
+                path = self.fetch_dir(name, dest, options) if entry.is_dir else self.fetch(name, dest, options)
             except (CheckpointNotFoundError, CheckpointCorruptError) as e:
                 logger.warning("Skipping remote checkpoint %s%s: %s", self.display, name, e)
                 continue
@@ -165,12 +299,15 @@ class RemoteRun:
 
     # ------------------------------------------------------------------ writing
     def upload(self, local: str | os.PathLike) -> bool:
-        """Upload one committed checkpoint (data, then ``.sha256``) and verify the remote copy.
+        """Upload one committed checkpoint (data, then ``.sha256``; a sharded directory's files,
+        then its manifest) and verify the remote copy.
 
         Returns False when the remote already held an identical copy (nothing transferred).
         Raises CheckpointError (TransientSourceError for what a retry may fix); never deletes.
         """
         path = Path(local)
+        if path.is_dir():
+            return self._upload_dir(path)
         if not path.is_file():
             raise CheckpointError(f"cannot upload {path}: no such file.")
         try:
@@ -194,6 +331,33 @@ class RemoteRun:
             raise TransientSourceError(f"{target.display}.sha256: read back does not match the local sidecar.")
         return True
 
+    def _upload_dir(self, path: Path) -> bool:
+        """A sharded checkpoint: every file the manifest lists, each checked remote (size, and the
+        hash the remote reports), then the manifest, read back: from then on it is committed remotely."""
+        manifest, digest = read_manifest(path)  # a directory without a manifest never committed
+        verify_all(path, manifest)  # upload only bytes the manifest vouches for
+        remote_dir = self.folder + path.name + "/"
+        if self._dir_matches(remote_dir, manifest, digest):
+            return False
+        for name in sorted(manifest["files"]):
+            copyto(path / name, remote_dir + name, env=self.env)
+        listed = {e["Path"]: e for e in self._lsjson(remote_dir, "--hash")}
+        for name, entry in sorted(manifest["files"].items()):
+            _check_listed(listed.get(name), path / name, entry, self.display + path.name + "/" + name)
+        copyto(path / MANIFEST, remote_dir + MANIFEST, env=self.env)
+        back = self.source(f"{path.name}/{MANIFEST}").read_small(_MAX_MANIFEST)
+        if back is None or hashlib.sha256(back).hexdigest() != digest:
+            raise TransientSourceError(f"{self.display}{path.name}/{MANIFEST}: read back does not match the local "
+                                       "manifest.")
+        return True
+
+    def _dir_matches(self, remote_dir: str, manifest: dict[str, Any], digest: str) -> bool:
+        back = RcloneSource(remote_dir + MANIFEST, env=self.env).read_small(_MAX_MANIFEST)
+        if back is None or hashlib.sha256(back).hexdigest() != digest:
+            return False
+        sizes = {e["Path"]: e.get("Size") for e in self._lsjson(remote_dir)}
+        return all(sizes.get(n) == e["size"] for n, e in manifest["files"].items())
+
     def move_aside(self, names: list[str], folder_name: str) -> str:
         """Move committed checkpoints of this folder into the sub-folder ``folder_name``, the way the
         local directory sets an abandoned timeline aside; returns the sub-folder's rclone path.
@@ -202,7 +366,12 @@ class RemoteRun:
         moves first, so the data left behind for a moment is uncommitted, never a stale commit.
         """
         dest = self.folder + folder_name.strip("/") + "/"
+        dirs = {e.name for e in self._dir_entries(lambda _: True)}
         for name in names:
+            if name in dirs:  # the manifest (commit marker) first, then the rest of the directory
+                move_within(f"{self.folder}{name}/{MANIFEST}", f"{dest}{name}/{MANIFEST}", env=self.env)
+                move_within(self.folder + name, dest + name, env=self.env)
+                continue
             move_within(self.folder + name + SIDECAR_SUFFIX, dest + name + SIDECAR_SUFFIX, env=self.env)
             move_within(self.folder + name, dest + name, env=self.env)
         return dest
@@ -231,6 +400,31 @@ def _progress_by_name(sidecars: bytes) -> dict[str, dict[str, int]]:
         name = parts[1].lstrip("*").replace("\\", "/").rsplit("/", 1)[-1] if len(parts) == 2 else None
         lines = []
     return found
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at].isspace():
+        at += 1
+    return at
+
+
+def _check_listed(listed: dict | None, local: Path, entry: dict[str, Any], shown: str) -> None:
+    """A just-uploaded file of a directory, as the remote lists it: the manifest's size, and the
+    remote's hash (where it reports one) equal to the local file's."""
+    if listed is None or listed.get("Size") != entry["size"]:
+        found = "nothing" if listed is None else f"{listed.get('Size')} bytes"
+        raise TransientSourceError(f"{shown}: after upload the remote holds {found}, expected {entry['size']} bytes.")
+    hashes = {k.lower(): v.lower() for k, v in (listed.get("Hashes") or {}).items() if v}
+    algo = next((a for a in _LOCAL_HASHES if hashes.get(a)), None)
+    if algo is None:
+        return  # size only: this remote reports no hash we can recompute
+    if algo == "sha256":
+        local_digest = entry["sha256"]
+    else:
+        with open(local, "rb") as f:
+            local_digest = hashlib.file_digest(f, algo).hexdigest()
+    if local_digest != hashes[algo]:
+        raise TransientSourceError(f"{shown}: remote {algo} {hashes[algo]} != local {local_digest}.")
 
 
 def _remote_matches(target: RcloneSource, size: int, digest: str) -> bool:

@@ -9,6 +9,10 @@ Per committed checkpoint, in commit order, on one worker thread:
    is *committed remotely* and :meth:`BackgroundUploader.is_confirmed` says so;
 4. move the remote ``latest`` marker, but only to a checkpoint that is confirmed remote.
 
+A sharded checkpoint directory goes the same way (:meth:`RemoteRun.upload`): every file its
+manifest lists, each checked remote, then ``manifest.json`` (its remote commit marker), read
+back; :meth:`BackgroundUploader.can_delete` says yes only once the whole directory is confirmed.
+
 Failures of any kind are retried with exponential backoff; after the last attempt the
 failure is logged and kept, and :meth:`~BackgroundUploader.poll` (and
 :meth:`~BackgroundUploader.close`) raise :class:`UploadError` for it — nothing is silently

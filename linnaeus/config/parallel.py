@@ -44,8 +44,6 @@ def validate_parallel(cfg: CN) -> None:
         ("CHECKPOINT.ASYNC", cfg.CHECKPOINT.ASYNC, "asynchronous sharded saves are not built yet"),
         ("CHECKPOINT.WEIGHTS_ONLY", cfg.CHECKPOINT.WEIGHTS_ONLY, "sharded checkpoints are always full "
                                                                  "(export weights with `linnaeus-ckpt export`)"),
-        ("ENV.OUTPUT.BUCKET.ENABLED", cfg.ENV.OUTPUT.BUCKET.ENABLED, "uploading checkpoint directories to a "
-                                                                     "bucket is not built yet"),
     ):
         if on:
             raise ConfigError(f"{key} True with {why}: {reason}. Set {key} False, or CHECKPOINT.FORMAT file "
