@@ -6,7 +6,10 @@ at 1 rank on a fresh machine. Real ``rclone serve s3`` on 127.0.0.1, real torchr
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from linnaeus.checkpoint.remote import RemoteRun
 from linnaeus.checkpoint.sharded import consolidate_model
 from linnaeus.checkpoint.sharded_manifest import MANIFEST, read_manifest, verify_all
 from linnaeus.checkpoint.sources import DownloadOptions
+from linnaeus.checkpoint.sources.download import temp_path_for
 from linnaeus.checkpoint.upload import BackgroundUploader, UploadError
 from tests.conftest import run_train
 from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
@@ -84,6 +88,22 @@ def test_sharded_directory_uploads_manifest_last_and_only_a_manifest_commits_it(
     verify_all(got, read_manifest(got)[0])
     assert sorted(q.name for q in got.iterdir()) == sorted(q.name for q in local[0].iterdir())
     assert [q.name for q in fresh.iterdir() if q.name.startswith(".") and q.is_dir()] == []  # no temp dir left
+
+
+def test_fetch_removes_the_temp_directory_a_killed_download_left(tmp_path: Path, s3_server: RcloneServer) -> None:
+    local = _save_two(tmp_path / "ck")
+    remote = RemoteRun.in_bucket(bucket_cfg("runs/"), "r")
+    assert remote.upload(local[0]) is True
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # a real process, gone: the killed downloader's pid
+    dead.wait()
+    left = temp_path_for(fresh / "checkpoint_epoch_1")
+    left = left.with_name(re.sub(r"\.\d+\.([0-9a-f]{8})\.partial$", rf".{dead.pid}.\1.partial", left.name))
+    left.mkdir()
+    (left / "__0_0.distcp").write_bytes(b"half")
+    assert remote.fetch_newest(fresh, ONE_TRY) == fresh / "checkpoint_epoch_1"
+    assert not left.exists()
 
 
 def test_a_local_directory_that_no_longer_matches_its_manifest_is_not_uploaded_nor_deletable(

@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping
 
 from .commit import read_latest, write_latest
 from .errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
-from .fsio import fsync_dir
+from .fsio import fsync_dir, pid_alive
 from .ordering import default_name_filter, newest_first, progress_from_name
 from .resolve import BucketConfig
 from .sharded_manifest import MANIFEST, read_manifest, remove_tree, verify_all
@@ -225,6 +225,7 @@ class RemoteRun:
         with FileLock(lock_path_for(dest), timeout=options.lock_timeout_s):
             if dest.exists():  # another process of this machine fetched it while we waited
                 return dest
+            _remove_stale_temp_dirs(dest, options.stale_temp_hours)
             for attempt in range(1, options.retries + 1):
                 try:
                     return self._fetch_dir_once(name, dest)
@@ -400,6 +401,27 @@ def _progress_by_name(sidecars: bytes) -> dict[str, dict[str, int]]:
         name = parts[1].lstrip("*").replace("\\", "/").rsplit("/", 1)[-1] if len(parts) == 2 else None
         lines = []
     return found
+
+
+def _remove_stale_temp_dirs(dest: Path, max_age_hours: float) -> None:
+    """Remove the temp directories of killed downloads of ``dest`` (caller holds its lock): their
+    writer (host and pid in the name, as :func:`temp_path_for` writes them) is this host and gone,
+    or they have not changed for ``max_age_hours`` (another host, a recycled pid)."""
+    suffix = ".partial"
+    stem, host, _, _ = temp_path_for(dest).name[: -len(suffix)].rsplit(".", 3)  # .<name>.<host>.<pid>.<rand>
+    prefix = stem + "."
+    for entry in os.scandir(dest.parent):
+        if not (entry.name.startswith(prefix) and entry.name.endswith(suffix)):
+            continue
+        if not entry.is_dir(follow_symlinks=False):
+            continue  # a file download's temp: cleanup_stale_temps handles those
+        parts = entry.name[len(prefix): -len(suffix)].split(".")
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        age_h = (time.time() - entry.stat(follow_symlinks=False).st_mtime) / 3600
+        if (parts[0] == host and not pid_alive(int(parts[1]))) or age_h > max_age_hours:
+            remove_tree(entry.path)
+            logger.info("Removed the temp directory of an interrupted download: %s", entry.path)
 
 
 def _skip_space(text: str, at: int) -> int:
