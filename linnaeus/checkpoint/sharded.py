@@ -36,7 +36,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -81,6 +81,9 @@ from .sharded_manifest import (
     verify_all,
 )
 from .state import Stateful, restore_state
+
+if TYPE_CHECKING:
+    from .sharded_async import ShardedAsyncSaver
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
@@ -139,12 +142,17 @@ def _single_process_is_intended() -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- save
 def save_sharded(directory: str | Path, name: str, *, model: nn.Module, optimizer: Any,
-                 rest: dict[str, Any], manifest_extra: Mapping[str, Any], update_latest: bool) -> SaveResult:
+                 rest: dict[str, Any], manifest_extra: Mapping[str, Any], update_latest: bool,
+                 background: "ShardedAsyncSaver | None" = None,
+                 on_committed: Callable[[SaveResult], None] | None = None) -> SaveResult | None:
     """Write a sharded checkpoint ``directory/name`` (see the module docstring). A collective.
 
     ``rest`` is rank 0's part of the anatomy (progress, rng, metrics, config, meta, components);
     ``manifest_extra`` is copied into the manifest (progress, meta, config). Failures raise
     :class:`CheckpointError` on every rank, naming the directory; nothing is left under ``name``.
+    With ``background``, the state is staged to CPU memory now and written and committed in the
+    background (:mod:`.sharded_async`, same commit order); ``on_committed`` then runs on rank 0
+    after the commit, and None is returned.
     """
     start = time.perf_counter()
     directory = Path(directory)
@@ -166,6 +174,13 @@ def save_sharded(directory: str | Path, name: str, *, model: nn.Module, optimize
         return str(tmp)
 
     tmp = Path(broadcast_object(run_on_all_ranks(make_temp, f"save of {final}", CheckpointError)))
+    if background is not None:
+        def commit(files: dict[str, dict[str, Any]], frozen_rest: dict[str, Any]) -> tuple[int, str]:
+            return _commit(directory, tmp, name, files, frozen_rest, manifest_extra, update_latest)
+
+        background.start(tensors, state_rest, tmp, final, commit, _digest_own_shards,
+                         on_committed or (lambda _: None))
+        return None
     try:
         error: BaseException | None = None
         try:

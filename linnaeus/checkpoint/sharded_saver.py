@@ -5,6 +5,7 @@ every rank through :func:`~linnaeus.checkpoint.sharded.save_sharded`."""
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -13,7 +14,9 @@ from torch import nn
 from linnaeus.dist import is_main_process, run_on_all_ranks
 
 from .errors import CheckpointError, InvalidOperationError
+from .commit import SaveResult
 from .sharded import save_sharded
+from .sharded_async import ShardedAsyncSaver
 from .sharded_manifest import sharded_dirname
 from .state import KIND_FULL, Stateful, gather_rng_states, make_meta, plain_metrics
 from .taxonomy import TAXONOMY_KEY
@@ -23,6 +26,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
+# A manager's staging buffers live as long as it does (they are reused by each of its saves).
+_ASYNC: "weakref.WeakKeyDictionary[CheckpointManager, ShardedAsyncSaver]" = weakref.WeakKeyDictionary()
+
 
 def save_sharded_for(manager: CheckpointManager, *, epoch: int, step: int, epoch_step: int, samples: int,
                      end_of_epoch: bool, metrics: Mapping[str, Any] | None, model: nn.Module,
@@ -30,6 +36,7 @@ def save_sharded_for(manager: CheckpointManager, *, epoch: int, step: int, epoch
                      components: Mapping[str, Stateful | None]) -> Path:
     """``manager.save`` in the sharded format (a collective). Returns the committed directory."""
     manager._check_open()
+    background = _background(manager)
     if manager.policy.weights_only:
         raise InvalidOperationError(f"sharded saves are full checkpoints; saver {manager.name!r} is weights-only. "
                                     "Export weights from a sharded checkpoint with `linnaeus-ckpt export`.")
@@ -54,13 +61,9 @@ def save_sharded_for(manager: CheckpointManager, *, epoch: int, step: int, epoch
                     meta=meta, **dict(extra or {}))
         if manager.taxonomy is not None:  # as in a single file: a resume compares it, a transfer maps heads by it
             rest[TAXONOMY_KEY] = manager.taxonomy
-    result = save_sharded(manager.directory, name, model=model, optimizer=optimizer, rest=rest,
-                          manifest_extra={"progress": progress, "meta": meta, "config": manager.config_text},
-                          update_latest=manager.update_latest)
-    manager.last_committed = result.path
-    logger.info("Saved sharded checkpoint %s", result.path)
-
-    def after_commit() -> None:
+    def after_commit(result: SaveResult) -> None:
+        manager.last_committed = result.path
+        logger.info("Saved sharded checkpoint %s", result.path)
         if not manager.is_writer:
             return
         for what, action in (("on_commit hook", manager.on_commit), ("retention", lambda _: manager.apply_retention())):
@@ -72,5 +75,24 @@ def save_sharded_for(manager: CheckpointManager, *, epoch: int, step: int, epoch
                 raise CheckpointError(f"checkpoint {result.path} was committed, but the {what} failed: "
                                       f"{type(e).__name__}: {e}") from e
 
-    run_on_all_ranks(after_commit, f"save of {result.path}", CheckpointError)
+    result = save_sharded(manager.directory, name, model=model, optimizer=optimizer, rest=rest,
+                          manifest_extra={"progress": progress, "meta": meta, "config": manager.config_text},
+                          update_latest=manager.update_latest, background=background, on_committed=after_commit)
+    if result is None:  # committed in the background; poll() raises its failure on every rank
+        return manager.directory / name
+    run_on_all_ranks(lambda: after_commit(result), f"save of {result.path}", CheckpointError)
     return result.path
+
+
+def _background(manager: CheckpointManager) -> ShardedAsyncSaver | None:
+    """The manager's asynchronous saver (None for synchronous saves), after the save in flight has
+    committed and its failure, if any, has been raised on every rank: one save in flight at a time."""
+    writer = manager._writer
+    if writer is None:
+        return None
+    writer.wait_idle()
+    manager.poll()
+    saver = _ASYNC.get(manager)
+    if saver is None:
+        saver = _ASYNC[manager] = ShardedAsyncSaver(writer)
+    return saver

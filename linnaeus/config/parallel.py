@@ -41,7 +41,6 @@ def validate_parallel(cfg: CN) -> None:
     why = "CHECKPOINT.FORMAT sharded" if cfg.CHECKPOINT.FORMAT == "sharded" else \
         "CHECKPOINT.FORMAT auto under TRAIN.STRATEGY fsdp (sharded checkpoints)"
     for key, on, reason in (
-        ("CHECKPOINT.ASYNC", cfg.CHECKPOINT.ASYNC, "asynchronous sharded saves are not built yet"),
         ("CHECKPOINT.WEIGHTS_ONLY", cfg.CHECKPOINT.WEIGHTS_ONLY, "sharded checkpoints are always full "
                                                                  "(export weights with `linnaeus-ckpt export`)"),
     ):

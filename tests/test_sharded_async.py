@@ -1,0 +1,47 @@
+"""Asynchronous sharded saves (CHECKPOINT.ASYNC with a sharded format) across two real torchrun
+processes (gloo on CPU): the committed checkpoint holds the state at the save call although the
+training overwrites it right after; a save that fails in the background raises on every rank at
+the next poll and commits nothing. Host memory over 50 saves: ``benchmarks/sharded_io.py --async-saves``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+from linnaeus.checkpoint.sharded import verify_directory
+from tests.conftest import REPO, VENV_BIN
+from tests.test_sharded_dist import _all_tensors
+
+HELPERS = REPO / "tests" / "helpers"
+
+
+def test_async_sharded_saves_commit_the_state_at_save_time_and_failures_raise_on_every_rank(tmp_path: Path) -> None:
+    proc = subprocess.run([str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2",
+                           str(HELPERS / "sharded_async_two_ranks.py"), str(tmp_path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    ck = tmp_path / "ck"
+    for n in (1, 2, 3):
+        path = ck / f"checkpoint_epoch_{n}"
+        assert verify_directory(path).ok, verify_directory(path)
+        saved = _all_tensors(path)
+        msd, osd = torch.load(tmp_path / f"expected_{n}.pt", weights_only=True)
+        # Every weight was set to 1000 + n right after the save call: the old values must be on disk.
+        for k, v in msd.items():
+            assert torch.equal(saved[f"model.{k}"], v), (n, k)
+        for name, per_param in osd["state"].items():
+            for key, value in per_param.items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(saved[f"optim.state.{name}.{key}"], value), (n, name, key)
+    assert (ck / "latest").read_text().strip() == "checkpoint_epoch_3"
+    # The failed fourth save: nothing under its final name, no temp directory left, raised on both ranks.
+    assert sorted(p.name for p in ck.iterdir()) == [".lock", "checkpoint_epoch_1", "checkpoint_epoch_2",
+                                                     "checkpoint_epoch_3", "latest"]
+    for rank in (0, 1):
+        report = (tmp_path / f"rank{rank}.txt").read_text()
+        assert report.startswith("poll: CheckpointError") and report.endswith("done\n"), report
+        assert "checkpoint_epoch_4" in report and "nothing was committed" in report and "rank 1: " in report, report
