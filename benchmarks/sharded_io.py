@@ -12,8 +12,17 @@
     reader) vs a bare ``dcp.load``                             target: <= 1.3x
 
 Each pair runs alternately ``--repeats`` times and the medians are compared, so both sides see
-the same machine load. Reads are warm (page cache). Not measured here: async saves (not built),
-loads at another world size (a separate launch).
+the same machine load. Reads are warm (page cache). Not measured here: loads at another world
+size (a separate launch).
+
+With ``--async-saves N`` (N >= 50 for the memory bound; e.g. ``--size-mb 64 --async-saves 50``) it
+measures asynchronous sharded saves instead, each after an in-place change of every weight:
+
+(d) time the training is blocked by an async save (staging) vs a sync sharded save
+                                                               target: <= 5 %
+(e) resident memory of each rank after the last of N async saves minus after the second (the
+    staging buffers exist from the first save on) vs this rank's share of one checkpoint
+                                                               target: growth < 1 checkpoint
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy  # noqa: E402
-from linnaeus.dist import barrier, broadcast_object, get_rank, get_world_size, init_distributed  # noqa: E402
+from linnaeus.dist import all_gather_object, barrier, broadcast_object, get_rank, get_world_size, init_distributed  # noqa: E402
 from linnaeus.engine.parallel import wrap_model  # noqa: E402
 
 
@@ -67,10 +76,14 @@ def main() -> None:
     p.add_argument("--size-mb", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dir", default="")
+    p.add_argument("--async-saves", type=int, default=0)
     args = p.parse_args()
     init_distributed()
     root = Path(broadcast_object(tempfile.mkdtemp(prefix="sharded_io_", dir=args.dir or None)))
     model, optimizer = build(args.size_mb)
+    if args.async_saves:
+        async_saves(root, model, optimizer, args.async_saves)
+        return
     rows: dict[str, list[float]] = {k: [] for k in ("verified", "bare", "file", "vload", "bload")}
     manager = CheckpointManager(root / "sharded", CheckpointPolicy(keep_last_n=1), sharded=True)
     files = CheckpointManager(root / "files", CheckpointPolicy(keep_last_n=1))
@@ -119,6 +132,52 @@ def main() -> None:
     finally:
         manager.close()
         files.close()
+        barrier()
+        if get_rank() == 0:
+            shutil.rmtree(root, ignore_errors=True)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith("VmRSS:"))
+
+
+def async_saves(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, n: int) -> None:
+    """(d) and (e) of the module docstring."""
+    sync = CheckpointManager(root / "sync", CheckpointPolicy(keep_last_n=1), sharded=True)
+    manager = CheckpointManager(root / "async", CheckpointPolicy(keep_last_n=2, async_save=True), sharded=True)
+    blocked, sync_s, rss = [], [], []
+    try:
+        for i in range(n):
+            with torch.no_grad():  # the training changes every weight after each save call
+                for p in model.parameters():
+                    p.add_(1e-3)
+            if i % 10 == 0:
+                manager.wait()  # a sync save now and then, not overlapping an async one
+                sync_s.append(timed(lambda: sync.save(epoch=0, step=i, model=model, optimizer=optimizer,
+                                                      filename=f"s_{i}")))
+            blocked.append(timed(lambda: manager.save(epoch=0, step=i, model=model, optimizer=optimizer,
+                                                      filename=f"a_{i}")))
+            manager.wait()
+            rss.append(_rss_bytes())
+        own = sum(f.stat().st_size for f in (root / "async" / f"a_{n - 1}").glob(f"__{get_rank()}_*.distcp"))
+        rows = all_gather_object((rss[1], rss[-1], own))
+        if get_rank() == 0:
+            block, full = statistics.median(blocked), statistics.median(sync_s)
+            print(f"\n{n} async sharded saves on {get_world_size()} rank(s); blocked: median of {n}, "
+                  f"sync: median of {len(sync_s)}")
+            print(f"{'comparison':<58}{'ours':>10}{'other':>10}{'ratio':>8}  target")
+            print(f"{'(d) blocked by an async save vs a sync save (s)':<58}{block:>10.3f}{full:>10.3f}"
+                  f"{block / full:>8.3f}  <= 0.05")
+            for r, (after_2, after_n, share) in enumerate(rows):
+                print(f"{f'(e) rank {r}: RSS growth saves 2..{n} vs its checkpoint share (MiB)':<58}"
+                      f"{(after_n - after_2) / 2**20:>10.1f}{share / 2**20:>10.1f}"
+                      f"{(after_n - after_2) / share:>8.3f}  < 1")
+    finally:
+        manager.close()
+        sync.close()
         barrier()
         if get_rank() == 0:
             shutil.rmtree(root, ignore_errors=True)

@@ -23,6 +23,7 @@ state end with its job, so resident memory does not grow with the number of save
 
 from __future__ import annotations
 
+import atexit
 import shutil
 from concurrent.futures import Future
 from pathlib import Path
@@ -51,7 +52,16 @@ def background_group() -> dist.ProcessGroup | None:
         return None
     if _GROUP is None:
         _GROUP = dist.new_group(backend="gloo")
+        # Held here, the group would outlive destroy_process_group() and be destroyed during
+        # interpreter teardown, where gloo's destructor can abort the process ("terminate called
+        # without an active exception"): drop it while the interpreter is still whole.
+        atexit.register(_forget_group)
     return _GROUP
+
+
+def _forget_group() -> None:
+    global _GROUP
+    _GROUP = None
 
 
 class ShardedAsyncSaver:
