@@ -8,7 +8,6 @@ which must raise on both ranks and make the job exit non-zero.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -20,14 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from linnaeus.checkpoint import CheckpointError, CheckpointManager, CheckpointPolicy  # noqa: E402
+from tests.helpers.rank_lines import say  # noqa: E402
 from linnaeus.dist import barrier, get_rank, init_distributed  # noqa: E402
 
 
-def say(line: str) -> None:
-    # One write(2) per line: both ranks share torchrun's stdout pipe, and print() may issue the
-    # text and its newline as two writes (PYTHONUNBUFFERED), letting the other rank's line land
-    # in between. A pipe write of at most PIPE_BUF bytes is atomic.
-    os.write(1, (line + "\n").encode())
 
 
 def main(root: Path) -> None:

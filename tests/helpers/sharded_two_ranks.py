@@ -28,6 +28,7 @@ from torch.distributed.fsdp import fully_shard  # noqa: E402
 
 from linnaeus.checkpoint import CheckpointManager  # noqa: E402
 from linnaeus.checkpoint.errors import CheckpointCorruptError  # noqa: E402
+from tests.helpers.rank_lines import say  # noqa: E402
 from linnaeus.dist import barrier, init_distributed  # noqa: E402
 from linnaeus.engine.parallel import grad_norm_value  # noqa: E402
 
@@ -82,7 +83,7 @@ def main() -> None:
     grads = {n: p.grad.full_tensor() for n, p in sharded.named_parameters()}
     ok = abs(norms[0] - norms[1]) <= 1e-5 * norms[1] and all(
         torch.allclose(grads[n], p.grad, rtol=1e-5, atol=1e-7) for n, p in plain.named_parameters())
-    print(f"rank{rank} clip: {'equal' if ok else 'DIFFERENT'} {norms}", flush=True)
+    say(f"rank{rank} clip: {'equal' if ok else 'DIFFERENT'} {norms}")
     model, optimizer = objects(0)
     manager = CheckpointManager(root, sharded=True)
     for epoch in (1, 2):
@@ -107,7 +108,7 @@ def main() -> None:
     reader.close()
     restored, expected = full(sharded, sharded_opt), full(plain, plain_opt)  # collectives: every rank
     ok = same(restored, expected) if rank == 0 else True
-    print(f"rank{rank} file->fsdp: {'equal' if ok else 'DIFFERENT'}", flush=True)
+    say(f"rank{rank} file->fsdp: {'equal' if ok else 'DIFFERENT'}")
     newest = os.path.join(root, "checkpoint_epoch_2")
 
     restarted = CheckpointManager(root, sharded=True)
@@ -116,9 +117,9 @@ def main() -> None:
     fresh, fresh_opt = objects(1)
     try:
         restarted.restore(state, path=path, model=fresh, optimizer=fresh_opt)
-        print(f"rank{rank} read: restored {os.path.basename(path)}", flush=True)
+        say(f"rank{rank} read: restored {os.path.basename(path)}")
     except CheckpointCorruptError as e:
-        print(f"rank{rank} read: CheckpointCorruptError: {e}", flush=True)
+        say(f"rank{rank} read: CheckpointCorruptError: {e}")
     restarted.close()
 
     flip(os.path.join(newest, "__1_0.distcp"))  # undo, then damage it before the choice
@@ -126,7 +127,7 @@ def main() -> None:
     again = CheckpointManager(root, sharded=True)
     fresh, fresh_opt = objects(2)
     result = again.resume(model=fresh, optimizer=fresh_opt)
-    print(f"rank{rank} choose: resumed {os.path.basename(result.path)} step {result.progress['step']}", flush=True)
+    say(f"rank{rank} choose: resumed {os.path.basename(result.path)} step {result.progress['step']}")
     again.close()
     dist.destroy_process_group()
 
