@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from linnaeus.checkpoint.catalog import list_checkpoints
 from linnaeus.checkpoint.errors import CheckpointCorruptError
 from linnaeus.checkpoint.names import is_checkpoint_name
 from linnaeus.checkpoint.retention import cleanup_stale
+from linnaeus.checkpoint.sharded import consolidate_model
 from linnaeus.checkpoint.sharded_manifest import MANIFEST, sha256_of, sharded_dirname
 from linnaeus.cli.ckpt import main as ckpt_main
 from linnaeus.config import ConfigError, load_config
@@ -140,6 +142,43 @@ def test_damage_is_named_and_resume_falls_back(tmp_path: Path, caplog: pytest.Lo
     cleanup_stale(tmp_path / "ck")
     assert paths[-1].is_dir()
     restarted.close()
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command: what a crafted ``.metadata`` could carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_metadata_pickle_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    """DCP's ``.metadata`` is a pickle, and a checkpoint from elsewhere brings its own manifest, so a
+    matching sha256 proves nothing about its author: only DCP's metadata classes may be unpickled."""
+    manager, paths, _ = _saved_run(tmp_path / "ck", saves=1)
+    manager.close()
+    marker = tmp_path / "code-ran"
+    target = paths[0] / ".metadata"
+    target.write_bytes(pickle.dumps(_RunsCode(marker)))
+    manifest = json.loads((paths[0] / MANIFEST).read_text())
+    size, digest = sha256_of(target)
+    manifest["files"][".metadata"].update(size=size, sha256=digest)
+    (paths[0] / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    # As MODEL.PRETRAINED / export read it (consolidated in one process) ...
+    with pytest.raises(CheckpointCorruptError, match="system") as err:
+        consolidate_model(paths[0])
+    assert not marker.exists(), "unpickling the checkpoint ran a command"
+    assert ".metadata" in str(err.value)
+    # ... and as a resume restores it.
+    model, optimizer, position = _objects(seed=1)
+    restarted = CheckpointManager(tmp_path / "ck", sharded=True)
+    with pytest.raises(CheckpointCorruptError, match="system"):
+        restarted.restore(restarted.load(paths[0]), path=paths[0], model=model, optimizer=optimizer,
+                          sampler=position)
+    restarted.close()
+    assert not marker.exists(), "unpickling the checkpoint ran a command"
 
 
 def test_retention_and_keep_best_delete_whole_directories(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ Layout and manifest: :mod:`.sharded_manifest`. Model and optimizer tensors go th
 DCP's; everything else of the anatomy (non-tensor optimizer entries such as ``param_groups``,
 scheduler, scaler, sampler, progress, every rank's RNG, metrics, config, meta) goes to
 ``state.pt``, written by rank 0 and loaded with ``weights_only=True``. No DCP "bytes" entry is ever
-written, because DCP loads those with ``weights_only=False``.
+written, because DCP loads those with ``weights_only=False``; DCP's ``.metadata`` pickle is read
+with an allow-list of its own classes (:class:`_MetadataUnpickler`), never with ``pickle.load``.
 
 The commit (a collective; a final name always means complete)::
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import shutil
 import time
 import warnings
@@ -43,7 +45,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -273,6 +275,31 @@ class _DamagedFile(RuntimeError):
         return CheckpointCorruptError(path, f"{reason} ({note})", expected_sha256=expected, actual_sha256=actual)
 
 
+def _dcp_metadata_globals() -> frozenset[tuple[str, str]]:
+    import torch.distributed.checkpoint.filesystem as dcp_fs
+    import torch.distributed.checkpoint.metadata as dcp_metadata
+
+    names = {(dcp_metadata.__name__, n) for n, v in vars(dcp_metadata).items() if isinstance(v, type)}
+    names |= {("torch", n) for n, v in vars(torch).items() if isinstance(v, (torch.dtype, torch.layout,
+                                                                            torch.memory_format))}
+    names |= {(dcp_fs.__name__, "_StorageInfo"), ("torch", "Size"), ("torch.serialization", "_get_layout"),
+              ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("collections", "OrderedDict")}
+    return frozenset(names)
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles only what DCP's ``.metadata`` is made of (its metadata classes, dtypes, sizes),
+    the way ``torch.load(weights_only=True)`` does for tensors: a crafted file cannot run code."""
+
+    allowed = _dcp_metadata_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.allowed:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which DCP metadata never holds; refused "
+                                         "without running it (a crafted checkpoint)")
+        return super().find_class(module, name)
+
+
 class VerifyingReader(FileSystemReader):
     """DCP's file reader that uses no byte it has not checked against the manifest: ``.metadata``
     before it is unpickled, and every file this rank's load plan reads, before reading it."""
@@ -296,7 +323,21 @@ class VerifyingReader(FileSystemReader):
             raise _DamagedFile(str(self.root / DCP_METADATA), "rank-local DCP metadata is not part of this format",
                                None, None)
         self._verify(DCP_METADATA)
-        return super().read_metadata(*args, **kwargs)
+        # Not DCP's own pickle.load: a checkpoint from elsewhere brings its own manifest, so a
+        # matching sha256 says nothing about who wrote the pickle.
+        with open(self.root / DCP_METADATA, "rb") as f:
+            try:
+                metadata = _MetadataUnpickler(f).load()
+            except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError) as e:
+                raise _DamagedFile(str(self.root / DCP_METADATA), f"not DCP checkpoint metadata: {e}", None,
+                                   None) from None
+        if not isinstance(metadata, Metadata):
+            raise _DamagedFile(str(self.root / DCP_METADATA),
+                               f"not DCP checkpoint metadata: holds a {type(metadata).__name__}", None, None)
+        if getattr(metadata, "storage_meta", None) is None:  # as DCP's reader does
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
 
     def read_data(self, plan: Any, planner: Any) -> Any:
         for name in sorted({self.storage_data[item.storage_index].relative_path for item in plan.items}):
@@ -453,9 +494,11 @@ def consolidate_model(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]
     manifest, _ = read_manifest(path)
     verify_all(path, manifest)
     state, _ = load_sharded_state(path)
+    reader = VerifyingReader(path, manifest)
+    read_checked_metadata(reader)  # a refused .metadata is named here, not inside DCP's generic failure
     loaded: dict[str, Any] = {}
     try:
-        _load_state_dict(loaded, storage_reader=VerifyingReader(path, manifest),
+        _load_state_dict(loaded, storage_reader=reader,
                          planner=_EmptyStateDictLoadPlanner(keys={"model"}), no_dist=True)
     except (Exception, CheckpointException) as e:
         raise _load_error(e, path) from None
