@@ -12,6 +12,8 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.16,<3",
     "filelock>=3.13",
     "safetensors>=0.4",
+    # a 128-bit checksum fast enough to verify every shard of a large checkpoint on each load
+    "xxhash>=3.0,<4",
     "tqdm>=4.66,<5",
     "numpy>=1.26,<3",
     "pillow>=10.0",

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import xxhash
 import torch
 from torch import nn
 
@@ -21,7 +22,7 @@ from linnaeus.checkpoint.errors import CheckpointCorruptError
 from linnaeus.checkpoint.names import is_checkpoint_name
 from linnaeus.checkpoint.retention import cleanup_stale
 from linnaeus.checkpoint.sharded import consolidate_model
-from linnaeus.checkpoint.sharded_manifest import MANIFEST, sha256_of, sharded_dirname
+from linnaeus.checkpoint.sharded_manifest import MANIFEST, digests_of, sha256_of, sharded_dirname
 from linnaeus.cli.ckpt import main as ckpt_main
 from linnaeus.config import ConfigError, load_config
 from tests.conftest import TINY_CFG
@@ -62,8 +63,10 @@ def test_layout_manifest_and_commit(tmp_path: Path) -> None:
     assert names == [".metadata", "__0_0.distcp", MANIFEST, "state.pt"], names
     manifest = json.loads((final / MANIFEST).read_text())
     assert sorted(manifest["files"]) == [".metadata", "__0_0.distcp", "state.pt"]
-    for name, entry in manifest["files"].items():  # every file's bytes are recorded
+    for name, entry in manifest["files"].items():  # every file's bytes are recorded, by both digests
         assert sha256_of(final / name) == (entry["size"], entry["sha256"])
+        assert digests_of(final / name) == {k: v for k, v in entry.items() if k != "rank"}
+        assert entry["xxh3_128"] == xxhash.xxh3_128((final / name).read_bytes()).hexdigest()
     assert manifest["progress"] == {"epoch": 2, "step": 20, "epoch_step": 0, "samples": 0}
     assert manifest["meta"]["kind"] == "full" and manifest["meta"]["run_id"] == manager.run_id
     assert manifest["config"] == "a: 1\n"
@@ -144,6 +147,42 @@ def test_damage_is_named_and_resume_falls_back(tmp_path: Path, caplog: pytest.Lo
     restarted.close()
 
 
+def _edit_manifest(directory: Path, edit) -> None:
+    manifest = json.loads((directory / MANIFEST).read_text())
+    for name, entry in manifest["files"].items():
+        edit(name, entry)
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def test_a_manifest_without_xxh3_is_checked_by_sha256(tmp_path: Path) -> None:
+    """Loads check the fast digest when the manifest has it; a manifest written without it (before
+    it existed) is still verified, by sha256, and damage is still named."""
+    manager, paths, model = _saved_run(tmp_path / "ck")
+    manager.close()
+    _edit_manifest(paths[-1], lambda _, entry: entry.pop("xxh3_128"))
+    fresh, optimizer, position = _objects(seed=1)
+    loader = CheckpointManager(tmp_path / "other", sharded=True)
+    loader.restore(loader.load(paths[-1]), path=paths[-1], model=fresh, optimizer=optimizer, sampler=position)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    _flip_byte(paths[-1] / "__0_0.distcp")
+    with pytest.raises(CheckpointCorruptError, match="__0_0.distcp: content does not match") as err:
+        loader.load(paths[-1])
+    assert err.value.expected_sha256 is not None and err.value.expected_sha256 != err.value.actual_sha256
+    loader.close()
+
+
+def test_verify_checks_sha256_as_well_as_the_fast_digest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A manifest whose sha256 disagrees with the bytes is reported by `linnaeus-ckpt verify` even
+    though xxh3-128 matches: what sha256sum would show must be true too."""
+    manager, paths, _ = _saved_run(tmp_path / "ck")
+    manager.close()
+    assert ckpt_main(["verify", str(paths[-1])]) == 0
+    capsys.readouterr()
+    _edit_manifest(paths[-1], lambda name, entry: entry.update(sha256="0" * 64) if name == "__0_0.distcp" else None)
+    assert ckpt_main(["verify", str(paths[-1])]) == 1
+    assert "__0_0.distcp: content does not match" in capsys.readouterr().out
+
+
 class _RunsCode:
     """Unpickling this runs a shell command: what a crafted ``.metadata`` could carry."""
 
@@ -163,8 +202,7 @@ def test_a_crafted_metadata_pickle_is_refused_and_runs_nothing(tmp_path: Path) -
     target = paths[0] / ".metadata"
     target.write_bytes(pickle.dumps(_RunsCode(marker)))
     manifest = json.loads((paths[0] / MANIFEST).read_text())
-    size, digest = sha256_of(target)
-    manifest["files"][".metadata"].update(size=size, sha256=digest)
+    manifest["files"][".metadata"].update(digests_of(target))  # a manifest that vouches for the crafted bytes
     (paths[0] / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     # As MODEL.PRETRAINED / export read it (consolidated in one process) ...
     with pytest.raises(CheckpointCorruptError, match="system") as err:

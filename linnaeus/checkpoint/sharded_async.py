@@ -5,8 +5,9 @@ every tensor of this rank's state into CPU memory it keeps (pinned and shared on
 tensors included, so training may change the live tensors as soon as the call returns; rank 0's
 ``state.pt`` part is deep-copied the same way. Then, in the background on every rank:
 
-    DCP writes and fsyncs this rank's shards (rank 0: ``.metadata``)    DCP's writer thread
-    each rank hashes its own shards; all ranks gather (digests, error)  our job thread
+    DCP writes this rank's shards (rank 0: ``.metadata``)               DCP's writer thread
+    each rank fsyncs and hashes its own shards; all ranks gather       our job thread
+      (digests, error); rank 0 fsyncs ``.metadata`` in the commit
     rank 0: state.pt, manifest, one rename, ``latest``, hook, retention  only if no rank failed
     rank 0 broadcasts the outcome
 
@@ -83,7 +84,7 @@ class ShardedAsyncSaver:
         group = background_group()
         frozen_rest = snapshot(rest)
         try:
-            pending: Future = dcp.async_save(tensors, storage_writer=FileSystemWriter(tmp, sync_files=True),
+            pending: Future = dcp.async_save(tensors, storage_writer=FileSystemWriter(tmp, sync_files=False),
                                              process_group=group, async_stager=self.stager, no_dist=group is None)
         except Exception as e:  # noqa: BLE001 - staging failed on this rank: the job reports it with the others'
             pending = Future()
