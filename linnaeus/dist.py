@@ -78,6 +78,12 @@ def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     return True
 
 
+def collective_timeout() -> datetime.timedelta | None:
+    """The timeout :func:`init_distributed` gave the default group (None if this process did not
+    initialise it), for the other groups a process creates: each must give up on a lost peer as soon."""
+    return None if _timeout_s is None else datetime.timedelta(seconds=_timeout_s)
+
+
 def destroy_distributed() -> None:
     if is_dist():
         dist.destroy_process_group()

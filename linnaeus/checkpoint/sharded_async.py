@@ -36,7 +36,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
-from linnaeus.dist import get_rank, is_dist
+from linnaeus.dist import collective_timeout, get_rank, is_dist
 
 from . import testing
 from .async_writer import AsyncWriter, snapshot
@@ -52,7 +52,9 @@ def background_group() -> dist.ProcessGroup | None:
     if not is_dist():
         return None
     if _GROUP is None:
-        _GROUP = dist.new_group(backend="gloo")
+        # The default group's timeout (TRAIN.COLLECTIVE_TIMEOUT_S), not gloo's 30 minutes: a rank whose
+        # peer died mid-save must give up on the background collectives as soon as on the training's.
+        _GROUP = dist.new_group(backend="gloo", timeout=collective_timeout())
         # Held here, the group would outlive destroy_process_group() and be destroyed during
         # interpreter teardown, where gloo's destructor can abort the process ("terminate called
         # without an active exception"): drop it while the interpreter is still whole.

@@ -9,7 +9,10 @@ Usage: sharded_async_two_ranks.py ROOT
 2. A fourth save whose temp directory rank 1's background job removes once DCP has written it (the
    library's test seam): the background save fails, and ``wait`` (its ``poll``) must raise on every rank.
 
-Each rank writes ``ROOT/rank<r>.txt``: ``poll: <error type>: <message>``, then ``done``.
+The process group is initialised with a 37 s collective timeout; the background saves' own group
+must have the same.
+
+Each rank writes ``ROOT/rank<r>.txt``: ``group timeout: <s>``, ``poll: <error type>: <message>``, then ``done``.
 """
 
 import os
@@ -27,11 +30,12 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 
 from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, testing  # noqa: E402
+from linnaeus.checkpoint.sharded_async import background_group  # noqa: E402
 from linnaeus.dist import init_distributed  # noqa: E402
 
 
 def main() -> None:
-    init_distributed()
+    init_distributed(timeout_s=37)
     rank, root = dist.get_rank(), sys.argv[1]
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
@@ -59,6 +63,7 @@ def main() -> None:
         manager.poll()
 
     manager.wait()
+    group_timeout = background_group()._get_backend(torch.device("cpu")).options._timeout.total_seconds()
     # Once DCP has written every file, rank 1's background job removes the temp directory (rank 0's
     # waits a moment so that it cannot commit first): hashing the shards fails on rank 1 at least.
     def remove_temp(phase: str, _: int) -> None:
@@ -79,7 +84,7 @@ def main() -> None:
         outcome = f"{type(e).__name__}: {e}"
     manager.close()
     with open(f"{root}/rank{rank}.txt", "w") as f:  # one file per rank: two processes' stdout lines interleave
-        f.write(f"poll: {outcome}\ndone\n")
+        f.write(f"group timeout: {group_timeout:g}\npoll: {outcome}\ndone\n")
     dist.destroy_process_group()
 
 
