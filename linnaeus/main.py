@@ -78,13 +78,16 @@ def run(cfg: CfgNode) -> dict[str, Any]:
             # After loading (a layout change is not a value change); before DDP, whose gradient
             # buckets take the parameters' strides at construction.
             model = model.to(memory_format=torch.channels_last)
-        ddp_model = wrap_model(model, cfg.TRAIN.STRATEGY, amp=cfg.TRAIN.AMP)  # DDP, or FSDP2 sharding in place
+        # FSDP2 modules refuse deepcopy: under fsdp the EMA copies the model first and is sharded with it.
+        ema = build_ema(cfg, model) if cfg.TRAIN.STRATEGY == "fsdp" else None
+        ddp_model = wrap_model(model, cfg.TRAIN.STRATEGY, amp=cfg.TRAIN.AMP, ema=ema)  # DDP, or FSDP2 in place
         optimizer = build_optimizer(cfg, model)
         # Sized by the trainer's own count of optimizer steps, so the schedule ends at the last step.
         scheduler = build_scheduler(cfg, optimizer, steps_per_epoch(len(data.train_loader), cfg.TRAIN.ACCUM_STEPS,
                                                                     cfg.TRAIN.MAX_STEPS_PER_EPOCH))
         autocast, scaler = build_amp(cfg, device)
-        ema = build_ema(cfg, model)
+        if ema is None:
+            ema = build_ema(cfg, model)  # ddp: after DDP's constructor broadcast rank 0's weights into model
         progress = Progress()
         checkpoints.attach(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                             ema=ema, sampler=data.train_sampler, progress=progress, taxonomy=data.taxonomy)

@@ -270,7 +270,6 @@ def test_cli_ls_verify_inspect_and_export(tmp_path: Path, capsys: pytest.Capture
     (["TRAIN.STRATEGY", "zero"], "TRAIN.STRATEGY"),
     (["CHECKPOINT.FORMAT", "tar"], "CHECKPOINT.FORMAT"),
     (["TRAIN.STRATEGY", "fsdp", "CHECKPOINT.FORMAT", "file"], "CHECKPOINT.FORMAT file"),
-    (["TRAIN.STRATEGY", "fsdp", "TRAIN.EMA.ENABLED", "True"], "TRAIN.EMA.ENABLED"),
     (["CHECKPOINT.FORMAT", "sharded", "CHECKPOINT.WEIGHTS_ONLY", "True"], "CHECKPOINT.WEIGHTS_ONLY"),
 ])
 def test_config_refuses_what_cannot_run_naming_the_key(opts: list[str], key: str) -> None:

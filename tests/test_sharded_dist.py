@@ -125,9 +125,14 @@ def test_world_size_2_to_1_to_4_consumes_one_permutation_and_same_size_resume_is
 
 def test_fsdp_2_ranks_sigterm_then_1_rank_continues_the_epoch_exactly(tmp_path: Path, toy_root: Path) -> None:
     run = tmp_path / "run"
-    proc = _launch(run, toy_root, 2, tmp_path / "a-ids", "TRAIN.MAX_STEPS_PER_EPOCH", "8", sigterm_at=3)
+    # With the EMA on: the runner shards it like the model and its tensors go through DCP (test_sharded_ema.py).
+    proc = _launch(run, toy_root, 2, tmp_path / "a-ids", "TRAIN.MAX_STEPS_PER_EPOCH", "8", "TRAIN.EMA.ENABLED", "True",
+                   sigterm_at=3)
     assert "Preempted at epoch 0 step 3" in proc.stdout + proc.stderr
-    proc = _launch(run, toy_root, 1, tmp_path / "b-ids", "TRAIN.MAX_STEPS_PER_EPOCH", "8")
+    stopped = _all_tensors(run / "tiny" / "checkpoints" / "checkpoint_epoch_0_step_3")
+    assert {k[len("ema.module."):] for k in stopped if k.startswith("ema.")} == \
+        {k[len("model."):] for k in stopped if k.startswith("model.")}
+    proc = _launch(run, toy_root, 1, tmp_path / "b-ids", "TRAIN.MAX_STEPS_PER_EPOCH", "8", "TRAIN.EMA.ENABLED", "True")
     log = proc.stdout + proc.stderr
     assert "Resumed from" in log and "checkpoint_epoch_0_step_3 (epoch 0, step 3)" in log, log[-3000:]
     assert "RNG states were saved by 2 rank(s), this run has 1" in log
@@ -139,6 +144,9 @@ def test_fsdp_2_ranks_sigterm_then_1_rank_continues_the_epoch_exactly(tmp_path: 
     order = ResumableDistributedSampler(state["sampler"]["num_samples"], seed=state["sampler"]["seed"]).global_order(0)
     assert {i for _, i in consumed} == set(order[:len(consumed)])
     assert state["sampler"]["consumed"] == 0 and state["sampler"]["epoch"] == 1  # the next epoch's start
+    final = _all_tensors(run / "tiny" / "checkpoints" / "checkpoint_epoch_1")
+    assert "ema" not in state and any(not torch.equal(final["ema.module." + k[len("model."):]], v)
+                                      for k, v in final.items() if k.startswith("model.") and v.is_floating_point())
 
 
 def test_two_rank_clip_saves_damage_fallback_and_file_to_fsdp(tmp_path: Path) -> None:

@@ -81,8 +81,12 @@ def read_weights(path: str | os.PathLike, *, use_ema: bool = False) -> WeightsFi
     """
     path = Path(path)
     if is_sharded_checkpoint(path):  # a DCP directory: its model consolidated here, every file verified
-        model, rest = consolidate_model(path)
-        obj: object = {**rest, "model": model}
+        ema, rest = consolidate_model(path, "ema") if use_ema else ({}, {})
+        if ema:
+            obj: object = {**rest, "ema": ema}
+        else:  # no EMA asked for, or none saved: the model, as for a file
+            model, rest = consolidate_model(path)
+            obj = {**rest, "model": model}
     elif not path.is_file():
         raise CheckpointNotFoundError(f"weights file {path} does not exist (or is not a file).")
     else:

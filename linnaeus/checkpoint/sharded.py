@@ -2,8 +2,8 @@
 shards in parallel, and a checkpoint saved by N ranks loads on M ranks, FSDP2 or not.
 
 Layout and manifest: :mod:`.sharded_manifest`. Model and optimizer tensors go through
-``get_state_dict`` / ``set_state_dict`` (optimizer state keyed by parameter name), so resharding is
-DCP's; everything else of the anatomy (non-tensor optimizer entries such as ``param_groups``,
+``get_state_dict`` / ``set_state_dict`` (optimizer state keyed by parameter name), and so do the
+tensors of components that are modules (the EMA, under ``ema``), so resharding is DCP's; everything else of the anatomy (non-tensor optimizer entries such as ``param_groups``,
 scheduler, scaler, sampler, progress, every rank's RNG, metrics, config, meta) goes to
 ``state.pt``, written by rank 0 and loaded with ``weights_only=True``. No DCP "bytes" entry is ever
 written, because DCP loads those with ``weights_only=False``; DCP's ``.metadata`` pickle is read
@@ -67,7 +67,8 @@ from linnaeus.dist import (
 )
 
 from .commit import SaveResult, write_latest
-from .errors import CheckpointCorruptError, CheckpointError, CheckpointIncompatibleError, LatestUpdateError
+from .errors import (CheckpointCorruptError, CheckpointError, CheckpointIncompatibleError, InvalidOperationError,
+                     LatestUpdateError)
 from .fsio import fsync_dir, temp_name, write_durably
 from .names import dir_lock
 from .sharded_manifest import (
@@ -146,10 +147,13 @@ def _single_process_is_intended() -> Iterator[None]:
 # ----------------------------------------------------------------------------- save
 def save_sharded(directory: str | Path, name: str, *, model: nn.Module, optimizer: Any,
                  rest: dict[str, Any], manifest_extra: Mapping[str, Any], update_latest: bool,
+                 modules: Mapping[str, nn.Module] | None = None,
                  background: "ShardedAsyncSaver | None" = None,
                  on_committed: Callable[[SaveResult], None] | None = None) -> SaveResult | None:
     """Write a sharded checkpoint ``directory/name`` (see the module docstring). A collective.
 
+    ``modules`` are components that are modules (``ema``: timm's ModelEma, sharded like the model
+    under fsdp): their state dicts go through DCP under their key, resharded on load like the model.
     ``rest`` is rank 0's part of the anatomy (progress, rng, metrics, config, meta, components);
     ``manifest_extra`` is copied into the manifest (progress, meta, config). Failures raise
     :class:`CheckpointError` on every rank, naming the directory; nothing is left under ``name``.
@@ -167,6 +171,15 @@ def save_sharded(directory: str | Path, name: str, *, model: nn.Module, optimize
         optim_tensors, optim_rest = _split(osd)
         tensors["optim"] = optim_tensors
         state_rest[_OPTIM_REST] = optim_rest
+    for key, module in (modules or {}).items():
+        if key in tensors:
+            raise InvalidOperationError(f"component {key!r}: the name of a sharded checkpoint's model or optimizer "
+                                        "tensors; give the component another name.")
+        module_state = get_model_state_dict(module)
+        if module_state:
+            tensors[key] = module_state
+        else:  # nothing for DCP to write: an empty entry keeps "saved" distinct from "absent"
+            state_rest[key] = {}
 
     def make_temp() -> str | None:
         if not is_main_process():
@@ -395,50 +408,85 @@ def is_sharded_state(state: Mapping[str, Any]) -> bool:
 
 def restore_sharded(state: Mapping[str, Any], model: nn.Module | None, components: Mapping[str, Stateful | None],
                     *, rng: bool, source: str) -> dict[str, int]:
-    """Load a sharded checkpoint's tensors into ``model`` and ``components["optimizer"]`` through
-    DCP (resharded to this world size), then everything else as :func:`restore_state` does.
-    A collective: every rank calls it; a damaged file fails it on every rank, naming the file."""
+    """Load a sharded checkpoint's tensors into ``model``, ``components["optimizer"]`` and the
+    components that are modules (``ema``) through DCP (resharded to this world size), then
+    everything else as :func:`restore_state` does. A component the checkpoint lacks is refused
+    there, as for a single file. A collective: every rank calls it; a damaged file fails it on
+    every rank, naming the file."""
     info = state[SHARDED_KEY]
     path, manifest = Path(info["path"]), info["manifest"]
     optimizer = components.get("optimizer")
     others = {k: v for k, v in components.items() if k != "optimizer"}
+    modules = {k: v for k, v in others.items() if isinstance(v, nn.Module)}
     if optimizer is not None and _OPTIM_REST not in state:
         raise CheckpointIncompatibleError(f"{source} has no optimizer state; resume from a full checkpoint.",
                                           path=path)
-    if model is not None:
+    if model is not None or modules:
         reader = VerifyingReader(path, manifest)
         run_on_all_ranks(lambda: check_file(path, manifest, DCP_METADATA), f"loading {path}", CheckpointError)
-        msd, osd = _live_state(model, optimizer)
         metadata = run_on_all_ranks(lambda: read_checked_metadata(reader), f"loading {path}", CheckpointError)
-        run_on_all_ranks(lambda: _check_compatible(metadata, msd, source, path), f"loading {path}", CheckpointError)
-        tensors: dict[str, Any] = {"model": msd}
-        if osd is not None:
-            tensors["optim"] = _split(osd)[0]
+        saved = {k.split(".", 1)[0] for k in metadata.state_dict_metadata}
+        tensors: dict[str, Any] = {}
+        msd = osd = None
+        if model is not None:
+            msd, osd = _live_state(model, optimizer)
+            tensors["model"] = msd
+            if osd is not None:
+                tensors["optim"] = _split(osd)[0]
+        # A module component the checkpoint holds no tensors for is left to restore_state below.
+        tensors.update({k: get_model_state_dict(m) for k, m in modules.items() if k in saved})
+        for key in [k for k in tensors if k != "optim"]:
+            run_on_all_ranks(lambda: _check_compatible(metadata, tensors[key], source, path, key=key),
+                             f"loading {path}", CheckpointError)
         try:
             with _single_process_is_intended():
                 dcp.load(tensors, storage_reader=reader, no_dist=not is_dist())
         except (Exception, CheckpointException) as e:
             raise _load_error(e, path) from None
-        set_model_state_dict(model, msd)
+        if model is not None:
+            set_model_state_dict(model, msd)
         if optimizer is not None and osd is not None:
             saved_rest = state[_OPTIM_REST]
             full = _merge({"state": tensors["optim"].get("state", {})}, saved_rest)
             set_optimizer_state_dict(model, optimizer, full)
-    return restore_state(state, None, others, rng=rng, source=source)
+        for key in [k for k in modules if k in tensors]:
+            set_model_state_dict(others.pop(key), tensors[key])
+    return restore_state(state, None, _restore_full_modules(state, others, source), rng=rng, source=source)
 
 
-def _check_compatible(metadata: Any, msd: Mapping[str, Any], source: str, path: Path) -> None:
-    saved = {k[len("model."):]: tuple(v.size) for k, v in metadata.state_dict_metadata.items()
-             if k.startswith("model.") and isinstance(v, TensorStorageMetadata)}
+def _check_compatible(metadata: Any, msd: Mapping[str, Any], source: str, path: Path, *, key: str = "model") -> None:
+    prefix = key + "."
+    saved = {k[len(prefix):]: tuple(v.size) for k, v in metadata.state_dict_metadata.items()
+             if k.startswith(prefix) and isinstance(v, TensorStorageMetadata)}
     own = {k: tuple(v.shape) for k, v in msd.items() if isinstance(v, torch.Tensor)}
     missing = sorted(k for k in own if k not in saved)
     unexpected = sorted(k for k in saved if k not in own)
     mismatched = [(k, saved[k], own[k]) for k in sorted(own.keys() & saved.keys()) if saved[k] != own[k]]
     if missing or unexpected or mismatched:
+        what = "model state" if key == "model" else f"{key!r} state"
         raise CheckpointIncompatibleError(
-            f"model state in {source} does not match the model being restored; use a pretrained load for a "
-            "different architecture or taxonomy.", missing=missing, unexpected=unexpected, mismatched=mismatched,
-            path=path)
+            f"{what} in {source} does not match the {'model' if key == 'model' else key} being restored; use a "
+            "pretrained load for a different architecture or taxonomy.", missing=missing, unexpected=unexpected,
+            mismatched=mismatched, path=path)
+
+
+def _restore_full_modules(state: Mapping[str, Any], components: Mapping[str, Stateful | None],
+                          source: str) -> dict[str, Stateful | None]:
+    """Module components with FSDP2-sharded parameters (an EMA under fsdp) given the full state
+    dict a single file holds: each rank keeps its shard (``load_state_dict`` would copy full
+    tensors into DTensors). Returns the other components, for :func:`restore_state`, which also
+    refuses any component the checkpoint lacks."""
+    from .state import check_model_compatible
+
+    rest = {}
+    for key, obj in components.items():
+        if isinstance(obj, nn.Module) and has_dtensors(obj) and isinstance(state.get(key), Mapping):
+            check_model_compatible(obj, state[key], source=f"{source} ({key!r})")
+            # A copy: set_model_state_dict replaces the dict's tensors by this rank's shards.
+            set_model_state_dict(obj, dict(state[key]), options=StateDictOptions(full_state_dict=True))
+        else:
+            rest[key] = obj
+    return rest
 
 
 def _load_error(e: BaseException, path: Path) -> CheckpointError:
@@ -471,7 +519,7 @@ def restore_file_into_sharded(state: Mapping[str, Any], model: nn.Module, compon
         set_optimizer_state_dict(model, optimizer, _by_name(state["optimizer"], model, optimizer, source),
                                  options=opts)
     others = {k: v for k, v in components.items() if k != "optimizer"}
-    return restore_state(state, None, others, rng=rng, source=source)
+    return restore_state(state, None, _restore_full_modules(state, others, source), rng=rng, source=source)
 
 
 def _by_name(saved: Mapping[str, Any], model: nn.Module, optimizer: Any, source: str) -> dict[str, Any]:
@@ -490,9 +538,10 @@ def _by_name(saved: Mapping[str, Any], model: nn.Module, optimizer: Any, source:
             "param_groups": [{**g, "params": [index_to_name[i] for i in g["params"]]} for g in groups]}
 
 
-def consolidate_model(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def consolidate_model(path: str | Path, key: str = "model") -> tuple[dict[str, Any], dict[str, Any]]:
     """(the whole model's state dict, the rest of the anatomy) of a sharded checkpoint, in this one
-    process, whatever world size saved it; every file is verified first. For export."""
+    process, whatever world size saved it; every file is verified first. For export. ``key="ema"``
+    consolidates the EMA's state dict instead (``{}`` when the checkpoint has none)."""
     # What DCP's own dcp_to_torch_save uses: dcp.load() would fill a copy of an empty dict.
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
@@ -506,11 +555,11 @@ def consolidate_model(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]
     loaded: dict[str, Any] = {}
     try:
         _load_state_dict(loaded, storage_reader=reader,
-                         planner=_EmptyStateDictLoadPlanner(keys={"model"}), no_dist=True)
+                         planner=_EmptyStateDictLoadPlanner(keys={key}), no_dist=True)
     except (Exception, CheckpointException) as e:
         raise _load_error(e, path) from None
     state.pop(SHARDED_KEY, None)
-    return dict(loaded.get("model", {})), state
+    return dict(loaded.get(key, {})), state
 
 
 def full_model_state(model: nn.Module) -> dict[str, Any]:

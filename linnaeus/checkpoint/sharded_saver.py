@@ -50,6 +50,8 @@ def save_sharded_for(manager: CheckpointManager, *, epoch: int, step: int, epoch
     manager.metrics.record(epoch, step, values, name)
     present = {k: v for k, v in components.items() if v is not None}
     optimizer = present.pop("optimizer", None)
+    # A component that is a module (an EMA copy of the model) may be sharded like the model: DCP carries it.
+    modules = {k: present.pop(k) for k in [k for k, v in present.items() if isinstance(v, nn.Module)]}
     rng = gather_rng_states()  # a collective: every rank's streams, for an exact resume at this world size
     meta = make_meta(kind=KIND_FULL, saver=manager.name, file=name, run_id=manager.run_id, epoch=epoch, step=step,
                      metrics=values, parent_sha256=manager.parent_sha256, run_timestamp=manager.run_timestamp,
@@ -75,7 +77,7 @@ def save_sharded_for(manager: CheckpointManager, *, epoch: int, step: int, epoch
                 raise CheckpointError(f"checkpoint {result.path} was committed, but the {what} failed: "
                                       f"{type(e).__name__}: {e}") from e
 
-    result = save_sharded(manager.directory, name, model=model, optimizer=optimizer, rest=rest,
+    result = save_sharded(manager.directory, name, model=model, optimizer=optimizer, modules=modules, rest=rest,
                           manifest_extra={"progress": progress, "meta": meta, "config": manager.config_text},
                           update_latest=manager.update_latest, background=background, on_committed=after_commit)
     if result is None:  # committed in the background; poll() raises its failure on every rank

@@ -266,9 +266,9 @@ def _writer_lease(directory: Path, command: str) -> writer_lock.WriterLease:
 # ----------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
     src, out = Path(args.file), Path(args.out)
-    # A sharded checkpoint is consolidated here, on one process, whatever world size saved it.
-    state = sharded_cmds.export_source(src) if src.is_dir() else load_verified(src, require_sidecar=False)
     key = "ema" if args.ema else "model"
+    # A sharded checkpoint is consolidated here, on one process, whatever world size saved it.
+    state = sharded_cmds.export_source(src, key) if src.is_dir() else load_verified(src, require_sidecar=False)
     if key not in state:
         raise CheckpointError(f"{src} has no '{key}' state (it holds {sorted(state)}); drop --ema to export the model.")
     weights = model_state_dict(state[key])

@@ -26,6 +26,8 @@ def describe(path: Path) -> dict[str, Any]:
     metadata = read_checked_metadata(VerifyingReader(path, manifest))
     model = {k[len("model."):]: v for k, v in metadata.state_dict_metadata.items()
              if k.startswith("model.") and isinstance(v, TensorStorageMetadata)}
+    # Components DCP carries (the EMA's tensors), beside those in state.pt.
+    carried = {k.split(".", 1)[0] for k in metadata.state_dict_metadata} - {"model", "optim"}
     shards = sorted(n for n in manifest["files"] if n.endswith(".distcp"))
     return {
         "file": str(path),
@@ -34,7 +36,7 @@ def describe(path: Path) -> dict[str, Any]:
         "saved_by_ranks": int(state.get("meta", {}).get("world_size", len(shards))),
         "shard_files": shards,
         "manifest_sha256": digest,
-        "keys": sorted(k for k in state if k != "sharded") + ["model", "optimizer"],
+        "keys": sorted({k for k in state if k != "sharded"} | carried) + ["model", "optimizer"],
         "model": {
             "tensors": len(model),
             "parameters": int(sum(torch.Size(v.size).numel() for v in model.values())),
@@ -43,14 +45,17 @@ def describe(path: Path) -> dict[str, Any]:
         },
         "meta": state.get("meta", {}),
         "progress": state.get("progress", {}),
-        "components": sorted(k for k in ("optimizer_rest", "scheduler", "scaler", "ema", "sampler") if k in state),
+        "components": sorted(k for k in ("optimizer_rest", "scheduler", "scaler", "ema", "sampler")
+                             if k in state or k in carried),
     }
 
 
-def export_source(path: Path) -> dict[str, Any]:
-    """The anatomy of a sharded checkpoint with its whole model consolidated into this process."""
-    model, state = consolidate_model(path)
-    state["model"] = model
+def export_source(path: Path, key: str = "model") -> dict[str, Any]:
+    """The anatomy of a sharded checkpoint with its whole model (``key="ema"``: its EMA, when it
+    has one) consolidated into this process."""
+    weights, state = consolidate_model(path, key)
+    if weights:
+        state[key] = weights
     return state
 
 

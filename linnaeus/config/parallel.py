@@ -28,10 +28,6 @@ def validate_parallel(cfg: CN) -> None:
             "CHECKPOINT.FORMAT file with TRAIN.STRATEGY fsdp: a single-file save would gather the whole model and "
             "optimizer into one process, which is what fsdp avoids. Use CHECKPOINT.FORMAT auto (or sharded); "
             "`linnaeus-ckpt export DIR OUT.pth` writes one weights-only file from a sharded checkpoint.")
-    if fsdp and cfg.TRAIN.EMA.ENABLED:
-        raise ConfigError(
-            "TRAIN.EMA.ENABLED True with TRAIN.STRATEGY fsdp is not supported yet (timm's ModelEmaV3 keeps a full, "
-            "unsharded copy of the model on every rank). Set TRAIN.EMA.ENABLED False, or TRAIN.STRATEGY ddp.")
     if fsdp and cfg.CHECKPOINT.WEIGHTS_SAVER.ENABLED:
         raise ConfigError(
             "CHECKPOINT.WEIGHTS_SAVER.ENABLED True with TRAIN.STRATEGY fsdp is not supported yet (it writes single "

@@ -16,6 +16,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
 from torch import nn
+from torch.distributed.tensor import DTensor
 from yacs.config import CfgNode
 
 from linnaeus.config import ConfigError
@@ -126,11 +127,27 @@ def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer,
     return StepwiseScheduler(scheduler, name, updates_per_epoch)
 
 
+class ShardableModelEma(ModelEmaV3):
+    """timm's ``ModelEmaV3`` whose copy may be sharded like the model (``engine.parallel.wrap_model``
+    under fsdp): its parameters are then DTensors beside plain-tensor buffers, and one foreach op
+    refuses the mix, so the update runs one foreach op per kind. Without DTensors it is one call
+    with the same lists: ``ModelEmaV3`` exactly."""
+
+    def _foreach_lerp_(self, ema_values: list[torch.Tensor], model_values: list[torch.Tensor],
+                       weight: float) -> None:
+        for sharded in (True, False):
+            pairs = [(e, m) for e, m in zip(ema_values, model_values) if isinstance(e, DTensor) == sharded]
+            if pairs:
+                super()._foreach_lerp_([e for e, _ in pairs], [m for _, m in pairs], weight)
+
+
 def build_ema(cfg: CfgNode, model: nn.Module) -> ModelEmaV3 | None:
     """timm ``ModelEmaV3`` of ``model`` when ``TRAIN.EMA.ENABLED`` (updated with the step count), else None.
 
-    Build it after the model is on its device and before wrapping it in DDP.
+    It deep-copies ``model``, which an FSDP2-sharded module refuses: under fsdp build it before
+    ``wrap_model(..., ema=...)``, which gives it rank 0's values and shards it like the model.
+    Under ddp it may be built after DDP's constructor broadcast rank 0's values into ``model``.
     """
     if not cfg.TRAIN.EMA.ENABLED:
         return None
-    return ModelEmaV3(model, decay=cfg.TRAIN.EMA.DECAY)
+    return ShardableModelEma(model, decay=cfg.TRAIN.EMA.DECAY)

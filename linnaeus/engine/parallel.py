@@ -25,30 +25,47 @@ STRATEGIES = ("ddp", "fsdp")
 _BLOCK_CONTAINERS = ("blocks", "stages", "layers")
 
 
-def wrap_model(model: nn.Module, strategy: str, *, amp: bool = False) -> nn.Module:
+def wrap_model(model: nn.Module, strategy: str, *, amp: bool = False, ema: nn.Module | None = None) -> nn.Module:
     """The module the forward goes through: ``DistributedDataParallel(model)`` or, for fsdp,
-    ``model`` itself sharded in place. Without a process group both return ``model`` unchanged."""
+    ``model`` itself sharded in place. Without a process group both return ``model`` unchanged.
+
+    ``ema``: a timm ``ModelEma*`` whose ``.module`` was copied from ``model`` before this call
+    (FSDP2 refuses deepcopy). It gets rank 0's values, as ``model`` does, and under fsdp is sharded
+    the same way, so each rank keeps only its shard of the EMA weights too."""
     if strategy not in STRATEGIES:
         raise ValueError(f"TRAIN.STRATEGY must be one of {STRATEGIES}, got {strategy!r}")
     if not (dist.is_available() and dist.is_initialized()):
         return model
+    copy = getattr(ema, "module", ema)
     if strategy == "ddp":
+        if copy is not None:
+            _broadcast_from_rank0(copy)  # what DDP's constructor does for model
         return DistributedDataParallel(model)
     if any(not p.is_contiguous() for p in model.parameters()):
-        # FSDP2 shards flat, contiguous parameters only (it refuses channels_last conv weights).
         logger.info("TRAIN.STRATEGY fsdp: parameters made contiguous (MODEL.CHANNELS_LAST has no effect on them)")
-        model.to(memory_format=torch.contiguous_format)
-    _broadcast_from_rank0(model)
     mp = MixedPrecisionPolicy()
     if amp and next(model.parameters()).is_cuda:
         # bf16 compute with fp32 gradient reduction: what TRAIN.AMP asks for under fsdp on CUDA.
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    units = shard_units(model)
+    units = _shard(model, mp)
+    if copy is not None:
+        _shard(copy, mp)
+    logger.info("FSDP2: sharded %d unit(s) + root over %d ranks%s", units, dist.get_world_size(),
+                " (the EMA copy alike)" if copy is not None else "")
+    return model
+
+
+def _shard(module: nn.Module, mp: MixedPrecisionPolicy) -> int:
+    """``module`` sharded in place from rank 0's values; returns its number of units (root excluded)."""
+    if any(not p.is_contiguous() for p in module.parameters()):
+        # FSDP2 shards flat, contiguous parameters only (it refuses channels_last conv weights).
+        module.to(memory_format=torch.contiguous_format)
+    _broadcast_from_rank0(module)
+    units = shard_units(module)
     for unit in units:
         fully_shard(unit, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
-    logger.info("FSDP2: sharded %d unit(s) + root over %d ranks", len(units), dist.get_world_size())
-    return model
+    fully_shard(module, mp_policy=mp)
+    return len(units)
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
