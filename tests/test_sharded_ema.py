@@ -116,7 +116,7 @@ def test_two_rank_fsdp_ema_is_sharded_reshards_and_crosses_strategies(tmp_path: 
         [update] = [ln for ln in lines if ln.startswith(f"rank{rank} ema-update:")]
         shard, whole = (int(x) for x in update.split("shard ")[1].split(" of "))
         assert update.startswith(f"rank{rank} ema-update: equal") and 0 < shard < whole, update
-        for outcome in ("reshard 1->2: equal", "file->fsdp ema: equal"):
+        for outcome in ("ema-init: equal", "reshard 1->2: equal", "file->fsdp ema: equal"):
             assert f"rank{rank} {outcome}" in lines, out[-3000:]
         [refused] = [ln for ln in lines if ln.startswith(f"rank{rank} file-no-ema:")]
         assert "CheckpointIncompatibleError" in refused and "has no 'ema' state" in refused, refused

@@ -4,6 +4,7 @@
 checkpoints. ``ROOT`` is argv[1]; the test wrote ``ROOT/one/`` (a sharded checkpoint with EMA saved
 by one process, plain modules) and ``ROOT/one.pt`` (its model and EMA state dicts) before.
 
+- the EMA starts from rank 0's values on every rank (``ema-init: equal``);
 - each rank holds only its shard of the EMA weights, and three updates of the sharded EMA equal
   timm's ``ModelEmaV3`` of a plain model trained on the same batches (``ema-update: equal``);
 - a sharded save with the EMA; rank 0 writes the gathered model and EMA to ``ROOT/full.pt`` (the
@@ -53,7 +54,9 @@ class Net(nn.Module):
 
 
 def objects(seed: int, shard: bool = True, ema_class: type = ShardableModelEma):
-    torch.manual_seed(seed)
+    # Sharded: each rank starts from its own values (as the runner seeds them); wrap_model gives the
+    # model and its EMA rank 0's, which are the plain model's of the same seed.
+    torch.manual_seed(seed + (dist.get_rank() if shard else 0))
     model = Net()
     ema = ema_class(model, decay=0.8)  # before sharding: FSDP2 refuses deepcopy
     if shard:
@@ -81,6 +84,8 @@ def same(a: dict, b: dict) -> bool:
 def save_and_resume_files(root: str, rank: int) -> None:
     model, optimizer, ema = objects(0)
     plain, plain_opt, plain_ema = objects(0, shard=False, ema_class=ModelEmaV3)
+    initial = full(ema)  # rank 0's values on every rank (the first update, at step 1, copies the model anyway)
+    say(f"rank{rank} ema-init: {'equal' if rank or same(initial, plain_ema.state_dict()) else 'DIFFERENT'}")
     train(model, optimizer, ema, 3)
     train(plain, plain_opt, plain_ema, 3)
     local = sum(p.to_local().numel() for p in ema.module.parameters() if isinstance(p, DTensor))
