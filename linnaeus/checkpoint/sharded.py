@@ -3,9 +3,10 @@ shards in parallel, and a checkpoint saved by N ranks loads on M ranks, FSDP2 or
 
 Layout and manifest: :mod:`.sharded_manifest`. Model and optimizer tensors go through
 ``get_state_dict`` / ``set_state_dict`` (optimizer state keyed by parameter name), and so do the
-tensors of components that are modules (the EMA, under ``ema``), so resharding is DCP's; everything else of the anatomy (non-tensor optimizer entries such as ``param_groups``,
-scheduler, scaler, sampler, progress, every rank's RNG, metrics, config, meta) goes to
-``state.pt``, written by rank 0 and loaded with ``weights_only=True``. No DCP "bytes" entry is ever
+tensors of components that are modules (the EMA, under ``ema``), so resharding is DCP's;
+everything else of the anatomy (non-tensor optimizer entries such as ``param_groups``, scheduler,
+scaler, sampler, progress, every rank's RNG, metrics, config, meta) goes to ``state.pt``, written
+by rank 0 and loaded with ``weights_only=True``. No DCP "bytes" entry is ever
 written, because DCP loads those with ``weights_only=False``; DCP's ``.metadata`` pickle is read
 with an allow-list of its own classes (:class:`_MetadataUnpickler`), never with ``pickle.load``.
 
