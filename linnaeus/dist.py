@@ -8,7 +8,9 @@ comes from the env vars torchrun sets.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
+import traceback
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -91,11 +93,23 @@ def destroy_distributed() -> None:
 
 @contextmanager
 def distributed_session(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
-    """Process group for the duration of the block, always torn down (also on error)."""
+    """Process group for the duration of the block, always torn down (also on error).
+
+    Objects the block created and no longer references are freed before the group is destroyed:
+    an FSDP2 model holds the group in reference cycles, and left to interpreter teardown its
+    last reference goes during finalisation, where gloo's destructor can abort the process
+    ("terminate called without an active exception") after a run that succeeded. Keep the
+    block's objects in a function called inside it, so that they are unreferenced here.
+    """
     init_distributed(timeout_s)
     try:
         yield
+    except BaseException as e:
+        # The failed call's frames (its model among their locals) live on in the traceback.
+        traceback.clear_frames(e.__traceback__)
+        raise
     finally:
+        gc.collect()
         destroy_distributed()
 
 

@@ -56,70 +56,76 @@ def run(cfg: CfgNode) -> dict[str, Any]:
     """Train and evaluate ``cfg``; returns the last validation metrics."""
     # Under torchrun: a worker whose launcher died stops instead of training on as an orphan.
     with LauncherWatch() as launcher, distributed_session(cfg.TRAIN.COLLECTIVE_TIMEOUT_S):
-        rank, world_size = get_rank(), get_world_size()
-        device = select_device()
-        out_dir = run_dir(cfg)
-        setup_logging(out_dir, rank)
-        # First: a second launch on this run dir stops here (the writer lock), before writing to it.
-        checkpoints = RunCheckpoints(cfg, out_dir)
-        if is_main_process():
-            dump_config(cfg, out_dir / "config.yaml")
-        logger.info("Run dir: %s (world size %d, device %s)", out_dir, world_size, device)
-        seed_everything(cfg.EXPERIMENT.SEED, rank)
+        # In a function of its own: its model, loaders and trainer are unreferenced when the
+        # session tears the process group down (see distributed_session).
+        return _train(cfg, launcher)
 
-        data = build_data(cfg, rank, world_size)
-        model = build_model(cfg, data.taxonomy.num_classes).to(device)
-        resume_from = checkpoints.find_resume_point()
-        if resume_from is None:
-            # Pretrained weights only matter for a fresh start: a resume overwrites them anyway.
-            load_pretrained_weights(cfg, model, out_dir, taxonomy=data.taxonomy)
 
-        if cfg.MODEL.CHANNELS_LAST:
-            # After loading (a layout change is not a value change); before DDP, whose gradient
-            # buckets take the parameters' strides at construction.
-            model = model.to(memory_format=torch.channels_last)
-        # FSDP2 modules refuse deepcopy: under fsdp the EMA copies the model first and is sharded with it.
-        ema = build_ema(cfg, model) if cfg.TRAIN.STRATEGY == "fsdp" else None
-        ddp_model = wrap_model(model, cfg.TRAIN.STRATEGY, amp=cfg.TRAIN.AMP, ema=ema)  # DDP, or FSDP2 in place
-        optimizer = build_optimizer(cfg, model)
-        # Sized by the trainer's own count of optimizer steps, so the schedule ends at the last step.
-        scheduler = build_scheduler(cfg, optimizer, steps_per_epoch(len(data.train_loader), cfg.TRAIN.ACCUM_STEPS,
-                                                                    cfg.TRAIN.MAX_STEPS_PER_EPOCH))
-        autocast, scaler = build_amp(cfg, device)
-        if ema is None:
-            ema = build_ema(cfg, model)  # ddp: after DDP's constructor broadcast rank 0's weights into model
-        progress = Progress()
-        checkpoints.attach(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            ema=ema, sampler=data.train_sampler, progress=progress, taxonomy=data.taxonomy)
-        if resume_from is not None:
-            checkpoints.restore(resume_from)
-        else:
-            logger.info("No checkpoint to resume from: starting fresh (run id %s)", checkpoints.run_id)
+def _train(cfg: CfgNode, launcher: LauncherWatch) -> dict[str, Any]:
+    """The run inside its process group: build, resume or start, fit, report."""
+    rank, world_size = get_rank(), get_world_size()
+    device = select_device()
+    out_dir = run_dir(cfg)
+    setup_logging(out_dir, rank)
+    # First: a second launch on this run dir stops here (the writer lock), before writing to it.
+    checkpoints = RunCheckpoints(cfg, out_dir)
+    if is_main_process():
+        dump_config(cfg, out_dir / "config.yaml")
+    logger.info("Run dir: %s (world size %d, device %s)", out_dir, world_size, device)
+    seed_everything(cfg.EXPERIMENT.SEED, rank)
 
-        tb = build_tb_writer(out_dir, rank, resumed_step=progress.step)  # keeps steps <= it, purges later ones
-        checkpoints.before_save.append(tb.flush)  # a checkpoint never outlives the events it keeps
-        trainer = Trainer(
-            model, ddp_model, optimizer, scheduler, MultiLevelLoss(cfg.DATA.TASK_KEYS, cfg.TRAIN.LOSS_WEIGHTS,
-                                                                   cfg.TRAIN.LABEL_SMOOTHING),
-            data.train_loader, data.train_sampler, device,
-            accum_steps=cfg.TRAIN.ACCUM_STEPS, clip_grad=cfg.TRAIN.CLIP_GRAD, autocast=autocast, scaler=scaler,
-            ema=ema, max_steps_per_epoch=cfg.TRAIN.MAX_STEPS_PER_EPOCH, log_interval=cfg.TRAIN.LOG_INTERVAL,
-            tb_writer=tb, progress_bar=cfg.TRAIN.PROGRESS_BAR and is_main_process(), world_size=world_size,
-        )
-        try:
-            with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT) as preempt:
-                last_metrics = _fit(cfg, trainer, data, checkpoints, progress, preempt, launcher, autocast, device,
-                                    tb)
-        except BaseException as e:
-            checkpoints.close_after_error()  # a save in flight commits; this exception still propagates
-            launcher.raise_if_gone(e)  # then the launcher's death is the cause (logged once), not e
-            if lost_peer_message(e):
-                logger.error(lost_peer_message(e))
-            raise
-        checkpoints.close()
-        tb.close()
-        _report(cfg, out_dir, last_metrics, checkpoints, data.taxonomy.num_classes, preempted=preempt.requested)
-        return last_metrics
+    data = build_data(cfg, rank, world_size)
+    model = build_model(cfg, data.taxonomy.num_classes).to(device)
+    resume_from = checkpoints.find_resume_point()
+    if resume_from is None:
+        # Pretrained weights only matter for a fresh start: a resume overwrites them anyway.
+        load_pretrained_weights(cfg, model, out_dir, taxonomy=data.taxonomy)
+
+    if cfg.MODEL.CHANNELS_LAST:
+        # After loading (a layout change is not a value change); before DDP, whose gradient
+        # buckets take the parameters' strides at construction.
+        model = model.to(memory_format=torch.channels_last)
+    # FSDP2 modules refuse deepcopy: under fsdp the EMA copies the model first and is sharded with it.
+    ema = build_ema(cfg, model) if cfg.TRAIN.STRATEGY == "fsdp" else None
+    ddp_model = wrap_model(model, cfg.TRAIN.STRATEGY, amp=cfg.TRAIN.AMP, ema=ema)  # DDP, or FSDP2 in place
+    optimizer = build_optimizer(cfg, model)
+    # Sized by the trainer's own count of optimizer steps, so the schedule ends at the last step.
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch(len(data.train_loader), cfg.TRAIN.ACCUM_STEPS,
+                                                                cfg.TRAIN.MAX_STEPS_PER_EPOCH))
+    autocast, scaler = build_amp(cfg, device)
+    if ema is None:
+        ema = build_ema(cfg, model)  # ddp: after DDP's constructor broadcast rank 0's weights into model
+    progress = Progress()
+    checkpoints.attach(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                        ema=ema, sampler=data.train_sampler, progress=progress, taxonomy=data.taxonomy)
+    if resume_from is not None:
+        checkpoints.restore(resume_from)
+    else:
+        logger.info("No checkpoint to resume from: starting fresh (run id %s)", checkpoints.run_id)
+
+    tb = build_tb_writer(out_dir, rank, resumed_step=progress.step)  # keeps steps <= it, purges later ones
+    checkpoints.before_save.append(tb.flush)  # a checkpoint never outlives the events it keeps
+    trainer = Trainer(
+        model, ddp_model, optimizer, scheduler, MultiLevelLoss(cfg.DATA.TASK_KEYS, cfg.TRAIN.LOSS_WEIGHTS,
+                                                               cfg.TRAIN.LABEL_SMOOTHING),
+        data.train_loader, data.train_sampler, device,
+        accum_steps=cfg.TRAIN.ACCUM_STEPS, clip_grad=cfg.TRAIN.CLIP_GRAD, autocast=autocast, scaler=scaler,
+        ema=ema, max_steps_per_epoch=cfg.TRAIN.MAX_STEPS_PER_EPOCH, log_interval=cfg.TRAIN.LOG_INTERVAL,
+        tb_writer=tb, progress_bar=cfg.TRAIN.PROGRESS_BAR and is_main_process(), world_size=world_size,
+    )
+    try:
+        with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT) as preempt:
+            last_metrics = _fit(cfg, trainer, data, checkpoints, progress, preempt, launcher, autocast, device, tb)
+    except BaseException as e:
+        checkpoints.close_after_error()  # a save in flight commits; this exception still propagates
+        launcher.raise_if_gone(e)  # then the launcher's death is the cause (logged once), not e
+        if lost_peer_message(e):
+            logger.error(lost_peer_message(e))
+        raise
+    checkpoints.close()
+    tb.close()
+    _report(cfg, out_dir, last_metrics, checkpoints, data.taxonomy.num_classes, preempted=preempt.requested)
+    return last_metrics
 
 
 def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints, progress: Progress,

@@ -27,12 +27,12 @@ ID_OPTS = ("TRAIN.EPOCHS", "1", "TRAIN.STRATEGY", "fsdp", "TRAIN.CLIP_GRAD", "1.
 
 
 def _launch(out: Path, toy_root: Path, nproc: int, ids: Path, *opts: str, sigterm_at: int = 0,
-            timeout: float = 240) -> subprocess.CompletedProcess:
+            timeout: float = 240, alive: Path | None = None) -> subprocess.CompletedProcess:
     script = str(HELPERS / "sharded_ids_train.py")
     cmd = ([sys.executable, script] if nproc == 1 else
            [str(VENV_BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", script])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LINNAEUS_TEST_IDS": str(ids),
-           "LINNAEUS_TEST_SIGTERM_AT": str(sigterm_at)}
+           "LINNAEUS_TEST_SIGTERM_AT": str(sigterm_at), **({"LINNAEUS_TEST_ALIVE": str(alive)} if alive else {})}
     proc = subprocess.run(cmd + tiny_args(out, toy_root, *ID_OPTS, *opts), cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
@@ -127,8 +127,12 @@ def test_fsdp_2_ranks_sigterm_then_1_rank_continues_the_epoch_exactly(tmp_path: 
     run = tmp_path / "run"
     # With the EMA on: the runner shards it like the model and its tensors go through DCP (test_sharded_ema.py).
     proc = _launch(run, toy_root, 2, tmp_path / "a-ids", "TRAIN.MAX_STEPS_PER_EPOCH", "8", "TRAIN.EMA.ENABLED", "True",
-                   sigterm_at=3)
+                   sigterm_at=3, alive=tmp_path / "alive")
     assert "Preempted at epoch 0 step 3" in proc.stdout + proc.stderr
+    # The run freed its FSDP2 model (which holds the process group) before destroying the group: left
+    # to interpreter teardown, gloo's destructor aborted finished runs now and then (exit -6,
+    # 'terminate called without an active exception').
+    assert [(tmp_path / f"alive.rank{r}").read_text() for r in (0, 1)] == ["0\n", "0\n"]
     stopped = _all_tensors(run / "tiny" / "checkpoints" / "checkpoint_epoch_0_step_3")
     assert {k[len("ema.module."):] for k in stopped if k.startswith("ema.")} == \
         {k[len("model."):] for k in stopped if k.startswith("model.")}

@@ -4,12 +4,17 @@
 - every (epoch, index) key the training loop consumes (the sampler's ``advance``) is appended to
   ``$LINNAEUS_TEST_IDS.rank<r>``, in order, so a test can check an epoch across relaunches;
 - with ``LINNAEUS_TEST_SIGTERM_AT=K``, rank 0 sends itself a real SIGTERM after its K-th consumed
-  micro-batch (the runner's preemption path then saves on every rank and exits 0).
+  micro-batch (the runner's preemption path then saves on every rank and exits 0);
+- with ``LINNAEUS_TEST_ALIVE=PREFIX``, after the run returns each rank writes to ``PREFIX.rank<r>``
+  how many FSDP2 modules are still alive, before any garbage collection of its own: they hold the
+  process group, and one freed during interpreter teardown can abort a finished run.
 """
 
+import gc
 import os
 import signal
 import sys
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -41,5 +46,17 @@ def _recording_advance(self, n_per_rank: int) -> None:  # type: ignore[no-untype
 ResumableDistributedSampler.__iter__ = _recording_iter
 ResumableDistributedSampler.advance = _recording_advance
 
+def _alive_fsdp_modules() -> int:
+    from torch.distributed.fsdp import FSDPModule
+
+    with warnings.catch_warnings():  # isinstance on torch's script objects warns about reduce_op
+        warnings.simplefilter("ignore")
+        return sum(isinstance(o, FSDPModule) for o in gc.get_objects())
+
+
 if __name__ == "__main__":
-    sys.exit(cli())
+    code = cli()
+    if os.environ.get("LINNAEUS_TEST_ALIVE"):
+        with open(f"{os.environ['LINNAEUS_TEST_ALIVE']}.rank{_RANK}", "w") as f:
+            f.write(f"{_alive_fsdp_modules()}\n")
+    sys.exit(code)
