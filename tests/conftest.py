@@ -37,6 +37,26 @@ def restore_linnaeus_logger() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Callable[[int], dict]:
+    """``reference(nproc)``: the final checkpoint of an uninterrupted tiny run on ``nproc`` processes
+    (step checkpoints every 5 steps), trained once per session. Every interrupted-and-relaunched
+    run must end identical to it: how often or how (sync, async) a run saves changes nothing in its
+    training, so the fault tests of several files share it."""
+    from tests.test_resume_exact import STEP_OPTS, _final_state
+
+    cache: dict[int, dict] = {}
+
+    def get(nproc: int) -> dict:
+        if nproc not in cache:
+            out = tmp_path_factory.mktemp(f"ref{nproc}")
+            run_train(out, toy_root, *STEP_OPTS, nproc=nproc)
+            cache[nproc] = _final_state(out / "tiny")
+        return cache[nproc]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny config's toy dataset, generated once for the whole session."""
     from linnaeus.data.toy import ensure_toy_dataset

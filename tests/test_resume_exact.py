@@ -71,21 +71,6 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory, toy_root):
-    """Uninterrupted runs, one per world size, computed once per session."""
-    cache: dict[int, dict] = {}
-
-    def get(nproc: int) -> dict:
-        if nproc not in cache:
-            out = tmp_path_factory.mktemp(f"ref{nproc}")
-            run_train(out, toy_root, *STEP_OPTS, nproc=nproc)
-            cache[nproc] = _final_state(out / "tiny")
-        return cache[nproc]
-
-    return get
-
-
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_sigterm_mid_epoch_then_relaunch_is_bit_identical(tmp_path, toy_root, reference, nproc):
     proc = _start(tmp_path, toy_root, *STEP_OPTS, nproc=nproc)
