@@ -10,10 +10,12 @@
     ddp-style save does)                                       target: faster (ratio > 1)
 (c) verified sharded load (manifest + every file hashed, then DCP through the verifying
     reader) vs a bare ``dcp.load``                             target: <= 1.3x
+(f) the same pair for the 2-rank checkpoint loaded (resharded) on 1 and on 4 ranks: rank 0 then
+    launches ``torchrun --nproc_per_node=K`` of this script with ``--load-only`` for each K in
+    ``--reshard-to`` (default 1,4) and reports its medians
 
 Each pair runs alternately ``--repeats`` times and the medians are compared, so both sides see
-the same machine load. Reads are warm (page cache). Not measured here: loads at another world
-size (a separate launch).
+the same machine load. Reads are warm (page cache).
 
 With ``--async-saves N`` (N >= 50 for the memory bound; e.g. ``--size-mb 64 --async-saves 50``) it
 measures asynchronous sharded saves instead, each after an in-place change of every weight:
@@ -28,8 +30,10 @@ measures asynchronous sharded saves instead, each after an in-place change of ev
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,8 +81,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dir", default="")
     p.add_argument("--async-saves", type=int, default=0)
+    p.add_argument("--reshard-to", default="1,4", help="world sizes to load the checkpoint on ('' for none)")
+    p.add_argument("--load-only", default="", help=argparse.SUPPRESS)  # ROOT: (f)'s child launch
     args = p.parse_args()
     init_distributed()
+    if args.load_only:
+        model, optimizer = build(args.size_mb)
+        load_only(Path(args.load_only), model, optimizer, args.repeats)
+        return
     root = Path(broadcast_object(tempfile.mkdtemp(prefix="sharded_io_", dir=args.dir or None)))
     model, optimizer = build(args.size_mb)
     if args.async_saves:
@@ -113,9 +123,15 @@ def main() -> None:
                 dcp.load({"model": msd, "optim": osd}, checkpoint_id=root / f"bare_{i}")
 
             rows["bload"].append(timed(bare_load))
-            if get_rank() == 0:
+            if get_rank() == 0 and i < args.repeats - 1:
                 shutil.rmtree(root / f"bare_{i}", ignore_errors=True)
         med = {k: statistics.median(v) for k, v in rows.items()}
+        last = args.repeats - 1
+        resharded = {}
+        if get_rank() == 0:  # the other ranks wait at the barrier below
+            for k in [int(w) for w in args.reshard_to.split(",") if w.strip()]:
+                resharded[k] = launch_load_only(k, root, f"ck_{last}", f"bare_{last}", args)
+        barrier()
         if get_rank() == 0:
             size = sum(f.stat().st_size for f in (root / "sharded" / f"ck_{args.repeats - 1}").iterdir()) / 2**20
             print(f"\nsharded checkpoint {size:.0f} MiB on {get_world_size()} rank(s), median of {args.repeats}")
@@ -129,12 +145,53 @@ def main() -> None:
                  med["vload"] / med["bload"], "<= 1.3"),
             ):
                 print(f"{name:<58}{ours:>9.2f}{other:>9.2f}{ratio:>8.2f}  {target}")
+            for k, (vload, bload) in resharded.items():
+                name = f"(f) {get_world_size()}-rank checkpoint loaded on {k} rank(s), verified vs bare"
+                print(f"{name:<58}{vload:>9.2f}{bload:>9.2f}{vload / bload:>8.2f}  <= 1.3")
     finally:
         manager.close()
         files.close()
         barrier()
         if get_rank() == 0:
             shutil.rmtree(root, ignore_errors=True)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def launch_load_only(world: int, root: Path, sharded: str, bare: str, args: argparse.Namespace) -> tuple[float, float]:
+    """(verified, bare) median load seconds of ``root``'s checkpoints on ``world`` ranks, from a child torchrun."""
+    env = {k: v for k, v in os.environ.items()  # this process's own torchrun settings must not leak in
+           if not k.startswith(("TORCHELASTIC_", "MASTER_", "GROUP_", "ROLE_", "LOCAL_"))
+           and k not in ("RANK", "WORLD_SIZE")}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
+                          __file__, "--size-mb", str(args.size_mb), "--repeats", str(args.repeats),
+                          "--load-only", f"{root}:{sharded}:{bare}"],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("load_only "))
+    _, vload, bload = line.split()
+    return float(vload), float(bload)
+
+
+def load_only(spec: Path, model: nn.Module, optimizer: torch.optim.Optimizer, repeats: int) -> None:
+    """(f)'s child: verified and bare loads of checkpoints another world size wrote, alternately."""
+    root, sharded, bare = str(spec).split(":")
+    manager = CheckpointManager(Path(root) / "reshard", sharded=True)
+    latest = Path(root) / "sharded" / sharded
+    vload, bload = [], []
+    try:
+        for _ in range(repeats):
+            vload.append(timed(lambda: manager.restore(manager.load(latest), path=latest, model=model,
+                                                       optimizer=optimizer)))
+
+            def bare_load() -> None:
+                msd, osd = get_state_dict(model, optimizer)
+                dcp.load({"model": msd, "optim": osd}, checkpoint_id=Path(root) / bare)
+
+            bload.append(timed(bare_load))
+        if get_rank() == 0:
+            print(f"load_only {statistics.median(vload):.4f} {statistics.median(bload):.4f}", flush=True)
+    finally:
+        manager.close()
         if dist.is_initialized():
             dist.destroy_process_group()
 
