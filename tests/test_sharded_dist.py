@@ -125,10 +125,12 @@ def test_world_size_2_to_1_to_4_consumes_one_permutation_and_same_size_resume_is
 
 def test_fsdp_2_ranks_sigterm_then_1_rank_continues_the_epoch_exactly(tmp_path: Path, toy_root: Path) -> None:
     run = tmp_path / "run"
-    # With the EMA on: the runner shards it like the model and its tensors go through DCP (test_sharded_ema.py).
+    # With the EMA on: the runner shards it like the model and its tensors go through DCP (test_sharded_ema.py);
+    # saving asynchronously (the runner's async sharded path: the preemption save commits before exit 0).
     proc = _launch(run, toy_root, 2, tmp_path / "a-ids", "TRAIN.MAX_STEPS_PER_EPOCH", "8", "TRAIN.EMA.ENABLED", "True",
-                   sigterm_at=3, alive=tmp_path / "alive")
+                   "CHECKPOINT.ASYNC", "True", sigterm_at=3, alive=tmp_path / "alive")
     assert "Preempted at epoch 0 step 3" in proc.stdout + proc.stderr
+    assert "checkpoint_epoch_0_step_3 (written in the background)" in proc.stdout + proc.stderr
     # The run freed its FSDP2 model (which holds the process group) before destroying the group: left
     # to interpreter teardown, gloo's destructor aborted finished runs now and then (exit -6,
     # 'terminate called without an active exception').

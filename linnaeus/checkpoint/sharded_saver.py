@@ -65,7 +65,8 @@ def save_sharded_for(manager: CheckpointManager, *, epoch: int, step: int, epoch
             rest[TAXONOMY_KEY] = manager.taxonomy
     def after_commit(result: SaveResult) -> None:
         manager.last_committed = result.path
-        logger.info("Saved sharded checkpoint %s", result.path)
+        logger.info("Saved sharded checkpoint %s%s", result.path,
+                    "" if background is None else " (written in the background)")
         if not manager.is_writer:
             return
         for what, action in (("on_commit hook", manager.on_commit), ("retention", lambda _: manager.apply_retention())):
