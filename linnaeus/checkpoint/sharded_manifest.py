@@ -53,43 +53,33 @@ def is_sharded_checkpoint(path: str | Path) -> bool:
     return path.is_dir() and ((path / MANIFEST).exists() or (path / DCP_METADATA).exists())
 
 
+def _hash_file(path: Path, *hashers: Any) -> int:
+    """Feed every byte of ``path`` to each of ``hashers`` in one read pass; returns the size."""
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(_READ_CHUNK):
+            for h in hashers:
+                h.update(block)
+            size += len(block)
+    return size
+
+
 def sha256_of(path: Path) -> tuple[int, str]:
     """(size, sha256) of a file, read in large chunks."""
     h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_READ_CHUNK)
-            if not block:
-                break
-            h.update(block)
-            size += len(block)
-    return size, h.hexdigest()
+    return _hash_file(path, h), h.hexdigest()
 
 
 def digests_of(path: Path) -> dict[str, Any]:
     """The manifest entry of a file: size, sha256 and xxh3-128, in one read pass."""
     sha, fast = hashlib.sha256(), xxhash.xxh3_128()
-    size = 0
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_READ_CHUNK)
-            if not block:
-                break
-            sha.update(block)
-            fast.update(block)
-            size += len(block)
+    size = _hash_file(path, sha, fast)
     return {"size": size, "sha256": sha.hexdigest(), FAST_DIGEST: fast.hexdigest()}
 
 
 def _xxh3_of(path: Path) -> str:
     fast = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_READ_CHUNK)
-            if not block:
-                break
-            fast.update(block)
+    _hash_file(path, fast)
     return fast.hexdigest()
 
 
