@@ -9,6 +9,9 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.linnaeus-installed
 NPROC   ?= 2
 DEMO_OPTS ?=
+# Test files run on this many pytest-xdist workers (one file stays on one worker, so its module
+# fixtures are shared): most tests wait on the training processes they start, one core each.
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test bench clean-venv
 
@@ -25,7 +28,7 @@ demo: venv
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) tools/train.py --cfg configs/demo.yaml $(if $(DEMO_OPTS),--opts $(DEMO_OPTS),)
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: venv
 	$(PY) benchmarks/runner_overhead.py
