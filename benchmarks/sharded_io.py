@@ -10,12 +10,14 @@
     ddp-style save does)                                       target: faster (ratio > 1)
 (c) verified sharded load (manifest + every file hashed, then DCP through the verifying
     reader) vs a bare ``dcp.load``                             target: <= 1.3x
+    twice: warm (the files just written, in the page cache) and cold (evicted with
+    ``posix_fadvise(DONTNEED)`` first, as after a restart)
 (f) the same pair for the 2-rank checkpoint loaded (resharded) on 1 and on 4 ranks: rank 0 then
     launches ``torchrun --nproc_per_node=K`` of this script with ``--load-only`` for each K in
     ``--reshard-to`` (default 1,4) and reports its medians
 
 Each pair runs alternately ``--repeats`` times and the medians are compared, so both sides see
-the same machine load. Reads are warm (page cache).
+the same machine load.
 
 With ``--async-saves N`` (N >= 50 for the memory bound; e.g. ``--size-mb 64 --async-saves 50``) it
 measures asynchronous sharded saves instead, each after an in-place change of every weight:
@@ -49,6 +51,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy  # noqa: E402
+from linnaeus.checkpoint.sharded_manifest import _hashed  # noqa: E402
 from linnaeus.dist import all_gather_object, barrier, broadcast_object, get_rank, get_world_size, init_distributed  # noqa: E402
 from linnaeus.engine.parallel import wrap_model  # noqa: E402
 
@@ -94,7 +97,7 @@ def main() -> None:
     if args.async_saves:
         async_saves(root, model, optimizer, args.async_saves)
         return
-    rows: dict[str, list[float]] = {k: [] for k in ("verified", "bare", "file", "vload", "bload")}
+    rows: dict[str, list[float]] = {k: [] for k in ("verified", "bare", "file", "vload", "bload", "vcold", "bcold")}
     manager = CheckpointManager(root / "sharded", CheckpointPolicy(keep_last_n=1), sharded=True)
     files = CheckpointManager(root / "files", CheckpointPolicy(keep_last_n=1))
     try:
@@ -123,6 +126,13 @@ def main() -> None:
                 dcp.load({"model": msd, "optim": osd}, checkpoint_id=root / f"bare_{i}")
 
             rows["bload"].append(timed(bare_load))
+            # The same two loads from a cold page cache, as after a relaunch on a restarted machine.
+            evict(latest)
+            _hashed.clear()  # this process's record of files it hashed: the cold load must hash them again
+            rows["vcold"].append(timed(lambda: manager.restore(manager.load(latest), path=latest, model=model,
+                                                               optimizer=optimizer)))
+            evict(root / f"bare_{i}")
+            rows["bcold"].append(timed(bare_load))
             if get_rank() == 0 and i < args.repeats - 1:
                 shutil.rmtree(root / f"bare_{i}", ignore_errors=True)
         med = {k: statistics.median(v) for k, v in rows.items()}
@@ -143,6 +153,8 @@ def main() -> None:
                  med["file"] / med["verified"], "> 1"),
                 ("(c) verified sharded load vs bare dcp.load (time)", med["vload"], med["bload"],
                  med["vload"] / med["bload"], "<= 1.3"),
+                ("(c) the same, both from a cold page cache (time)", med["vcold"], med["bcold"],
+                 med["vcold"] / med["bcold"], "<= 1.3"),
             ):
                 print(f"{name:<58}{ours:>9.2f}{other:>9.2f}{ratio:>8.2f}  {target}")
             for k, (vload, bload) in resharded.items():
@@ -156,6 +168,19 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def evict(directory: Path) -> None:
+    """Drop ``directory``'s files from the page cache (they are fsynced, so clean pages go at once)."""
+    barrier()
+    if get_rank() == 0:
+        for f in directory.iterdir():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    barrier()
 
 
 def launch_load_only(world: int, root: Path, sharded: str, bare: str, args: argparse.Namespace) -> tuple[float, float]:
