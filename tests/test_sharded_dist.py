@@ -127,8 +127,11 @@ def test_fsdp_2_ranks_sigterm_then_1_rank_continues_the_epoch_exactly(tmp_path: 
     run = tmp_path / "run"
     # With the EMA on: the runner shards it like the model and its tensors go through DCP (test_sharded_ema.py);
     # saving asynchronously (the runner's async sharded path: the preemption save commits before exit 0).
+    # And the weights-only saver (of the EMA) every 2 steps: one file gathered from the shards.
     proc = _launch(run, toy_root, 2, tmp_path / "a-ids", "TRAIN.MAX_STEPS_PER_EPOCH", "8", "TRAIN.EMA.ENABLED", "True",
-                   "CHECKPOINT.ASYNC", "True", sigterm_at=3, alive=tmp_path / "alive")
+                   "CHECKPOINT.ASYNC", "True", "CHECKPOINT.WEIGHTS_SAVER.ENABLED", "True",
+                   "CHECKPOINT.WEIGHTS_SAVER.USE_EMA", "True", "CHECKPOINT.WEIGHTS_SAVER.INTERVAL", "2st",
+                   "CHECKPOINT.WEIGHTS_SAVER.FILENAME", "weights_step_{step}.pth", sigterm_at=3, alive=tmp_path / "alive")
     assert "Preempted at epoch 0 step 3" in proc.stdout + proc.stderr
     assert "checkpoint_epoch_0_step_3 (written in the background)" in proc.stdout + proc.stderr
     # The run freed its FSDP2 model (which holds the process group) before destroying the group: left
@@ -138,6 +141,12 @@ def test_fsdp_2_ranks_sigterm_then_1_rank_continues_the_epoch_exactly(tmp_path: 
     stopped = _all_tensors(run / "tiny" / "checkpoints" / "checkpoint_epoch_0_step_3")
     assert {k[len("ema.module."):] for k in stopped if k.startswith("ema.")} == \
         {k[len("model."):] for k in stopped if k.startswith("model.")}
+    # The weights file of step 2 holds the whole EMA, every tensor at its full shape (not a rank's shard).
+    weights = torch.load(run / "tiny" / "checkpoints" / "weights_step_2.pth", weights_only=True)
+    assert weights["meta"]["kind"] == "weights" and weights["meta"]["step"] == 2
+    ema = {k[len("ema.module."):]: v for k, v in stopped.items() if k.startswith("ema.module.")}
+    assert weights["model"].keys() == ema.keys()
+    assert all(weights["model"][k].shape == v.shape for k, v in ema.items())
     proc = _launch(run, toy_root, 1, tmp_path / "b-ids", "TRAIN.MAX_STEPS_PER_EPOCH", "8", "TRAIN.EMA.ENABLED", "True")
     log = proc.stdout + proc.stderr
     assert "Resumed from" in log and "checkpoint_epoch_0_step_3 (epoch 0, step 3)" in log, log[-3000:]

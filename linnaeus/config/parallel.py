@@ -28,10 +28,6 @@ def validate_parallel(cfg: CN) -> None:
             "CHECKPOINT.FORMAT file with TRAIN.STRATEGY fsdp: a single-file save would gather the whole model and "
             "optimizer into one process, which is what fsdp avoids. Use CHECKPOINT.FORMAT auto (or sharded); "
             "`linnaeus-ckpt export DIR OUT.pth` writes one weights-only file from a sharded checkpoint.")
-    if fsdp and cfg.CHECKPOINT.WEIGHTS_SAVER.ENABLED:
-        raise ConfigError(
-            "CHECKPOINT.WEIGHTS_SAVER.ENABLED True with TRAIN.STRATEGY fsdp is not supported yet (it writes single "
-            "files). Disable it and export weights from a sharded checkpoint with `linnaeus-ckpt export`.")
     if not sharded_checkpoints(cfg):
         return
     why = "CHECKPOINT.FORMAT sharded" if cfg.CHECKPOINT.FORMAT == "sharded" else \

@@ -31,6 +31,7 @@ from linnaeus.checkpoint.resume import (
     find_resume_point,
 )
 from linnaeus.checkpoint.resume_target import parse_run_target
+from linnaeus.checkpoint.sharded import full_model_state, has_dtensors
 from linnaeus.checkpoint.sources import DownloadOptions
 from linnaeus.checkpoint.sources.base import redact
 from linnaeus.checkpoint.upload import BackgroundUploader, close_on_all_ranks, poll_on_all_ranks
@@ -219,8 +220,13 @@ class RunCheckpoints:
         for hook in self.before_save:
             hook()
         p, objects = self.progress, dict(self.objects)
-        if manager is self.weights and self.cfg.CHECKPOINT.WEIGHTS_SAVER.USE_EMA and "ema" in objects:
-            objects["model"] = getattr(objects["ema"], "module", objects["ema"])
+        if manager is self.weights:
+            if self.cfg.CHECKPOINT.WEIGHTS_SAVER.USE_EMA and "ema" in objects:
+                objects["model"] = getattr(objects["ema"], "module", objects["ema"])
+            if has_dtensors(objects["model"]):
+                # fsdp: a weights file is for inference, in one piece; rank 0 gathers the whole model
+                # (weights only, never the optimizer) and writes it (a collective).
+                objects["model"] = full_model_state(objects["model"])
         manager.save(epoch=p.epoch, step=p.step, epoch_step=p.epoch_step, samples=p.samples,
                      end_of_epoch=end_of_epoch, metrics=_scalar_metrics(metrics), **objects)
         self._saved_step[manager.name] = p.step
