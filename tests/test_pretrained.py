@@ -385,12 +385,33 @@ def test_malicious_pickle_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "payload": _Payload(marker)}, path)
     assert not marker.exists()
-    with pytest.raises(CheckpointCorruptError, match=r"evil.pth.*weights_only=True"):
+    # Refused, and not called damaged: the file is intact; deleting it is not the advice.
+    with pytest.raises(CheckpointIncompatibleError, match=r"evil.pth.*weights_only=True") as err:
         load_pretrained(hybrid(), pretrained=str(path))
+    assert not isinstance(err.value, CheckpointCorruptError) and "Delete" not in str(err.value)
+    assert "a pickle holding getattr" in str(err.value)  # the global it refused (Path.touch pickles so)
     assert not marker.exists()
     # The payload is live: an unsafe load would have run it.
     torch.load(path, weights_only=False)
     assert marker.exists()
+
+
+def test_a_timm_training_checkpoint_with_its_argparse_args_loads(tmp_path):
+    """timm's train.py saves ``args`` (an argparse.Namespace) beside ``state_dict``: a pretrained
+    load reads its weights (the Namespace is built field by field, no code runs) instead of
+    calling the intact file corrupt."""
+    import argparse
+
+    src = timm.create_model("resnet10t", pretrained=False, num_classes=5)
+    path = tmp_path / "checkpoint-3.pth.tar"
+    torch.save({"epoch": 3, "arch": "resnet10t", "state_dict": src.state_dict(), "version": 2,
+                "args": argparse.Namespace(model="resnet10t", lr=0.1, sched="cosine")}, path)
+    weights = read_weights(path)
+    assert weights.container == "state_dict" and any("args" in n for n in weights.notes), weights.notes
+    assert weights.tensors.keys() == src.state_dict().keys()
+    dst = timm.create_model("resnet10t", pretrained=False, num_classes=5)
+    load_weights(dst, weights.tensors, strategy="strict", source=str(path))
+    assert all(torch.equal(a, b) for a, b in zip(dst.state_dict().values(), src.state_dict().values()))
 
 
 def test_file_without_state_dict_is_incompatible(tmp_path):

@@ -27,6 +27,7 @@ side's job: it renames keys and passes ``unused`` / ``renamed`` / ``expect`` her
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointIncompatibleError, CheckpointNotFoundError
+from linnaeus.checkpoint.foreign import REFUSED_PICKLE_ADVICE, refused_pickle
 from linnaeus.checkpoint.load_report import Expect, KeyIssue, LoadReport, format_groups, group_by_prefix
 from linnaeus.checkpoint.sharded import consolidate_model
 from linnaeus.checkpoint.sharded_manifest import is_sharded_checkpoint
@@ -75,9 +77,10 @@ def read_weights(path: str | os.PathLike, *, use_ema: bool = False) -> WeightsFi
 
     Raises:
         CheckpointNotFoundError: ``path`` is not a file.
-        CheckpointCorruptError: the file cannot be read, is truncated, or holds pickled
-            objects that ``weights_only=True`` refuses to build.
-        CheckpointIncompatibleError: the file loads but holds no state dict.
+        CheckpointCorruptError: the file cannot be read or is truncated.
+        CheckpointIncompatibleError: the file loads but holds no state dict, or it is intact but
+            its pickle names classes that ``weights_only=True`` refuses to build (an
+            ``argparse.Namespace``, as timm's train.py saves, is built).
     """
     path = Path(path)
     if is_sharded_checkpoint(path):  # a DCP directory: its model consolidated here, every file verified
@@ -134,16 +137,18 @@ def _load_file(path: Path) -> object:
         except Exception as e:  # safetensors raises its own error types; all mean "unreadable"
             raise CheckpointCorruptError(path, f"cannot read safetensors file: {type(e).__name__}: {e}") from e
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # timm's train.py stores its argparse arguments beside the weights. Building a Namespace
+        # only sets attributes, each value still through weights_only's unpickler; nothing else
+        # beyond tensors and plain containers is allowed.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, refused global, I/O error: report them all by file
-        reason = f"{type(e).__name__}: {e}"
-        if "Weights only load failed" in str(e):
-            reason = (
-                "refused by torch.load(weights_only=True): the file contains pickled Python objects "
-                "beyond tensors and plain containers, which could run code when loaded. Re-save it as a "
-                "plain state dict (torch.save(model.state_dict(), ...)) or as .safetensors. Details: " + str(e)
-            )
-        raise CheckpointCorruptError(path, reason) from e
+        refused = refused_pickle(e)
+        if refused is not None:  # an intact file whose pickle names a class: not damage, nothing to delete
+            raise CheckpointIncompatibleError(
+                f"{path}: {refused} (torch.load(weights_only=True)). {REFUSED_PICKLE_ADVICE} "
+                "Or re-save it as .safetensors.", path=path) from e
+        raise CheckpointCorruptError(path, f"{type(e).__name__}: {e}") from e
 
 
 def _is_state_dict(obj: Mapping) -> bool:
