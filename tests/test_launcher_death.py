@@ -255,3 +255,31 @@ def test_collective_timeout_is_validated() -> None:
     with pytest.raises(ConfigError, match=r"TRAIN\.COLLECTIVE_TIMEOUT_S 30 is too short with ENV\.OUTPUT\.BUCKET"):
         load_config(str(cfg), [*bucket, "TRAIN.COLLECTIVE_TIMEOUT_S", "30"])
     assert load_config(str(cfg), [*bucket, "TRAIN.COLLECTIVE_TIMEOUT_S", "31"]).TRAIN.COLLECTIVE_TIMEOUT_S == 31
+
+
+def test_a_worker_whose_launcher_died_during_its_imports_stops(tmp_path: Path, toy_root: Path) -> None:
+    """The watch starts only after the worker's imports (seconds); a launcher that died before
+    then has already been replaced as the parent (by init), and the worker must still see that
+    its launcher is gone instead of watching its new parent and training on as an orphan."""
+    log = tmp_path / "worker.log"
+    # A stand-in launcher: starts the worker (with torchrun's marker variable) and dies 1.5 s later,
+    # while the worker is still importing torch (its watch starts only after about 4 s).
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time; log = open(sys.argv[1], 'w'); "
+         "print(subprocess.Popen(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT, start_new_session=True).pid, "
+         "flush=True); time.sleep(1.5)",
+         str(log), sys.executable, str(REPO / "tools" / "train.py"), *tiny_args(tmp_path, toy_root, *OPTS)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TORCHELASTIC_RUN_ID": "orphan-test"})
+    worker = int(launcher.communicate(timeout=60)[0].split()[-1])
+    try:
+        deadline = time.monotonic() + 120
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        out = log.read_text(errors="replace")
+        assert not _alive(worker), f"the orphaned worker still runs:\n{out[-3000:]}"
+    finally:
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+    assert GONE_LINE.format(pid=launcher.pid) in out, out[-3000:]
+    assert not _steps(tmp_path / "tiny") and "Saved checkpoint" not in out, "an orphan saved checkpoints"

@@ -6,7 +6,9 @@ train to the end as orphans, saving and pruning checkpoints beside the relaunch,
 the run dir's writer lock so that the relaunch is refused.
 
 A daemon thread waits on a pidfd of the launcher (or polls ``getppid()`` where pidfds are
-missing) and, once it is gone, logs one line and sets :attr:`LauncherWatch.gone`. The
+missing) and, once it is gone, logs one line and sets :attr:`LauncherWatch.gone`. The launcher is
+the parent this process had when it first imported linnaeus (:func:`launcher_pid`), not when the
+watch starts after the heavy imports: a launcher that died during them is seen as gone too. The
 training loop calls :meth:`LauncherWatch.check` at every step boundary, before any save, and
 leaves with :class:`LauncherGone` (exit status :data:`EXIT_LAUNCHER_GONE`): the runner's error
 path lets a save already in flight commit and releases the writer lock. Nothing new is saved:
@@ -60,13 +62,22 @@ def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
+def launcher_pid() -> int:
+    """The parent this process had when it started (when it first imported linnaeus): the launcher.
+    Not ``os.getppid()`` now, which after the launcher's death names whoever adopted the orphan."""
+    from linnaeus import _IMPORTED_BY
+
+    pid, parent = _IMPORTED_BY
+    return parent if pid == os.getpid() else os.getppid()  # a forked child: its parent is the forker
+
+
 class LauncherWatch:
     """Context manager: watches the parent process while the block runs (under torchrun only)."""
 
     def __init__(self, enabled: bool | None = None, grace_s: float | None = None) -> None:
         self.enabled = launched_by_torchrun() if enabled is None else enabled
         self.grace_s = GRACE_S if grace_s is None else grace_s
-        self.launcher_pid = os.getppid()
+        self.launcher_pid = launcher_pid()
         self._gone = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -145,4 +156,4 @@ class LauncherWatch:
                 os.close(pidfd)
 
 
-__all__ = ["EXIT_LAUNCHER_GONE", "GRACE_S", "LauncherGone", "LauncherWatch", "launched_by_torchrun"]
+__all__ = ["EXIT_LAUNCHER_GONE", "GRACE_S", "LauncherGone", "LauncherWatch", "launched_by_torchrun", "launcher_pid"]
