@@ -156,4 +156,5 @@ class LauncherWatch:
                 os.close(pidfd)
 
 
-__all__ = ["EXIT_LAUNCHER_GONE", "GRACE_S", "LauncherGone", "LauncherWatch", "launched_by_torchrun", "launcher_pid"]
+__all__ = ["EXIT_LAUNCHER_GONE", "GRACE_S", "LauncherGone", "LauncherWatch", "launched_by_torchrun",
+           "launcher_pid"]
