@@ -141,6 +141,28 @@ def test_failed_upload_raises_on_every_rank_and_the_job_exits_nonzero(
     assert "close returned" not in out
 
 
+def test_a_failing_run_exits_after_the_uploads_of_its_committed_checkpoints(
+        tmp_path: Path, toy_root: Path, s3_server: RcloneServer) -> None:
+    """Epoch 1's checkpoint is committed and its upload is slow (rclone's --bwlimit, through its
+    environment variable); then epoch 2's validation raises. The run must still exit non-zero with
+    its own error, but only once the committed checkpoint is in the bucket, with its sidecar:
+    the machine may be gone before the next launch could upload it."""
+    from tests.conftest import tiny_args
+
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "helpers" / "fails_in_second_eval.py"),
+                           *tiny_args(tmp_path, toy_root, *SHORT, *OUT_BUCKET, "TRAIN.EPOCHS", "2")],
+                          cwd=REPO, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "RCLONE_BWLIMIT": "300k"})
+    out = _output(proc)
+    assert proc.returncode != 0 and "injected failure in the second validation" in out, out[-4000:]
+    local = tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_1.pth"
+    remote = s3_server.root / BUCKET / "runs" / "tiny"
+    assert (remote / "checkpoint_epoch_1.pth").is_file() and (remote / "checkpoint_epoch_1.pth.sha256").is_file(), \
+        f"the committed checkpoint is not in the bucket:\n{out[-4000:]}"
+    assert _sha(remote / "checkpoint_epoch_1.pth") == _sha(local)
+    assert "The run failed; finishing the uploads of its committed checkpoints" in out
+
+
 # ----------------------------------------------------------------------------- TRAIN.RESUME lookup
 def test_resume_bare_name_from_the_runs_output_bucket_on_a_fresh_machine(
         tmp_path: Path, toy_root: Path, s3_server: RcloneServer) -> None:

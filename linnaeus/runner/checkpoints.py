@@ -34,7 +34,7 @@ from linnaeus.checkpoint.resume_target import parse_run_target
 from linnaeus.checkpoint.sharded import full_model_state, has_dtensors
 from linnaeus.checkpoint.sources import DownloadOptions
 from linnaeus.checkpoint.sources.base import redact
-from linnaeus.checkpoint.upload import BackgroundUploader, close_on_all_ranks, poll_on_all_ranks
+from linnaeus.checkpoint.upload import BackgroundUploader, UploadError, close_on_all_ranks, poll_on_all_ranks
 from linnaeus.checkpoint.writer_lock import WriterLease, acquire_on_writer_rank
 from linnaeus.config import build_policy, build_weights_policy, config_yaml
 from linnaeus.config.parallel import sharded_checkpoints
@@ -45,6 +45,9 @@ from linnaeus.runner.taxonomy_record import taxonomy_levels
 from linnaeus.utils.checkpoint_utils import input_resolver
 
 logger = logging.getLogger("linnaeus")
+
+# How long a failed run waits for the uploads of the checkpoints it committed before it exits.
+UPLOAD_WAIT_AFTER_ERROR_S = 900
 
 class RunCheckpoints:
     """The run's savers (full + optional weights-only), its uploader, and its save schedule."""
@@ -281,17 +284,32 @@ class RunCheckpoints:
 
     def close_after_error(self) -> None:
         """:meth:`close` while the run unwinds an exception (perhaps on this rank alone): this rank's
-        saves in flight commit, no collective runs and nothing is raised, so the run's own error
-        propagates. Uploads are not waited for: the next launch queues the files they missed."""
+        saves in flight commit, then its uploads of committed checkpoints finish (up to
+        :data:`UPLOAD_WAIT_AFTER_ERROR_S`), holding the writer lock; no collective runs and nothing
+        is raised, so the run's own error propagates. An upload that fails is logged."""
         if self._closed:
             return
         self._closed = True
         try:
             for manager in self._savers():
                 manager.close_after_error()
+            self._finish_uploads_after_error()
         finally:
             if self._lock is not None:
                 self._lock.release()
+
+    def _finish_uploads_after_error(self) -> None:
+        # A failed run's machine may be gone before the next launch could upload what this one
+        # committed: its last checkpoints would exist nowhere else.
+        uploader, self.uploader = self.uploader, None
+        if uploader is None:
+            return
+        logger.warning("The run failed; finishing the uploads of its committed checkpoints to %s (up to %d s) "
+                       "before it exits with the error ...", uploader.display, UPLOAD_WAIT_AFTER_ERROR_S)
+        try:
+            uploader.close(timeout=UPLOAD_WAIT_AFTER_ERROR_S)
+        except UploadError as e:  # logged; the run's own error is the one raised
+            logger.error("%s", e)
 
 
 def _scalar_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
