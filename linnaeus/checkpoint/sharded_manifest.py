@@ -159,6 +159,16 @@ def _digest_once(target: Path, st: os.stat_result, algorithm: str) -> str:
     return digest
 
 
+def _both_digests_once(target: Path, st: os.stat_result) -> None:
+    """Record both digests of ``target`` from one read (a thorough check needs both)."""
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    if all(_hashed.get((str(target), a), (None,))[0] == key for a in (FAST_DIGEST, "sha256")):
+        return
+    entry = digests_of(target)
+    for algorithm in (FAST_DIGEST, "sha256"):
+        _hashed[(str(target), algorithm)] = (key, entry[algorithm])
+
+
 def check_file(path: Path, manifest: Mapping[str, Any], name: str, *, hash_bytes: bool = True,
                thorough: bool = False) -> None:
     """Raise :class:`CheckpointCorruptError` naming ``path/name`` unless its size and digest match:
@@ -176,6 +186,8 @@ def check_file(path: Path, manifest: Mapping[str, Any], name: str, *, hash_bytes
                                              "(truncated or overwritten)")
     if not hash_bytes:
         return
+    if thorough:
+        _both_digests_once(target, st)
     fast = entry.get(FAST_DIGEST)
     if isinstance(fast, str):
         actual = _digest_once(target, st, FAST_DIGEST)
