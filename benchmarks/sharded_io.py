@@ -92,7 +92,9 @@ def main() -> None:
         model, optimizer = build(args.size_mb)
         load_only(Path(args.load_only), model, optimizer, args.repeats)
         return
-    root = Path(broadcast_object(tempfile.mkdtemp(prefix="sharded_io_", dir=args.dir or None)))
+    # Rank 0 makes the directory; the others would leave empty ones behind.
+    made = tempfile.mkdtemp(prefix="sharded_io_", dir=args.dir or None) if get_rank() == 0 else None
+    root = Path(broadcast_object(made))
     model, optimizer = build(args.size_mb)
     if args.async_saves:
         async_saves(root, model, optimizer, args.async_saves)
@@ -161,13 +163,7 @@ def main() -> None:
                 name = f"(f) {get_world_size()}-rank checkpoint loaded on {k} rank(s), verified vs bare"
                 print(f"{name:<58}{vload:>9.2f}{bload:>9.2f}{vload / bload:>8.2f}  <= 1.3")
     finally:
-        manager.close()
-        files.close()
-        barrier()
-        if get_rank() == 0:
-            shutil.rmtree(root, ignore_errors=True)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        _finish(root, manager, files)
 
 
 def evict(directory: Path) -> None:
@@ -258,13 +254,18 @@ def async_saves(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
                       f"{(after_n - after_2) / 2**20:>10.1f}{share / 2**20:>10.1f}"
                       f"{(after_n - after_2) / share:>8.3f}  < 1")
     finally:
-        manager.close()
-        sync.close()
-        barrier()
-        if get_rank() == 0:
-            shutil.rmtree(root, ignore_errors=True)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        _finish(root, manager, sync)
+
+
+def _finish(root: Path, *managers: CheckpointManager) -> None:
+    """Close ``managers``, remove the benchmark's directory (rank 0, once every rank is done), end the group."""
+    for m in managers:
+        m.close()
+    barrier()
+    if get_rank() == 0:
+        shutil.rmtree(root, ignore_errors=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class _Fixed:
