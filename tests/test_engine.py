@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -26,6 +25,7 @@ from linnaeus.engine.metrics import RunningSums, topk_correct
 from linnaeus.engine.optim import build_ema, build_optimizer, build_scheduler
 from linnaeus.engine.run_log import NullWriter, build_tb_writer, setup_logging
 from linnaeus.engine.trainer import Progress, Trainer, steps_per_epoch
+from tests.fixtures_rclone import free_port
 
 LEVELS = {"species": 6, "genus": 3}
 TASK_KEYS = list(LEVELS)
@@ -421,9 +421,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 def test_ddp_accumulation_matches_one_process_and_evaluation_is_exact(tmp_path):
     import torch.multiprocessing as mp
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     mp.start_processes(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pth", weights_only=True) for r in range(2))
     # Both ranks hold the same weights, equal to one process taking the same global batches:

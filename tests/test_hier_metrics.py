@@ -16,6 +16,7 @@ from linnaeus.data.hierarchy import Hierarchy
 from linnaeus.data.manifest import build_taxonomy
 from linnaeus.data.taxonomy import IGNORE_INDEX, DatasetError, Taxonomy, tree_conflicts
 from linnaeus.engine.evaluator import evaluate, summary_lines
+from tests.fixtures_rclone import free_port
 
 KEYS = ("species", "genus", "family", "order")
 # order O1 > family F1 > genus G1 > s1, s2 ; genus G2 > s3 ; family F2 > genus G3 > s4
@@ -224,14 +225,11 @@ def _eval_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 
 def test_metrics_are_exact_across_ranks_even_for_a_rank_without_samples(tmp_path):
-    import socket
     import time
 
     import torch.multiprocessing as mp
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     ctx = mp.start_processes(_eval_worker, args=(2, port, str(tmp_path)), nprocs=2, join=False, start_method="spawn")
     deadline = time.monotonic() + 120
     try:
