@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy  # noqa: E402
-from linnaeus.checkpoint.hashing import sha256_file  # noqa: E402
+from linnaeus.checkpoint.disk import sha256_file  # noqa: E402
 
 
 def make_state(size_mb: int) -> dict:

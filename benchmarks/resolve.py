@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from linnaeus.checkpoint.resolve import resolve  # noqa: E402
-from linnaeus.checkpoint.sources.rclone import rclone_binary  # noqa: E402
+from linnaeus.checkpoint import resolve  # noqa: E402
+from linnaeus.checkpoint.sources import rclone_binary  # noqa: E402
 
 KEY_ID, SECRET = "bench-access-key", "bench-secret-key-123456"
 

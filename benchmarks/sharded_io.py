@@ -51,7 +51,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy  # noqa: E402
-from linnaeus.checkpoint.sharded_manifest import _hashed  # noqa: E402
+from linnaeus.checkpoint.disk import clear_digest_cache  # noqa: E402
 from linnaeus.dist import all_gather_object, barrier, broadcast_object, get_rank, get_world_size, init_distributed  # noqa: E402
 from linnaeus.engine.parallel import wrap_model  # noqa: E402
 
@@ -130,7 +130,7 @@ def main() -> None:
             rows["bload"].append(timed(bare_load))
             # The same two loads from a cold page cache, as after a relaunch on a restarted machine.
             evict(latest)
-            _hashed.clear()  # this process's record of files it hashed: the cold load must hash them again
+            clear_digest_cache()  # this process's record of files it hashed: the cold load must hash them again
             rows["vcold"].append(timed(lambda: manager.restore(manager.load(latest), path=latest, model=model,
                                                                optimizer=optimizer)))
             evict(root / f"bare_{i}")

@@ -17,8 +17,8 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, verify_checkpoint
-from linnaeus.checkpoint.async_writer import AsyncWriter
-from linnaeus.checkpoint.commit import commit_file
+from linnaeus.checkpoint.disk import AsyncWriter
+from linnaeus.checkpoint.formats import commit_file
 from tests.conftest import REPO, tiny_args
 from tests.helpers.tied_model import TiedLM
 

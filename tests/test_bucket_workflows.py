@@ -23,14 +23,19 @@ import pytest
 import torch
 import yaml
 
-from linnaeus.checkpoint.errors import CheckpointError, InvalidOperationError
-from linnaeus.checkpoint.manager import CheckpointManager
+from linnaeus.checkpoint import (
+    BucketConfig,
+    CheckpointError,
+    CheckpointManager,
+    CheckpointPolicy,
+    Interval,
+    InvalidOperationError,
+    RemoteRun,
+    parse_interval,
+    resolve,
+)
 from linnaeus.checkpoint.ordering import progress_from_name
-from linnaeus.checkpoint.policy import CheckpointPolicy, Interval, parse_interval
-from linnaeus.checkpoint.remote import RemoteRun
-from linnaeus.checkpoint.resolve import BucketConfig, resolve
-from linnaeus.checkpoint.sources import get_source
-from linnaeus.checkpoint.sources.rclone import rclone_binary
+from linnaeus.checkpoint.sources import get_source, rclone_binary
 from linnaeus.cli.remote_cmds import main as remote_cmds
 from linnaeus.config import build_policy, load_config
 from linnaeus.config.errors import ConfigError

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from linnaeus.checkpoint import CheckpointCorruptError, hashing, load_verified, verify_checkpoint
-from linnaeus.checkpoint.commit import commit_file
-from linnaeus.checkpoint.hashing import HashingWriter
-from linnaeus.checkpoint.sidecar import read_sidecar_digest, sidecar_path
+from linnaeus.checkpoint import CheckpointCorruptError, load_verified, verify_checkpoint
+from linnaeus.checkpoint.disk import HashingWriter, digests, hashing, read_sidecar_digest, sidecar_path
+from linnaeus.checkpoint.formats import commit_file
 from linnaeus.checkpoint.sources import RcloneSource, download
 from linnaeus.checkpoint.state import make_meta
 from tests.fixtures_rclone import BUCKET, REMOTE, RcloneServer, rclone_isolated, s3_server, settle  # noqa: F401
@@ -37,13 +36,13 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
 def whole_file_hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Records every sequential whole-file hash (the slow path the chunks exist to avoid)."""
     calls: list[str] = []
-    real = hashing.sha256_file
+    real = digests.sha256_file
 
     def spy(path: str | Path) -> str:
         calls.append(str(path))
         return real(path)
 
-    monkeypatch.setattr(hashing, "sha256_file", spy)
+    monkeypatch.setattr(digests, "sha256_file", spy)
     return calls
 
 
@@ -196,4 +195,4 @@ def test_download_keeps_the_remote_chunk_digests(tmp_path: Path, s3_server: Rclo
 def test_digest_file_of_a_foreign_file_matches_what_a_save_records(tmp_path: Path) -> None:
     """`linnaeus-ckpt upload --write-sidecar` hashes files saved elsewhere the same way."""
     path = _commit(tmp_path)
-    assert hashing.digest_file(path) == read_sidecar_digest(path)
+    assert digests.digest_file(path) == read_sidecar_digest(path)

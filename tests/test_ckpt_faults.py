@@ -27,15 +27,23 @@ from linnaeus.checkpoint import (  # noqa: E402
     CheckpointCorruptError,
     CheckpointIncompatibleError,
     CheckpointManager,
+    load_verified,  # noqa: E402
+    read_latest,  # noqa: E402
     verify_checkpoint,
 )
-from linnaeus.checkpoint.commit import commit_file, read_latest  # noqa: E402
-from linnaeus.checkpoint.hashing import sha256_file  # noqa: E402
-from linnaeus.checkpoint.names import is_checkpoint_name, is_pending_sidecar_name, is_temp_name  # noqa: E402
-from linnaeus.checkpoint.sidecar import read_sidecar, sidecar_path
+from linnaeus.checkpoint.disk import (
+    LOCK_NAME,  # noqa: E402
+    is_temp_name,  # noqa: E402
+    read_sidecar,
+    sha256_file,  # noqa: E402
+    sidecar_path,
+)
+from linnaeus.checkpoint.formats import (  # noqa: E402
+    commit_file,  # noqa: E402
+    is_checkpoint_name,
+    is_pending_sidecar_name,
+)
 from linnaeus.checkpoint.testing import set_test_phase_hook  # noqa: E402
-from linnaeus.checkpoint.verify import load_verified  # noqa: E402
-from linnaeus.checkpoint.writer_lock import LOCK_NAME  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FORK = multiprocessing.get_context("fork")

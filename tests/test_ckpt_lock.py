@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, load_verified, verify_checkpoint
-from linnaeus.checkpoint.names import is_checkpoint_name, is_pending_sidecar_name, is_temp_name
+from linnaeus.checkpoint.disk import is_temp_name
+from linnaeus.checkpoint.formats import is_checkpoint_name, is_pending_sidecar_name
 from linnaeus.cli.ckpt import main as ckpt_main
 from tests.conftest import REPO, tiny_args, train_cmd
 
@@ -154,7 +155,7 @@ def _holder(directory: Path) -> subprocess.Popen:
 
 def test_library_managers_hold_the_lock_share_it_in_process_and_release_it(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from linnaeus.checkpoint.errors import DirectoryLockedError
+    from linnaeus.checkpoint import DirectoryLockedError
 
     directory = tmp_path / "ckpts"
     holder = _holder(directory)

@@ -27,7 +27,7 @@ from linnaeus.checkpoint import (
     read_latest,
     verify_checkpoint,
 )
-from linnaeus.checkpoint.writer_lock import LOCK_NAME
+from linnaeus.checkpoint.disk import LOCK_NAME
 from tests.conftest import poll_until_raises
 from tests.helpers.counter import Counter as CountingSampler
 

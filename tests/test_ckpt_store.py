@@ -18,6 +18,7 @@ from torch import nn
 
 from linnaeus.checkpoint import (
     CheckpointCorruptError,
+    CheckpointInfo,
     CheckpointManager,
     CheckpointNotFoundError,
     InvalidOperationError,
@@ -29,19 +30,11 @@ from linnaeus.checkpoint import (
     unwrap_model,
     verify_checkpoint,
 )
-from linnaeus.checkpoint.catalog import CheckpointInfo
-from linnaeus.checkpoint.commit import commit_file, write_latest
-from linnaeus.checkpoint.hashing import HashingWriter, sha256_file
-from linnaeus.checkpoint.names import (
-    is_checkpoint_name,
-    is_pending_sidecar_name,
-    is_temp_name,
-    pending_sidecar_name,
-    temp_name,
-)
-from linnaeus.checkpoint.retention import cleanup_stale, plan_retention
-from linnaeus.checkpoint.sidecar import read_sidecar, sidecar_path
+from linnaeus.checkpoint.disk import HashingWriter, is_temp_name, read_sidecar, sha256_file, sidecar_path, temp_name
+from linnaeus.checkpoint.formats import commit_file, is_checkpoint_name, is_pending_sidecar_name, write_latest
+from linnaeus.checkpoint.formats.file.names import pending_sidecar_name
 from linnaeus.checkpoint.state import make_meta
+from linnaeus.checkpoint.store import cleanup_stale, plan_retention
 from linnaeus.checkpoint.testing import set_test_phase_hook
 
 
@@ -198,8 +191,8 @@ def test_cleanup_under_the_writer_lock_removes_every_other_processs_leftovers(tm
 
 def test_without_the_lock_a_writer_is_dead_if_its_pid_is_or_is_ours_under_another_token() -> None:
     """The rule for a filesystem that cannot lock: a live pid other than ours may be a writer."""
-    from linnaeus.checkpoint.fsio import writer_id
-    from linnaeus.checkpoint.retention import _dead_writer
+    from linnaeus.checkpoint.disk import writer_id
+    from linnaeus.checkpoint.store.retention import _dead_writer
 
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -297,7 +290,7 @@ def _dead_pid() -> int:
 def test_cleanup_leaves_a_live_writers_pending_sidecar_alone(tmp_path: Path) -> None:
     """A live writer holds the directory's lock: cleanup refuses and touches nothing; once it is
     dead, its pending sidecar is settled (dropped here: the data is still the old file)."""
-    from linnaeus.checkpoint.errors import DirectoryLockedError
+    from linnaeus.checkpoint import DirectoryLockedError
 
     path = commit_file(tmp_path, "last.pth", _full_state(1), update_latest=False).path
     old_sidecar = sidecar_path(path).read_text()

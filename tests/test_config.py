@@ -192,7 +192,7 @@ def test_metric_field_typos_and_bad_format_specs_fail_at_load():
 
 
 def test_checkpoint_policy_errors_name_the_config_key():
-    from linnaeus.checkpoint.policy import CheckpointPolicy, InvalidPolicyError
+    from linnaeus.checkpoint import CheckpointPolicy, InvalidPolicyError
     from linnaeus.config import build_policy, build_weights_policy
 
     # The library names its own field, never a config key ...

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from linnaeus.checkpoint import CheckpointManager
-from linnaeus.checkpoint.sidecar import read_sidecar_digest
+from linnaeus.checkpoint.disk import read_sidecar_digest
 from tests.conftest import REPO, VENV_BIN
 
 

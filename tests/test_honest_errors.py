@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from linnaeus.checkpoint import CheckpointError, CheckpointManager
-from linnaeus.checkpoint.verify import verify_checkpoint
+from linnaeus.checkpoint import CheckpointError, CheckpointManager, verify_checkpoint
 from tests.conftest import REPO, run_train
 
 HELPER = REPO / "tests" / "helpers" / "honest_errors.py"

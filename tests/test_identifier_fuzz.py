@@ -19,9 +19,8 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from linnaeus.checkpoint.errors import CheckpointError
-from linnaeus.checkpoint.resolve import resolve
-from linnaeus.checkpoint.sources.rclone import rclone_binary, run_rclone_bytes
+from linnaeus.checkpoint import CheckpointError, resolve
+from linnaeus.checkpoint.sources import rclone_binary, run_rclone_bytes
 from tests.fixtures_rclone import RcloneServer, rclone_isolated  # noqa: F401  (fixture)
 from tests.helpers.rclone_argv import REAL_RCLONE, ArgvLog, foreign_options, record_rclone_argv
 
@@ -96,9 +95,9 @@ def test_spawn_refuses_an_argv_without_double_dash(tmp_path: Path) -> None:
 def test_upload_of_a_local_file_named_like_an_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      argv_log: ArgvLog) -> None:
     """``linnaeus-ckpt upload -- -vv.pth``: the local source path reaches ``rclone copyto`` after ``--``."""
-    from linnaeus.checkpoint.remote import RemoteRun
-    from linnaeus.checkpoint.sources.download import write_sidecar
-    from linnaeus.checkpoint.hashing import digest_file
+    from linnaeus.checkpoint import RemoteRun
+    from linnaeus.checkpoint.disk import digest_file
+    from linnaeus.checkpoint.sources import write_sidecar
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "-vv.pth").write_bytes(b"weights")
@@ -337,8 +336,8 @@ CONFIG_KEYS = ["TRAIN.RESUME", "MODEL.PRETRAINED", "MODEL.PRETRAINED_CONVNEXT", 
 def test_fuzz_config_keys(key: str, value: str) -> None:
     """Each identifier key and bucket field: a ConfigError naming the key, or a value the
     library accepts as it is (what the config lets through never fails later as unsafe)."""
-    from linnaeus.checkpoint.resolve import BucketConfig
-    from linnaeus.checkpoint.sources.identifiers import UnsafeIdentifierError, check_identifier
+    from linnaeus.checkpoint import BucketConfig
+    from linnaeus.checkpoint.sources import UnsafeIdentifierError, check_identifier
     from linnaeus.config.defaults import get_default_config
     from linnaeus.config.errors import ConfigError
     from linnaeus.config.validate import validate

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from linnaeus.checkpoint.catalog import CheckpointInfo
-from linnaeus.checkpoint.retention import plan_retention
+from linnaeus.checkpoint import CheckpointInfo
+from linnaeus.checkpoint.store import plan_retention
 from tests.conftest import run_train
 
 

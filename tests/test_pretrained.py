@@ -12,7 +12,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointIncompatibleError, CheckpointNotFoundError
+from linnaeus.checkpoint import CheckpointCorruptError, CheckpointIncompatibleError, CheckpointNotFoundError
 from linnaeus.checkpoint.load_report import write_load_reports
 from linnaeus.checkpoint.loading import load_weights, read_weights
 from linnaeus.models import HybridConvNeXtRoPEViT, TimmMultiHead

@@ -18,7 +18,7 @@ import time
 import warnings
 from pathlib import Path
 
-from linnaeus.checkpoint.sources.rclone import RcloneSource, rcat, run_rclone, run_rclone_bytes
+from linnaeus.checkpoint.sources import RcloneSource, rcat, run_rclone, run_rclone_bytes
 
 CHILD_LIFE_S = 40  # far longer than any one call may take: a call that waits for a child shows
 CALL_LIMIT_S = 15

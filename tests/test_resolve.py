@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from linnaeus.checkpoint.errors import CheckpointError, CheckpointNotFoundError
-from linnaeus.checkpoint.resolve import BucketConfig, resolve
+from linnaeus.checkpoint import BucketConfig, CheckpointError, CheckpointNotFoundError, resolve
 from linnaeus.utils.checkpoint_utils import resolve_checkpoint_path
 from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
     ACCESS_KEY,

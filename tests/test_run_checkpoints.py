@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from linnaeus.checkpoint.errors import CheckpointNotFoundError
+from linnaeus.checkpoint import CheckpointNotFoundError
 from tests.conftest import REPO, TINY_CFG, run_train, train_cmd
 from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
     BUCKET,
@@ -81,7 +81,7 @@ from linnaeus.config import load_config
 from linnaeus.dist import get_rank, init_distributed
 from linnaeus.engine.trainer import Progress
 from linnaeus.runner.checkpoints import RunCheckpoints
-from linnaeus.checkpoint.upload import UploadError
+from linnaeus.checkpoint.remote import UploadError
 
 def checkpointer(name):
     # No auto-resume: it would look in the (dead) bucket first and fail there.
@@ -365,7 +365,7 @@ def test_auto_resume_reads_and_hashes_the_checkpoint_once(tmp_path: Path, monkey
 
     def counting_load(f, *a, **k):
         # Full verified loads only; metadata peeks (progress of each candidate) read a few bytes.
-        if sys._getframe(1).f_code.co_name in ("load_verified", "load_verified_digest"):
+        if sys._getframe(1).f_code.co_name in ("load_verified", "load_verified_digest", "load_file_verified"):
             loads.append(f)
         return torch_load(f, *a, **k)
 

@@ -4,6 +4,7 @@ The multi-rank cases (FSDP2, resharding, every rank failing together) are in tes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -12,17 +13,22 @@ import shutil
 from pathlib import Path
 
 import pytest
-import xxhash
 import torch
+import xxhash
 from torch import nn
 
-from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, read_latest, verify_checkpoint
-from linnaeus.checkpoint.catalog import list_checkpoints
-from linnaeus.checkpoint.errors import CheckpointCorruptError
-from linnaeus.checkpoint.names import is_checkpoint_name
-from linnaeus.checkpoint.retention import cleanup_stale
-from linnaeus.checkpoint.sharded import consolidate_model
-from linnaeus.checkpoint.sharded_manifest import MANIFEST, digests_of, sha256_of, sharded_dirname
+from linnaeus.checkpoint import (
+    CheckpointCorruptError,
+    CheckpointManager,
+    CheckpointPolicy,
+    list_checkpoints,
+    read_latest,
+    verify_checkpoint,
+)
+from linnaeus.checkpoint.disk import digests_of
+from linnaeus.checkpoint.formats import MANIFEST, is_checkpoint_name, sharded_dirname
+from linnaeus.checkpoint.formats import consolidate as consolidate_model
+from linnaeus.checkpoint.store import cleanup_stale
 from linnaeus.cli.ckpt import main as ckpt_main
 from linnaeus.config import ConfigError, load_config
 from tests.conftest import TINY_CFG
@@ -64,7 +70,8 @@ def test_layout_manifest_and_commit(tmp_path: Path) -> None:
     manifest = json.loads((final / MANIFEST).read_text())
     assert sorted(manifest["files"]) == [".metadata", "__0_0.distcp", "state.pt"]
     for name, entry in manifest["files"].items():  # every file's bytes are recorded, by both digests
-        assert sha256_of(final / name) == (entry["size"], entry["sha256"])
+        data = (final / name).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["size"], entry["sha256"])
         assert digests_of(final / name) == {k: v for k, v in entry.items() if k != "rank"}
         assert entry["xxh3_128"] == xxhash.xxh3_128((final / name).read_bytes()).hexdigest()
     assert manifest["progress"] == {"epoch": 2, "step": 20, "epoch_step": 0, "samples": 0}
@@ -285,8 +292,7 @@ def test_config_accepts_fsdp_and_sharded_formats() -> None:
 
 @pytest.mark.parametrize("target", ["checkpoint_epoch_1", "ABSOLUTE", "step:10"])
 def test_explicit_targets_name_a_directory_and_a_restart_sets_newer_ones_aside(tmp_path: Path, target: str) -> None:
-    from linnaeus.checkpoint.resolve import resolve
-    from linnaeus.checkpoint.resume import find_resume_point
+    from linnaeus.checkpoint import find_resume_point, resolve
 
     directory = tmp_path / "ck"
     manager, paths, _ = _saved_run(directory)
@@ -306,7 +312,7 @@ def test_explicit_targets_name_a_directory_and_a_restart_sets_newer_ones_aside(t
 
 
 def test_latest_names_a_directory(tmp_path: Path) -> None:
-    from linnaeus.checkpoint.resume import find_resume_point
+    from linnaeus.checkpoint import find_resume_point
 
     manager, paths, _ = _saved_run(tmp_path / "ck")
     manager.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from linnaeus.checkpoint.sharded import verify_directory
+from linnaeus.checkpoint.formats.sharded.load import verify_directory
 from tests.conftest import REPO, VENV_BIN
 from tests.test_sharded_dist import _all_tensors
 

@@ -16,14 +16,12 @@ import pytest
 import torch
 from torch import nn
 
-from linnaeus.checkpoint import CheckpointManager
-from linnaeus.checkpoint.errors import CheckpointCorruptError
-from linnaeus.checkpoint.remote import RemoteRun
-from linnaeus.checkpoint.sharded import consolidate_model
-from linnaeus.checkpoint.sharded_manifest import MANIFEST, read_manifest, verify_all
-from linnaeus.checkpoint.sources import DownloadOptions
-from linnaeus.checkpoint.sources.download import temp_path_for
-from linnaeus.checkpoint.upload import BackgroundUploader, UploadError
+from linnaeus.checkpoint import CheckpointCorruptError, CheckpointManager, RemoteRun
+from linnaeus.checkpoint.formats import MANIFEST, read_manifest
+from linnaeus.checkpoint.formats import consolidate as consolidate_model
+from linnaeus.checkpoint.formats.sharded.manifest import verify_all
+from linnaeus.checkpoint.remote import BackgroundUploader, UploadError
+from linnaeus.checkpoint.sources import DownloadOptions, temp_path_for
 from tests.conftest import run_train
 from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
     BUCKET,

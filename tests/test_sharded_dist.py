@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from linnaeus.checkpoint.sharded import consolidate_model
+from linnaeus.checkpoint.formats import consolidate as consolidate_model
 from linnaeus.data.sampler import ResumableDistributedSampler
 from tests.conftest import REPO, VENV_BIN, tiny_args
 
@@ -50,8 +50,7 @@ def _all_tensors(ckpt: Path) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    from linnaeus.checkpoint.sharded import VerifyingReader
-    from linnaeus.checkpoint.sharded_manifest import read_manifest
+    from linnaeus.checkpoint.formats import VerifyingReader, read_manifest
 
     loaded: dict = {}
     _load_state_dict(loaded, storage_reader=VerifyingReader(ckpt, read_manifest(ckpt)[0]),

@@ -15,11 +15,9 @@ import pytest
 import torch
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy
-from linnaeus.checkpoint.errors import CheckpointIncompatibleError
+from linnaeus.checkpoint import CheckpointIncompatibleError, CheckpointManager, CheckpointPolicy
+from linnaeus.checkpoint.formats import VerifyingReader, read_checked_metadata, read_manifest
 from linnaeus.checkpoint.loading import read_weights
-from linnaeus.checkpoint.sharded import VerifyingReader, read_checked_metadata
-from linnaeus.checkpoint.sharded_manifest import read_manifest
 from linnaeus.cli.ckpt import main as ckpt_main
 from linnaeus.config import load_config
 from tests.conftest import REPO, TINY_CFG, VENV_BIN

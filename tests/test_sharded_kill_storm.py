@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from linnaeus.checkpoint import verify_checkpoint
-from linnaeus.checkpoint.names import is_checkpoint_name
-from linnaeus.checkpoint.sharded import consolidate_model
+from linnaeus.checkpoint.formats import consolidate as consolidate_model
+from linnaeus.checkpoint.formats import is_checkpoint_name
 from tests.conftest import REPO, VENV_BIN
 
 WRITER = REPO / "tests" / "helpers" / "sharded_storm_writer.py"

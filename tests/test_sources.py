@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
+from linnaeus.checkpoint import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
 from linnaeus.checkpoint.sources import (
     DownloadOptions,
     LocalSource,
@@ -28,9 +28,9 @@ from linnaeus.checkpoint.sources import (
     redact,
     register_source,
     registered_schemes,
+    temp_path_for,
     unregister_source,
 )
-from linnaeus.checkpoint.sources.download import temp_path_for
 from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
     BUCKET,
     REMOTE,
@@ -155,7 +155,7 @@ def test_download_without_sidecar_uses_remote_md5(tmp_path: Path, s3_server: Rcl
 
 
 def _resolve_in_child(cache: str, barrier, results) -> None:  # runs in a forked process
-    from linnaeus.checkpoint.resolve import resolve
+    from linnaeus.checkpoint import resolve
     from tests.fixtures_rclone import bucket_cfg
 
     barrier.wait()

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy
-from linnaeus.checkpoint.errors import CheckpointIncompatibleError
+from linnaeus.checkpoint import CheckpointIncompatibleError, CheckpointManager, CheckpointPolicy
 from linnaeus.checkpoint.load_report import write_load_reports
 from linnaeus.data.taxonomy import load_taxonomy
 from linnaeus.models import HybridConvNeXtRoPEViT

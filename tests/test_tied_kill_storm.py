@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from linnaeus.checkpoint import verify_checkpoint
-from linnaeus.checkpoint.names import is_checkpoint_name
+from linnaeus.checkpoint.formats import is_checkpoint_name
 from tests.conftest import REPO
 
 KILLS = 8

@@ -13,12 +13,11 @@ from typing import Iterator
 import pytest
 import torch
 
-from linnaeus.checkpoint.commit import read_latest
+from linnaeus.checkpoint import RemoteRun, read_latest
+from linnaeus.checkpoint.disk import format_sidecar
 from linnaeus.checkpoint.ordering import progress_from_name
-from linnaeus.checkpoint.remote import RemoteRun
-from linnaeus.checkpoint.sidecar import format_sidecar
+from linnaeus.checkpoint.remote import BackgroundUploader, UploadError
 from linnaeus.checkpoint.sources import DownloadOptions
-from linnaeus.checkpoint.upload import BackgroundUploader, UploadError
 from tests.conftest import poll_until_raises
 from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
     BUCKET,
@@ -171,7 +170,7 @@ def test_upload_script(tmp_path: Path, s3_server: RcloneServer, monkeypatch: pyt
 def rclone_with_bad_lsjson(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The real rclone, except that ``lsjson`` prints something that is not JSON (as a broken
     build, a proxy's error page or a truncated pipe would)."""
-    from linnaeus.checkpoint.sources.rclone import rclone_binary
+    from linnaeus.checkpoint.sources import rclone_binary
 
     wrapper = tmp_path / "rclone-bad-json"
     wrapper.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = lsjson ] && {{ echo "<html>502 Bad Gateway"; exit 0; }}; done\n'
@@ -222,7 +221,7 @@ def test_bucket_listing_orders_by_the_progress_stored_in_sidecars(tmp_path: Path
     """Names that say nothing about progress (a fixed ``last.pth`` rewritten each epoch, a
     ``best.pth``): the remote order must come from what the files hold, as locally."""
     from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy
-    from linnaeus.checkpoint.sidecar import sidecar_progress
+    from linnaeus.checkpoint.disk import sidecar_progress
 
     ckpts = tmp_path / "ck"
     model = torch.nn.Linear(2, 2)

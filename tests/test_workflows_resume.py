@@ -14,8 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy
-from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
+from linnaeus.checkpoint import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointManager,
+    CheckpointNotFoundError,
+    CheckpointPolicy,
+)
 from linnaeus.config import ConfigError, load_config
 from tests.conftest import TINY_CFG
 from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
@@ -276,7 +281,7 @@ def test_keep_local_n_keeps_at_most_n_local_copies_once_uploaded(tmp_path: Path,
 
 
 def test_keep_local_n_never_deletes_a_copy_whose_upload_is_not_confirmed(tmp_path: Path) -> None:
-    from linnaeus.checkpoint.retention import plan_retention
+    from linnaeus.checkpoint.store import plan_retention
 
     manager = CheckpointManager(tmp_path, CheckpointPolicy())
     model = torch.nn.Linear(2, 2)

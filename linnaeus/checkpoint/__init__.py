@@ -1,10 +1,11 @@
 """linnaeus' checkpoint library: transactional saves, verified loads, retention, resume.
 
-Usable from any PyTorch loop; see :class:`CheckpointManager`.
+Usable from any PyTorch loop; see :class:`CheckpointManager`. The layers, each importing only
+downward (docs/ARCHITECTURE.md draws them): ``disk`` < ``state`` < ``sources`` < ``formats`` <
+``store`` < ``manager`` / ``remote`` < ``resume``; ``resolve``, ``loading`` and ``strategies``
+turn identifiers into weights.
 """
 
-from .catalog import CheckpointInfo, list_checkpoints
-from .commit import SaveResult, read_latest
 from .errors import (
     CheckpointCorruptError,
     CheckpointError,
@@ -15,6 +16,18 @@ from .errors import (
     InvalidOperationError,
     InvalidPolicyError,
     NotATrainingCheckpointError,
+)
+from .formats import (
+    CheckpointFormat,
+    CheckpointInfo,
+    SaveResult,
+    VerifyResult,
+    format_of,
+    formats,
+    load_verified,
+    read_latest,
+    register_format,
+    verify_checkpoint,
 )
 from .manager import CheckpointManager, CheckpointTransaction, ResumeResult
 from .policy import CheckpointPolicy, Interval, parse_interval, render_filename, validate_filename_template
@@ -33,25 +46,26 @@ from .state import (
     restore_state,
     unwrap_model,
 )
+from .store import list_checkpoints
 from .strategies import load_model, register_strategy, registered_strategies, unregister_strategy
-from .verify import VerifyResult, load_verified, verify_checkpoint
 
 __all__ = [
     "BucketConfig",
     "CheckpointCorruptError",
     "CheckpointError",
+    "CheckpointFormat",
     "CheckpointIncompatibleError",
-    "CheckpointUnreadableError",
-    "NotATrainingCheckpointError",
     "CheckpointInfo",
     "CheckpointManager",
     "CheckpointNotFoundError",
     "CheckpointPolicy",
     "CheckpointTransaction",
+    "CheckpointUnreadableError",
     "DirectoryLockedError",
     "Interval",
     "InvalidOperationError",
     "InvalidPolicyError",
+    "NotATrainingCheckpointError",
     "RemoteRun",
     "ResumePoint",
     "ResumeResult",
@@ -61,12 +75,15 @@ __all__ = [
     "build_state",
     "collect_rng_state",
     "find_resume_point",
+    "format_of",
+    "formats",
     "gather_rng_states",
     "list_checkpoints",
     "load_model",
     "load_verified",
     "parse_interval",
     "read_latest",
+    "register_format",
     "register_strategy",
     "registered_strategies",
     "render_filename",

@@ -128,6 +128,15 @@ class InvalidPolicyError(CheckpointError, ValueError):
         super().__init__(message)
 
 
+def first_line(e: BaseException) -> str:
+    """The informative line of an exception message (torch's weights_only errors bury it)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("WeightsUnpickler error"):
+            return ln[:300]
+    return lines[0][:300] if lines else ""
+
+
 def _preview(items: Sequence[str], limit: int = 10) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")

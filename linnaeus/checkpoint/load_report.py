@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from linnaeus.checkpoint.fsio import write_durably
+from .disk import write_durably
 
 _MAX_LISTED = 40
 

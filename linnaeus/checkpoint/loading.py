@@ -27,7 +27,6 @@ side's job: it renames keys and passes ``unused`` / ``renamed`` / ``expect`` her
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -37,12 +36,10 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointIncompatibleError, CheckpointNotFoundError
-from linnaeus.checkpoint.foreign import REFUSED_PICKLE_ADVICE, refused_pickle
-from linnaeus.checkpoint.load_report import Expect, KeyIssue, LoadReport, format_groups, group_by_prefix
-from linnaeus.checkpoint.sharded import consolidate_model
-from linnaeus.checkpoint.sharded_manifest import is_sharded_checkpoint
-from linnaeus.checkpoint.taxonomy import TAXONOMY_KEY, stored_taxonomy
+from .errors import CheckpointIncompatibleError, CheckpointNotFoundError
+from .formats import format_of
+from .load_report import Expect, KeyIssue, LoadReport, format_groups, group_by_prefix
+from .state import TAXONOMY_KEY, stored_taxonomy
 
 STRATEGIES = ("weights_only", "transfer", "strict")
 # Containers that wrap a state dict, in the order they are tried (timm, torchvision,
@@ -70,30 +67,24 @@ def read_weights(path: str | os.PathLike, *, use_ema: bool = False) -> WeightsFi
     """Read the tensors of a checkpoint or weights file, safely.
 
     Args:
-        path: a ``.pth``/``.pt``/``.bin`` pickle (read with ``weights_only=True``) or a
-            ``.safetensors`` file.
+        path: a ``.pth``/``.pt``/``.bin`` pickle (read with ``weights_only=True``), a
+            ``.safetensors`` file (either checked against its ``.sha256`` sidecar when it has
+            one), or a sharded checkpoint directory (its model consolidated, every file verified).
         use_ema: take the EMA weights (``ema`` / ``state_dict_ema`` / ``model_ema``) when the
             file has them.
 
     Raises:
         CheckpointNotFoundError: ``path`` is not a file.
-        CheckpointCorruptError: the file cannot be read or is truncated.
+        CheckpointCorruptError: the file cannot be read, is truncated, or does not match its sidecar.
         CheckpointIncompatibleError: the file loads but holds no state dict, or it is intact but
             its pickle names classes that ``weights_only=True`` refuses to build (an
             ``argparse.Namespace``, as timm's train.py saves, is built).
     """
     path = Path(path)
-    if is_sharded_checkpoint(path):  # a DCP directory: its model consolidated here, every file verified
-        ema, rest = consolidate_model(path, "ema") if use_ema else ({}, {})
-        if ema:
-            obj: object = {**rest, "ema": ema}
-        else:  # no EMA asked for, or none saved: the model, as for a file
-            model, rest = consolidate_model(path)
-            obj = {**rest, "model": model}
-    elif not path.is_file():
+    fmt = format_of(path)  # a file; a sharded directory has its model consolidated here, every file verified
+    if fmt is None:
         raise CheckpointNotFoundError(f"weights file {path} does not exist (or is not a file).")
-    else:
-        obj = _load_file(path)
+    obj: object = fmt.read_weights(path, use_ema=use_ema)
     taxonomy = stored_taxonomy(obj)
     notes: list[str] = []
     containers: list[str] = []
@@ -126,29 +117,6 @@ def read_weights(path: str | os.PathLike, *, use_ema: bool = False) -> WeightsFi
     if stripped:
         notes.append(f"stripped prefix '{stripped}' present on every key")
     return WeightsFile(path, tensors, ".".join(containers), stripped, notes, taxonomy)
-
-
-def _load_file(path: Path) -> object:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as e:  # safetensors raises its own error types; all mean "unreadable"
-            raise CheckpointCorruptError(path, f"cannot read safetensors file: {type(e).__name__}: {e}") from e
-    try:
-        # timm's train.py stores its argparse arguments beside the weights. Building a Namespace
-        # only sets attributes, each value still through weights_only's unpickler; nothing else
-        # beyond tensors and plain containers is allowed.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, refused global, I/O error: report them all by file
-        refused = refused_pickle(e)
-        if refused is not None:  # an intact file whose pickle names a class: not damage, nothing to delete
-            raise CheckpointIncompatibleError(
-                f"{path}: {refused} (torch.load(weights_only=True)). {REFUSED_PICKLE_ADVICE} "
-                "Or re-save it as .safetensors.", path=path) from e
-        raise CheckpointCorruptError(path, f"{type(e).__name__}: {e}") from e
 
 
 def _is_state_dict(obj: Mapping) -> bool:

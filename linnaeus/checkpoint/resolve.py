@@ -31,12 +31,24 @@ from typing import Any, Mapping
 
 from filelock import FileLock
 
-from linnaeus.checkpoint.errors import CheckpointError, CheckpointNotFoundError
-from linnaeus.checkpoint.fsio import write_durably
-from linnaeus.checkpoint.sharded_manifest import is_sharded_checkpoint
-from linnaeus.checkpoint.sources import DownloadOptions, RcloneSource, download, get_source, is_uri, redact
-from linnaeus.checkpoint.sources.cloud import B2_DEFAULT_REMOTE, b2_env, missing_b2_credentials
-from linnaeus.checkpoint.sources.identifiers import check_bucket, check_file_name, check_identifier, check_path_parts
+from .disk import write_durably
+from .errors import CheckpointError, CheckpointNotFoundError
+from .formats import format_of
+from .sources import (
+    B2_DEFAULT_REMOTE,
+    DownloadOptions,
+    RcloneSource,
+    b2_env,
+    check_bucket,
+    check_file_name,
+    check_identifier,
+    check_path_parts,
+    download,
+    get_source,
+    is_uri,
+    missing_b2_credentials,
+    redact,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +180,7 @@ def resolve(
 
     expanded = os.path.expanduser(ident)
     if os.path.isabs(expanded):
-        if os.path.isfile(expanded) or is_sharded_checkpoint(expanded):  # a file, or a sharded checkpoint directory
+        if format_of(expanded) is not None:  # a checkpoint in any format (a file, a sharded directory)
             return Path(expanded)
         what = "is a directory, not a file" if os.path.isdir(expanded) else "does not exist"
         raise CheckpointNotFoundError(f"checkpoint path {expanded} {what}. Give the path of a checkpoint file.")
@@ -187,7 +199,7 @@ def resolve(
     looked: list[str] = []
     if "/" in ident:
         local = Path(ident).absolute()
-        if local.is_file() or is_sharded_checkpoint(local):
+        if format_of(local) is not None:
             return local
         looked.append(f"{local} (relative to the current directory)")
     rel = _safe_relative(ident)
@@ -198,7 +210,7 @@ def resolve(
         )
 
     cached = cache.joinpath(*rel.parts)
-    if cached.is_file():
+    if format_of(cached) is not None:
         return cached
     looked.append(f"{cached} (cache)")
 

@@ -11,7 +11,7 @@ A strategy is ``fn(model, weights, *, taxonomy) -> LoadReport``: ``weights`` is 
 linnaeus checkpoints, its taxonomy), ``taxonomy`` the model's ({level: class names} or None). The
 built-ins are ``transfer``, ``weights_only`` and ``strict`` (:mod:`.loading`); when both
 taxonomies are known, ``transfer`` maps the heads by class name and the other two refuse heads
-whose classes differ (:mod:`.taxonomy`). Users add theirs with :func:`register_strategy`; the
+whose classes differ (:mod:`linnaeus.checkpoint.state.taxonomy`). Users add theirs with :func:`register_strategy`; the
 runner's ``MODEL.PRETRAINED_STRATEGY`` accepts any registered name.
 """
 
@@ -30,7 +30,7 @@ from .load_report import Expect, LoadReport, write_load_reports
 from .loading import STRATEGIES as BUILTIN_STRATEGIES
 from .loading import WeightsFile, load_weights, read_weights
 from .resolve import BucketConfig, resolve
-from .taxonomy import HEAD_PREFIX, ClassMapping, Taxonomy, map_heads, taxonomy_differences
+from .state import HEAD_PREFIX, ClassMapping, Taxonomy, map_heads, taxonomy_differences
 
 HEADS_REASON = "classification heads follow the target taxonomy; re-initialized (transfer)"
 

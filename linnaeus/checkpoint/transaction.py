@@ -1,36 +1,44 @@
-"""A checkpoint being assembled (fairseq2-style begin/commit): filled like a dict, committed atomically."""
+"""A checkpoint being assembled (fairseq2-style begin/commit): filled like a dict, committed atomically.
+
+The transaction knows nothing of who writes it: whoever opens it (the manager's ``begin``) hands
+it a ``commit`` callback, which writes it in the saver's format, and a ``release`` callback,
+called once it is committed or aborted.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Callable, Mapping
 
 from linnaeus.dist import any_rank_true
 
 from .errors import CheckpointError, InvalidOperationError
 from .state import CORE_META_KEYS
 
-if TYPE_CHECKING:
-    from .manager import CheckpointManager
-
 
 class CheckpointTransaction:
-    """A checkpoint being assembled: fill it like a dict; commit() writes it atomically.
+    """A checkpoint being assembled: fill it like a dict (``ckpt["model"] = model``, or its
+    ``state_dict()``; any component object or its state dict); commit() writes it atomically.
 
-    As a context manager it commits on a clean exit and discards on an exception. In
-    DDP all ranks must enter and leave it; if any rank raises inside, all discard it.
+    As a context manager it commits on a clean exit and discards on an exception. In DDP all ranks
+    must enter and leave it; if any rank raises inside, all discard it.
     """
 
-    def __init__(self, manager: "CheckpointManager", *, filename: str, progress: dict[str, int], metrics: dict[str, float]):
-        self._manager = manager
-        self.filename = filename
-        self.path = manager.directory / filename
+    def __init__(self, path: Path, *, filename: str, progress: dict[str, int], metrics: dict[str, float],
+                 commit: Callable[["CheckpointTransaction"], None], release: Callable[[], None]) -> None:
+        self.path = path
+        self.filename = filename  # the name the template rendered; ``path`` is what the format commits
         self.progress = progress
         self.metrics = metrics
         self.state: dict[str, Any] = {}
         self.meta_extra: dict[str, Any] = {}
         self.committed = False
+        self._commit, self._release = commit, release
         self._done = False
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.state[key] = value
@@ -67,15 +75,15 @@ class CheckpointTransaction:
             )
         self._done = True
         try:
-            self._manager._commit(self)
+            self._commit(self)
             self.committed = True
         finally:
-            self._manager._open_txn = None
+            self._release()
         return self.path
 
     def abort(self) -> None:
         self._done = True
-        self._manager._open_txn = None
+        self._release()
 
     def __enter__(self) -> "CheckpointTransaction":
         return self

@@ -17,21 +17,23 @@ import logging
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from linnaeus.checkpoint import writer_lock
-from linnaeus.checkpoint.catalog import CheckpointInfo, list_checkpoints
-from linnaeus.checkpoint.commit import commit_file, read_latest
+from linnaeus.checkpoint.disk import WriterLease, acquire
 from linnaeus.checkpoint.errors import CheckpointError, DirectoryLockedError
-from linnaeus.checkpoint.names import is_checkpoint_name, is_pending_sidecar_name, is_temp_name
-from linnaeus.checkpoint.retention import cleanup_stale, delete_checkpoint, plan_retention
-from linnaeus.checkpoint.sidecar import SIDECAR_SUFFIX
-from linnaeus.checkpoint.state import KIND_WEIGHTS, make_meta, model_state_dict
-from linnaeus.checkpoint.taxonomy import TAXONOMY_KEY, stored_taxonomy
-from linnaeus.checkpoint.verify import load_verified, verify_checkpoint
-from linnaeus.cli import lineage_cmds, remote_cmds, sharded_cmds
+from linnaeus.checkpoint.formats import (
+    CheckpointInfo,
+    commit_file,
+    format_of,
+    is_checkpoint_name,
+    read_latest,
+    verify_checkpoint,
+)
+from linnaeus.checkpoint.state import KIND_WEIGHTS, TAXONOMY_KEY, make_meta, model_state_dict, stored_taxonomy
+from linnaeus.checkpoint.store import cleanup_stale, delete_checkpoint, leftovers, list_checkpoints, plan_retention
+from linnaeus.cli import lineage_cmds, remote_cmds
 
 
 def _checkpoint_dir(path: Path) -> Path:
@@ -60,8 +62,9 @@ def _print_table(rows: list[list[str]]) -> None:
 def _guess_monitor(infos: list[CheckpointInfo]) -> str:
     """The metric recorded as 'best' in the newest full checkpoint, if any."""
     for info in reversed(infos):
-        if info.readable and info.kind == "full":
-            best = (torch.load(sharded_cmds.state_file(info.path), map_location="cpu", weights_only=True, mmap=True).get("metrics") or {}).get("best")
+        fmt = format_of(info.path)
+        if info.readable and info.kind == "full" and fmt is not None:
+            best = fmt.describe(info.path).get("metrics", {}).get("best")
             if best and best.get("monitor"):
                 return str(best["monitor"])
     return ""
@@ -106,38 +109,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- inspect
-def _describe(path: Path) -> dict[str, Any]:
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict.")
-    model = obj.get("model") if isinstance(obj.get("model"), dict) else {}
-    tensors = [v for v in model.values() if isinstance(v, torch.Tensor)]
-    out: dict[str, Any] = {
-        "file": str(path),
-        "size": path.stat().st_size,
-        "keys": sorted(obj),
-        "model": {
-            "tensors": len(tensors),
-            "parameters": int(sum(t.numel() for t in tensors)),
-            "dtypes": sorted({str(t.dtype).replace("torch.", "") for t in tensors}),
-            "first_keys": list(model)[:8],
-        },
-    }
-    for key in ("meta", "progress", "sampler"):
-        if isinstance(obj.get(key), dict):
-            out[key] = _jsonable(obj[key])
-    metrics = obj.get("metrics")
-    if isinstance(metrics, dict):
-        out["metrics"] = {"best": _jsonable(metrics.get("best", {})), "history_len": len(metrics.get("history", []))}
-    if "rng" in obj:
-        out["rng_ranks"] = len(obj["rng"]) if isinstance(obj["rng"], list) else 1
-    present = [k for k in ("optimizer", "scheduler", "scaler", "ema") if k in obj]
-    out["components"] = present
-    if isinstance(obj.get("config"), str):
-        out["config_lines"] = len(obj["config"].splitlines())
-    return out
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -154,7 +125,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not result.ok:
         print(f"BAD {path}: {result.reason}", file=sys.stderr)
         return 1
-    info = sharded_cmds.describe(path) if path.is_dir() else _describe(path)
+    info = _jsonable(format_of(path).describe(path))  # verified: a format claims it
     info["sha256"] = result.actual_sha256
     info["sidecar"] = "matches" if result.expected_sha256 else "missing"
     if args.json:
@@ -171,27 +142,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- verify
-def _leftover_kind(directory: Path, name: str) -> str | None:
-    """What an interrupted save left behind under ``name``, or None if it is no such leftover."""
-    if is_temp_name(name):
-        return "temp file of an unfinished save"
-    if is_pending_sidecar_name(name):
-        return "pending sidecar of an interrupted overwrite (the data verifies against it or the old sidecar)"
-    if name.endswith(SIDECAR_SUFFIX) and not (directory / name[: -len(SIDECAR_SUFFIX)]).exists():
-        return "sidecar without its data file"
-    return None
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
     path = Path(args.path)
-    leftovers: list[tuple[Path, str]] = []
-    if path.is_dir() and not sharded_cmds.is_sharded_checkpoint(path):
+    found: list[tuple[Path, str]] = []
+    if path.is_dir() and format_of(path) is None:
         # Like ls and prune: a run dir means its checkpoints/, whose config.yaml and log.txt are no checkpoints.
         path = _checkpoint_dir(path)
-        entries = sorted(p for p in path.iterdir() if p.is_file() or sharded_cmds.is_sharded_checkpoint(p)
-                         or (p.is_dir() and is_temp_name(p.name)))
-        files = [p for p in entries if is_checkpoint_name(p.name)]
-        leftovers = [(p, kind) for p in entries if (kind := _leftover_kind(path, p.name)) is not None]
+        files = sorted(p for p in path.iterdir() if is_checkpoint_name(p.name) and format_of(p) is not None)
+        found = sorted((left.path, left.what) for left in leftovers(path))
         if not files:
             print(f"no checkpoint files in {path}; expected a run dir, its checkpoints/ dir or a checkpoint file.",
                   file=sys.stderr)
@@ -209,12 +167,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if result.expected_sha256 and result.actual_sha256 and result.expected_sha256 != result.actual_sha256:
                 detail = f" (expected sha256 {result.expected_sha256}, actual {result.actual_sha256})"
             print(f"BAD  {file}: {result.reason}{detail}")
-    for leftover, kind in leftovers:
+    for leftover, kind in found:
         print(f"LEFTOVER  {leftover}: {kind}")
     summary = f"{len(files) - bad} ok, {bad} bad"
-    if leftovers:
+    if found:
         # Harmless (never read as checkpoints), so they do not fail verification.
-        summary += (f", {len(leftovers)} leftover(s) of interrupted saves (the run's next start or "
+        summary += (f", {len(found)} leftover(s) of interrupted saves (the run's next start or "
                     "`linnaeus-ckpt prune` removes them)")
     print(summary)
     return 1 if bad else 0
@@ -254,11 +212,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _writer_lease(directory: Path, command: str) -> writer_lock.WriterLease:
+def _writer_lease(directory: Path, command: str) -> WriterLease:
     """The directory's writer lock for a command that deletes or renames there: it refuses, touching
     nothing, while a run writes into the directory (that run's own retention and cleanup are safe)."""
     try:
-        return writer_lock.acquire(directory)
+        return acquire(directory)
     except DirectoryLockedError as e:
         raise DirectoryLockedError(f"refusing to {command} while a run writes there, nothing was touched: {e}") from e
 
@@ -267,10 +225,14 @@ def _writer_lease(directory: Path, command: str) -> writer_lock.WriterLease:
 def cmd_export(args: argparse.Namespace) -> int:
     src, out = Path(args.file), Path(args.out)
     key = "ema" if args.ema else "model"
-    # A sharded checkpoint is consolidated here, on one process, whatever world size saved it.
-    state = sharded_cmds.export_source(src, key) if src.is_dir() else load_verified(src, require_sidecar=False)
-    if key not in state:
-        raise CheckpointError(f"{src} has no '{key}' state (it holds {sorted(state)}); drop --ema to export the model.")
+    fmt = format_of(src)
+    if fmt is None:
+        raise CheckpointError(f"cannot export {src}: no checkpoint there (a file, or a sharded checkpoint directory).")
+    # Every byte verified; a sharded checkpoint is consolidated here, in one process, whatever world size saved it.
+    state = fmt.read_weights(src, use_ema=args.ema)
+    if not isinstance(state, Mapping) or not isinstance(state.get(key), Mapping):
+        held = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+        raise CheckpointError(f"{src} has no '{key}' state (it holds {held}); drop --ema to export the model.")
     weights = model_state_dict(state[key])
     src_meta = state.get("meta", {})
     meta = make_meta(

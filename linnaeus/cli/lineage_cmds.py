@@ -1,4 +1,4 @@
-"""``linnaeus-ckpt set-aside | adopt``, and the lineage column of ``ls`` (rules: :mod:`linnaeus.checkpoint.lineage`).
+"""``linnaeus-ckpt set-aside | adopt``, and the lineage column of ``ls`` (rules: :mod:`linnaeus.checkpoint.store.lineage`).
 
     linnaeus-ckpt set-aside RUN_OR_DIR   move every checkpoint (with sidecars, latest) into set-aside-<UTC time>/
     linnaeus-ckpt adopt RUN_OR_DIR       write sidecars for checkpoints without one that pass a structural check;
@@ -11,19 +11,22 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from linnaeus.checkpoint.catalog import CheckpointInfo
-from linnaeus.checkpoint.lineage import adopt, set_aside
-from linnaeus.checkpoint.sidecar import read_sidecar
+from linnaeus.checkpoint.formats import CheckpointInfo, format_of
+from linnaeus.checkpoint.store import adopt, set_aside
 
 
 def parent_names(directory: Path, infos: list[CheckpointInfo]) -> dict[str, str]:
-    """For ``ls``: each file's parent, by name when it is in ``directory`` (matched by the sha256
-    its sidecar records), else its sha256's first 12 digits; ``(fresh)`` for a fresh start and
-    ``-`` where the file records none (written by an older linnaeus, or unreadable)."""
+    """For ``ls``: each checkpoint's parent, by name when it is in ``directory`` (matched by the
+    identity its marker records: a file's sha256, a sharded directory's manifest's), else the
+    digest's first 12 digits; ``(fresh)`` for a fresh start and ``-`` where the checkpoint records
+    none (written by an older linnaeus, or unreadable)."""
     by_sha: dict[str, str] = {}
     for info in infos:
+        fmt = format_of(info.path)
+        if not info.committed or fmt is None:
+            continue  # no marker: its identity would mean hashing the whole file for a listing
         try:
-            by_sha.setdefault(read_sidecar(info.path), info.name)
+            by_sha.setdefault(fmt.identity(info.path), info.name)
         except (OSError, ValueError):
             continue
     names = {}

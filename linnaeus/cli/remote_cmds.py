@@ -23,6 +23,18 @@ from pathlib import Path
 from typing import Sequence
 
 from linnaeus.checkpoint.errors import CheckpointError, CheckpointNotFoundError
+from linnaeus.checkpoint.formats import format_of
+from linnaeus.checkpoint.remote import RemoteRun
+from linnaeus.checkpoint.resolve import BucketConfig, resolve
+from linnaeus.checkpoint import sources  # sources.download(): imported bare, the name reads as its module
+from linnaeus.checkpoint.sources import (
+    DownloadOptions,
+    check_bucket_path,
+    check_file_name,
+    check_identifier,
+    get_source,
+    is_uri,
+)
 
 DEFAULT_CACHE_DIR = "~/.cache/linnaeus/checkpoints"
 
@@ -150,8 +162,6 @@ def _run(fn) -> int:
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
-    from linnaeus.checkpoint.resolve import resolve
-
     def go() -> int:
         print(resolve(args.identifier, **_resolve_kwargs(args)))
         return 0
@@ -160,10 +170,6 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from linnaeus.checkpoint.resolve import BucketConfig, resolve
-    from linnaeus.checkpoint.sources import DownloadOptions, download, get_source, is_uri
-    from linnaeus.checkpoint.sources.identifiers import check_bucket_path, check_file_name, check_identifier
-
     def go() -> int:
         kwargs = _resolve_kwargs(args)
         if not args.to:
@@ -184,19 +190,13 @@ def cmd_download(args: argparse.Namespace) -> int:
         options = DownloadOptions(retries=kwargs["retries"], progress=kwargs["progress"])
         # The object's last part becomes a file in --to: one name, never a path out of it.
         name = check_file_name(source.name, source.display)
-        print(download(source, Path(args.to) / name, options))
+        print(sources.download(source, Path(args.to) / name, options))
         return 0
 
     return _run(go)
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from linnaeus.checkpoint.hashing import digest_file
-    from linnaeus.checkpoint.remote import RemoteRun
-    from linnaeus.checkpoint.resolve import BucketConfig
-    from linnaeus.checkpoint.sidecar import sidecar_path
-    from linnaeus.checkpoint.sources.download import write_sidecar
-
     def go() -> int:
         bucket = BucketConfig.from_any(_bucket(args, upload=True))
         experiment = args.experiment
@@ -212,12 +212,15 @@ def cmd_upload(args: argparse.Namespace) -> int:
         make_sidecar = args.write_sidecar or not args.output
         for raw in args.paths:
             path = Path(raw)
-            if make_sidecar and path.is_file() and not sidecar_path(path).exists():
+            fmt = format_of(path)
+            if make_sidecar and fmt is not None and not fmt.read_info(path).committed:
                 try:
-                    write_sidecar(path, digest_file(path))
+                    refused = fmt.adopt(path, check=False)  # its marker (sidecar), whatever the file holds
                 except OSError as e:
-                    raise CheckpointError(f"cannot write {sidecar_path(path)} next to {path} ({e.strerror}): "
-                                          "copy the file into a writable folder and upload the copy.") from None
+                    raise CheckpointError(f"cannot write the marker of {path} beside it ({e.strerror}): copy the "
+                                          "file into a writable folder and upload the copy.") from None
+                if refused:
+                    raise CheckpointError(f"cannot upload {path}: {refused}")
             sent = remote.upload(path)
             name = (experiment.strip("/") + "/" if experiment else "") + path.name
             print(f"{'uploaded and verified' if sent else 'already remote (same sha256)'}: {path} -> "

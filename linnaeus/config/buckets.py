@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
-from linnaeus.checkpoint.sources.cloud import missing_b2_credentials
+from linnaeus.checkpoint.sources import missing_b2_credentials
 
 from .errors import ConfigError
 

@@ -15,7 +15,7 @@ from typing import Iterator, Mapping
 from yacs.config import CfgNode as CN
 
 from linnaeus.checkpoint.policy import CheckpointPolicy, InvalidPolicyError, metric_fields, parse_interval
-from linnaeus.checkpoint.resume_target import InvalidResumeTargetError, parse_run_target
+from linnaeus.checkpoint.resume import InvalidResumeTargetError, parse_run_target
 
 from .errors import ConfigError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
-from linnaeus.checkpoint.sources.identifiers import UnsafeIdentifierError, check_bucket, check_identifier
+from linnaeus.checkpoint.sources import UnsafeIdentifierError, check_bucket, check_identifier
 
 from .errors import ConfigError
 

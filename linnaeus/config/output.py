@@ -22,7 +22,7 @@ _IDENTIFIER_KEYS = ("TRAIN.RESUME", "MODEL.PRETRAINED", "MODEL.PRETRAINED_CONVNE
 def config_yaml(cfg: CN) -> str:
     """The resolved config as YAML, with credentials in identifiers (URL user-info, query
     strings such as presigned signatures, rclone connection-string parameters) replaced by ``***``."""
-    from linnaeus.checkpoint.sources.base import redact
+    from linnaeus.checkpoint.sources import redact
 
     clean = cfg.clone()
     clean.defrost()
@@ -38,7 +38,7 @@ def config_yaml(cfg: CN) -> str:
 
 def dump_config(cfg: CN, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (durably: temp file, fsync, rename), credentials redacted."""
-    from linnaeus.checkpoint.fsio import write_durably  # the one durable-write helper
+    from linnaeus.checkpoint.disk import write_durably  # the one durable-write helper
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from yacs.config import CfgNode as CN
 
 from linnaeus.checkpoint.strategies import registered_strategies
-from linnaeus.checkpoint.upload import WAIT_SLICE_S
+from linnaeus.checkpoint.remote import WAIT_SLICE_S
 
 from .buckets import validate_buckets
 from .checkpointing import validate_checkpointing

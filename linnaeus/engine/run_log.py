@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy
 
-from linnaeus.checkpoint.fsio import fsync_dir
+from linnaeus.checkpoint.disk import fsync_dir
 
 LOG_FILE = "log.txt"
 TB_DIR = "tensorboard"

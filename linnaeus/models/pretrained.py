@@ -31,7 +31,7 @@ from linnaeus.checkpoint.load_report import LoadReport
 from linnaeus.checkpoint.loading import STRATEGIES as BUILTIN_STRATEGIES
 from linnaeus.checkpoint.loading import WeightsFile, load_weights, read_weights
 from linnaeus.checkpoint.strategies import apply_builtin, get_strategy
-from linnaeus.checkpoint.taxonomy import Taxonomy
+from linnaeus.checkpoint.state import Taxonomy
 from linnaeus.models.hybrid import HybridConvNeXtRoPEViT
 from linnaeus.models.timm_multihead import TimmMultiHead
 

@@ -16,30 +16,27 @@ from typing import Any, Callable
 from yacs.config import CfgNode
 
 from linnaeus.checkpoint import CheckpointManager
+from linnaeus.checkpoint.disk import WriterLease, acquire_on_writer_rank
 from linnaeus.checkpoint.errors import (
     CheckpointIncompatibleError,
     CheckpointNotFoundError,
     DirectoryLockedError,
     NotATrainingCheckpointError,
 )
-from linnaeus.checkpoint.lineage import CheckpointsPresentError
-from linnaeus.checkpoint.remote import RemoteRun
+from linnaeus.checkpoint.remote import BackgroundUploader, RemoteRun, UploadError, close_on_all_ranks, poll_on_all_ranks
 from linnaeus.checkpoint.resume import (
     RemoteCheckpointsPresentError,
     ResumePoint,
     WeightsOnlyRunError,
     find_resume_point,
+    parse_run_target,
 )
-from linnaeus.checkpoint.resume_target import parse_run_target
-from linnaeus.checkpoint.sharded import full_model_state, has_dtensors
-from linnaeus.checkpoint.sources import DownloadOptions
-from linnaeus.checkpoint.sources.base import redact
-from linnaeus.checkpoint.upload import BackgroundUploader, UploadError, close_on_all_ranks, poll_on_all_ranks
-from linnaeus.checkpoint.writer_lock import WriterLease, acquire_on_writer_rank
+from linnaeus.checkpoint.sources import DownloadOptions, redact
+from linnaeus.checkpoint.state import TaxonomyChangedError
+from linnaeus.checkpoint.store import CheckpointsPresentError
 from linnaeus.config import build_policy, build_weights_policy, config_yaml
 from linnaeus.config.parallel import sharded_checkpoints
 from linnaeus.dist import any_rank_true, broadcast_object, get_world_size, is_main_process
-from linnaeus.checkpoint.taxonomy import TaxonomyChangedError
 from linnaeus.runner import config_diff
 from linnaeus.runner.taxonomy_record import taxonomy_levels
 from linnaeus.utils.checkpoint_utils import input_resolver
@@ -65,15 +62,16 @@ class RunCheckpoints:
         self.main = CheckpointManager(self.directory, build_policy(cfg), name="checkpoint", **common,
                                       sharded=sharded_checkpoints(cfg),
                                       **self._upload_hooks(full=not cfg.CHECKPOINT.WEIGHTS_ONLY))
+        # The run's id and start are rank 0's (a resume takes them over from the checkpoint).
+        self.main.run_timestamp = broadcast_object(self.main.run_timestamp)  # {run_timestamp}: rank 0's start
+        self.main.run_id = broadcast_object(self.main.run_id)
         self.weights = None
         if cfg.CHECKPOINT.WEIGHTS_SAVER.ENABLED:
             self.weights = CheckpointManager(self.directory, build_weights_policy(cfg), name="weights",
                                              update_latest=False, **common, **self._upload_hooks(full=False))
+            self.weights.follow(self.main)  # one lineage for both savers
         self.objects: dict[str, Any] = {}
         self.progress: Any = None
-        # Runs of the same experiment share one run id across relaunches (taken from the checkpoint).
-        self.main.run_timestamp = broadcast_object(self.main.run_timestamp)  # {run_timestamp}: rank 0's start
-        self._set_run_id(broadcast_object(self.main.run_id))
         # Per saver (by name): the step of its last save, so that no saver saves twice at one step.
         self._saved_step: dict[str, int] = {}
         # Called right before every save (main.py: the TensorBoard writer's flush, so the events a
@@ -107,11 +105,9 @@ class RunCheckpoints:
     def _savers(self) -> list[CheckpointManager]:
         return [m for m in (self.main, self.weights) if m is not None]
 
-    def _set_run_id(self, run_id: str) -> None:
-        self.run_id = run_id
-        for m in self._savers():
-            m.run_id = run_id
-            m.run_timestamp = self.main.run_timestamp  # the main saver's restore takes it over from its file
+    @property
+    def run_id(self) -> str:
+        return self.main.run_id
 
     # ------------------------------------------------------------------ resume
     def find_resume_point(self) -> ResumePoint | None:
@@ -205,12 +201,6 @@ class RunCheckpoints:
         config_diff.reapply(changes, self.objects.get("optimizer"), fresh)
         if is_main_process():
             config_diff.log_changes(changes, point.path)
-        run_id = point.state.get("meta", {}).get("run_id")
-        if point.path.parent.resolve() == self.directory.resolve() and run_id:  # this run's own file
-            self._set_run_id(str(run_id))
-        if self.weights is not None:
-            self.weights.protect.add(point.path.name)
-            self.weights.parent_sha256 = self.main.parent_sha256  # one lineage for both savers
         self._saved_step[self.main.name] = self.progress.step
         point.state = {}  # needed once; don't keep a second copy of the model alive
         logger.info("Resumed from %s (epoch %d, step %d)", point.path, self.progress.epoch, self.progress.step)
@@ -223,13 +213,8 @@ class RunCheckpoints:
         for hook in self.before_save:
             hook()
         p, objects = self.progress, dict(self.objects)
-        if manager is self.weights:
-            if self.cfg.CHECKPOINT.WEIGHTS_SAVER.USE_EMA and "ema" in objects:
-                objects["model"] = getattr(objects["ema"], "module", objects["ema"])
-            if has_dtensors(objects["model"]):
-                # fsdp: a weights file is for inference, in one piece; rank 0 gathers the whole model
-                # (weights only, never the optimizer) and writes it (a collective).
-                objects["model"] = full_model_state(objects["model"])
+        if manager is self.weights and self.cfg.CHECKPOINT.WEIGHTS_SAVER.USE_EMA and "ema" in objects:
+            objects["model"] = getattr(objects["ema"], "module", objects["ema"])
         manager.save(epoch=p.epoch, step=p.step, epoch_step=p.epoch_step, samples=p.samples,
                      end_of_epoch=end_of_epoch, metrics=_scalar_metrics(metrics), **objects)
         self._saved_step[manager.name] = p.step

@@ -1,10 +1,10 @@
-"""The data's taxonomy as the plain record checkpoints store (linnaeus.checkpoint.taxonomy)."""
+"""The data's taxonomy as the plain record checkpoints store (linnaeus.checkpoint.state.taxonomy)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from linnaeus.checkpoint.taxonomy import taxonomy_record
+from linnaeus.checkpoint.state import taxonomy_record
 
 
 def taxonomy_levels(taxonomy: Any) -> dict[str, list[str]] | None:

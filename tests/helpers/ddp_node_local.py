@@ -20,8 +20,10 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from linnaeus.checkpoint import CheckpointManager  # noqa: E402
-from linnaeus.checkpoint.resume import find_resume_point  # noqa: E402
+from linnaeus.checkpoint import (
+    CheckpointManager,  # noqa: E402
+    find_resume_point,  # noqa: E402
+)
 from linnaeus.dist import get_rank, init_distributed  # noqa: E402
 
 

@@ -18,8 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from linnaeus.checkpoint import CheckpointManager  # noqa: E402
-from linnaeus.checkpoint.resume import find_resume_point  # noqa: E402
+from linnaeus.checkpoint import (
+    CheckpointManager,  # noqa: E402
+    find_resume_point,  # noqa: E402
+)
 
 
 def report(fn) -> None:  # type: ignore[no-untyped-def]

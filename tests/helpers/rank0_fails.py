@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from linnaeus.checkpoint import scan  # noqa: E402
+from linnaeus.checkpoint.store import scan  # noqa: E402
 from linnaeus.main import cli  # noqa: E402
 from linnaeus.runner import pretrained  # noqa: E402
 

@@ -50,7 +50,7 @@ class ArgvLog:
 
 def record_rclone_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ArgvLog:
     """Install the recording wrapper for the rest of the test (undone by ``monkeypatch``)."""
-    from linnaeus.checkpoint.sources.rclone import rclone_binary
+    from linnaeus.checkpoint.sources import rclone_binary
 
     log_dir = tmp_path / "rclone-argv"
     log_dir.mkdir()

@@ -30,7 +30,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 
 from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, testing  # noqa: E402
-from linnaeus.checkpoint.sharded_async import background_group  # noqa: E402
+from linnaeus.checkpoint.formats import background_group  # noqa: E402
 from linnaeus.dist import init_distributed  # noqa: E402
 
 

@@ -30,8 +30,10 @@ from torch import nn  # noqa: E402
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 
-from linnaeus.checkpoint import CheckpointManager  # noqa: E402
-from linnaeus.checkpoint.errors import CheckpointIncompatibleError  # noqa: E402
+from linnaeus.checkpoint import (
+    CheckpointIncompatibleError,  # noqa: E402
+    CheckpointManager,  # noqa: E402
+)
 from linnaeus.dist import init_distributed  # noqa: E402
 from linnaeus.engine.optim import ShardableModelEma  # noqa: E402
 from linnaeus.engine.parallel import wrap_model  # noqa: E402

@@ -26,11 +26,13 @@ from torch import nn  # noqa: E402
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 
-from linnaeus.checkpoint import CheckpointManager  # noqa: E402
-from linnaeus.checkpoint.errors import CheckpointCorruptError  # noqa: E402
-from tests.helpers.rank_lines import say  # noqa: E402
+from linnaeus.checkpoint import (
+    CheckpointCorruptError,  # noqa: E402
+    CheckpointManager,  # noqa: E402
+)
 from linnaeus.dist import barrier, init_distributed  # noqa: E402
 from linnaeus.engine.parallel import grad_norm_value  # noqa: E402
+from tests.helpers.rank_lines import say  # noqa: E402
 
 
 def objects(seed: int, shard: bool = True):

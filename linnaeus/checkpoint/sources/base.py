@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from linnaeus.checkpoint.errors import CheckpointError
+from ..errors import CheckpointError
 
 CHUNK_SIZE = 1 << 20
 

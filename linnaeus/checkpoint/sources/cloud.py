@@ -37,8 +37,8 @@ from __future__ import annotations
 import os
 from urllib.parse import unquote, urlsplit
 
-from linnaeus.checkpoint.sources.base import redact
-from linnaeus.checkpoint.sources.rclone import RcloneSource
+from .base import redact
+from .rclone_source import RcloneSource
 
 
 def _bucket_key(uri: str) -> tuple[str, str]:

@@ -38,18 +38,21 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from linnaeus.checkpoint.errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
-from linnaeus.checkpoint.fsio import BackgroundFlush, fsync_dir, pid_alive, write_durably
-from linnaeus.checkpoint.hashing import FileDigest
-from linnaeus.checkpoint.sidecar import (
+from ..disk import (
     SIDECAR_SUFFIX,
+    BackgroundFlush,
+    FileDigest,
     SidecarError,
     format_sidecar,
+    fsync_dir,
     parse_sidecar,
+    pid_alive,
     sidecar_path,
     sidecar_progress,
+    write_durably,
 )
-from linnaeus.checkpoint.sources.base import Source, TransientSourceError
+from ..errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
+from .base import Source, TransientSourceError
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +135,7 @@ def cleanup_stale_temps(directory: str | os.PathLike, max_age_hours: float = 6.0
 
 def parse_remote_sidecar(data: bytes, where: str, file_name: str) -> FileDigest:
     """What a remote ``<object>.sha256`` records for ``file_name`` (see
-    :func:`linnaeus.checkpoint.sidecar.parse_sidecar`), as a :class:`CheckpointCorruptError`
+    :func:`linnaeus.checkpoint.disk.sidecar.parse_sidecar`), as a :class:`CheckpointCorruptError`
     naming ``where`` when it verifies nothing."""
     try:
         return parse_sidecar(data, file_name, where)

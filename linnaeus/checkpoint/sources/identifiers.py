@@ -27,8 +27,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from linnaeus.checkpoint.errors import CheckpointError
-from linnaeus.checkpoint.sources.base import redact
+from ..errors import CheckpointError
+from .base import redact
 
 MAX_IDENTIFIER_BYTES = 2048
 # NAME_MAX is 255 bytes; the cache also holds <name>.sha256 and .<name>.lock next to the file.

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
-from linnaeus.checkpoint.errors import CheckpointError, CheckpointNotFoundError
-from linnaeus.checkpoint.sources.base import CHUNK_SIZE, RemoteObject, Source
-from linnaeus.checkpoint.sources.identifiers import check_text
+from ..errors import CheckpointError, CheckpointNotFoundError
+from .base import CHUNK_SIZE, RemoteObject, Source
+from .identifiers import check_text
 
 
 class LocalSource(Source):

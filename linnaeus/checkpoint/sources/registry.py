@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from linnaeus.checkpoint.errors import CheckpointNotFoundError
-from linnaeus.checkpoint.sources.base import Source, redact
+from ..errors import CheckpointNotFoundError
+from .base import Source, redact
+from .rclone_source import RcloneSource
 
 SourceFactory = Callable[[str], Source]
 
@@ -73,8 +74,6 @@ def get_source(uri: str) -> Source:
     scheme = uri_scheme(uri)
     if scheme is None:
         if is_rclone_path(uri):
-            from linnaeus.checkpoint.sources.rclone import RcloneSource
-
             return RcloneSource(uri)
         raise ValueError(f"{redact(uri)!r} is not a URI or rclone remote path.")
     factory = _FACTORIES.get(scheme)

@@ -1,0 +1,59 @@
+"""Bytes on disk, whatever they hold: durable writes, fsync of files and directories, the file
+hashers and their cache, the ``.sha256`` sidecar, the writer lock, the background writer.
+
+The bottom layer of the checkpoint library: it knows files, not checkpoints.
+"""
+
+from .background import AsyncWriter, snapshot
+from .digests import (
+    FAST_DIGEST,
+    SHA256,
+    cache_both_digests,
+    cached_digest,
+    clear_digest_cache,
+    digest_file,
+    digests_of,
+    sha256_file,
+    sha256_file_async,
+)
+from .durable import (
+    REPLACED,
+    TEMP_SYNCED,
+    WRITER_ID,
+    BackgroundFlush,
+    fsync_dir,
+    fsync_file,
+    is_temp_name,
+    pid_alive,
+    remove_tree,
+    temp_name,
+    temp_target,
+    temp_writer,
+    temp_writer_pid,
+    write_durably,
+    writer_id,
+    writer_pid,
+)
+from .hashing import CHUNK_SIZE, FileDigest, HashingWriter
+from .sidecar import (
+    PROGRESS_KEYS,
+    SIDECAR_SUFFIX,
+    SidecarError,
+    format_sidecar,
+    parse_sidecar,
+    read_sidecar,
+    read_sidecar_digest,
+    sidecar_path,
+    sidecar_progress,
+)
+from .writer_lock import LOCK_NAME, WriterLease, acquire, acquire_on_writer_rank, dir_lock, read_holder
+
+__all__ = [
+    "AsyncWriter", "BackgroundFlush", "CHUNK_SIZE", "FAST_DIGEST", "FileDigest", "HashingWriter", "LOCK_NAME",
+    "PROGRESS_KEYS", "REPLACED", "SHA256", "SIDECAR_SUFFIX", "SidecarError", "TEMP_SYNCED", "WRITER_ID", "WriterLease",
+    "acquire", "acquire_on_writer_rank", "cache_both_digests", "cached_digest", "clear_digest_cache", "digest_file",
+    "digests_of", "dir_lock", "format_sidecar", "fsync_dir", "fsync_file", "is_temp_name", "parse_sidecar",
+    "pid_alive", "read_holder", "read_sidecar", "read_sidecar_digest", "remove_tree", "sha256_file",
+    "sha256_file_async", "sidecar_path", "sidecar_progress", "snapshot", "temp_name", "temp_target", "temp_writer",
+    "temp_writer_pid", "write_durably", "writer_id", "writer_pid",
+]

@@ -1,0 +1,53 @@
+"""Checkpoint formats: one protocol (:class:`CheckpointFormat`), two implementations (a single file
+with its ``.sha256`` sidecar; a sharded DCP directory with its ``manifest.json``), and
+:func:`format_of`, the only place that tells them apart."""
+
+from .base import (
+    Background,
+    CheckpointFormat,
+    CheckpointInfo,
+    CommitFiles,
+    Leftover,
+    OnCommitted,
+    Part,
+    RemoteEntry,
+    SaveResult,
+    VerifyResult,
+)
+from .directory import LATEST, is_checkpoint_name, read_latest, write_latest
+from .file import FileFormat, commit_file, is_pending_sidecar_name
+from .registry import (
+    choose_format,
+    format_named,
+    format_of,
+    format_of_state,
+    formats,
+    load_verified,
+    load_verified_digest,
+    read_info,
+    register_format,
+    verify_checkpoint,
+)
+from .sharded import (
+    MANIFEST,
+    STATE_FILE,
+    ShardedFormat,
+    VerifyingReader,
+    background_group,
+    consolidate,
+    load_sharded_state,
+    read_checked_metadata,
+    read_manifest,
+    sharded_dirname,
+)
+from .folder import RemoteFolder
+from .transfer import upload_entry
+
+__all__ = [
+    "Background", "CheckpointFormat", "CheckpointInfo", "CommitFiles", "FileFormat", "LATEST", "Leftover", "MANIFEST",
+    "OnCommitted", "Part", "RemoteEntry", "RemoteFolder", "STATE_FILE", "SaveResult", "ShardedFormat",
+    "VerifyResult", "VerifyingReader", "background_group", "choose_format", "commit_file", "consolidate", "format_named", "format_of",
+    "format_of_state", "formats", "is_checkpoint_name", "is_pending_sidecar_name", "load_sharded_state",
+    "load_verified", "load_verified_digest", "read_checked_metadata", "read_info", "read_latest", "read_manifest",
+    "register_format", "sharded_dirname", "upload_entry", "verify_checkpoint", "write_latest",
+]

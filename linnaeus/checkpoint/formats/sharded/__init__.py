@@ -1,0 +1,10 @@
+"""The sharded format: a DCP directory written by every rank, committed by its manifest (see :mod:`.format`)."""
+
+from .async_save import background_group
+from .format import ShardedFormat
+from .load import consolidate, load_sharded_state
+from .manifest import MANIFEST, STATE_FILE, read_manifest, sharded_dirname
+from .metadata import VerifyingReader, read_checked_metadata
+
+__all__ = ["MANIFEST", "STATE_FILE", "ShardedFormat", "VerifyingReader", "background_group", "consolidate",
+           "load_sharded_state", "read_checked_metadata", "read_manifest", "sharded_dirname"]

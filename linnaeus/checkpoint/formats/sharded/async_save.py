@@ -1,0 +1,152 @@
+"""Asynchronous sharded saves: ``dcp.async_save`` with the commit of :mod:`.save` kept.
+
+The caller's thread (every rank, a collective) only stages: DCP's :class:`DefaultStager` copies
+every tensor of this rank's state into CPU memory it keeps (pinned and shared on CUDA), CPU
+tensors included, so training may change the live tensors as soon as the call returns; rank 0's
+``state.pt`` part is deep-copied the same way. Then, in the background on every rank:
+
+    DCP writes this rank's shards (rank 0: ``.metadata``)               DCP's writer thread
+    each rank fsyncs and hashes its own shards; all ranks gather       our job thread
+      (digests, error); rank 0 fsyncs ``.metadata`` in the commit
+    rank 0: state.pt, manifest, one rename, ``latest``, hook, retention  only if no rank failed
+    rank 0 broadcasts the outcome
+
+so a final name still always means complete. Every collective of a save in the background runs on
+one dedicated gloo process group, created once by every rank at its first asynchronous save, so
+the background never interleaves with the training's collectives on the default group. One save
+is in flight at a time: the next save waits for the previous one's commit first. Its outcome is
+known to rank 0 at the end of the job and raised on every rank by the manager's next ``poll``.
+
+Host memory: the stager keeps one CPU copy of this rank's state, keyed by the live storages and
+reused by every later save (copied into, not reallocated), and the only references to a staged
+state end with its job, so resident memory does not grow with the number of saves.
+"""
+
+from __future__ import annotations
+
+import atexit
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+from linnaeus.dist import collective_timeout, get_rank, is_dist
+
+from ... import testing
+from ...disk import AsyncWriter, remove_tree, snapshot
+from ...errors import CheckpointError
+from ..base import OnCommitted, SaveResult
+from .save import Staged, commit, digest_own_shards
+from .state_dicts import first_failure
+
+_GROUP: dist.ProcessGroup | None = None
+
+
+def background_group() -> dist.ProcessGroup | None:
+    """The gloo group of background saves (a collective the first time; None without a process group)."""
+    global _GROUP
+    if not is_dist():
+        return None
+    if _GROUP is None:
+        # The default group's timeout (TRAIN.COLLECTIVE_TIMEOUT_S), not gloo's 30 minutes: a rank whose
+        # peer died mid-save must give up on the background collectives as soon as on the training's.
+        _GROUP = dist.new_group(backend="gloo", timeout=collective_timeout())
+        # Held here, the group would outlive destroy_process_group() and be destroyed during
+        # interpreter teardown, where gloo's destructor can abort the process ("terminate called
+        # without an active exception"): drop it while the interpreter is still whole.
+        atexit.register(_forget_group)
+    return _GROUP
+
+
+def _forget_group() -> None:
+    global _GROUP
+    _GROUP = None
+
+
+class ShardedBackground:
+    """One manager's asynchronous sharded saves: its stager (the kept CPU copy) and its job thread."""
+
+    def __init__(self, name: str) -> None:
+        self.writer = AsyncWriter(name)
+        cuda = torch.cuda.is_available()
+        # Synchronous staging: the copy is complete when the save call returns (the snapshot promise).
+        self.stager = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=cuda,
+                                                   use_async_staging=False, use_non_blocking_copy=False))
+
+    def start(self, staged: Staged, on_committed: OnCommitted) -> None:
+        """Stage ``staged``'s tensors (every rank) and ``state.pt`` entries (rank 0) now; write and
+        commit in the background. The caller has already waited for the previous save and raised its error."""
+        group = background_group()
+        frozen_rest = snapshot(staged.rest)
+        try:
+            pending: Future = dcp.async_save(staged.tensors, storage_writer=FileSystemWriter(staged.tmp,
+                                                                                            sync_files=False),
+                                             process_group=group, async_stager=self.stager, no_dist=group is None)
+        except Exception as e:  # noqa: BLE001 - staging failed on this rank: the job reports it with the others'
+            pending = Future()
+            pending.set_exception(e)
+        staged.tensors, staged.rest = {}, {}  # staged now: nothing of the live state is held past this call
+
+        def job() -> None:
+            _finish(pending, staged, group, frozen_rest, on_committed)
+
+        self.writer.submit(job, f"save of {staged.final}")
+
+    def wait_idle(self) -> None:
+        self.writer.wait_idle()
+
+    def take_error(self) -> BaseException | None:
+        return self.writer.take_error()
+
+    def release_buffers(self) -> None:
+        self.writer.release_buffers()
+        self.stager.close()
+
+
+def _finish(pending: Future, staged: Staged, group: dist.ProcessGroup | None, rest: dict[str, Any],
+            on_committed: OnCommitted) -> None:
+    """The background half of one save, on every rank; raises (on rank 0) what failed on any rank."""
+    rank = get_rank()
+    own: dict[str, dict[str, Any]] = {}
+    problem: str | None = None
+    try:
+        pending.result()
+        testing.phase("sharded-written")  # the fault tests' seam: DCP's files are written, nothing hashed yet
+        own = digest_own_shards(staged.tmp, rank)
+    except BaseException as e:  # noqa: BLE001 - CheckpointException is a BaseException; gathered below
+        problem = f"DCP: {first_failure(e)}"
+    parts: list[Any] = [(own, problem)]
+    if group is not None:
+        parts = [None] * dist.get_world_size(group)
+        dist.all_gather_object(parts, (own, problem), group=group)
+    failed = [(r, p) for r, (_, p) in enumerate(parts) if p is not None]
+    outcome: Any = None
+    if rank == 0:
+        try:
+            if failed:
+                raise CheckpointError(f"save of {staged.final} failed, nothing was committed: " +
+                                      "; ".join(f"rank {r}: {p}" for r, p in failed))
+            files: dict[str, dict[str, Any]] = {}
+            for part, _ in parts:
+                files.update(part)
+            size, digest = commit(staged, files, rest)
+            on_committed(SaveResult(staged.final, digest, size, 0.0))
+        except BaseException as e:  # noqa: BLE001 - raised below, after the other ranks have heard
+            outcome = e
+            remove_tree(staged.tmp)  # gone already if the rename happened
+    if group is not None:  # the other ranks' jobs end with rank 0's, so no save outlives its commit
+        box = [None if outcome is None else str(outcome)]
+        dist.broadcast_object_list(box, src=0, group=group)
+    # The error is kept until the next poll: its traceback must not keep DCP's failed frames (and
+    # through them the process group) alive until interpreter exit, where destroying a gloo group
+    # after destroy_process_group() aborts the process.
+    pending = group = None  # type: ignore[assignment]
+    if outcome is not None:
+        raise outcome
+
+
+__all__ = ["ShardedBackground", "background_group"]

@@ -1,0 +1,201 @@
+"""Writing a sharded checkpoint: every rank its own shards, in parallel, then one commit.
+
+The commit (a collective; a final name always means complete)::
+
+    .<name>.tmp-<writer>-<rand>/     rank 0 creates it; its name never matches a checkpoint
+        __<r>_<n>.distcp             every rank: DCP writes its shards; the rank fsyncs and hashes them
+        .metadata                    DCP (rank 0); rank 0 fsyncs it
+        state.pt                     rank 0, fsynced
+        manifest.json                rank 0, last: size, sha256, xxh3-128 of every file above; dir fsync
+    <name>/                          one rename of the temp directory, parent fsync  <- commit point
+    latest                           written durably (full checkpoints)
+
+Overwriting a committed directory of the same name moves it aside to a hidden temp name first
+and removes it after the rename; a crash in between leaves the older checkpoints to resume from.
+No DCP "bytes" entry is ever written, because DCP loads those with ``weights_only=False``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+from linnaeus.dist import (
+    all_gather_object,
+    broadcast_object,
+    get_rank,
+    is_dist,
+    is_main_process,
+    raise_on_all_ranks,
+    run_on_all_ranks,
+)
+
+from ...disk import digests_of, dir_lock, fsync_dir, fsync_file, remove_tree, temp_name, write_durably
+from ...errors import CheckpointError, InvalidOperationError, LatestUpdateError
+from ...state import materialize, model_state_dict
+from ..base import OnCommitted, SaveResult
+from ..directory import write_latest
+from .manifest import DCP_METADATA, MANIFEST, SHARDED_FORMAT, SHARDED_FORMAT_VERSION, STATE_FILE, manifest_bytes
+from .state_dicts import (
+    MODEL,
+    OPTIM,
+    OPTIM_REST,
+    first_failure,
+    is_live_optimizer,
+    live_state,
+    single_process_is_intended,
+    split_tensors,
+)
+
+
+@dataclass
+class Staged:
+    """One save's parts: this rank's tensors for DCP, rank 0's ``state.pt`` entries, the manifest's
+    extra fields, and where it is written."""
+
+    tensors: dict[str, Any]
+    rest: dict[str, Any]
+    manifest_extra: dict[str, Any]
+    directory: Path
+    name: str
+    tmp: Path
+    update_latest: bool
+
+    @property
+    def final(self) -> Path:
+        return self.directory / self.name
+
+
+def stage(directory: Path, name: str, contents: Mapping[str, Any], *, update_latest: bool) -> Staged:
+    """Split ``contents`` between DCP and ``state.pt`` and make the temp directory (a collective)."""
+    final = directory / name
+    model, optimizer = contents["model"], contents.get("optimizer")
+    live_optimizer = is_live_optimizer(model, optimizer)
+    if isinstance(model, nn.Module):
+        msd, osd = live_state(model, optimizer if live_optimizer else None)
+    else:  # a transaction given the state dict: DCP saves it as it is
+        msd, osd = model_state_dict(model), None
+    tensors: dict[str, Any] = {MODEL: msd}
+    rest: dict[str, Any] = {}
+    if osd is not None:
+        tensors[OPTIM], rest[OPTIM_REST] = split_tensors(osd)
+    entries = {k: v for k, v in contents.items() if k != MODEL and not (k == "optimizer" and live_optimizer)}
+    for key, module in [(k, v) for k, v in entries.items() if isinstance(v, nn.Module)]:
+        # A component that is a module (an EMA, sharded like the model under fsdp): resharded by DCP.
+        if key in (MODEL, OPTIM):
+            raise InvalidOperationError(f"component {key!r}: the name of a sharded checkpoint's model or optimizer "
+                                        "tensors; give the component another name.")
+        del entries[key]
+        module_state = get_model_state_dict(module)
+        if module_state:
+            tensors[key] = module_state
+        else:  # nothing for DCP to write: an empty entry keeps "saved" distinct from "absent"
+            rest[key] = {}
+    meta = {**contents["meta"], "format": "sharded"}
+    if is_main_process():  # only rank 0 writes state.pt
+        rest.update(materialize(entries), meta=meta)
+    manifest_extra = {"progress": dict(contents.get("progress", {})), "meta": meta,
+                      "config": contents.get("config", "")}
+
+    def make_temp() -> str | None:
+        if not is_main_process():
+            return None
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / temp_name(name)
+        tmp.mkdir()
+        return str(tmp)
+
+    tmp = Path(broadcast_object(run_on_all_ranks(make_temp, f"save of {final}", CheckpointError)))
+    return Staged(tensors, rest, manifest_extra, directory, name, tmp, update_latest)
+
+
+def save_now(staged: Staged, on_committed: OnCommitted) -> SaveResult:
+    """Write and commit ``staged`` (a collective); failures raise on every rank, nothing is left."""
+    start = time.perf_counter()
+    final, tmp = staged.final, staged.tmp
+    try:
+        error: BaseException | None = None
+        try:
+            with single_process_is_intended():
+                dcp.save(staged.tensors, storage_writer=FileSystemWriter(tmp, sync_files=False), no_dist=not is_dist())
+        except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
+            error = CheckpointError(f"save of {final} failed, nothing was committed: DCP: {first_failure(e)}")
+        raise_on_all_ranks(error, f"save of {final}", CheckpointError)
+        # Each rank makes durable and hashes the shard files it wrote: the bytes are read in parallel.
+        own = run_on_all_ranks(lambda: digest_own_shards(tmp, get_rank()), f"save of {final}", CheckpointError)
+        files: dict[str, dict[str, Any]] = {}
+        for part in all_gather_object(own):
+            files.update(part)
+        committed = run_on_all_ranks(lambda: commit(staged, files, staged.rest) if is_main_process() else None,
+                                     f"save of {final}", CheckpointError)
+    except BaseException:
+        if is_main_process():
+            remove_tree(tmp)
+        raise
+    size, digest = broadcast_object(committed)
+    result = SaveResult(final, digest, size, time.perf_counter() - start)
+    run_on_all_ranks(lambda: on_committed(result) if is_main_process() else None, f"save of {final}",
+                     CheckpointError)
+    return result
+
+
+def digest_own_shards(tmp: Path, rank: int) -> dict[str, dict[str, Any]]:
+    """This rank's shard files made durable and hashed. DCP writes them without fsync: the fsyncs
+    run on a thread beside the hashing, so the disk flushes while the CPU hashes the same pages."""
+    paths = sorted(Path(e.path) for e in os.scandir(tmp)
+                   if e.is_file() and e.name.startswith(f"__{rank}_") and e.name.endswith(".distcp"))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        synced = pool.submit(lambda: [fsync_file(p) for p in paths])
+        out = {p.name: {**digests_of(p), "rank": rank} for p in paths}
+        synced.result()
+    return out
+
+
+def commit(staged: Staged, files: dict[str, dict[str, Any]], rest: dict[str, Any]) -> tuple[int, str]:
+    """Rank 0, after every rank's shards are durable: state.pt, manifest, rename, latest.
+    Returns (size, sha256 of the manifest)."""
+    directory, name, tmp, final = staged.directory, staged.name, staged.tmp, staged.final
+    with open(tmp / STATE_FILE, "xb") as f:
+        torch.save(rest, f)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_file(tmp / DCP_METADATA)  # DCP wrote it without fsync (see digest_own_shards)
+    for extra in (DCP_METADATA, STATE_FILE):
+        files[extra] = digests_of(tmp / extra)
+    unexpected = sorted(e.name for e in os.scandir(tmp) if e.name not in files)
+    if unexpected:
+        raise CheckpointError(f"save of {final}: unexpected files in the temp directory {tmp}: {unexpected}")
+    manifest = {"format": SHARDED_FORMAT, "format_version": SHARDED_FORMAT_VERSION, "files": files,
+                **staged.manifest_extra}
+    payload = manifest_bytes(manifest)
+    write_durably(tmp / MANIFEST, payload)  # fsyncs the file and the temp directory
+    with dir_lock(directory):
+        old = None
+        if final.exists():
+            old = directory / temp_name(name)
+            os.rename(final, old)
+        os.rename(tmp, final)
+        fsync_dir(directory)
+        if old is not None:
+            remove_tree(old)
+        if staged.update_latest:
+            try:
+                write_latest(directory, name)
+            except OSError as e:
+                raise LatestUpdateError(final, e) from e
+    return sum(f["size"] for f in files.values()) + len(payload), hashlib.sha256(payload).hexdigest()
+
+
+__all__ = ["Staged", "commit", "digest_own_shards", "save_now", "stage"]

@@ -1,0 +1,82 @@
+"""The one verified upload of a committed checkpoint into a bucket folder, whatever its format.
+
+An upload sends a checkpoint's files in its commit order (:meth:`CheckpointFormat.commit_files`):
+the payload, each checked remote (size, and the hash the remote reports where it reports one),
+then the marker, read back. The marker's presence is the remote commit: a copy interrupted
+before it is never listed, fetched or resumed from. Nothing here deletes a remote object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ..sources import TransientSourceError, copyto
+from .base import CheckpointFormat, CommitFiles, Part
+from .folder import RemoteFolder
+
+_LOCAL_HASHES = ("md5", "sha1", "sha256")  # remote hashes worth recomputing locally to verify
+
+
+def upload_entry(fmt: CheckpointFormat, path: Path, folder: RemoteFolder) -> bool:
+    """Upload the committed checkpoint ``path`` into ``folder`` and verify the remote copy; False when
+    the folder already held an identical copy (nothing transferred). Raises CheckpointError
+    (TransientSourceError for what a retry may fix)."""
+    files = fmt.commit_files(path)
+    if _already_there(fmt, files, folder):
+        return False
+    for part in files.parts:
+        copyto(part.local, folder.folder + part.remote, env=folder.env)
+    listed = _listing(files, folder)
+    for part in files.parts:
+        check_remote_copy(listed.get(part.remote), part, folder.display + part.remote)
+    copyto(files.marker.local, folder.folder + files.marker.remote, env=folder.env)
+    back = folder.read(files.marker.remote)
+    if back is None or fmt.marker_identity(files.entry, back) != files.identity:
+        raise TransientSourceError(f"{folder.display}{files.marker.remote}: read back does not match the local "
+                                   f"{files.marker.local.name}.")
+    return True
+
+
+def _already_there(fmt: CheckpointFormat, files: CommitFiles, folder: RemoteFolder) -> bool:
+    marker = folder.read(files.marker.remote)
+    if marker is None or fmt.marker_identity(files.entry, marker) != files.identity:
+        return False  # absent, another checkpoint's or malformed: a fresh upload replaces it
+    listed = _listing(files, folder, hashes=False)
+    return all(listed.get(p.remote, {}).get("Size") == p.size for p in files.parts)
+
+
+def _listing(files: CommitFiles, folder: RemoteFolder, *, hashes: bool = True) -> dict[str, dict]:
+    """The remote entries of ``files``' parts by their relative path: one listing of a directory's,
+    a stat of a single file (names never become rclone options, not even filter patterns)."""
+    top, nested = files.parts[0].remote.split("/", 1)[0], "/" in files.parts[0].remote
+    if nested:
+        return {f"{top}/{e['Path']}": e for e in folder.lsjson(top + "/", *(["--hash"] if hashes else []))}
+    listed = {}
+    for part in files.parts:
+        info = folder.source(part.remote).stat(with_hashes=hashes)
+        if info is not None:
+            listed[part.remote] = {"Size": info.size, "Hashes": info.hashes}
+    return listed
+
+
+def check_remote_copy(listed: dict | None, part: Part, shown: str) -> None:
+    """A just-uploaded file as the remote lists it: ``part``'s size, and the remote's hash (where it
+    reports one we can recompute) equal to the local file's."""
+    if listed is None or listed.get("Size") != part.size:
+        found = "nothing" if listed is None else f"{listed.get('Size')} bytes"
+        raise TransientSourceError(f"{shown}: after upload the remote holds {found}, expected {part.size} bytes.")
+    hashes = {k.lower(): v.lower() for k, v in (listed.get("Hashes") or {}).items() if v}
+    algo = next((a for a in _LOCAL_HASHES if hashes.get(a)), None)
+    if algo is None:
+        return  # size only: this remote reports no hash we can recompute (rclone checked what it could)
+    if algo == "sha256" and part.sha256 is not None:
+        local = part.sha256
+    else:
+        with open(part.local, "rb") as f:
+            local = hashlib.file_digest(f, algo).hexdigest()
+    if local != hashes[algo]:
+        raise TransientSourceError(f"{shown}: remote {algo} {hashes[algo]} != local {local}.")
+
+
+__all__ = ["check_remote_copy", "upload_entry"]

@@ -1,0 +1,282 @@
+"""Background upload of a run's committed checkpoints into its :class:`~linnaeus.checkpoint.remote.RemoteRun`.
+
+Per committed checkpoint, in commit order, on one worker thread (:meth:`RemoteRun.upload`):
+
+1. skip if the remote already holds it (its marker records the same checkpoint, every file
+   its size);
+2. ``rclone copyto`` each of its files (a single file's data; every file a sharded directory's
+   manifest lists), then check the remote sizes and, where the remote reports one, the hashes
+   against the local files;
+3. ``rclone copyto`` its marker (the ``.sha256`` sidecar; the ``manifest.json``) and read it
+   back — from now on the checkpoint is *committed remotely* and
+   :meth:`BackgroundUploader.is_confirmed` (so :meth:`~BackgroundUploader.can_delete`) says so;
+4. move the remote ``latest`` marker, but only to a checkpoint that is confirmed remote.
+
+Failures of any kind are retried with exponential backoff; after the last attempt the
+failure is logged and kept, and :meth:`~BackgroundUploader.poll` (and
+:meth:`~BackgroundUploader.close`) raise :class:`UploadError` for it — nothing is silently
+lost, an unconfirmed checkpoint is never reported deletable, and no error can stop the
+worker with uploads still queued. Nothing is ever deleted remotely.
+
+Plugging into the checkpoint manager::
+
+    uploader = BackgroundUploader(RemoteRun.in_bucket(bucket_cfg, experiment))
+    uploader.enqueue_existing(ckpt_dir)        # after a relaunch: finish what the last launch did not
+    manager = CheckpointManager(..., on_commit=uploader.on_commit, can_delete=uploader.can_delete)
+    ... train; call uploader.poll() now and then to surface failures ...
+    uploader.close()                           # waits for pending uploads; raises if any failed
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from linnaeus.dist import any_rank_true, raise_on_all_ranks
+
+from ..errors import CheckpointError
+from ..formats import read_latest
+from ..ordering import oldest_first
+from ..state import KIND_FULL
+from ..store import list_checkpoints
+from .folder import RemoteRun
+
+logger = logging.getLogger("linnaeus.checkpoint")
+
+
+class UploadError(CheckpointError):
+    """One or more checkpoint uploads failed after all retries; the local files are kept."""
+
+
+class BackgroundUploader:
+    """Uploads each committed checkpoint of a run on a worker thread (see the module docstring).
+
+    Args:
+        remote: the run's folder in the bucket.
+        retries: attempts per checkpoint before the failure is reported.
+        backoff_s / max_backoff_s: exponential backoff between attempts.
+    """
+
+    def __init__(self, remote: RemoteRun, *, retries: int = 5, backoff_s: float = 2.0,
+                 max_backoff_s: float = 120.0) -> None:
+        if retries < 1:
+            raise ValueError(f"retries must be >= 1, got {retries}.")
+        self.remote = remote
+        self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
+        self._queue: queue.Queue[Path | None] = queue.Queue()
+        self._confirmed: set[Path] = set()
+        self._failures: list[tuple[Path, str]] = []
+        self._reported = 0
+        self._pending = 0
+        self._marker: str | None = None
+        self._newest: Path | None = None
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="linnaeus-uploader", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ manager hooks
+    def on_commit(self, path: str | os.PathLike, *, full: bool = True) -> None:
+        """Queue a just-committed checkpoint (``CheckpointManager(on_commit=...)``).
+
+        ``full=False`` for weights-only files: they are uploaded like any other, but the remote
+        ``latest`` never falls back to naming one, since it must name something to resume from.
+        """
+        p = Path(path).absolute()
+        with self._cond:
+            if self._closed:
+                raise CheckpointError(f"uploader for {self.display} is closed; cannot queue {p}.")
+            self._pending += 1
+            if full:
+                self._newest = p
+        self._queue.put(p)
+
+    def can_delete(self, path: str | os.PathLike) -> bool:
+        """Retention hook: a local checkpoint may go only once its upload is confirmed."""
+        return self.is_confirmed(path)
+
+    def is_confirmed(self, path: str | os.PathLike) -> bool:
+        with self._cond:
+            return Path(path).absolute() in self._confirmed
+
+    def enqueue_existing(self, checkpoints_dir: str | os.PathLike) -> int:
+        """Queue every committed checkpoint in ``checkpoints_dir``, in commit order (the one
+        ``latest`` names last). Ones already remote are only confirmed, not re-sent.
+
+        The way a relaunch finishes what the last launch did not upload; it also lets
+        retention delete an earlier launch's files once they are confirmed remote (confirmation
+        lives in this object's memory). Returns how many were queued.
+        """
+        directory = Path(checkpoints_dir)
+        infos = [i for i in list_checkpoints(directory) if i.committed]
+        for info in oldest_first(infos, read_latest(directory)):
+            self.on_commit(info.path, full=info.kind == KIND_FULL)
+        return len(infos)
+
+    # ------------------------------------------------------------------ status
+    @property
+    def display(self) -> str:
+        return self.remote.display
+
+    def poll(self) -> None:
+        """Raise :class:`UploadError` for failures not reported yet (each is reported once)."""
+        with self._cond:
+            new = self._failures[self._reported :]
+            self._reported = len(self._failures)
+        if new:
+            lines = "\n".join(f"  - {p}: {err}" for p, err in new)
+            raise UploadError(
+                f"{len(new)} checkpoint upload(s) to {self.display} failed after {self.retries} attempts; "
+                f"the local files are kept (not deletable):\n{lines}\n"
+                "Fix the remote, then upload them with `linnaeus-ckpt upload`."
+            )
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every queued upload has finished (confirmed or failed); False on timeout.
+
+        Raises UploadError if the worker thread is gone with uploads still queued (it catches
+        every error of an upload, so only an interpreter shutdown can do that): waiting for it
+        would never end.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                if not self._thread.is_alive():
+                    raise UploadError(f"the upload worker for {self.display} stopped with {self._pending} "
+                                      "upload(s) queued; the local files are kept. Upload them with "
+                                      "`linnaeus-ckpt upload`.")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                # Wake now and then to notice a dead worker, which never notifies.
+                self._cond.wait(1.0 if left is None else min(left, 1.0))
+        return True
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish pending uploads (up to ``timeout``), stop the worker, raise pending failures."""
+        with self._cond:
+            self._closed = True
+        finished = self.wait(timeout)
+        self._stop.set()
+        self._queue.put(None)
+        self._thread.join(timeout=5 if finished else 0.1)
+        if not finished:
+            with self._cond:
+                left = self._pending
+            raise UploadError(
+                f"{left} checkpoint upload(s) to {self.display} still pending after {timeout} s; the local "
+                "files are kept. Upload them later with `linnaeus-ckpt upload`."
+            )
+        self.poll()
+
+    def __enter__(self) -> "BackgroundUploader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ worker
+    def _run(self) -> None:
+        while True:
+            path = self._queue.get()
+            if path is None:
+                return
+            try:
+                self._upload_with_retries(path)
+            except Exception as e:  # noqa: BLE001 - the worker must outlive any item: it is kept for poll()
+                logger.error("Upload of %s to %s failed: %s: %s", path, self.display, type(e).__name__, e)
+                with self._cond:
+                    self._failures.append((path, f"{type(e).__name__}: {e}"))
+            finally:
+                with self._cond:
+                    self._pending -= 1
+                    self._cond.notify_all()
+
+    def _upload_with_retries(self, path: Path) -> None:
+        for attempt in range(1, self.retries + 1):
+            try:
+                sent = self.remote.upload(path)
+                with self._cond:
+                    self._confirmed.add(path)
+                self._update_marker(path)
+                logger.info("%s checkpoint %s -> %s%s", "Uploaded" if sent else "Already remote:", path, self.display,
+                            path.name)
+                return
+            except Exception as e:  # noqa: BLE001 - any failure is retried, then kept and raised by poll()
+                error = f"{type(e).__name__}: {e}" if not isinstance(e, CheckpointError) else str(e)
+            if attempt < self.retries:
+                wait = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
+                logger.warning("Upload of %s failed (attempt %d/%d): %s; retrying in %.1f s", path, attempt,
+                               self.retries, error, wait)
+                if self._stop.wait(wait):
+                    break
+        logger.error("Upload of %s to %s failed after %d attempts: %s", path, self.display, attempt, error)
+        with self._cond:
+            self._failures.append((path, error))
+
+    def _update_marker(self, confirmed: Path) -> None:
+        """Point the remote ``latest`` at the newest checkpoint that is confirmed remote."""
+        wanted = read_latest(confirmed.parent)
+        with self._cond:
+            newest = self._newest
+            target = confirmed.parent / wanted if wanted else newest
+            if target is None or target not in self._confirmed or target.name == self._marker:
+                return
+        self.remote.write_marker(target.name)
+        with self._cond:
+            self._marker = target.name
+
+
+# While rank 0 waits for its uploads, the other ranks wait for its verdict in collectives of at
+# most this long, so that no single collective can outlast the process group's timeout however
+# long a large upload takes.
+WAIT_SLICE_S = 30.0
+
+
+def poll_on_all_ranks(uploader: BackgroundUploader | None) -> None:
+    """Raise a failed upload on every rank (a collective: call it on every rank, with the uploader
+    where there is one, typically rank 0 only, and None elsewhere)."""
+    raise_on_all_ranks(None if uploader is None else _error_of(uploader.poll), "checkpoint upload", UploadError)
+
+
+def close_on_all_ranks(uploader: BackgroundUploader | None, then: Callable[[], object] = lambda: None) -> None:
+    """Wait for every queued upload, close the uploader, run ``then`` (e.g. retention, now that
+    uploads are confirmed) on its rank; raise what failed on every rank (a collective).
+
+    The ranks without an uploader meet its rank every :data:`WAIT_SLICE_S` seconds.
+    """
+    if uploader is not None:
+        logger.info("Waiting for uploads to %s to finish ...", uploader.display)
+
+    def still_waiting() -> bool:
+        try:
+            return uploader is not None and not uploader.wait(timeout=WAIT_SLICE_S)
+        except UploadError:
+            return False  # a dead worker: closing it below raises this on every rank
+
+    while any_rank_true(still_waiting()):
+        pass
+
+    def finish() -> None:
+        if uploader is not None:
+            uploader.close()
+            then()
+
+    raise_on_all_ranks(_error_of(finish), "checkpoint upload", UploadError)
+
+
+def _error_of(fn: Callable[[], object]) -> BaseException | None:
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - handed to raise_on_all_ranks, which raises it everywhere
+        return e
+    return None
+
+
+__all__ = ["WAIT_SLICE_S", "BackgroundUploader", "UploadError", "close_on_all_ranks", "poll_on_all_ranks"]

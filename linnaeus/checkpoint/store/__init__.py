@@ -1,0 +1,29 @@
+"""One local checkpoint directory, whatever the format of each checkpoint in it: what is there
+(catalog), which is newest and verifies (scan), what to delete (retention) and the leftovers of
+interrupted saves, and the run's timeline in it (lineage)."""
+
+from .catalog import list_checkpoints
+from .lineage import (
+    Adoption,
+    CheckpointsPresentError,
+    RunLineage,
+    UnadoptedCheckpointsError,
+    abandoned_folder_name,
+    adopt,
+    branch,
+    held_checkpoints,
+    move_aside,
+    parent_sha256,
+    set_aside,
+    unadopted,
+)
+from .local import LocalCheckpoints
+from .retention import apply_retention, cleanup_stale, delete_checkpoint, leftovers, plan_retention
+from .scan import load_newest, load_same_bytes, local_candidates, newest_verified, nothing_to_load_error
+
+__all__ = [
+    "Adoption", "CheckpointsPresentError", "LocalCheckpoints", "RunLineage", "UnadoptedCheckpointsError", "abandoned_folder_name", "adopt", "apply_retention", "branch",
+    "cleanup_stale", "delete_checkpoint", "held_checkpoints", "leftovers", "list_checkpoints", "load_newest",
+    "load_same_bytes", "local_candidates", "move_aside", "newest_verified", "nothing_to_load_error",
+    "parent_sha256", "plan_retention", "set_aside", "unadopted",
+]
