@@ -8,7 +8,9 @@ Phases, in order: ``open``, ``write`` (with the bytes written so far, every 256 
 ``written``, ``fsynced``; then for a new name ``sidecar-temp``, ``sidecar``, ``renamed``,
 ``dir-synced``, and for an overwrite of a committed file ``pending-temp``, ``pending``,
 ``renamed``, ``dir-synced``, ``sidecar-replaced``, ``sidecar-synced``; then ``latest-temp``,
-``latest``. Retention reports ``deleted-data`` between deleting a file and its sidecar.
+``latest``. Retention reports ``deleted-data`` between deleting a file and its sidecar. A
+sharded save reports ``sharded-written`` once DCP has written every rank's files into the temp
+directory (nothing hashed or committed yet), then ``latest-temp`` and ``latest``.
 """
 
 from __future__ import annotations

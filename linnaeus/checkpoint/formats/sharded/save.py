@@ -45,6 +45,7 @@ from linnaeus.dist import (
 from ...disk import digests_of, dir_lock, fsync_dir, fsync_file, remove_tree, temp_name, write_durably
 from ...errors import CheckpointError, InvalidOperationError, LatestUpdateError
 from ...state import materialize, model_state_dict
+from ...testing import phase
 from ..base import OnCommitted, SaveResult
 from ..directory import write_latest
 from .manifest import DCP_METADATA, MANIFEST, SHARDED_FORMAT, SHARDED_FORMAT_VERSION, STATE_FILE, manifest_bytes
@@ -133,6 +134,7 @@ def save_now(staged: Staged, on_committed: OnCommitted) -> SaveResult:
         except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
             error = CheckpointError(f"save of {final} failed, nothing was committed: DCP: {first_failure(e)}")
         raise_on_all_ranks(error, f"save of {final}", CheckpointError)
+        phase("sharded-written")  # the fault tests' seam: DCP's files are written, nothing hashed yet
         # Each rank makes durable and hashes the shard files it wrote: the bytes are read in parallel.
         own = run_on_all_ranks(lambda: digest_own_shards(tmp, get_rank()), f"save of {final}", CheckpointError)
         files: dict[str, dict[str, Any]] = {}
