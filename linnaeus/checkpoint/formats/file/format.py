@@ -8,7 +8,7 @@ saves leave :mod:`.cleanup`'s; the bucket layout :mod:`.transfer`'s.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from torch import nn
 
@@ -16,21 +16,17 @@ from linnaeus.dist import is_main_process, raise_on_all_ranks
 
 from ...disk import AsyncWriter, read_sidecar_digest, sha256_file, sidecar_path
 from ...errors import CheckpointError, InvalidOperationError, LatestUpdateError
-from ...sources import DownloadOptions
 from ...state import Stateful, full_model_state, has_dtensors, materialize, restore_full_state
 from ...testing import phase
 from ..base import (
     Background,
     CheckpointFormat,
     CheckpointInfo,
-    CommitFiles,
     Leftover,
     OnCommitted,
-    RemoteEntry,
     SaveResult,
     VerifyResult,
 )
-from ..folder import RemoteFolder
 from . import transfer
 from .adopt import adopt_file, move_file
 from .cleanup import file_leftovers
@@ -121,21 +117,12 @@ class FileFormat(CheckpointFormat):
     def leftovers(self, directory: Path) -> list[Leftover]:
         return file_leftovers(directory)
 
-    # ----------------------------------------------------------------- transferring
-    def commit_files(self, path: Path) -> CommitFiles:
-        return transfer.commit_files(path)
-
-    def marker_identity(self, entry: str, marker: bytes) -> str | None:
-        return transfer.marker_identity(entry, marker)
-
-    def remote_entries(self, folder: RemoteFolder, name_filter: Callable[[str], bool]) -> list[RemoteEntry]:
-        return transfer.remote_entries(folder, name_filter)
-
-    def fetch(self, folder: RemoteFolder, entry: str, directory: Path, options: DownloadOptions) -> Path:
-        return transfer.fetch(folder, entry, directory, options)
-
-    def move_remote(self, folder: RemoteFolder, entry: str, dest: str) -> None:
-        transfer.move_remote(folder, entry, dest)
+    # ----------------------------------------------------------------- transferring: the bucket layout is transfer.py's
+    commit_files = staticmethod(transfer.commit_files)
+    marker_identity = staticmethod(transfer.marker_identity)
+    remote_entries = staticmethod(transfer.remote_entries)
+    fetch = staticmethod(transfer.fetch)
+    move_remote = staticmethod(transfer.move_remote)
 
 
 def _whole_model(contents: Mapping[str, Any], path: Path) -> Mapping[str, Any]:

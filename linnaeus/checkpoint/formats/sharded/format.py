@@ -9,26 +9,22 @@ import hashlib
 import os
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from torch import nn
 
 from ...disk import fsync_dir, is_temp_name, remove_tree, temp_name, temp_writer
 from ...errors import InvalidOperationError
-from ...sources import DownloadOptions
 from ...state import Stateful
 from ..base import (
     Background,
     CheckpointFormat,
     CheckpointInfo,
-    CommitFiles,
     Leftover,
     OnCommitted,
-    RemoteEntry,
     SaveResult,
     VerifyResult,
 )
-from ..folder import RemoteFolder
 from . import load, transfer
 from .async_save import ShardedBackground
 from .manifest import MANIFEST, is_sharded_checkpoint, read_dir_info, sharded_dirname
@@ -111,21 +107,12 @@ class ShardedFormat(CheckpointFormat):
         return [Leftover(Path(e.path), TEMP_DIR, temp_writer(e.name), partial(_remove, Path(e.path)))
                 for e in os.scandir(directory) if e.is_dir(follow_symlinks=False) and is_temp_name(e.name)]
 
-    # ----------------------------------------------------------------- transferring
-    def commit_files(self, path: Path) -> CommitFiles:
-        return transfer.commit_files(path)
-
-    def marker_identity(self, entry: str, marker: bytes) -> str | None:
-        return transfer.marker_identity(entry, marker)
-
-    def remote_entries(self, folder: RemoteFolder, name_filter: Callable[[str], bool]) -> list[RemoteEntry]:
-        return transfer.remote_entries(folder, name_filter)
-
-    def fetch(self, folder: RemoteFolder, entry: str, directory: Path, options: DownloadOptions) -> Path:
-        return transfer.fetch(folder, entry, directory, options)
-
-    def move_remote(self, folder: RemoteFolder, entry: str, dest: str) -> None:
-        transfer.move_remote(folder, entry, dest)
+    # ----------------------------------------------------------------- transferring: the bucket layout is transfer.py's
+    commit_files = staticmethod(transfer.commit_files)
+    marker_identity = staticmethod(transfer.marker_identity)
+    remote_entries = staticmethod(transfer.remote_entries)
+    fetch = staticmethod(transfer.fetch)
+    move_remote = staticmethod(transfer.move_remote)
 
 
 def _remove(path: Path) -> bool:
