@@ -6,8 +6,8 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import pytest
@@ -42,7 +42,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Calla
     (step checkpoints every 5 steps), trained once per session. Every interrupted-and-relaunched
     run must end identical to it: how often or how (sync, async) a run saves changes nothing in its
     training, so the fault tests of several files share it."""
-    from tests.test_resume_exact import STEP_OPTS, _final_state
+    from tests.runner.test_resume_exact import STEP_OPTS, _final_state
 
     cache: dict[int, dict] = {}
 

@@ -14,7 +14,7 @@ from torch import nn
 from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, collect_rng_state, restore_rng_state
 from linnaeus.checkpoint.disk import AsyncWriter
 from linnaeus.checkpoint.formats import commit_file
-from tests.test_async_saves import _assert_same_tree, _build, _fill, _sharing, states
+from tests.checkpoint.test_async_saves import _assert_same_tree, _build, _fill, _sharing, states
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -1,5 +1,5 @@
 """Library calls whose failure must name the real cause; run in a subprocess by
-tests/test_honest_errors.py because each needs a process-wide condition:
+tests/checkpoint/test_honest_errors.py because each needs a process-wide condition:
 
     python tests/helpers/honest_errors.py fsize DIR        # RLIMIT_FSIZE: writes fail with EFBIG
     python tests/helpers/honest_errors.py unreadable DIR   # run without CAP_DAC_OVERRIDE (setpriv)

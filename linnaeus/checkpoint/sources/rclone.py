@@ -16,7 +16,7 @@ paths (``model[1].pth`` stays literal), the exit code, and a stderr we can redac
 
 Paths are data, never options: every argv puts ``--`` between our options and the paths
 (rclone's flag parser honours it for each subcommand used here, checked by
-tests/test_identifier_fuzz.py), :func:`spawn_rclone` refuses an argv without it, and
+tests/checkpoint/sources/test_identifier_fuzz.py), :func:`spawn_rclone` refuses an argv without it, and
 :class:`RcloneSource` refuses remote names rclone could not mean (:mod:`.identifiers`).
 
 Credentials never appear on the command line: they come from rclone's config file, from

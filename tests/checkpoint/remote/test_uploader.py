@@ -18,7 +18,7 @@ from linnaeus.checkpoint.disk import format_sidecar
 from linnaeus.checkpoint.ordering import progress_from_name
 from linnaeus.checkpoint.remote import BackgroundUploader, UploadError
 from linnaeus.checkpoint.sources import DownloadOptions
-from tests.conftest import poll_until_raises
+from tests.conftest import REPO, poll_until_raises
 from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
     BUCKET,
     RCLONE,
@@ -33,7 +33,6 @@ from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
     settle,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 OUT_BUCKET = {"ENABLED": True, "REMOTE": REMOTE, "NAME": BUCKET, "PATH_PREFIX": "runs/"}
 
 
@@ -155,7 +154,7 @@ def test_upload_script(tmp_path: Path, s3_server: RcloneServer, monkeypatch: pyt
     for var, value in {"LINNAEUS_BUCKET_REMOTE": REMOTE, "LINNAEUS_BUCKET_NAME": BUCKET, "LINNAEUS_BUCKET_PREFIX": "pre/"}.items():
         monkeypatch.setenv(var, value)
     # Into a run's folder, a file without its sidecar is not a committed checkpoint: refused.
-    # (A model-zoo upload, the default, computes the sidecar: tests/test_bucket_workflows.py.)
+    # (A model-zoo upload, the default, computes the sidecar: tests/runner/test_bucket_workflows.py.)
     assert main(["upload", "--output", "--experiment", "run1", str(ck)]) == 1
     assert "sidecar" in capsys.readouterr().err
     r = subprocess.run([script, "--write-sidecar", str(ck)], capture_output=True, text=True, timeout=120)

@@ -36,6 +36,7 @@ from linnaeus.checkpoint.formats.file.names import pending_sidecar_name
 from linnaeus.checkpoint.state import make_meta
 from linnaeus.checkpoint.store import cleanup_stale, plan_retention
 from linnaeus.checkpoint.testing import set_test_phase_hook
+from tests.conftest import REPO
 
 
 def _full_state(step: int, epoch: int = 0, **metrics: float) -> dict:
@@ -297,7 +298,7 @@ def test_cleanup_leaves_a_live_writers_pending_sidecar_alone(tmp_path: Path) -> 
     code = ("import sys, time; sys.path.insert(0, %r)\n"
             "from linnaeus.checkpoint import CheckpointManager\n"
             "m = CheckpointManager(%r); print('holding', flush=True); time.sleep(60)\n") % (
-        str(Path(__file__).resolve().parents[1]), str(tmp_path))
+        str(REPO), str(tmp_path))
     live = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert live.stdout.readline().strip() == "holding"

@@ -14,8 +14,7 @@ from torch import nn
 
 from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, read_latest, verify_checkpoint
 from linnaeus.cli.ckpt import main
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 
 @pytest.fixture()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "helpers"))
 from ckpt_writer import check_consistent, expected_model, make_policy, run_writer  # noqa: E402
 
 from linnaeus.checkpoint import (  # noqa: E402
@@ -44,8 +44,8 @@ from linnaeus.checkpoint.formats import (  # noqa: E402
     is_pending_sidecar_name,
 )
 from linnaeus.checkpoint.testing import set_test_phase_hook  # noqa: E402
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 FORK = multiprocessing.get_context("fork")
 # After these steps the new checkpoint has its final name: resume must pick it up.
 COMMITTED = {"renamed", "dir-synced", "sidecar-replaced", "sidecar-synced", "latest-temp", "latest", "deleted-data"}

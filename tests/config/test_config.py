@@ -6,8 +6,7 @@ import pytest
 import yaml
 
 from linnaeus.config import ConfigError, dump_config, get_default_config, load_config, run_dir
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 
 def write(path: Path, data: dict) -> Path:

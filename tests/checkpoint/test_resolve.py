@@ -13,6 +13,7 @@ import pytest
 
 from linnaeus.checkpoint import BucketConfig, CheckpointError, CheckpointNotFoundError, resolve
 from linnaeus.utils.checkpoint_utils import resolve_checkpoint_path
+from tests.conftest import REPO
 from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
     ACCESS_KEY,
     BUCKET,
@@ -26,8 +27,6 @@ from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
     rclone_isolated,
     s3_server,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_absolute_path_must_exist(tmp_path: Path) -> None:

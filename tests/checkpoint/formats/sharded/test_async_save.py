@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from linnaeus.checkpoint.formats.sharded.load import verify_directory
+from tests.checkpoint.formats.sharded.test_resharding import _all_tensors
 from tests.conftest import REPO, VENV_BIN
-from tests.test_sharded_dist import _all_tensors
 
 HELPERS = REPO / "tests" / "helpers"
 

@@ -28,10 +28,9 @@ from linnaeus.checkpoint import (
     verify_checkpoint,
 )
 from linnaeus.checkpoint.disk import LOCK_NAME
-from tests.conftest import poll_until_raises
+from tests.conftest import REPO, poll_until_raises
 from tests.helpers.counter import Counter as CountingSampler
 
-REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 

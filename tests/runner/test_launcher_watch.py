@@ -22,7 +22,7 @@ import pytest
 
 from linnaeus.checkpoint import verify_checkpoint
 from tests.conftest import REPO, VENV_BIN, run_train, tiny_args
-from tests.test_resume_exact import _assert_bit_identical, _final_state, _log_step
+from tests.runner.test_resume_exact import _assert_bit_identical, _final_state, _log_step
 
 # 2 epochs of 12 steps, a step checkpoint every 4 steps, written asynchronously.
 OPTS = ("TRAIN.EPOCHS", "2", "CHECKPOINT.INTERVAL", "4st", "CHECKPOINT.FILENAME", "checkpoint_step_{step}.pth",

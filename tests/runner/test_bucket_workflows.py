@@ -40,7 +40,7 @@ from linnaeus.cli.remote_cmds import main as remote_cmds
 from linnaeus.config import build_policy, load_config
 from linnaeus.config.errors import ConfigError
 from linnaeus.utils.checkpoint_utils import input_resolver
-from tests.conftest import run_train
+from tests.conftest import REPO, run_train
 from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
     ACCESS_KEY,
     BUCKET,
@@ -53,7 +53,6 @@ from tests.fixtures_rclone import (  # noqa: F401  (fixtures)
     s3_server,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tools" / "scripts" / "upload_checkpoints.sh"
 KEY_ID = "0042b2keyid-test"
 APP_KEY = "K004secret-b2-app-key-Zz81"  # asserted never to appear on argv or in messages
