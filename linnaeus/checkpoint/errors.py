@@ -111,7 +111,7 @@ class InvalidOperationError(CheckpointError):
 
 
 class DirectoryLockedError(CheckpointError):
-    """Another live process holds a checkpoint directory's writer lock (see :mod:`.writer_lock`)."""
+    """Another live process holds a checkpoint directory's writer lock (see :mod:`linnaeus.checkpoint.disk.writer_lock`)."""
 
 
 class InvalidPolicyError(CheckpointError, ValueError):

@@ -10,9 +10,9 @@ directory. Comment lines, which sha256sum skips, add what linnaeus needs beside 
     ...
     # linnaeus-progress v1 step=<S> epoch=<E> epoch_step=<N>              (linnaeus checkpoints)
 
-The chunk digests let a reader verify on every core (:mod:`.hashing`); the progress line lets
+The chunk digests let a reader verify on every core (:mod:`.digests`); the progress line lets
 a listing of a bucket order checkpoints by the progress they hold without downloading them
-(:mod:`.remote`). Both are optional: a plain ``sha256sum`` line verifies the whole file.
+(:mod:`linnaeus.checkpoint.remote`). Both are optional: a plain ``sha256sum`` line verifies the whole file.
 """
 
 from __future__ import annotations
