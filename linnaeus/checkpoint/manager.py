@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from linnaeus.dist import get_rank, raise_on_all_ranks
+from linnaeus.dist import broadcast_object, get_rank, raise_on_all_ranks
 
 from .disk import acquire_on_writer_rank
 from .errors import CheckpointError, InvalidOperationError
@@ -113,6 +113,8 @@ class CheckpointManager(LocalCheckpoints):
         self._closed = False
         # One writer per directory: rank 0 holds the OS lock until close(); every rank raises if it can't.
         self._lease = acquire_on_writer_rank(self.directory)
+        # One run, one id and one start on every rank: rank 0's (a resume takes them over from its checkpoint).
+        self.lineage.run_id, self.lineage.run_timestamp = broadcast_object((self.run_id, self.run_timestamp))
         if self.is_writer:
             cleanup_stale(self.directory)
 

@@ -36,7 +36,7 @@ from linnaeus.checkpoint.state import TaxonomyChangedError
 from linnaeus.checkpoint.store import CheckpointsPresentError
 from linnaeus.config import build_policy, build_weights_policy, config_yaml
 from linnaeus.config.parallel import sharded_checkpoints
-from linnaeus.dist import any_rank_true, broadcast_object, get_world_size, is_main_process
+from linnaeus.dist import any_rank_true, get_world_size, is_main_process
 from linnaeus.runner import config_diff
 from linnaeus.runner.taxonomy_record import taxonomy_levels
 from linnaeus.utils.checkpoint_utils import input_resolver
@@ -62,9 +62,6 @@ class RunCheckpoints:
         self.main = CheckpointManager(self.directory, build_policy(cfg), name="checkpoint", **common,
                                       sharded=sharded_checkpoints(cfg),
                                       **self._upload_hooks(full=not cfg.CHECKPOINT.WEIGHTS_ONLY))
-        # The run's id and start are rank 0's (a resume takes them over from the checkpoint).
-        self.main.run_timestamp = broadcast_object(self.main.run_timestamp)  # {run_timestamp}: rank 0's start
-        self.main.run_id = broadcast_object(self.main.run_id)
         self.weights = None
         if cfg.CHECKPOINT.WEIGHTS_SAVER.ENABLED:
             self.weights = CheckpointManager(self.directory, build_weights_policy(cfg), name="weights",

@@ -330,6 +330,8 @@ def test_ddp_ranks_agree_on_saves_and_failures(tmp_path: Path) -> None:
         assert f"rank {rank} ranked path r0_" in out and f"rank {rank} ranked path exists=True" in out
         assert f"rank {rank} naming raised InvalidOperationError" in out
     assert "rank 0 rng entries=2 differ=True" in out
+    lineages = set(re.findall(r"^rank [01] lineage (\S+ \S+)$", out, flags=re.MULTILINE))
+    assert len(lineages) == 1, out[-4000:]  # one run id and start on every rank: rank 0's
     ranked = set(re.findall(r"^rank [01] ranked path (r0_\S+\.pth)$", out, flags=re.MULTILINE))
     assert len(ranked) == 1, out[-4000:]
     assert "unexpectedly survived" not in out

@@ -34,6 +34,7 @@ def main(root: Path) -> None:
     directory = root / "checkpoints"
 
     manager = CheckpointManager(directory, CheckpointPolicy())
+    say(f"rank {rank} lineage {manager.run_id} {manager.run_timestamp}")  # rank 0's, agreed at construction
     path = manager.save(epoch=1, step=10, model=model)
     say(f"rank {rank} saved {path} exists={path.exists()}")
     if rank == 0:
