@@ -17,6 +17,8 @@ from linnaeus.checkpoint import CheckpointError, CheckpointManager, verify_check
 from tests.conftest import REPO, run_train
 
 HELPER = REPO / "tests" / "helpers" / "honest_errors.py"
+# We run as root, which reads any file: the helpers run without the capabilities that let it.
+DROP = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search")
 
 
 def _helper(*args: str, prefix: tuple[str, ...] = ()) -> str:
@@ -88,3 +90,29 @@ def test_verify_cli_reports_an_unreadable_file_as_unreadable(tmp_path: Path) -> 
     assert proc.returncode == 1, out
     assert "cannot read" in out and "PermissionError" in out and "Traceback" not in out, out
     assert "corrupt" not in out.lower() and "not damage (do not delete it)" in out, out
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv to drop CAP_DAC_OVERRIDE")
+def test_an_unreadable_shard_is_reported_as_unreadable_not_as_damage(tmp_path: Path) -> None:
+    own = CheckpointManager(tmp_path / "run", format="sharded")
+    own.save(epoch=1, step=10, model=torch.nn.Linear(4, 4))
+    newest = own.save(epoch=2, step=20, model=torch.nn.Linear(4, 4))
+    own.close()
+    shard = next(newest.glob("*.distcp"))
+    shard.chmod(0)
+    out = _helper("unreadable-shard", str(tmp_path), prefix=DROP)
+    resume, verify = out.splitlines()[:2]  # then "no error": verify reports, it does not raise
+    # Resume stops at it (falling back past it would lose its progress) and says why, as for a file.
+    assert resume.startswith("CheckpointUnreadableError: cannot read checkpoint"), out
+    assert f"{shard}: PermissionError" in resume and "corrupt" not in resume.lower(), out
+    assert "unreadable=True" in verify and "not damage (do not delete it)" in verify, out
+    cli = Path(sys.executable).parent / "linnaeus-ckpt"
+    proc = subprocess.run([*DROP, str(cli), "verify", str(newest.parent)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert f"BAD  {newest}: cannot read it" in proc.stdout and "not damage (do not delete it)" in proc.stdout, proc.stdout
+    # Its manifest unreadable instead: still no silent fall back to the older checkpoint.
+    shard.chmod(0o644)
+    (newest / "manifest.json").chmod(0)
+    resume = _helper("unreadable-shard", str(tmp_path), prefix=DROP).splitlines()[0]
+    assert resume.startswith("CheckpointUnreadableError: cannot read checkpoint"), resume
+    assert "manifest.json: PermissionError" in resume, resume

@@ -3,6 +3,7 @@ tests/checkpoint/test_honest_errors.py because each needs a process-wide conditi
 
     python tests/helpers/honest_errors.py fsize DIR        # RLIMIT_FSIZE: writes fail with EFBIG
     python tests/helpers/honest_errors.py unreadable DIR   # run without CAP_DAC_OVERRIDE (setpriv)
+    python tests/helpers/honest_errors.py unreadable-shard DIR   # the same, DIR/run holds a sharded checkpoint
 
 Prints ``<ExceptionClass>: <message>`` of each failure, one per line.
 """
@@ -18,10 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from linnaeus.checkpoint import (
-    CheckpointManager,  # noqa: E402
-    find_resume_point,  # noqa: E402
-)
+from linnaeus.checkpoint import CheckpointManager, find_resume_point, verify_checkpoint  # noqa: E402
 
 
 def report(fn) -> None:  # type: ignore[no-untyped-def]
@@ -44,6 +42,9 @@ def main(what: str, directory: Path) -> None:
         report(lambda: find_resume_point(manager, explicit=str(directory / "elsewhere.pth"), auto=False,
                                          resolve=Path))
         report(lambda: find_resume_point(manager, auto=True))
+    elif what == "unreadable-shard":
+        report(lambda: find_resume_point(CheckpointManager(directory / "run", format="sharded"), auto=True))
+        report(lambda: print(verify_checkpoint(directory / "run" / "checkpoint_epoch_2")))
 
 
 if __name__ == "__main__":

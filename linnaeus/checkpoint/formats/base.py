@@ -46,6 +46,7 @@ class CheckpointInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # why it could not be read
     format_version: int | None = None  # meta.format_version, when it is an int
+    unreadable: bool = False  # the error is this process's access (permissions, I/O), no verdict on the bytes
 
     @property
     def name(self) -> str:
@@ -107,6 +108,12 @@ class VerifyResult:
 
     def __bool__(self) -> bool:
         return self.ok
+
+
+def unreadable_reason(e: OSError) -> str:
+    """Why a checkpoint could not be checked when this process may not read it: no verdict on its bytes."""
+    return (f"cannot read it: {type(e).__name__}: {e}; an access problem, not damage (do not delete it): make it "
+            "readable by this process")
 
 
 @dataclass(frozen=True)
@@ -299,4 +306,4 @@ class CheckpointFormat(abc.ABC):
 
 
 __all__ = ["Background", "CheckpointFormat", "CheckpointInfo", "CommitFiles", "Leftover", "OnCommitted", "Part",
-           "RemoteEntry", "SaveResult", "VerifyResult", "fill_progress"]
+           "RemoteEntry", "SaveResult", "VerifyResult", "fill_progress", "unreadable_reason"]

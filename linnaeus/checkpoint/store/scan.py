@@ -47,8 +47,10 @@ def local_candidates(directory: Path) -> list[CheckpointInfo]:
     for info in list_checkpoints(directory):
         if not info.committed:
             continue  # never committed (no sidecar): not ours to resume from
+        if info.unreadable:  # not damage: falling back past it would lose its progress
+            raise CheckpointUnreadableError(info.path, PermissionError(info.error))
         if not info.readable:
-            _raise_if_inaccessible(info.path)  # not damage: falling back past it would lose its progress
+            _raise_if_inaccessible(info.path)
             logger.warning("Skipping checkpoint %s: %s.", info.path, info.error)
         elif info.kind == KIND_FULL or (info.too_new and info.kind != KIND_WEIGHTS):
             usable.append(info)

@@ -82,8 +82,9 @@ def read_file_info(path: str | Path) -> CheckpointInfo:
         info = hit[1]
     else:
         info = read_info_uncached(path, st.st_size)
-        with _info_cache_lock:
-            _info_cache[str(path)] = (key, info)
+        if not info.unreadable:  # permissions change without a new mtime: ask again next time
+            with _info_cache_lock:
+                _info_cache[str(path)] = (key, info)
     info.committed = committed
     return info
 
@@ -106,6 +107,12 @@ def read_info_uncached(path: Path, size: int, obj: Any = None) -> CheckpointInfo
     """The info of ``path`` from ``obj`` (its loaded contents), or from a fresh mmap load."""
     info = CheckpointInfo(path=path, size=size, committed=False)
     if obj is None:
+        try:
+            with open(path, "rb"):  # an access problem is no verdict on the bytes
+                pass
+        except PermissionError as e:
+            info.error, info.unreadable = f"cannot read it: {type(e).__name__}: {e}", True
+            return info
         obj, info.error = mmap_load(path)
         if info.error:
             return info

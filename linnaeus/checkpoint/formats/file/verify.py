@@ -26,7 +26,7 @@ from ...state import (
     refused_pickle,
     validate_structure,
 )
-from ..base import VerifyResult
+from ..base import VerifyResult, unreadable_reason
 from .info import mmap_load, read_info_uncached
 from .names import pending_sidecars
 
@@ -56,8 +56,7 @@ def verify_file(path: str | Path, *, require_sidecar: bool = True) -> VerifyResu
     except FileNotFoundError:
         return VerifyResult(path, False, "file does not exist (deleted while it was checked)")
     except OSError as e:
-        return VerifyResult(path, False, f"cannot read it: {type(e).__name__}: {e}; an access problem, not damage "
-                                         "(do not delete it): make it readable by this process", unreadable=True)
+        return VerifyResult(path, False, unreadable_reason(e), unreadable=True)
 
 
 def _verify(path: Path, require_sidecar: bool) -> VerifyResult:

@@ -22,9 +22,9 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from linnaeus.dist import is_dist, is_main_process, run_on_all_ranks
 
-from ...errors import CheckpointCorruptError, CheckpointError, CheckpointIncompatibleError
+from ...errors import CheckpointCorruptError, CheckpointError, CheckpointIncompatibleError, CheckpointUnreadableError
 from ...state import Stateful, restore_full_modules, restore_full_optimizer, restore_state
-from ..base import VerifyResult
+from ..base import VerifyResult, unreadable_reason
 from .manifest import DCP_METADATA, STATE_FILE, check_file, check_present, manifest_of, read_manifest, verify_all
 from .metadata import DamagedFile, VerifyingReader, read_checked_metadata
 from .state_dicts import (
@@ -90,6 +90,8 @@ def verify_directory(path: Path) -> VerifyResult:
         state, _ = load_sharded_state(path)
     except CheckpointIncompatibleError as e:
         return VerifyResult(path, False, str(e), incompatible=True)
+    except CheckpointUnreadableError as e:
+        return VerifyResult(path, False, unreadable_reason(e.cause), unreadable=True)
     except CheckpointCorruptError as e:
         return VerifyResult(path, False, e.reason, e.expected_sha256, e.actual_sha256)
     except CheckpointError as e:

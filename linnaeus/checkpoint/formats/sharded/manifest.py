@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ...disk import FAST_DIGEST, SHA256, cache_both_digests, cached_digest
-from ...errors import CheckpointCorruptError, CheckpointError, CheckpointIncompatibleError, CheckpointNotFoundError
+from ...errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointIncompatibleError,
+    CheckpointNotFoundError,
+    CheckpointUnreadableError,
+)
 from ..base import CheckpointInfo, fill_progress
 
 MANIFEST = "manifest.json"
@@ -65,6 +71,8 @@ def read_manifest(path: str | Path) -> tuple[dict[str, Any], str]:
     mpath = path / MANIFEST
     try:
         raw = mpath.read_bytes()
+    except PermissionError as e:  # an access problem, not damage
+        raise CheckpointUnreadableError(mpath, e) from e
     except FileNotFoundError:
         raise CheckpointCorruptError(mpath, f"{MANIFEST} is missing: this directory's save never committed, or "
                                             "the file was deleted") from None
@@ -124,6 +132,15 @@ def check_file(path: Path, manifest: Mapping[str, Any], name: str, *, hash_bytes
                                              "(truncated or overwritten)")
     if not hash_bytes:
         return
+    try:
+        _check_digests(target, st, name, entry, thorough)
+    except (FileNotFoundError, CheckpointCorruptError):
+        raise
+    except OSError as e:  # permissions, an I/O error: no verdict on the bytes
+        raise CheckpointUnreadableError(target, e) from e
+
+
+def _check_digests(target: Path, st: os.stat_result, name: str, entry: Mapping[str, Any], thorough: bool) -> None:
     if thorough:
         cache_both_digests(target, st)
     fast = entry.get(FAST_DIGEST)
@@ -169,6 +186,9 @@ def read_dir_info(path: Path) -> CheckpointInfo:
     except CheckpointIncompatibleError as e:
         info.format_version = SHARDED_FORMAT_VERSION + 1
         info.error = str(e)
+        return info
+    except CheckpointUnreadableError as e:
+        info.error, info.unreadable = str(e), True
         return info
     except CheckpointError as e:
         info.size = directory_size(path)
