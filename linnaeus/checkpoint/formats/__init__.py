@@ -14,7 +14,7 @@ from .base import (
     SaveResult,
     VerifyResult,
 )
-from .directory import LATEST, is_checkpoint_name, read_latest, write_latest
+from .directory import LATEST, checkpoint_stem, is_checkpoint_name, read_latest, write_latest
 from .file import FileFormat, commit_file, is_pending_sidecar_name
 from .registry import (
     choose_format,
@@ -46,7 +46,7 @@ from .transfer import upload_entry
 __all__ = [
     "Background", "CheckpointFormat", "CheckpointInfo", "CommitFiles", "FileFormat", "LATEST", "Leftover", "MANIFEST",
     "OnCommitted", "Part", "RemoteEntry", "RemoteFolder", "STATE_FILE", "SaveResult", "ShardedFormat",
-    "VerifyResult", "VerifyingReader", "background_group", "choose_format", "commit_file", "consolidate", "format_named", "format_of",
+    "VerifyResult", "VerifyingReader", "background_group", "checkpoint_stem", "choose_format", "commit_file", "consolidate", "format_named", "format_of",
     "format_of_state", "formats", "is_checkpoint_name", "is_pending_sidecar_name", "load_sharded_state",
     "load_verified", "load_verified_digest", "read_checked_metadata", "read_info", "read_latest", "read_manifest",
     "register_format", "sharded_dirname", "upload_entry", "verify_checkpoint", "write_latest",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..disk import SIDECAR_SUFFIX, TEMP_SYNCED, write_durably
+from ..ordering import CHECKPOINT_SUFFIXES
 from ..testing import phase
 
 logger = logging.getLogger("linnaeus.checkpoint")
@@ -24,6 +25,15 @@ LATEST = "latest"
 def is_checkpoint_name(name: str) -> bool:
     """Could ``name`` be a checkpoint (as opposed to a temp, sidecar or pointer)?"""
     return not (name.startswith(".") or name.endswith(SIDECAR_SUFFIX) or name == LATEST)
+
+
+def checkpoint_stem(name: str) -> str:
+    """A checkpoint's name without its suffix: what names one save in every layout
+    (``checkpoint_epoch_3.pth`` and ``checkpoint_epoch_3/`` are both ``checkpoint_epoch_3``)."""
+    for suffix in CHECKPOINT_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def durable_phases(name: str) -> Callable[[str], None]:
@@ -49,4 +59,4 @@ def read_latest(directory: str | Path) -> str | None:
     return name
 
 
-__all__ = ["LATEST", "durable_phases", "is_checkpoint_name", "read_latest", "write_latest"]
+__all__ = ["LATEST", "checkpoint_stem", "durable_phases", "is_checkpoint_name", "read_latest", "write_latest"]

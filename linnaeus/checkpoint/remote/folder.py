@@ -32,6 +32,7 @@ from ..errors import CheckpointCorruptError, CheckpointError, CheckpointNotFound
 from ..formats import (
     RemoteEntry,
     RemoteFolder,
+    checkpoint_stem,
     format_named,
     format_of,
     formats,
@@ -123,8 +124,12 @@ class RemoteRun(RemoteFolder):
                 return fmt.fetch(self, name, Path(dest_dir), options)
             except CheckpointNotFoundError as e:
                 misses.append(str(e))
-        raise CheckpointNotFoundError(f"{self.display}{name}: not committed in this folder ("
-                                      + "; ".join(misses) + ").")
+        # The same save in another layout (checkpoint_epoch_3.pth given, checkpoint_epoch_3/ committed).
+        same = [e for e in self.entries(lambda _: True) if checkpoint_stem(e.name) == checkpoint_stem(name)]
+        if len(same) == 1:
+            return format_named(same[0].format).fetch(self, same[0].name, Path(dest_dir), options)
+        raise CheckpointNotFoundError(f"{self.display}{name}: not committed in this folder, with or without its "
+                                      "suffix (" + "; ".join(misses) + ").")
 
     def fetch_newest(self, dest_dir: str | os.PathLike, options: DownloadOptions = DownloadOptions(), *,
                      name_filter: Callable[[str], bool] = default_name_filter) -> Path | None:

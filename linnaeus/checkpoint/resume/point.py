@@ -47,12 +47,12 @@ from ..errors import (
     CheckpointNotFoundError,
     NotATrainingCheckpointError,
 )
-from ..formats import CheckpointInfo, format_of, load_verified_digest, read_info
+from ..formats import CheckpointInfo, load_verified_digest, read_info
 from ..manager import CheckpointManager
 from ..remote import RemoteRun
 from ..sources import DownloadOptions, is_uri, redact
 from ..state import KIND_FULL, KIND_WEIGHTS, describe_foreign
-from ..store import load_same_bytes
+from ..store import find_checkpoint, load_same_bytes
 from .target import locate_run_target, parse_run_target
 
 logger = logging.getLogger("linnaeus.checkpoint")
@@ -174,10 +174,10 @@ class _Resume:
             return locate_run_target(run_target, self.directory, self.remote, self.download)
         looked: list[str] = []
         if is_bare_name(identifier):
-            own = self.directory / identifier
-            if format_of(own) is not None:
+            own = find_checkpoint(self.directory, identifier)  # with or without its suffix, in any layout
+            if own is not None:
                 return own
-            looked.append(f"{own} (this run's checkpoints)")
+            looked.append(f"{self.directory / identifier} (this run's checkpoints, with or without its suffix)")
             if self.remote is not None:
                 try:
                     path = self.remote.fetch(identifier, self.directory, self.download)

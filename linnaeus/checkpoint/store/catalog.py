@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..formats import CheckpointInfo, format_of, is_checkpoint_name
+from ..errors import CheckpointNotFoundError
+from ..formats import CheckpointInfo, checkpoint_stem, format_of, is_checkpoint_name
 
 
 def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:
@@ -30,4 +31,19 @@ def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:
     return sorted(infos, key=lambda i: (i.readable, i.order_key, i.name))
 
 
-__all__ = ["list_checkpoints"]
+def find_checkpoint(directory: str | Path, name: str) -> Path | None:
+    """The checkpoint ``name`` names in ``directory``, in whichever layout it was saved: ``name``
+    itself, else the one checkpoint of the same name without a suffix (``checkpoint_epoch_3.pth``
+    finds a sharded ``checkpoint_epoch_3/`` and the reverse). None when there is none; raises
+    CheckpointNotFoundError when two layouts of that name are there."""
+    path = Path(directory) / name
+    if format_of(path) is not None:
+        return path
+    same = [i.path for i in list_checkpoints(directory) if checkpoint_stem(i.name) == checkpoint_stem(name)]
+    if len(same) > 1:
+        raise CheckpointNotFoundError(f"{name!r} could name any of {', '.join(str(p) for p in same)}; give the "
+                                      "exact name of the one to use.")
+    return same[0] if same else None
+
+
+__all__ = ["find_checkpoint", "list_checkpoints"]
