@@ -189,12 +189,19 @@ class RunCheckpoints:
                                                  world_size=get_world_size())
             config_diff.refuse(changes, point.path)
         fresh = config_diff.optimizer_hyperparameters(self.objects.get("optimizer"))
+        started = config_diff.fresh_components(changes) & set(self.objects)  # turned on: nothing saved to restore
+        restored = {k: v for k, v in self.objects.items() if k not in started}
         try:
-            self.progress.load_state_dict(self.main.restore(point.state, path=point.path, **self.objects))
+            self.progress.load_state_dict(self.main.restore(point.state, path=point.path, **restored))
         except TaxonomyChangedError as e:
             raise CheckpointIncompatibleError(
                 f"{e} In the config: the dataset of the checkpoint's run (DATA.*), or a new EXPERIMENT.NAME with "
                 f"MODEL.PRETRAINED {point.path} and MODEL.PRETRAINED_STRATEGY transfer.", path=point.path) from e
+        if "ema" in started:
+            self.objects["ema"].set(self.objects["model"])
+            logger.info("TRAIN.EMA.ENABLED turned on: the EMA starts from the resumed weights")
+        if "scaler" in started:
+            logger.info("TRAIN.AMP turned on: the GradScaler starts at its default scale")
         config_diff.reapply(changes, self.objects.get("optimizer"), fresh)
         if is_main_process():
             config_diff.log_changes(changes, point.path)

@@ -14,7 +14,9 @@ per changed key, what happens:
   current config by ``engine.optim.StepwiseScheduler``;
 - **data order**: batch size, accumulation, steps per epoch, the dataset, the seed and the
   world size are honoured, with what they do to the order of samples;
-- **honoured**: everything else takes its current value.
+- **honoured**: everything else takes its current value. Components turned on by the new config
+  (``TRAIN.AMP``: a GradScaler where the device needs one; ``TRAIN.EMA.ENABLED``: the EMA) are not in
+  the checkpoint: they start fresh (:func:`fresh_components`), the EMA from the resumed weights.
 """
 
 from __future__ import annotations
@@ -70,6 +72,15 @@ _ORDER = {
 }
 
 
+# Config key -> the training component it creates when turned on, and what that component starts from.
+_COMPONENTS = {
+    "TRAIN.AMP": ("scaler", "mixed precision from now on; a GradScaler (where the device needs one) starts at its "
+                            "default scale when it was off, and the saved one is dropped when it is turned off"),
+    "TRAIN.EMA.ENABLED": ("ema", "the EMA starts from the resumed weights when it was off; the saved EMA is dropped "
+                                 "when it is turned off"),
+}
+
+
 @dataclass(frozen=True)
 class ConfigChange:
     key: str
@@ -92,6 +103,8 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _classify(key: str) -> tuple[str, str]:
+    if key in _COMPONENTS:
+        return HONOURED, _COMPONENTS[key][1]
     if key in _MODEL_HARMLESS:
         return HONOURED, _MODEL_HARMLESS[key]
     if key.startswith("MODEL.") or key in ("DATA.TASK_KEYS", "DATA.TAXONOMY_FILE"):
@@ -122,6 +135,12 @@ def config_changes(stored: str, current: str, *, saved_world_size: int | None = 
             "the sampler continues from the same global sample position and order, but each rank takes a "
             "different share of it, and RNG streams continue only for ranks present in both"))
     return changes
+
+
+def fresh_components(changes: Iterable[ConfigChange]) -> set[str]:
+    """Components the checkpoint cannot hold because the current config turned them on (the keys of
+    ``RunCheckpoints.attach``): they start fresh instead of being restored."""
+    return {_COMPONENTS[c.key][0] for c in changes if c.key in _COMPONENTS and not c.old and c.new}
 
 
 def refuse(changes: Iterable[ConfigChange], source: Any) -> None:

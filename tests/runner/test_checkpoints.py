@@ -379,3 +379,44 @@ def test_auto_resume_reads_and_hashes_the_checkpoint_once(tmp_path: Path, monkey
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
     assert [Path(p).name for p in hashes] == ["checkpoint_epoch_1.pth"], hashes  # hashed once
     assert [Path(p).name for p in loads] == ["checkpoint_epoch_1.pth"], loads  # and read once
+
+
+# ----------------------------------------------------------------------------- components turned on at resume
+def test_ema_turned_on_at_resume_starts_from_the_resumed_weights(tmp_path: Path, toy_root: Path) -> None:
+    run_train(tmp_path, toy_root, *SHORT, "TRAIN.EPOCHS", "1")
+    proc = run_train(tmp_path, toy_root, *SHORT, "TRAIN.EPOCHS", "2", "TRAIN.EMA.ENABLED", "True")
+    out = _output(proc)
+    assert "TRAIN.EMA.ENABLED: False (checkpoint) -> True: honoured" in out, out[-3000:]
+    assert "the EMA starts from the resumed weights" in out, out[-3000:]
+    resumed = torch.load(tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_1.pth", weights_only=True)
+    final = torch.load(tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_2.pth", weights_only=True)
+    assert "ema" not in resumed and "ema" in final
+    # The EMA began at the resumed weights (not at the new launch's initial ones, which lie as far from
+    # them as training moved them since) and, with a decay near 1, is still next to them.
+    key = next(k for k in final["model"] if k.endswith("weight"))
+    start, now, ema = resumed["model"][key], final["model"][key], final["ema"]["module." + key]
+    assert (ema - start).norm() < 0.1 * (now - start).norm()
+
+
+def test_a_grad_scaler_turned_on_at_resume_starts_fresh(tmp_path: Path) -> None:
+    """TRAIN.AMP turned on (a GradScaler where the device needs one: here built by hand, CPU has none)."""
+    from linnaeus.config import load_config
+    from linnaeus.engine.trainer import Progress
+    from linnaeus.runner.checkpoints import RunCheckpoints
+
+    def launch(amp: bool) -> tuple[RunCheckpoints, Progress, torch.amp.GradScaler | None]:
+        cfg = load_config(str(TINY_CFG), ["ENV.OUTPUT.BASE_DIR", str(tmp_path), "TRAIN.AMP", str(amp)])
+        ck, progress, model = RunCheckpoints(cfg, tmp_path / "tiny"), Progress(), torch.nn.Linear(4, 4)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0) if amp else None
+        ck.attach(progress=progress, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                  scaler=scaler)
+        return ck, progress, scaler
+
+    ck, progress, _ = launch(False)
+    progress.epoch, progress.step = 1, 5
+    ck.maybe_save_epoch(progress, {}, is_last=True)
+    ck.close()
+    ck, progress, scaler = launch(True)
+    ck.restore(ck.find_resume_point())
+    ck.close()
+    assert (progress.epoch, progress.step) == (1, 5) and scaler is not None and scaler.get_scale() == 1024.0
