@@ -38,7 +38,7 @@ from linnaeus.dist import broadcast_object, get_rank, raise_on_all_ranks
 
 from .disk import acquire_on_writer_rank
 from .errors import CheckpointError, InvalidOperationError
-from .formats import CheckpointFormat, SaveResult, choose_format, format_of_state, read_info
+from .formats import CheckpointFormat, SaveResult, choose_format, format_of_state
 from .naming import agreed_filename, render_for, run_name_fields
 from .policy import CheckpointPolicy
 from .state import (
@@ -54,7 +54,7 @@ from .state import (
     plain_metrics,
     present_components,
 )
-from .store import LocalCheckpoints, RunLineage, apply_retention, cleanup_stale, parent_sha256
+from .store import LocalCheckpoints, RunLineage, apply_retention, cleanup_stale, not_ours, parent_sha256
 from .transaction import CheckpointTransaction
 
 logger = logging.getLogger("linnaeus.checkpoint")
@@ -244,24 +244,14 @@ class CheckpointManager(LocalCheckpoints):
         """The transaction's commit: the anatomy, written in this manager's format (a collective)."""
         self._check_open()
         # Misuse found on one rank must stop all of them before the collectives below.
-        self._agree(txn.problem() or (self._not_ours(txn.path) if self.is_writer else None), f"save of {txn.path}")
+        self._agree(txn.problem() or (not_ours(txn.path, self.name) if self.is_writer else None), f"save of {txn.path}")
         if self._background is not None:
             # One save in flight; a failure of the previous one is raised before starting another.
             self._background.wait_idle()
             self.poll()
+        step = txn.progress["step"]
         self.format.save(self.directory, txn.name, self._contents(txn), update_latest=self.update_latest,
-                         background=self._background, on_committed=self._after_commit)
-
-    def _not_ours(self, path: Path) -> CheckpointError | None:
-        """Why ``path`` must not be overwritten by this saver (another saver's checkpoint), or None."""
-        try:
-            owner = read_info(path).saver
-        except FileNotFoundError:
-            return None
-        if owner and owner != self.name:
-            return CheckpointError(f"refusing to overwrite {path}: it belongs to saver {owner!r}, not {self.name!r}. "
-                                   "Give the two savers different FILENAME templates.")
-        return None
+                         background=self._background, on_committed=lambda result: self._after_commit(result, step))
 
     def _contents(self, txn: CheckpointTransaction) -> dict[str, Any]:
         """The anatomy: the user's entries plus what every checkpoint carries (progress, rng, metrics,
@@ -285,10 +275,14 @@ class CheckpointManager(LocalCheckpoints):
         )
         return contents
 
-    def _after_commit(self, result: SaveResult) -> None:
+    def _after_commit(self, result: SaveResult, step: int) -> None:
         """Rank 0, right after each commit (on the writer thread when async): log it, run the hook,
         apply retention. Failures come out as CheckpointError saying the checkpoint is committed."""
         self.last_committed = result.path
+        resumed = self.lineage.resumed
+        if resumed is not None and step > resumed[1]:  # a relaunch would take this one now
+            self.protect.discard(resumed[0])
+            self.lineage.resumed = None
         logger.info("Saved checkpoint %s%s", result.path, "" if self._background is None else
                     " (written in the background)")
         logger.debug("  %d bytes, sha256 %s, %.2fs", result.size, result.sha256, result.seconds)
@@ -372,13 +366,14 @@ class CheckpointManager(LocalCheckpoints):
         """Load ``state`` into ``model`` and the named components (as passed to :meth:`save`),
         whatever format and world size wrote it; take over its metric history and, for a
         checkpoint of this directory, its run id (a resumed run keeps its lineage); protect
-        ``path`` from retention; returns its progress."""
+        ``path`` from retention until a newer checkpoint commits; returns its progress."""
         source = str(path) if path is not None else f"checkpoint {state.get('meta', {}).get('file', '?')}"
         check_same_taxonomy(state, self.taxonomy, source=source)  # before anything is loaded
         progress = format_of_state(state).restore(state, model, components, rng=rng, source=source)
         self.metrics.load_state_dict(state.get("metrics") or {})
         if path is not None and Path(path).parent.resolve() == self.directory.resolve():
-            self.protect.add(Path(path).name)
+            self.protect.add(Path(path).name)  # until a newer checkpoint commits (_after_commit)
+            self.lineage.resumed = (Path(path).name, progress["step"])
             self.run_id = str(state.get("meta", {}).get("run_id") or self.run_id)
             self.run_timestamp = str(state.get("meta", {}).get("run_timestamp") or self.run_timestamp)
         if path is not None and self.is_writer:  # only the writer's meta is saved

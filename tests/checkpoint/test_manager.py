@@ -23,6 +23,7 @@ from linnaeus.checkpoint import (
     CheckpointManager,
     CheckpointPolicy,
     InvalidOperationError,
+    list_checkpoints,
     parse_interval,
     read_latest,
     verify_checkpoint,
@@ -175,14 +176,20 @@ def test_retention_survives_restarts_and_keeps_best_and_protected(tmp_path: Path
     names = lambda: sorted(p.name for p in tmp_path.glob("*.pth"))  # noqa: E731
     assert names() == ["checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth", "checkpoint_epoch_3.pth"][1:]
 
-    # A new process (new manager) resumes from epoch 3 and must keep it while it is protected.
+    # A new process (new manager) resumes from epoch 3: protected while a relaunch would resume it,
+    # an older checkpoint like any other once a newer one has committed.
+    second = CheckpointManager(tmp_path, CheckpointPolicy(keep_last_n=1))
+    older = tmp_path / "checkpoint_epoch_2.pth"
+    second.restore(second.load(older), path=older, model=nn.Linear(2, 2))
+    second.apply_retention()
+    assert names() == ["checkpoint_epoch_2.pth", "checkpoint_epoch_3.pth"]  # resumed from, and the newest
+    second.close()
     second = CheckpointManager(tmp_path, policy)
     resumed = second.resume(model=nn.Linear(2, 2))
     assert resumed.path.name == "checkpoint_epoch_3.pth" and second.best["value"] == 90.0
     for epoch, acc in [(4, 10.0), (5, 20.0), (6, 30.0)]:
         _save(second, epoch, acc)
-    assert names() == ["checkpoint_epoch_2.pth", "checkpoint_epoch_3.pth", "checkpoint_epoch_5.pth",
-                       "checkpoint_epoch_6.pth"]
+    assert names() == ["checkpoint_epoch_2.pth", "checkpoint_epoch_5.pth", "checkpoint_epoch_6.pth"]
     # Mode min keeps the lowest; files of the old run are judged from what is on disk.
     third = CheckpointManager(tmp_path, CheckpointPolicy(keep_last_n=1, keep_best_n=1, monitor="acc", mode="min"))
     _save(third, 7, 99.0)
@@ -336,3 +343,14 @@ def test_ddp_ranks_agree_on_saves_and_failures(tmp_path: Path) -> None:
     assert len(ranked) == 1, out[-4000:]
     assert "unexpectedly survived" not in out
     assert proc.returncode != 0
+
+
+def test_the_checkpoint_resumed_from_is_kept_only_until_a_newer_one_commits(tmp_path: Path) -> None:
+    model = nn.Linear(2, 2)
+    with CheckpointManager(tmp_path, CheckpointPolicy(keep_last_n=1)) as manager:
+        manager.save(epoch=1, step=1, model=model)
+    with CheckpointManager(tmp_path, CheckpointPolicy(keep_last_n=1)) as manager:
+        assert manager.resume(model=model) is not None
+        for epoch in (2, 3, 4):
+            manager.save(epoch=epoch, step=epoch, model=model)
+    assert [i.name for i in list_checkpoints(tmp_path)] == ["checkpoint_epoch_4.pth"]

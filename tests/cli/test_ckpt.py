@@ -153,3 +153,16 @@ def test_console_entry_and_remote_commands(run_dir: Path) -> None:
         assert command in proc.stdout
     if importlib.util.find_spec("linnaeus.cli.remote_cmds") is not None:
         assert all(c in proc.stdout for c in ("resolve", "download", "upload"))
+
+
+def test_ls_names_the_parent_of_a_sharded_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = nn.Linear(3, 2)
+    with CheckpointManager(tmp_path / "ck", format="sharded") as manager:
+        manager.save(epoch=1, step=1, model=model)
+    with CheckpointManager(tmp_path / "ck", format="sharded") as manager:
+        manager.resume(model=model)
+        manager.save(epoch=2, step=2, model=model)
+    assert main(["ls", str(tmp_path / "ck")]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    # file kind epoch step metric size(2 words) verified run parent marks
+    assert rows["checkpoint_epoch_2"][9] == "checkpoint_epoch_1" and rows["checkpoint_epoch_1"][9] == "(fresh)", rows

@@ -2,7 +2,7 @@
 (catalog), which is newest and verifies (scan), what to delete (retention) and the leftovers of
 interrupted saves, and the run's timeline in it (lineage)."""
 
-from .catalog import find_checkpoint, list_checkpoints
+from .catalog import find_checkpoint, list_checkpoints, not_ours
 from .lineage import (
     Adoption,
     CheckpointsPresentError,
@@ -24,6 +24,6 @@ from .scan import load_newest, load_same_bytes, local_candidates, newest_verifie
 __all__ = [
     "Adoption", "CheckpointsPresentError", "LocalCheckpoints", "RunLineage", "UnadoptedCheckpointsError", "abandoned_folder_name", "adopt", "apply_retention", "branch",
     "cleanup_stale", "delete_checkpoint", "find_checkpoint", "held_checkpoints", "leftovers", "list_checkpoints", "load_newest",
-    "load_same_bytes", "local_candidates", "move_aside", "newest_verified", "nothing_to_load_error",
+    "load_same_bytes", "local_candidates", "move_aside", "newest_verified", "not_ours", "nothing_to_load_error",
     "parent_sha256", "plan_retention", "set_aside", "unadopted",
 ]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import CheckpointNotFoundError
-from ..formats import CheckpointInfo, checkpoint_stem, format_of, is_checkpoint_name
+from ..errors import CheckpointError, CheckpointNotFoundError
+from ..formats import CheckpointInfo, checkpoint_stem, format_of, is_checkpoint_name, read_info
 
 
 def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:
@@ -46,4 +46,16 @@ def find_checkpoint(directory: str | Path, name: str) -> Path | None:
     return same[0] if same else None
 
 
-__all__ = ["find_checkpoint", "list_checkpoints"]
+def not_ours(path: Path, saver: str) -> CheckpointError | None:
+    """Why saver ``saver`` must not overwrite ``path`` (another saver's checkpoint), or None."""
+    try:
+        owner = read_info(path).saver
+    except FileNotFoundError:
+        return None
+    if owner and owner != saver:
+        return CheckpointError(f"refusing to overwrite {path}: it belongs to saver {owner!r}, not {saver!r}. "
+                               "Give the two savers different FILENAME templates.")
+    return None
+
+
+__all__ = ["find_checkpoint", "list_checkpoints", "not_ours"]

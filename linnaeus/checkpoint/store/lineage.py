@@ -48,6 +48,7 @@ class RunLineage:
     run_timestamp: str = field(default_factory=lambda: datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     parent_sha256: str = ""
     protect: set[str] = field(default_factory=set)
+    resumed: tuple[str, int] | None = None  # (name, step) of the checkpoint resumed from, until a newer one commits
 
 
 # ----------------------------------------------------------------------------- what a directory holds
