@@ -9,11 +9,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
 
-from linnaeus.checkpoint import CheckpointError, CheckpointManager, verify_checkpoint
+from linnaeus.checkpoint import CheckpointError, CheckpointManager, CheckpointPolicy, verify_checkpoint
 from tests.conftest import REPO, run_train
 
 HELPER = REPO / "tests" / "helpers" / "honest_errors.py"
@@ -45,6 +46,40 @@ def test_disk_full_during_torch_save_reports_the_oserror(tmp_path: Path) -> None
     assert "nothing was committed" in out and "File too large" in out and "cause: OSError" in out, out
     left = [p.name for p in tmp_path.iterdir() if p.name != ".lock"]  # .lock: the directory's writer lock
     assert not left, f"the failed save left files behind: {left}"
+
+
+def test_disk_full_during_a_sharded_save_reports_the_oserror(tmp_path: Path) -> None:
+    sync, background = _helper("fsize-sharded", str(tmp_path)).splitlines()[:2]
+    for line in (sync, background):
+        assert "unexpected pos" not in line, line
+        assert line.startswith("CheckpointError: save of") and "nothing was committed" in line, line
+        assert "File too large" in line, line
+    for run in ("False", "True"):  # nothing of the failed saves is left: no directory, no temp directory
+        assert sorted(p.name for p in (tmp_path / run).iterdir()) == [".lock"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real, tiny filesystem (tmpfs, 256 KiB) that a checkpoint cannot fit on."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs CAP_SYS_ADMIN)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["sync", "async"])
+def test_a_full_disk_during_a_sharded_save_says_no_space_left(small_disk: Path, background: bool) -> None:
+    manager = CheckpointManager(small_disk / "ck", CheckpointPolicy(async_save=background), format="sharded")
+    with pytest.raises(CheckpointError) as info:
+        manager.save(epoch=1, step=1, model=torch.nn.Linear(512, 512))
+        manager.wait()
+    manager.close_after_error()
+    assert "No space left on device" in str(info.value) and "unexpected pos" not in str(info.value), info.value
+    assert sorted(p.name for p in (small_disk / "ck").iterdir()) == [".lock"]
 
 
 def test_foreign_state_dict_as_train_resume_points_to_pretrained(tmp_path: Path, toy_root: Path) -> None:

@@ -4,6 +4,7 @@ tests/checkpoint/test_honest_errors.py because each needs a process-wide conditi
     python tests/helpers/honest_errors.py fsize DIR        # RLIMIT_FSIZE: writes fail with EFBIG
     python tests/helpers/honest_errors.py unreadable DIR   # run without CAP_DAC_OVERRIDE (setpriv)
     python tests/helpers/honest_errors.py unreadable-shard DIR   # the same, DIR/run holds a sharded checkpoint
+    python tests/helpers/honest_errors.py fsize-sharded DIR     # RLIMIT_FSIZE during a sync, then an async sharded save
 
 Prints ``<ExceptionClass>: <message>`` of each failure, one per line.
 """
@@ -19,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from linnaeus.checkpoint import CheckpointManager, find_resume_point, verify_checkpoint  # noqa: E402
+from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, find_resume_point, verify_checkpoint  # noqa: E402
 
 
 def report(fn) -> None:  # type: ignore[no-untyped-def]
@@ -37,6 +38,15 @@ def main(what: str, directory: Path) -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
         report(lambda: manager.save(epoch=1, step=1, model=torch.nn.Linear(512, 512)))
+    elif what == "fsize-sharded":
+        for background in (False, True):
+            manager = CheckpointManager(directory / str(background), CheckpointPolicy(async_save=background),
+                                        format="sharded")
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, resource.RLIM_INFINITY))
+            report(lambda: (manager.save(epoch=1, step=1, model=torch.nn.Linear(512, 512)), manager.wait()))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            manager.close_after_error()
     elif what == "unreadable":
         manager = CheckpointManager(directory / "run")
         report(lambda: find_resume_point(manager, explicit=str(directory / "elsewhere.pth"), auto=False,

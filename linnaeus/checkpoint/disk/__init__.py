@@ -21,6 +21,7 @@ from .durable import (
     TEMP_SYNCED,
     WRITER_ID,
     BackgroundFlush,
+    ErrorRecordingStream,
     fsync_dir,
     fsync_file,
     is_temp_name,
@@ -49,7 +50,7 @@ from .sidecar import (
 from .writer_lock import LOCK_NAME, WriterLease, acquire, acquire_on_writer_rank, dir_lock, read_holder
 
 __all__ = [
-    "AsyncWriter", "BackgroundFlush", "CHUNK_SIZE", "FAST_DIGEST", "FileDigest", "HashingWriter", "LOCK_NAME",
+    "AsyncWriter", "BackgroundFlush", "ErrorRecordingStream", "CHUNK_SIZE", "FAST_DIGEST", "FileDigest", "HashingWriter", "LOCK_NAME",
     "PROGRESS_KEYS", "REPLACED", "SHA256", "SIDECAR_SUFFIX", "SidecarError", "TEMP_SYNCED", "WRITER_ID", "WriterLease",
     "acquire", "acquire_on_writer_rank", "cache_both_digests", "cached_digest", "clear_digest_cache", "digest_file",
     "digests_of", "dir_lock", "format_sidecar", "fsync_dir", "fsync_file", "is_temp_name", "parse_sidecar",

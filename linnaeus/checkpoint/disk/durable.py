@@ -16,7 +16,7 @@ import secrets
 import shutil
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 # Steps of :func:`write_durably`, reported to its ``on_step`` callback (the store turns them
 # into the fault-injection phases ``<file>-temp`` and ``<file>``).
@@ -143,6 +143,28 @@ def write_durably(
     if on_step is not None:
         on_step(REPLACED)
     return path
+
+
+class ErrorRecordingStream:
+    """A file object that keeps the first ``OSError`` its writes raised (ENOSPC, EFBIG, EIO).
+
+    ``torch.save`` reports a failed write of its own as a position mismatch ("unexpected pos
+    ..."), which says nothing about a full disk; whoever catches that failure raises ``error``.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._raw.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
 
 
 class BackgroundFlush:

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
 from linnaeus.dist import collective_timeout, get_rank, is_dist
@@ -41,7 +40,7 @@ from ...disk import AsyncWriter, remove_tree, snapshot
 from ...errors import CheckpointError
 from ..base import OnCommitted, SaveResult
 from .save import Staged, commit, digest_own_shards
-from .state_dicts import first_failure
+from .state_dicts import first_failure, shard_writer, single_process_is_intended
 
 _GROUP: dist.ProcessGroup | None = None
 
@@ -82,17 +81,18 @@ class ShardedBackground:
         commit in the background. The caller has already waited for the previous save and raised its error."""
         group = background_group()
         frozen_rest = snapshot(staged.rest)
+        writer = shard_writer(staged.tmp)
         try:
-            pending: Future = dcp.async_save(staged.tensors, storage_writer=FileSystemWriter(staged.tmp,
-                                                                                            sync_files=False),
-                                             process_group=group, async_stager=self.stager, no_dist=group is None)
+            with single_process_is_intended():
+                pending: Future = dcp.async_save(staged.tensors, storage_writer=writer, process_group=group,
+                                                 async_stager=self.stager, no_dist=group is None)
         except Exception as e:  # noqa: BLE001 - staging failed on this rank: the job reports it with the others'
             pending = Future()
             pending.set_exception(e)
         staged.tensors, staged.rest = {}, {}  # staged now: nothing of the live state is held past this call
 
         def job() -> None:
-            _finish(pending, staged, group, frozen_rest, on_committed)
+            _finish(pending, staged, group, frozen_rest, on_committed, writer)
 
         self.writer.submit(job, f"save of {staged.final}")
 
@@ -108,7 +108,7 @@ class ShardedBackground:
 
 
 def _finish(pending: Future, staged: Staged, group: dist.ProcessGroup | None, rest: dict[str, Any],
-            on_committed: OnCommitted) -> None:
+            on_committed: OnCommitted, writer: Any) -> None:
     """The background half of one save, on every rank; raises (on rank 0) what failed on any rank."""
     rank = get_rank()
     own: dict[str, dict[str, Any]] = {}
@@ -118,7 +118,7 @@ def _finish(pending: Future, staged: Staged, group: dist.ProcessGroup | None, re
         testing.phase("sharded-written")  # the fault tests' seam: DCP's files are written, nothing hashed yet
         own = digest_own_shards(staged.tmp, rank)
     except BaseException as e:  # noqa: BLE001 - CheckpointException is a BaseException; gathered below
-        problem = f"DCP: {first_failure(e)}"
+        problem = f"DCP: {first_failure(e, writer)}"
     parts: list[Any] = [(own, problem)]
     if group is not None:
         parts = [None] * dist.get_world_size(group)

@@ -28,7 +28,6 @@ from typing import Any, Mapping
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
@@ -42,7 +41,7 @@ from linnaeus.dist import (
     run_on_all_ranks,
 )
 
-from ...disk import digests_of, dir_lock, fsync_dir, fsync_file, remove_tree, temp_name, write_durably
+from ...disk import ErrorRecordingStream, digests_of, dir_lock, fsync_dir, fsync_file, remove_tree, temp_name, write_durably
 from ...errors import CheckpointError, InvalidOperationError, LatestUpdateError
 from ...state import materialize, model_state_dict
 from ...testing import phase
@@ -56,6 +55,7 @@ from .state_dicts import (
     first_failure,
     is_live_optimizer,
     live_state,
+    shard_writer,
     single_process_is_intended,
     split_tensors,
 )
@@ -128,11 +128,12 @@ def save_now(staged: Staged, on_committed: OnCommitted) -> SaveResult:
     final, tmp = staged.final, staged.tmp
     try:
         error: BaseException | None = None
+        writer = shard_writer(tmp)
         try:
             with single_process_is_intended():
-                dcp.save(staged.tensors, storage_writer=FileSystemWriter(tmp, sync_files=False), no_dist=not is_dist())
+                dcp.save(staged.tensors, storage_writer=writer, no_dist=not is_dist())
         except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
-            error = CheckpointError(f"save of {final} failed, nothing was committed: DCP: {first_failure(e)}")
+            error = CheckpointError(f"save of {final} failed, nothing was committed: DCP: {first_failure(e, writer)}")
         raise_on_all_ranks(error, f"save of {final}", CheckpointError)
         phase("sharded-written")  # the fault tests' seam: DCP's files are written, nothing hashed yet
         # Each rank makes durable and hashes the shard files it wrote: the bytes are read in parallel.
@@ -169,10 +170,16 @@ def commit(staged: Staged, files: dict[str, dict[str, Any]], rest: dict[str, Any
     """Rank 0, after every rank's shards are durable: state.pt, manifest, rename, latest.
     Returns (size, sha256 of the manifest)."""
     directory, name, tmp, final = staged.directory, staged.name, staged.tmp, staged.final
-    with open(tmp / STATE_FILE, "xb") as f:
-        torch.save(rest, f)
-        f.flush()
-        os.fsync(f.fileno())
+    with open(tmp / STATE_FILE, "xb") as raw:
+        stream = ErrorRecordingStream(raw)
+        try:
+            torch.save(rest, stream)
+        except Exception as e:
+            if stream.error is not None and stream.error is not e:  # a full disk, not "unexpected pos"
+                raise stream.error from e
+            raise
+        raw.flush()
+        os.fsync(raw.fileno())
     fsync_file(tmp / DCP_METADATA)  # DCP wrote it without fsync (see digest_own_shards)
     for extra in (DCP_METADATA, STATE_FILE):
         files[extra] = digests_of(tmp / extra)

@@ -8,13 +8,22 @@ counts that are not tensors) and every other entry go to ``state.pt``, which ran
 
 from __future__ import annotations
 
+import io
+import os
 import warnings
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Generator, Iterator, Mapping
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.filesystem import FileSystem
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+from linnaeus.dist import get_rank
+
+from ...disk import ErrorRecordingStream
 
 MODEL = "model"  # DCP key of the model's tensors
 OPTIM = "optim"  # DCP key of the optimizer's tensors (keyed by parameter name)
@@ -72,8 +81,37 @@ def single_process_is_intended() -> Iterator[None]:
         yield
 
 
-def first_failure(e: BaseException) -> str:
-    """The first rank's failure of a DCP error (it gathers every rank's), or the error itself."""
+class _RecordingFileSystem(FileSystem):
+    """DCP's file system, keeping the first OSError of this rank's writes (see ErrorRecordingStream)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error: OSError | None = None
+
+    @contextmanager
+    def create_stream(self, path: str | os.PathLike, mode: str) -> Generator[io.IOBase, None, None]:
+        with super().create_stream(path, mode) as stream:
+            recording = ErrorRecordingStream(stream)
+            try:
+                yield recording  # type: ignore[misc]
+            finally:
+                self.error = self.error or recording.error
+
+
+def shard_writer(directory: Path) -> FileSystemWriter:
+    """DCP's writer of this rank's files into ``directory``, unsynced (each rank fsyncs while it
+    hashes), whose ``fs.error`` keeps the OSError a failed write raised."""
+    writer = FileSystemWriter(directory, sync_files=False)
+    writer.fs = _RecordingFileSystem()
+    return writer
+
+
+def first_failure(e: BaseException, writer: FileSystemWriter | None = None) -> str:
+    """The first rank's failure of a DCP error (it gathers every rank's), or the error itself; this
+    rank's own failed write when ``writer`` recorded one (what a full disk really said)."""
+    error = getattr(getattr(writer, "fs", None), "error", None)
+    if error is not None:
+        return f"rank {get_rank()}: {type(error).__name__}: {error}"
     failures = getattr(e, "failures", None)
     if isinstance(failures, dict) and failures:
         rank, (exc, _) = sorted(failures.items())[0]
@@ -82,4 +120,4 @@ def first_failure(e: BaseException) -> str:
 
 
 __all__ = ["MODEL", "OPTIM", "OPTIM_REST", "SHARDED_KEY", "first_failure", "is_live_optimizer", "live_state", "merge",
-           "single_process_is_intended", "split_tensors"]
+           "shard_writer", "single_process_is_intended", "split_tensors"]
