@@ -4,7 +4,7 @@
     linnaeus-ckpt inspect FILE [--json]
     linnaeus-ckpt verify FILE|RUN_OR_DIR     exit 1 if any file is bad
     linnaeus-ckpt prune DIR --keep-last N [--keep-best N --monitor M --mode max] [--dry-run]
-    linnaeus-ckpt export FILE OUT [--ema] [--safetensors]
+    linnaeus-ckpt export FILE OUT [--ema] [--safetensors] [--force]
     linnaeus-ckpt set-aside RUN_OR_DIR | adopt RUN_OR_DIR   (defined in :mod:`linnaeus.cli.lineage_cmds`)
     linnaeus-ckpt resolve|download|upload ...   (defined in :mod:`linnaeus.cli.remote_cmds`)
 """
@@ -21,9 +21,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from linnaeus.checkpoint.disk import WriterLease, acquire
+from linnaeus.checkpoint.disk import LOCK_NAME, WriterLease, acquire, sidecar_path
 from linnaeus.checkpoint.errors import CheckpointError, DirectoryLockedError
 from linnaeus.checkpoint.formats import (
+    LATEST,
+    CheckpointFormat,
     CheckpointInfo,
     commit_file,
     format_of,
@@ -222,12 +224,52 @@ def _writer_lease(directory: Path, command: str) -> WriterLease:
 
 
 # ----------------------------------------------------------------------------- export
+def _check_export_destination(src: Path, out: Path, force: bool) -> None:
+    """Refuse, before reading a byte, any OUT whose replacement loses something: a committed checkpoint,
+    ``latest``, a sidecar, the lock, or anything inside a sharded checkpoint. ``--force`` replaces only
+    a file that is none of these (someone's own file)."""
+    def refuse(why: str, what_to_do: str = "Choose another OUT") -> CheckpointError:
+        return CheckpointError(f"refusing to export {src} to {out}: {why}; nothing was written. {what_to_do}.")
+
+    if out.name in (LATEST, LOCK_NAME) or out.name.endswith(".sha256"):
+        raise refuse(f"'{out.name}' is the checkpoint directory's own bookkeeping (latest pointer, writer "
+                      "lock or sidecar), which no export may replace, even with --force")
+    inside = next((d for d in (out, *out.parents) if d.is_dir() and format_of(d) is not None), None)
+    if inside is not None:
+        raise refuse(f"{inside} is a sharded checkpoint, which an export may neither replace nor write into")
+    if out.is_dir():
+        raise refuse("it is a directory (OUT names the file to write)")
+    if sidecar_path(out).exists() and format_of(out) is not None:
+        raise refuse("it is a committed checkpoint (it has a sidecar), which an export never replaces, even "
+                      "with --force", "Export to another name, or remove that checkpoint and its sidecar first")
+    if not force and (out.exists() or sidecar_path(out).exists()):
+        raise refuse(f"{out if out.exists() else sidecar_path(out)} exists", "Pass --force to replace it")
+
+
+def _export_lease(directory: Path) -> WriterLease | None:
+    """An export into a run's checkpoint directory holds its writer lock, so it refuses while that run is
+    live (the run's cleanup would take the export's temp file for a dead writer's)."""
+    if (directory / LOCK_NAME).exists() or (directory / LATEST).exists():
+        return _writer_lease(directory, "export into it")
+    return None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     src, out = Path(args.file), Path(args.out)
     key = "ema" if args.ema else "model"
     fmt = format_of(src)
     if fmt is None:
         raise CheckpointError(f"cannot export {src}: no checkpoint there (a file, or a sharded checkpoint directory).")
+    _check_export_destination(src, out, args.force)
+    lease = _export_lease(out.parent)
+    try:
+        return _export(args, src, out, key, fmt)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _export(args: argparse.Namespace, src: Path, out: Path, key: str, fmt: CheckpointFormat) -> int:
     # Every byte verified; a sharded checkpoint is consolidated here, in one process, whatever world size saved it.
     state = fmt.read_weights(src, use_ema=args.ema)
     if not isinstance(state, Mapping) or not isinstance(state.get(key), Mapping):
@@ -293,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT")
     p.add_argument("--ema", action="store_true", help="export the EMA weights instead of the model")
     p.add_argument("--safetensors", action="store_true", help="write safetensors instead of a .pth")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing OUT that is not a checkpoint, latest, sidecar or lock")
     p.set_defaults(func=cmd_export)
 
     lineage_cmds.register(sub, _checkpoint_dir)  # set-aside / adopt

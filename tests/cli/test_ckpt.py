@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -166,3 +167,60 @@ def test_ls_names_the_parent_of_a_sharded_checkpoint(tmp_path: Path, capsys: pyt
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
     # file kind epoch step metric size(2 words) verified run parent marks
     assert rows["checkpoint_epoch_2"][9] == "checkpoint_epoch_1" and rows["checkpoint_epoch_1"][9] == "(fresh)", rows
+
+
+# ----------------------------------------------------------------------------- export's destination
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_export_refuses_to_write_over_a_checkpoint_latest_a_sidecar_or_the_lock(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpts = run_dir / "checkpoints"
+    newest = ckpts / "checkpoint_epoch_4.pth"
+    before = {p.name: _digest(p) for p in ckpts.iterdir() if p.is_file()}
+    for destination in (newest, ckpts / "latest", ckpts / "checkpoint_epoch_3.pth.sha256", ckpts / ".lock"):
+        for force in ([], ["--force"]):  # --force replaces another file, never one of these
+            assert main(["export", str(newest), str(destination), *force]) == 2, destination
+            err = capsys.readouterr().err
+            assert "refusing to export" in err and str(destination) in err, err
+    assert {p.name: _digest(p) for p in ckpts.iterdir() if p.is_file()} == before  # nothing touched
+    assert verify_checkpoint(newest).ok and read_latest(ckpts) == "checkpoint_epoch_4.pth"
+
+
+def test_export_of_a_sharded_directory_onto_itself_or_into_it_is_refused(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    with CheckpointManager(tmp_path / "ck", format="sharded") as manager:
+        path = manager.save(epoch=1, step=1, model=nn.Linear(3, 2))
+    for destination in (path, path / "weights.pth"):
+        assert main(["export", str(path), str(destination)]) == 2
+        assert "refusing to export" in capsys.readouterr().err
+    assert not (tmp_path / "ck" / "checkpoint_epoch_1.sha256").exists() and not (path / "weights.pth").exists()
+    assert verify_checkpoint(path).ok
+
+
+def test_export_replaces_another_file_only_with_force(run_dir: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    src, out = run_dir / "checkpoints" / "checkpoint_epoch_4.pth", tmp_path / "mine.pth"
+    out.write_text("someone's notes\n")
+    assert main(["export", str(src), str(out)]) == 2
+    assert "--force" in capsys.readouterr().err and out.read_text() == "someone's notes\n"
+    assert main(["export", str(src), str(out), "--force"]) == 0
+    assert verify_checkpoint(out).ok and torch.load(out, weights_only=True)["meta"]["kind"] == "weights"
+
+
+def test_export_into_a_live_runs_checkpoint_directory_is_refused(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpts = run_dir / "checkpoints"
+    code = ("import sys, time; sys.path.insert(0, %r)\n"
+            "from linnaeus.checkpoint import CheckpointManager\n"
+            "m = CheckpointManager(%r); print('holding', flush=True); time.sleep(60)\n") % (str(REPO), str(ckpts))
+    live = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline().strip() == "holding"
+        assert main(["export", str(ckpts / "checkpoint_epoch_4.pth"), str(ckpts / "weights_4.pth")]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {live.pid}" in err and not (ckpts / "weights_4.pth").exists(), err
+    finally:
+        live.kill()
+        live.wait()
+    assert main(["export", str(ckpts / "checkpoint_epoch_4.pth"), str(ckpts / "weights_4.pth")]) == 0
