@@ -102,6 +102,8 @@ _C.DATA.ROOT = "data/toy"
 _C.DATA.TRAIN_ANN = ""
 # inat/csv: validation annotation file; empty = hold out DATA.VAL_FRACTION of each leaf class of TRAIN_ANN.
 _C.DATA.VAL_ANN = ""
+# inat/csv: let TRAIN_ANN and VAL_ANN share images (the log warns how many); False = refuse the run, naming them.
+_C.DATA.ALLOW_TRAIN_VAL_OVERLAP = False
 # "inat" or "csv": generate that small example set into DATA.ROOT first (configs/inat_example.yaml); "" = off.
 _C.DATA.EXAMPLE = ""
 # Taxonomy file (JSON: leaf class → {level: name}); relative paths are under DATA.ROOT.

@@ -15,7 +15,7 @@ from .csv_manifest import read_csv_manifest
 from .folder import HierarchicalImageFolder, LabeledImages, Sample, scan_image_folder, split_per_class
 from .hierarchy import Hierarchy
 from .inat import read_inat
-from .manifest import build_taxonomy, log_label_counts, manifest_dataset, split_manifest
+from .manifest import build_taxonomy, check_overlap, log_label_counts, manifest_dataset, split_manifest
 from .sampler import ResumableDistributedSampler, ShardedEvalSampler
 from .taxonomy import DatasetError, Taxonomy, load_taxonomy
 from .examples import ensure_example_dataset
@@ -77,6 +77,8 @@ def _manifest_datasets(cfg: CfgNode, root: Path, train_tf, eval_tf, seed: int
     read = read_inat if d.DATASET == "inat" else read_csv_manifest
     train_m = read(_annotation_path(root, d.TRAIN_ANN), root, d.TASK_KEYS)
     val_m = read(_annotation_path(root, d.VAL_ANN), root, d.TASK_KEYS) if d.VAL_ANN else None
+    if val_m is not None:
+        check_overlap(train_m, val_m, d.ALLOW_TRAIN_VAL_OVERLAP)
     taxonomy = build_taxonomy([train_m] + ([val_m] if val_m else []), d.TASK_KEYS)
     if val_m is not None:
         train_ds = manifest_dataset(train_m, taxonomy, train_tf, seed)

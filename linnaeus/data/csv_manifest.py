@@ -11,6 +11,10 @@
 ``species`` key also reads a ``name`` column). An empty cell means the rank is unknown for that
 image: its label is ``IGNORE_INDEX`` and it is left out of that level's loss and metrics, not
 made into a class. Other columns are ignored. Lines are numbered as in the file (header = 1).
+
+An image is listed once: a second row for it, however its path is spelled (``img/a.jpg``,
+``./img/a.jpg``, ``img//a.jpg``, ``img/x/../a.jpg``), is refused naming both lines and, where the
+labels differ, both labels (which one is right is the user's call, not the reader's).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import csv
 from pathlib import Path
 from typing import Sequence
 
-from .manifest import Manifest, Problems, image_path
+from .manifest import Manifest, Problems, image_key, image_path
 from .taxonomy import DatasetError
 
 PATH_COLUMN = "path"
@@ -36,6 +40,23 @@ def _columns(header: Sequence[str], task_keys: Sequence[str], path: Path) -> dic
     return columns
 
 
+def _listed_again(line: int, rel: str, key: str, first: tuple[int, str, dict[str, str]],
+                  known: dict[str, str], task_keys: Sequence[str]) -> str:
+    first_line, first_rel, first_known = first
+    differ = [k for k in task_keys if known.get(k) != first_known.get(k)]
+    if not differ:
+        as_first = f" as {first_rel!r}; both are {key!r}" if rel != first_rel else ""
+        return f"line {line}: {rel!r} is listed again (first on line {first_line}{as_first})"
+    def cell(ranks: dict[str, str], k: str) -> str:
+        return repr(ranks[k]) if k in ranks else "empty"
+
+    labels = ", ".join(f"{k} {cell(known, k)} here, {cell(first_known, k)} on line {first_line}" for k in differ)
+    that_is = f" (that is {key!r})" if rel != key else ""
+    as_first = f" as {first_rel!r}" if first_rel not in (rel, key) else ""
+    return (f"line {line}: {rel!r}{that_is} is already on line {first_line}{as_first} with other labels ({labels}); "
+            "an image has one label per rank: keep the right row and delete the other(s)")
+
+
 def read_csv_manifest(path: str | Path, root: str | Path, task_keys: Sequence[str]) -> Manifest:
     """Parse and check one CSV manifest; refuses it listing the first problems."""
     path, root = Path(path), Path(root)
@@ -44,7 +65,7 @@ def read_csv_manifest(path: str | Path, root: str | Path, task_keys: Sequence[st
                                 "(relative paths are under DATA.ROOT).")
     problems = Problems(path)
     manifest = Manifest(file=path, kind="line")
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str, dict[str, str]]] = {}  # image_key → its first row (line, path, ranks)
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets often write a BOM
         reader = csv.DictReader(f, skipinitialspace=True)
         try:
@@ -63,10 +84,12 @@ def read_csv_manifest(path: str | Path, root: str | Path, task_keys: Sequence[st
                     problems.add(f"line {line}: no rank known for {rel!r}; fill at least one of {list(task_keys)} "
                                  "or remove the row")
                     continue
-                if rel in seen:
-                    problems.add(f"line {line}: {rel!r} is listed again (first on line {seen[rel]})")
-                    continue
-                seen[rel] = line
+                key = image_key(rel)
+                if key is not None:
+                    if key in seen:
+                        problems.add(_listed_again(line, rel, key, seen[key], known, task_keys))
+                        continue
+                    seen[key] = (line, rel, known)
                 file = image_path(root, rel, f"line {line}", problems)
                 if file is None:
                     continue

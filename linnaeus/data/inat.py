@@ -10,7 +10,9 @@
 
 ``file_name`` is relative to ``DATA.ROOT``. ``DATA.TASK_KEYS`` picks the ranks, finest first
 (``species`` reads the ``name`` field). Every image needs exactly one annotation (test files,
-which have none, are not a training or validation set).
+which have none, are not a training or validation set), and every file one image id: a file
+named again, however spelled (``train/a.jpg``, ``train/./a.jpg``), is refused naming both ids
+and, where their categories differ, both categories.
 
 The botanical and zoological codes are independent, so one genus name can be a plant and an
 animal (*Morus*: mulberries and gannets). A name found under several kingdoms is therefore
@@ -24,7 +26,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .manifest import Manifest, Problems, image_path
+from .manifest import Manifest, Problems, image_key, image_path
 from .taxonomy import DatasetError
 
 RANKS = ("name", "genus", "family", "order", "class", "phylum", "kingdom")  # finest first
@@ -90,6 +92,16 @@ def _categories(data: dict[str, Any], task_keys: Sequence[str], fields: Sequence
             for cid, cat in raw.items()}
 
 
+def _named_again(iid: Any, name: str, key: str, first: dict[str, Any], category: Any, first_category: Any) -> str:
+    if category != first_category:
+        that_is = f" (that is {key!r})" if name != key else ""
+        return (f"image id {iid}: {name!r}{that_is} is the file of image id {first['id']} too, with another label: "
+                f"category id {category} here, category id {first_category} there; an image has one label: keep the "
+                "right image entry and delete the other with its annotation")
+    as_first = f", {first['file_name']!r}; both are {key!r}" if first["file_name"] != name else ""
+    return f"image id {iid}: {name!r} is listed again (first as image id {first['id']}{as_first})"
+
+
 def read_inat(path: str | Path, root: str | Path, task_keys: Sequence[str]) -> Manifest:
     """Parse and check one iNaturalist annotation file; refuses it listing the first problems."""
     path, root = Path(path), Path(root)
@@ -120,6 +132,8 @@ def read_inat(path: str | Path, root: str | Path, task_keys: Sequence[str]) -> M
         label_of[a["image_id"]] = a["category_id"]
 
     seen: set[Any] = set()
+    # image_key → position in images of its first entry: an int, not a copy, over millions of images
+    first_of: dict[str, int] = {}
     for i, im in enumerate(data["images"]):
         iid = im.get("id") if isinstance(im, dict) else None
         if iid is None:
@@ -133,6 +147,13 @@ def read_inat(path: str | Path, root: str | Path, task_keys: Sequence[str]) -> M
             if iid not in annotated:
                 problems.add(f"image id {iid} ({im.get('file_name')}) has no annotation")
             continue
+        key = image_key(im.get("file_name"))
+        if key is not None:
+            if key in first_of:
+                first = data["images"][first_of[key]]
+                problems.add(_named_again(iid, im["file_name"], key, first, label_of[iid], label_of[first["id"]]))
+                continue
+            first_of[key] = i
         file = image_path(root, im.get("file_name", ""), f"image id {iid}", problems)
         if file is None or label_of[iid] not in cats:
             continue

@@ -4,7 +4,8 @@ taxonomy over train + val, and the dataset built from it.
 Checks run when the run starts, over the whole manifest, and a run with any problem refuses to
 start: it names the first problems and how many there are, so a dataset is never trained on
 silently shrunk. Cheap checks are up front (the entry is well formed, the path stays under
-``DATA.ROOT``, the file exists, the taxonomy is a tree); decoding is lazy (reading every image
+``DATA.ROOT``, the file exists, no image is listed twice under another spelling or id, train and
+val share no image, the taxonomy is a tree); decoding is lazy (reading every image
 of a 2.7M-image set before step 1 would take longer than an epoch), and a file that does not
 decode stops the run when it is reached, naming the file and its manifest entry. The last
 committed checkpoint stays: fix the file and relaunch to resume.
@@ -95,7 +96,7 @@ def image_path(root: Path, relative: str, where: str, problems: Problems) -> str
     if not isinstance(relative, str) or not relative.strip():
         problems.add(f"{where}: empty image path")
         return None
-    norm = os.path.normpath(relative)
+    norm = os.path.normpath(relative)  # what image_key compares by
     if os.path.isabs(relative) or norm == ".." or norm.startswith(".." + os.sep):
         problems.add(f"{where}: image path {relative!r} escapes the image root {root}; paths must be relative "
                      "to DATA.ROOT and stay under it")
@@ -105,6 +106,43 @@ def image_path(root: Path, relative: str, where: str, problems: Problems) -> str
         problems.add(f"{where}: image file {path} does not exist")
         return None
     return path
+
+
+def image_key(relative: object) -> str | None:
+    """The spelling every reader compares image paths by (``./a.jpg``, ``.//a.jpg`` and
+    ``x/../a.jpg`` are all ``a.jpg``): the path ``image_path`` opens, relative to the root. Lexical
+    like ``image_path``, so a symlink is not followed; None for what ``image_path`` refuses as empty."""
+    if not isinstance(relative, str) or not relative.strip():
+        return None
+    key = os.path.normpath(relative)
+    return relative if key == relative else key  # share the manifest's string: millions of entries
+
+
+def shared_images(train: Manifest, val: Manifest) -> list[tuple[str, Any, Any]]:
+    """``(file, train entry, val entry)`` for each image in both; ``files`` are ``root/image_key``
+    with one root, so equal strings are one image however each manifest spelled it."""
+    val_at = dict(zip(val.files, val.numbers))  # val is the smaller side: the set to hold
+    return [(f, n, val_at[f]) for f, n in zip(train.files, train.numbers) if f in val_at]
+
+
+def check_overlap(train: Manifest, val: Manifest, allow: bool) -> None:
+    """Refuses train and val sharing images (validation would score images the model trained on),
+    or, with ``allow`` (``DATA.ALLOW_TRAIN_VAL_OVERLAP``), logs how many and goes on."""
+    shared = shared_images(train, val)
+    if not shared:
+        return
+    listed = "\n".join(f"  - {f} (train {train.kind} {a}, val {val.kind} {b})" for f, a, b in shared[:SHOWN_PROBLEMS])
+    more = f"\n  ... and {len(shared) - SHOWN_PROBLEMS} more" if len(shared) > SHOWN_PROBLEMS else ""
+    head = f"{train.file} and {val.file} share {len(shared)} image(s)"
+    if allow:
+        logger.warning("%s (allowed by DATA.ALLOW_TRAIN_VAL_OVERLAP True): validation metrics include images the "
+                       "model trains on and overstate its accuracy on unseen ones:\n%s%s", head, listed, more)
+        return
+    raise DatasetError(
+        f"{head}, the run does not start: validating on images the model trains on overstates its accuracy on "
+        f"unseen ones:\n{listed}{more}\nRemove them from one of the two files, or set "
+        "DATA.ALLOW_TRAIN_VAL_OVERLAP True to train and validate on them anyway (the log then says how many)."
+    )
 
 
 def build_taxonomy(manifests: Sequence[Manifest], task_keys: Sequence[str]) -> Taxonomy:
