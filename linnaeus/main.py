@@ -69,8 +69,6 @@ def _train(cfg: CfgNode, launcher: LauncherWatch) -> dict[str, Any]:
     setup_logging(out_dir, rank)
     # First: a second launch on this run dir stops here (the writer lock), before writing to it.
     checkpoints = RunCheckpoints(cfg, out_dir)
-    if is_main_process():
-        dump_config(cfg, out_dir / "config.yaml")
     logger.info("Run dir: %s (world size %d, device %s)", out_dir, world_size, device)
     seed_everything(cfg.EXPERIMENT.SEED, rank)
 
@@ -98,10 +96,10 @@ def _train(cfg: CfgNode, launcher: LauncherWatch) -> dict[str, Any]:
     progress = Progress()
     checkpoints.attach(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                         ema=ema, sampler=data.train_sampler, progress=progress, taxonomy=data.taxonomy)
-    if resume_from is not None:
-        checkpoints.restore(resume_from)
-    else:
-        logger.info("No checkpoint to resume from: starting fresh (run id %s)", checkpoints.run_id)
+    # Every refusal (config diff, taxonomy, missing state) before anything is moved or written.
+    checkpoints.begin(resume_from)
+    if is_main_process():
+        dump_config(cfg, out_dir / "config.yaml")
 
     tb = build_tb_writer(out_dir, rank, resumed_step=progress.step)  # keeps steps <= it, purges later ones
     checkpoints.before_save.append(tb.flush)  # a checkpoint never outlives the events it keeps

@@ -36,7 +36,7 @@ from .remote import RemoteRun
 # The function shadows its submodule's name on purpose: ``linnaeus.checkpoint.resolve(...)`` is
 # the documented call; ``from linnaeus.checkpoint.resolve import BucketConfig`` still works.
 from .resolve import BucketConfig, resolve
-from .resume import ResumePoint, find_resume_point
+from .resume import ResumePoint, find_resume_point, start_timeline
 from .state import (
     Stateful,
     build_state,
@@ -75,6 +75,7 @@ __all__ = [
     "build_state",
     "collect_rng_state",
     "find_resume_point",
+    "start_timeline",
     "format_of",
     "formats",
     "gather_rng_states",

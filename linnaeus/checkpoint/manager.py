@@ -269,10 +269,8 @@ class CheckpointManager(LocalCheckpoints):
         contents["config"] = txn.state.get("config", self.config_text)
         if self.taxonomy is not None:  # weights-only files too: a transfer maps heads by these names
             contents[TAXONOMY_KEY] = self.taxonomy
-        contents["meta"] = make_meta(
-            kind=self.kind, saver=self.name, file=txn.name, run_id=self.run_id, run_timestamp=self.run_timestamp,
-            epoch=epoch, step=step, metrics=txn.metrics, extra=txn.meta_extra, parent_sha256=self.parent_sha256,
-        )
+        contents["meta"] = make_meta(kind=self.kind, saver=self.name, file=txn.name, epoch=epoch, step=step,
+                                     metrics=txn.metrics, extra=txn.meta_extra, **self.lineage.meta_fields())
         return contents
 
     def _after_commit(self, result: SaveResult, step: int) -> None:
@@ -371,6 +369,7 @@ class CheckpointManager(LocalCheckpoints):
         check_same_taxonomy(state, self.taxonomy, source=source)  # before anything is loaded
         progress = format_of_state(state).restore(state, model, components, rng=rng, source=source)
         self.metrics.load_state_dict(state.get("metrics") or {})
+        self.lineage.origin_sha256 = str(state.get("meta", {}).get("origin_sha256") or "")  # kept; an explicit target sets its own
         if path is not None and Path(path).parent.resolve() == self.directory.resolve():
             self.protect.add(Path(path).name)  # until a newer checkpoint commits (_after_commit)
             self.lineage.resumed = (Path(path).name, progress["step"])

@@ -1,6 +1,8 @@
 """``linnaeus-ckpt set-aside | adopt``, and the lineage column of ``ls`` (rules: :mod:`linnaeus.checkpoint.store.lineage`).
 
-    linnaeus-ckpt set-aside RUN_OR_DIR   move every checkpoint (with sidecars, latest) into set-aside-<UTC time>/
+    linnaeus-ckpt set-aside RUN_OR_DIR [--after NAME] [--cfg CFG | --local-only]
+                                         move every checkpoint (with sidecars, latest), or those past NAME,
+                                         into set-aside-<UTC time>/, here and in the run's bucket folder
     linnaeus-ckpt adopt RUN_OR_DIR       write sidecars for checkpoints without one that pass a structural check;
                                          exit 1 if any was refused
 """
@@ -11,8 +13,10 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from linnaeus.checkpoint.formats import CheckpointInfo, format_of
-from linnaeus.checkpoint.store import adopt, set_aside
+from linnaeus.checkpoint.errors import CheckpointError, CheckpointNotFoundError
+from linnaeus.checkpoint.formats import CheckpointInfo, format_of, read_info
+from linnaeus.checkpoint.remote import RemoteRun
+from linnaeus.checkpoint.store import adopt, find_checkpoint, set_aside, set_aside_folder_name
 
 
 def parent_names(directory: Path, infos: list[CheckpointInfo]) -> dict[str, str]:
@@ -39,16 +43,50 @@ def parent_names(directory: Path, infos: list[CheckpointInfo]) -> dict[str, str]
 
 def cmd_set_aside(args: argparse.Namespace) -> int:
     directory = args.checkpoint_dir(Path(args.path))
-    moved = set_aside(directory)
-    if moved is None:
-        print(f"no checkpoints in {directory}; nothing to set aside")
-        return 0
-    folder, names = moved
-    for name in names:
-        print(f"moved {name} -> {folder / name}")
-    print(f"set aside {len(names)} checkpoint(s) in {folder} (nothing was deleted); a run started in "
-          f"{directory.parent} now starts fresh")
+    after = None
+    if args.after:
+        after = find_checkpoint(directory, Path(args.after).name)
+        if after is None:
+            raise CheckpointNotFoundError(f"--after {args.after}: no checkpoint of that name in {directory} "
+                                          "(see `linnaeus-ckpt ls`).")
+    remote = None if args.local_only else run_bucket_folder(directory.parent, args.cfg)
+    # Listed before anything moves: an unreachable bucket refuses here, with both sides untouched.
+    remote_names = [] if remote is None else remote.list() if after is None else \
+        remote.entries_after(read_info(after).step)
+    folder_name = set_aside_folder_name()
+    moved = set_aside(directory, after=after, folder_name=folder_name)
+    for name in moved[1] if moved else []:
+        print(f"moved {name} -> {moved[0] / name}")
+    what = f"checkpoint(s) past {after.name}" if after else "checkpoint(s)"
+    print(f"set aside {len(moved[1])} {what} in {moved[0]} (nothing was deleted)" if moved else
+          f"no {what} in {directory}; nothing set aside there")
+    if remote is not None:
+        if remote_names:
+            dest = remote.move_aside(remote_names, folder_name)
+            print(f"set aside {len(remote_names)} {what} of the run's bucket folder ({', '.join(remote_names)}) "
+                  f"in {dest} (nothing was deleted)")
+        else:
+            print(f"no {what} in the run's bucket folder {remote.display}; nothing set aside there")
+    then = f"continues from {after.name}" if after else "starts fresh"
+    print(f"a run started in {directory.parent} now {then}" + ("" if remote is not None else
+          " (local checkpoints only: --local-only)" if args.local_only else ""))
     return 0
+
+
+def run_bucket_folder(run_dir: Path, cfg_file: str | None) -> RemoteRun | None:
+    """The run's bucket folder (``ENV.OUTPUT.BUCKET`` of its config: ``--cfg``, else the run dir's
+    ``config.yaml``), or None when the run has none. Refuses when it cannot tell."""
+    path = Path(cfg_file) if cfg_file else run_dir / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(
+            f"cannot tell whether this run keeps checkpoints in a bucket folder too ({path} is missing); if it "
+            "does, a relaunch would resume from them. Nothing was moved. Pass --cfg CFG (the run's config) to set "
+            "the bucket folder's checkpoints aside too, or --local-only for the local ones only.")
+    from linnaeus.config import load_config  # the CLI may read configs; the library never does
+
+    cfg = load_config(str(path))
+    bucket = cfg.ENV.OUTPUT.BUCKET
+    return RemoteRun.in_bucket(bucket, cfg.EXPERIMENT.NAME) if bucket.ENABLED else None
 
 
 def cmd_adopt(args: argparse.Namespace) -> int:
@@ -71,8 +109,15 @@ def register(subparsers: "argparse._SubParsersAction", checkpoint_dir: Callable[
     p = subparsers.add_parser(
         "set-aside", help="move a run's checkpoints into a set-aside-<UTC time>/ folder (never deletes)",
         description="Move every checkpoint of RUN_OR_DIR (data, sidecar; and latest) into a new folder "
-        "checkpoints/set-aside-<UTC time>/, so that the run can start fresh without overwriting them.")
+        "checkpoints/set-aside-<UTC time>/, so that the run can start fresh without overwriting them. With an "
+        "output bucket (ENV.OUTPUT.BUCKET of the run's config.yaml), the run's bucket folder is set aside too, "
+        "into a sub-folder of the same name.")
     p.add_argument("path", metavar="RUN_OR_DIR")
+    p.add_argument("--after", metavar="NAME", help="only the checkpoints with more progress than NAME (a "
+                   "checkpoint of the run): a relaunch of `TRAIN.RESUME NAME` then restarts from it again")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--cfg", help="the run's config, when its run dir holds no config.yaml")
+    where.add_argument("--local-only", action="store_true", help="leave the run's bucket folder as it is")
     p.set_defaults(func=cmd_set_aside, checkpoint_dir=checkpoint_dir)
 
     p = subparsers.add_parser(

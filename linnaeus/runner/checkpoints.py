@@ -30,6 +30,7 @@ from linnaeus.checkpoint.resume import (
     WeightsOnlyRunError,
     find_resume_point,
     parse_run_target,
+    start_timeline,
 )
 from linnaeus.checkpoint.sources import DownloadOptions, redact
 from linnaeus.checkpoint.state import TaxonomyChangedError
@@ -108,8 +109,8 @@ class RunCheckpoints:
 
     # ------------------------------------------------------------------ resume
     def find_resume_point(self) -> ResumePoint | None:
-        """The library's answer for this config (the same on every rank); then (rank 0) queue the
-        checkpoints already on disk for upload, so a relaunch finishes what the last launch did not."""
+        """The library's answer for this config (the same on every rank). It moves nothing: :meth:`begin`
+        does, once the point is restored."""
         cfg = self.cfg
         try:
             point = find_resume_point(
@@ -147,18 +148,21 @@ class RunCheckpoints:
                 f"TRAIN.RESUME {shown}: {e} In the config: MODEL.PRETRAINED {file} with MODEL.PRETRAINED_STRATEGY "
                 "transfer (what matches loads; heads follow this run's taxonomy), weights_only (every model tensor "
                 "from the file) or strict, and TRAIN.RESUME empty.", path=e.path) from e
-        if point is not None and point.superseded is not None:
+        if point is not None and point.superseded is not None and point.superseded.restart:
+            old = point.superseded
+            logger.warning(
+                "TRAIN.RESUME %s with TRAIN.AUTO_RESUME False: this run was restarted from that file (step %d) and its "
+                "timeline has gone on to %s (step %d): continuing from %s (a relaunch of the same restart). To restart "
+                "from %s again, setting this timeline aside: `linnaeus-ckpt set-aside %s%s`, then relaunch.",
+                redact(cfg.TRAIN.RESUME), old.step, point.path, point.step, point.path, redact(cfg.TRAIN.RESUME),
+                self.directory.parent, f" --after {old.target.name}" if old.target.parent == self.directory else "")
+        elif point is not None and point.superseded is not None:
             old = point.superseded
             logger.warning(
                 "TRAIN.RESUME %s (step %d) is older than this run's newest checkpoint %s (step %d): continuing from %s "
                 "(relaunch). To restart from %s, set TRAIN.AUTO_RESUME False, use a new EXPERIMENT.NAME or remove the "
                 "newer checkpoints.", redact(cfg.TRAIN.RESUME), old.step, point.path, point.step, point.path,
                 redact(cfg.TRAIN.RESUME))
-        if self.uploader is not None:
-            queued = self.uploader.enqueue_existing(self.directory)
-            if queued:
-                logger.info("Queued %d checkpoint(s) already in %s for upload to %s (those already there are only "
-                            "confirmed)", queued, self.directory, self.uploader.display)
         return point
 
     def _not_searched(self) -> str:
@@ -175,6 +179,22 @@ class RunCheckpoints:
         record = taxonomy_levels(taxonomy)
         for manager in self._savers():
             manager.taxonomy = record
+
+    def begin(self, point: ResumePoint | None) -> None:
+        """Resume ``point`` (from :meth:`find_resume_point`) or start fresh. Every refusal comes first
+        (:meth:`restore`); only then does anything move: a restart sets the abandoned timeline aside, and
+        (rank 0) the checkpoints already on disk are queued for upload, so a relaunch finishes what the
+        last launch did not."""
+        if point is not None:
+            self.restore(point)
+        else:
+            logger.info("No checkpoint to resume from: starting fresh (run id %s)", self.run_id)
+        start_timeline(self.main, point, remote=self.remote)
+        if self.uploader is not None:
+            queued = self.uploader.enqueue_existing(self.directory)
+            if queued:
+                logger.info("Queued %d checkpoint(s) already in %s for upload to %s (those already there are only "
+                            "confirmed)", queued, self.directory, self.uploader.display)
 
     def restore(self, point: ResumePoint) -> None:
         """Load ``point`` (read once by :meth:`find_resume_point`) into the attached objects.

@@ -13,7 +13,7 @@ from tests.conftest import REPO
 DOCUMENTED = [
     ("linnaeus.checkpoint", ["CheckpointManager", "CheckpointPolicy", "CheckpointTransaction", "load_model",
                              "register_strategy", "registered_strategies", "unregister_strategy", "resolve",
-                             "BucketConfig", "find_resume_point", "verify_checkpoint", "load_verified",
+                             "BucketConfig", "find_resume_point", "start_timeline", "verify_checkpoint", "load_verified",
                              "list_checkpoints", "read_latest", "RemoteRun", "Stateful", "build_state",
                              "restore_state", "collect_rng_state", "restore_rng_state", "unwrap_model",
                              "CheckpointFormat", "format_of", "register_format", "testing"]),
@@ -23,7 +23,7 @@ DOCUMENTED = [
     ("linnaeus.checkpoint.sources.download", ["download", "DownloadOptions"]),
     ("linnaeus.checkpoint.loading", ["read_weights", "load_weights"]),
     ("linnaeus.checkpoint.load_report", ["Expect", "write_load_reports", "LoadReport"]),
-    ("linnaeus.checkpoint.resume", ["find_resume_point", "ResumePoint"]),
+    ("linnaeus.checkpoint.resume", ["find_resume_point", "ResumePoint", "start_timeline"]),
     ("linnaeus.checkpoint.formats", ["CheckpointFormat", "format_of", "register_format", "verify_checkpoint",
                                      "load_verified", "read_info", "commit_file"]),
     ("linnaeus.utils.checkpoint_utils", ["resolve_checkpoint_path", "input_resolver"]),

@@ -284,11 +284,12 @@ def test_train_resume_is_honoured_unless_the_run_went_past_it(tmp_path: Path, re
 
     lines, log = _Lines(), logging.getLogger("linnaeus")
     log.addHandler(lines)
-    level, log.level = log.level, logging.INFO
+    level = log.level
+    log.setLevel(logging.INFO)  # not `log.level = ...`: that keeps isEnabledFor's cached answers
     try:
         ck, progress, _ = _checkpointer(tmp_path, "TRAIN.RESUME", resume, "TRAIN.AUTO_RESUME", auto_resume)
         point = ck.find_resume_point()
-        ck.restore(point)
+        ck.begin(point)
         path = point.path
     finally:
         log.removeHandler(lines)
@@ -372,7 +373,7 @@ def test_auto_resume_reads_and_hashes_the_checkpoint_once(tmp_path: Path, monkey
     monkeypatch.setattr(torch, "load", counting_load)
     ck, progress, model = attached()
     point = ck.find_resume_point()
-    ck.restore(point)
+    ck.begin(point)
     path = point.path
     assert path == tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_1.pth"
     assert (progress.epoch, progress.step) == (1, 5)
@@ -417,6 +418,6 @@ def test_a_grad_scaler_turned_on_at_resume_starts_fresh(tmp_path: Path) -> None:
     ck.maybe_save_epoch(progress, {}, is_last=True)
     ck.close()
     ck, progress, scaler = launch(True)
-    ck.restore(ck.find_resume_point())
+    ck.begin(ck.find_resume_point())
     ck.close()
     assert (progress.epoch, progress.step) == (1, 5) and scaler is not None and scaler.get_scale() == 1024.0

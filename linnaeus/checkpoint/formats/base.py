@@ -43,6 +43,7 @@ class CheckpointInfo:
     created: str = ""
     run_id: str = ""  # lineage (store/lineage.py): the run, and the digest of the checkpoint it resumed from
     parent_sha256: str | None = None  # "" = a fresh start; None = not recorded (an older linnaeus)
+    origin_sha256: str = ""  # the checkpoint its timeline was started from by an explicit resume ("" = none known)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # why it could not be read
     format_version: int | None = None  # meta.format_version, when it is an int
@@ -81,6 +82,7 @@ def fill_progress(info: CheckpointInfo, meta: Mapping[str, Any], progress: Mappi
     info.created = str(meta.get("created", ""))
     info.run_id = str(meta.get("run_id", ""))
     info.parent_sha256 = meta["parent_sha256"] if isinstance(meta.get("parent_sha256"), str) else None
+    info.origin_sha256 = str(meta.get("origin_sha256") or "")
     info.metrics = {str(k): float(v) for k, v in dict(meta.get("metrics", {})).items()}
 
 

@@ -1,5 +1,6 @@
-"""Where a run continues from: the one place that decides it (:func:`find_resume_point`), and the
-run-relative targets ``latest`` / ``step:N``."""
+"""Where a run continues from: the one place that decides it (:func:`find_resume_point`), the one
+step that writes once the point is restored (:func:`start_timeline`), and the run-relative targets
+``latest`` / ``step:N``."""
 
 from .point import (
     RemoteCheckpointsPresentError,
@@ -10,6 +11,8 @@ from .point import (
     is_bare_name,
 )
 from .target import InvalidResumeTargetError, RunTarget, locate_run_target, parse_run_target
+from .timeline import start_timeline
 
 __all__ = ["InvalidResumeTargetError", "RemoteCheckpointsPresentError", "ResumePoint", "RunTarget", "Superseded",
-           "WeightsOnlyRunError", "find_resume_point", "is_bare_name", "locate_run_target", "parse_run_target"]
+           "WeightsOnlyRunError", "find_resume_point", "is_bare_name", "locate_run_target", "parse_run_target",
+           "start_timeline"]

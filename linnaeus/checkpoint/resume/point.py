@@ -11,9 +11,11 @@
    saver, since starting over would silently repeat and then overwrite that work.
 
 Lineage (:mod:`linnaeus.checkpoint.store.lineage`): checkpoints without a sidecar stop every path until adopted; an
-explicit target with ``auto`` off is a deliberate restart, which moves the directory's files
-with more progress aside (the abandoned timeline); ``auto`` off without a target (a fresh start)
-is refused while the directory holds checkpoints.
+explicit target with ``auto`` off is a deliberate restart (:attr:`ResumePoint.restart`): once the
+caller has restored it, :func:`~.timeline.start_timeline` moves the directory's files with more
+progress aside (the abandoned timeline). The same restart relaunched as-is continues instead when
+the run's newest full checkpoint descends from the target (its ``origin_sha256``). ``auto`` off
+without a target (a fresh start) is refused while the directory holds checkpoints.
 
 The relaunch rule: a job launched with an explicit target saves checkpoints past it, dies and is
 relaunched with the same command. Resuming the target again would repeat work, so when ``auto``
@@ -22,8 +24,8 @@ progress than the target, that one is taken and :attr:`ResumePoint.superseded` s
 
 A bare name is looked up in the run's own checkpoint directory, then in its bucket folder, then
 handed to ``resolve`` (cache, model-zoo bucket). Every file is verified and read once here; the
-caller restores :attr:`ResumePoint.state`. Resuming has no other side effect (beyond a restart's
-move aside): it queues no upload and deletes nothing. Newest means most stored progress (:mod:`linnaeus.checkpoint.ordering`).
+caller restores :attr:`ResumePoint.state`. Choosing writes nothing but downloads: it moves, queues
+and deletes nothing, so every refusal of the restore comes before any move. Newest means most stored progress (:mod:`linnaeus.checkpoint.ordering`).
 
 Errors are raised on every rank (:func:`linnaeus.dist.raise_on_all_ranks`), whatever their type,
 so no rank is left waiting in a collective. Messages speak of this function's arguments; a
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,10 +64,12 @@ Resolver = Callable[[str], Path]
 
 @dataclass(frozen=True)
 class Superseded:
-    """The explicit target that the relaunch rule passed over, and its stored step."""
+    """The explicit target that the relaunch rule passed over, and its stored step. ``restart``: the
+    target was a deliberate restart's (auto off), whose timeline the run already continues."""
 
     target: Path
     step: int
+    restart: bool = False
 
 
 @dataclass
@@ -76,10 +80,11 @@ class ResumePoint:
     state: dict[str, Any]
     source: str  # "explicit" | "run" (own directory) | "bucket" (fetched from the run's folder)
     superseded: Superseded | None = None
+    restart: bool = False  # a deliberate restart: start_timeline moves the newer timeline aside
+    step: int = field(init=False)  # its stored progress, kept when the caller drops ``state`` after restoring
 
-    @property
-    def step(self) -> int:
-        return int(self.state.get("progress", {}).get("step", 0))
+    def __post_init__(self) -> None:
+        self.step = int(self.state.get("progress", {}).get("step", 0))
 
 
 class RemoteCheckpointsPresentError(CheckpointIncompatibleError):
@@ -145,11 +150,11 @@ class _Resume:
             newer = self._newer_own_checkpoint(target) if auto else None
             if newer is not None:
                 return newer
-            point = ResumePoint(target, self._load(target), "explicit")
-            if not auto:  # a deliberate restart: a newer timeline here and in the bucket is set aside (store.lineage)
-                self._on_rank0(lambda: store.branch(self.directory, target, point.step), f"restarting from {target}")
-                self._on_rank0(lambda: self._branch_remote(target, point.step), f"restarting from {target}")
-            return point
+            continued = None if auto else self._continued_restart(target)
+            if continued is not None:
+                return continued
+            # Without auto, a deliberate restart: start_timeline sets a newer timeline aside, once restored.
+            return ResumePoint(target, self._load(target), "explicit", restart=not auto)
         if not auto:
             self._on_rank0(lambda: _refuse_if_any(self.directory, store.held_checkpoints,
                                                   store.CheckpointsPresentError), "starting fresh")
@@ -221,6 +226,27 @@ class _Resume:
         found.superseded = Superseded(target, target_step)
         return found
 
+    def _continued_restart(self, target: Path) -> ResumePoint | None:
+        """A restart command relaunched as-is: the run's newest full checkpoint already descends from
+        ``target`` (its ``origin_sha256`` is the target's identity), so that timeline continues."""
+        target_step = broadcast_object(self._stored_step(target) if is_main_process() else None)
+        if target_step is None:
+            return None
+        if not self._has_full_checkpoint_after(target_step) and self.remote is not None:
+            self._fetch_newest_from_remote()  # a fresh machine: the timeline may live in the bucket only
+        origin = None
+        if is_main_process() and any(i.kind == KIND_FULL and i.step > target_step for i in self.manager.checkpoints()):
+            origin = store.parent_sha256(target)  # only now: a foreign file without a sidecar is hashed for it
+        if broadcast_object(origin) is None:
+            return None
+        found = self._own_newest("run")
+        descends = found is not None and found.step > target_step and \
+            found.state.get("meta", {}).get("origin_sha256") == origin
+        if not broadcast_object(descends):  # rank 0's verdict, on the bytes it verified
+            return None  # the newest verified checkpoint is another timeline's: this launch restarts
+        found.superseded = Superseded(target, target_step, restart=True)
+        return found
+
     @staticmethod
     def _stored_step(path: Path) -> int | None:
         # Metadata only. A target that cannot be read is not compared: loading it fails with the reason.
@@ -262,18 +288,6 @@ class _Resume:
             return loaded
 
         return load_same_bytes(path, run_on_all_ranks(load, f"loading {path}", CheckpointError), require_sidecar=inside)
-
-    def _branch_remote(self, target: Path, step: int) -> None:
-        """The bucket folder's side of a restart: its checkpoints with more progress than ``target``
-        move to a sub-folder, so that a relaunch on a fresh machine cannot pick the abandoned timeline."""
-        if self.remote is None:
-            return
-        newer = self.remote.entries_after(step)
-        if newer:
-            folder = self.remote.move_aside(newer, store.abandoned_folder_name(target))
-            logger.warning("Restarting from %s (step %d): moved %d newer checkpoint(s) of the abandoned timeline in "
-                           "the bucket (%s) to %s (nothing was deleted).", target, step, len(newer), ", ".join(newer),
-                           redact(folder))
 
     def _refuse_fresh_over_remote(self) -> None:
         if self.remote is None:

@@ -11,7 +11,7 @@ The anatomy (a contract with users: docs/checkpoints.md, "Anatomy")::
     config      resolved config as YAML text
     taxonomy    {level: class names in index order} (taxonomy.py; when the caller gives one)
     meta        {format_version, linnaeus_version, torch_version, world_size, created, run_id,
-                 run_timestamp, parent_sha256, kind, saver, file, epoch, step, metrics, hostname}
+                 run_timestamp, parent_sha256, origin_sha256, kind, saver, file, epoch, step, metrics, hostname}
 
 Everything is tensors and plain Python containers/scalars so ``torch.load(...,
 weights_only=True)`` loads it; NumPy's RNG state is converted to a tensor for that reason.
@@ -43,7 +43,7 @@ PROGRESS_FIELDS = ("epoch", "step", "epoch_step", "samples")
 # The meta fields linnaeus itself writes (see make_meta); resume, retention and listing rely on them.
 CORE_META_KEYS = frozenset({
     "format_version", "linnaeus_version", "torch_version", "world_size", "created", "run_id", "run_timestamp",
-    "parent_sha256",
+    "parent_sha256", "origin_sha256",
     "kind", "saver", "file", "epoch", "step", "metrics", "hostname",
 })
 
@@ -94,9 +94,11 @@ def make_meta(
     extra: Mapping[str, Any] | None = None,
     parent_sha256: str = "",
     run_timestamp: str = "",
+    origin_sha256: str = "",
 ) -> dict[str, Any]:
     """The ``meta`` entry of a checkpoint; ``extra`` adds the caller's own keys. ``run_id`` and
-    ``parent_sha256`` (of the file this run resumed from; "" after a fresh start) are its lineage.
+    ``parent_sha256`` (of the file this run resumed from; "" after a fresh start) and ``origin_sha256``
+    (of the file its timeline was started from by an explicit resume; "" after a fresh start) are its lineage.
 
     ``extra`` may not replace a core key: a wrong ``format_version``, ``kind`` or ``saver``
     would make the file unreadable, resumed from when it should not be, or deleted by
@@ -118,6 +120,7 @@ def make_meta(
         "run_id": run_id,
         "run_timestamp": run_timestamp,  # the run's start ({run_timestamp} in file names), kept across relaunches
         "parent_sha256": parent_sha256,
+        "origin_sha256": origin_sha256,
         "kind": kind,
         "saver": saver,
         "file": file,

@@ -15,6 +15,7 @@ from .lineage import (
     move_aside,
     parent_sha256,
     set_aside,
+    set_aside_folder_name,
     unadopted,
 )
 from .local import LocalCheckpoints
@@ -25,5 +26,5 @@ __all__ = [
     "Adoption", "CheckpointsPresentError", "LocalCheckpoints", "RunLineage", "UnadoptedCheckpointsError", "abandoned_folder_name", "adopt", "apply_retention", "branch",
     "cleanup_stale", "delete_checkpoint", "find_checkpoint", "held_checkpoints", "leftovers", "list_checkpoints", "load_newest",
     "load_same_bytes", "local_candidates", "move_aside", "newest_verified", "not_ours", "nothing_to_load_error",
-    "parent_sha256", "plan_retention", "set_aside", "unadopted",
+    "parent_sha256", "plan_retention", "set_aside", "set_aside_folder_name", "unadopted",
 ]

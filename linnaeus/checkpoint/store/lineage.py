@@ -1,8 +1,9 @@
 """A run's lineage: which checkpoints make up the timeline a run continues, and setting others aside.
 
-Every checkpoint records its lineage in ``meta``: ``run_id`` (the run, kept across relaunches)
-and ``parent_sha256`` (the sha256 of the file the launch that wrote it resumed from; ``""``
-after a fresh start). The rules, applied by :func:`~linnaeus.checkpoint.resume.find_resume_point`:
+Every checkpoint records its lineage in ``meta``: ``run_id`` (the run, kept across relaunches),
+``parent_sha256`` (the sha256 of the file the launch that wrote it resumed from; ``""`` after a
+fresh start) and ``origin_sha256`` (that of the file its timeline was started from by an explicit
+resume, kept by later resumes; ``""`` after a fresh start). The rules, applied by :func:`~linnaeus.checkpoint.resume.find_resume_point`:
 
 - The **current lineage** of a checkpoint directory is the files at its top level. ``latest``,
   auto-resume and retention look nowhere else.
@@ -47,8 +48,16 @@ class RunLineage:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     run_timestamp: str = field(default_factory=lambda: datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     parent_sha256: str = ""
+    # The identity of the checkpoint this timeline started from by an explicit resume (TRAIN.RESUME), kept by
+    # every later resume: a restart command relaunched as-is continues the timeline that descends from it.
+    origin_sha256: str = ""
     protect: set[str] = field(default_factory=set)
     resumed: tuple[str, int] | None = None  # (name, step) of the checkpoint resumed from, until a newer one commits
+
+    def meta_fields(self) -> dict[str, str]:
+        """What every checkpoint's ``meta`` records of the lineage (``make_meta``'s keywords)."""
+        return {"run_id": self.run_id, "run_timestamp": self.run_timestamp, "parent_sha256": self.parent_sha256,
+                "origin_sha256": self.origin_sha256}
 
 
 # ----------------------------------------------------------------------------- what a directory holds
@@ -140,24 +149,31 @@ def move_aside(directory: Path, infos: Iterable[CheckpointInfo], folder_name: st
 def branch(directory: Path, target: Path, step: int) -> Path | None:
     """A run restarts from ``target`` (stored step ``step``) on purpose: move the directory's files
     with more progress (the abandoned timeline) aside; the folder, or None if there were none."""
-    directory = Path(directory)
+    moved = _move_newer(Path(directory), target, step, abandoned_folder_name(target))
+    if moved is None:
+        return None
+    folder, names = moved
+    logger.warning("Restarting from %s (step %d), older than this run's newest checkpoint: moved the %d newer "
+                   "checkpoint(s) of the abandoned timeline (%s) to %s (nothing was deleted).", target, step,
+                   len(names), _shown(names), folder)
+    return folder
+
+
+def _move_newer(directory: Path, target: Path, step: int, folder_name: str) -> tuple[Path, list[str]] | None:
     newer = [i for i in list_checkpoints(directory) if i.committed and (i.readable or i.too_new) and i.step > step]
     if not newer:
         return None
     latest = read_latest(directory)
     # Files first, then ``latest``: a crash in between leaves a pointer to a missing file, which
     # resume ignores with a warning, and a top level that already is the new lineage.
-    folder = move_aside(directory, newer, abandoned_folder_name(target))
+    folder = move_aside(directory, newer, folder_name)
     if latest in {i.name for i in newer}:
         if target.parent.resolve() == directory.resolve():
             write_latest(directory, target.name)
         else:
             (directory / LATEST).unlink(missing_ok=True)
             fsync_dir(directory)
-    logger.warning("Restarting from %s (step %d), older than this run's newest checkpoint: moved the %d newer "
-                   "checkpoint(s) of the abandoned timeline (%s) to %s (nothing was deleted).", target, step,
-                   len(newer), _shown([i.name for i in newer]), folder)
-    return folder
+    return folder, [i.name for i in newer]
 
 
 def abandoned_folder_name(target: Path) -> str:
@@ -170,21 +186,33 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)[:80]
 
 
-def set_aside(directory: Path) -> tuple[Path, list[str]] | None:
-    """Move every checkpoint of ``directory`` (with sidecars and ``latest``) into
-    ``set-aside-<UTC time>/``; (folder, names), or None if there was nothing to move.
-    Holds the directory's writer lock: raises DirectoryLockedError beside a live run."""
+def set_aside(directory: Path, *, after: Path | None = None, folder_name: str = "") -> tuple[Path, list[str]] | None:
+    """Move every checkpoint of ``directory`` (with sidecars and ``latest``) into ``folder_name``
+    (default ``set-aside-<UTC time>``); with ``after`` (a checkpoint of the directory), only those with
+    more progress than it, ``latest`` then naming it. (folder, names), or None if there was nothing to
+    move. Holds the directory's writer lock: raises DirectoryLockedError beside a live run."""
     directory = Path(directory)
+    folder_name = folder_name or set_aside_folder_name()
     with acquire(directory):
+        if after is not None:
+            info = next((i for i in list_checkpoints(directory) if i.path == after and i.committed and i.readable), None)
+            if info is None:
+                raise CheckpointIncompatibleError(f"{after} is no committed, readable checkpoint of {directory}: "
+                                                  "set-aside --after takes one of its checkpoints (see `ls`).")
+            return _move_newer(directory, after, info.step, folder_name)
         found = held_checkpoints(directory)
         if not found:
             return None
-        folder = move_aside(directory, found, f"set-aside-{_utc_stamp()}")
+        folder = move_aside(directory, found, folder_name)
         if (directory / LATEST).exists():
             os.rename(directory / LATEST, folder / LATEST)
             fsync_dir(folder)
             fsync_dir(directory)
     return folder, [i.name for i in found]
+
+
+def set_aside_folder_name() -> str:
+    return f"set-aside-{_utc_stamp()}"
 
 
 # ----------------------------------------------------------------------------- adopting files without sidecars
@@ -208,4 +236,5 @@ def adopt(directory: Path) -> list[Adoption]:
 
 
 __all__ = ["Adoption", "CheckpointsPresentError", "RunLineage", "UnadoptedCheckpointsError", "abandoned_folder_name",
-           "adopt", "branch", "held_checkpoints", "move_aside", "parent_sha256", "set_aside", "unadopted"]
+           "adopt", "branch", "held_checkpoints", "move_aside", "parent_sha256", "set_aside", "set_aside_folder_name",
+           "unadopted"]

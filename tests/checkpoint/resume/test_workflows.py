@@ -68,7 +68,7 @@ def _resume(tmp_path: Path, *opts: str):
     ck, progress, model = _checkpointer(tmp_path, *opts)
     point = ck.find_resume_point()
     assert point is not None
-    ck.restore(point)
+    ck.begin(point)
     ck.close()
     return point.path, progress, float(model.weight[0, 0].detach())
 
@@ -196,7 +196,7 @@ def _resume_error(tmp_path: Path, target: str, *opts: str) -> str:
     try:
         with pytest.raises(CheckpointError) as info:
             point = ck.find_resume_point()
-            ck.restore(point)
+            ck.begin(point)
     finally:
         ck.close()
     return " ".join(str(info.value).split())
@@ -242,13 +242,13 @@ def test_keep_best_alone_keeps_the_best_and_what_resume_needs(tmp_path: Path) ->
     # The best (epoch 2, step 4) and the newest (the one a relaunch resumes): nothing else.
     assert _local(ckpts) == ["checkpoint_epoch_2.pth", "checkpoint_epoch_4.pth"]
     assert (ckpts / "latest").read_text().strip() == "checkpoint_epoch_4.pth"
-    # The relaunch resumes the newest, and the file it resumed from survives its first save.
+    # The relaunch resumes the newest; once a newer one commits, resume needs that one instead.
     ck, progress, model = _checkpointer(tmp_path, *BEST)
-    ck.restore(ck.find_resume_point())
+    ck.begin(ck.find_resume_point())
     progress.epoch, progress.step = 5, 10
     ck.maybe_save_epoch(progress, {"val/acc1/species": 0.1}, is_last=False)
     ck.close()
-    assert _local(ckpts) == ["checkpoint_epoch_2.pth", "checkpoint_epoch_4.pth", "checkpoint_epoch_5.pth"]
+    assert _local(ckpts) == ["checkpoint_epoch_2.pth", "checkpoint_epoch_5.pth"]
 
 
 def test_prune_with_keep_best_alone_applies_the_same_rule(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

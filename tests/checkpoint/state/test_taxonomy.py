@@ -100,7 +100,7 @@ def test_resume_refuses_a_changed_taxonomy_listing_the_differences(tmp_path: Pat
     before = {k: v.clone() for k, v in model.state_dict().items()}
     point = ck.find_resume_point()
     with pytest.raises(CheckpointIncompatibleError) as info:
-        ck.restore(point)
+        ck.begin(point)
     ck.close()
     msg = str(info.value)
     assert "was trained on another taxonomy than this run's" in msg, msg
@@ -110,7 +110,7 @@ def test_resume_refuses_a_changed_taxonomy_listing_the_differences(tmp_path: Pat
     assert progress.step == 0 and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
     ck, progress, _ = attached(a, 2)  # the same taxonomy resumes
-    ck.restore(ck.find_resume_point())
+    ck.begin(ck.find_resume_point())
     ck.close()
     assert progress.step == 2
 

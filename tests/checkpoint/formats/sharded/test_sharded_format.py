@@ -293,6 +293,7 @@ def test_config_accepts_fsdp_and_sharded_formats() -> None:
 @pytest.mark.parametrize("target", ["checkpoint_epoch_1", "ABSOLUTE", "step:10"])
 def test_explicit_targets_name_a_directory_and_a_restart_sets_newer_ones_aside(tmp_path: Path, target: str) -> None:
     from linnaeus.checkpoint import find_resume_point, resolve
+    from linnaeus.checkpoint.resume import start_timeline
 
     directory = tmp_path / "ck"
     manager, paths, _ = _saved_run(directory)
@@ -304,6 +305,7 @@ def test_explicit_targets_name_a_directory_and_a_restart_sets_newer_ones_aside(t
     assert point is not None and point.path == paths[0] and point.step == 10
     fresh, optimizer, position = _objects(seed=1)
     restarting.restore(point.state, path=point.path, model=fresh, optimizer=optimizer, sampler=position)
+    start_timeline(restarting, point)  # a restart moves only once the point is restored
     assert position.consumed == 4
     # A deliberate restart from epoch 1: the newer directory moves, whole, into the abandoned folder.
     [folder] = [p for p in directory.iterdir() if p.name.startswith("abandoned-")]
