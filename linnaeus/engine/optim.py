@@ -1,8 +1,12 @@
 """Optimizer, learning-rate schedule and weight EMA from the config, through timm's factories.
 
-The schedule is stepped once per optimizer update (``step_update(num_updates=progress.step)``),
-so warmup and cosine decay are smooth within an epoch and a mid-epoch resume lands on exactly
-the LR an uninterrupted run would have used.
+The schedule is set before every optimizer update, so warmup and cosine decay are smooth within an
+epoch. Its position is a function of training progress, not of how training was split: whole
+epochs plus the share of the current epoch's data behind it (:func:`schedule_position`), counted
+in updates of the *current* configuration. A resume on the same configuration lands on exactly the
+LR an uninterrupted run would have used; one on another world size, batch size or
+``TRAIN.ACCUM_STEPS`` continues on the same curve (the step count, in the old configuration's
+units, would not: 2 ranks -> 1 would jump back towards the peak and end far above ``MIN_LR``).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
 
 
 class StepwiseScheduler:
-    """A timm scheduler stepped per optimizer update, whose shape always comes from the config.
+    """A timm scheduler set before every optimizer update, whose shape always comes from the config.
 
     timm schedulers are pure functions of the update count: their ``state_dict`` holds nothing
     but constructor arguments (``t_initial``, ``warmup_t``, ``base_values``, ...). Loading it
@@ -50,8 +54,8 @@ class StepwiseScheduler:
     a resumed run raises ``TRAIN.EPOCHS`` (or changes LR, warmup, batch size or world size), e.g.
     the LR would already sit at ``min_lr`` for the added epochs. So :meth:`load_state_dict`
     keeps the schedule rebuilt from the current config and logs every field that differs; the
-    next ``step_update(progress.step)`` puts the LR where the current schedule has it at that
-    step. With an unchanged config the two are identical and a resume is exact.
+    trainer's next :meth:`step_within_epoch` puts the LR where the current schedule has it at the
+    restored progress. With an unchanged config the two are identical and a resume is exact.
     """
 
     def __init__(self, scheduler: Scheduler, name: str, updates_per_epoch: int) -> None:
@@ -63,9 +67,15 @@ class StepwiseScheduler:
     def optimizer(self) -> torch.optim.Optimizer:
         return self.scheduler.optimizer
 
-    def step_update(self, num_updates: int) -> None:
-        """Set the LR for the update that follows ``num_updates`` completed updates."""
+    def step_update(self, num_updates: float) -> None:
+        """Set the LR for the update that follows ``num_updates`` updates of this configuration
+        (fractional between two updates, see :func:`schedule_position`)."""
         self.scheduler.step_update(num_updates=num_updates)
+
+    def step_within_epoch(self, epoch: int, done: float, remaining: int | None) -> None:
+        """Set the LR for the next update of ``epoch``: ``done`` updates' worth of its data behind,
+        ``remaining`` updates to its end (see :func:`schedule_position`)."""
+        self.step_update(schedule_position(epoch, self.updates_per_epoch, done, remaining))
 
     def state_dict(self) -> dict[str, Any]:
         # Plain Python values only, so checkpoints load with torch.load(weights_only=True).
@@ -94,11 +104,38 @@ class StepwiseScheduler:
                         ", ".join(changes))
 
 
+def schedule_position(epoch: int, updates_per_epoch: int, done: float, remaining: int | None) -> float:
+    """Where the LR schedule stands, in updates of the current configuration: ``epoch`` whole epochs
+    of ``updates_per_epoch`` updates plus the current epoch's share behind it.
+
+    ``done``: the epoch's data consumed so far, counted in full updates of the current configuration
+    (global samples / samples per update: fractional after a resume on another world size, batch
+    size or accumulation); ``remaining``: updates left to the epoch's end (None: unknown). The
+    share is ``done / (done + remaining)``: 0 at the epoch's start, 1 at its end, whichever
+    configuration consumed which part of it, so each epoch starts at ``epoch * updates_per_epoch``
+    and a resumed one ends where the schedule expects it to. When the whole epoch is
+    ``updates_per_epoch`` updates of this configuration (an uninterrupted run, or a resume that
+    changed none of it) ``done + remaining == updates_per_epoch`` and the position is exactly the
+    step count those runs always used.
+    """
+    if remaining is None:
+        within = min(done, updates_per_epoch)  # no end to aim at: count updates, never past the epoch's
+    elif remaining <= 0:
+        within = updates_per_epoch  # the epoch's end exactly (U * d / d can round off it)
+    else:
+        within = updates_per_epoch * done / (done + remaining)
+    position = epoch * updates_per_epoch + within
+    # An int where it is one: timm computes the same LR from 5 and 5.0, and the sequence of an
+    # uninterrupted run stays the integer step count it has always been.
+    return int(position) if float(position).is_integer() else float(position)
+
+
 def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer,
                     updates_per_epoch: int) -> StepwiseScheduler | None:
     """``TRAIN.SCHEDULER.*`` → a per-update timm schedule over ``TRAIN.EPOCHS``; None for "none" (constant LR).
 
-    ``updates_per_epoch`` is optimizer steps per epoch (see ``engine.trainer.steps_per_epoch``).
+    ``updates_per_epoch`` is optimizer steps per epoch (see ``engine.trainer.steps_per_epoch``): the
+    unit the trainer counts the schedule's position in (:func:`schedule_position`).
     Building sets the optimizer's LR to the schedule's value at update 0 (``WARMUP_LR`` when
     warming up).
     """

@@ -91,11 +91,13 @@ class Trainer:
         ddp_model: the module the forward goes through: ``DistributedDataParallel(model)`` or
             ``model`` itself in one process. Gradients sync only on the last micro-batch of
             each accumulation group (``no_sync`` on the others).
-        optimizer, scheduler: scheduler is stepped per update (``step_update``) or None.
+        optimizer, scheduler: ``engine.optim.StepwiseScheduler`` (or None), set before every update
+            from the epoch's progress (``step_within_epoch``, see :meth:`_lr_clock`).
         loss_fn: ``MultiLevelLoss`` (or anything returning ``(total, {level: loss})``).
         train_loader: yields ``(images, labels[B, num_levels])``; already positioned by the
             caller through ``train_sampler`` (``set_epoch`` / ``load_state_dict``).
-        train_sampler: told ``advance(batch_size)`` after every micro-batch.
+        train_sampler: told ``advance(batch_size)`` after every micro-batch; its ``consumed`` (global
+            samples used in the epoch) places the LR schedule within the epoch.
         device: where batches go.
         accum_steps: micro-batches per optimizer step.
         clip_grad: max global gradient norm (0 = off).
@@ -175,10 +177,10 @@ class Trainer:
         ``progress.epoch`` was incremented and ``progress.epoch_step`` reset.
         """
         self.ddp_model.train()
-        if self.scheduler is not None:
-            # Idempotent on an uninterrupted run; after a resume it applies the (possibly
-            # changed) config's schedule at the restored step.
-            self.scheduler.step_update(progress.step)
+        clock = self._lr_clock(progress)
+        # Idempotent on an uninterrupted run; after a resume it applies the (possibly changed)
+        # config's schedule at the restored progress.
+        self._set_lr(progress, clock)
         self.optimizer.zero_grad(set_to_none=True)
         epoch_sums = RunningSums(self._meter_names, self.device)
         window = _Window(epoch_sums, progress)
@@ -191,7 +193,7 @@ class Trainer:
             batches = iter(self.train_loader)
         with self._progress_display(progress) as bar:
             try:
-                completed = self._run(batches, progress, on_step_end, window, bar)
+                completed = self._run(batches, progress, on_step_end, window, bar, clock)
             finally:
                 window.reset(progress)  # folds the unlogged tail into epoch_sums
         elapsed = time.perf_counter() - start
@@ -207,7 +209,7 @@ class Trainer:
         return result
 
     def _run(self, batches: Any, progress: Progress, on_step_end: OnStepEnd | None,
-             window: "_Window", bar: ProgressDisplay | None) -> bool:
+             window: "_Window", bar: ProgressDisplay | None, clock: "_LrClock") -> bool:
         """The micro-batch loop; returns False if ``on_step_end`` asked to stop."""
         # One batch of lookahead tells whether a micro-batch ends the epoch (and so its
         # accumulation group) without relying on len(loader).
@@ -230,8 +232,8 @@ class Trainer:
             progress.samples += group_samples * self.world_size
             if self.ema is not None:
                 self.ema.update(self.model, step=progress.step)
-            if self.scheduler is not None:
-                self.scheduler.step_update(progress.step)
+            clock.tick()
+            self._set_lr(progress, clock)
             in_group, group_samples = 0, 0
             if progress.step % self.log_interval == 0:
                 self._log(progress, window, lr, bar)
@@ -282,18 +284,44 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return sum(lrs) / len(lrs)
 
+    # ------------------------------------------------------------------ schedule
+    def _updates_left(self, progress: Progress) -> int | None:
+        """Optimizer steps this call makes unless stopped; None for a loader without a length."""
+        try:
+            left = steps_per_epoch(len(self.train_loader), self.accum_steps)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+        if self.max_steps_per_epoch > 0:
+            left = min(left, max(self.max_steps_per_epoch - progress.epoch_step, 0))
+        return left
+
+    def _lr_clock(self, progress: Progress) -> "_LrClock":
+        """Where the current epoch stands, in optimizer updates of *this* run's configuration.
+
+        Read from the sampler's position (global samples consumed in the epoch), the one measure
+        that does not depend on how the epoch was split: ``progress.epoch_step`` and
+        ``progress.step`` count updates of whichever world size, batch size and ACCUM_STEPS made
+        them, so after a resume on other ones they would misplace the schedule.
+        """
+        consumed = getattr(self.train_sampler, "consumed", None)
+        batch = getattr(self.train_loader, "batch_size", None)
+        if isinstance(consumed, int) and batch:
+            replicas = getattr(self.train_sampler, "num_replicas", self.world_size)
+            done = consumed / (batch * self.accum_steps * replicas)
+        else:  # no data position to read: count steps (exact while the configuration is unchanged)
+            done = float(progress.epoch_step)
+        return _LrClock(done, self._updates_left(progress))
+
+    def _set_lr(self, progress: Progress, clock: "_LrClock") -> None:
+        if self.scheduler is not None:
+            self.scheduler.step_within_epoch(progress.epoch, clock.done, clock.remaining)
+
     # ------------------------------------------------------------------ reporting
     def _progress_display(self, progress: Progress) -> ContextManager[ProgressDisplay | None]:
         if not self.progress_bar:
             return contextlib.nullcontext()
-        try:
-            remaining = steps_per_epoch(len(self.train_loader), self.accum_steps)  # type: ignore[arg-type]
-        except TypeError:  # an iterable loader without a length: a display without a total
-            total = None
-        else:
-            total = progress.epoch_step + remaining
-            if self.max_steps_per_epoch > 0:
-                total = min(total, self.max_steps_per_epoch)
+        left = self._updates_left(progress)  # None: an iterable loader without a length, no total
+        total = None if left is None else progress.epoch_step + left
         return epoch_progress(total, progress.epoch_step, f"epoch {progress.epoch}")
 
     def _log(self, progress: Progress, window: "_Window", lr: float, bar: ProgressDisplay | None) -> None:
@@ -324,6 +352,20 @@ class Trainer:
         if bar is not None:
             bar.set_postfix(loss=f"{averages['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
         window.reset(progress)
+
+
+@dataclass
+class _LrClock:
+    """The current epoch in updates of this configuration: ``done`` updates' worth of its data
+    behind (fractional after a resume on another one), ``remaining`` to its end (None: unknown)."""
+
+    done: float
+    remaining: int | None
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.remaining is not None:
+            self.remaining = max(self.remaining - 1, 0)
 
 
 class _Window:
