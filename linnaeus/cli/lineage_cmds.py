@@ -51,6 +51,8 @@ def cmd_set_aside(args: argparse.Namespace) -> int:
                                           "(see `linnaeus-ckpt ls`).")
     remote = None if args.local_only else run_bucket_folder(directory.parent, args.cfg)
     # Listed before anything moves: an unreachable bucket refuses here, with both sides untouched.
+    if remote is not None:
+        remote.finish_moves()  # one a kill interrupted
     remote_names = [] if remote is None else remote.list() if after is None else \
         remote.entries_after(read_info(after).step)
     folder_name = set_aside_folder_name()

@@ -11,6 +11,7 @@ from .base import (
     OnCommitted,
     Part,
     RemoteEntry,
+    RemoteParts,
     SaveResult,
     VerifyResult,
 )
@@ -45,7 +46,7 @@ from .transfer import upload_entry
 
 __all__ = [
     "Background", "CheckpointFormat", "CheckpointInfo", "CommitFiles", "FileFormat", "LATEST", "Leftover", "MANIFEST",
-    "OnCommitted", "Part", "RemoteEntry", "RemoteFolder", "STATE_FILE", "SaveResult", "ShardedFormat",
+    "OnCommitted", "Part", "RemoteEntry", "RemoteFolder", "RemoteParts", "STATE_FILE", "SaveResult", "ShardedFormat",
     "VerifyResult", "VerifyingReader", "background_group", "checkpoint_stem", "choose_format", "commit_file", "consolidate", "format_named", "format_of",
     "format_of_state", "formats", "is_checkpoint_name", "is_pending_sidecar_name", "load_sharded_state",
     "load_verified", "load_verified_digest", "read_checked_metadata", "read_info", "read_latest", "read_manifest",

@@ -159,6 +159,15 @@ class CommitFiles:
 
 
 @dataclass(frozen=True)
+class RemoteParts:
+    """A committed entry of a bucket folder, relative to it: its marker, and the rest of it (objects,
+    or folders ending in ``/`` taken whole, the marker then left out of their copy)."""
+
+    marker: str
+    payload: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class RemoteEntry:
     """A checkpoint committed in a bucket folder, as a listing sees it (no data downloaded)."""
 
@@ -303,9 +312,10 @@ class CheckpointFormat(abc.ABC):
         process per machine transfers. Raises CheckpointNotFoundError when ``folder`` lacks it."""
 
     @abc.abstractmethod
-    def move_remote(self, folder: RemoteFolder, entry: str, dest: str) -> None:
-        """Move a committed ``entry`` of ``folder`` into the folder ``dest`` (server-side)."""
+    def remote_parts(self, entry: str) -> RemoteParts:
+        """Where the committed ``entry`` lies in a bucket folder: its marker and its payload (what a
+        move aside copies, checks and deletes, :mod:`linnaeus.checkpoint.remote.move`)."""
 
 
 __all__ = ["Background", "CheckpointFormat", "CheckpointInfo", "CommitFiles", "Leftover", "OnCommitted", "Part",
-           "RemoteEntry", "SaveResult", "VerifyResult", "fill_progress", "unreadable_reason"]
+           "RemoteEntry", "RemoteParts", "SaveResult", "VerifyResult", "fill_progress", "unreadable_reason"]

@@ -43,6 +43,7 @@ from ..formats import (
 from ..ordering import default_name_filter, newest_first
 from ..resolve import BucketConfig
 from ..sources import DownloadOptions, rcat
+from . import move
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
@@ -54,7 +55,7 @@ class RemoteRun(RemoteFolder):
 
     Build it with :meth:`in_bucket` from a bucket config and the run's name, or from any
     rclone folder string. Every method talks to the remote with the real rclone binary;
-    nothing here ever deletes a remote object (copies and server-side moves only).
+    nothing here deletes a remote object but the source of a checked copy (a move aside).
     """
 
     @classmethod
@@ -167,15 +168,13 @@ class RemoteRun(RemoteFolder):
     def move_aside(self, names: list[str], folder_name: str) -> str:
         """Move committed checkpoints of this folder into the sub-folder ``folder_name``, the way the
         local directory sets an abandoned timeline aside; returns the sub-folder's rclone path.
-
-        Nothing is deleted: each object is copied server-side before its source goes. The marker
-        moves first, so what is left behind for a moment is uncommitted, never a stale commit.
-        """
-        dest = self.folder + folder_name.strip("/") + "/"
+        Each is copied and checked before its source goes, under a journal (:mod:`.move`)."""
         by_name = {e.name: e.format for e in self.entries(lambda _: True)}
-        for name in names:
-            format_named(by_name.get(name, "file")).move_remote(self, name, dest)
-        return dest
+        return move.move_aside(self, {name: by_name.get(name, "file") for name in names}, folder_name)
+
+    def finish_moves(self) -> str | None:
+        """Finish a move aside a killed process began here (before anything lists the folder)."""
+        return move.finish_moves(self)
 
     def write_marker(self, name: str) -> None:
         """Point the remote ``latest`` at ``name`` (the caller makes sure it is committed remotely)."""

@@ -142,6 +142,9 @@ class _Resume:
         self.resolve, self.remote, self.download = resolve, remote, download
 
     def choose(self, explicit: str, auto: bool) -> ResumePoint | None:
+        if self.remote is not None:  # a move aside that a kill interrupted ends before the folder is read
+            remote = self.remote
+            self._on_rank0(remote.finish_moves, f"finishing a move aside in {remote.display}")
         self._on_rank0(lambda: _refuse_if_any(self.directory, store.unadopted, store.UnadoptedCheckpointsError),
                        "looking for checkpoints without sidecars")
         if explicit:

@@ -41,9 +41,10 @@ from .identifiers import (
 from .local import LocalSource
 from .rclone import (
     cat_matching,
+    copy_within,
     copyto,
+    delete_within,
     list_files,
-    move_within,
     rcat,
     rclone_args,
     rclone_binary,
@@ -76,8 +77,8 @@ __all__ = [
     "B2_DEFAULT_REMOTE", "DownloadOptions", "LocalSource", "RcloneSource", "RemoteObject", "Source",
     "TransientSourceError", "UnsafeIdentifierError", "azure_source", "b2_env", "b2_source", "cat_matching",
     "check_bucket", "check_bucket_path", "check_file_name", "check_identifier", "check_path_parts", "check_remote",
-    "check_text", "cleanup_stale_temps", "copyto", "download", "gcs_source", "get_source", "http_source",
-    "is_rclone_path", "is_uri", "list_files", "lock_path_for", "missing_b2_credentials", "move_within",
+    "check_text", "cleanup_stale_temps", "copy_within", "copyto", "delete_within", "download", "gcs_source", "get_source", "http_source",
+    "is_rclone_path", "is_uri", "list_files", "lock_path_for", "missing_b2_credentials",
     "parse_remote_sidecar", "rcat", "rclone_args", "rclone_binary", "redact", "register_source",
     "registered_schemes", "run_rclone", "run_rclone_bytes", "s3_source", "temp_path_for", "unregister_source",
     "uri_scheme", "write_sidecar",

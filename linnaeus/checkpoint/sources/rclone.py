@@ -224,11 +224,30 @@ def copyto(local_path: str | os.PathLike, remote_path: str, *, env: Mapping[str,
     )
 
 
-def move_within(src: str, dst: str, *, env: Mapping[str, str] | None = None) -> None:
-    """Move one object to another name on the same remote (``rclone moveto``: a server-side copy,
-    then the source is removed once the copy exists)."""
+def copy_within(src: str, dst: str, *, exclude: str = "", env: Mapping[str, str] | None = None) -> None:
+    """Server-side copy on one remote: one object (``rclone copyto``), or a folder ending in ``/``
+    with everything in it but the relative path ``exclude`` (``rclone copy``). Never deletes."""
     _remote(src), _remote(dst)
-    run_rclone(rclone_args("moveto", paths=[src, dst]), env=env, what=f"moving {redact(src)} to {redact(dst)}")
+    if src.endswith("/"):
+        options = ("--exclude", "/" + exclude) if exclude else ()
+        args = rclone_args("copy", *options, paths=[src, dst])
+    else:
+        args = rclone_args("copyto", paths=[src, dst])
+    run_rclone(args, env=env, what=f"copying {redact(src)} to {redact(dst)}")
+
+
+def delete_within(path: str, *, env: Mapping[str, str] | None = None) -> bool:
+    """Remove one object, or a folder ending in ``/`` with everything in it (``rclone deletefile``,
+    ``rclone purge``); False when there was nothing to remove."""
+    _remote(path)
+    args = rclone_args("purge" if path.endswith("/") else "deletefile", paths=[path])
+    try:
+        run_rclone(args, env=env, what=f"deleting {redact(path)}")
+    except TransientSourceError as e:
+        if NOT_FOUND.search(str(e)):
+            return False
+        raise
+    return True
 
 
 def rcat(data: bytes, remote_path: str, *, env: Mapping[str, str] | None = None) -> None:
@@ -264,6 +283,6 @@ def cat_matching(remote_dir: str, include: str, *, env: Mapping[str, str] | None
         raise
 
 
-__all__ = ["COMMON_FLAGS", "NOT_FOUND", "cat_matching", "child_env", "classify_failure", "copyto", "list_files",
-           "move_within", "rcat", "rclone_args", "rclone_binary", "run_rclone", "run_rclone_bytes", "secret_values",
-           "spawn_rclone", "split_remote"]
+__all__ = ["COMMON_FLAGS", "NOT_FOUND", "cat_matching", "child_env", "classify_failure", "copy_within", "copyto",
+           "delete_within", "list_files", "rcat", "rclone_args", "rclone_binary", "run_rclone", "run_rclone_bytes",
+           "secret_values", "spawn_rclone", "split_remote"]

@@ -61,6 +61,10 @@ _SUBCOMMANDS = {
     "cat --include": (["cat", "--max-depth", "1", "--include", "*.pth"], ["."]),
     "lsjson --stat --hash": (["lsjson", "--stat", "--hash"], ["-src.pth"]),
     "lsjson --files-only": (["lsjson", "--files-only"], ["."]),
+    "lsjson -R --hash": (["lsjson", "--files-only", "--hash", "-R"], ["."]),
+    "copy --exclude": (["copy", "--exclude", "/manifest.json"], ["-dir", "-dircopy"]),
+    "deletefile": (["deletefile"], ["-src.pth"]),
+    "purge": (["purge"], ["-dir"]),
 }
 
 
@@ -72,6 +76,10 @@ def test_installed_rclone_honours_double_dash(sub: str, tmp_path: Path, monkeypa
     monkeypatch.chdir(_dash_files(tmp_path))
     if sub == "moveto":
         (tmp_path / "-copy.pth").write_bytes(b"data")
+    if sub in ("copy --exclude", "purge"):
+        (tmp_path / "-dir").mkdir()
+        (tmp_path / "-dir" / "shard.distcp").write_bytes(b"data")
+        (tmp_path / "-dir" / "manifest.json").write_bytes(b"{}")
     options, paths = _SUBCOMMANDS[sub]
     out = run_rclone_bytes([*options, "--", *paths], what=sub, stdin=b"data" if sub == "rcat" else None)
     if sub.startswith("cat"):
@@ -80,6 +88,10 @@ def test_installed_rclone_honours_double_dash(sub: str, tmp_path: Path, monkeypa
         assert b'"-src.pth"' in out
     if sub in ("copyto", "moveto", "rcat"):
         assert (tmp_path / paths[-1]).read_bytes() == b"data"
+    if sub == "copy --exclude":
+        assert sorted(os.listdir(tmp_path / "-dircopy")) == ["shard.distcp"]
+    if sub in ("deletefile", "purge"):
+        assert not (tmp_path / paths[-1]).exists()
     # Without "--" the same path is parsed as flags: the separator is what makes it a path.
     if paths[0].startswith("-"):
         proc = subprocess.run([REAL_RCLONE, *options, *paths], capture_output=True, text=True, timeout=60,

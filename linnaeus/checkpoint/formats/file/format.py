@@ -122,7 +122,7 @@ class FileFormat(CheckpointFormat):
     marker_identity = staticmethod(transfer.marker_identity)
     remote_entries = staticmethod(transfer.remote_entries)
     fetch = staticmethod(transfer.fetch)
-    move_remote = staticmethod(transfer.move_remote)
+    remote_parts = staticmethod(transfer.remote_parts)
 
 
 def _whole_model(contents: Mapping[str, Any], path: Path) -> Mapping[str, Any]:

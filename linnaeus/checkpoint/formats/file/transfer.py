@@ -14,8 +14,8 @@ from typing import Callable
 
 from ...disk import SIDECAR_SUFFIX, SidecarError, parse_sidecar, read_sidecar, sidecar_path, sidecar_progress
 from ...errors import CheckpointError
-from ...sources import DownloadOptions, cat_matching, download, list_files, move_within
-from ..base import CommitFiles, Part, RemoteEntry
+from ...sources import DownloadOptions, cat_matching, download, list_files
+from ..base import CommitFiles, Part, RemoteEntry, RemoteParts
 from ..folder import RemoteFolder
 
 
@@ -73,10 +73,8 @@ def fetch(folder: RemoteFolder, entry: str, directory: Path, options: DownloadOp
     return download(folder.source(entry), directory / entry, options)
 
 
-def move_remote(folder: RemoteFolder, entry: str, dest: str) -> None:
-    # The sidecar first: the data left behind for a moment is uncommitted, never a stale commit.
-    move_within(folder.folder + entry + SIDECAR_SUFFIX, dest + entry + SIDECAR_SUFFIX, env=folder.env)
-    move_within(folder.folder + entry, dest + entry, env=folder.env)
+def remote_parts(entry: str) -> RemoteParts:
+    return RemoteParts(entry + SIDECAR_SUFFIX, (entry,))
 
 
-__all__ = ["commit_files", "fetch", "marker_identity", "move_remote", "remote_entries"]
+__all__ = ["commit_files", "fetch", "marker_identity", "remote_entries", "remote_parts"]

@@ -112,7 +112,7 @@ class ShardedFormat(CheckpointFormat):
     marker_identity = staticmethod(transfer.marker_identity)
     remote_entries = staticmethod(transfer.remote_entries)
     fetch = staticmethod(transfer.fetch)
-    move_remote = staticmethod(transfer.move_remote)
+    remote_parts = staticmethod(transfer.remote_parts)
 
 
 def _remove(path: Path) -> bool:

@@ -25,14 +25,13 @@ from ...sources import (
     DownloadOptions,
     TransientSourceError,
     lock_path_for,
-    move_within,
     rclone_args,
     redact,
     run_rclone,
     run_rclone_bytes,
     temp_path_for,
 )
-from ..base import CommitFiles, Part, RemoteEntry
+from ..base import CommitFiles, Part, RemoteEntry, RemoteParts
 from ..folder import RemoteFolder
 from .manifest import MANIFEST, manifest_of, read_manifest, verify_all
 
@@ -171,10 +170,8 @@ def _remove_stale_temp_dirs(dest: Path, max_age_hours: float) -> None:
             logger.info("Removed the temp directory of an interrupted download: %s", item.path)
 
 
-def move_remote(folder: RemoteFolder, entry: str, dest: str) -> None:
-    # The manifest (commit marker) first, then the rest of the directory.
-    move_within(f"{folder.folder}{entry}/{MANIFEST}", f"{dest}{entry}/{MANIFEST}", env=folder.env)
-    move_within(folder.folder + entry, dest + entry, env=folder.env)
+def remote_parts(entry: str) -> RemoteParts:
+    return RemoteParts(f"{entry}/{MANIFEST}", (f"{entry}/",))
 
 
-__all__ = ["commit_files", "fetch", "marker_identity", "move_remote", "remote_entries"]
+__all__ = ["commit_files", "fetch", "marker_identity", "remote_entries", "remote_parts"]
