@@ -62,13 +62,28 @@ def run(cfg: CfgNode) -> dict[str, Any]:
 
 
 def _train(cfg: CfgNode, launcher: LauncherWatch) -> dict[str, Any]:
-    """The run inside its process group: build, resume or start, fit, report."""
+    """The run inside its process group: take the run's checkpoints, then everything else under them."""
+    out_dir = run_dir(cfg)
+    setup_logging(out_dir, get_rank())
+    # First: a second launch on this run dir (the writer lock) or on its bucket folder (the lease)
+    # stops here, before writing to either.
+    checkpoints = RunCheckpoints(cfg, out_dir)
+    try:
+        return _resume_and_fit(cfg, launcher, checkpoints, out_dir)
+    except BaseException as e:
+        # A save in flight commits, committed checkpoints finish uploading, the lock and lease go;
+        # this exception still propagates.
+        checkpoints.close_after_error()
+        launcher.raise_if_gone(e)  # then the launcher's death is the cause (logged once), not e
+        if lost_peer_message(e):
+            logger.error(lost_peer_message(e))
+        raise
+
+
+def _resume_and_fit(cfg: CfgNode, launcher: LauncherWatch, checkpoints: RunCheckpoints, out_dir: Any) -> dict[str, Any]:
+    """Build, resume or start, fit, report."""
     rank, world_size = get_rank(), get_world_size()
     device = select_device()
-    out_dir = run_dir(cfg)
-    setup_logging(out_dir, rank)
-    # First: a second launch on this run dir stops here (the writer lock), before writing to it.
-    checkpoints = RunCheckpoints(cfg, out_dir)
     logger.info("Run dir: %s (world size %d, device %s)", out_dir, world_size, device)
     seed_everything(cfg.EXPERIMENT.SEED, rank)
 
@@ -111,15 +126,8 @@ def _train(cfg: CfgNode, launcher: LauncherWatch) -> dict[str, Any]:
         ema=ema, max_steps_per_epoch=cfg.TRAIN.MAX_STEPS_PER_EPOCH, log_interval=cfg.TRAIN.LOG_INTERVAL,
         tb_writer=tb, progress_bar=cfg.TRAIN.PROGRESS_BAR and is_main_process(), world_size=world_size,
     )
-    try:
-        with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT) as preempt:
-            last_metrics = _fit(cfg, trainer, data, checkpoints, progress, preempt, launcher, autocast, device, tb)
-    except BaseException as e:
-        checkpoints.close_after_error()  # a save in flight commits; this exception still propagates
-        launcher.raise_if_gone(e)  # then the launcher's death is the cause (logged once), not e
-        if lost_peer_message(e):
-            logger.error(lost_peer_message(e))
-        raise
+    with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT) as preempt:
+        last_metrics = _fit(cfg, trainer, data, checkpoints, progress, preempt, launcher, autocast, device, tb)
     checkpoints.close()
     tb.close()
     _report(cfg, out_dir, last_metrics, checkpoints, data.taxonomy.num_classes, preempted=preempt.requested)

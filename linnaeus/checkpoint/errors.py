@@ -14,6 +14,11 @@ class CheckpointError(Exception):
     """Base class of every checkpoint failure (catch this to handle them all)."""
 
 
+class BucketConflictError(CheckpointError):
+    """Another writer's state is in a bucket folder where this one would write (a live run's lease,
+    a committed checkpoint of another identity under the same name): refused, never retried."""
+
+
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint identifier or path does not lead to a file."""
 

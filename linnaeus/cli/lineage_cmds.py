@@ -15,7 +15,7 @@ from typing import Callable
 
 from linnaeus.checkpoint.errors import CheckpointError, CheckpointNotFoundError
 from linnaeus.checkpoint.formats import CheckpointInfo, format_of, read_info
-from linnaeus.checkpoint.remote import RemoteRun
+from linnaeus.checkpoint.remote import BucketLease, RemoteRun
 from linnaeus.checkpoint.store import adopt, find_checkpoint, set_aside, set_aside_folder_name
 
 
@@ -49,7 +49,17 @@ def cmd_set_aside(args: argparse.Namespace) -> int:
         if after is None:
             raise CheckpointNotFoundError(f"--after {args.after}: no checkpoint of that name in {directory} "
                                           "(see `linnaeus-ckpt ls`).")
-    remote = None if args.local_only else run_bucket_folder(directory.parent, args.cfg)
+    remote, ttl_s = (None, 0.0) if args.local_only else run_bucket_folder(directory.parent, args.cfg)
+    # Like the local lock (set_aside takes it): refused while a run writes the folder.
+    lease = BucketLease(remote, ttl_s=ttl_s, run_dir=str(directory.parent)).acquire() if remote else None
+    try:
+        return _set_aside(args, directory, after, remote)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _set_aside(args: argparse.Namespace, directory: Path, after: Path | None, remote: RemoteRun | None) -> int:
     # Listed before anything moves: an unreachable bucket refuses here, with both sides untouched.
     if remote is not None:
         remote.finish_moves()  # one a kill interrupted
@@ -75,9 +85,10 @@ def cmd_set_aside(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_bucket_folder(run_dir: Path, cfg_file: str | None) -> RemoteRun | None:
+def run_bucket_folder(run_dir: Path, cfg_file: str | None) -> tuple[RemoteRun | None, float]:
     """The run's bucket folder (``ENV.OUTPUT.BUCKET`` of its config: ``--cfg``, else the run dir's
-    ``config.yaml``), or None when the run has none. Refuses when it cannot tell."""
+    ``config.yaml``), or None when the run has none, and its lease's time-to-live. Refuses when it
+    cannot tell."""
     path = Path(cfg_file) if cfg_file else run_dir / "config.yaml"
     if not path.is_file():
         raise CheckpointError(
@@ -88,7 +99,8 @@ def run_bucket_folder(run_dir: Path, cfg_file: str | None) -> RemoteRun | None:
 
     cfg = load_config(str(path))
     bucket = cfg.ENV.OUTPUT.BUCKET
-    return RemoteRun.in_bucket(bucket, cfg.EXPERIMENT.NAME) if bucket.ENABLED else None
+    ttl_s = float(cfg.ENV.OUTPUT.BUCKET_LEASE_TTL_S)
+    return (RemoteRun.in_bucket(bucket, cfg.EXPERIMENT.NAME) if bucket.ENABLED else None), ttl_s
 
 
 def cmd_adopt(args: argparse.Namespace) -> int:

@@ -41,6 +41,9 @@ _C.ENV.OUTPUT.BUCKET.REMOTE = ""
 _C.ENV.OUTPUT.BUCKET.NAME = "linnaeus-checkpoints"
 # Prefix inside the upload bucket.
 _C.ENV.OUTPUT.BUCKET.PATH_PREFIX = "modelZoo/"
+# The run's writer lease on its bucket folder: renewed every TTL/6 s; a lease without a heartbeat for this long
+# is taken over (a dead launch on another host), logged. A launch whose holder still beats refuses to start.
+_C.ENV.OUTPUT.BUCKET_LEASE_TTL_S = 120.0
 
 # ----------------------------------------------------------------------- EXPERIMENT
 _C.EXPERIMENT = CN()

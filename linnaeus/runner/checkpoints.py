@@ -18,12 +18,20 @@ from yacs.config import CfgNode
 from linnaeus.checkpoint import CheckpointManager
 from linnaeus.checkpoint.disk import WriterLease, acquire_on_writer_rank
 from linnaeus.checkpoint.errors import (
+    CheckpointError,
     CheckpointIncompatibleError,
     CheckpointNotFoundError,
     DirectoryLockedError,
     NotATrainingCheckpointError,
 )
-from linnaeus.checkpoint.remote import BackgroundUploader, RemoteRun, UploadError, close_on_all_ranks, poll_on_all_ranks
+from linnaeus.checkpoint.remote import (
+    BackgroundUploader,
+    BucketLease,
+    RemoteRun,
+    UploadError,
+    close_on_all_ranks,
+    poll_on_all_ranks,
+)
 from linnaeus.checkpoint.resume import (
     RemoteCheckpointsPresentError,
     ResumePoint,
@@ -32,12 +40,12 @@ from linnaeus.checkpoint.resume import (
     parse_run_target,
     start_timeline,
 )
-from linnaeus.checkpoint.sources import DownloadOptions, redact
+from linnaeus.checkpoint.sources import DownloadOptions, TransientSourceError, redact
 from linnaeus.checkpoint.state import TaxonomyChangedError
 from linnaeus.checkpoint.store import CheckpointsPresentError
 from linnaeus.config import build_policy, build_weights_policy, config_yaml
 from linnaeus.config.parallel import sharded_checkpoints
-from linnaeus.dist import any_rank_true, get_world_size, is_main_process
+from linnaeus.dist import any_rank_true, get_world_size, is_main_process, run_on_all_ranks
 from linnaeus.runner import config_diff
 from linnaeus.runner.taxonomy_record import taxonomy_levels
 from linnaeus.utils.checkpoint_utils import input_resolver
@@ -56,7 +64,9 @@ class RunCheckpoints:
         self._lock = self._lock_directory()  # held until close(); the savers share it
         out = cfg.ENV.OUTPUT.BUCKET
         self.remote = RemoteRun.in_bucket(out, cfg.EXPERIMENT.NAME) if out.ENABLED else None
-        self.uploader = BackgroundUploader(self.remote) if self.remote is not None and is_main_process() else None
+        # Before anything reads the bucket folder: a second live run with this EXPERIMENT.NAME stops here.
+        self.lease = self._lease_bucket_folder(run_dir)
+        self.uploader = BackgroundUploader(self.remote, lease=self.lease) if self.lease is not None else None
         model_name = cfg.MODEL.TIMM_NAME if cfg.MODEL.TYPE == "timm" else f"hybrid_{cfg.MODEL.HYBRID.CONVNEXT_VARIANT}"
         common = dict(config=config_yaml(cfg), experiment=cfg.EXPERIMENT.NAME, model_name=model_name,
                       name_fields={"dataset": cfg.DATA.DATASET, "n_epochs": cfg.TRAIN.EPOCHS})
@@ -92,6 +102,26 @@ class RunCheckpoints:
         except DirectoryLockedError as e:
             raise DirectoryLockedError(f"{e} To run both, give this launch its own run dir: another "
                                        "EXPERIMENT.NAME or ENV.OUTPUT.BASE_DIR.") from e
+
+    def _lease_bucket_folder(self, run_dir: Path) -> BucketLease | None:
+        """Rank 0 takes the bucket folder's writer lease; every rank raises if another run holds it."""
+        remote = self.remote
+        if remote is None:
+            return None
+
+        def take() -> BucketLease | None:
+            if not is_main_process():
+                return None
+            lease = BucketLease(remote, ttl_s=self.cfg.ENV.OUTPUT.BUCKET_LEASE_TTL_S, run_id=self.cfg.EXPERIMENT.NAME,
+                                run_dir=str(run_dir))
+            try:
+                return lease.acquire()
+            except TransientSourceError as e:  # as for the resume: an unreachable bucket fails the uploads, loudly
+                logger.warning("Could not take the writer lease of %s (%s); the first upload takes it, or fails",
+                               remote.display, e)
+                return lease
+
+        return run_on_all_ranks(take, f"taking the writer lease of {remote.display}", CheckpointError)
 
     def _upload_hooks(self, *, full: bool) -> dict[str, Any]:
         uploader = self.uploader
@@ -288,6 +318,16 @@ class RunCheckpoints:
             # Files that retention kept only because their upload was not confirmed yet (this
             # launch's last ones, earlier launches' ones) may go now, not at the next launch.
             close_on_all_ranks(uploader, then=lambda: [m.apply_retention() for m in self._savers()])
+        self._release()
+
+    def _release(self) -> None:
+        """The bucket folder's lease (once nothing more is uploaded), then the directory's lock."""
+        if self.lease is not None:
+            lease, self.lease = self.lease, None
+            try:
+                lease.release()
+            except CheckpointError as e:  # it lapses after its time-to-live: a relaunch waits that long at most
+                logger.warning("Could not remove the writer lease %s: %s", lease.where, e)
         if self._lock is not None:
             self._lock.release()
 
@@ -304,8 +344,7 @@ class RunCheckpoints:
                 manager.close_after_error()
             self._finish_uploads_after_error()
         finally:
-            if self._lock is not None:
-                self._lock.release()
+            self._release()
 
     def _finish_uploads_after_error(self) -> None:
         # A failed run's machine may be gone before the next launch could upload what this one

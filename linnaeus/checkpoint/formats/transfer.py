@@ -3,7 +3,8 @@
 An upload sends a checkpoint's files in its commit order (:meth:`CheckpointFormat.commit_files`):
 the payload, each checked remote (size, and the hash the remote reports where it reports one),
 then the marker, read back. The marker's presence is the remote commit: a copy interrupted
-before it is never listed, fetched or resumed from. Nothing here deletes a remote object.
+before it is never listed, fetched or resumed from. Nothing here deletes a remote object, and a
+committed checkpoint of another identity under the same name is never replaced.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ..errors import BucketConflictError
 from ..sources import TransientSourceError, copyto
 from .base import CheckpointFormat, CommitFiles, Part
 from .folder import RemoteFolder
@@ -23,7 +25,7 @@ def upload_entry(fmt: CheckpointFormat, path: Path, folder: RemoteFolder) -> boo
     the folder already held an identical copy (nothing transferred). Raises CheckpointError
     (TransientSourceError for what a retry may fix)."""
     files = fmt.commit_files(path)
-    if _already_there(fmt, files, folder):
+    if _already_there(fmt, files, folder, path):
         return False
     for part in files.parts:
         copyto(part.local, folder.folder + part.remote, env=folder.env)
@@ -38,10 +40,21 @@ def upload_entry(fmt: CheckpointFormat, path: Path, folder: RemoteFolder) -> boo
     return True
 
 
-def _already_there(fmt: CheckpointFormat, files: CommitFiles, folder: RemoteFolder) -> bool:
+def _already_there(fmt: CheckpointFormat, files: CommitFiles, folder: RemoteFolder, path: Path) -> bool:
     marker = folder.read(files.marker.remote)
-    if marker is None or fmt.marker_identity(files.entry, marker) != files.identity:
-        return False  # absent, another checkpoint's or malformed: a fresh upload replaces it
+    remote = None if marker is None else fmt.marker_identity(files.entry, marker)
+    if remote is None:
+        return False  # absent or malformed (commits nothing): a fresh upload goes there
+    if remote != files.identity:
+        # Names are unique per progress (templates hold {epoch} or {step}): another identity under this
+        # name is another run's, or another timeline's, and replacing it would lose it.
+        raise BucketConflictError(
+            f"refusing to upload {path} to {folder.display}{files.entry}: the "
+            f"folder already holds a committed checkpoint of that name with another identity ({remote} there, "
+            f"{files.identity} here). Another run writes this bucket folder (one EXPERIMENT.NAME for two runs?), "
+            "or this one restarted without setting that timeline aside. Nothing was replaced and the local "
+            "checkpoint is kept. Give one run its own EXPERIMENT.NAME, or set the folder's checkpoints aside "
+            "(`linnaeus-ckpt set-aside`).")
     listed = _listing(files, folder, hashes=False)
     return all(listed.get(p.remote, {}).get("Size") == p.size for p in files.parts)
 

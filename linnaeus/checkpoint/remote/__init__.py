@@ -1,8 +1,10 @@
 """A run's folder in a bucket (:class:`RemoteRun`: listing, marker, verified upload and fetch of any
-format, moving a timeline aside) and the background uploader that fills it in commit order."""
+format, moving a timeline aside), its writer lease (:class:`BucketLease`), and the background
+uploader that fills it in commit order."""
 
 from .folder import LATEST_MARKER, RemoteRun
+from .lease import LEASE, BucketLease
 from .uploader import WAIT_SLICE_S, BackgroundUploader, UploadError, close_on_all_ranks, poll_on_all_ranks
 
-__all__ = ["LATEST_MARKER", "WAIT_SLICE_S", "BackgroundUploader", "RemoteRun", "UploadError", "close_on_all_ranks",
+__all__ = ["LATEST_MARKER", "LEASE", "WAIT_SLICE_S", "BackgroundUploader", "BucketLease", "RemoteRun", "UploadError", "close_on_all_ranks",
            "poll_on_all_ranks"]

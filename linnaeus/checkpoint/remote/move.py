@@ -10,9 +10,10 @@ for each entry:
 3. delete the source's marker (the entry is no longer committed there), then its payload.
 
 A journal object (:data:`JOURNAL`), written before the first copy and deleted after the last
-delete, names the entries and the sub-folder. Every step can be repeated, so whoever next uses
-the folder (a resume, a restart, ``linnaeus-ckpt set-aside``) finishes a move that a kill
-interrupted (:func:`finish_moves`) before it lists the folder.
+delete, names the entries (with their identities) and the sub-folder. Every step can be
+repeated, so whoever next takes the folder's writer lease (:mod:`.lease`), resumes from it or sets
+it aside finishes a move that a kill interrupted (:func:`finish_moves`) before it lists the folder.
+An entry whose name a different checkpoint holds by then is left alone.
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ def move_aside(folder: RemoteFolder, entries: Mapping[str, str], folder_name: st
     """Move the committed ``entries`` (name -> format name) of ``folder`` into its sub-folder
     ``folder_name``; returns the sub-folder's rclone path. Nothing is deleted before its copy checks."""
     finish_moves(folder)
-    journal = {"dest": folder_name.strip("/") + "/", "entries": dict(entries)}
+    moving = {}
+    for name, fmt in entries.items():
+        identity = _identity(folder, name, fmt, "")
+        if identity is None:
+            raise CheckpointError(f"cannot move {folder.display}{name} aside: it is not committed there.")
+        moving[name] = {"format": fmt, "identity": identity}
+    journal = {"dest": folder_name.strip("/") + "/", "entries": moving}
     rcat(json.dumps(journal, indent=1).encode(), folder.folder + JOURNAL, env=folder.env)
     _carry_out(folder, journal)
     return folder.folder + journal["dest"]
@@ -47,8 +54,9 @@ def finish_moves(folder: RemoteFolder) -> str | None:
         return None
     try:
         journal = json.loads(data)
-        if not isinstance(journal.get("dest"), str) or not isinstance(journal.get("entries"), dict):
-            raise ValueError("expected {'dest': str, 'entries': {name: format}}")
+        if not isinstance(journal.get("dest"), str) or not isinstance(journal.get("entries"), dict) or not all(
+                isinstance(e, dict) and {"format", "identity"} <= set(e) for e in journal["entries"].values()):
+            raise ValueError("expected {'dest': str, 'entries': {name: {'format': str, 'identity': str}}}")
     except ValueError as e:
         raise CheckpointError(f"{folder.display}{JOURNAL} (the journal of an interrupted move aside) is malformed: "
                               f"{e}. Nothing was moved. Check the folder by hand, then delete that object.") from None
@@ -60,34 +68,46 @@ def finish_moves(folder: RemoteFolder) -> str | None:
 
 def _carry_out(folder: RemoteFolder, journal: dict[str, Any]) -> None:
     dest = journal["dest"]
-    for name, fmt in journal["entries"].items():
-        parts = format_named(fmt).remote_parts(name)
-        _copy(folder, parts, dest)
-        _check_copy(folder, parts, dest, name)
-        delete_within(folder.folder + parts.marker, env=folder.env)  # no longer committed here
+    for name, entry in journal["entries"].items():
+        parts = format_named(entry["format"]).remote_parts(name)
+        here = _identity(folder, name, entry["format"], "")
+        if here is not None and here != entry["identity"]:
+            logger.warning("%s%s is now another checkpoint than the one a move aside began with: left where it is",
+                           folder.display, name)
+            continue
+        if here is not None:  # still committed here: copy, check, then uncommit
+            _copy(folder, parts, dest)
+            _check_copy(folder, parts, dest, name)
+            delete_within(folder.folder + parts.marker, env=folder.env)
+        elif _identity(folder, name, entry["format"], dest) != entry["identity"]:
+            # The source's marker goes only after its copy checked, so the copy must be committed.
+            raise CheckpointError(f"moving {folder.display}{name} aside: it is committed neither here nor in "
+                                  f"{folder.display}{dest}. Nothing more was deleted; look for it by hand "
+                                  f"({folder.display}{JOURNAL} records the move).")
         for rel in parts.payload:
             delete_within(folder.folder + rel, env=folder.env)
     delete_within(folder.folder + JOURNAL, env=folder.env)
 
 
+def _identity(folder: RemoteFolder, name: str, fmt: str, under: str) -> str | None:
+    """The identity the entry's marker records below ``under`` ("" = the folder), None if uncommitted."""
+    marker = folder.read(under + format_named(fmt).remote_parts(name).marker)
+    return None if marker is None else format_named(fmt).marker_identity(name, marker)
+
+
 def _copy(folder: RemoteFolder, parts: RemoteParts, dest: str) -> None:
-    """Payload, then marker; what is gone at the source was copied by the interrupted run."""
+    """Payload, then marker (the copy is committed once whole)."""
     for rel in parts.payload:
         if rel.endswith("/"):
-            if folder.lsjson(rel):
-                inner = parts.marker[len(rel):] if parts.marker.startswith(rel) else ""
-                copy_within(folder.folder + rel, folder.folder + dest + rel, exclude=inner, env=folder.env)
-        elif folder.source(rel).stat() is not None:
+            inner = parts.marker[len(rel):] if parts.marker.startswith(rel) else ""
+            copy_within(folder.folder + rel, folder.folder + dest + rel, exclude=inner, env=folder.env)
+        else:
             copy_within(folder.folder + rel, folder.folder + dest + rel, env=folder.env)
-    if folder.source(parts.marker).stat() is not None:
-        copy_within(folder.folder + parts.marker, folder.folder + dest + parts.marker, env=folder.env)
+    copy_within(folder.folder + parts.marker, folder.folder + dest + parts.marker, env=folder.env)
 
 
 def _check_copy(folder: RemoteFolder, parts: RemoteParts, dest: str, name: str) -> None:
     source, copy = _listing(folder, parts, ""), _listing(folder, parts, dest)
-    if parts.marker not in copy:
-        raise CheckpointError(f"moving {folder.display}{name} aside: its marker did not reach {folder.display}{dest}, "
-                              "and the source is gone. Nothing more was deleted; look for it by hand.")
     for rel, listed in source.items():
         got = copy.get(rel)
         if got is None or got.get("Size") != listed.get("Size") or _hashes_differ(listed, got):

@@ -39,12 +39,13 @@ from typing import Callable
 
 from linnaeus.dist import any_rank_true, raise_on_all_ranks
 
-from ..errors import CheckpointError
+from ..errors import BucketConflictError, CheckpointError
 from ..formats import read_latest
 from ..ordering import oldest_first
 from ..state import KIND_FULL
 from ..store import list_checkpoints
 from .folder import RemoteRun
+from .lease import BucketLease
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
@@ -63,10 +64,11 @@ class BackgroundUploader:
     """
 
     def __init__(self, remote: RemoteRun, *, retries: int = 5, backoff_s: float = 2.0,
-                 max_backoff_s: float = 120.0) -> None:
+                 max_backoff_s: float = 120.0, lease: BucketLease | None = None) -> None:
         if retries < 1:
             raise ValueError(f"retries must be >= 1, got {retries}.")
         self.remote = remote
+        self.lease = lease  # checked before every upload: a launch that lost the folder uploads nothing more
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self._queue: queue.Queue[Path | None] = queue.Queue()
         self._confirmed: set[Path] = set()
@@ -201,6 +203,8 @@ class BackgroundUploader:
     def _upload_with_retries(self, path: Path) -> None:
         for attempt in range(1, self.retries + 1):
             try:
+                if self.lease is not None:
+                    self.lease.check()
                 sent = self.remote.upload(path)
                 with self._cond:
                     self._confirmed.add(path)
@@ -208,6 +212,9 @@ class BackgroundUploader:
                 logger.info("%s checkpoint %s -> %s%s", "Uploaded" if sent else "Already remote:", path, self.display,
                             path.name)
                 return
+            except BucketConflictError as e:  # another writer's state: no retry can help
+                error = str(e)
+                break
             except Exception as e:  # noqa: BLE001 - any failure is retried, then kept and raised by poll()
                 error = f"{type(e).__name__}: {e}" if not isinstance(e, CheckpointError) else str(e)
             if attempt < self.retries:

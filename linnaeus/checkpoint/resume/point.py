@@ -52,7 +52,7 @@ from ..errors import (
 from ..formats import CheckpointInfo, load_verified_digest, read_info
 from ..manager import CheckpointManager
 from ..remote import RemoteRun
-from ..sources import DownloadOptions, is_uri, redact
+from ..sources import DownloadOptions, TransientSourceError, is_uri, redact
 from ..state import KIND_FULL, KIND_WEIGHTS, describe_foreign
 from ..store import find_checkpoint, load_same_bytes
 from .target import locate_run_target, parse_run_target
@@ -143,8 +143,7 @@ class _Resume:
 
     def choose(self, explicit: str, auto: bool) -> ResumePoint | None:
         if self.remote is not None:  # a move aside that a kill interrupted ends before the folder is read
-            remote = self.remote
-            self._on_rank0(remote.finish_moves, f"finishing a move aside in {remote.display}")
+            self._on_rank0(self._finish_moves, f"finishing a move aside in {self.remote.display}")
         self._on_rank0(lambda: _refuse_if_any(self.directory, store.unadopted, store.UnadoptedCheckpointsError),
                        "looking for checkpoints without sidecars")
         if explicit:
@@ -291,6 +290,13 @@ class _Resume:
             return loaded
 
         return load_same_bytes(path, run_on_all_ranks(load, f"loading {path}", CheckpointError), require_sidecar=inside)
+
+    def _finish_moves(self) -> None:
+        assert self.remote is not None
+        try:
+            self.remote.finish_moves()
+        except TransientSourceError as e:  # unreachable: whatever reads the folder next fails loudly, or finishes it
+            logger.warning("Could not check %s for an interrupted move aside: %s", self.remote.display, e)
 
     def _refuse_fresh_over_remote(self) -> None:
         if self.remote is None:
