@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
+from linnaeus.checkpoint.disk import acquire
 from linnaeus.checkpoint.errors import CheckpointError, CheckpointNotFoundError
 from linnaeus.checkpoint.formats import CheckpointInfo, format_of, read_info
 from linnaeus.checkpoint.remote import BucketLease, RemoteRun
@@ -43,6 +44,11 @@ def parent_names(directory: Path, infos: list[CheckpointInfo]) -> dict[str, str]
 
 def cmd_set_aside(args: argparse.Namespace) -> int:
     directory = args.checkpoint_dir(Path(args.path))
+    with acquire(directory):  # first: beside a live run, that is the answer (set_aside holds it again)
+        return _set_aside_here_and_remote(args, directory)
+
+
+def _set_aside_here_and_remote(args: argparse.Namespace, directory: Path) -> int:
     after = None
     if args.after:
         after = find_checkpoint(directory, Path(args.after).name)

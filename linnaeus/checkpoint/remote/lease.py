@@ -72,9 +72,11 @@ class BucketLease:
                 break  # no heartbeat for a whole time-to-live: stale by our own clock too
             time.sleep(min(self._beat_s, 1.0))
             now = self._read()
-            if now is not None and now.get("heartbeat") != holder.get("heartbeat"):
-                raise BucketConflictError(self._held_message(now))
-            holder = now
+            if now is None:
+                holder = None  # given back meanwhile
+            elif now.get("launch") and (now.get("launch"), now.get("heartbeat")) != \
+                    (holder.get("launch"), holder.get("heartbeat")):
+                raise BucketConflictError(self._held_message(now))  # it beats: a live run
         if holder is not None and holder.get("launch") != self.record["launch"]:
             logger.warning("Taking over the writer lease of the bucket folder %s from launch %s (run %s, host %s, pid "
                            "%s, run dir %s): %s", self.folder.display, holder.get("launch"), holder.get("run_id") or "?",
@@ -139,14 +141,20 @@ class BucketLease:
                 logger.warning("Could not renew the writer lease %s (retrying): %s", self.where, e)
 
     def _read(self) -> dict[str, Any] | None:
-        data = self.folder.read(LEASE, 1 << 16)
-        if data is None:
-            return None
-        try:
-            record = json.loads(data)
-            return record if isinstance(record, dict) else {}
-        except ValueError:
-            return {}  # unreadable: no holder anyone could name, so stale at once
+        """The lease's record; None when there is none, {} when it stays unreadable (no holder
+        anyone could name: stale at once). A read torn by the holder's rewrite is read again."""
+        for attempt in range(5):
+            data = self.folder.read(LEASE, 1 << 16)
+            if data is None:
+                return None
+            try:
+                record = json.loads(data)
+                if isinstance(record, dict) and record.get("launch"):
+                    return record
+            except ValueError:
+                pass
+            time.sleep(0.2 * (attempt + 1))
+        return {}
 
     def _write(self) -> None:
         record = {**self.record, "heartbeat": time.time(),
