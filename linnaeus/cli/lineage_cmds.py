@@ -49,20 +49,36 @@ def cmd_set_aside(args: argparse.Namespace) -> int:
 
 
 def _set_aside_here_and_remote(args: argparse.Namespace, directory: Path) -> int:
-    after = None
-    if args.after:
-        after = find_checkpoint(directory, Path(args.after).name)
-        if after is None:
-            raise CheckpointNotFoundError(f"--after {args.after}: no checkpoint of that name in {directory} "
-                                          "(see `linnaeus-ckpt ls`).")
     remote, ttl_s = (None, 0.0) if args.local_only else run_bucket_folder(directory.parent, args.cfg)
     # Like the local lock (set_aside takes it): refused while a run writes the folder.
     lease = BucketLease(remote, ttl_s=ttl_s, run_dir=str(directory.parent)).acquire() if remote else None
     try:
-        return _set_aside(args, directory, after, remote)
+        return _set_aside(args, directory, _after(args, directory, remote), remote)
     finally:
         if lease is not None:
             lease.release()
+
+
+def _after(args: argparse.Namespace, directory: Path, remote: RemoteRun | None) -> Path | None:
+    """The checkpoint named by ``--after``, in the checkpoint directory. A fresh machine holds only what its
+    relaunch downloaded: one that only the bucket folder holds is downloaded (verified), since the next
+    launch continues from it anyway."""
+    if not args.after:
+        return None
+    name = Path(args.after).name
+    after = find_checkpoint(directory, name)
+    if after is None and remote is not None:
+        try:
+            after = remote.fetch(name, directory)
+        except CheckpointNotFoundError:
+            pass
+        else:
+            print(f"downloaded {after.name} from the run's bucket folder {remote.display}")
+    if after is None:
+        where = f"{directory} or the run's bucket folder {remote.display}" if remote is not None else str(directory)
+        raise CheckpointNotFoundError(f"--after {args.after}: no checkpoint of that name in {where} "
+                                      "(see `linnaeus-ckpt ls`).")
+    return after
 
 
 def _set_aside(args: argparse.Namespace, directory: Path, after: Path | None, remote: RemoteRun | None) -> int:

@@ -21,33 +21,6 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_restart_sets_the_abandoned_timeline_aside_in_the_bucket_too(tmp_path: Path, toy_root: Path,
-                                                                       s3_server: RcloneServer) -> None:
-    remote = s3_server.root / BUCKET / "runs" / "tiny"
-    run_train(tmp_path, toy_root, *SHORT, *OUT_BUCKET, "TRAIN.EPOCHS", "3")
-    old = {e: _sha(remote / f"checkpoint_epoch_{e}.pth") for e in (2, 3)}
-
-    # Restart from epoch 1 on purpose, train a new epoch 2.
-    run_train(tmp_path, toy_root, *SHORT, *OUT_BUCKET, "TRAIN.EPOCHS", "2",
-              "TRAIN.RESUME", "checkpoint_epoch_1.pth", "TRAIN.AUTO_RESUME", "False")
-    settle()
-    abandoned = [p for p in remote.iterdir() if p.is_dir() and p.name.startswith("abandoned-")]
-    assert len(abandoned) == 1, sorted(p.name for p in remote.iterdir())
-    for e, sha in old.items():  # moved, never deleted, each with its sidecar
-        assert _sha(abandoned[0] / f"checkpoint_epoch_{e}.pth") == sha
-        assert (abandoned[0] / f"checkpoint_epoch_{e}.pth.sha256").read_text().split()[0] == sha
-    assert not (remote / "checkpoint_epoch_3.pth").exists()
-    new_epoch_2 = _sha(remote / "checkpoint_epoch_2.pth")
-    assert new_epoch_2 != old[2]
-
-    # A relaunch on a fresh machine continues the new timeline, not the abandoned one.
-    shutil.rmtree(tmp_path / "tiny")
-    proc = run_train(tmp_path, toy_root, *SHORT, *OUT_BUCKET, "TRAIN.EPOCHS", "3")
-    ckpts = tmp_path / "tiny" / "checkpoints"
-    assert f"Resumed from {ckpts / 'checkpoint_epoch_2.pth'} (epoch 2, step 4)" in proc.stdout + proc.stderr
-    assert _sha(remote / "checkpoint_epoch_3.pth") != old[3]  # trained again, from the new epoch 2
-
-
 def test_fresh_start_refuses_while_the_bucket_folder_holds_the_runs_checkpoints(
         tmp_path: Path, toy_root: Path, s3_server: RcloneServer) -> None:
     run_train(tmp_path, toy_root, *SHORT, *OUT_BUCKET, "TRAIN.EPOCHS", "1")
@@ -64,59 +37,73 @@ def _top_level(folder: Path) -> dict[str, str]:
     return {p.name: _sha(p) for p in folder.iterdir() if p.is_file()}
 
 
-def test_a_refused_restart_moves_nothing_and_keeps_config_yaml(tmp_path: Path, toy_root: Path,
-                                                                s3_server: RcloneServer) -> None:
-    """Every refusal comes before any move: a restart refused at the config diff leaves the newer
-    timeline where it was, here and in the bucket, and does not rewrite config.yaml."""
+def test_a_restart_sets_the_newer_timeline_aside_here_and_in_the_bucket_and_relaunches_continue_it(
+        tmp_path: Path, toy_root: Path, s3_server: RcloneServer, capsys) -> None:
+    """One run's whole story, in one test so that its three-epoch start is trained once:
+    a restart refused at the config diff moves nothing and keeps config.yaml; a restart from an older
+    checkpoint sets the abandoned timeline aside, locally and in the bucket (moved, never deleted);
+    the same restart command relaunched as-is (e.g. after a preemption) continues the timeline it
+    started, on the same machine and on a fresh one, and sets nothing aside again; so does the plain
+    command on a fresh machine; `set-aside --after` is the explicit request to restart again, also on
+    that fresh machine, which holds only the checkpoint its relaunch downloaded."""
+    from linnaeus.cli.ckpt import main as ckpt
+
     remote, run = s3_server.root / BUCKET / "runs" / "tiny", tmp_path / "tiny"
+    ckpts = run / "checkpoints"
+    restart = (*SHORT, *OUT_BUCKET, "TRAIN.EPOCHS", "3", "TRAIN.RESUME", "checkpoint_epoch_1.pth",
+               "TRAIN.AUTO_RESUME", "False")
     run_train(tmp_path, toy_root, *SHORT, *OUT_BUCKET, "TRAIN.EPOCHS", "3")
     settle()
-    local_before, remote_before = _top_level(run / "checkpoints"), _top_level(remote)
+
+    # 1. Every refusal comes before any move.
+    local_before, remote_before = _top_level(ckpts), _top_level(remote)
     config_before = (run / "config.yaml").read_bytes()
-    proc = run_train(tmp_path, toy_root, *SHORT, *OUT_BUCKET, "TRAIN.EPOCHS", "3", "MODEL.HYBRID.VIT_HEADS", "4",
-                     "TRAIN.RESUME", "checkpoint_epoch_1.pth", "TRAIN.AUTO_RESUME", "False", check=False)
+    proc = run_train(tmp_path, toy_root, *restart, "MODEL.HYBRID.VIT_HEADS", "4", check=False)
     assert proc.returncode != 0 and "MODEL.HYBRID.VIT_HEADS: 2 (checkpoint) -> 4: refused" in proc.stderr, proc.stderr
     settle()
-    assert not [p for p in (run / "checkpoints").iterdir() if p.is_dir()]
+    assert not [p for p in ckpts.iterdir() if p.is_dir()]
     assert not [p for p in remote.iterdir() if p.is_dir()]
     lock = {".lock"}  # its holder record names the last launch
-    assert {k: v for k, v in _top_level(run / "checkpoints").items() if k not in lock} == \
+    assert {k: v for k, v in _top_level(ckpts).items() if k not in lock} == \
         {k: v for k, v in local_before.items() if k not in lock}
     assert _top_level(remote) == remote_before
     assert (run / "config.yaml").read_bytes() == config_before
 
-
-def test_a_restart_command_relaunched_as_is_continues_its_timeline(tmp_path: Path, toy_root: Path,
-                                                                    s3_server: RcloneServer) -> None:
-    """A preemptible restart job relaunched with the same command continues the timeline it started,
-    on the same machine and on a fresh one; it sets nothing aside again."""
-    remote, ckpts = s3_server.root / BUCKET / "runs" / "tiny", tmp_path / "tiny" / "checkpoints"
-    restart = (*SHORT, *OUT_BUCKET, "TRAIN.EPOCHS", "3", "TRAIN.RESUME", "checkpoint_epoch_1.pth",
-               "TRAIN.AUTO_RESUME", "False")
-    run_train(tmp_path, toy_root, *SHORT, *OUT_BUCKET, "TRAIN.EPOCHS", "3")
-    run_train(tmp_path, toy_root, *restart)  # the restart: epochs 2 and 3 of a new timeline
+    # 2. The restart: epochs 2 and 3 of a new timeline; the old ones are set aside, here and in the bucket.
+    old = {e: remote_before[f"checkpoint_epoch_{e}.pth"] for e in (2, 3)}
+    run_train(tmp_path, toy_root, *restart)
     settle()
+    [abandoned] = [p for p in remote.iterdir() if p.is_dir()]
+    assert abandoned.name.startswith("abandoned-"), abandoned
+    for e, sha in old.items():  # moved, never deleted, each with its sidecar
+        assert _sha(abandoned / f"checkpoint_epoch_{e}.pth") == sha
+        assert (abandoned / f"checkpoint_epoch_{e}.pth.sha256").read_text().split()[0] == sha
+    [abandoned_here] = [p.name for p in ckpts.iterdir() if p.is_dir()]
     new = {e: _sha(ckpts / f"checkpoint_epoch_{e}.pth") for e in (2, 3)}
-    [abandoned] = [p.name for p in ckpts.iterdir() if p.is_dir()]
-
-    proc = run_train(tmp_path, toy_root, *restart)  # relaunched as-is (e.g. after a preemption)
-    out = proc.stdout + proc.stderr
-    assert "a relaunch of the same restart" in out and f"set-aside {tmp_path / 'tiny'} --after checkpoint_epoch_1.pth" in out, out
-    assert f"Resumed from {ckpts / 'checkpoint_epoch_3.pth'} (epoch 3, step 6)" in out
-    assert [p.name for p in ckpts.iterdir() if p.is_dir()] == [abandoned]
-    assert {e: _sha(ckpts / f"checkpoint_epoch_{e}.pth") for e in (2, 3)} == new
-
-    shutil.rmtree(tmp_path / "tiny")  # the same command on a fresh machine: the timeline is in the bucket
-    proc = run_train(tmp_path, toy_root, *restart)
-    assert f"Resumed from {ckpts / 'checkpoint_epoch_3.pth'} (epoch 3, step 6)" in proc.stdout + proc.stderr
-    settle()
-    assert len([p for p in remote.iterdir() if p.is_dir()]) == 1
+    assert all(new[e] != old[e] for e in (2, 3))
     assert {e: _sha(remote / f"checkpoint_epoch_{e}.pth") for e in (2, 3)} == new
 
-    # The explicit request to restart again: set the timeline past epoch 1 aside, here and in the bucket.
-    from linnaeus.cli.ckpt import main as ckpt
+    # 3. The restart command relaunched as-is continues its timeline.
+    proc = run_train(tmp_path, toy_root, *restart)
+    out = proc.stdout + proc.stderr
+    assert "a relaunch of the same restart" in out and f"set-aside {run} --after checkpoint_epoch_1.pth" in out, out
+    assert f"Resumed from {ckpts / 'checkpoint_epoch_3.pth'} (epoch 3, step 6)" in out
+    assert [p.name for p in ckpts.iterdir() if p.is_dir()] == [abandoned_here]
+    assert {e: _sha(ckpts / f"checkpoint_epoch_{e}.pth") for e in (2, 3)} == new
 
-    assert ckpt(["set-aside", str(tmp_path / "tiny"), "--after", "checkpoint_epoch_1.pth"]) == 0
+    # 4. On a fresh machine the timeline comes from the bucket, with the restart command and with the plain one.
+    for command in (restart, (*SHORT, *OUT_BUCKET, "TRAIN.EPOCHS", "3")):
+        shutil.rmtree(run)
+        proc = run_train(tmp_path, toy_root, *command)
+        assert f"Resumed from {ckpts / 'checkpoint_epoch_3.pth'} (epoch 3, step 6)" in proc.stdout + proc.stderr
+        settle()
+        assert [p.name for p in remote.iterdir() if p.is_dir()] == [abandoned.name]
+        assert {e: _sha(remote / f"checkpoint_epoch_{e}.pth") for e in (2, 3)} == new
+
+    # 5. The explicit request to restart again: set the timeline past epoch 1 aside, here and in the bucket.
+    assert ckpt(["set-aside", str(run), "--after", "checkpoint_epoch_1.pth"]) == 0
+    out = capsys.readouterr().out
+    assert "downloaded checkpoint_epoch_1.pth from the run's bucket folder" in out, out
     settle()
     assert not (ckpts / "checkpoint_epoch_2.pth").exists() and not (remote / "checkpoint_epoch_2.pth").exists()
     proc = run_train(tmp_path, toy_root, *restart)
