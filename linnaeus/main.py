@@ -125,6 +125,7 @@ def _resume_and_fit(cfg: CfgNode, launcher: LauncherWatch, checkpoints: RunCheck
         accum_steps=cfg.TRAIN.ACCUM_STEPS, clip_grad=cfg.TRAIN.CLIP_GRAD, autocast=autocast, scaler=scaler,
         ema=ema, max_steps_per_epoch=cfg.TRAIN.MAX_STEPS_PER_EPOCH, log_interval=cfg.TRAIN.LOG_INTERVAL,
         tb_writer=tb, progress_bar=cfg.TRAIN.PROGRESS_BAR and is_main_process(), world_size=world_size,
+        before_update=checkpoints.wait_snapshot,
     )
     with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT) as preempt:
         last_metrics = _fit(cfg, trainer, data, checkpoints, progress, preempt, launcher, autocast, device, tb)

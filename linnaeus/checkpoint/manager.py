@@ -46,6 +46,7 @@ from .state import (
     KIND_WEIGHTS,
     TAXONOMY_KEY,
     MetricHistory,
+    SnapshotOverlap,
     Stateful,
     check_same_taxonomy,
     config_text,
@@ -109,6 +110,7 @@ class CheckpointManager(LocalCheckpoints):
         self.metrics = MetricHistory(self.policy.monitor, self.policy.mode)
         self.last_committed: Path | None = None
         self._background = self.format.background(name) if self.policy.async_save else None
+        self._overlap = SnapshotOverlap() if self.policy.overlap_snapshot and self._background else None
         self._open_txn: CheckpointTransaction | None = None
         self._closed = False
         # One writer per directory: rank 0 holds the OS lock until close(); every rank raises if it can't.
@@ -135,17 +137,9 @@ class CheckpointManager(LocalCheckpoints):
     def run_id(self) -> str:
         return self.lineage.run_id
 
-    @run_id.setter
-    def run_id(self, value: str) -> None:
-        self.lineage.run_id = value
-
     @property
     def run_timestamp(self) -> str:
         return self.lineage.run_timestamp
-
-    @run_timestamp.setter
-    def run_timestamp(self, value: str) -> None:
-        self.lineage.run_timestamp = value
 
     @property
     def parent_sha256(self) -> str:
@@ -173,10 +167,8 @@ class CheckpointManager(LocalCheckpoints):
 
     def should_save(self, *, epoch: int, step: int, end_of_epoch: bool, is_last: bool = False) -> bool:
         """Whether the policy wants a save now (pure: every rank computes the same answer).
-
         ``epoch`` = epochs completed, ``step`` = optimizer steps done; ``is_last`` marks the
-        end of training (always saved, even with SAVE_LAST_ONLY or an interval that misses it).
-        """
+        end of training (always saved, even with SAVE_LAST_ONLY or an interval that misses it)."""
         if is_last:
             return True
         if self.policy.save_last_only:
@@ -228,7 +220,9 @@ class CheckpointManager(LocalCheckpoints):
         ``optimizer=``, ``scheduler=``, ``scaler=``, ``ema=``, ``sampler=``; any other
         :class:`~linnaeus.checkpoint.state.Stateful` under any other name is saved the same way.
         Synchronous: committed when this returns. Async: committed in the background; errors
-        surface on the next ``save``/``poll``/``wait``/``close``.
+        surface on the next ``save``/``poll``/``wait``/``close``. With ``overlap_snapshot`` the
+        live optimizers' parameters and state and the EMA are copied after this returns, and those
+        optimizers' next ``step`` waits for the copy (see :meth:`wait_snapshot`).
         """
         present = present_components(components)
         with self.begin(epoch=epoch, step=step, epoch_step=epoch_step, samples=samples, end_of_epoch=end_of_epoch,
@@ -251,7 +245,15 @@ class CheckpointManager(LocalCheckpoints):
             self.poll()
         step = txn.progress["step"]
         self.format.save(self.directory, txn.name, self._contents(txn), update_latest=self.update_latest,
-                         background=self._background, on_committed=lambda result: self._after_commit(result, step))
+                         background=self._background, on_committed=lambda result: self._after_commit(result, step),
+                         overlap=self._overlap.plan(txn.state) if self._overlap is not None else None)
+
+    def wait_snapshot(self) -> None:
+        """Return once the save in flight has copied what it deferred (overlap_snapshot). The optimizers
+        given to :meth:`save` wait by themselves; call this before anything else changes their parameters
+        or the EMA, e.g. an EMA update after a step that a GradScaler skipped."""
+        if self._overlap is not None:
+            self._overlap.gate.wait()
 
     def _contents(self, txn: CheckpointTransaction) -> dict[str, Any]:
         """The anatomy: the user's entries plus what every checkpoint carries (progress, rng, metrics,
@@ -317,10 +319,7 @@ class CheckpointManager(LocalCheckpoints):
             self.wait()
         finally:
             self._closed = True
-            if self._background is not None:
-                self._background.release_buffers()
-            if self._lease is not None:
-                self._lease.release()
+            self._release(take_error=False)
 
     def __enter__(self) -> "CheckpointManager":
         return self
@@ -336,10 +335,17 @@ class CheckpointManager(LocalCheckpoints):
         if self._closed:
             return
         self._closed = True
+        self._release(take_error=True)
+
+    def _release(self, *, take_error: bool) -> None:
+        """Buffers, hooks and the lock; the background job in flight is waited for first."""
         try:
             if self._background is not None:
-                self._background.release_buffers()  # waits for the job in flight first
-                self._background.take_error()
+                self._background.release_buffers()
+                if take_error:  # logged by the writer; the caller's exception is the one that propagates
+                    self._background.take_error()
+            if self._overlap is not None:
+                self._overlap.gate.unwatch()
         finally:
             if self._lease is not None:
                 self._lease.release()
@@ -373,8 +379,8 @@ class CheckpointManager(LocalCheckpoints):
         if path is not None and Path(path).parent.resolve() == self.directory.resolve():
             self.protect.add(Path(path).name)  # until a newer checkpoint commits (_after_commit)
             self.lineage.resumed = (Path(path).name, progress["step"])
-            self.run_id = str(state.get("meta", {}).get("run_id") or self.run_id)
-            self.run_timestamp = str(state.get("meta", {}).get("run_timestamp") or self.run_timestamp)
+            self.lineage.run_id = str(state.get("meta", {}).get("run_id") or self.run_id)
+            self.lineage.run_timestamp = str(state.get("meta", {}).get("run_timestamp") or self.run_timestamp)
         if path is not None and self.is_writer:  # only the writer's meta is saved
             self.lineage.parent_sha256 = parent_sha256(Path(path))
         return progress

@@ -190,6 +190,9 @@ class CheckpointPolicy:
     monitor: str = ""
     mode: str = "max"
     async_save: bool = False
+    # With async_save: copy what only the optimizers change (parameters, optimizer state, the EMA) while
+    # the next forward and backward run; the optimizers' step waits for it (disk/overlap.py).
+    overlap_snapshot: bool = False
     weights_only: bool = False
     save_last_only: bool = False
 
@@ -201,6 +204,11 @@ class CheckpointPolicy:
             )
         validate_filename_template(self.filename, self.interval, field="filename")
         validate_filename_template(self.mid_epoch_filename, Interval(1, "st"), field="mid_epoch_filename")
+        if self.overlap_snapshot and not self.async_save:
+            raise InvalidPolicyError(
+                "overlap_snapshot", "overlap_snapshot=True overlaps the snapshot of a background save with "
+                "training; it needs async_save=True (a synchronous save has written everything when it returns).",
+                related=("async_save",))
         if self.mode not in ("min", "max"):
             raise InvalidPolicyError("mode", f"mode must be 'min' or 'max', got {self.mode!r}.")
         for name, zero in (("keep_last_n", "keep all"), ("keep_best_n", "keep none for being best")):

@@ -10,7 +10,10 @@ Phases, in order: ``open``, ``write`` (with the bytes written so far, every 256 
 ``renamed``, ``dir-synced``, ``sidecar-replaced``, ``sidecar-synced``; then ``latest-temp``,
 ``latest``. Retention reports ``deleted-data`` between deleting a file and its sidecar. A
 sharded save reports ``sharded-written`` once DCP has written every rank's files into the temp
-directory (nothing hashed or committed yet), then ``latest-temp`` and ``latest``.
+directory (nothing hashed or committed yet), then ``latest-temp`` and ``latest``. An overlapped
+single-file snapshot reports ``snapshot-deferred`` on the writer thread before it copies what it
+deferred (the optimizers' steps wait meanwhile); an overlapped sharded save reports
+``sharded-staging`` on DCP's staging thread before it copies.
 """
 
 from __future__ import annotations

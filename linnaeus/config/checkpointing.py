@@ -59,7 +59,8 @@ def build_policy(cfg: CN) -> CheckpointPolicy:
             interval=parse_interval(c.INTERVAL), filename=c.FILENAME, mid_epoch_filename=c.MID_EPOCH_FILENAME,
             keep_last_n=c.KEEP_LAST_N, keep_best_n=c.KEEP_BEST_N, keep_local_n=c.KEEP_LOCAL_N, monitor=c.MONITOR,
             mode=c.MODE,
-            async_save=c.ASYNC, weights_only=c.WEIGHTS_ONLY, save_last_only=c.SAVE_LAST_ONLY,
+            async_save=c.ASYNC, overlap_snapshot=c.ASYNC and c.ASYNC_OVERLAP, weights_only=c.WEIGHTS_ONLY,
+            save_last_only=c.SAVE_LAST_ONLY,
         )
 
 
@@ -69,7 +70,8 @@ def build_weights_policy(cfg: CN) -> CheckpointPolicy:
     with _config_keys(_WEIGHTS_KEYS):
         return CheckpointPolicy(interval=parse_interval(w.INTERVAL), filename=w.FILENAME,
                                 keep_last_n=w.KEEP_LAST_N, keep_local_n=cfg.CHECKPOINT.KEEP_LOCAL_N,
-                                async_save=cfg.CHECKPOINT.ASYNC, weights_only=True)
+                                async_save=cfg.CHECKPOINT.ASYNC, weights_only=True,
+                                overlap_snapshot=cfg.CHECKPOINT.ASYNC and cfg.CHECKPOINT.ASYNC_OVERLAP)
 
 
 def validate_checkpointing(cfg: CN) -> None:

@@ -214,6 +214,10 @@ _C.CHECKPOINT.MONITOR = ""
 _C.CHECKPOINT.MODE = "max"
 # Write, hash and commit in a background thread after snapshotting state to CPU memory.
 _C.CHECKPOINT.ASYNC = False
+# With ASYNC: copy the parameters, optimizer state and EMA while the next forward and backward run
+# (the optimizer step waits for the copy) instead of before save() returns; everything else is copied
+# at the save. Off: the whole state is copied before training goes on.
+_C.CHECKPOINT.ASYNC_OVERLAP = True
 # "auto" (sharded under TRAIN.STRATEGY fsdp, one file under ddp), "file" or "sharded" (a DCP directory
 # named by FILENAME without its suffix, every rank writing its shards; loads on any world size).
 _C.CHECKPOINT.FORMAT = "auto"

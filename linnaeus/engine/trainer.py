@@ -112,6 +112,8 @@ class Trainer:
         progress_bar: show the epoch's progress (only ever on rank 0): a tqdm bar on a terminal,
             plain lines otherwise (``engine.progress_bar``).
         world_size: number of ranks (for global sample counts and images/s).
+        before_update: called before every optimizer step's first change to the weights (the runner
+            waits there for a checkpoint still copying them, CHECKPOINT.ASYNC_OVERLAP).
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class Trainer:
         logger: logging.Logger | None = None,
         progress_bar: bool = True,
         world_size: int = 1,
+        before_update: Callable[[], None] | None = None,
     ) -> None:
         if accum_steps < 1:
             raise ValueError(f"Trainer: accum_steps must be >= 1 (TRAIN.ACCUM_STEPS), got {accum_steps}.")
@@ -161,6 +164,7 @@ class Trainer:
         self.logger = logger or logging.getLogger("linnaeus.engine")
         self.progress_bar = progress_bar and get_rank() == 0
         self.world_size = world_size
+        self.before_update = before_update
         self.task_keys = list(getattr(loss_fn, "task_keys", []))
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._is_ddp = isinstance(ddp_model, DistributedDataParallel)
@@ -266,6 +270,8 @@ class Trainer:
 
     def _optimizer_step(self, group_size: int, window: "_Window") -> float:
         """Clip, step, zero; returns the (mean over param groups) LR the step used."""
+        if self.before_update is not None:
+            self.before_update()  # e.g. a background save still copying the weights and the EMA
         if group_size < self.accum_steps:
             # A short trailing group: its losses were divided by accum_steps, not group_size.
             grads = [p.grad for p in self._params if p.grad is not None]

@@ -299,6 +299,12 @@ class RunCheckpoints:
         """Ranks agree: any rank signalled → all stop after this step (a collective when enabled)."""
         return self.cfg.CHECKPOINT.SAVE_ON_PREEMPT and any_rank_true(local_flag)
 
+    def wait_snapshot(self) -> None:
+        """Before the trainer changes what a save may still be copying (CHECKPOINT.ASYNC_OVERLAP): the
+        optimizer's step waits by itself, but an EMA update after a step the GradScaler skipped does not."""
+        for manager in self._savers():
+            manager.wait_snapshot()
+
     def poll(self) -> None:
         """Raise a failed background save or upload on every rank (collectives: call on all ranks)."""
         for manager in self._savers():

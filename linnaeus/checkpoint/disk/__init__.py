@@ -36,6 +36,7 @@ from .durable import (
     writer_pid,
 )
 from .hashing import CHUNK_SIZE, FileDigest, HashingWriter
+from .overlap import Overlap, SnapshotGate, storage_key
 from .sidecar import (
     PROGRESS_KEYS,
     SIDECAR_SUFFIX,
@@ -50,11 +51,11 @@ from .sidecar import (
 from .writer_lock import LOCK_NAME, WriterLease, acquire, acquire_on_writer_rank, dir_lock, read_holder
 
 __all__ = [
-    "AsyncWriter", "BackgroundFlush", "ErrorRecordingStream", "CHUNK_SIZE", "FAST_DIGEST", "FileDigest", "HashingWriter", "LOCK_NAME",
-    "PROGRESS_KEYS", "REPLACED", "SHA256", "SIDECAR_SUFFIX", "SidecarError", "TEMP_SYNCED", "WRITER_ID", "WriterLease",
+    "AsyncWriter", "BackgroundFlush", "ErrorRecordingStream", "CHUNK_SIZE", "FAST_DIGEST", "FileDigest", "HashingWriter", "LOCK_NAME", "Overlap",
+    "PROGRESS_KEYS", "REPLACED", "SHA256", "SIDECAR_SUFFIX", "SidecarError", "SnapshotGate", "TEMP_SYNCED", "WRITER_ID", "WriterLease",
     "acquire", "acquire_on_writer_rank", "cache_both_digests", "cached_digest", "clear_digest_cache", "digest_file",
     "digests_of", "dir_lock", "format_sidecar", "fsync_dir", "fsync_file", "is_temp_name", "parse_sidecar",
     "pid_alive", "read_holder", "read_sidecar", "read_sidecar_digest", "remove_tree", "sha256_file",
-    "sha256_file_async", "sidecar_path", "sidecar_progress", "snapshot", "temp_name", "temp_target", "temp_writer",
+    "sha256_file_async", "sidecar_path", "sidecar_progress", "snapshot", "storage_key", "temp_name", "temp_target", "temp_writer",
     "temp_writer_pid", "write_durably", "writer_id", "writer_pid",
 ]

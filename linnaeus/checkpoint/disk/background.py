@@ -16,6 +16,10 @@ the write and reused by the next snapshot (by size): copying into memory that is
 mapped avoids the page faults and zeroing of fresh allocations. Each kept storage is handed
 out once per snapshot, so two tensors of the state never land in one buffer. The cost is
 one state's worth of host memory held between saves.
+
+With an :class:`~.overlap.Overlap`, the storages it defers are allocated and laid out at the call
+like the others, but their bytes are copied on the worker thread, first thing, with the gate
+closed until they are (:mod:`.overlap`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from ..testing import phase
+from .overlap import Overlap
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
@@ -57,9 +64,11 @@ def _bytes_of(storage: torch.UntypedStorage) -> torch.Tensor:
 class _Snapshot:
     """One deep copy of a state tree, storage by storage (see the module docstring)."""
 
-    def __init__(self, pool: _BufferPool | None) -> None:
+    def __init__(self, pool: _BufferPool | None, deferred: frozenset[int] = frozenset()) -> None:
         self._pool = pool
+        self._deferred = deferred
         self.storages: list[torch.UntypedStorage] = []  # the copies, each once
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (destination, source) of deferred copies
         # Source storage → its copy, keyed by the storage's identity (what torch.save keys by):
         # views of one storage share one copy, distinct storages never do.
         self._copies: dict[int, torch.UntypedStorage] = {}
@@ -102,9 +111,13 @@ class _Snapshot:
             self.storages.append(copy)
             out.set_(copy, t.storage_offset(), t.shape, t.stride())
             if t.storage_offset() == 0 and t.numel() * t.element_size() == nbytes and t.is_contiguous():
-                out.copy_(t.detach())  # the usual parameter: the tensor is its whole storage
+                pair = (out, t.detach())  # the usual parameter: the tensor is its whole storage
             else:
-                _bytes_of(copy).copy_(_bytes_of(source))
+                pair = (_bytes_of(copy), _bytes_of(source))
+            if source._cdata in self._deferred:
+                self.pending.append(pair)
+            else:
+                pair[0].copy_(pair[1])
         else:
             out.set_(copy, t.storage_offset(), t.shape, t.stride())
         if kind is nn.Parameter:
@@ -127,29 +140,49 @@ class AsyncWriter:
         self._lock = threading.Lock()
         self._pool = _BufferPool() if reuse_buffers else None
         self._last_storages: list[torch.UntypedStorage] = []  # the last snapshot's, reused by the next
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # the last snapshot's deferred copies
+        self._gate = None
 
     @property
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def snapshot(self, state: Any) -> Any:
-        """CPU copy of ``state`` for the next job (waits for the job in flight: its buffers get reused)."""
+    def snapshot(self, state: Any, overlap: Overlap | None = None) -> Any:
+        """CPU copy of ``state`` for the next job (waits for the job in flight: its buffers get reused).
+
+        With ``overlap``, the bytes of its deferred storages are copied by the next :meth:`submit`'s
+        thread before the job, behind ``overlap.gate``; everything else is copied here."""
         self.wait_idle()
         if self._pool is not None:
             self._pool.recycle(self._last_storages)
-        copier = _Snapshot(self._pool)
+        copier = _Snapshot(self._pool, overlap.deferred if overlap is not None else frozenset())
         frozen = copier.copy(state)
         if self._pool is not None:
             self._pool.clear()  # buffers that did not fit this state are released
             self._last_storages = copier.storages
+        self._pending, self._gate = copier.pending, (overlap.gate if overlap is not None else None)
         return frozen
 
     def submit(self, job: Callable[[], None], description: str) -> None:
-        """Wait for the job in flight, then start ``job`` in the background."""
+        """Wait for the job in flight, then start ``job`` in the background (after the deferred copies
+        of the last snapshot, if any: the gate is closed from here until they are done)."""
         self.wait_idle()
+        pending, gate = self._pending, self._gate
+        self._pending, self._gate = [], None
+        if pending and gate is not None:
+            gate.close()  # here, not in snapshot(): a gate closed without a thread to open it would hang training
 
         def run() -> None:
             try:
+                if pending:
+                    try:
+                        phase("snapshot-deferred")  # the overlap tests' seam: the deferred copy has not begun
+                        for dst, src in pending:
+                            dst.copy_(src)
+                    finally:
+                        if gate is not None:
+                            gate.open()
+                    pending.clear()
                 job()
             except BaseException as e:  # noqa: BLE001 - kept and re-raised on the caller's thread by take_error()
                 logger.error("Asynchronous %s failed: %s", description, e)

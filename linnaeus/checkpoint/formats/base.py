@@ -21,6 +21,7 @@ from typing import Any, Callable, ClassVar, Mapping, Protocol
 
 from torch import nn
 
+from ..disk import Overlap
 from ..ordering import progress_from_name
 from ..sources import DownloadOptions
 from ..state import FORMAT_VERSION, Stateful
@@ -264,13 +265,16 @@ class CheckpointFormat(abc.ABC):
 
     @abc.abstractmethod
     def save(self, directory: Path, name: str, contents: Mapping[str, Any], *, update_latest: bool,
-             background: Background | None, on_committed: OnCommitted) -> SaveResult | None:
+             background: Background | None, on_committed: OnCommitted,
+             overlap: Overlap | None = None) -> SaveResult | None:
         """Commit ``contents`` (the anatomy; live modules, optimizers and Stateful objects or their
         state dicts) as ``directory/name`` and move ``latest`` if asked. A collective: every rank
         calls it with the same name. ``on_committed`` runs on rank 0 right after the commit.
         Synchronous: returns on every rank once committed, raising the failure of any rank on
         every rank. With ``background``: returns None once the state is staged; the outcome is
-        the background's error (raised by the manager's next poll)."""
+        the background's error (raised by the manager's next poll). With ``overlap`` too, the
+        staging of its deferred storages may go on after the return, with ``overlap.gate`` closed
+        until it is done (a format that does not overlap stages everything before returning)."""
 
     @abc.abstractmethod
     def delete(self, path: Path) -> None:

@@ -26,6 +26,7 @@ from .anatomy import (
 from .foreign import REFUSED_PICKLE_ADVICE, describe_foreign, refused_pickle
 from .history import MetricHistory
 from .model import check_model_compatible, full_model_state, has_dtensors, model_state_dict, unwrap_model
+from .owners import EMA_KEY, SnapshotOverlap, optimizers_in, stepped_storages
 from .restore import (
     optimizer_state_by_name,
     restore_full_modules,
@@ -49,13 +50,13 @@ from .taxonomy import (
 )
 
 __all__ = [
-    "CORE_META_KEYS", "ClassMapping", "FORMAT_VERSION", "HEAD_PREFIX", "KIND_FULL", "KIND_WEIGHTS", "MetricHistory",
-    "PROGRESS_FIELDS", "REFUSED_PICKLE_ADVICE", "RESERVED_KEYS", "Stateful", "TAXONOMY_KEY", "Taxonomy",
+    "CORE_META_KEYS", "ClassMapping", "EMA_KEY", "FORMAT_VERSION", "HEAD_PREFIX", "KIND_FULL", "KIND_WEIGHTS", "MetricHistory",
+    "PROGRESS_FIELDS", "REFUSED_PICKLE_ADVICE", "RESERVED_KEYS", "SnapshotOverlap", "Stateful", "TAXONOMY_KEY", "Taxonomy",
     "TaxonomyChangedError", "build_state", "check_model_compatible", "check_same_taxonomy", "collect_rng_state",
     "config_text", "describe_foreign", "full_model_state", "gather_rng_states", "has_dtensors", "make_meta",
     "map_classes", "map_heads", "materialize", "model_state_dict", "newer_format_error", "newer_format_reason",
-    "newer_format_version", "optimizer_state_by_name", "plain_metrics", "present_components", "refused_pickle",
+    "newer_format_version", "optimizer_state_by_name", "optimizers_in", "plain_metrics", "present_components", "refused_pickle",
     "restore_full_modules", "restore_full_optimizer", "restore_full_state", "restore_rank_rng_state", "restore_rng_state", "restore_state",
-    "stored_progress", "stored_taxonomy", "taxonomy_differences", "taxonomy_record", "unwrap_model",
+    "stepped_storages", "stored_progress", "stored_taxonomy", "taxonomy_differences", "taxonomy_record", "unwrap_model",
     "validate_structure",
 ]

@@ -14,7 +14,7 @@ from torch import nn
 
 from linnaeus.dist import is_main_process, raise_on_all_ranks
 
-from ...disk import AsyncWriter, read_sidecar_digest, sha256_file, sidecar_path
+from ...disk import AsyncWriter, Overlap, read_sidecar_digest, sha256_file, sidecar_path
 from ...errors import CheckpointError, InvalidOperationError, LatestUpdateError
 from ...state import Stateful, full_model_state, has_dtensors, materialize, restore_full_state
 from ...testing import phase
@@ -81,7 +81,8 @@ class FileFormat(CheckpointFormat):
         return AsyncWriter(name)
 
     def save(self, directory: Path, name: str, contents: Mapping[str, Any], *, update_latest: bool,
-             background: Background | None, on_committed: OnCommitted) -> SaveResult | None:
+             background: Background | None, on_committed: OnCommitted,
+             overlap: Overlap | None = None) -> SaveResult | None:
         contents = _whole_model(contents, directory / name)  # a collective when the model is sharded
         if not is_main_process():  # rank 0 writes; the others learn the outcome
             if background is None:
@@ -89,7 +90,8 @@ class FileFormat(CheckpointFormat):
             return None
         state = materialize(contents)
         if isinstance(background, AsyncWriter):
-            frozen = background.snapshot(state)  # here: training may change tensors right after we return
+            # Here: training may change tensors right after we return (the deferred ones: after the gate opens).
+            frozen = background.snapshot(state, overlap)
             background.submit(lambda: on_committed(_commit(directory, name, frozen, update_latest)),
                               f"save of {directory / name}")
             return None

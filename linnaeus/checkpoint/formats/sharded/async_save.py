@@ -17,6 +17,10 @@ the background never interleaves with the training's collectives on the default 
 is in flight at a time: the next save waits for the previous one's commit first. Its outcome is
 known to rank 0 at the end of the job and raised on every rank by the manager's next ``poll``.
 
+With an :class:`~linnaeus.checkpoint.disk.Overlap` (``CheckpointPolicy.overlap_snapshot``), the tensors
+it does not defer are cloned on the caller's thread, and DCP's stager copies the rest on its own thread
+(``use_async_staging``) while training goes on, the gate closed until that copy is done.
+
 Host memory: the stager keeps one CPU copy of this rank's state, keyed by the live storages and
 reused by every later save (copied into, not reallocated), and the only references to a staged
 state end with its job, so resident memory does not grow with the number of saves.
@@ -32,11 +36,12 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 
 from linnaeus.dist import collective_timeout, get_rank, is_dist
 
 from ... import testing
-from ...disk import AsyncWriter, remove_tree, snapshot
+from ...disk import AsyncWriter, Overlap, remove_tree, snapshot, storage_key
 from ...errors import CheckpointError
 from ..base import OnCommitted, SaveResult
 from .save import Staged, commit, digest_own_shards
@@ -71,24 +76,43 @@ class ShardedBackground:
 
     def __init__(self, name: str) -> None:
         self.writer = AsyncWriter(name)
-        cuda = torch.cuda.is_available()
+        self._cuda = torch.cuda.is_available()
         # Synchronous staging: the copy is complete when the save call returns (the snapshot promise).
-        self.stager = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=cuda,
+        self.stager = DefaultStager(StagingOptions(use_pinned_memory=self._cuda, use_shared_memory=self._cuda,
                                                    use_async_staging=False, use_non_blocking_copy=False))
+        self._overlapping: DefaultStager | None = None  # the stager of overlapped saves, made at the first
 
-    def start(self, staged: Staged, on_committed: OnCommitted) -> None:
-        """Stage ``staged``'s tensors (every rank) and ``state.pt`` entries (rank 0) now; write and
-        commit in the background. The caller has already waited for the previous save and raised its error."""
+    def start(self, staged: Staged, on_committed: OnCommitted, overlap: Overlap | None = None) -> None:
+        """Stage ``staged``'s tensors (every rank) and ``state.pt`` entries (rank 0) now (with ``overlap``:
+        all but its deferred tensors, which DCP's stager copies behind the gate); write and commit in the
+        background. The caller has already waited for the previous save and raised its error."""
         group = background_group()
         frozen_rest = snapshot(staged.rest)
         writer = shard_writer(staged.tmp)
+        stager = self.stager
+        if overlap is not None:
+            staged.tensors = _clone_unless(staged.tensors, overlap.deferred)
+            if self._overlapping is None:
+                self._overlapping = _OverlappingStager(StagingOptions(
+                    use_pinned_memory=self._cuda, use_shared_memory=self._cuda, use_async_staging=True,
+                    use_non_blocking_copy=self._cuda))
+            stager = self._overlapping
+            overlap.gate.close()
+        response: Any = None
         try:
             with single_process_is_intended():
-                pending: Future = dcp.async_save(staged.tensors, storage_writer=writer, process_group=group,
-                                                 async_stager=self.stager, no_dist=group is None)
+                response = dcp.async_save(staged.tensors, storage_writer=writer, process_group=group,
+                                          async_stager=stager, no_dist=group is None)
+            pending: Future = response.upload_completion if isinstance(response, AsyncSaveResponse) else response
         except Exception as e:  # noqa: BLE001 - staging failed on this rank: the job reports it with the others'
             pending = Future()
             pending.set_exception(e)
+        finally:
+            if overlap is not None:
+                if isinstance(response, AsyncSaveResponse):  # opens once staged, or once staging failed
+                    response.staging_completion.add_done_callback(lambda _: overlap.gate.open())
+                else:
+                    overlap.gate.open()  # nothing stages behind it
         staged.tensors, staged.rest = {}, {}  # staged now: nothing of the live state is held past this call
 
         def job() -> None:
@@ -105,6 +129,29 @@ class ShardedBackground:
     def release_buffers(self) -> None:
         self.writer.release_buffers()
         self.stager.close()
+        if self._overlapping is not None:
+            self._overlapping.close()
+            self._overlapping = None
+
+
+class _OverlappingStager(DefaultStager):
+    """DCP's stager, reporting the ``sharded-staging`` phase on its staging thread before it copies."""
+
+    def _stage(self, state_dict: Any, **kwargs: Any) -> Any:  # DCP's staging-thread entry (torch pinned)
+        testing.phase("sharded-staging")
+        return super()._stage(state_dict, **kwargs)
+
+
+def _clone_unless(tree: Any, deferred: frozenset[int]) -> Any:
+    """``tree`` with every tensor whose storage is not deferred replaced by a clone made now: the
+    deferred ones are staged after the call returns, and only they are guarded by the gate."""
+    if isinstance(tree, torch.Tensor):
+        return tree if storage_key(tree) in deferred else tree.detach().clone()
+    if isinstance(tree, dict):
+        return {k: _clone_unless(v, deferred) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_clone_unless(v, deferred) for v in tree)
+    return tree
 
 
 def _finish(pending: Future, staged: Staged, group: dist.ProcessGroup | None, rest: dict[str, Any],

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from ...disk import fsync_dir, is_temp_name, remove_tree, temp_name, temp_writer
+from ...disk import Overlap, fsync_dir, is_temp_name, remove_tree, temp_name, temp_writer
 from ...errors import InvalidOperationError
 from ...state import Stateful
 from ..base import (
@@ -79,10 +79,11 @@ class ShardedFormat(CheckpointFormat):
         return ShardedBackground(name)
 
     def save(self, directory: Path, name: str, contents: Mapping[str, Any], *, update_latest: bool,
-             background: Background | None, on_committed: OnCommitted) -> SaveResult | None:
+             background: Background | None, on_committed: OnCommitted,
+             overlap: Overlap | None = None) -> SaveResult | None:
         staged = stage(directory, name, contents, update_latest=update_latest)
         if isinstance(background, ShardedBackground):
-            background.start(staged, on_committed)
+            background.start(staged, on_committed, overlap)
             return None
         return save_now(staged, on_committed)
 

@@ -48,3 +48,26 @@ def test_async_sharded_saves_commit_the_state_at_save_time_and_failures_raise_on
         report = report.split("\n", 1)[1]
         assert report.startswith("poll: CheckpointError") and report.endswith("done\n"), report
         assert "checkpoint_epoch_4" in report and "nothing was committed" in report and "rank 1: " in report, report
+
+
+def test_overlapped_sharded_saves_commit_the_state_at_the_call_while_the_optimizer_steps_at_once(tmp_path: Path) -> None:
+    """overlap_snapshot=True: DCP stages the parameters and optimizer state after save() returns; the
+    optimizer step right after the call waits for it, and a buffer changed by the next forward was
+    copied at the call. Every committed checkpoint equals the state at its save call."""
+    proc = subprocess.run([str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2",
+                           str(HELPERS / "sharded_overlap_two_ranks.py"), str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    for n in (1, 2, 3):
+        path = tmp_path / "ck" / f"checkpoint_epoch_{n}"
+        assert verify_directory(path).ok, verify_directory(path)
+        saved = _all_tensors(path)
+        msd, osd = torch.load(tmp_path / f"expected_{n}.pt", weights_only=True)
+        assert any(k.endswith("calls") for k in msd)
+        for k, v in msd.items():
+            assert torch.equal(saved[f"model.{k}"], v), (n, k)
+        for name, per_param in osd["state"].items():
+            for key, value in per_param.items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(saved[f"optim.state.{name}.{key}"], value), (n, name, key)
