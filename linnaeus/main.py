@@ -30,6 +30,7 @@ from linnaeus.runner.launcher_watch import LauncherWatch
 from linnaeus.runner.preemption import PreemptionHandler
 from linnaeus.runner.pretrained import load_pretrained_weights
 from linnaeus.runner.seed import seed_everything
+from linnaeus.runner.startup import StartupClock
 
 logger = logging.getLogger("linnaeus")
 
@@ -82,14 +83,18 @@ def _train(cfg: CfgNode, launcher: LauncherWatch) -> dict[str, Any]:
 
 def _resume_and_fit(cfg: CfgNode, launcher: LauncherWatch, checkpoints: RunCheckpoints, out_dir: Any) -> dict[str, Any]:
     """Build, resume or start, fit, report."""
+    clock = StartupClock("start-up (interpreter, imports, config, process group, locks)")
     rank, world_size = get_rank(), get_world_size()
     device = select_device()
     logger.info("Run dir: %s (world size %d, device %s)", out_dir, world_size, device)
     seed_everything(cfg.EXPERIMENT.SEED, rank)
 
     data = build_data(cfg, rank, world_size)
+    clock.mark("data")
     model = build_model(cfg, data.taxonomy.num_classes).to(device)
+    clock.mark("model")
     resume_from = checkpoints.find_resume_point()
+    clock.mark("finding, verifying and loading the checkpoint" if resume_from else "looking for a checkpoint")
     if resume_from is None:
         # Pretrained weights only matter for a fresh start: a resume overwrites them anyway.
         load_pretrained_weights(cfg, model, out_dir, taxonomy=data.taxonomy)
@@ -109,10 +114,12 @@ def _resume_and_fit(cfg: CfgNode, launcher: LauncherWatch, checkpoints: RunCheck
     if ema is None:
         ema = build_ema(cfg, model)  # ddp: after DDP's constructor broadcast rank 0's weights into model
     progress = Progress()
+    clock.mark("wrapping, optimizer, scheduler, EMA")
     checkpoints.attach(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                         ema=ema, sampler=data.train_sampler, progress=progress, taxonomy=data.taxonomy)
     # Every refusal (config diff, taxonomy, missing state) before anything is moved or written.
     checkpoints.begin(resume_from)
+    clock.mark("restoring" if resume_from else "starting")
     if is_main_process():
         dump_config(cfg, out_dir / "config.yaml")
 
@@ -127,6 +134,8 @@ def _resume_and_fit(cfg: CfgNode, launcher: LauncherWatch, checkpoints: RunCheck
         tb_writer=tb, progress_bar=cfg.TRAIN.PROGRESS_BAR and is_main_process(), world_size=world_size,
         before_update=checkpoints.wait_snapshot,
     )
+    clock.mark("config.yaml, TensorBoard, trainer")
+    logger.info("%s", clock.summary())
     with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT) as preempt:
         last_metrics = _fit(cfg, trainer, data, checkpoints, progress, preempt, launcher, autocast, device, tb)
     checkpoints.close()

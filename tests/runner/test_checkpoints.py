@@ -213,6 +213,11 @@ def test_relaunch_with_train_resume_continues_from_the_runs_newest_checkpoint(tm
             "TRAIN.AUTO_RESUME False, use a new EXPERIMENT.NAME or remove the newer checkpoints.") in out
     assert f"Resumed from {newest} (epoch 2, step 4)" in out
     assert "Saved checkpoint" not in out and _sha(newest) == final  # nothing was trained again
+    # Where a relaunch's time goes, phase by phase, from the process's start.
+    ready = re.search(r"Ready to train ([\d.]+) s after the process started: start-up \(interpreter, imports, config, "
+                      r"process group, locks\) ([\d.]+) s, data [\d.]+ s, model [\d.]+ s, finding, verifying and "
+                      r"loading the checkpoint [\d.]+ s, .*, restoring [\d.]+ s, config.yaml, TensorBoard, trainer", out)
+    assert ready and float(ready.group(1)) >= float(ready.group(2)) > 1.0, out  # torch's import alone takes more
 
 
 def test_relaunch_on_a_fresh_machine_with_train_resume_continues_from_the_bucket(
@@ -233,6 +238,11 @@ def test_relaunch_on_a_fresh_machine_with_train_resume_continues_from_the_bucket
     assert f"TRAIN.RESUME {start} (step 2) is older than this run's newest checkpoint {newest} (step 4)" in out
     assert f"Resumed from {newest} (epoch 2, step 4)" in out
     assert "Saved checkpoint" not in out and _sha(newest) == final  # nothing was trained again
+    # Where a relaunch's time goes, phase by phase, from the process's start.
+    ready = re.search(r"Ready to train ([\d.]+) s after the process started: start-up \(interpreter, imports, config, "
+                      r"process group, locks\) ([\d.]+) s, data [\d.]+ s, model [\d.]+ s, finding, verifying and "
+                      r"loading the checkpoint [\d.]+ s, .*, restoring [\d.]+ s, config.yaml, TensorBoard, trainer", out)
+    assert ready and float(ready.group(1)) >= float(ready.group(2)) > 1.0, out  # torch's import alone takes more
 
     # A new run (empty bucket folder) starts from TRAIN.RESUME as asked.
     proc = run_train(tmp_path, toy_root, *SHORT, *OUT_BUCKET, "TRAIN.EPOCHS", "2", "TRAIN.RESUME", str(start),
