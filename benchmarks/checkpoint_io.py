@@ -74,15 +74,15 @@ class LiveState:
             p.grad = torch.full_like(p, 1e-3) if p.grad is None else p.grad.fill_(1e-3)
 
 
-def stand_in_step(seconds: float) -> Callable[[], None]:
-    """Matrix products lasting about ``seconds``: the forward and backward that overlap the copy."""
+def stand_in_step(seconds: float, agree: Callable[[int], int] = lambda n: n) -> Callable[[], None]:
+    """Matrix products lasting about ``seconds``: the forward and backward that overlap the copy.
+    ``agree`` makes every rank use one count (e.g. rank 0's, broadcast)."""
     a = torch.randn(512, 512)
     start, n = time.perf_counter(), 0
     while time.perf_counter() - start < 0.2:
         a @ a
         n += 1
-    per = 0.2 / n
-    reps = max(1, round(seconds / per))
+    reps = agree(max(1, round(seconds / (0.2 / n))))
 
     def run() -> None:
         for _ in range(reps):

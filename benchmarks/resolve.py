@@ -68,6 +68,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, tries: int = 100) -> None:
+    """Until something listens on 127.0.0.1:``port`` (a server just started), for up to ``tries`` x 0.25 s."""
+    for _ in range(tries):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
 def bench_download(root: Path, size_mb: int, repeats: int) -> tuple[float, float, float]:
     rclone = rclone_binary()
     data_root = root / "s3"
@@ -84,12 +94,7 @@ def bench_download(root: Path, size_mb: int, repeats: int) -> tuple[float, float
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_for_port(port)
         os.environ.update({
             "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "Rclone",
             "RCLONE_CONFIG_BENCH_ENDPOINT": f"http://127.0.0.1:{port}",

@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,16 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.checkpoint_overhead import MODEL  # noqa: E402
+from benchmarks.resolve import _free_port, wait_for_port  # noqa: E402
 
 KEY_ID, SECRET = "benchkey", "benchsecret"
 FIRST_STEP = re.compile(r"epoch 1 step \d+ \(epoch step 1\)|bare: first step done")
 PHASES = re.compile(r"(Ready to train .*|bare: .* s)$", re.M)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _common(root: Path) -> list[str]:
@@ -139,12 +133,7 @@ def main() -> None:
            "RCLONE_CONFIG_BENCH_ENDPOINT": f"http://127.0.0.1:{port}",
            "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": KEY_ID, "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": SECRET}
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_for_port(port)
         made = subprocess.run(_train_cmd(root, root / "out", 1, args.opts), cwd=REPO, env=env, capture_output=True,
                               text=True)
         checkpoint = root / "out" / "bench" / "checkpoints" / "checkpoint_epoch_1.pth"

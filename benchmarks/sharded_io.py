@@ -58,6 +58,8 @@ from linnaeus.checkpoint.disk import clear_digest_cache  # noqa: E402
 from linnaeus.dist import all_gather_object, barrier, broadcast_object, get_rank, get_world_size, init_distributed  # noqa: E402
 from linnaeus.engine.parallel import wrap_model  # noqa: E402
 
+from benchmarks.checkpoint_io import stand_in_step  # noqa: E402
+
 
 def build(size_mb: int) -> tuple[nn.Module, torch.optim.Optimizer]:
     layers, width = 8, 1024
@@ -226,29 +228,13 @@ def _rss_bytes() -> int:
         return next(int(line.split()[1]) << 10 for line in f if line.startswith("VmRSS:"))
 
 
-def stand_in_step(seconds: float) -> Callable[[], None]:
-    """Matrix products lasting about ``seconds`` (calibrated on rank 0, the same count on every rank)."""
-    a = torch.randn(512, 512)
-    start, n = time.perf_counter(), 0
-    while time.perf_counter() - start < 0.2:
-        a @ a
-        n += 1
-    reps = broadcast_object(max(1, round(seconds / (0.2 / n))))
-
-    def run() -> None:
-        for _ in range(reps):
-            a @ a
-
-    return run
-
-
 def async_saves(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, n: int, step_s: float) -> None:
     """(d), (d2) and (e) of the module docstring."""
     sync = CheckpointManager(root / "sync", CheckpointPolicy(keep_last_n=1), sharded=True)
     manager = CheckpointManager(root / "async", CheckpointPolicy(keep_last_n=2, async_save=True), sharded=True)
     overlapped = CheckpointManager(root / "overlap", CheckpointPolicy(keep_last_n=1, async_save=True,
                                                                       overlap_snapshot=True), sharded=True)
-    forward_backward = stand_in_step(step_s)
+    forward_backward = stand_in_step(step_s, agree=broadcast_object)
     blocked, sync_s, rss, call_s, wait_s, fb_s = [], [], [], [], [], []
     try:
         # (d2) first: the loop's order, save, forward and backward, step (which waits for the copy).

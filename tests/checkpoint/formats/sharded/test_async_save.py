@@ -18,6 +18,21 @@ from tests.conftest import REPO, VENV_BIN
 HELPERS = REPO / "tests" / "helpers"
 
 
+def _assert_saved_as_expected(path: Path, expected: Path) -> dict:
+    """The committed checkpoint ``path`` verifies and holds the model and optimizer state in ``expected``
+    (the gathered state a helper wrote at the save call); returns the expected model state."""
+    assert verify_directory(path).ok, verify_directory(path)
+    saved = _all_tensors(path)
+    msd, osd = torch.load(expected, weights_only=True)
+    for k, v in msd.items():
+        assert torch.equal(saved[f"model.{k}"], v), (path.name, k)
+    for name, per_param in osd["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(saved[f"optim.state.{name}.{key}"], value), (path.name, name, key)
+    return msd
+
+
 def test_async_sharded_saves_commit_the_state_at_save_time_and_failures_raise_on_every_rank(tmp_path: Path) -> None:
     proc = subprocess.run([str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2",
                            str(HELPERS / "sharded_async_two_ranks.py"), str(tmp_path)], cwd=REPO, capture_output=True,
@@ -26,17 +41,8 @@ def test_async_sharded_saves_commit_the_state_at_save_time_and_failures_raise_on
     assert proc.returncode == 0, out[-5000:]
     ck = tmp_path / "ck"
     for n in (1, 2, 3):
-        path = ck / f"checkpoint_epoch_{n}"
-        assert verify_directory(path).ok, verify_directory(path)
-        saved = _all_tensors(path)
-        msd, osd = torch.load(tmp_path / f"expected_{n}.pt", weights_only=True)
         # Every weight was set to 1000 + n right after the save call: the old values must be on disk.
-        for k, v in msd.items():
-            assert torch.equal(saved[f"model.{k}"], v), (n, k)
-        for name, per_param in osd["state"].items():
-            for key, value in per_param.items():
-                if isinstance(value, torch.Tensor):
-                    assert torch.equal(saved[f"optim.state.{name}.{key}"], value), (n, name, key)
+        _assert_saved_as_expected(ck / f"checkpoint_epoch_{n}", tmp_path / f"expected_{n}.pt")
     assert (ck / "latest").read_text().strip() == "checkpoint_epoch_3"
     # The failed fourth save: nothing under its final name, no temp directory left, raised on both ranks.
     assert sorted(p.name for p in ck.iterdir()) == [".lock", "checkpoint_epoch_1", "checkpoint_epoch_2",
@@ -60,14 +66,5 @@ def test_overlapped_sharded_saves_commit_the_state_at_the_call_while_the_optimiz
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     for n in (1, 2, 3):
-        path = tmp_path / "ck" / f"checkpoint_epoch_{n}"
-        assert verify_directory(path).ok, verify_directory(path)
-        saved = _all_tensors(path)
-        msd, osd = torch.load(tmp_path / f"expected_{n}.pt", weights_only=True)
+        msd = _assert_saved_as_expected(tmp_path / "ck" / f"checkpoint_epoch_{n}", tmp_path / f"expected_{n}.pt")
         assert any(k.endswith("calls") for k in msd)
-        for k, v in msd.items():
-            assert torch.equal(saved[f"model.{k}"], v), (n, k)
-        for name, per_param in osd["state"].items():
-            for key, value in per_param.items():
-                if isinstance(value, torch.Tensor):
-                    assert torch.equal(saved[f"optim.state.{name}.{key}"], value), (n, name, key)
