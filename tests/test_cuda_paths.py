@@ -84,3 +84,44 @@ def test_fp16_grad_scaler_state_survives_a_save_and_resume(tmp_path: Path) -> No
     assert resumed is not None and resumed.progress["step"] == 5
     assert scaler2.state_dict() == before and before["scale"] != 2.0 ** 16
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+
+
+def test_overlapped_save_of_a_gpu_model_commits_the_state_at_the_call(tmp_path: Path) -> None:
+    """CHECKPOINT.ASYNC_OVERLAP on a GPU: the deferred copy (held back here) reads the weights after the
+    call returned; the step right after the call waits for it, so each file holds the state at the call."""
+    import copy
+    import time
+
+    from linnaeus.checkpoint import load_verified, parse_interval
+    from linnaeus.checkpoint.testing import set_test_phase_hook
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 8)).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+
+    def step() -> None:
+        model(torch.randn(32, 64, device="cuda")).square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    policy = CheckpointPolicy(interval=parse_interval("1st"), filename="ck_{step}.pth", async_save=True,
+                              overlap_snapshot=True)
+    expected = {}
+    set_test_phase_hook(lambda phase, _: time.sleep(0.3) if phase == "snapshot-deferred" else None)
+    try:
+        with CheckpointManager(tmp_path, policy) as manager:
+            for n in (1, 2, 3):
+                step()
+                expected[n] = copy.deepcopy({"model": {k: v.cpu() for k, v in model.state_dict().items()},
+                                             "optimizer": opt.state_dict()})
+                manager.save(epoch=0, step=n, end_of_epoch=False, model=model, optimizer=opt)
+                step()  # its forward changes BatchNorm's buffers; its optimizer step waits for the copy
+    finally:
+        set_test_phase_hook(None)
+    for n, state in expected.items():
+        saved = load_verified(tmp_path / f"ck_{n}.pth")
+        for k, v in state["model"].items():
+            assert torch.equal(saved["model"][k].cpu(), v), (n, k)
+        for i, per_param in state["optimizer"]["state"].items():
+            for key, value in per_param.items():
+                assert torch.equal(saved["optimizer"]["state"][i][key].cpu(), value.cpu()), (n, i, key)

@@ -97,6 +97,10 @@ class ShardedBackground:
                     use_pinned_memory=self._cuda, use_shared_memory=self._cuda, use_async_staging=True,
                     use_non_blocking_copy=self._cuda))
             stager = self._overlapping
+            if self._cuda:
+                # DCP stages on a side stream that does not wait for this stream's queued kernels (the
+                # last optimizer step's): let them finish first, or the copy could read older weights.
+                torch.cuda.current_stream().synchronize()
             overlap.gate.close()
         response: Any = None
         try:
