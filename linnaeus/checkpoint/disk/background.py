@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..testing import phase
-from .overlap import Overlap
+from .overlap import Overlap, SnapshotGate
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
@@ -141,7 +141,7 @@ class AsyncWriter:
         self._pool = _BufferPool() if reuse_buffers else None
         self._last_storages: list[torch.UntypedStorage] = []  # the last snapshot's, reused by the next
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # the last snapshot's deferred copies
-        self._gate = None
+        self._gate: SnapshotGate | None = None  # the last snapshot's, closed by submit() while it copies
 
     @property
     def busy(self) -> bool:

@@ -13,7 +13,6 @@ holds their writers. Storages are named by :func:`storage_key`, the identity ``t
 from __future__ import annotations
 
 import threading
-import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -35,15 +34,13 @@ class SnapshotGate:
 
     Closed by the writer when it defers a copy, opened when the copy is done (or failed): a step
     pre-hook of each watched optimizer waits for it, so no parameter or optimizer state changes under
-    the copy. ``waited_s`` adds up how long training waited there (the part of the copy that
-    forward and backward did not hide).
+    the copy.
     """
 
     def __init__(self) -> None:
         self._open = threading.Event()
         self._open.set()
         self._hooks: weakref.WeakKeyDictionary[torch.optim.Optimizer, Any] = weakref.WeakKeyDictionary()
-        self.waited_s = 0.0
 
     def watch(self, optimizers: Iterable[torch.optim.Optimizer]) -> None:
         """Make each optimizer's ``step`` wait for the gate (once per optimizer)."""
@@ -57,16 +54,9 @@ class SnapshotGate:
     def open(self) -> None:
         self._open.set()
 
-    @property
-    def is_open(self) -> bool:
-        return self._open.is_set()
-
     def wait(self) -> None:
         """Return once no deferred copy is in flight."""
-        if not self._open.is_set():
-            start = time.perf_counter()
-            self._open.wait()
-            self.waited_s += time.perf_counter() - start
+        self._open.wait()
 
     def unwatch(self) -> None:
         """Remove the step pre-hooks (after the last save; the gate is open by then)."""
