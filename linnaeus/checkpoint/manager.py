@@ -109,7 +109,8 @@ class CheckpointManager(LocalCheckpoints):
         self.taxonomy: dict[str, list[str]] | None = None
         self.metrics = MetricHistory(self.policy.monitor, self.policy.mode)
         self.last_committed: Path | None = None
-        self._background = self.format.background(name) if self.policy.async_save else None
+        self._background = (self.format.background(name, process=self.policy.writer_process)
+                            if self.policy.async_save else None)
         self._overlap = SnapshotOverlap() if self.policy.overlap_snapshot and self._background else None
         self._open_txn: CheckpointTransaction | None = None
         self._closed = False

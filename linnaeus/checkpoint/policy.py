@@ -193,6 +193,9 @@ class CheckpointPolicy:
     # With async_save: copy what only the optimizers change (parameters, optimizer state, the EMA) while
     # the next forward and backward run; the optimizers' step waits for it (disk/overlap.py).
     overlap_snapshot: bool = False
+    # With async_save: serialise, hash and write in a child process (disk/process_writer.py), so the
+    # writing leaves the training process's interpreter; the commit stays in this process.
+    writer_process: bool = False
     weights_only: bool = False
     save_last_only: bool = False
 
@@ -209,6 +212,10 @@ class CheckpointPolicy:
                 "overlap_snapshot", "overlap_snapshot=True overlaps the snapshot of a background save with "
                 "training; it needs async_save=True (a synchronous save has written everything when it returns).",
                 related=("async_save",))
+        if self.writer_process and not self.async_save:
+            raise InvalidPolicyError(
+                "writer_process", "writer_process=True writes background saves in a child process; it needs "
+                "async_save=True (a synchronous save writes in the caller).", related=("async_save",))
         if self.mode not in ("min", "max"):
             raise InvalidPolicyError("mode", f"mode must be 'min' or 'max', got {self.mode!r}.")
         for name, zero in (("keep_last_n", "keep all"), ("keep_best_n", "keep none for being best")):

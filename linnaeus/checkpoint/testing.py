@@ -46,6 +46,11 @@ def install_phase_delay(delay_s: float) -> None:
     set_test_phase_hook(hook)
 
 
+def phase_hook_installed() -> bool:
+    """Whether a hook is installed (a writer process relays its phases to this process only then)."""
+    return _phase_hook is not None
+
+
 def phase(name: str, nbytes: int = 0) -> None:
     """Report reaching ``name`` (called by the store; a no-op unless a hook is installed)."""
     if _phase_hook is not None:

@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from collections import OrderedDict
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, verify_checkpoint
-from linnaeus.checkpoint.disk import AsyncWriter
+from linnaeus.checkpoint.disk import AsyncWriter, ProcessWriter
 from linnaeus.checkpoint.formats import commit_file
 from tests.conftest import REPO, tiny_args
 from tests.helpers.tied_model import TiedLM
@@ -141,8 +142,11 @@ def _build(bases_spec: list, derived_spec: list, g: torch.Generator,
     derived = [_derive(kind, bases[pick % len(bases)], pick) for kind, pick in derived_spec]
     tensors = bases + derived
     half = (len(tensors) + 1) // 2
+    # A module's state_dict: an OrderedDict whose _metadata torch.save pickles with it.
+    model = OrderedDict((f"layer{i}.weight", t) for i, t in enumerate(tensors[:half]))
+    model._metadata = OrderedDict([("", {"version": 1}), ("layer0", {"version": 2})])  # type: ignore[attr-defined]
     state = {
-        "model": {f"layer{i}.weight": t for i, t in enumerate(tensors[:half])},
+        "model": model,
         "ema": {"module": {f"layer{i}.weight": t for i, t in enumerate(tensors)}, "step": 3},
         "optimizer": {"state": {i: {"exp_avg": t, "step": torch.tensor(float(i))} for i, t in enumerate(tensors[half:])},
                       "param_groups": [{"lr": 0.1, "params": list(range(len(tensors) - half))}]},
@@ -171,6 +175,7 @@ def _assert_same_tree(a: Any, b: Any, where: str = "") -> None:
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
             _assert_same_tree(x, y, f"{where}/{i}")
+        assert getattr(a, "__dict__", None) == getattr(b, "__dict__", None), f"{where}: attributes (_metadata)"
     elif isinstance(a, torch.Tensor):
         assert (a.dtype, a.shape, a.stride(), a.storage_offset()) == (b.dtype, b.shape, b.stride(), b.storage_offset()), where
         assert bytes(a.untyped_storage()) == bytes(b.untyped_storage()), where
@@ -187,19 +192,32 @@ def _sharing(tree: Any) -> list[tuple[int, int]]:
             for i, t in enumerate(leaves)]
 
 
+@pytest.fixture(scope="module")
+def process_writer() -> Iterator[ProcessWriter]:
+    # One writer process for every example: later examples reuse (and drop) the slabs of earlier ones.
+    writer = ProcessWriter("prop")
+    writer.start()
+    assert writer.wait_ready(60)
+    yield writer
+    writer.release_buffers()
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
 @settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 @given(states)
-def test_async_snapshot_writes_what_a_sync_save_writes(tmp_path_factory: pytest.TempPathFactory, spec: tuple) -> None:
+def test_async_snapshot_writes_what_a_sync_save_writes(tmp_path_factory: pytest.TempPathFactory,
+                                                      process_writer: ProcessWriter, kind: str, spec: tuple) -> None:
     bases_spec, derived_spec, renew, seed = spec
     g = torch.Generator().manual_seed(seed)
     sync_dir, async_dir = tmp_path_factory.mktemp("sync"), tmp_path_factory.mktemp("async")
-    writer = AsyncWriter("prop")
+    writer = AsyncWriter("prop") if kind == "thread" else process_writer
     state, bases = _build(bases_spec, derived_spec, g)
     for i, new_objects in enumerate(renew):
         if new_objects:
             state, bases = _build(bases_spec, derived_spec, g)
         frozen = writer.snapshot(state)
-        writer.submit(lambda f=frozen, n=f"{i}.pth": commit_file(async_dir, n, f, update_latest=False), "save")
+        writer.submit(lambda f=frozen, n=f"{i}.pth": commit_file(async_dir, n, f, update_latest=False,
+                                                                 write=writer.write_file), "save")
         commit_file(sync_dir, f"{i}.pth", state, update_latest=False)
         for t in bases:  # training goes on while the async write may still be running
             _fill(t, g)

@@ -35,8 +35,10 @@ from .durable import (
     writer_id,
     writer_pid,
 )
+from .hashed_file import Serializer, Written, write_hashed
 from .hashing import CHUNK_SIZE, FileDigest, HashingWriter
 from .overlap import Overlap, SnapshotGate, storage_key
+from .process_writer import ProcessWriter, WriterProcessError
 from .sidecar import (
     PROGRESS_KEYS,
     SIDECAR_SUFFIX,
@@ -52,10 +54,10 @@ from .writer_lock import LOCK_NAME, WriterLease, acquire, acquire_on_writer_rank
 
 __all__ = [
     "AsyncWriter", "BackgroundFlush", "ErrorRecordingStream", "CHUNK_SIZE", "FAST_DIGEST", "FileDigest", "HashingWriter", "LOCK_NAME", "Overlap",
-    "PROGRESS_KEYS", "REPLACED", "SHA256", "SIDECAR_SUFFIX", "SidecarError", "SnapshotGate", "TEMP_SYNCED", "WRITER_ID", "WriterLease",
+    "PROGRESS_KEYS", "ProcessWriter", "REPLACED", "Serializer", "SHA256", "SIDECAR_SUFFIX", "SidecarError", "SnapshotGate", "TEMP_SYNCED", "WRITER_ID", "WriterLease", "WriterProcessError", "Written",
     "acquire", "acquire_on_writer_rank", "cache_both_digests", "cached_digest", "clear_digest_cache", "digest_file",
     "digests_of", "dir_lock", "format_sidecar", "fsync_dir", "fsync_file", "is_temp_name", "parse_sidecar",
     "pid_alive", "read_holder", "read_sidecar", "read_sidecar_digest", "remove_tree", "sha256_file",
     "sha256_file_async", "sidecar_path", "sidecar_progress", "snapshot", "storage_key", "temp_name", "temp_target", "temp_writer",
-    "temp_writer_pid", "write_durably", "writer_id", "writer_pid",
+    "temp_writer_pid", "write_durably", "write_hashed", "writer_id", "writer_pid",
 ]

@@ -27,21 +27,27 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..testing import phase
+from .hashed_file import Serializer, Written, write_hashed
 from .overlap import Overlap, SnapshotGate
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
 
-class _BufferPool:
-    """CPU storages free for reuse, by size in bytes."""
+Allocate = Callable[[int], torch.UntypedStorage]
 
-    def __init__(self) -> None:
+
+class _BufferPool:
+    """CPU storages free for reuse, by size in bytes; new ones come from ``allocate``."""
+
+    def __init__(self, allocate: Allocate = torch.UntypedStorage) -> None:
+        self._allocate = allocate
         self._free: dict[int, list[torch.UntypedStorage]] = defaultdict(list)
 
     def recycle(self, storages: list[torch.UntypedStorage]) -> None:
@@ -51,7 +57,7 @@ class _BufferPool:
 
     def take(self, nbytes: int) -> torch.UntypedStorage:
         free = self._free.get(nbytes)
-        return free.pop() if free else torch.UntypedStorage(nbytes)
+        return free.pop() if free else self._allocate(nbytes)
 
     def clear(self) -> None:
         self._free.clear()
@@ -89,6 +95,10 @@ class _Snapshot:
             # param_groups, which the scheduler keeps mutating) that must not change under the writer.
             items = [(k, self.copy(v)) for k, v in obj.items()]
             out = dict(items) if type(obj) is dict else type(obj)(items)  # keeps OrderedDict
+            if type(obj) is not dict and getattr(obj, "__dict__", None):
+                # A module's state_dict carries _metadata (each submodule's version, which its
+                # _load_from_state_dict reads): pickled by torch.save, so kept here too.
+                out.__dict__.update(self.copy(dict(vars(obj))))
         elif isinstance(obj, list):
             out = [self.copy(v) for v in obj]
         else:
@@ -133,12 +143,13 @@ def snapshot(obj: Any, pool: _BufferPool | None = None) -> Any:
 class AsyncWriter:
     """Runs one job at a time on a background thread and keeps its first error for the caller."""
 
-    def __init__(self, name: str = "checkpoint", reuse_buffers: bool = True) -> None:
+    def __init__(self, name: str = "checkpoint", reuse_buffers: bool = True,
+                 allocate: Allocate = torch.UntypedStorage) -> None:
         self._name = name
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._lock = threading.Lock()
-        self._pool = _BufferPool() if reuse_buffers else None
+        self._pool = _BufferPool(allocate) if reuse_buffers else None
         self._last_storages: list[torch.UntypedStorage] = []  # the last snapshot's, reused by the next
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # the last snapshot's deferred copies
         self._gate: SnapshotGate | None = None  # the last snapshot's, closed by submit() while it copies
@@ -192,6 +203,10 @@ class AsyncWriter:
 
         self._thread = threading.Thread(target=run, name=f"linnaeus-{self._name}-writer", daemon=False)
         self._thread.start()
+
+    def write_file(self, path: Path, state: Any, serialize: Serializer = torch.save) -> Written:
+        """Called by a job: create ``path`` holding ``state`` (a snapshot of this writer's), hashed and fsynced."""
+        return write_hashed(path, state, serialize)
 
     def wait_idle(self) -> None:
         if self._thread is not None:

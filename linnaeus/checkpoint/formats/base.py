@@ -260,8 +260,9 @@ class CheckpointFormat(abc.ABC):
         """Raise InvalidOperationError when this format cannot write what the saver's policy asks."""
 
     @abc.abstractmethod
-    def background(self, name: str) -> Background:
-        """A manager's machinery for saves in the background (threads, kept buffers)."""
+    def background(self, name: str, *, process: bool = False) -> Background:
+        """A manager's machinery for saves in the background (threads, kept buffers; with ``process``,
+        a writer process)."""
 
     @abc.abstractmethod
     def save(self, directory: Path, name: str, contents: Mapping[str, Any], *, update_latest: bool,

@@ -30,28 +30,30 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 import torch
 
 from ...disk import (
-    BackgroundFlush,
-    HashingWriter,
+    Serializer,
+    Written,
     dir_lock,
     format_sidecar,
     fsync_dir,
     sidecar_path,
     temp_name,
     write_durably,
+    write_hashed,
 )
 from ...errors import LatestUpdateError
 from ...state import stored_progress
-from ...testing import WRITE_PHASE_EVERY, phase
+from ...testing import phase
 from ..base import SaveResult
 from ..directory import durable_phases, write_latest
 from .names import pending_sidecar_name
 
-_FLUSH_EVERY = 32 << 20  # bytes serialised between background flushes (see disk.BackgroundFlush)
+# Creates, fills and fsyncs a temp file (the given path) with a state; returns what the commit records.
+WriteFile = Callable[[Path, Any], Written]
 
 
 def commit_file(
@@ -60,66 +62,37 @@ def commit_file(
     state: Any,
     *,
     update_latest: bool,
-    serialize: Callable[[Any, BinaryIO], None] = torch.save,
+    serialize: Serializer = torch.save,
+    write: WriteFile | None = None,
 ) -> SaveResult:
     """Write ``state`` to ``directory/filename`` transactionally (see module docstring).
 
     ``serialize(state, fileobj)`` writes the bytes (``torch.save`` by default; the CLI's
-    safetensors export passes its own).
+    safetensors export passes its own). ``write(temp_path, state)`` creates, fills and fsyncs the
+    temp file (:func:`~linnaeus.checkpoint.disk.write_hashed` here by default; a background
+    save may hand it to its writer process); the commit that follows is always this process's.
     """
     start = time.perf_counter()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / filename
     tmp = directory / temp_name(filename)
-    last_reported = [0]
-    flushed = [0]
-
-    def on_write(total: int) -> None:
-        if total - flushed[0] >= _FLUSH_EVERY:
-            # Let the disk work while we go on serialising and hashing, instead of
-            # leaving all of it to the final fsync.
-            raw.flush()
-            flusher.kick()
-            flushed[0] = total
-        if total - last_reported[0] >= WRITE_PHASE_EVERY:
-            last_reported[0] = total
-            phase("write", total)
-
     sidecar_written = False
     try:
-        with open(tmp, "xb") as raw:
-            phase("open")
-            writer = HashingWriter(raw, on_write=on_write)
-            flusher = BackgroundFlush(raw.fileno())
-            try:
-                serialize(state, writer)
-            except Exception as e:
-                # torch.save reports a failed write of its own as a position mismatch
-                # ("unexpected pos ..."); the OSError (ENOSPC, EFBIG, EIO) is the cause.
-                if writer.error is not None and writer.error is not e:
-                    raise writer.error from e
-                raise
-            finally:
-                flusher.close()
-            raw.flush()
-            phase("written", writer.bytes_written)
-            os.fsync(raw.fileno())
-            phase("fsynced", writer.bytes_written)
-        digest = writer.digest()
-        sidecar_text = format_sidecar(digest, filename, stored_progress(state))
+        written = (write or (lambda path, obj: write_hashed(path, obj, serialize)))(tmp, state)
+        sidecar_text = format_sidecar(written.digest, filename, stored_progress(state))
         with dir_lock(directory):
             side = sidecar_path(final)
             if final.exists() and side.exists():
-                _overwrite_committed(tmp, final, sidecar_text, writer.bytes_written)
+                _overwrite_committed(tmp, final, sidecar_text, written.nbytes)
             else:
                 # Sidecar first: once the data file has its final name it is fully committed.
                 sidecar_written = True
                 write_durably(side, sidecar_text, on_step=durable_phases("sidecar"))
                 os.replace(tmp, final)
-                phase("renamed", writer.bytes_written)
+                phase("renamed", written.nbytes)
                 fsync_dir(directory)
-                phase("dir-synced", writer.bytes_written)
+                phase("dir-synced", written.nbytes)
             if update_latest:
                 try:
                     write_latest(directory, filename)
@@ -130,7 +103,7 @@ def commit_file(
         if sidecar_written and not final.exists():
             sidecar_path(final).unlink(missing_ok=True)
         raise
-    return SaveResult(final, digest.sha256, writer.bytes_written, time.perf_counter() - start)
+    return SaveResult(final, written.digest.sha256, written.nbytes, time.perf_counter() - start)
 
 
 def _overwrite_committed(tmp: Path, final: Path, sidecar_text: str, nbytes: int) -> None:
@@ -159,4 +132,4 @@ def _overwrite_committed(tmp: Path, final: Path, sidecar_text: str, nbytes: int)
     phase("sidecar-synced", nbytes)
 
 
-__all__ = ["commit_file"]
+__all__ = ["WriteFile", "commit_file"]

@@ -14,7 +14,7 @@ from torch import nn
 
 from linnaeus.dist import is_main_process, raise_on_all_ranks
 
-from ...disk import AsyncWriter, Overlap, read_sidecar_digest, sha256_file, sidecar_path
+from ...disk import AsyncWriter, Overlap, ProcessWriter, WriterProcessError, read_sidecar_digest, sha256_file, sidecar_path
 from ...errors import CheckpointError, InvalidOperationError, LatestUpdateError
 from ...state import Stateful, full_model_state, has_dtensors, materialize, restore_full_state
 from ...testing import phase
@@ -30,7 +30,7 @@ from ..base import (
 from . import transfer
 from .adopt import adopt_file, move_file
 from .cleanup import file_leftovers
-from .commit import commit_file
+from .commit import WriteFile, commit_file
 from .info import describe_file, read_file_info
 from .verify import load_file_verified, verify_file
 from .weights import read_weights_file
@@ -77,8 +77,13 @@ class FileFormat(CheckpointFormat):
             return sha256_file(path)  # a file from elsewhere, without a sidecar
 
     # ----------------------------------------------------------------- writing
-    def background(self, name: str) -> Background:
-        return AsyncWriter(name)
+    def background(self, name: str, *, process: bool = False) -> Background:
+        if not process:
+            return AsyncWriter(name)
+        writer = ProcessWriter(name)
+        if is_main_process():  # the one that writes: its writer process imports while the run starts
+            writer.start()
+        return writer
 
     def save(self, directory: Path, name: str, contents: Mapping[str, Any], *, update_latest: bool,
              background: Background | None, on_committed: OnCommitted,
@@ -92,7 +97,7 @@ class FileFormat(CheckpointFormat):
         if isinstance(background, AsyncWriter):
             # Here: training may change tensors right after we return (the deferred ones: after the gate opens).
             frozen = background.snapshot(state, overlap)
-            background.submit(lambda: on_committed(_commit(directory, name, frozen, update_latest)),
+            background.submit(lambda: on_committed(_commit(directory, name, frozen, update_latest, background.write_file)),
                               f"save of {directory / name}")
             return None
         result = error = None
@@ -142,16 +147,17 @@ def _whole_model(contents: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
     return {**contents, "model": full_model_state(model)}
 
 
-def _commit(directory: Path, name: str, state: Any, update_latest: bool) -> SaveResult:
+def _commit(directory: Path, name: str, state: Any, update_latest: bool, write: WriteFile | None = None) -> SaveResult:
     """Rank 0: :func:`commit_file`, its failures as CheckpointError naming the file and whether it got committed."""
     try:
-        return commit_file(directory, name, state, update_latest=update_latest)
+        return commit_file(directory, name, state, update_latest=update_latest, write=write)
     except LatestUpdateError:
         raise  # the data is committed; its message says so
     except Exception as e:
+        what = ("" if isinstance(e, WriterProcessError)
+                else " Check that the checkpoint directory is writable and has free space.")
         raise CheckpointError(
-            f"save of {directory / name} failed, nothing was committed: {type(e).__name__}: {e}. "
-            "Check that the checkpoint directory is writable and has free space."
+            f"save of {directory / name} failed, nothing was committed: {type(e).__name__}: {e}.{what}"
         ) from e
 
 

@@ -75,7 +75,12 @@ class ShardedFormat(CheckpointFormat):
             raise InvalidOperationError(f"sharded saves are full checkpoints; saver {saver!r} is weights-only. "
                                         "Export weights from a sharded checkpoint with `linnaeus-ckpt export`.")
 
-    def background(self, name: str) -> Background:
+    def background(self, name: str, *, process: bool = False) -> Background:
+        if process:
+            raise InvalidOperationError(
+                f"checkpoint manager {name!r}: writer_process=True writes single-file checkpoints in a child "
+                "process; sharded saves are written by torch.distributed.checkpoint's own writer threads on "
+                "every rank. Turn writer_process off for sharded checkpoints.")
         return ShardedBackground(name)
 
     def save(self, directory: Path, name: str, contents: Mapping[str, Any], *, update_latest: bool,
