@@ -72,12 +72,14 @@ def _train(cfg: CfgNode, launcher: LauncherWatch) -> dict[str, Any]:
     try:
         return _resume_and_fit(cfg, launcher, checkpoints, out_dir)
     except BaseException as e:
+        # The cause first: the cleanup below may take longer than a launcher that closes its
+        # workers waits before it kills them.
+        if not launcher.gone and lost_peer_message(e):
+            logger.error(lost_peer_message(e))
         # A save in flight commits, committed checkpoints finish uploading, the lock and lease go;
         # this exception still propagates.
         checkpoints.close_after_error()
         launcher.raise_if_gone(e)  # then the launcher's death is the cause (logged once), not e
-        if lost_peer_message(e):
-            logger.error(lost_peer_message(e))
         raise
 
 
@@ -125,6 +127,7 @@ def _resume_and_fit(cfg: CfgNode, launcher: LauncherWatch, checkpoints: RunCheck
 
     tb = build_tb_writer(out_dir, rank, resumed_step=progress.step)  # keeps steps <= it, purges later ones
     checkpoints.before_save.append(tb.flush)  # a checkpoint never outlives the events it keeps
+    checkpoints.before_save.append(launcher.check)  # also after waiting for the save in flight (raises)
     trainer = Trainer(
         model, ddp_model, optimizer, scheduler, MultiLevelLoss(cfg.DATA.TASK_KEYS, cfg.TRAIN.LOSS_WEIGHTS,
                                                                cfg.TRAIN.LABEL_SMOOTHING),

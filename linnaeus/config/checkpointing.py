@@ -18,6 +18,7 @@ from linnaeus.checkpoint.policy import CheckpointPolicy, InvalidPolicyError, met
 from linnaeus.checkpoint.resume import InvalidResumeTargetError, parse_run_target
 
 from .errors import ConfigError
+from .parallel import sharded_checkpoints
 
 # Policy field → the config key it is read from, per saver.
 _MAIN_KEYS = {
@@ -60,6 +61,7 @@ def build_policy(cfg: CN) -> CheckpointPolicy:
             keep_last_n=c.KEEP_LAST_N, keep_best_n=c.KEEP_BEST_N, keep_local_n=c.KEEP_LOCAL_N, monitor=c.MONITOR,
             mode=c.MODE,
             async_save=c.ASYNC, overlap_snapshot=c.ASYNC and c.ASYNC_OVERLAP, weights_only=c.WEIGHTS_ONLY,
+            writer_process=c.ASYNC and c.ASYNC_PROCESS and not sharded_checkpoints(cfg),
             save_last_only=c.SAVE_LAST_ONLY,
         )
 
@@ -71,7 +73,8 @@ def build_weights_policy(cfg: CN) -> CheckpointPolicy:
         return CheckpointPolicy(interval=parse_interval(w.INTERVAL), filename=w.FILENAME,
                                 keep_last_n=w.KEEP_LAST_N, keep_local_n=cfg.CHECKPOINT.KEEP_LOCAL_N,
                                 async_save=cfg.CHECKPOINT.ASYNC, weights_only=True,
-                                overlap_snapshot=cfg.CHECKPOINT.ASYNC and cfg.CHECKPOINT.ASYNC_OVERLAP)
+                                overlap_snapshot=cfg.CHECKPOINT.ASYNC and cfg.CHECKPOINT.ASYNC_OVERLAP,
+                                writer_process=cfg.CHECKPOINT.ASYNC and cfg.CHECKPOINT.ASYNC_PROCESS)
 
 
 def validate_checkpointing(cfg: CN) -> None:

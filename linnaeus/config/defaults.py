@@ -218,6 +218,10 @@ _C.CHECKPOINT.ASYNC = False
 # (the optimizer step waits for the copy) instead of before save() returns; everything else is copied
 # at the save. Off: the whole state is copied before training goes on.
 _C.CHECKPOINT.ASYNC_OVERLAP = True
+# With ASYNC: serialise, hash and write single-file checkpoints in a child process fed through shared
+# memory, so the writing does not compete with training for the interpreter; the commit stays in the
+# training process. Sharded checkpoints are written by every rank's DCP writer threads whatever this says.
+_C.CHECKPOINT.ASYNC_PROCESS = True
 # "auto" (sharded under TRAIN.STRATEGY fsdp, one file under ddp), "file" or "sharded" (a DCP directory
 # named by FILENAME without its suffix, every rank writing its shards; loads on any world size).
 _C.CHECKPOINT.FORMAT = "auto"

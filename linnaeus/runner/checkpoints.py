@@ -264,6 +264,9 @@ class RunCheckpoints:
 
     # ------------------------------------------------------------------ saving
     def _save(self, manager: CheckpointManager, *, end_of_epoch: bool, metrics: dict[str, Any] | None) -> None:
+        # The save in flight commits first (the new one would wait for it inside save()), so that the
+        # hooks decide at the moment the new save starts: a launcher that died meanwhile stops it.
+        manager.wait()
         for hook in self.before_save:
             hook()
         p, objects = self.progress, dict(self.objects)
