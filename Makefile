@@ -30,11 +30,9 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
+# Every benchmark, one table of ratios against their targets, kept in benchmarks/results/ (BENCH_OPTS=--quick).
 bench: venv
-	$(PY) benchmarks/runner_overhead.py
-	$(PY) benchmarks/checkpoint_io.py
-	$(PY) benchmarks/resolve.py
-	$(PY) benchmarks/data_throughput.py
+	$(PY) benchmarks/bench.py $(BENCH_OPTS)
 
 clean-venv:
 	rm -rf $(VENV)

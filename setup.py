@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # `pip install .[test]`: what the test suite imports on top of the runtime dependencies.
     "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100", "packaging>=23.0", "import-linter>=2.17,<3"],
+    # `pip install .[bench]`: the chart `make bench` draws (benchmarks/bench.py).
+    "bench": ["matplotlib>=3.8"],
 }
 
 setup(

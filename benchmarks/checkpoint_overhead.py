@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import record
+
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 WINDOW = re.compile(r"epoch \d+ step (\d+) \(epoch step \d+\) loss .* ([\d.]+) img/s")
@@ -41,7 +43,9 @@ MODEL = ["MODEL.HYBRID.VIT_DIM", "640", "MODEL.HYBRID.VIT_HEADS", "10", "MODEL.H
          "TRAIN.EPOCHS", "1", "TRAIN.PROGRESS_BAR", "False", "CHECKPOINT.KEEP_LAST_N", "2",
          "CHECKPOINT.KEEP_BEST_N", "0", "CHECKPOINT.MONITOR", "", "TRAIN.EMA.ENABLED", "False",
          "CHECKPOINT.FILENAME", "checkpoint_step_{step}.pth"]
-FORMATS = {"file": (1, ["TRAIN.STRATEGY", "ddp", "CHECKPOINT.FORMAT", "file"]),
+FORMATS = {"file": (1, ["TRAIN.STRATEGY", "ddp", "CHECKPOINT.FORMAT", "file", "CHECKPOINT.ASYNC_PROCESS", "False"]),
+           # the same, written by the writer process (CHECKPOINT.ASYNC_PROCESS)
+           "file-process": (1, ["TRAIN.STRATEGY", "ddp", "CHECKPOINT.FORMAT", "file", "CHECKPOINT.ASYNC_PROCESS", "True"]),
            "sharded": (2, ["TRAIN.STRATEGY", "fsdp", "CHECKPOINT.FORMAT", "sharded"])}
 
 
@@ -106,6 +110,8 @@ def main() -> None:
                 cost = [n * samples_per_step * (1 / a - 1 / b) for a, b in zip(rates[n], rates[None])]
                 target = 0.98 if n >= 50 else 0.95
                 ratio = statistics.median(ratios)
+                record("checkpoint_overhead", f"{fmt}: throughput, async save every {n} steps, / none", ratios,
+                       f">= {target}")
                 print(f"{fmt:<8} {n:>6} {statistics.median(rates[n]):>8.1f} {statistics.median(rates[None]):>11.1f} "
                       f"{ratio:>7.3f} {min(ratios):>6.3f}-{max(ratios):<6.3f} {statistics.median(cost):>11.3f}  "
                       f">= {target}  {'PASS' if ratio >= target else 'FAIL'}")

@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.checkpoint_overhead import MODEL  # noqa: E402
 from benchmarks.resolve import _free_port, wait_for_port  # noqa: E402
+from results import record  # noqa: E402
 
 KEY_ID, SECRET = "benchkey", "benchsecret"
 FIRST_STEP = re.compile(r"epoch 1 step \d+ \(epoch step 1\)|bare: first step done")
@@ -164,6 +165,9 @@ def main() -> None:
             verdict = ("PASS" if med / bare_s <= 1.2 else "FAIL") if target else ""
             print(f"{name:<24} {med:>9.2f} {min(seconds[name]):>6.2f}-{max(seconds[name]):<6.2f} "
                   f"{med / bare_s:>7.2f}x  {target} {verdict}")
+        for name, target in (("linnaeus, run dir", "<= 1.2"), ("linnaeus, bucket", "")):
+            record("resume_time", f"relaunch to first step ({name.split(', ')[1]}) / bare torch.load script",
+                   [a / b for a, b in zip(seconds[name], seconds["bare torch.load"])], target)
         print("\nwhere the time goes (last round):")
         for name in names:
             print(f"  {name}: {phases[name]}")

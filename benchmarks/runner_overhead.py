@@ -40,6 +40,7 @@ from linnaeus.engine.loss import MultiLevelLoss  # noqa: E402
 from linnaeus.engine.optim import build_ema, build_optimizer, build_scheduler  # noqa: E402
 from linnaeus.engine.trainer import Progress, Trainer, steps_per_epoch  # noqa: E402
 from linnaeus.models.build import build_model  # noqa: E402
+from results import record  # noqa: E402
 
 
 class CachedEpoch(Dataset):
@@ -191,6 +192,8 @@ def print_table(bare: list[tuple[float, float]], runner: list[tuple[float, float
         print(f"{label:>6} " + "   ".join(f"{b:>10.1f} {t:>10.1f} {ratio:>9.3f}" for b, t, ratio in cols))
     print("(median row: median throughputs, and the median of the per-pair ratios)")
     for name, i in (("wall-clock", 0), ("CPU-time", 1)):
+        record("runner_overhead", f"runner / hand-written loop, {name} throughput",
+               [y[i] / x[i] for x, y in zip(bare, runner)], ">= 0.95")
         b, t, ratio = summary["median"][i]
         print(f"runner/bare, {name}, median of pairs: {ratio:.3f}  target >= 0.95: "
               f"{'PASS' if ratio >= 0.95 else 'FAIL'}  (overhead at the medians {(batch / t - batch / b) * 1e3:+.1f} ms/step"

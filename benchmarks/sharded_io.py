@@ -48,6 +48,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from results import record
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
@@ -168,6 +169,13 @@ def main() -> None:
             for k, (vload, bload) in resharded.items():
                 name = f"(f) {get_world_size()}-rank checkpoint loaded on {k} rank(s), verified vs bare"
                 print(f"{name:<58}{vload:>9.2f}{bload:>9.2f}{vload / bload:>8.2f}  <= 1.3")
+            tag = f"sharded_io {get_world_size()} ranks"
+            pair = lambda a, b: [x / y for x, y in zip(rows[a], rows[b])]  # noqa: E731 - one per interleaved pair
+            record(tag, "(a) verified sharded save: throughput / bare dcp.save", pair("bare", "verified"), ">= 0.9")
+            record(tag, "(c) verified sharded load / bare dcp.load, warm", pair("vload", "bload"), "<= 1.2")
+            record(tag, "(c) verified sharded load / bare dcp.load, cold", pair("vcold", "bcold"), "<= 1.2")
+            for k, (vload, bload) in resharded.items():
+                record(tag, f"(f) loaded on {k} rank(s): verified / bare dcp.load (one pair)", [vload / bload], "<= 1.2")
     finally:
         _finish(root, manager, files)
 
@@ -271,6 +279,8 @@ def async_saves(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
             print(f"{'(d2) overlapped: call + wait at the step vs a sync save (s)':<58}{lap:>10.3f}{full:>10.3f}"
                   f"{lap / full:>8.3f}  <= 0.01   (call {statistics.median(call_s):.3f} s, wait "
                   f"{statistics.median(wait_s):.3f} s after a {statistics.median(fb_s):.2f} s step; median of {len(call_s)})")
+            record(f"sharded_io {get_world_size()} ranks", "(d2) overlapped async: blocked, % of sync save",
+                   [100 * (c + w) / full for c, w in zip(call_s, wait_s)], "<= 1", unit="%")
             for r, (after_2, after_n, share) in enumerate(rows):
                 print(f"{f'(e) rank {r}: RSS growth saves 2..{n} vs its checkpoint share (MiB)':<58}"
                       f"{(after_n - after_2) / 2**20:>10.1f}{share / 2**20:>10.1f}"

@@ -81,7 +81,7 @@ def test_every_declared_requirement_is_met_by_the_pins_and_every_pin_is_declared
         assert name in pins, f"setup.py declares {r} but requirements.txt does not pin {r.name}"
         assert r.specifier.contains(pins[name], prereleases=True), \
             f"requirements.txt pins {r.name}=={pins[name]}, outside setup.py's {r}"
-    undeclared = sorted(set(pins) - runtime - test_extra)
+    undeclared = sorted(set(pins) - {canonicalize_name(r.name) for r in requirements})  # runtime or an extra
     assert not undeclared, f"requirements.txt pins {undeclared}, which setup.py does not declare"
     # The pair moves together: the declared torch range admits exactly one torch minor release.
     [torch_req] = [r for r in requirements if canonicalize_name(r.name) == "torch"]
