@@ -5,9 +5,10 @@
 Runs each benchmark in turn, alone (nothing else should run on the machine meanwhile: the load
 average before and after is recorded), collects the ratios they record (``results.record``: the
 median of interleaved pairs and their spread), prints them as one table with PASS/FAIL against
-their targets, and writes ``<out>/<date>.json`` (machine, torch version, sizes, every ratio) and
-``<out>/<date>.md`` (the table for the docs) and ``<out>/<date>.png`` (each ratio's distance from its target). ``--quick`` runs smaller sizes and
-fewer rounds: a check that everything runs, not figures to quote.
+their targets, and writes ``<out>/<date>.json`` (machine, torch version, sizes, every ratio),
+``<out>/<date>.md`` (the table for the docs) and ``<out>/<date>.png`` (each ratio's distance from
+its target). ``--quick`` runs smaller sizes and fewer rounds: a check that everything runs, not
+figures to quote.
 """
 
 from __future__ import annotations

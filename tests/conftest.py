@@ -99,3 +99,11 @@ def poll_until_raises(poll: Callable[[], None], error: type[E], timeout: float =
         time.sleep(0.01)
     raise AssertionError(f"{getattr(poll, '__qualname__', poll)} did not raise {error.__name__} within {timeout} s")
 
+
+def process_running(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie has ended (its parent, or init, reaps it later)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; its parent (init, or this test for the launcher) reaps it

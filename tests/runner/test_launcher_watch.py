@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import pytest
 
 from linnaeus.checkpoint import verify_checkpoint
-from tests.conftest import REPO, VENV_BIN, run_train, tiny_args
+from tests.conftest import REPO, VENV_BIN, process_running, run_train, tiny_args
 from tests.runner.test_resume_exact import _assert_bit_identical, _final_state, _log_step
 
 # 2 epochs of 12 steps, a step checkpoint every 4 steps, written asynchronously.
@@ -70,7 +70,7 @@ class Job:
     def seconds_until_all_gone(self, since: float) -> float:
         """Seconds from ``since`` until no process of the job is left; fails after BOUND_S."""
         while True:
-            alive = [pid for pid in self.pids if _alive(pid)]
+            alive = [pid for pid in self.pids if process_running(pid)]
             if not alive:
                 return time.monotonic() - since
             if time.monotonic() - since > BOUND_S:
@@ -83,7 +83,7 @@ class Job:
 
     def kill_all(self) -> None:
         for pid in self.pids:
-            if _alive(pid):
+            if process_running(pid):
                 os.kill(pid, signal.SIGKILL)
         if self.launcher.poll() is None:
             self.launcher.kill()
@@ -106,14 +106,6 @@ def _children(pid: int) -> list[int]:
     except OSError:
         pass  # already gone
     return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has ended; its parent (init, or this test for the launcher) reaps it
 
 
 def _steps(run_dir: Path) -> list[int]:
@@ -199,7 +191,7 @@ def test_peer_that_stops_answering_is_given_up_after_the_collective_timeout(tmp_
     rank0, rank1 = sorted(job.workers())
     os.kill(rank1, signal.SIGSTOP)
     stopped_at = time.monotonic()
-    while _alive(rank0):
+    while process_running(rank0):
         assert time.monotonic() - stopped_at < BOUND_S, f"rank 0 still waits {BOUND_S} s after its peer stopped"
         time.sleep(0.05)
     waited = time.monotonic() - stopped_at
@@ -227,13 +219,13 @@ def test_worker_blocked_when_its_launcher_dies_ends_itself_after_the_save_in_fli
         assert parent.stdout.readline().strip() == "blocked"
         os.kill(parent.pid, signal.SIGKILL)
         killed_at = time.monotonic()
-        while _alive(child):
+        while process_running(child):
             assert time.monotonic() - killed_at < BOUND_S, f"the worker still runs {BOUND_S} s after its parent died"
             time.sleep(0.05)
         waited = time.monotonic() - killed_at
     finally:
         for pid in (child, parent.pid):
-            if _alive(pid):
+            if process_running(pid):
                 os.kill(pid, signal.SIGKILL)
         parent.wait()
     assert "The launcher of this worker (pid %d) is gone" % parent.pid in parent.stderr.read()
@@ -274,12 +266,12 @@ def test_a_worker_whose_launcher_died_during_its_imports_stops(tmp_path: Path, t
     worker = int(launcher.communicate(timeout=60)[0].split()[-1])
     try:
         deadline = time.monotonic() + 120
-        while _alive(worker) and time.monotonic() < deadline:
+        while process_running(worker) and time.monotonic() < deadline:
             time.sleep(0.1)
         out = log.read_text(errors="replace")
-        assert not _alive(worker), f"the orphaned worker still runs:\n{out[-3000:]}"
+        assert not process_running(worker), f"the orphaned worker still runs:\n{out[-3000:]}"
     finally:
-        if _alive(worker):
+        if process_running(worker):
             os.kill(worker, signal.SIGKILL)
     assert GONE_LINE.format(pid=launcher.pid) in out, out[-3000:]
     assert not _steps(tmp_path / "tiny") and "Saved checkpoint" not in out, "an orphan saved checkpoints"

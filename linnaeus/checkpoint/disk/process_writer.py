@@ -230,7 +230,9 @@ class _Keeper:
     """Starts writer processes from one thread that lives as long as this process.
 
     PR_SET_PDEATHSIG fires when the thread that started the child ends, not the process: a child
-    started from a short-lived thread would be killed mid-write. This thread never ends."""
+    started from a short-lived thread would be killed mid-write. This thread never ends. (Not a
+    ``ThreadPoolExecutor``: its threads end at interpreter exit before the non-daemon writer thread
+    is joined, which would kill the child writing the last save.)"""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -20,19 +20,10 @@ from linnaeus.checkpoint import CheckpointError, CheckpointManager, CheckpointPo
 from linnaeus.checkpoint.disk import AsyncWriter, ProcessWriter, is_temp_name
 from linnaeus.checkpoint.policy import InvalidPolicyError
 from linnaeus.checkpoint.testing import set_test_phase_hook
-from tests.conftest import REPO
+from tests.conftest import REPO, process_running
 
 HELPER = REPO / "tests" / "helpers" / "process_writer_save.py"
 POLICY = CheckpointPolicy(async_save=True, writer_process=True)
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie nobody has reaped yet has stopped running)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in status
 
 
 def _state(step: int) -> dict[str, torch.Tensor]:
@@ -79,7 +70,7 @@ def test_a_writer_process_killed_mid_write_fails_that_save_commits_nothing_and_t
     assert first_pid is not None
 
     def kill_at_write(name: str, nbytes: int) -> None:
-        if name == "write" and _running(first_pid):
+        if name == "write" and process_running(first_pid):
             os.kill(first_pid, signal.SIGKILL)
 
     set_test_phase_hook(kill_at_write)
@@ -125,7 +116,7 @@ def test_the_signals_that_stop_a_run_do_not_stop_its_writer_process_mid_save(tmp
         manager.wait()
     finally:
         set_test_phase_hook(None)
-    assert len(sent) == 5 and _running(pid) and manager._background.child_pid == pid
+    assert len(sent) == 5 and process_running(pid) and manager._background.child_pid == pid
     assert torch.equal(load_verified(tmp_path / "checkpoint_epoch_1.pth")["model"]["w3"], _state(1)["w3"])
     manager.close()
 
@@ -160,19 +151,19 @@ def test_kill_9_of_the_training_process_takes_its_writer_process_with_it_and_a_r
                 writer_pid = int(line.rsplit("writer=", 1)[1])
                 break
         assert writer_pid is not None, "the save never reached its write phase"
-        assert _running(writer_pid)
+        assert process_running(writer_pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 10
-        while _running(writer_pid) and time.monotonic() < deadline:
+        while process_running(writer_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert worker is not None and _running(worker), "the forked worker still holds the socket"
-        assert not _running(writer_pid), "the writer process outlived the training process it wrote for"
+        assert worker is not None and process_running(worker), "the forked worker still holds the socket"
+        assert not process_running(writer_pid), "the writer process outlived the training process it wrote for"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if worker is not None and _running(worker):
+        if worker is not None and process_running(worker):
             os.kill(worker, signal.SIGKILL)
     assert [p.name for p in tmp_path.iterdir() if is_temp_name(p.name)], "killed mid-write: a temp file is left"
 
