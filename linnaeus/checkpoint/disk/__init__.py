@@ -36,7 +36,7 @@ from .durable import (
     writer_pid,
 )
 from .hashed_file import Serializer, Written, write_hashed
-from .hashing import CHUNK_SIZE, FileDigest, HashingWriter
+from .hashing import CHUNK_SIZE, FileDigest, FileTailHasher, HashingWriter
 from .overlap import Overlap, SnapshotGate, storage_key
 from .process_writer import ProcessWriter, WriterProcessError
 from .sidecar import (
@@ -53,7 +53,7 @@ from .sidecar import (
 from .writer_lock import LOCK_NAME, WriterLease, acquire, acquire_on_writer_rank, dir_lock, read_holder
 
 __all__ = [
-    "AsyncWriter", "BackgroundFlush", "ErrorRecordingStream", "CHUNK_SIZE", "FAST_DIGEST", "FileDigest", "HashingWriter", "LOCK_NAME", "Overlap",
+    "AsyncWriter", "BackgroundFlush", "ErrorRecordingStream", "CHUNK_SIZE", "FAST_DIGEST", "FileDigest", "FileTailHasher", "HashingWriter", "LOCK_NAME", "Overlap",
     "PROGRESS_KEYS", "ProcessWriter", "REPLACED", "Serializer", "SHA256", "SIDECAR_SUFFIX", "SidecarError", "SnapshotGate", "TEMP_SYNCED", "WRITER_ID", "WriterLease", "WriterProcessError", "Written",
     "acquire", "acquire_on_writer_rank", "cache_both_digests", "cached_digest", "clear_digest_cache", "digest_file",
     "digests_of", "dir_lock", "format_sidecar", "fsync_dir", "fsync_file", "is_temp_name", "parse_sidecar",

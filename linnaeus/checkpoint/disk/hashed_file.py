@@ -1,7 +1,8 @@
 """Serialise a state into a new file while hashing it: the part of a save that costs the time.
 
 ``write_hashed`` streams the serialiser's bytes through a :class:`~.hashing.HashingWriter`
-into a file it creates, lets the disk flush behind the writes, and fsyncs. What it returns
+into a file it creates, hashes them from the file behind the writes (:class:`~.hashing.FileTailHasher`),
+lets the disk flush behind the writes, and fsyncs. What it returns
 (the digests, the size) is all a commit needs; the commit itself (sidecar, rename, ``latest``)
 belongs to the format. It runs on the writer thread of a background save, or in the writer
 process (:mod:`.process_writer`): the same bytes either way.
@@ -18,7 +19,7 @@ import torch
 
 from ..testing import WRITE_PHASE_EVERY, phase
 from .durable import BackgroundFlush
-from .hashing import FileDigest, HashingWriter
+from .hashing import FileDigest, FileTailHasher, HashingWriter
 
 _FLUSH_EVERY = 32 << 20  # bytes serialised between background flushes (see durable.BackgroundFlush)
 
@@ -55,23 +56,34 @@ def write_hashed(path: Path, state: Any, serialize: Serializer = torch.save) -> 
                 last_reported[0] = total
                 phase("write", total)
 
-        writer = HashingWriter(raw, on_write=on_write)
+        try:
+            tail: FileTailHasher | None = FileTailHasher(path)
+        except RuntimeError:  # no new threads at interpreter exit: hash beside each write instead
+            tail = None
+        writer = HashingWriter(raw, on_write=on_write, tail=tail)
         flusher = BackgroundFlush(raw.fileno())
         try:
-            serialize(state, writer)
-        except Exception as e:
-            # torch.save reports a failed write of its own as a position mismatch
-            # ("unexpected pos ..."); the OSError (ENOSPC, EFBIG, EIO) is the cause.
-            if writer.error is not None and writer.error is not e:
-                raise writer.error from e
+            try:
+                serialize(state, writer)
+            except Exception as e:
+                # torch.save reports a failed write of its own as a position mismatch
+                # ("unexpected pos ..."); the OSError (ENOSPC, EFBIG, EIO) is the cause.
+                if writer.error is not None and writer.error is not e:
+                    raise writer.error from e
+                raise
+            finally:
+                flusher.close()
+            writer.flush()
+            phase("written", writer.bytes_written)
+            # The disk flushes the tail while the tail hasher catches up (it reads the page cache).
+            os.fsync(raw.fileno())
+            phase("fsynced", writer.bytes_written)
+            digest = writer.digest()
+        except BaseException:
+            if tail is not None:
+                tail.abort()
             raise
-        finally:
-            flusher.close()
-        raw.flush()
-        phase("written", writer.bytes_written)
-        os.fsync(raw.fileno())
-        phase("fsynced", writer.bytes_written)
-    return Written(writer.digest(), writer.bytes_written)
+    return Written(digest, writer.bytes_written)
 
 
 __all__ = ["Serializer", "Written", "write_hashed"]

@@ -4,15 +4,16 @@ A sidecar is a ``sha256sum`` file, so ``sha256sum -c --strict`` works in a check
 directory. Comment lines, which sha256sum skips, add what linnaeus needs beside the digest::
 
     <sha256 of the file>  checkpoint_epoch_3.pth
-    # linnaeus-chunks v1 sha256=<same hex> size=<bytes> chunk=<bytes>     (files over one chunk)
-    # <sha256 of bytes [0, chunk)>
-    # <sha256 of bytes [chunk, 2*chunk)>
+    # linnaeus-chunks v2 sha256=<same hex> size=<bytes> chunk=<bytes> digest=xxh3_128   (files over one chunk)
+    # <xxh3-128 of bytes [0, chunk)>
+    # <xxh3-128 of bytes [chunk, 2*chunk)>
     ...
     # linnaeus-progress v1 step=<S> epoch=<E> epoch_step=<N>              (linnaeus checkpoints)
 
 The chunk digests let a reader verify on every core (:mod:`.digests`); the progress line lets
 a listing of a bucket order checkpoints by the progress they hold without downloading them
 (:mod:`linnaeus.checkpoint.remote`). Both are optional: a plain ``sha256sum`` line verifies the whole file.
+Older saves wrote the chunk block as ``v1`` (no ``digest=``, one sha256 per chunk); it is read as before.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from .hashing import FileDigest
 SIDECAR_SUFFIX = ".sha256"
 # sha256sum writes "<hex>  <name>" (or " *<name>" in binary mode); a bare digest is accepted too.
 _SIDECAR_RE = re.compile(r"^\s*([0-9a-fA-F]{64})(?:\s+\*?(.+?))?\s*$")
-_CHUNKS_HEADER = "# linnaeus-chunks v1"
-_CHUNKS_RE = re.compile(r"^# linnaeus-chunks v1 sha256=([0-9a-f]{64}) size=(\d+) chunk=(\d+)$")
-_CHUNK_LINE_RE = re.compile(r"^# ([0-9a-f]{64})$")
+_CHUNKS_HEADER = "# linnaeus-chunks v2"
+_CHUNKS_RE = re.compile(r"^# linnaeus-chunks (v1|v2) sha256=([0-9a-f]{64}) size=(\d+) chunk=(\d+)(?: digest=(\w+))?$")
+# Chunk lines by algorithm: v1 blocks (no digest=) list sha256s, v2 blocks name theirs.
+_CHUNK_LINE_RES = {"sha256": re.compile(r"^# ([0-9a-f]{64})$"), "xxh3_128": re.compile(r"^# ([0-9a-f]{32})$")}
 _PROGRESS_HEADER = "# linnaeus-progress v1"
 PROGRESS_KEYS = ("step", "epoch", "epoch_step")
 
@@ -46,7 +48,8 @@ def format_sidecar(digest: str | FileDigest, file_name: str, progress: Mapping[s
     sha256 = digest if isinstance(digest, str) else digest.sha256
     lines = [f"{sha256}  {file_name}"]
     if isinstance(digest, FileDigest) and digest.chunked:
-        lines.append(f"{_CHUNKS_HEADER} sha256={digest.sha256} size={digest.size} chunk={digest.chunk_size}")
+        lines.append(f"{_CHUNKS_HEADER} sha256={digest.sha256} size={digest.size} chunk={digest.chunk_size}"
+                     f" digest={digest.chunk_algorithm}")
         lines.extend(f"# {c}" for c in digest.chunks)
     if progress:
         fields = " ".join(f"{k}={int(progress[k])}" for k in PROGRESS_KEYS if k in progress)
@@ -106,13 +109,19 @@ def parse_sidecar(text: str | bytes, file_name: str, where: str | Path) -> FileD
 
 def _with_chunks(comment_lines: list[str], sha256: str) -> FileDigest:
     m = _CHUNKS_RE.match(comment_lines[0].strip()) if comment_lines else None
-    if m is None or m.group(1) != sha256:
+    if m is None or m.group(2) != sha256:
         return FileDigest(sha256)
-    size, chunk = int(m.group(2)), int(m.group(3))
-    chunks = [c.group(1) for c in (_CHUNK_LINE_RE.match(line.strip()) for line in comment_lines[1:]) if c]
+    version, named = m.group(1), m.group(5)
+    # v1 (older saves) had no digest= and listed sha256s; v2 names its algorithm.
+    algorithm = ("sha256" if named is None else None) if version == "v1" else named
+    if algorithm not in _CHUNK_LINE_RES:
+        return FileDigest(sha256)
+    size, chunk = int(m.group(3)), int(m.group(4))
+    line_re = _CHUNK_LINE_RES[algorithm]
+    chunks = [c.group(1) for c in (line_re.match(line.strip()) for line in comment_lines[1:]) if c]
     if chunk <= 0 or size <= chunk or len(chunks) != -(-size // chunk):
         return FileDigest(sha256)
-    return FileDigest(sha256, size, chunk, tuple(chunks))
+    return FileDigest(sha256, size, chunk, tuple(chunks), algorithm)
 
 
 def read_sidecar_digest(path: str | Path, *, sidecar: str | Path | None = None) -> FileDigest:

@@ -12,7 +12,8 @@ The sequence for ``download(source, dest)``:
    ``stale_temp_hours``).
 4. Per attempt: stream the object into a unique hidden temp file
    ``.<name>.<host>.<pid>.<rand>.partial`` in the same directory (never matching the final
-   name or a checkpoint pattern), sha256-hashing while writing. Beside the transfer: stat
+   name or a checkpoint pattern), sha256-hashing behind the writes (a thread reads what has
+   reached the file, so the transfer never waits for the hash). Beside the transfer: stat
    the object (absent → :class:`CheckpointNotFoundError`, not retried) and get the expected
    digest, preferring the ``<object>.sha256`` sidecar that linnaeus uploads, else a hash the
    remote reports (sha256/sha1/md5). Then check size and digest; fsync; write
@@ -25,6 +26,7 @@ The sequence for ``download(source, dest)``:
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import re
@@ -42,6 +44,7 @@ from ..disk import (
     SIDECAR_SUFFIX,
     BackgroundFlush,
     FileDigest,
+    FileTailHasher,
     SidecarError,
     format_sidecar,
     fsync_dir,
@@ -182,40 +185,51 @@ def _expected(source: Source, pool: ThreadPoolExecutor) -> _Expected:
 _FLUSH_EVERY = 8 << 20  # bytes written between background flushes while a download streams in
 
 
-def _transfer(source: Source, tmp: Path, expected: "Future[_Expected]", options: DownloadOptions) -> tuple[int, str]:
-    """Stream ``source`` into ``tmp`` (which must not exist), sha256-hashing on the way; fsync it.
+def _transfer(source: Source, tmp: Path, expected: "Future[_Expected]",
+              options: DownloadOptions) -> tuple[int, FileDigest]:
+    """Stream ``source`` into ``tmp`` (which must not exist), hashing what reaches the file; fsync it.
 
     The expected size arrives while bytes flow; the progress bar starts once it is known.
     """
-    sha = hashlib.sha256()
     received = 0
     bar: tqdm | None = None
     try:
-        with open(tmp, "xb") as f, source.open_stream() as chunks:
+        with open(tmp, "xb", buffering=0) as f, source.open_stream() as chunks:
+            # Unbuffered: every chunk is in the file once write returns, so the hasher may read it.
+            hasher = FileTailHasher(tmp)
             flusher = BackgroundFlush(f.fileno())
             try:
-                flushed = 0
-                for chunk in chunks:
-                    f.write(chunk)
-                    sha.update(chunk)
-                    received += len(chunk)
-                    if received - flushed >= _FLUSH_EVERY:
-                        f.flush()
-                        flusher.kick()
-                        flushed = received
-                    if bar is not None:
-                        bar.update(len(chunk))
-                    elif expected.done() and expected.exception() is None and options.show_progress(expected.result().size):
-                        bar = tqdm(total=expected.result().size, initial=received, unit="B", unit_scale=True,
-                                   unit_divisor=1024, desc=source.name)
-            finally:
-                flusher.close()
-            f.flush()
-            os.fsync(f.fileno())
+                try:
+                    flushed = 0
+                    for chunk in chunks:
+                        _write_all(f, chunk)
+                        received += len(chunk)
+                        hasher.advance(received)
+                        if received - flushed >= _FLUSH_EVERY:
+                            flusher.kick()
+                            flushed = received
+                        if bar is not None:
+                            bar.update(len(chunk))
+                        elif expected.done() and expected.exception() is None and options.show_progress(expected.result().size):
+                            bar = tqdm(total=expected.result().size, initial=received, unit="B", unit_scale=True,
+                                       unit_divisor=1024, desc=source.name)
+                finally:
+                    flusher.close()
+                os.fsync(f.fileno())  # the disk flushes the tail while the hasher catches up
+                digest = hasher.finish(received)
+            except BaseException:
+                hasher.abort()
+                raise
     finally:
         if bar is not None:
             bar.close()
-    return received, sha.hexdigest()
+    return received, digest
+
+
+def _write_all(f: "io.FileIO", data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view):]
 
 
 def _file_digest(path: Path, algorithm: str) -> str:
@@ -233,7 +247,7 @@ def _attempt(source: Source, dest: Path, options: DownloadOptions) -> Path:
         expected_f = pool.submit(_expected, source, pool)
         try:
             try:
-                received, sha256 = _transfer(source, tmp, expected_f, options)
+                received, digest = _transfer(source, tmp, expected_f, options)
             except CheckpointError:
                 expected_f.result()  # "no such object" explains a failed stream better than the stream error
                 raise
@@ -244,14 +258,16 @@ def _attempt(source: Source, dest: Path, options: DownloadOptions) -> Path:
                 )
             # Without a sidecar the remote's md5/sha1 is checked in a second pass: only for files
             # not uploaded by linnaeus, which always come with a sidecar.
-            actual = sha256 if expected.algorithm == "sha256" else (
+            actual = digest.sha256 if expected.algorithm == "sha256" else (
                 _file_digest(tmp, expected.algorithm) if expected.algorithm else None)
             if expected.digest is not None and actual != expected.digest:
                 raise CheckpointCorruptError(
                     source.display,
                     f"the downloaded bytes' {expected.algorithm} is {actual}, {expected.origin} says {expected.digest}",
                 )
-            write_sidecar(dest, expected.sidecar if expected.sidecar is not None else sha256, expected.progress)
+            # The remote sidecar's chunk lines when it has them (the same text as the bucket's), else ours.
+            recorded = expected.sidecar if expected.sidecar is not None and expected.sidecar.chunked else digest
+            write_sidecar(dest, recorded, expected.progress)
             os.replace(tmp, dest)
             fsync_dir(dest.parent)
         finally:

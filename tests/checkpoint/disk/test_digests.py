@@ -1,4 +1,4 @@
-"""Per-chunk sha256 in the sidecar: verification on every core, never weaker than the whole-file hash.
+"""Per-chunk digests in the sidecar: verification on every core, never weaker than the whole-file hash.
 
 The chunk size is shrunk to 64 KiB so that small files span many chunks (the real one is 32 MiB).
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import xxhash
 
 from linnaeus.checkpoint import CheckpointCorruptError, load_verified, verify_checkpoint
 from linnaeus.checkpoint.disk import HashingWriter, digests, hashing, read_sidecar_digest, sidecar_path
@@ -63,6 +64,10 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _xxh(data: bytes) -> str:
+    return xxhash.xxh3_128(data).hexdigest()
+
+
 def _flip(path: Path, offset: int) -> None:
     with open(path, "r+b") as f:
         f.seek(offset)
@@ -77,8 +82,8 @@ def test_sidecar_of_a_large_file_lists_each_chunk_and_sha256sum_still_accepts_it
     assert len(data) > 10 * CHUNK and len(data) % CHUNK, "the file must span many chunks and end in a partial one"
     lines = sidecar_path(path).read_text().splitlines()
     assert lines[0] == f"{_sha(data)}  c.pth"
-    assert lines[1] == f"# linnaeus-chunks v1 sha256={_sha(data)} size={len(data)} chunk={CHUNK}"
-    assert lines[2:-1] == [f"# {_sha(data[i:i + CHUNK])}" for i in range(0, len(data), CHUNK)]
+    assert lines[1] == f"# linnaeus-chunks v2 sha256={_sha(data)} size={len(data)} chunk={CHUNK} digest=xxh3_128"
+    assert lines[2:-1] == [f"# {_xxh(data[i:i + CHUNK])}" for i in range(0, len(data), CHUNK)]
     assert lines[-1].startswith("# linnaeus-progress v1 step=")
     # The sidecar is still a sha256sum file: the real tool checks it and skips the comment lines.
     check = subprocess.run(["sha256sum", "-c", "--strict", sidecar_path(path).name], cwd=tmp_path,
@@ -125,7 +130,7 @@ def test_a_file_of_another_length_fails(tmp_path: Path, change: str) -> None:
 
 
 @pytest.mark.parametrize("damage", ["a wrong chunk line", "a chunk line missing", "header for another digest",
-                                    "garbled header"])
+                                    "garbled header", "unknown chunk digest"])
 def test_damaged_chunk_lines_fall_back_to_the_whole_file_digest(tmp_path: Path, damage: str,
                                                                  whole_file_hashes: list[str]) -> None:
     """Only the first line is the contract; a bad chunk block can cost time, never a good checkpoint."""
@@ -133,11 +138,13 @@ def test_damaged_chunk_lines_fall_back_to_the_whole_file_digest(tmp_path: Path, 
     side = sidecar_path(path)
     lines = side.read_text().splitlines()
     if damage == "a wrong chunk line":
-        lines[4] = "# " + "0" * 64
+        lines[4] = "# " + "0" * 32
     elif damage == "a chunk line missing":
         del lines[4]
     elif damage == "header for another digest":
         lines[1] = re.sub(r"sha256=[0-9a-f]{64}", "sha256=" + "f" * 64, lines[1])
+    elif damage == "unknown chunk digest":
+        lines[1] = lines[1].replace("digest=xxh3_128", "digest=md5")
     else:
         lines[1] = "# linnaeus-chunks v9 whatever"
     side.write_text("\n".join(lines) + "\n")
@@ -154,6 +161,28 @@ def test_chunk_block_of_an_older_save_is_not_trusted_for_new_data(tmp_path: Path
     sidecar_path(path).write_text("\n".join([f"{_sha(path.read_bytes())}  c.pth", *old_lines[1:]]) + "\n")
     assert read_sidecar_digest(path).chunks == ()  # bound to the old digest: ignored
     assert verify_checkpoint(path).ok  # the first line alone decides, and it matches the data
+
+
+def _as_v1(path: Path) -> None:
+    """Rewrite ``path``'s sidecar as a save before xxh3 chunks wrote it: block v1, one sha256 per chunk."""
+    data = path.read_bytes()
+    lines = sidecar_path(path).read_text().splitlines()
+    old = [lines[0], f"# linnaeus-chunks v1 sha256={_sha(data)} size={len(data)} chunk={CHUNK}",
+           *[f"# {_sha(data[i:i + CHUNK])}" for i in range(0, len(data), CHUNK)], lines[-1]]
+    sidecar_path(path).write_text("\n".join(old) + "\n")
+
+
+def test_sidecar_of_an_older_save_with_sha256_chunks_still_verifies_by_chunks(tmp_path: Path,
+                                                                              whole_file_hashes: list[str]) -> None:
+    path = _commit(tmp_path)
+    _as_v1(path)
+    digest = read_sidecar_digest(path)
+    assert digest.chunk_algorithm == "sha256" and len(digest.chunks) > 10
+    assert load_verified(path)["progress"]["step"] == 10 and verify_checkpoint(path).ok
+    assert whole_file_hashes == []
+    _flip(path, 5 * CHUNK + 7)
+    with pytest.raises(CheckpointCorruptError):
+        load_verified(path)
 
 
 def test_concurrent_hashing_writers_share_the_pool_without_deadlock() -> None:
@@ -174,7 +203,7 @@ def test_concurrent_hashing_writers_share_the_pool_without_deadlock() -> None:
         t.join(timeout=60)
     assert not any(t.is_alive() for t in threads), "hashing writers deadlocked"
     data = b"".join(payloads)
-    want = tuple(_sha(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK))
+    want = tuple(_xxh(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK))
     assert all(r.sha256 == _sha(data) and r.chunks == want and r.size == len(data) for r in results.values())
 
 
@@ -196,3 +225,52 @@ def test_digest_file_of_a_foreign_file_matches_what_a_save_records(tmp_path: Pat
     """`linnaeus-ckpt upload --write-sidecar` hashes files saved elsewhere the same way."""
     path = _commit(tmp_path)
     assert digests.digest_file(path) == read_sidecar_digest(path)
+
+
+def test_download_without_remote_chunk_lines_gets_its_own(tmp_path: Path, s3_server: RcloneServer,
+                                                         whole_file_hashes: list[str]) -> None:
+    """A bucket object with a plain sha256sum sidecar: the hash taken while downloading gives the
+    local sidecar chunk digests, so the next load verifies on every core without another pass."""
+    src = _commit(tmp_path / "run")
+    (s3_server.root / BUCKET).mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, s3_server.root / BUCKET / "c.pth")
+    (s3_server.root / BUCKET / "c.pth.sha256").write_text(f"{_sha(src.read_bytes())}  c.pth\n")
+    settle()
+    out = download(RcloneSource(f"{REMOTE}:{BUCKET}/c.pth"), tmp_path / "cache" / "c.pth")
+    assert read_sidecar_digest(out) == read_sidecar_digest(src)
+    assert load_verified(out)["progress"]["step"] == 10
+    assert whole_file_hashes == []
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_tail_hasher_hashes_what_the_file_holds_as_it_grows(tmp_path: Path) -> None:
+    pieces = [os.urandom(n) for n in (1, 70_000, 3 << 20, 5, CHUNK, 200_001)]
+    path = tmp_path / "f"
+    before = _open_fds()
+    with open(path, "xb", buffering=0) as f:
+        tail = hashing.FileTailHasher(path)
+        written = 0
+        for p in pieces:
+            f.write(p)
+            written += len(p)
+            tail.advance(written)
+        got = tail.finish(written)
+    data = b"".join(pieces)
+    assert got == digests.digest_file(path) and got.sha256 == _sha(data)
+    assert _open_fds() == before, "the hasher's read handle must be closed"
+
+
+def test_tail_hasher_reports_a_file_cut_short_behind_the_writer(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    before = _open_fds()
+    with open(path, "xb", buffering=0) as f:
+        tail = hashing.FileTailHasher(path)
+        f.write(os.urandom(4 << 20))
+        os.truncate(path, 1 << 20)  # another process cuts the file before the hasher read it all
+        with pytest.raises(OSError, match=f"{re.escape(str(path))} ends at .* while {4 << 20} were written"):
+            tail.finish(4 << 20)
+        tail.abort()  # what the writer's cleanup does after a failure: harmless once stopped
+    assert _open_fds() == before
