@@ -55,7 +55,7 @@ from .state import (
     plain_metrics,
     present_components,
 )
-from .store import LocalCheckpoints, RunLineage, apply_retention, cleanup_stale, not_ours, parent_sha256
+from .store import LocalCheckpoints, RunLineage, apply_retention, cleanup_stale, not_ours, parent_sha256, restore_newest
 from .transaction import CheckpointTransaction
 
 logger = logging.getLogger("linnaeus.checkpoint")
@@ -388,13 +388,13 @@ class CheckpointManager(LocalCheckpoints):
 
     def resume(self, *, map_location: Any = "cpu", rng: bool = True, model: nn.Module | None = None,
                **components: Stateful | None) -> ResumeResult | None:
-        """Find, verify, load and restore the newest valid checkpoint; None for a fresh start."""
-        found = self.load_resumable(map_location=map_location)
-        if found is None:
-            return None
-        path, state = found
-        progress = self.restore(state, path=path, rng=rng, model=model, **components)
-        return ResumeResult(path, progress, state)
+        """Find, verify, load and restore the newest valid checkpoint; None for a fresh start. A
+        checkpoint found damaged while restoring is skipped like one found damaged before
+        (:func:`~linnaeus.checkpoint.store.restore_newest`)."""
+        done = restore_newest(lambda skip: self.load_resumable(map_location=map_location, skip=skip),
+                              lambda found: found[0], lambda found: self.restore(
+                                  found[1], path=found[0], rng=rng, model=model, **components))
+        return None if done is None else ResumeResult(done[0][0], done[1], done[0][1])
 
 
 __all__ = ["CheckpointManager", "CheckpointTransaction", "ResumeResult"]

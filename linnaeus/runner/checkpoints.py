@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from yacs.config import CfgNode
 
@@ -42,7 +42,7 @@ from linnaeus.checkpoint.resume import (
 )
 from linnaeus.checkpoint.sources import DownloadOptions, TransientSourceError, redact
 from linnaeus.checkpoint.state import TaxonomyChangedError
-from linnaeus.checkpoint.store import CheckpointsPresentError
+from linnaeus.checkpoint.store import CheckpointsPresentError, restore_newest
 from linnaeus.config import build_policy, build_weights_policy, config_yaml
 from linnaeus.config.parallel import sharded_checkpoints
 from linnaeus.dist import any_rank_true, get_world_size, is_main_process, run_on_all_ranks
@@ -138,14 +138,14 @@ class RunCheckpoints:
         return self.main.run_id
 
     # ------------------------------------------------------------------ resume
-    def find_resume_point(self) -> ResumePoint | None:
+    def find_resume_point(self, skip: Collection[str] = ()) -> ResumePoint | None:
         """The library's answer for this config (the same on every rank). It moves nothing: :meth:`begin`
-        does, once the point is restored."""
+        does, once the point is restored. ``skip``: own checkpoints found damaged while restoring."""
         cfg = self.cfg
         try:
             point = find_resume_point(
                 self.main, explicit=cfg.TRAIN.RESUME, auto=cfg.TRAIN.AUTO_RESUME, resolve=input_resolver(cfg.ENV.INPUT),
-                remote=self.remote, download=DownloadOptions(retries=cfg.ENV.INPUT.DOWNLOAD_RETRIES))
+                remote=self.remote, download=DownloadOptions(retries=cfg.ENV.INPUT.DOWNLOAD_RETRIES), skip=skip)
         except WeightsOnlyRunError as e:
             raise CheckpointIncompatibleError(
                 f"{e} (they were written with CHECKPOINT.WEIGHTS_ONLY True). Choose one:\n"
@@ -216,7 +216,7 @@ class RunCheckpoints:
         (rank 0) the checkpoints already on disk are queued for upload, so a relaunch finishes what the
         last launch did not."""
         if point is not None:
-            self.restore(point)
+            point = self._restore_newest(point)
         else:
             logger.info("No checkpoint to resume from: starting fresh (run id %s)", self.run_id)
         start_timeline(self.main, point, remote=self.remote)
@@ -225,6 +225,19 @@ class RunCheckpoints:
             if queued:
                 logger.info("Queued %d checkpoint(s) already in %s for upload to %s (those already there are only "
                             "confirmed)", queued, self.directory, self.uploader.display)
+
+    def _restore_newest(self, point: ResumePoint) -> ResumePoint:
+        """Restore ``point``. When the run chose it (not TRAIN.RESUME) and it turns out damaged while
+        restoring (a sharded checkpoint's shards are hashed as they are read), the next older one is
+        chosen and restored instead, as a file found damaged before the choice would have been."""
+        if point.source == "explicit":
+            self.restore(point)
+            return point
+        first = [point]
+        done = restore_newest(lambda skip: first.pop() if first else self.find_resume_point(skip),
+                              lambda p: p.path, self.restore)
+        assert done is not None, "the first choice is a point, and a failure with nothing older raises"
+        return done[0]
 
     def restore(self, point: ResumePoint) -> None:
         """Load ``point`` (read once by :meth:`find_resume_point`) into the attached objects.

@@ -36,7 +36,7 @@ from .durable import (
     writer_pid,
 )
 from .hashed_file import Serializer, Written, write_hashed
-from .hashing import CHUNK_SIZE, FileDigest, FileTailHasher, HashingWriter
+from .hashing import CHUNK_SIZE, FileDigest, FileTailHasher, HashingWriter, verify_pool
 from .overlap import Overlap, SnapshotGate, storage_key
 from .process_writer import ProcessWriter, WriterProcessError
 from .sidecar import (
@@ -59,5 +59,5 @@ __all__ = [
     "digests_of", "dir_lock", "format_sidecar", "fsync_dir", "fsync_file", "is_temp_name", "parse_sidecar",
     "pid_alive", "read_holder", "read_sidecar", "read_sidecar_digest", "remove_tree", "sha256_file",
     "sha256_file_async", "sidecar_path", "sidecar_progress", "snapshot", "storage_key", "temp_name", "temp_target", "temp_writer",
-    "temp_writer_pid", "write_durably", "write_hashed", "writer_id", "writer_pid",
+    "temp_writer_pid", "verify_pool", "write_durably", "write_hashed", "writer_id", "writer_pid",
 ]

@@ -38,7 +38,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from linnaeus.dist import barrier, broadcast_object, is_main_process, run_on_all_ranks
 
@@ -126,20 +126,23 @@ def find_resume_point(
     resolve: Resolver | None = None,
     remote: RemoteRun | None = None,
     download: DownloadOptions = DownloadOptions(),
+    skip: Collection[str] = (),
 ) -> ResumePoint | None:
     """Where the run of ``manager`` (its main saver) continues from; None for a fresh start.
 
     A collective under torch.distributed: call it on every rank; every rank gets the same answer.
     Only ``manager.directory`` is read and written (downloads land there); nothing is restored.
+    ``skip``: names of the run's own checkpoints to pass over (found damaged while restoring; see
+    :func:`~linnaeus.checkpoint.store.restore_newest`).
     """
-    return _Resume(manager, resolve, remote, download).choose(explicit, auto)
+    return _Resume(manager, resolve, remote, download, skip).choose(explicit, auto)
 
 
 class _Resume:
     def __init__(self, manager: CheckpointManager, resolve: Resolver | None, remote: RemoteRun | None,
-                 download: DownloadOptions) -> None:
+                 download: DownloadOptions, skip: Collection[str] = ()) -> None:
         self.manager, self.directory = manager, manager.directory
-        self.resolve, self.remote, self.download = resolve, remote, download
+        self.resolve, self.remote, self.download, self.skip = resolve, remote, download, skip
 
     def choose(self, explicit: str, auto: bool) -> ResumePoint | None:
         if self.remote is not None:  # a move aside that a kill interrupted ends before the folder is read
@@ -264,7 +267,7 @@ class _Resume:
 
     # ------------------------------------------------------------------ own directory and bucket
     def _own_newest(self, source: str) -> ResumePoint | None:
-        found = self.manager.load_resumable()  # verify and load in one read of the file
+        found = self.manager.load_resumable(skip=self.skip)  # verify and load in one read of the file
         return None if found is None else ResumePoint(found[0], found[1], source)
 
     def _fetch_newest_from_remote(self) -> bool:

@@ -5,7 +5,7 @@ which adds saving, retention and restoring."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from ..formats import CheckpointInfo, load_verified
 from .catalog import list_checkpoints
@@ -40,10 +40,11 @@ class LocalCheckpoints:
         """Verify (streamed beside the load) and load with ``weights_only=True``, in any format."""
         return load_verified(path, map_location=map_location, require_sidecar=require_sidecar)
 
-    def load_resumable(self, *, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
+    def load_resumable(self, *, map_location: Any = "cpu",
+                       skip: Collection[str] = ()) -> tuple[Path, dict[str, Any]] | None:
         """(path, state) of the newest valid checkpoint here, or None; one read pass per checkpoint
-        tried. Skips and stops like :meth:`find_resumable`."""
-        return load_newest(self.directory, map_location=map_location)
+        tried. Skips and stops like :meth:`find_resumable`, and passes over the names in ``skip``."""
+        return load_newest(self.directory, map_location=map_location, skip=skip)
 
     def load_last(self, *, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]]:
         """:meth:`load_resumable` for a caller that needs a checkpoint (fairseq2's

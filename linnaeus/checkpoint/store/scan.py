@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Collection, TypeVar
 
 from linnaeus.dist import broadcast_object, get_rank, is_main_process, run_on_all_ranks
 
@@ -75,13 +75,15 @@ def newest_verified(directory: Path) -> Path | None:
     return Path(found) if found else None
 
 
-def load_newest(directory: Path, *, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
+def load_newest(directory: Path, *, map_location: Any = "cpu",
+                skip: Collection[str] = ()) -> tuple[Path, dict[str, Any]] | None:
     """(path, state) of the newest checkpoint in ``directory`` that verifies and loads, or None.
 
     Rank 0 tries the candidates in order, one read per file; the others then load its choice.
-    A damaged file is skipped with a warning; a newer format stops with an error. A collective.
+    A damaged file is skipped with a warning; a newer format stops with an error. Names in
+    ``skip`` are passed over (found damaged at restore: :func:`restore_newest`). A collective.
     """
-    found = run_on_all_ranks(lambda: _first_loadable(directory, map_location) if is_main_process() else None,
+    found = run_on_all_ranks(lambda: _first_loadable(directory, map_location, skip) if is_main_process() else None,
                              f"resume in {directory}", CheckpointError)
     path = broadcast_object(None if found is None else str(found[0]))
     if path is None:
@@ -154,8 +156,11 @@ def _first_verified(directory: Path) -> str | None:
     return None
 
 
-def _first_loadable(directory: Path, map_location: Any) -> tuple[Path, tuple[dict[str, Any], str | None]] | None:
+def _first_loadable(directory: Path, map_location: Any,
+                    skip: Collection[str] = ()) -> tuple[Path, tuple[dict[str, Any], str | None]] | None:
     for info in local_candidates(directory):
+        if info.path.name in skip:
+            continue
         try:
             return info.path, load_verified_digest(info.path, map_location=map_location)
         except CheckpointCorruptError as e:
@@ -168,6 +173,44 @@ def _first_loadable(directory: Path, map_location: Any) -> tuple[Path, tuple[dic
             reason = newer_format_reason(info.format_version) if info.too_new else str(e)
             raise _newer_format_stop(directory, info.path, reason) from e
     return None
+
+
+Point = TypeVar("Point")
+Restored = TypeVar("Restored")
+
+
+def restore_newest(choose: Callable[[frozenset[str]], Point | None], path_of: Callable[[Point], Path],
+                   restore: Callable[[Point], Restored]) -> tuple[Point, Restored] | None:
+    """Restore the newest checkpoint that restores intact: ``choose(skip)`` picks one (None: there is
+    none), ``restore`` loads it into the live objects. A sharded checkpoint's shards are hashed while
+    they are read (by the ranks that read them), so damage can surface in ``restore`` instead of
+    ``choose``: that checkpoint is then skipped with a warning, as a damaged file is at the choice,
+    and the next older one restored over whatever the failed load left. A collective when ``choose``
+    and ``restore`` are (both raise on every rank alike).
+
+    When a failed restore leaves nothing older, the error is raised: the live objects hold part of
+    the damaged load, so the caller must not start fresh with them.
+    """
+    skipped: list[str] = []
+    failure: CheckpointCorruptError | None = None
+    while (point := choose(frozenset(skipped))) is not None:
+        path = path_of(point)
+        try:
+            return point, restore(point)
+        except CheckpointCorruptError as e:
+            if path.name in skipped:
+                raise  # chosen again despite the skip: never loop
+            logger.warning("Skipping checkpoint %s: %s%s; trying the next older one.", path, e.reason,
+                           _hash_detail(e.expected_sha256, e.actual_sha256))
+            skipped.append(path.name)
+            failure = e
+    if failure is None:
+        return None
+    raise CheckpointError(
+        f"{failure} No older checkpoint is left to fall back to ({', '.join(skipped)} failed at restore), and the "
+        "model and optimizer now hold part of that failed load, so this run does not start fresh with them either. "
+        "Replace the damaged file, or move the damaged checkpoint(s) aside (`linnaeus-ckpt verify` lists them) and "
+        "relaunch to start fresh.") from failure
 
 
 def _newer_format_stop(directory: Path, path: Path, reason: str) -> CheckpointIncompatibleError:
@@ -184,4 +227,5 @@ def _hash_detail(expected: str | None, actual: str | None) -> str:
     return f" (expected sha256 {expected}, actual {actual})" if expected and actual and expected != actual else ""
 
 
-__all__ = ["load_newest", "load_same_bytes", "local_candidates", "newest_verified", "nothing_to_load_error"]
+__all__ = ["load_newest", "load_same_bytes", "local_candidates", "newest_verified", "nothing_to_load_error",
+           "restore_newest"]

@@ -3,7 +3,10 @@
 
 Rank 0 reads and checks the manifest and broadcasts its sha256 (every rank must read the same
 manifest); every rank verifies ``.metadata`` before DCP unpickles it, and each rank hashes
-(xxh3-128) the shard files its own load plan reads before reading them (:class:`VerifyingReader`).
+(xxh3-128) the shard files its own load plan reads while DCP reads them (:class:`VerifyingReader`):
+no rank reads every byte before the others start, and a damaged shard fails the restore on every
+rank, naming the file. Resume then falls back to an older checkpoint
+(:func:`~linnaeus.checkpoint.store.restore_newest`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict, set_optimizer_state_dict
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from linnaeus.dist import is_dist, is_main_process, run_on_all_ranks
+from linnaeus.dist import is_dist, run_on_all_ranks
 
 from ...errors import CheckpointCorruptError, CheckpointError, CheckpointIncompatibleError, CheckpointUnreadableError
 from ...state import Stateful, restore_full_modules, restore_full_optimizer, restore_state
@@ -61,25 +64,17 @@ def load_sharded_state(path: str | Path) -> tuple[dict[str, Any], str]:
     return state, digest
 
 
-def load_sharded_verified(path: str | Path) -> tuple[dict[str, Any], str]:
-    """:func:`load_sharded_state` after hashing every file (rank 0's check before choosing a
-    checkpoint to resume from, so that a damaged shard sends every rank to an older one)."""
-    manifest, _ = read_manifest(path)
-    verify_all(Path(path), manifest)
-    return load_sharded_state(path)
-
-
 def is_sharded_state(state: Mapping[str, Any]) -> bool:
     return isinstance(state.get(SHARDED_KEY), Mapping)
 
 
 
 def load_on_rank(path: Path) -> tuple[dict[str, Any], str]:
-    """A verified load of ``path`` on this rank: rank 0 hashes every file (its choice of a checkpoint
-    must not land on a damaged one), the other ranks what they can check without a load plan (the
-    manifest's sha256 is compared with rank 0's by the caller); the shard files each rank reads are
-    hashed again by :class:`VerifyingReader` at restore."""
-    return load_sharded_verified(path) if is_main_process() else load_sharded_state(path)
+    """A verified load of ``path`` on this rank, as far as it goes without the load plan (the
+    manifest's sha256 is compared with rank 0's by the caller). The shard files are hashed by the
+    ranks that read them, at restore (:class:`VerifyingReader`), not by rank 0 beforehand: that
+    pass read every byte once more, on one rank, while the others waited."""
+    return load_sharded_state(path)
 
 
 def verify_directory(path: Path) -> VerifyResult:
@@ -109,7 +104,9 @@ def restore_sharded(state: Mapping[str, Any], model: nn.Module | None, component
     everything else as :func:`restore_state` does. An optimizer a transaction saved as a state dict
     (in ``state.pt``) is restored as a single file's. A component the checkpoint lacks is refused
     there, as for a single file. A collective: every rank calls it; a damaged file fails it on
-    every rank, naming the file."""
+    every rank, naming the file (:class:`CheckpointCorruptError`). Its shards are hashed while
+    they are read, so after that failure the model, optimizer and EMA may hold part of the damaged
+    load (nothing else was touched): restore an intact checkpoint over them, or discard them."""
     info = state[SHARDED_KEY]
     path, manifest = Path(info["path"]), info["manifest"]
     optimizer = components.get("optimizer")
@@ -244,5 +241,5 @@ def read_weights(path: Path, *, use_ema: bool) -> dict[str, Any]:
     return {**rest, MODEL: model}
 
 
-__all__ = ["consolidate", "describe", "is_sharded_state", "load_on_rank", "load_sharded_state", "load_sharded_verified",
-           "read_weights", "restore_sharded", "verify_directory"]
+__all__ = ["consolidate", "describe", "is_sharded_state", "load_on_rank", "load_sharded_state", "read_weights",
+           "restore_sharded", "verify_directory"]

@@ -158,9 +158,16 @@ def _check_digests(target: Path, st: os.stat_result, name: str, entry: Mapping[s
 
 
 def check_present(path: Path, manifest: Mapping[str, Any]) -> None:
-    """Every listed file exists with its recorded size (no bytes read)."""
+    """Every listed file exists with its recorded size and can be opened for reading (no bytes
+    read): an unreadable shard stops a resume at the choice, not halfway through a restore."""
     for name in sorted(manifest["files"]):
         check_file(path, manifest, name, hash_bytes=False)
+        try:
+            os.close(os.open(path / name, os.O_RDONLY))
+        except FileNotFoundError:
+            raise CheckpointCorruptError(path / name, f"{name} is missing (deleted while it was checked)") from None
+        except OSError as e:
+            raise CheckpointUnreadableError(path / name, e) from e
 
 
 def verify_all(path: Path, manifest: Mapping[str, Any], *, thorough: bool = False) -> None:

@@ -19,6 +19,7 @@ from torch import nn
 
 from linnaeus.checkpoint import (
     CheckpointCorruptError,
+    CheckpointError,
     CheckpointManager,
     CheckpointPolicy,
     list_checkpoints,
@@ -31,7 +32,7 @@ from linnaeus.checkpoint.formats import consolidate as consolidate_model
 from linnaeus.checkpoint.store import cleanup_stale
 from linnaeus.cli.ckpt import main as ckpt_main
 from linnaeus.config import ConfigError, load_config
-from tests.conftest import TINY_CFG
+from tests.conftest import TINY_CFG, run_train
 from tests.helpers.counter import Counter as Position
 
 
@@ -136,9 +137,15 @@ def test_damage_is_named_and_resume_falls_back(tmp_path: Path, caplog: pytest.Lo
     {"flip": _flip_byte, "truncate": _truncate, "delete": os.unlink}[damage](target)
     result = verify_checkpoint(paths[-1])
     assert not result.ok and expect in result.reason, result.reason
+    # Found by the check before the choice (a missing or short file, the manifest) or, for a shard's
+    # content, by the rank reading it while restoring; named either way, and nothing restored.
+    other = CheckpointManager(tmp_path / "other", sharded=True)
+    model, optimizer, position = _objects(seed=2)
     with pytest.raises(CheckpointCorruptError, match=str(target).replace(".", r"\.")) as err:
-        CheckpointManager(tmp_path / "other", sharded=True).load(paths[-1])
+        other.restore(other.load(paths[-1]), path=paths[-1], model=model, optimizer=optimizer, sampler=position)
     assert expect in str(err.value)
+    assert position.consumed == 0, "a failed restore must not touch the components after the tensors"
+    other.close()
     fresh, optimizer, position = _objects(seed=1)
     restarted = CheckpointManager(tmp_path / "ck", sharded=True)
     with caplog.at_level(logging.WARNING, logger="linnaeus.checkpoint"):
@@ -152,6 +159,33 @@ def test_damage_is_named_and_resume_falls_back(tmp_path: Path, caplog: pytest.Lo
     cleanup_stale(tmp_path / "ck")
     assert paths[-1].is_dir()
     restarted.close()
+
+
+def test_damage_found_while_restoring_with_nothing_older_refuses_a_fresh_start(tmp_path: Path) -> None:
+    """The live model holds part of the failed load: a silent fresh start would train from it."""
+    manager, paths, _ = _saved_run(tmp_path / "ck", saves=1)
+    manager.close()
+    _flip_byte(paths[0] / "__0_0.distcp")
+    model, optimizer, position = _objects(seed=1)
+    restarted = CheckpointManager(tmp_path / "ck", sharded=True)
+    with pytest.raises(CheckpointError, match="No older checkpoint is left to fall back to") as err:
+        restarted.resume(model=model, optimizer=optimizer, sampler=position)
+    assert "__0_0.distcp: content does not match manifest.json" in str(err.value)
+    assert "does not start fresh" in str(err.value)
+    restarted.close()
+
+
+def test_a_relaunch_falls_back_past_a_shard_found_damaged_while_restoring(tmp_path: Path, toy_root: Path) -> None:
+    """The runner: its choice no longer hashes every shard beforehand, so the damage surfaces at restore,
+    and the relaunch resumes from the older checkpoint as it would from a damaged file."""
+    run_train(tmp_path, toy_root, "TRAIN.EPOCHS", "2", "CHECKPOINT.FORMAT", "sharded")
+    newest = tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_2"
+    _flip_byte(newest / "__0_0.distcp")
+    proc = run_train(tmp_path, toy_root, "TRAIN.EPOCHS", "3", "CHECKPOINT.FORMAT", "sharded")
+    log = proc.stdout + proc.stderr
+    assert f"Skipping checkpoint {newest}: __0_0.distcp: content does not match manifest.json" in log, log[-4000:]
+    assert "Resumed from " in log and "checkpoint_epoch_1 (epoch 1," in log, log[-4000:]
+    assert newest.is_dir(), "the damaged checkpoint is evidence: kept"
 
 
 def _edit_manifest(directory: Path, edit) -> None:
@@ -173,7 +207,7 @@ def test_a_manifest_without_xxh3_is_checked_by_sha256(tmp_path: Path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
     _flip_byte(paths[-1] / "__0_0.distcp")
     with pytest.raises(CheckpointCorruptError, match="__0_0.distcp: content does not match") as err:
-        loader.load(paths[-1])
+        loader.restore(loader.load(paths[-1]), path=paths[-1], model=fresh, optimizer=optimizer, sampler=position)
     assert err.value.expected_sha256 is not None and err.value.expected_sha256 != err.value.actual_sha256
     loader.close()
 
