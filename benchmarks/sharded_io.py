@@ -247,6 +247,10 @@ def async_saves(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
     try:
         # (d2) first: the loop's order, save, forward and backward, step (which waits for the copy).
         for i in range(min(n, 10)):
+            # In training the backward's collectives line the ranks up before the step and the save;
+            # the stand-in step has none, so without this the first rank to arrive would time its
+            # wait for the other (the skew of the matrix products), not the save.
+            barrier()
             call_s.append(timed(lambda: overlapped.save(epoch=0, step=i, model=model, optimizer=optimizer,
                                                         filename=f"o_{i}")))
             fb_s.append(timed(forward_backward))
@@ -262,6 +266,7 @@ def async_saves(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
                 manager.wait()  # a sync save now and then, not overlapping an async one
                 sync_s.append(timed(lambda: sync.save(epoch=0, step=i, model=model, optimizer=optimizer,
                                                       filename=f"s_{i}")))
+            barrier()  # as above: time the save, not the other rank's lateness
             blocked.append(timed(lambda: manager.save(epoch=0, step=i, model=model, optimizer=optimizer,
                                                       filename=f"a_{i}")))
             manager.wait()
