@@ -274,3 +274,22 @@ def test_tail_hasher_reports_a_file_cut_short_behind_the_writer(tmp_path: Path) 
             tail.finish(4 << 20)
         tail.abort()  # what the writer's cleanup does after a failure: harmless once stopped
     assert _open_fds() == before
+
+
+def test_saves_and_downloads_hash_inline_where_no_thread_can_start(tmp_path: Path, s3_server: RcloneServer,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """At interpreter exit (an async save finishing) Python refuses new threads: the tail hasher's
+    thread then cannot start, and the bytes are hashed beside the writes instead, never lost."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(hashing.FileTailHasher, "__init__", refuse)
+    path = _commit(tmp_path / "run")
+    data = path.read_bytes()
+    assert read_sidecar_digest(path).sha256 == _sha(data) and verify_checkpoint(path).ok
+    (s3_server.root / BUCKET).mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, s3_server.root / BUCKET / "c.pth")
+    (s3_server.root / BUCKET / "c.pth.sha256").write_text(f"{_sha(data)}  c.pth\n")
+    settle()
+    out = download(RcloneSource(f"{REMOTE}:{BUCKET}/c.pth"), tmp_path / "cache" / "c.pth")
+    assert out.read_bytes() == data and read_sidecar_digest(out) == read_sidecar_digest(path)
