@@ -36,7 +36,7 @@ from .durable import (
     writer_pid,
 )
 from .hashed_file import Serializer, Written, write_hashed
-from .hashing import CHUNK_SIZE, FileDigest, FileTailHasher, HashingWriter, StreamDigest, verify_pool
+from .hashing import CHUNK_SIZE, FileDigest, FileTailHasher, HashingWriter, verify_pool
 from .overlap import Overlap, SnapshotGate, storage_key
 from .process_writer import ProcessWriter, WriterProcessError
 from .sidecar import (
@@ -54,7 +54,7 @@ from .writer_lock import LOCK_NAME, WriterLease, acquire, acquire_on_writer_rank
 
 __all__ = [
     "AsyncWriter", "BackgroundFlush", "ErrorRecordingStream", "CHUNK_SIZE", "FAST_DIGEST", "FileDigest", "FileTailHasher", "HashingWriter", "LOCK_NAME", "Overlap",
-    "PROGRESS_KEYS", "ProcessWriter", "REPLACED", "Serializer", "SHA256", "SIDECAR_SUFFIX", "SidecarError", "SnapshotGate", "StreamDigest", "TEMP_SYNCED", "WRITER_ID", "WriterLease", "WriterProcessError", "Written",
+    "PROGRESS_KEYS", "ProcessWriter", "REPLACED", "Serializer", "SHA256", "SIDECAR_SUFFIX", "SidecarError", "SnapshotGate", "TEMP_SYNCED", "WRITER_ID", "WriterLease", "WriterProcessError", "Written",
     "acquire", "acquire_on_writer_rank", "cache_both_digests", "cached_digest", "clear_digest_cache", "digest_file",
     "digests_of", "dir_lock", "format_sidecar", "fsync_dir", "fsync_file", "is_temp_name", "parse_sidecar",
     "pid_alive", "read_holder", "read_sidecar", "read_sidecar_digest", "remove_tree", "sha256_file",

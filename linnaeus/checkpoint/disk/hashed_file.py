@@ -56,11 +56,8 @@ def write_hashed(path: Path, state: Any, serialize: Serializer = torch.save) -> 
                 last_reported[0] = total
                 phase("write", total)
 
-        try:
-            tail: FileTailHasher | None = FileTailHasher(path)
-        except RuntimeError:  # no new threads at interpreter exit: hash beside each write instead
-            tail = None
-        writer = HashingWriter(raw, on_write=on_write, tail=tail)
+        tail = FileTailHasher(path)
+        writer = HashingWriter(raw, tail, on_write=on_write)
         flusher = BackgroundFlush(raw.fileno())
         try:
             try:
@@ -80,8 +77,7 @@ def write_hashed(path: Path, state: Any, serialize: Serializer = torch.save) -> 
             phase("fsynced", writer.bytes_written)
             digest = writer.digest()
         except BaseException:
-            if tail is not None:
-                tail.abort()
+            tail.abort()
             raise
     return Written(digest, writer.bytes_written)
 

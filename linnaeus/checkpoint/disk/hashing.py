@@ -166,7 +166,8 @@ class FileTailHasher:
     there. So the writer never waits for sha256 (1.7 GB/s, slower than serialising here): the
     save takes about as long as the slower of the two instead of their sum at every write. The
     cost is one copy of each byte out of the page cache, and what is hashed is what the file
-    holds, not what was handed to ``write``.
+    holds, not what was handed to ``write``. Where no thread can start (interpreter exit, a
+    thread limit), :meth:`advance` hashes in the writer's thread instead: slower, never lost.
     """
 
     def __init__(self, path: str | os.PathLike[str], chunk_size: int | None = None) -> None:
@@ -175,40 +176,46 @@ class FileTailHasher:
         self._digest = StreamDigest(chunk_size)
         self._cond = threading.Condition()
         self._ready = 0  # bytes the writer says are in the file
+        self._done = 0  # bytes hashed
         self._closing = False  # no more advance(): hash up to _ready and stop
         self._abort = False
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="linnaeus-sha256-tail", daemon=True)
+        self._view = memoryview(bytearray(_TAIL_READ))
+        self._thread: threading.Thread | None = threading.Thread(target=self._run, name="linnaeus-sha256-tail",
+                                                                 daemon=True)
         try:
             self._thread.start()
-        except BaseException:
-            os.close(self._fd)
-            raise
+        except RuntimeError:  # "can't create new thread"
+            self._thread = None
 
     def advance(self, nbytes: int) -> None:
+        if self._thread is None:
+            self._hash_to(nbytes)
+            return
         with self._cond:
             self._ready = max(self._ready, nbytes)
             self._cond.notify()
 
+    def _hash_to(self, limit: int) -> None:
+        while self._done < limit and not self._abort:
+            n = os.preadv(self._fd, [self._view[:min(_TAIL_READ, limit - self._done)]], self._done)
+            if n == 0:
+                raise OSError(f"{self._path} ends at {self._done} bytes while {limit} were written to it "
+                              "(truncated by another process?)")
+            self._digest.whole.update(self._view[:n])
+            self._digest.update_chunks(self._view[:n])
+            self._done += n
+
     def _run(self) -> None:
-        view = memoryview(bytearray(_TAIL_READ))
-        done = 0
         try:
             while True:
                 with self._cond:
-                    while done >= self._ready and not (self._closing or self._abort):
+                    while self._done >= self._ready and not (self._closing or self._abort):
                         self._cond.wait()
-                    if self._abort or done >= self._ready:
+                    if self._abort or self._done >= self._ready:
                         return
                     limit = self._ready
-                while done < limit and not self._abort:
-                    n = os.preadv(self._fd, [view[:min(_TAIL_READ, limit - done)]], done)
-                    if n == 0:
-                        raise OSError(f"{self._path} ends at {done} bytes while {limit} were written to it "
-                                      "(truncated by another process?)")
-                    self._digest.whole.update(view[:n])
-                    self._digest.update_chunks(view[:n])
-                    done += n
+                self._hash_to(limit)
         except BaseException as e:  # re-raised in the writer's thread by finish()
             self._error = e
 
@@ -218,15 +225,18 @@ class FileTailHasher:
                 return  # stopped already (an abort after a failed finish)
             self._closing, self._abort = True, abort
             self._cond.notify()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         with self._cond:
             os.close(self._fd)
             self._fd = -1
 
     def finish(self, nbytes: int) -> FileDigest:
         """The digests of the file's first ``nbytes`` (all of it is in the file now)."""
-        self.advance(nbytes)
-        self._stop(abort=False)
+        try:
+            self.advance(nbytes)
+        finally:
+            self._stop(abort=False)
         if self._error is not None:
             raise self._error
         if self._digest.size != nbytes:
@@ -239,51 +249,22 @@ class FileTailHasher:
 
 
 class HashingWriter:
-    """File-object wrapper that sha256-hashes every byte written through it.
-
-    Pass it to ``torch.save``; ``digest()`` afterwards holds the sha256 of the file (and
-    of each chunk) without reading it back. ``on_write(total_bytes)`` is called after each
-    write (the fault-injection tests use it to stop a save at chosen byte offsets).
-
-    With ``tail`` (a :class:`FileTailHasher` on the file ``raw`` writes), the bytes are hashed
-    from the file behind the writes instead, and ``write`` returns without waiting for them.
+    """File-object wrapper for ``torch.save`` whose bytes ``tail`` (a :class:`FileTailHasher` on the
+    file ``raw`` writes) hashes from the file behind the writes: ``write`` never waits for a hash,
+    and ``digest()`` at the end holds the sha256 of the file and of each chunk.
+    ``on_write(total_bytes)`` is called after each write (the fault-injection tests use it to stop
+    a save at chosen byte offsets).
     """
 
-    def __init__(self, raw: BinaryIO, on_write: Callable[[int], None] | None = None,
-                 chunk_size: int | None = None, tail: FileTailHasher | None = None) -> None:
+    def __init__(self, raw: BinaryIO, tail: FileTailHasher, on_write: Callable[[int], None] | None = None) -> None:
         self._raw = raw
-        self._hasher = StreamDigest(chunk_size)
         self._tail = tail
         self._on_write = on_write
         self.bytes_written = 0
         self.error: OSError | None = None  # the first failed write (a serializer may report it otherwise)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        view = memoryview(data).cast("B")
-        size = view.nbytes
-        if self._tail is not None:
-            return self._write_ahead(data, size)
-        # torch hands us views of memory it may free once write() returns, so the hashes
-        # must finish before we return. The sha256 (the slow one) runs on a helper thread
-        # beside the write, as a leaf task (a task that waited on another could deadlock the
-        # pool when two saves overlap); the chunk digests are cheap enough to run here.
-        pending = submit(self._hasher.whole.update, view) if size >= _PARALLEL_MIN else None
-        try:
-            self._hasher.update_chunks(view)
-            written = self._raw.write(data)
-        except OSError as e:
-            self.error = self.error or e
-            raise
-        finally:
-            if pending is not None:
-                pending.result()
-        if pending is None:
-            self._hasher.whole.update(view)  # small buffer, or the pool is gone (interpreter exit)
-        self._written(written, size)
-        return size
-
-    def _write_ahead(self, data: bytes | bytearray | memoryview, size: int) -> int:
-        assert self._tail is not None
+        size = memoryview(data).nbytes
         try:
             written = self._raw.write(data)
             if size >= _PARALLEL_MIN:
@@ -294,12 +275,6 @@ class HashingWriter:
         except OSError as e:
             self.error = self.error or e
             raise
-        self._written(written, size)
-        if size >= _PARALLEL_MIN:
-            self._tail.advance(self.bytes_written)
-        return size
-
-    def _written(self, written: int | None, size: int) -> None:
         if written is not None and written != size:
             raise OSError(f"short write: {written} of {size} bytes")
         self.bytes_written += size
@@ -309,22 +284,18 @@ class HashingWriter:
             except OSError as e:  # e.g. a flush of what was buffered
                 self.error = self.error or e
                 raise
+        if size >= _PARALLEL_MIN:
+            self._tail.advance(self.bytes_written)
+        return size
 
     def flush(self) -> None:
         self._raw.flush()
-        if self._tail is not None:
-            self._tail.advance(self.bytes_written)
-
-    def hexdigest(self) -> str:
-        assert self._tail is None, "a tail-hashed writer's digest comes from digest() at the end"
-        return self._hasher.whole.hexdigest()
+        self._tail.advance(self.bytes_written)
 
     def digest(self) -> FileDigest:
-        """The digests of everything written; with a tail hasher, flushes and waits for it."""
-        if self._tail is not None:
-            self._raw.flush()
-            return self._tail.finish(self.bytes_written)
-        return self._hasher.digest()
+        """The digests of everything written (flushes, then waits for the tail hasher)."""
+        self.flush()
+        return self._tail.finish(self.bytes_written)
 
 
 __all__ = ["CHUNK_DIGEST", "CHUNK_SIZE", "FileDigest", "FileTailHasher", "HashingWriter", "StreamDigest", "new_hasher", "submit",

@@ -45,7 +45,6 @@ from ..disk import (
     BackgroundFlush,
     FileDigest,
     FileTailHasher,
-    StreamDigest,
     SidecarError,
     format_sidecar,
     fsync_dir,
@@ -197,7 +196,7 @@ def _transfer(source: Source, tmp: Path, expected: "Future[_Expected]",
     try:
         with open(tmp, "xb", buffering=0) as f, source.open_stream() as chunks:
             # Unbuffered: every chunk is in the file once write returns, so the hasher may read it.
-            hasher = _tail_hasher(tmp)
+            hasher = FileTailHasher(tmp)
             flusher = BackgroundFlush(f.fileno())
             try:
                 try:
@@ -225,34 +224,6 @@ def _transfer(source: Source, tmp: Path, expected: "Future[_Expected]",
         if bar is not None:
             bar.close()
     return received, digest
-
-
-class _InlineHasher:
-    """:class:`FileTailHasher`'s interface, hashing each chunk as it is written (where no thread can
-    start: interpreter exit, a thread limit)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path, self._digest, self._done = path, StreamDigest(), 0
-
-    def advance(self, nbytes: int) -> None:
-        with open(self._path, "rb") as f:
-            f.seek(self._done)
-            self._digest.update(f.read(nbytes - self._done))
-        self._done = nbytes
-
-    def finish(self, nbytes: int) -> FileDigest:
-        self.advance(nbytes)
-        return self._digest.digest()
-
-    def abort(self) -> None:
-        pass
-
-
-def _tail_hasher(path: Path) -> "FileTailHasher | _InlineHasher":
-    try:
-        return FileTailHasher(path)
-    except RuntimeError:  # "can't create new thread" (interpreter exit, thread limit): slower, never lost
-        return _InlineHasher(path)
 
 
 def _write_all(f: "io.FileIO", data: bytes) -> None:

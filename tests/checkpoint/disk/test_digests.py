@@ -6,7 +6,6 @@ The chunk size is shrunk to 64 KiB so that small files span many chunks (the rea
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -185,16 +184,18 @@ def test_sidecar_of_an_older_save_with_sha256_chunks_still_verifies_by_chunks(tm
         load_verified(path)
 
 
-def test_concurrent_hashing_writers_share_the_pool_without_deadlock() -> None:
-    """Two saves at once (e.g. an async writer and a sync weights-only save) each hash on the pool."""
+def test_concurrent_hashing_writers_each_get_their_own_digests(tmp_path: Path) -> None:
+    """Three saves at once (e.g. an async writer and a sync weights-only save), each hashed behind its writes."""
     payloads = [os.urandom(3 << 20) for _ in range(4)]
     results: dict[int, hashing.FileDigest] = {}
 
     def save(i: int) -> None:
-        writer = HashingWriter(io.BytesIO())
-        for p in payloads:
-            writer.write(memoryview(p))
-        results[i] = writer.digest()
+        path = tmp_path / f"f{i}"
+        with open(path, "xb") as raw:
+            writer = HashingWriter(raw, hashing.FileTailHasher(path))
+            for p in payloads:
+                writer.write(memoryview(p))
+            results[i] = writer.digest()
 
     threads = [threading.Thread(target=save, args=(i,)) for i in range(3)]
     for t in threads:
@@ -280,10 +281,13 @@ def test_saves_and_downloads_hash_inline_where_no_thread_can_start(tmp_path: Pat
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """At interpreter exit (an async save finishing) Python refuses new threads: the tail hasher's
     thread then cannot start, and the bytes are hashed beside the writes instead, never lost."""
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("can't create new thread at interpreter shutdown")
+    class NoTailThread(threading.Thread):
+        def start(self) -> None:
+            if self.name == "linnaeus-sha256-tail":
+                raise RuntimeError("can't create new thread at interpreter shutdown")
+            super().start()
 
-    monkeypatch.setattr(hashing.FileTailHasher, "__init__", refuse)
+    monkeypatch.setattr(hashing.threading, "Thread", NoTailThread)
     path = _commit(tmp_path / "run")
     data = path.read_bytes()
     assert read_sidecar_digest(path).sha256 == _sha(data) and verify_checkpoint(path).ok

@@ -30,7 +30,7 @@ from linnaeus.checkpoint import (
     unwrap_model,
     verify_checkpoint,
 )
-from linnaeus.checkpoint.disk import HashingWriter, is_temp_name, read_sidecar, sha256_file, sidecar_path, temp_name
+from linnaeus.checkpoint.disk import FileTailHasher, HashingWriter, is_temp_name, read_sidecar, sha256_file, sidecar_path, temp_name
 from linnaeus.checkpoint.formats import commit_file, is_checkpoint_name, is_pending_sidecar_name, write_latest
 from linnaeus.checkpoint.formats.file.names import pending_sidecar_name
 from linnaeus.checkpoint.state import make_meta
@@ -67,11 +67,12 @@ def test_commit_writes_data_sidecar_and_latest(tmp_path: Path) -> None:
 
 def test_hashing_writer_matches_file_for_small_and_large_writes(tmp_path: Path) -> None:
     with open(tmp_path / "f", "wb") as raw:
-        writer = HashingWriter(raw)
+        writer = HashingWriter(raw, FileTailHasher(tmp_path / "f"))
         for chunk in (b"abc", os.urandom(3 << 20), b"", os.urandom(100)):
             writer.write(chunk)
             writer.write(memoryview(chunk))
-    assert writer.hexdigest() == hashlib.sha256((tmp_path / "f").read_bytes()).hexdigest()
+        digest = writer.digest()
+    assert digest.sha256 == hashlib.sha256((tmp_path / "f").read_bytes()).hexdigest()
 
 
 def test_failed_serialisation_leaves_nothing_behind(tmp_path: Path) -> None:
