@@ -12,7 +12,8 @@ Usage: sharded_async_two_ranks.py ROOT
 The process group is initialised with a 37 s collective timeout; the background saves' own group
 must have the same.
 
-Each rank writes ``ROOT/rank<r>.txt``: ``group timeout: <s>``, ``poll: <error type>: <message>``, then ``done``.
+Each rank writes ``ROOT/rank<r>.txt``: ``group timeout: <s>``, ``poll: <error type>: <message>``, then ``done``;
+and, once the process group is gone, ``ROOT/alive.rank<r>``: how many FSDP2 modules outlived it.
 """
 
 import os
@@ -31,12 +32,11 @@ from torch.distributed.fsdp import fully_shard  # noqa: E402
 
 from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, testing  # noqa: E402
 from linnaeus.checkpoint.formats import background_group  # noqa: E402
-from linnaeus.dist import init_distributed  # noqa: E402
+from tests.helpers.group_session import run_in_session  # noqa: E402
 
 
-def main() -> None:
-    init_distributed(timeout_s=37)
-    rank, root = dist.get_rank(), sys.argv[1]
+def main(root: str) -> None:
+    rank = dist.get_rank()
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
     for layer in (model[0], model[2]):
@@ -85,8 +85,7 @@ def main() -> None:
     manager.close()
     with open(f"{root}/rank{rank}.txt", "w") as f:  # one file per rank: two processes' stdout lines interleave
         f.write(f"group timeout: {group_timeout:g}\npoll: {outcome}\ndone\n")
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main()
+    run_in_session(lambda: main(sys.argv[1]), f"{sys.argv[1]}/alive", timeout_s=37)

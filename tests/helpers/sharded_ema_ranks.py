@@ -34,7 +34,7 @@ from linnaeus.checkpoint import (
     CheckpointIncompatibleError,  # noqa: E402
     CheckpointManager,  # noqa: E402
 )
-from linnaeus.dist import init_distributed  # noqa: E402
+from tests.helpers.group_session import run_in_session  # noqa: E402
 from linnaeus.engine.optim import ShardableModelEma  # noqa: E402
 from linnaeus.engine.parallel import wrap_model  # noqa: E402
 from tests.helpers.rank_lines import say  # noqa: E402
@@ -135,13 +135,11 @@ def resume_one(root: str, rank: int) -> None:
     say(f"rank{rank} reshard 1->2: {'equal' if ok else 'DIFFERENT'}")
 
 
-def main() -> None:
-    init_distributed()
-    rank, root = dist.get_rank(), sys.argv[1]
+def main(root: str) -> None:
+    rank = dist.get_rank()
     save_and_resume_files(root, rank)
     resume_one(root, rank)
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main()
+    run_in_session(lambda: main(sys.argv[1]), f"{sys.argv[1]}/alive")

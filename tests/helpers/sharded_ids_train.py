@@ -10,16 +10,15 @@
   process group, and one freed during interpreter teardown can abort a finished run.
 """
 
-import gc
 import os
 import signal
 import sys
-import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from linnaeus.data.sampler import ResumableDistributedSampler  # noqa: E402
 from linnaeus.main import cli  # noqa: E402
+from tests.helpers.group_session import report_alive  # noqa: E402
 
 _OUT = os.environ["LINNAEUS_TEST_IDS"]
 _RANK = int(os.environ.get("RANK", "0"))
@@ -46,17 +45,8 @@ def _recording_advance(self, n_per_rank: int) -> None:  # type: ignore[no-untype
 ResumableDistributedSampler.__iter__ = _recording_iter
 ResumableDistributedSampler.advance = _recording_advance
 
-def _alive_fsdp_modules() -> int:
-    from torch.distributed.fsdp import FSDPModule
-
-    with warnings.catch_warnings():  # isinstance on torch's script objects warns about reduce_op
-        warnings.simplefilter("ignore")
-        return sum(isinstance(o, FSDPModule) for o in gc.get_objects())
-
-
 if __name__ == "__main__":
     code = cli()
     if os.environ.get("LINNAEUS_TEST_ALIVE"):
-        with open(f"{os.environ['LINNAEUS_TEST_ALIVE']}.rank{_RANK}", "w") as f:
-            f.write(f"{_alive_fsdp_modules()}\n")
+        report_alive(os.environ["LINNAEUS_TEST_ALIVE"])
     sys.exit(code)

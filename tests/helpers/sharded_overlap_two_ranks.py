@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 
 from linnaeus.checkpoint import CheckpointManager, CheckpointPolicy, testing  # noqa: E402
-from linnaeus.dist import init_distributed  # noqa: E402
+from tests.helpers.group_session import run_in_session  # noqa: E402
 
 
 class Counted(nn.Module):
@@ -38,9 +38,8 @@ class Counted(nn.Module):
         return self.linear(x)
 
 
-def main() -> None:
-    init_distributed(timeout_s=60)
-    rank, root = dist.get_rank(), sys.argv[1]
+def main(root: str) -> None:
+    rank = dist.get_rank()
     torch.manual_seed(3)
     width = 1024
     model = nn.Sequential(Counted(width), nn.ReLU(), Counted(width))
@@ -73,8 +72,7 @@ def main() -> None:
         optimizer.zero_grad()
         manager.poll()
     manager.close()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main()
+    run_in_session(lambda: main(sys.argv[1]), f"{sys.argv[1]}/alive", timeout_s=60)

@@ -30,7 +30,8 @@ from linnaeus.checkpoint import (
     CheckpointCorruptError,  # noqa: E402
     CheckpointManager,  # noqa: E402
 )
-from linnaeus.dist import barrier, init_distributed  # noqa: E402
+from linnaeus.dist import barrier  # noqa: E402
+from tests.helpers.group_session import run_in_session  # noqa: E402
 from linnaeus.engine.parallel import grad_norm_value  # noqa: E402
 from tests.helpers.rank_lines import say  # noqa: E402
 
@@ -71,9 +72,8 @@ def flip(path: str) -> None:
     barrier()
 
 
-def main() -> None:
-    init_distributed()
-    rank, root = dist.get_rank(), sys.argv[1]
+def main(root: str) -> None:
+    rank = dist.get_rank()
 
     # Same init and the same batch on both ranks: the reduced (averaged) gradient is the plain model's.
     sharded, _ = objects(5)
@@ -131,8 +131,7 @@ def main() -> None:
     result = again.resume(model=fresh, optimizer=fresh_opt)
     say(f"rank{rank} choose: resumed {os.path.basename(result.path)} step {result.progress['step']}")
     again.close()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main()
+    run_in_session(lambda: main(sys.argv[1]), os.path.join(sys.argv[1], "..", "alive"))

@@ -118,6 +118,8 @@ def test_two_rank_fsdp_ema_is_sharded_reshards_and_crosses_strategies(tmp_path: 
             assert f"rank{rank} {outcome}" in lines, out[-3000:]
         [refused] = [ln for ln in lines if ln.startswith(f"rank{rank} file-no-ema:")]
         assert "CheckpointIncompatibleError" in refused and "has no 'ema' state" in refused, refused
+    # No FSDP2 module (it holds the process group) outlived the group (tests/helpers/group_session.py).
+    assert [(root / f"alive.rank{r}").read_text() for r in (0, 1)] == ["0\n", "0\n"]
     # The 2-rank fsdp checkpoint in one process, into a plain model and EMA (a ddp run): exactly the saved EMA.
     saved = torch.load(root / "full.pt", weights_only=True)
     model, ema = _resume(root / "ck", sharded=True, ema=True)

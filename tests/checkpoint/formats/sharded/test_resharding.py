@@ -177,6 +177,8 @@ def test_two_rank_clip_saves_damage_fallback_and_file_to_fsdp(tmp_path: Path) ->
         assert f"rank{rank} choose: resumed checkpoint_epoch_1 step 1" in proc.stdout, out[-3000:]
         assert f"rank{rank} file->fsdp: equal" in proc.stdout, out[-3000:]
         assert f"rank{rank} clip: equal" in proc.stdout, out[-3000:]
+    # No FSDP2 module (it holds the process group) outlived the group (tests/helpers/group_session.py).
+    assert [(tmp_path / f"alive.rank{r}").read_text() for r in (0, 1)] == ["0\n", "0\n"]
     # The 2-rank FSDP2 checkpoint in one process, into a plain model: the gathered 2-rank state exactly
     # (the damaged newest one is skipped here too).
     from torch import nn
