@@ -30,7 +30,15 @@ from .formats import (
     verify_checkpoint,
 )
 from .manager import CheckpointManager, CheckpointTransaction, ResumeResult
-from .policy import CheckpointPolicy, Interval, parse_interval, render_filename, validate_filename_template
+from .policy import (
+    Cadence,
+    CheckpointPolicy,
+    Interval,
+    Schedule,
+    parse_interval,
+    render_filename,
+    validate_filename_template,
+)
 from .remote import RemoteRun
 
 # The function shadows its submodule's name on purpose: ``linnaeus.checkpoint.resolve(...)`` is
@@ -63,6 +71,8 @@ __all__ = [
     "CheckpointUnreadableError",
     "DirectoryLockedError",
     "Interval",
+    "Schedule",
+    "Cadence",
     "InvalidOperationError",
     "InvalidPolicyError",
     "NotATrainingCheckpointError",

@@ -166,15 +166,13 @@ class CheckpointManager(LocalCheckpoints):
     def kind(self) -> str:
         return KIND_WEIGHTS if self.policy.weights_only else KIND_FULL
 
-    def should_save(self, *, epoch: int, step: int, end_of_epoch: bool, is_last: bool = False) -> bool:
-        """Whether the policy wants a save now (pure: every rank computes the same answer).
-        ``epoch`` = epochs completed, ``step`` = optimizer steps done; ``is_last`` marks the
-        end of training (always saved, even with SAVE_LAST_ONLY or an interval that misses it)."""
-        if is_last:
-            return True
-        if self.policy.save_last_only:
-            return False
-        return self.policy.interval.due(epoch=epoch, step=step, end_of_epoch=end_of_epoch)
+    def should_save(self, *, epoch: int, step: int, end_of_epoch: bool, is_last: bool = False,
+                    elapsed_ms: tuple[int, int] = (0, 0)) -> bool:
+        """Whether the policy wants a save now (pure: the same answer on every rank). ``epoch`` = epochs
+        completed, ``step`` = optimizer steps done, ``elapsed_ms`` = training time at the previous and this
+        step boundary (agreed across ranks by the caller); ``is_last``: the end of training (always saved)."""
+        return is_last or (not self.policy.save_last_only and self.policy.interval.due(
+            epoch=epoch, step=step, end_of_epoch=end_of_epoch, elapsed_ms=elapsed_ms))
 
     def filename_for(self, *, epoch: int, step: int, end_of_epoch: bool = True,
                      metrics: Mapping[str, float] | None = None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Union
 
 from .errors import InvalidOperationError, InvalidPolicyError
 
@@ -18,58 +18,123 @@ KNOWN_FIELDS = frozenset({"epoch", "step", "experiment", "model", "timestamp", "
 # Stand-ins for a trial rendering, so that a bad format spec fails when the policy is made.
 _SAMPLE_FIELDS = {"epoch": 1, "step": 1, "experiment": "exp", "model": "model", "timestamp": "20000101-000000",
                   "run_timestamp": "20000101-000000", "rank": 0, "dataset": "data", "n_epochs": 1}
-# Interval units: "ba" (batches, Composer's spelling) is an alias of "st": an optimizer step.
-_UNIT_ALIASES = {"ba": "st"}
+# Interval units: "ba" (batches, Composer's spelling) is an alias of "st": an optimizer step. Durations
+# ("90s", "30min", "2h") are counted in seconds of training.
+_UNITS = {"ep": ("ep", 1), "st": ("st", 1), "ba": ("st", 1), "s": ("s", 1), "min": ("s", 60), "h": ("s", 3600)}
 _SAMPLE_METRIC = 0.5
 
 
 @dataclass(frozen=True)
 class Interval:
-    """Save every ``every`` epochs (unit "ep") or optimizer steps (unit "st")."""
+    """Save every ``every`` epochs (unit "ep"), optimizer steps ("st") or seconds of training ("s").
+
+    Seconds of training are the run's wall-clock time summed over its launches, as stored in each
+    checkpoint (the runner's ``progress.elapsed_ms``): a save is due at the first step boundary past
+    each multiple of ``every``, so a run preempted every 25 minutes still saves every 30 minutes of
+    training, and a relaunch neither saves at once nor starts the count again.
+    """
 
     every: int
-    unit: str  # "ep" | "st"
+    unit: str  # "ep" | "st" | "s"
 
     def __post_init__(self) -> None:
         # due() divides by every: a zero would fail at the first save, not here.
         if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every <= 0:
             raise InvalidPolicyError("interval", f"interval needs a positive int count, got every={self.every!r}.")
-        if self.unit not in ("ep", "st"):
+        if self.unit not in ("ep", "st", "s"):
             raise InvalidPolicyError(
-                "interval", f"interval unit must be 'ep' (epochs) or 'st' (optimizer steps), got {self.unit!r}."
+                "interval", f"interval unit must be 'ep' (epochs), 'st' (optimizer steps) or 's' (seconds of "
+                f"training), got {self.unit!r}."
             )
+
+    @property
+    def terms(self) -> tuple["Interval", ...]:
+        return (self,)
 
     @property
     def by_steps(self) -> bool:
         return self.unit == "st"
 
-    def due(self, *, epoch: int, step: int, end_of_epoch: bool) -> bool:
-        """Whether a save is due after ``step`` optimizer steps / ``epoch`` completed epochs."""
+    @property
+    def by_time(self) -> bool:
+        return self.unit == "s"
+
+    def due(self, *, epoch: int, step: int, end_of_epoch: bool, elapsed_ms: tuple[int, int] = (0, 0)) -> bool:
+        """Whether a save is due after ``step`` optimizer steps / ``epoch`` completed epochs, or, for
+        seconds, whether the training time went past a multiple of ``every`` from ``elapsed_ms[0]``
+        (the previous step boundary) to ``elapsed_ms[1]`` (this one), in milliseconds."""
         if self.by_steps:
             return step > 0 and step % self.every == 0
+        if self.by_time:
+            before, now = elapsed_ms
+            return now // (self.every * 1000) > before // (self.every * 1000)
         return end_of_epoch and epoch > 0 and epoch % self.every == 0
 
     def __str__(self) -> str:
+        if self.by_time:
+            for unit, seconds in (("h", 3600), ("min", 60)):
+                if self.every % seconds == 0:
+                    return f"{self.every // seconds}{unit}"
+            return f"{self.every}s"
         return f"{self.every}{self.unit}"
 
 
-_INTERVAL_RE = re.compile(r"^\s*(\d+)\s*(ep|st|ba)?\s*$")
+@dataclass(frozen=True)
+class Schedule:
+    """Several intervals: a save is due when any of them is (``["1ep", "30min"]``)."""
+
+    terms: tuple[Interval, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.terms) < 2 or not all(isinstance(t, Interval) for t in self.terms):
+            raise InvalidPolicyError("interval", f"a schedule is two or more Intervals, got {self.terms!r}.")
+
+    @property
+    def by_steps(self) -> bool:
+        return any(t.by_steps for t in self.terms)
+
+    @property
+    def by_time(self) -> bool:
+        return any(t.by_time for t in self.terms)
+
+    def due(self, *, epoch: int, step: int, end_of_epoch: bool, elapsed_ms: tuple[int, int] = (0, 0)) -> bool:
+        return any(t.due(epoch=epoch, step=step, end_of_epoch=end_of_epoch, elapsed_ms=elapsed_ms)
+                   for t in self.terms)
+
+    def __str__(self) -> str:
+        return ",".join(str(t) for t in self.terms)
 
 
-def parse_interval(value: Any) -> Interval:
-    """``"1ep"``, ``"2ep"``, ``"500st"`` (``"500ba"`` the same), or a bare int (epochs); an
-    :class:`Interval` passes through."""
-    if isinstance(value, Interval):
+Cadence = Union[Interval, Schedule]
+_INTERVAL_RE = re.compile(r"^\s*(\d+)\s*(ep|st|ba|s|min|h)?\s*$")
+
+
+def parse_interval(value: Any) -> Cadence:
+    """``"1ep"``, ``"2ep"``, ``"500st"`` (``"500ba"`` the same), ``"90s"``, ``"30min"``, ``"2h"``, or a
+    bare int (epochs); several of them (a list, or one string ``"1ep,30min"`` or ``"[1ep, 30min]"``) make
+    a :class:`Schedule`. An :class:`Interval` or :class:`Schedule` passes through."""
+    if isinstance(value, (Interval, Schedule)):
         return value
-    m = None if isinstance(value, bool) else _INTERVAL_RE.match(str(value))
-    if not m or int(m.group(1)) <= 0:
-        raise InvalidPolicyError(
-            "interval",
-            f"interval expects a positive '<N>ep' (epochs), '<N>st' or '<N>ba' (optimizer steps) or int, "
-            f"got {value!r}.",
-        )
-    unit = m.group(2) or "ep"
-    return Interval(int(m.group(1)), _UNIT_ALIASES.get(unit, unit))
+    items: list[Any] = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(items) == 1 and isinstance(items[0], str):
+        items = [x for x in items[0].strip().strip("[]").split(",") if x.strip()] or [items[0]]
+    terms: list[Interval] = []
+    for item in items:
+        m = None if isinstance(item, bool) else _INTERVAL_RE.match(str(item).strip().strip("'\""))
+        if not m or int(m.group(1)) <= 0:
+            break
+        unit, scale = _UNITS[m.group(2) or "ep"]
+        term = Interval(int(m.group(1)) * scale, unit)
+        if term not in terms:
+            terms.append(term)
+    else:
+        if terms:
+            return terms[0] if len(terms) == 1 else Schedule(tuple(terms))
+    raise InvalidPolicyError(
+        "interval",
+        f"interval expects a positive '<N>ep' (epochs), '<N>st' or '<N>ba' (optimizer steps), '<N>s', "
+        f"'<N>min' or '<N>h' (training time), an int (epochs), or a list of them; got {value!r}.",
+    )
 
 
 def template_fields(template: str) -> set[str]:
@@ -90,7 +155,7 @@ def metric_fields(template: str) -> set[str]:
     return template_fields(template) - KNOWN_FIELDS
 
 
-def validate_filename_template(template: str, interval: Interval, *, field: str = "filename") -> None:
+def validate_filename_template(template: str, interval: Cadence, *, field: str = "filename") -> None:
     """Reject templates that would let two saves of one run collide (or that escape the dir).
 
     Raises :class:`InvalidPolicyError` naming ``field`` (the policy field the template is in).
@@ -181,7 +246,7 @@ class CheckpointPolicy:
     naming the field, so a policy that exists is one every save can follow.
     """
 
-    interval: Interval = Interval(1, "ep")
+    interval: Cadence = Interval(1, "ep")
     filename: str = "checkpoint_epoch_{epoch}.pth"
     mid_epoch_filename: str = "checkpoint_epoch_{epoch}_step_{step}.pth"
     keep_last_n: int = 0  # 0 = keep all (unless keep_best_n selects alone)
@@ -200,10 +265,11 @@ class CheckpointPolicy:
     save_last_only: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.interval, Interval):
+        if not isinstance(self.interval, (Interval, Schedule)):
             raise InvalidPolicyError(
-                "interval", f"interval must be an Interval, got {self.interval!r}; use parse_interval('2ep') "
-                "(epochs) or parse_interval('500st') (optimizer steps)."
+                "interval", f"interval must be an Interval or a Schedule, got {self.interval!r}; use "
+                "parse_interval('2ep') (epochs), parse_interval('500st') (optimizer steps), parse_interval('30min') "
+                "(training time) or parse_interval(['1ep', '30min'])."
             )
         validate_filename_template(self.filename, self.interval, field="filename")
         validate_filename_template(self.mid_epoch_filename, Interval(1, "st"), field="mid_epoch_filename")

@@ -9,6 +9,7 @@ after which saves.
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Iterator, Mapping
 
@@ -71,10 +72,22 @@ def build_weights_policy(cfg: CN) -> CheckpointPolicy:
     w = cfg.CHECKPOINT.WEIGHTS_SAVER
     with _config_keys(_WEIGHTS_KEYS):
         return CheckpointPolicy(interval=parse_interval(w.INTERVAL), filename=w.FILENAME,
+                                mid_epoch_filename=_with_step(w.FILENAME),
                                 keep_last_n=w.KEEP_LAST_N, keep_local_n=cfg.CHECKPOINT.KEEP_LOCAL_N,
                                 async_save=cfg.CHECKPOINT.ASYNC, weights_only=True,
                                 overlap_snapshot=cfg.CHECKPOINT.ASYNC and cfg.CHECKPOINT.ASYNC_OVERLAP,
                                 writer_process=cfg.CHECKPOINT.ASYNC and cfg.CHECKPOINT.ASYNC_PROCESS)
+
+
+def _with_step(template: str) -> str:
+    """The weights saver's name for saves in the middle of an epoch (a training-time interval): its own
+    FILENAME, with ``_step_{step}`` before the suffix when it has no {step}, so that it never takes the
+    main saver's names."""
+    if "{step" in template:
+        return template
+    suffix = re.search(r"\.[A-Za-z0-9]+$", template)
+    cut = suffix.start() if suffix else len(template)
+    return f"{template[:cut]}_step_{{step}}{template[cut:]}"
 
 
 def validate_checkpointing(cfg: CN) -> None:
@@ -127,6 +140,13 @@ def _check_metric_fields(cfg: CN, main: CheckpointPolicy, savers: list[tuple[str
         if not fields:
             continue
         template = f"{key}.FILENAME {policy.filename!r}"
+        node = cfg.CHECKPOINT if key == "CHECKPOINT" else cfg.CHECKPOINT.WEIGHTS_SAVER
+        if policy.interval.by_time and metric_fields(policy.mid_epoch_filename):
+            raise ConfigError(
+                f"{template} uses metric field(s) {sorted(fields)}, but {key}.INTERVAL {node.INTERVAL!r} also saves "
+                f"by training time, in the middle of epochs, under the name {policy.mid_epoch_filename!r}, where "
+                "there are no validation metrics. Remove the metric fields, or the training-time interval."
+            )
         if fields - known:
             raise ConfigError(
                 f"{template} uses {sorted(fields - known)}, which no validation of this run reports. Metric "
@@ -139,19 +159,20 @@ def _check_metric_fields(cfg: CN, main: CheckpointPolicy, savers: list[tuple[str
                 "remove the metric fields."
             )
         interval = policy.interval
-        node = cfg.CHECKPOINT if key == "CHECKPOINT" else cfg.CHECKPOINT.WEIGHTS_SAVER
         fix = (f"Set {key}.INTERVAL to an epoch interval that is a multiple of EVAL.INTERVAL ({every_eval}), "
                f"e.g. '{every_eval}ep', or remove the metric fields.")
         if interval.by_steps:
             raise ConfigError(
                 f"{template} uses metric field(s) {sorted(fields)}, but {key}.INTERVAL {node.INTERVAL!r} saves "
-                f"every {interval.every} optimizer steps, in the middle of epochs, where there are no validation "
+                f"every {next(t.every for t in interval.terms if t.by_steps)} optimizer steps, in the middle of epochs, where there are no validation "
                 f"metrics. {fix}"
             )
         # SAVE_LAST_ONLY: the main saver only saves after the last epoch, which is always validated.
-        if not policy.save_last_only and interval.every % every_eval:
+        # Training-time terms save in the middle of epochs, under MID_EPOCH_FILENAME (no metric fields).
+        unvalidated = [t.every for t in interval.terms if t.unit == "ep" and t.every % every_eval]
+        if not policy.save_last_only and unvalidated:
             raise ConfigError(
                 f"{template} uses metric field(s) {sorted(fields)}, but {key}.INTERVAL {node.INTERVAL!r} saves "
-                f"after epoch {interval.every}, which is not validated (EVAL.INTERVAL {every_eval} validates every "
+                f"after epoch {unvalidated[0]}, which is not validated (EVAL.INTERVAL {every_eval} validates every "
                 f"{every_eval} epoch(s)), so that save would have no metrics. {fix}"
             )

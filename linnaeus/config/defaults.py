@@ -195,7 +195,9 @@ _C.EVAL.CONSISTENT_DECODING = False
 
 # ----------------------------------------------------------------------- CHECKPOINT
 _C.CHECKPOINT = CN()
-# When to save: "1ep", "2ep" (epochs), "500st" (optimizer steps; "500ba" the same), or an int (epochs).
+# When to save: "1ep", "2ep" (epochs), "500st" (optimizer steps; "500ba" the same), "90s", "30min", "2h"
+# (training time, summed over relaunches; saved at the first step past each multiple), an int (epochs),
+# or a list of them (save when any is due): ["1ep", "30min"] in YAML, "[1ep,30min]" in --opts.
 _C.CHECKPOINT.INTERVAL = "1ep"
 # File name template: {epoch} (epochs completed), {step}, {experiment}, {model}, {dataset}, {n_epochs} (TRAIN.EPOCHS),
 # {timestamp} (the save's), {run_timestamp} (the run's start, kept across relaunches), {rank}, metric fields.
@@ -234,7 +236,7 @@ _C.CHECKPOINT.SAVE_ON_PREEMPT = True
 _C.CHECKPOINT.WEIGHTS_SAVER = CN()
 # A second, independent weights-only saver (own interval, name and retention).
 _C.CHECKPOINT.WEIGHTS_SAVER.ENABLED = False
-# Interval of the weights-only saver ("1ep", "500st", or int epochs).
+# Interval of the weights-only saver (as CHECKPOINT.INTERVAL: "1ep", "500st", "30min", an int, a list).
 _C.CHECKPOINT.WEIGHTS_SAVER.INTERVAL = "1ep"
 # File name template of the weights-only saver.
 _C.CHECKPOINT.WEIGHTS_SAVER.FILENAME = "weights_epoch_{epoch}.pth"

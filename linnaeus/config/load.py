@@ -64,9 +64,12 @@ def _merge_dict(dst: CN, src: dict, prefix: str, source: str) -> None:
 
 
 def _coerce(value: Any, original: Any, full: str, source: str) -> Any:
-    # CHECKPOINT intervals accept both "2ep" and a bare int.
-    if full.endswith("INTERVAL") and isinstance(original, str) and isinstance(value, int):
-        return str(value)
+    # CHECKPOINT intervals accept "2ep", a bare int, and a list of them (kept as one string, "1ep,30min").
+    if full.endswith("INTERVAL") and isinstance(original, str):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, int)) for v in value):
+            return ",".join(str(v) for v in value)
     if isinstance(original, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     try:
