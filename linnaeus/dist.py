@@ -141,6 +141,18 @@ def any_rank_true(flag: bool) -> bool:
     return bool(t.item())
 
 
+def agree(flag: bool, value: int) -> tuple[bool, int]:
+    """(``flag`` true on any rank, rank 0's ``value``) on every rank, in one collective: how the ranks
+    agree at a step boundary on a stop and on rank 0's clock. ``value`` must be >= 0."""
+    if not is_dist():
+        return flag, value
+    t = torch.tensor([1 if flag else 0, value if get_rank() == 0 else 0], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)  # the other ranks send 0: the maximum is rank 0's value
+    return bool(t[0].item()), int(t[1].item())
+
+
 # How gloo and NCCL word a collective that failed because a peer left or did not answer (lower case).
 _LOST_PEER_MARKS = ("connection reset by peer", "connection closed by peer", "broken pipe", "timed out", "timeout",
                     "timing out", "remote process exited", "communicator was aborted")

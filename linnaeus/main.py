@@ -156,7 +156,7 @@ def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints,
     def on_step_end(p: Progress) -> bool:
         launcher.check()  # no new save once the launcher is gone (raises)
         checkpoints.poll()  # surfaces background-save errors on every rank
-        if checkpoints.preemption_requested(preempt.requested):
+        if checkpoints.step_boundary(preempt.requested):
             return True
         checkpoints.maybe_save_step(p)
         return False

@@ -45,8 +45,9 @@ from linnaeus.checkpoint.state import TaxonomyChangedError
 from linnaeus.checkpoint.store import CheckpointsPresentError, restore_newest
 from linnaeus.config import build_policy, build_weights_policy, config_yaml
 from linnaeus.config.parallel import sharded_checkpoints
-from linnaeus.dist import any_rank_true, get_world_size, is_main_process, run_on_all_ranks
+from linnaeus.dist import get_world_size, is_main_process, run_on_all_ranks
 from linnaeus.runner import config_diff
+from linnaeus.runner.clock import TrainingClock
 from linnaeus.runner.taxonomy_record import taxonomy_levels
 from linnaeus.utils.checkpoint_utils import input_resolver
 
@@ -205,7 +206,8 @@ class RunCheckpoints:
         """The live training objects that saves read from and a resume writes into; the data's
         ``taxonomy`` is recorded in every checkpoint and a resume refuses a different one."""
         self.progress = progress
-        self.objects = {k: v for k, v in objects.items() if v is not None}
+        self.clock = TrainingClock()  # saved as the component "clock": training time survives a relaunch
+        self.objects = {**{k: v for k, v in objects.items() if v is not None}, "clock": self.clock}
         record = taxonomy_levels(taxonomy)
         for manager in self._savers():
             manager.taxonomy = record
@@ -220,6 +222,7 @@ class RunCheckpoints:
         else:
             logger.info("No checkpoint to resume from: starting fresh (run id %s)", self.run_id)
         start_timeline(self.main, point, remote=self.remote)
+        self.clock.start()
         if self.uploader is not None:
             queued = self.uploader.enqueue_existing(self.directory)
             if queued:
@@ -253,6 +256,10 @@ class RunCheckpoints:
             config_diff.refuse(changes, point.path)
         fresh = config_diff.optimizer_hyperparameters(self.objects.get("optimizer"))
         started = config_diff.fresh_components(changes) & set(self.objects)  # turned on: nothing saved to restore
+        if "clock" not in point.state:
+            started.add("clock")
+            logger.info("%s records no training time (saved by an older linnaeus): training-time intervals "
+                        "count from this launch", point.path)
         restored = {k: v for k, v in self.objects.items() if k not in started}
         try:
             self.progress.load_state_dict(self.main.restore(point.state, path=point.path, **restored))
@@ -292,7 +299,8 @@ class RunCheckpoints:
     def maybe_save_step(self, progress: Any) -> None:
         """After an optimizer step: step-interval saves (never the epoch-interval ones)."""
         for manager in self._savers():
-            if manager.should_save(epoch=progress.epoch, step=progress.step, end_of_epoch=False):
+            if manager.should_save(epoch=progress.epoch, step=progress.step, end_of_epoch=False,
+                                   elapsed_ms=self.clock.elapsed_ms):
                 self._save(manager, end_of_epoch=False, metrics=None)
 
     def maybe_save_epoch(self, progress: Any, metrics: dict[str, Any], *, is_last: bool) -> None:
@@ -311,9 +319,11 @@ class RunCheckpoints:
         self.close()
 
     # ------------------------------------------------------------------ coordination
-    def preemption_requested(self, local_flag: bool) -> bool:
-        """Ranks agree: any rank signalled → all stop after this step (a collective when enabled)."""
-        return self.cfg.CHECKPOINT.SAVE_ON_PREEMPT and any_rank_true(local_flag)
+    def step_boundary(self, local_flag: bool) -> bool:
+        """After each optimizer step, the ranks agree (one collective, when either is in use): any rank
+        signalled → all stop after this step; and the training time is rank 0's."""
+        timed = any(m.policy.interval.by_time for m in self._savers())
+        return self.clock.step_boundary(local_flag, agree_stop=self.cfg.CHECKPOINT.SAVE_ON_PREEMPT, timed=timed)
 
     def wait_snapshot(self) -> None:
         """Before the trainer changes what a save may still be copying (CHECKPOINT.ASYNC_OVERLAP): the

@@ -7,7 +7,11 @@
   micro-batch (the runner's preemption path then saves on every rank and exits 0);
 - with ``LINNAEUS_TEST_ALIVE=PREFIX``, after the run returns each rank writes to ``PREFIX.rank<r>``
   how many FSDP2 modules are still alive, before any garbage collection of its own: they hold the
-  process group, and one freed during interpreter teardown can abort a finished run.
+  process group, and one freed during interpreter teardown can abort a finished run;
+- with ``LINNAEUS_TEST_CLOCK=S0,S1,...``, the training clock of rank r reads ``Sr`` seconds per consumed
+  micro-batch (a clock of its own per rank, deterministic), instead of the wall clock;
+- with ``LINNAEUS_TEST_SAVES=PREFIX``, each rank appends to ``PREFIX.rank<r>`` the step of every save
+  of the main saver it takes part in.
 """
 
 import os
@@ -44,6 +48,25 @@ def _recording_advance(self, n_per_rank: int) -> None:  # type: ignore[no-untype
 
 ResumableDistributedSampler.__iter__ = _recording_iter
 ResumableDistributedSampler.advance = _recording_advance
+
+if os.environ.get("LINNAEUS_TEST_CLOCK"):
+    from linnaeus.runner.clock import TrainingClock
+
+    _rate = float(os.environ["LINNAEUS_TEST_CLOCK"].split(",")[_RANK])
+    TrainingClock.source = staticmethod(lambda: _consumed_batches[0] * _rate)
+
+if os.environ.get("LINNAEUS_TEST_SAVES"):
+    from linnaeus.runner.checkpoints import RunCheckpoints
+
+    _save = RunCheckpoints._save
+
+    def _recording_save(self, manager, **kwargs):  # type: ignore[no-untyped-def]
+        if manager is self.main:
+            with open(f"{os.environ['LINNAEUS_TEST_SAVES']}.rank{_RANK}", "a") as f:
+                f.write(f"{self.progress.step}\n")
+        _save(self, manager, **kwargs)
+
+    RunCheckpoints._save = _recording_save
 
 if __name__ == "__main__":
     code = cli()

@@ -150,8 +150,9 @@ def test_fsdp_2_ranks_sigterm_then_1_rank_continues_the_epoch_exactly(tmp_path: 
     log = proc.stdout + proc.stderr
     assert "Resumed from" in log and "checkpoint_epoch_0_step_3 (epoch 0, step 3)" in log, log[-3000:]
     assert "RNG states were saved by 2 rank(s), this run has 1" in log
+    assert "records no training time" not in log  # the training clock is in state.pt, and restored
     state = torch.load(run / "tiny" / "checkpoints" / "checkpoint_epoch_1" / "state.pt", weights_only=True)
-    assert state["progress"]["step"] == 8 and state["meta"]["world_size"] == 1
+    assert state["progress"]["step"] == 8 and state["meta"]["world_size"] == 1 and state["clock"]["elapsed_ms"] > 0
     # 3 steps of 2x8, then 5 steps of 1x8: the epoch's permutation from its start, none twice, none skipped.
     consumed = _consumed(tmp_path / "a-ids") + _consumed(tmp_path / "b-ids")
     assert len(consumed) == 3 * 16 + 5 * 8 and len(set(consumed)) == len(consumed)
