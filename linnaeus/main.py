@@ -14,6 +14,7 @@ import torch
 from yacs.config import CfgNode
 
 from linnaeus.config import ConfigError, dump_config, load_config, run_dir
+from linnaeus.config.cluster import preempt_signals
 from linnaeus.data.build import build_data
 from linnaeus.dist import (distributed_session, get_rank, get_world_size, is_main_process, lost_peer_message,
                            select_device)
@@ -27,6 +28,7 @@ from linnaeus.engine.trainer import Progress, Trainer, steps_per_epoch
 from linnaeus.models.build import build_model
 from linnaeus.runner.checkpoints import RunCheckpoints
 from linnaeus.runner.launcher_watch import LauncherWatch
+from linnaeus.runner.deadline import Deadline
 from linnaeus.runner.preemption import PreemptionHandler
 from linnaeus.runner.pretrained import load_pretrained_weights
 from linnaeus.runner.seed import seed_everything
@@ -139,8 +141,12 @@ def _resume_and_fit(cfg: CfgNode, launcher: LauncherWatch, checkpoints: RunCheck
     )
     clock.mark("config.yaml, TensorBoard, trainer")
     logger.info("%s", clock.summary())
-    with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT) as preempt:
-        last_metrics = _fit(cfg, trainer, data, checkpoints, progress, preempt, launcher, autocast, device, tb)
+    deadline = Deadline.from_config(cfg)
+    if deadline.end is not None:
+        logger.info("Job end: %s", deadline.describe())
+    with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT, preempt_signals(cfg)) as preempt:
+        last_metrics = _fit(cfg, trainer, data, checkpoints, progress, preempt, deadline, launcher, autocast,
+                            device, tb)
     checkpoints.close()
     tb.close()
     _report(cfg, out_dir, last_metrics, checkpoints, data.taxonomy.num_classes, preempted=preempt.requested)
@@ -148,15 +154,15 @@ def _resume_and_fit(cfg: CfgNode, launcher: LauncherWatch, checkpoints: RunCheck
 
 
 def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints, progress: Progress,
-         preempt: PreemptionHandler, launcher: LauncherWatch, autocast: Any, device: torch.device,
-         tb: Any) -> dict[str, Any]:
+         preempt: PreemptionHandler, deadline: Deadline, launcher: LauncherWatch, autocast: Any,
+         device: torch.device, tb: Any) -> dict[str, Any]:
     """The epoch loop: train, evaluate when due, save when due, stop cleanly on preemption."""
     last_metrics: dict[str, Any] = checkpoints.last_metrics()
 
     def on_step_end(p: Progress) -> bool:
         launcher.check()  # no new save once the launcher is gone (raises)
         checkpoints.poll()  # surfaces background-save errors on every rank
-        if checkpoints.step_boundary(preempt.requested):
+        if checkpoints.step_boundary(preempt.requested, deadline):
             return True
         checkpoints.maybe_save_step(p)
         return False
@@ -166,8 +172,12 @@ def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints,
         result = trainer.train_epoch(progress, on_step_end)
         if not result["completed"]:
             checkpoints.save_preemption()
-            logger.info("Preempted at epoch %d step %d: checkpoint committed, exiting 0", progress.epoch,
-                        progress.step)
+            if preempt.requested or not deadline.reached():
+                logger.info("Preempted at epoch %d step %d: checkpoint committed, exiting 0", progress.epoch,
+                            progress.step)
+            else:
+                logger.info("Stopped before the job's end at epoch %d step %d (%s): checkpoint committed, exiting 0",
+                            progress.epoch, progress.step, deadline.describe())
             return last_metrics
         last_epoch = progress.epoch >= cfg.TRAIN.EPOCHS
         measured: dict[str, Any] = {}  # this epoch's validation, if it ran: a save carries only its own step's

@@ -145,6 +145,13 @@ _C.TRAIN.STRATEGY = "ddp"
 # timeout): bounds the wait when a peer's node dies or hangs. Must exceed the longest rank-0-only work the
 # others wait through (a synchronous save, verifying or downloading the checkpoint to resume from).
 _C.TRAIN.COLLECTIVE_TIMEOUT_S = 600
+# Signals that ask for a graceful stop (finish the step, commit a checkpoint, exit 0) when
+# CHECKPOINT.SAVE_ON_PREEMPT is on; SIGUSR1 is what Slurm's `--signal=USR1@120` sends before the time limit.
+_C.TRAIN.PREEMPT_SIGNALS = ["SIGTERM", "SIGINT", "SIGUSR1"]
+# When the job will be killed: an ISO-8601 time ("2026-12-07T18:00:00", local time unless it names a zone)
+# or a Unix timestamp; empty = Slurm's end time of the job (SLURM_JOB_END_TIME) under Slurm, else none.
+# Acted on only with CHECKPOINT.SAVE_BEFORE_END.
+_C.TRAIN.DEADLINE = ""
 # Gradient-norm clipping threshold (0 disables).
 _C.TRAIN.CLIP_GRAD = 0.0
 # Mixed precision: bf16 autocast on CPU, fp16 autocast + GradScaler on CUDA.
@@ -231,8 +238,11 @@ _C.CHECKPOINT.FORMAT = "auto"
 _C.CHECKPOINT.WEIGHTS_ONLY = False
 # Save only once, when training ends (and on preemption).
 _C.CHECKPOINT.SAVE_LAST_ONLY = False
-# On SIGTERM/SIGINT: finish the current step, commit a checkpoint, exit 0.
+# On a signal of TRAIN.PREEMPT_SIGNALS: finish the current step, commit a checkpoint, exit 0.
 _C.CHECKPOINT.SAVE_ON_PREEMPT = True
+# With a deadline (TRAIN.DEADLINE, or Slurm's end time): this long before it ("5min", "90s", "1h"), the run
+# finishes its step, commits a checkpoint and exits 0, even if no signal ever comes. Empty = off.
+_C.CHECKPOINT.SAVE_BEFORE_END = ""
 _C.CHECKPOINT.WEIGHTS_SAVER = CN()
 # A second, independent weights-only saver (own interval, name and retention).
 _C.CHECKPOINT.WEIGHTS_SAVER.ENABLED = False

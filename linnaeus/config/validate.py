@@ -9,6 +9,7 @@ from linnaeus.checkpoint.remote import WAIT_SLICE_S
 
 from .buckets import validate_buckets
 from .checkpointing import validate_checkpointing
+from .cluster import validate_cluster
 from .errors import ConfigError
 from .identifiers import validate_identifiers
 from .parallel import validate_parallel
@@ -55,5 +56,6 @@ def validate(cfg: CN) -> None:
                           f"collectives of {WAIT_SLICE_S:g} s; set it above {WAIT_SLICE_S:g} (default 600).")
     validate_buckets(cfg)
     validate_parallel(cfg)
+    validate_cluster(cfg)
     # Last: the metric-field rules there divide by EVAL.INTERVAL.
     validate_checkpointing(cfg)

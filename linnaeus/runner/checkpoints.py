@@ -258,8 +258,7 @@ class RunCheckpoints:
         started = config_diff.fresh_components(changes) & set(self.objects)  # turned on: nothing saved to restore
         if "clock" not in point.state:
             started.add("clock")
-            logger.info("%s records no training time (saved by an older linnaeus): training-time intervals "
-                        "count from this launch", point.path)
+            logger.info("%s records no training time (saved by an older linnaeus): it counts from here", point.path)
         restored = {k: v for k, v in self.objects.items() if k not in started}
         try:
             self.progress.load_state_dict(self.main.restore(point.state, path=point.path, **restored))
@@ -319,11 +318,12 @@ class RunCheckpoints:
         self.close()
 
     # ------------------------------------------------------------------ coordination
-    def step_boundary(self, local_flag: bool) -> bool:
-        """After each optimizer step, the ranks agree (one collective, when either is in use): any rank
-        signalled → all stop after this step; and the training time is rank 0's."""
-        timed = any(m.policy.interval.by_time for m in self._savers())
-        return self.clock.step_boundary(local_flag, agree_stop=self.cfg.CHECKPOINT.SAVE_ON_PREEMPT, timed=timed)
+    def step_boundary(self, signalled: bool, deadline: Any) -> bool:
+        """After each optimizer step the ranks agree (one collective, if needed): any rank signalled or past
+        its deadline → all stop after this step; the training time is rank 0's."""
+        preempt, timed = self.cfg.CHECKPOINT.SAVE_ON_PREEMPT, any(m.policy.interval.by_time for m in self._savers())
+        return self.clock.step_boundary((signalled and preempt) or deadline.reached(),
+                                        agree_stop=preempt or deadline.active, timed=timed)
 
     def wait_snapshot(self) -> None:
         """Before the trainer changes what a save may still be copying (CHECKPOINT.ASYNC_OVERLAP): the

@@ -1,4 +1,5 @@
-"""Preemption: the first SIGTERM/SIGINT asks for a graceful stop, the second one exits at once."""
+"""Preemption: the first of TRAIN.PREEMPT_SIGNALS (SIGTERM, SIGINT, SIGUSR1) asks for a graceful stop; a
+second one exits at once."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ logger = logging.getLogger("linnaeus")
 
 
 class PreemptionHandler:
-    """Context manager that turns SIGTERM/SIGINT into a flag the training loop polls.
+    """Context manager that turns ``signals`` (default SIGTERM, SIGINT) into a flag the training loop polls.
 
     The loop finishes its current optimizer step, commits a checkpoint and exits 0. A second
     signal (more than ``DUPLICATE_WINDOW_S`` after the first) restores the default disposition and re-delivers the signal, so an impatient
@@ -25,8 +26,9 @@ class PreemptionHandler:
     # signal to its workers, deliver it twice within microseconds: that is one request.
     DUPLICATE_WINDOW_S = 1.0
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, signals: tuple[int, ...] = SIGNALS) -> None:
         self.enabled = enabled
+        self.signals = tuple(signals)
         self.requested_signal: int | None = None
         self._first_at = 0.0
         self._previous: dict[int, Any] = {}
@@ -50,7 +52,7 @@ class PreemptionHandler:
 
     def __enter__(self) -> "PreemptionHandler":
         if self.enabled:
-            for sig in self.SIGNALS:
+            for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -3,8 +3,9 @@
 
 - every (epoch, index) key the training loop consumes (the sampler's ``advance``) is appended to
   ``$LINNAEUS_TEST_IDS.rank<r>``, in order, so a test can check an epoch across relaunches;
-- with ``LINNAEUS_TEST_SIGTERM_AT=K``, rank 0 sends itself a real SIGTERM after its K-th consumed
-  micro-batch (the runner's preemption path then saves on every rank and exits 0);
+- with ``LINNAEUS_TEST_SIGTERM_AT=K``, rank 0 sends itself a real SIGTERM (``LINNAEUS_TEST_SIGNAL``, e.g.
+  ``SIGUSR1``, names another) after its K-th consumed micro-batch (the runner's preemption path then saves
+  on every rank and exits 0);
 - with ``LINNAEUS_TEST_ALIVE=PREFIX``, after the run returns each rank writes to ``PREFIX.rank<r>``
   how many FSDP2 modules are still alive, before any garbage collection of its own: they hold the
   process group, and one freed during interpreter teardown can abort a finished run;
@@ -27,6 +28,7 @@ from tests.helpers.group_session import report_alive  # noqa: E402
 _OUT = os.environ["LINNAEUS_TEST_IDS"]
 _RANK = int(os.environ.get("RANK", "0"))
 _SIGTERM_AT = int(os.environ.get("LINNAEUS_TEST_SIGTERM_AT", "0"))
+_SIGNAL = signal.Signals[os.environ.get("LINNAEUS_TEST_SIGNAL", "SIGTERM")]
 _iter, _advance = ResumableDistributedSampler.__iter__, ResumableDistributedSampler.advance
 _consumed_batches = [0]
 
@@ -43,7 +45,7 @@ def _recording_advance(self, n_per_rank: int) -> None:  # type: ignore[no-untype
     _advance(self, n_per_rank)
     _consumed_batches[0] += 1
     if _RANK == 0 and _consumed_batches[0] == _SIGTERM_AT:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), _SIGNAL)
 
 
 ResumableDistributedSampler.__iter__ = _recording_iter
