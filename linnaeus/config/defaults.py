@@ -149,7 +149,7 @@ _C.TRAIN.COLLECTIVE_TIMEOUT_S = 600
 # CHECKPOINT.SAVE_ON_PREEMPT is on; SIGUSR1 is what Slurm's `--signal=USR1@120` sends before the time limit.
 _C.TRAIN.PREEMPT_SIGNALS = ["SIGTERM", "SIGINT", "SIGUSR1"]
 # When the job will be killed: an ISO-8601 time ("2026-12-07T18:00:00", local time unless it names a zone)
-# or a Unix timestamp; empty = Slurm's end time of the job (SLURM_JOB_END_TIME) under Slurm, else none.
+# or a Unix timestamp; empty = Slurm's end time of the job under Slurm (SLURM_JOB_END_TIME, or squeue), else none.
 # Acted on only with CHECKPOINT.SAVE_BEFORE_END.
 _C.TRAIN.DEADLINE = ""
 # Gradient-norm clipping threshold (0 disables).
