@@ -30,6 +30,7 @@ from linnaeus.runner.checkpoints import RunCheckpoints
 from linnaeus.runner.launcher_watch import LauncherWatch
 from linnaeus.runner.deadline import Deadline
 from linnaeus.runner.preemption import PreemptionHandler
+from linnaeus.runner.slurm import requeue_after_stop
 from linnaeus.runner.pretrained import load_pretrained_weights
 from linnaeus.runner.seed import seed_everything
 from linnaeus.runner.startup import StartupClock
@@ -144,19 +145,25 @@ def _resume_and_fit(cfg: CfgNode, launcher: LauncherWatch, checkpoints: RunCheck
     deadline = Deadline.from_config(cfg)
     if deadline.end is not None:
         logger.info("Job end: %s", deadline.describe())
+        if deadline.reached():
+            logger.warning("Less time is left before the job's end than CHECKPOINT.SAVE_BEFORE_END: the run stops "
+                           "after its first step")
     with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT, preempt_signals(cfg)) as preempt:
-        last_metrics = _fit(cfg, trainer, data, checkpoints, progress, preempt, deadline, launcher, autocast,
-                            device, tb)
+        last_metrics, stopped = _fit(cfg, trainer, data, checkpoints, progress, preempt, deadline, launcher,
+                                     autocast, device, tb)
     checkpoints.close()
     tb.close()
-    _report(cfg, out_dir, last_metrics, checkpoints, data.taxonomy.num_classes, preempted=preempt.requested)
+    _report(cfg, out_dir, last_metrics, checkpoints, data.taxonomy.num_classes, stopped=stopped)
+    if stopped:  # everything is committed: under Slurm, the same job resumes it
+        requeue_after_stop(cfg)
     return last_metrics
 
 
 def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints, progress: Progress,
          preempt: PreemptionHandler, deadline: Deadline, launcher: LauncherWatch, autocast: Any,
-         device: torch.device, tb: Any) -> dict[str, Any]:
-    """The epoch loop: train, evaluate when due, save when due, stop cleanly on preemption."""
+         device: torch.device, tb: Any) -> tuple[dict[str, Any], str]:
+    """The epoch loop: train, evaluate when due, save when due, stop cleanly on preemption or before the
+    job's end. Returns the last validation metrics and why it stopped early ("" when it did not)."""
     last_metrics: dict[str, Any] = checkpoints.last_metrics()
 
     def on_step_end(p: Progress) -> bool:
@@ -175,10 +182,10 @@ def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints,
             if preempt.requested or not deadline.reached():
                 logger.info("Preempted at epoch %d step %d: checkpoint committed, exiting 0", progress.epoch,
                             progress.step)
-            else:
-                logger.info("Stopped before the job's end at epoch %d step %d (%s): checkpoint committed, exiting 0",
-                            progress.epoch, progress.step, deadline.describe())
-            return last_metrics
+                return last_metrics, "by a signal"
+            logger.info("Stopped before the job's end at epoch %d step %d (%s): checkpoint committed, exiting 0",
+                        progress.epoch, progress.step, deadline.describe())
+            return last_metrics, "before the job's end"
         last_epoch = progress.epoch >= cfg.TRAIN.EPOCHS
         measured: dict[str, Any] = {}  # this epoch's validation, if it ran: a save carries only its own step's
         if last_epoch or progress.epoch % cfg.EVAL.INTERVAL == 0:
@@ -191,7 +198,7 @@ def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints,
         data.train_sampler.set_epoch(progress.epoch)
         launcher.check()
         checkpoints.maybe_save_epoch(progress, measured, is_last=last_epoch)
-    return last_metrics
+    return last_metrics, ""
 
 
 def _log_metrics(progress: Progress, train: dict[str, Any], val: dict[str, Any], tb: Any) -> None:
@@ -203,14 +210,14 @@ def _log_metrics(progress: Progress, train: dict[str, Any], val: dict[str, Any],
 
 
 def _report(cfg: CfgNode, out_dir: Any, metrics: dict[str, Any], checkpoints: RunCheckpoints,
-            num_classes: dict[str, int], preempted: bool) -> None:
+            num_classes: dict[str, int], stopped: str) -> None:
     if not is_main_process():
         return
     lines = ["", "=" * 60, f"Run dir:      {out_dir}", f"Log file:     {out_dir / 'log.txt'}",
              f"TensorBoard:  tensorboard --logdir {out_dir / 'tensorboard'}",
              f"Checkpoints:  {checkpoints.directory}  (linnaeus-ckpt ls {out_dir})"]
-    if preempted:
-        lines.append("Stopped by a signal; relaunch the same command to continue.")
+    if stopped:
+        lines.append(f"Stopped {stopped}; relaunch the same command to continue.")
     lines += summary_lines(metrics, cfg.DATA.TASK_KEYS, num_classes)
     lines.append("=" * 60)
     logger.info("\n".join(lines))

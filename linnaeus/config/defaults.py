@@ -152,6 +152,10 @@ _C.TRAIN.PREEMPT_SIGNALS = ["SIGTERM", "SIGINT", "SIGUSR1"]
 # or a Unix timestamp; empty = Slurm's end time of the job under Slurm (SLURM_JOB_END_TIME, or squeue), else none.
 # Acted on only with CHECKPOINT.SAVE_BEFORE_END.
 _C.TRAIN.DEADLINE = ""
+# Under Slurm, after a stop on a signal or before the job's end has committed its checkpoint: put the job
+# back in the queue (`scontrol requeue`), so the same job id resumes with the same command. Only for jobs
+# submitted requeueable (`sbatch --requeue`); others are left to the user, and the log says so.
+_C.TRAIN.REQUEUE = True
 # Gradient-norm clipping threshold (0 disables).
 _C.TRAIN.CLIP_GRAD = 0.0
 # Mixed precision: bf16 autocast on CPU, fp16 autocast + GradScaler on CUDA.

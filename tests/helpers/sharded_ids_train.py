@@ -3,14 +3,16 @@
 
 - every (epoch, index) key the training loop consumes (the sampler's ``advance``) is appended to
   ``$LINNAEUS_TEST_IDS.rank<r>``, in order, so a test can check an epoch across relaunches;
-- with ``LINNAEUS_TEST_SIGTERM_AT=K``, rank 0 sends itself a real SIGTERM (``LINNAEUS_TEST_SIGNAL``, e.g.
-  ``SIGUSR1``, names another) after its K-th consumed micro-batch (the runner's preemption path then saves
-  on every rank and exits 0);
+- with ``LINNAEUS_TEST_SIGTERM_AT=K``, rank 0 sends itself a real SIGTERM after its K-th consumed
+  micro-batch (the runner's preemption path then saves on every rank and exits 0);
 - with ``LINNAEUS_TEST_ALIVE=PREFIX``, after the run returns each rank writes to ``PREFIX.rank<r>``
   how many FSDP2 modules are still alive, before any garbage collection of its own: they hold the
   process group, and one freed during interpreter teardown can abort a finished run;
 - with ``LINNAEUS_TEST_CLOCK=S0,S1,...``, the training clock of rank r reads ``Sr`` seconds per consumed
   micro-batch (a clock of its own per rank, deterministic), instead of the wall clock;
+- with ``LINNAEUS_TEST_PAUSE_AT=K`` and ``LINNAEUS_TEST_PAUSE=PATH``, rank 0 stops after its K-th consumed
+  micro-batch, once per PATH: it creates PATH and waits (up to 120 s) until the test removes it, so that
+  the test can signal it at a known step;
 - with ``LINNAEUS_TEST_SAVES=PREFIX``, each rank appends to ``PREFIX.rank<r>`` the step of every save
   of the main saver it takes part in.
 """
@@ -18,6 +20,7 @@
 import os
 import signal
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -28,7 +31,6 @@ from tests.helpers.group_session import report_alive  # noqa: E402
 _OUT = os.environ["LINNAEUS_TEST_IDS"]
 _RANK = int(os.environ.get("RANK", "0"))
 _SIGTERM_AT = int(os.environ.get("LINNAEUS_TEST_SIGTERM_AT", "0"))
-_SIGNAL = signal.Signals[os.environ.get("LINNAEUS_TEST_SIGNAL", "SIGTERM")]
 _iter, _advance = ResumableDistributedSampler.__iter__, ResumableDistributedSampler.advance
 _consumed_batches = [0]
 
@@ -45,7 +47,20 @@ def _recording_advance(self, n_per_rank: int) -> None:  # type: ignore[no-untype
     _advance(self, n_per_rank)
     _consumed_batches[0] += 1
     if _RANK == 0 and _consumed_batches[0] == _SIGTERM_AT:
-        os.kill(os.getpid(), _SIGNAL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    if _RANK == 0 and _consumed_batches[0] == int(os.environ.get("LINNAEUS_TEST_PAUSE_AT", "0")):
+        _pause(os.environ["LINNAEUS_TEST_PAUSE"])
+
+
+def _pause(path: str) -> None:
+    if os.path.exists(path + ".used"):
+        return
+    open(path + ".used", "w").close()
+    open(path, "w").close()
+    for _ in range(1200):
+        if not os.path.exists(path):
+            return
+        time.sleep(0.1)
 
 
 ResumableDistributedSampler.__iter__ = _recording_iter

@@ -1,7 +1,7 @@
 """The job tells the run what is coming: a pre-timeout signal (SIGUSR1, as Slurm's ``--signal=USR1@120``
-sends it) is a preemption, and the job's end time (``TRAIN.DEADLINE``, or Slurm's ``SLURM_JOB_END_TIME``)
-with ``CHECKPOINT.SAVE_BEFORE_END`` makes the run commit and exit 0 before it, with no signal at all.
-Real torchrun workers, real signals."""
+sends it) is a preemption (under a real Slurm: tests/runner/test_slurm.py), and the job's end time
+(``TRAIN.DEADLINE``, or Slurm's ``SLURM_JOB_END_TIME``) with ``CHECKPOINT.SAVE_BEFORE_END`` makes every
+rank commit and exit 0 before it, with no signal at all. Real torchrun workers, real signals."""
 
 from __future__ import annotations
 
@@ -32,31 +32,26 @@ def _launch(tmp: Path, toy_root: Path, *opts: str, env: dict[str, str] | None = 
                                "LINNAEUS_TEST_IDS": str(tmp / "ids"), **(env or {})})
 
 
-def test_sigusr1_then_the_jobs_end_time_each_commit_and_exit_0_and_the_run_ends_where_it_would(
+def test_two_ranks_stop_together_before_the_jobs_end_and_the_relaunch_ends_the_epoch(
         tmp_path: Path, toy_root: Path) -> None:
     ckpts = tmp_path / "run" / "tiny" / "checkpoints"
-    # 1. Slurm's pre-timeout signal at rank 0's second step: every rank stops after it, committed.
-    proc = _launch(tmp_path, toy_root, env={"LINNAEUS_TEST_SIGTERM_AT": "2", "LINNAEUS_TEST_SIGNAL": "SIGUSR1"})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-5000:]
-    assert "received SIGUSR1" in out and "Preempted at epoch 0 step 2: checkpoint committed, exiting 0" in out
-    assert verify_checkpoint(ckpts / "checkpoint_epoch_0_step_2.pth")
-
-    # 2. Under Slurm with an hour left and CHECKPOINT.SAVE_BEFORE_END 2h: past the time to stop already, so
-    # the relaunch stops after its first step, committed, though no signal comes.
+    # 1. Under Slurm with an hour left and CHECKPOINT.SAVE_BEFORE_END 2h: past the time to stop already, so
+    # the run stops after its first step on both ranks, committed, though no signal comes (and does not
+    # requeue: TRAIN.REQUEUE False; SLURM_JOB_ID names no real job here).
     end = int(time.time()) + 3600
-    proc = _launch(tmp_path, toy_root, "CHECKPOINT.SAVE_BEFORE_END", "2h",
+    proc = _launch(tmp_path, toy_root, "CHECKPOINT.SAVE_BEFORE_END", "2h", "TRAIN.REQUEUE", "False",
                    env={"SLURM_JOB_END_TIME": str(end), "SLURM_JOB_ID": "4242"})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     assert "Slurm's end time of job 4242 (SLURM_JOB_END_TIME)" in out and "received" not in out
-    assert "Stopped before the job's end at epoch 0 step 3" in out and "exiting 0" in out, out[-3000:]
-    assert verify_checkpoint(ckpts / "checkpoint_epoch_0_step_3.pth")
+    assert "Less time is left before the job's end than CHECKPOINT.SAVE_BEFORE_END" in out
+    assert "Stopped before the job's end at epoch 0 step 1" in out and "exiting 0" in out, out[-3000:]
+    assert verify_checkpoint(ckpts / "checkpoint_epoch_0_step_1.pth")
 
-    # 3. The next relaunch, with time left, trains the epoch's last steps: none twice, none skipped.
+    # 2. The relaunch, with time left, trains the epoch's other steps: none twice, none skipped.
     proc = _launch(tmp_path, toy_root)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    assert "checkpoint_epoch_0_step_3.pth (epoch 0, step 3)" in proc.stdout + proc.stderr
+    assert "checkpoint_epoch_0_step_1.pth (epoch 0, step 1)" in proc.stdout + proc.stderr
     keys = [(tmp_path / f"ids.rank{rank}").read_text().splitlines() for rank in (0, 1)]
     assert [len(k) for k in keys] == [6 * 8, 6 * 8] and len(set(keys[0] + keys[1])) == 2 * 6 * 8  # 8 per batch
     assert verify_checkpoint(ckpts / "checkpoint_epoch_1.pth")

@@ -1,16 +1,27 @@
 """The runner under a real Slurm (tests/fixtures_slurm.py): a job submitted with a time limit and
 ``CHECKPOINT.SAVE_BEFORE_END`` learns its end time from Slurm (``squeue``: Debian's Slurm 22.05 does not
-export ``SLURM_JOB_END_TIME``), commits and exits 0 before the limit without any signal."""
+export ``SLURM_JOB_END_TIME``), commits and exits 0 before the limit without any signal; a requeueable job
+signalled before its limit commits, requeues itself, and the same job resumes and ends bit-identical."""
 
 from __future__ import annotations
 
 import shlex
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 from linnaeus.checkpoint import verify_checkpoint
-from tests.conftest import REPO, tiny_args
+from tests.conftest import REPO, run_train, tiny_args
 from tests.fixtures_slurm import Slurm, slurm  # noqa: F401 - the fixture
+from tests.runner.test_resume_exact import _assert_bit_identical, _final_state
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
 
 
 def test_a_slurm_job_commits_and_exits_0_before_its_time_limit(slurm: Slurm, tmp_path: Path,  # noqa: F811
@@ -20,7 +31,8 @@ def test_a_slurm_job_commits_and_exits_0_before_its_time_limit(slurm: Slurm, tmp
     train = [sys.executable, str(REPO / "tools" / "train.py"),
              *tiny_args(tmp_path, toy_root, "TRAIN.EPOCHS", "1", "CHECKPOINT.SAVE_BEFORE_END", "299s")]
     script = tmp_path / "job.sh"
-    script.write_text(f"#!/bin/bash\n#SBATCH --time=5\n#SBATCH --output={tmp_path}/job-%j.out\n"
+    # Not requeueable: the run is not put back in the queue (it would stop at once again).
+    script.write_text(f"#!/bin/bash\n#SBATCH --time=5\n#SBATCH --no-requeue\n#SBATCH --output={tmp_path}/job-%j.out\n"
                       f"cd {shlex.quote(str(REPO))}\nexec {shlex.join(train)}\n")
     job = slurm.run("sbatch", "--parsable", str(script)).strip().split(";")[0]
     assert slurm.wait_done(job) == "COMPLETED"
@@ -28,4 +40,41 @@ def test_a_slurm_job_commits_and_exits_0_before_its_time_limit(slurm: Slurm, tmp
     assert slurm.job_field(job, "ExitCode") == "0:0", out[-3000:]
     assert f"Slurm's end time of job {job} (squeue)" in out, out[-3000:]
     assert "Stopped before the job's end at epoch 0 step 1" in out and "exiting 0" in out, out[-3000:]
+    assert f"Slurm job {job} was not submitted requeueable (sbatch --requeue)" in out, out[-3000:]
     assert verify_checkpoint(tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_0_step_1.pth")
+
+
+def test_a_signalled_requeueable_job_commits_requeues_itself_and_ends_as_if_never_interrupted(
+        slurm: Slurm, tmp_path: Path, toy_root: Path) -> None:  # noqa: F811
+    """The pre-timeout signal, delivered by Slurm (`scancel --signal=USR1 --batch`, the path the
+    `--signal=B:USR1@N` timer takes), at a known step: the run commits, requeues its own job, and the same
+    job id resumes and ends bit-identical to an uninterrupted run."""
+    opts = ("TRAIN.EPOCHS", "2", "TRAIN.MAX_STEPS_PER_EPOCH", "6")
+    run_train(tmp_path / "reference", toy_root, *opts)
+    pause = tmp_path / "paused"
+    train = [sys.executable, str(REPO / "tests" / "helpers" / "sharded_ids_train.py"),
+             *tiny_args(tmp_path / "job", toy_root, *opts)]
+    script = tmp_path / "job.sh"
+    script.write_text(
+        f"#!/bin/bash\n#SBATCH --time=10\n#SBATCH --requeue\n#SBATCH --open-mode=append\n"
+        f"#SBATCH --output={tmp_path}/job-%j.out\ncd {shlex.quote(str(REPO))}\n"
+        f"export LINNAEUS_TEST_IDS={tmp_path}/ids LINNAEUS_TEST_PAUSE_AT=4 LINNAEUS_TEST_PAUSE={pause}\n"
+        f"exec {shlex.join(train)}\n")
+    job = slurm.run("sbatch", "--parsable", str(script)).strip().split(";")[0]
+    wait_until(pause.exists, 120, f"job {job} never reached its 4th step")
+    slurm.run("scancel", "--signal=USR1", "--batch", job)
+    time.sleep(0.5)  # the handler has run once the signal is delivered; then let the step go on
+    pause.unlink()
+    # The job puts itself back in the queue; Slurm would hold it for its requeue delay (2 minutes): start it now.
+    wait_until(lambda: slurm.job_field(job, "Restarts") == "1" and slurm.job_field(job, "JobState") == "PENDING",
+               120, f"job {job} did not requeue itself")
+    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    assert slurm.wait_done(job) == "COMPLETED"
+    out = (tmp_path / f"job-{job}.out").read_text()
+    assert slurm.job_field(job, "ExitCode") == "0:0", out[-3000:]
+    assert "received SIGUSR1" in out and "Preempted at epoch 0 step 4" in out, out[-3000:]
+    assert f"Requeued Slurm job {job} (restart 1)" in out, out[-3000:]
+    assert "checkpoint_epoch_0_step_4.pth (epoch 0, step 4)" in out, out[-3000:]
+    ids = (tmp_path / "ids.rank0").read_text().splitlines()
+    assert len(ids) == 2 * 6 * 8 and len(set(ids)) == len(ids)  # 2 epochs of 6 steps of 8 images, none twice
+    _assert_bit_identical(_final_state(tmp_path / "job" / "tiny"), _final_state(tmp_path / "reference" / "tiny"))
