@@ -51,6 +51,13 @@ class Slurm:
         assert proc.returncode == 0, f"{' '.join(args)} exited {proc.returncode}: {proc.stderr}"
         return proc.stdout
 
+    def submit(self, script: Path, *options: str, args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> str:
+        """``sbatch`` from the repository (the job starts in the submit directory); the job id."""
+        proc = subprocess.run(["sbatch", "--parsable", *options, str(script), *args], capture_output=True, text=True,
+                              env={**self.env, **(env or {})}, cwd=Path(__file__).resolve().parents[1], timeout=60)
+        assert proc.returncode == 0, f"sbatch exited {proc.returncode}: {proc.stderr}"
+        return proc.stdout.strip().split(";")[0]
+
     def job_field(self, job_id: str, field: str) -> str:
         out = self.run("scontrol", "show", "job", "--oneliner", job_id)
         return next(w.split("=", 1)[1] for w in out.split() if w.startswith(field + "="))

@@ -1,7 +1,8 @@
 """The runner under a real Slurm (tests/fixtures_slurm.py): a job submitted with a time limit and
 ``CHECKPOINT.SAVE_BEFORE_END`` learns its end time from Slurm (``squeue``: Debian's Slurm 22.05 does not
 export ``SLURM_JOB_END_TIME``), commits and exits 0 before the limit without any signal; a requeueable job
-signalled before its limit commits, requeues itself, and the same job resumes and ends bit-identical."""
+signalled before its limit (examples/slurm/train.sbatch, torchrun under srun) commits, requeues itself,
+and the same job resumes and ends bit-identical."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Callable
 
 from linnaeus.checkpoint import verify_checkpoint
 from tests.conftest import REPO, run_train, tiny_args
+from tests.fixtures_rclone import free_port
 from tests.fixtures_slurm import Slurm, slurm  # noqa: F401 - the fixture
 from tests.runner.test_resume_exact import _assert_bit_identical, _final_state
 
@@ -44,26 +46,26 @@ def test_a_slurm_job_commits_and_exits_0_before_its_time_limit(slurm: Slurm, tmp
     assert verify_checkpoint(tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_0_step_1.pth")
 
 
-def test_a_signalled_requeueable_job_commits_requeues_itself_and_ends_as_if_never_interrupted(
+def test_the_example_job_signalled_before_its_limit_commits_requeues_and_ends_as_if_never_interrupted(
         slurm: Slurm, tmp_path: Path, toy_root: Path) -> None:  # noqa: F811
-    """The pre-timeout signal, delivered by Slurm (`scancel --signal=USR1 --batch`, the path the
-    `--signal=B:USR1@N` timer takes), at a known step: the run commits, requeues its own job, and the same
-    job id resumes and ends bit-identical to an uninterrupted run."""
+    """examples/slurm/train.sbatch as shipped (srun, then torchrun with 2 workers and the c10d rendezvous):
+    the pre-timeout SIGUSR1, sent by Slurm to the job's step as its `--signal=USR1@N` timer does
+    (`scancel --signal=USR1`), at a known step. torchrun forwards it, the workers commit, rank 0 requeues
+    the job, and the same job id resumes and ends bit-identical to an uninterrupted run."""
     opts = ("TRAIN.EPOCHS", "2", "TRAIN.MAX_STEPS_PER_EPOCH", "6")
-    run_train(tmp_path / "reference", toy_root, *opts)
+    run_train(tmp_path / "reference", toy_root, *opts, nproc=2)
     pause = tmp_path / "paused"
-    train = [sys.executable, str(REPO / "tests" / "helpers" / "sharded_ids_train.py"),
-             *tiny_args(tmp_path / "job", toy_root, *opts)]
-    script = tmp_path / "job.sh"
-    script.write_text(
-        f"#!/bin/bash\n#SBATCH --time=10\n#SBATCH --requeue\n#SBATCH --open-mode=append\n"
-        f"#SBATCH --output={tmp_path}/job-%j.out\ncd {shlex.quote(str(REPO))}\n"
-        f"export LINNAEUS_TEST_IDS={tmp_path}/ids LINNAEUS_TEST_PAUSE_AT=4 LINNAEUS_TEST_PAUSE={pause}\n"
-        f"exec {shlex.join(train)}\n")
-    job = slurm.run("sbatch", "--parsable", str(script)).strip().split(";")[0]
-    wait_until(pause.exists, 120, f"job {job} never reached its 4th step")
-    slurm.run("scancel", "--signal=USR1", "--batch", job)
-    time.sleep(0.5)  # the handler has run once the signal is delivered; then let the step go on
+    env = {"LINNAEUS_PYTHON": sys.executable, "NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port()),
+           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           # The test instruments around the real runner: record the samples, stop rank 0 at its 4th step.
+           "LINNAEUS_TRAIN_SCRIPT": "tests/helpers/sharded_ids_train.py", "LINNAEUS_TEST_IDS": str(tmp_path / "ids"),
+           "LINNAEUS_TEST_PAUSE_AT": "4", "LINNAEUS_TEST_PAUSE": str(pause)}
+    job = slurm.submit(REPO / "examples" / "slurm" / "train.sbatch", "--time=10", f"--output={tmp_path}/job-%j.out",
+                       args=(str(REPO / "tests" / "configs" / "tiny.yaml"),
+                             *tiny_args(tmp_path / "job", toy_root, *opts)[3:]), env=env)
+    wait_until(pause.exists, 180, f"job {job} never reached its 4th step")
+    slurm.run("scancel", "--signal=USR1", job)
+    time.sleep(1.0)  # delivered and forwarded; then let the step go on
     pause.unlink()
     # The job puts itself back in the queue; Slurm would hold it for its requeue delay (2 minutes): start it now.
     wait_until(lambda: slurm.job_field(job, "Restarts") == "1" and slurm.job_field(job, "JobState") == "PENDING",
@@ -74,7 +76,8 @@ def test_a_signalled_requeueable_job_commits_requeues_itself_and_ends_as_if_neve
     assert slurm.job_field(job, "ExitCode") == "0:0", out[-3000:]
     assert "received SIGUSR1" in out and "Preempted at epoch 0 step 4" in out, out[-3000:]
     assert f"Requeued Slurm job {job} (restart 1)" in out, out[-3000:]
+    assert f"linnaeus: job {job} restart 1 on 1 node(s), 2 worker(s) each" in out
     assert "checkpoint_epoch_0_step_4.pth (epoch 0, step 4)" in out, out[-3000:]
-    ids = (tmp_path / "ids.rank0").read_text().splitlines()
-    assert len(ids) == 2 * 6 * 8 and len(set(ids)) == len(ids)  # 2 epochs of 6 steps of 8 images, none twice
+    ids = [(tmp_path / f"ids.rank{r}").read_text().splitlines() for r in (0, 1)]
+    assert [len(i) for i in ids] == [2 * 6 * 8] * 2 and len(set(ids[0] + ids[1])) == 2 * 2 * 6 * 8  # none twice
     _assert_bit_identical(_final_state(tmp_path / "job" / "tiny"), _final_state(tmp_path / "reference" / "tiny"))
