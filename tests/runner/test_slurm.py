@@ -70,6 +70,10 @@ def test_the_example_job_signalled_before_its_limit_commits_requeues_and_ends_as
     # The job puts itself back in the queue; Slurm would hold it for its requeue delay (2 minutes): start it now.
     wait_until(lambda: slurm.job_field(job, "Restarts") == "1" and slurm.job_field(job, "JobState") == "PENDING",
                120, f"job {job} did not requeue itself")
+    # Not within the second the old launch was killed in: slurmd refuses a launch whose credential is
+    # not newer than the job's revocation, to the second ("Job N already killed, do not launch batch job").
+    wait_until(lambda: slurm.run("sinfo", "--noheader", "--format", "%t").strip() == "idle", 60, "node still busy")
+    time.sleep(2.0)
     slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     assert slurm.wait_done(job) == "COMPLETED"
     out = (tmp_path / f"job-{job}.out").read_text()
