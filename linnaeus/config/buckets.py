@@ -19,7 +19,11 @@ _BUCKETS = (("ENV.INPUT.BUCKET", "looks up bare checkpoint names"), ("ENV.OUTPUT
 
 
 def validate_buckets(cfg: CN) -> None:
-    """Raise ConfigError for an enabled bucket with neither a remote nor B2 credentials."""
+    """Raise ConfigError for an enabled bucket with neither a remote nor B2 credentials, or an unknown
+    upload-failure policy."""
+    if cfg.ENV.OUTPUT.BUCKET.ON_FAILURE not in ("stop", "warn"):
+        raise ConfigError(f"ENV.OUTPUT.BUCKET.ON_FAILURE must be 'stop' (a failed upload ends the run) or 'warn' "
+                          f"(training goes on, the upload is retried), got {cfg.ENV.OUTPUT.BUCKET.ON_FAILURE!r}.")
     for key, role in _BUCKETS:
         node = cfg.ENV[key.split(".")[1]].BUCKET
         if not node.ENABLED or node.REMOTE.strip().rstrip(":"):

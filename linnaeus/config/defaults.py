@@ -41,6 +41,10 @@ _C.ENV.OUTPUT.BUCKET.REMOTE = ""
 _C.ENV.OUTPUT.BUCKET.NAME = "linnaeus-checkpoints"
 # Prefix inside the upload bucket.
 _C.ENV.OUTPUT.BUCKET.PATH_PREFIX = "modelZoo/"
+# When an upload still fails after its retries: "stop" ends the run on every rank (its local files are kept);
+# "warn" keeps training, logs it once with what is not uploaded yet, and retries in the background (retention
+# deletes no unconfirmed checkpoint); at the end of the run they get 15 more minutes, then the run fails.
+_C.ENV.OUTPUT.BUCKET.ON_FAILURE = "stop"
 # The run's writer lease on its bucket folder: renewed every TTL/6 s; a lease without a heartbeat for this long
 # is taken over (a dead launch on another host), logged. A launch whose holder still beats refuses to start.
 _C.ENV.OUTPUT.BUCKET_LEASE_TTL_S = 120.0

@@ -65,9 +65,9 @@ class RunCheckpoints:
         self._lock = self._lock_directory()  # held until close(); the savers share it
         out = cfg.ENV.OUTPUT.BUCKET
         self.remote = RemoteRun.in_bucket(out, cfg.EXPERIMENT.NAME) if out.ENABLED else None
-        # Before anything reads the bucket folder: a second live run with this EXPERIMENT.NAME stops here.
-        self.lease = self._lease_bucket_folder(run_dir)
-        self.uploader = BackgroundUploader(self.remote, lease=self.lease) if self.lease is not None else None
+        self.lease = self._lease_bucket_folder(run_dir)  # first: a second live run of this EXPERIMENT.NAME stops
+        self.uploader = (BackgroundUploader(self.remote, lease=self.lease, on_failure=out.ON_FAILURE)
+                         if self.lease is not None else None)
         model_name = cfg.MODEL.TIMM_NAME if cfg.MODEL.TYPE == "timm" else f"hybrid_{cfg.MODEL.HYBRID.CONVNEXT_VARIANT}"
         common = dict(config=config_yaml(cfg), experiment=cfg.EXPERIMENT.NAME, model_name=model_name,
                       name_fields={"dataset": cfg.DATA.DATASET, "n_epochs": cfg.TRAIN.EPOCHS})

@@ -12,11 +12,19 @@ Per committed checkpoint, in commit order, on one worker thread (:meth:`RemoteRu
    :meth:`BackgroundUploader.is_confirmed` (so :meth:`~BackgroundUploader.can_delete`) says so;
 4. move the remote ``latest`` marker, but only to a checkpoint that is confirmed remote.
 
-Failures of any kind are retried with exponential backoff; after the last attempt the
-failure is logged and kept, and :meth:`~BackgroundUploader.poll` (and
-:meth:`~BackgroundUploader.close`) raise :class:`UploadError` for it — nothing is silently
-lost, an unconfirmed checkpoint is never reported deletable, and no error can stop the
-worker with uploads still queued. Nothing is ever deleted remotely.
+Failures of any kind are retried with exponential backoff. After the last attempt, by the
+uploader's ``on_failure`` policy:
+
+- ``"stop"`` (the default): the failure is logged and kept, and :meth:`~BackgroundUploader.poll`
+  (and :meth:`~BackgroundUploader.close`) raise :class:`UploadError` for it;
+- ``"warn"``: training goes on. The failure is logged once, with how many checkpoints (and bytes)
+  are not uploaded yet, and the checkpoint is tried again every ``retry_after_s`` in the background,
+  in commit order, for as long as the run lasts. Once the run closes the uploader, they get
+  ``final_wait_s`` more; what is still not uploaded then is raised by :meth:`close`.
+
+Either way nothing is silently lost: an unconfirmed checkpoint is never reported deletable (so the
+local disk holds at most the unconfirmed checkpoints on top of what retention keeps), and no error
+can stop the worker with uploads still queued. Nothing is ever deleted remotely.
 
 Plugging into the checkpoint manager::
 
@@ -61,12 +69,21 @@ class BackgroundUploader:
         remote: the run's folder in the bucket.
         retries: attempts per checkpoint before the failure is reported.
         backoff_s / max_backoff_s: exponential backoff between attempts.
+        on_failure: ``"stop"`` (raise from poll/close) or ``"warn"`` (log, retry in the background).
+        retry_after_s / final_wait_s: ``"warn"``: the pause between background retries, and how long
+            :meth:`close` waits for them before it raises.
     """
 
     def __init__(self, remote: RemoteRun, *, retries: int = 5, backoff_s: float = 2.0,
-                 max_backoff_s: float = 120.0, lease: BucketLease | None = None) -> None:
+                 max_backoff_s: float = 120.0, lease: BucketLease | None = None, on_failure: str = "stop",
+                 retry_after_s: float = 120.0, final_wait_s: float = 900.0) -> None:
         if retries < 1:
             raise ValueError(f"retries must be >= 1, got {retries}.")
+        if on_failure not in ("stop", "warn"):
+            raise ValueError(f"on_failure must be 'stop' or 'warn', got {on_failure!r}.")
+        self.on_failure, self.retry_after_s, self.final_wait_s = on_failure, retry_after_s, final_wait_s
+        self._deferred: list[Path] = []  # "warn": failed after every attempt, tried again later, in commit order
+        self._closing_since: float | None = None
         self.remote = remote
         self.lease = lease  # checked before every upload: a launch that lost the folder uploads nothing more
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
@@ -160,10 +177,24 @@ class BackgroundUploader:
                 self._cond.wait(1.0 if left is None else min(left, 1.0))
         return True
 
-    def close(self, timeout: float | None = None) -> None:
-        """Finish pending uploads (up to ``timeout``), stop the worker, raise pending failures."""
+    def begin_close(self) -> None:
+        """No more checkpoints will come: deferred retries (``"warn"``) get ``final_wait_s`` from now."""
         with self._cond:
             self._closed = True
+            if self._closing_since is None:
+                self._closing_since = time.monotonic()
+            self._cond.notify_all()
+        self._queue.put(_WAKE)
+
+    @property
+    def unconfirmed(self) -> list[Path]:
+        """Checkpoints whose upload failed every attempt so far and is tried again (``"warn"``)."""
+        with self._cond:
+            return list(self._deferred)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish pending uploads (up to ``timeout``), stop the worker, raise pending failures."""
+        self.begin_close()
         finished = self.wait(timeout)
         self._stop.set()
         self._queue.put(None)
@@ -185,23 +216,63 @@ class BackgroundUploader:
 
     # ------------------------------------------------------------------ worker
     def _run(self) -> None:
+        retry_at = 0.0
         while True:
-            path = self._queue.get()
+            try:
+                path = self._queue.get(timeout=max(0.05, retry_at - time.monotonic()) if self._deferred else None)
+            except queue.Empty:
+                path = _WAKE
             if path is None:
                 return
-            try:
-                self._upload_with_retries(path)
-            except Exception as e:  # noqa: BLE001 - the worker must outlive any item: it is kept for poll()
-                logger.error("Upload of %s to %s failed: %s: %s", path, self.display, type(e).__name__, e)
-                with self._cond:
-                    self._failures.append((path, f"{type(e).__name__}: {e}"))
-            finally:
+            if path is _WAKE:
+                # Closing tries the deferred ones at once: the bucket may be back, and the run is waiting.
+                if self._deferred and (time.monotonic() >= retry_at or self._closing_since is not None):
+                    self._retry_deferred()
+                    retry_at = time.monotonic() + self.retry_after_s
+                continue
+            if not self._deferred:
+                retry_at = time.monotonic() + self.retry_after_s
+            self._attempt(path, self.retries, first=True)
+
+    def _attempt(self, path: Path, attempts: int, *, first: bool) -> None:
+        """Upload ``path``; settle its pending count unless "warn" defers it for a later retry."""
+        deferred = False
+        try:
+            deferred = self._upload_with_retries(path, attempts, first=first)
+        except Exception as e:  # noqa: BLE001 - the worker must outlive any item: it is kept for poll()
+            logger.error("Upload of %s to %s failed: %s: %s", path, self.display, type(e).__name__, e)
+            with self._cond:
+                self._failures.append((path, f"{type(e).__name__}: {e}"))
+        finally:
+            if not deferred:
                 with self._cond:
                     self._pending -= 1
                     self._cond.notify_all()
 
-    def _upload_with_retries(self, path: Path) -> None:
-        for attempt in range(1, self.retries + 1):
+    def _retry_deferred(self) -> None:
+        """One attempt for each deferred checkpoint, oldest first; after ``final_wait_s`` of closing,
+        what still fails becomes a failure that :meth:`close` raises."""
+        with self._cond:
+            todo, self._deferred = self._deferred, []
+            given_up = self._closing_since is not None and time.monotonic() - self._closing_since > self.final_wait_s
+        for path in todo:
+            if given_up:
+                with self._cond:
+                    self._failures.append((path, f"not uploaded {self.final_wait_s:g} s after the run ended "
+                                                 "(ENV.OUTPUT.BUCKET.ON_FAILURE warn)"))
+                    self._pending -= 1
+                    self._cond.notify_all()
+                continue
+            self._attempt(path, 1, first=False)
+        uploaded = [p for p in todo if self.is_confirmed(p)]
+        if uploaded:
+            logger.info("Uploaded %d checkpoint(s) after earlier failures (%s); %d not uploaded yet", len(uploaded),
+                        ", ".join(p.name for p in uploaded), len(self.unconfirmed))
+
+    def _upload_with_retries(self, path: Path, attempts: int, *, first: bool = True) -> bool:
+        """True when the upload failed every attempt and is deferred ("warn") instead of kept as a failure."""
+        conflict = False
+        for attempt in range(1, attempts + 1):
             try:
                 if self.lease is not None:
                     self.lease.check()
@@ -211,21 +282,33 @@ class BackgroundUploader:
                 self._update_marker(path)
                 logger.info("%s checkpoint %s -> %s%s", "Uploaded" if sent else "Already remote:", path, self.display,
                             path.name)
-                return
+                return False
             except BucketConflictError as e:  # another writer's state: no retry can help
-                error = str(e)
+                error, conflict = str(e), True
                 break
             except Exception as e:  # noqa: BLE001 - any failure is retried, then kept and raised by poll()
                 error = f"{type(e).__name__}: {e}" if not isinstance(e, CheckpointError) else str(e)
-            if attempt < self.retries:
+            if attempt < attempts:
                 wait = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
                 logger.warning("Upload of %s failed (attempt %d/%d): %s; retrying in %.1f s", path, attempt,
-                               self.retries, error, wait)
+                               attempts, error, wait)
                 if self._stop.wait(wait):
                     break
+        if self.on_failure == "warn" and not conflict and not self._stop.is_set():
+            with self._cond:
+                self._deferred.append(path)
+                waiting = list(self._deferred)
+            if first:
+                size = sum(_size_of(p) for p in waiting)
+                logger.warning("Upload of %s to %s failed after %d attempts: %s. Training goes on "
+                               "(ENV.OUTPUT.BUCKET.ON_FAILURE warn): %d checkpoint(s), %.1f MB, not uploaded yet and "
+                               "kept locally until they are (retention deletes none of them); retrying every %g s",
+                               path, self.display, attempt, error, len(waiting), size / 1e6, self.retry_after_s)
+            return True
         logger.error("Upload of %s to %s failed after %d attempts: %s", path, self.display, attempt, error)
         with self._cond:
             self._failures.append((path, error))
+        return False
 
     def _update_marker(self, confirmed: Path) -> None:
         """Point the remote ``latest`` at the newest checkpoint that is confirmed remote."""
@@ -238,6 +321,19 @@ class BackgroundUploader:
         self.remote.write_marker(target.name)
         with self._cond:
             self._marker = target.name
+
+
+_WAKE = Path("\0wake")  # queued to make the worker look at its deferred retries (never a checkpoint's path)
+
+
+def _size_of(path: Path) -> int:
+    """Bytes of a checkpoint file or directory (0 if it is gone)."""
+    try:
+        if path.is_dir():
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 # While rank 0 waits for its uploads, the other ranks wait for its verdict in collectives of at
@@ -260,6 +356,7 @@ def close_on_all_ranks(uploader: BackgroundUploader | None, then: Callable[[], o
     """
     if uploader is not None:
         logger.info("Waiting for uploads to %s to finish ...", uploader.display)
+        uploader.begin_close()  # a "warn" uploader's deferred retries get their final wait from now
 
     def still_waiting() -> bool:
         try:
