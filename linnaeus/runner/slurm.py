@@ -40,6 +40,10 @@ def requeue_after_stop(cfg: CfgNode, environ: Mapping[str, str] = os.environ) ->
     if shown.returncode != 0 or "Requeue" not in fields:
         raise RequeueError(f"could not read Slurm job {job} (`scontrol show job {job}` exited {shown.returncode}: "
                            f"{shown.stderr.strip()[:300]}): the checkpoint is committed; resubmit the job to continue.")
+    if fields.get("BatchFlag") != "1":  # salloc / srun: Slurm requeues batch jobs only
+        logger.info("Slurm job %s is not a batch job (salloc or srun): it is not put back in the queue; run the same "
+                    "command again to continue", job)
+        return False
     if fields["Requeue"] != "1":
         logger.info("Slurm job %s was not submitted requeueable (sbatch --requeue): it is not put back in the "
                     "queue; submit the same command again to continue", job)

@@ -7,6 +7,7 @@ and the same job resumes and ends bit-identical."""
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,17 @@ def test_a_slurm_job_commits_and_exits_0_before_its_time_limit(slurm: Slurm, tmp
     assert "Stopped before the job's end at epoch 0 step 1" in out and "exiting 0" in out, out[-3000:]
     assert f"Slurm job {job} was not submitted requeueable (sbatch --requeue)" in out, out[-3000:]
     assert verify_checkpoint(tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_0_step_1.pth")
+
+
+def test_an_interactive_job_stopped_before_its_limit_is_not_requeued(slurm: Slurm, tmp_path: Path,  # noqa: F811
+                                                                    toy_root: Path) -> None:
+    """`srun` without `sbatch`: Slurm requeues only batch jobs, so a stop must not try (and fail)."""
+    proc = subprocess.run(["srun", "--time=5", sys.executable, str(REPO / "tools" / "train.py"),
+                           *tiny_args(tmp_path, toy_root, "TRAIN.EPOCHS", "1", "CHECKPOINT.SAVE_BEFORE_END", "299s")],
+                          cwd=REPO, env=slurm.env, capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Stopped before the job's end at epoch 0 step 1" in out and "is not a batch job (salloc or srun)" in out
 
 
 def test_the_example_job_signalled_before_its_limit_commits_requeues_and_ends_as_if_never_interrupted(
