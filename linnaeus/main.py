@@ -27,12 +27,12 @@ from linnaeus.engine.run_log import build_tb_writer, setup_logging
 from linnaeus.engine.trainer import Progress, Trainer, steps_per_epoch
 from linnaeus.models.build import build_model
 from linnaeus.runner.checkpoints import RunCheckpoints
-from linnaeus.runner.launcher_watch import LauncherWatch
 from linnaeus.runner.deadline import Deadline
+from linnaeus.runner.launcher_watch import LauncherWatch
 from linnaeus.runner.preemption import PreemptionHandler
-from linnaeus.runner.slurm import requeue_after_stop
 from linnaeus.runner.pretrained import load_pretrained_weights
 from linnaeus.runner.seed import seed_everything
+from linnaeus.runner.slurm import requeue_after_stop
 from linnaeus.runner.startup import StartupClock
 
 logger = logging.getLogger("linnaeus")
