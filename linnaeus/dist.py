@@ -132,13 +132,7 @@ def all_gather_object(obj: Any) -> list[Any]:
 
 def any_rank_true(flag: bool) -> bool:
     """True on every rank if ``flag`` is true on any rank (a collective: call it on all ranks)."""
-    if not is_dist():
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return agree(flag, 0)[0]
 
 
 def agree(flag: bool, value: int) -> tuple[bool, int]:

@@ -209,6 +209,7 @@ class RunCheckpoints:
         self.clock = TrainingClock()  # saved as the component "clock": training time survives a relaunch
         self.objects = {**{k: v for k, v in objects.items() if v is not None}, "clock": self.clock}
         record = taxonomy_levels(taxonomy)
+        self._timed = any(m.policy.interval.by_time for m in self._savers())  # then rank 0's clock decides
         for manager in self._savers():
             manager.taxonomy = record
 
@@ -319,11 +320,10 @@ class RunCheckpoints:
 
     # ------------------------------------------------------------------ coordination
     def step_boundary(self, signalled: bool, deadline: Any) -> bool:
-        """After each optimizer step the ranks agree (one collective, if needed): any rank signalled or past
-        its deadline → all stop after this step; the training time is rank 0's."""
-        preempt, timed = self.cfg.CHECKPOINT.SAVE_ON_PREEMPT, any(m.policy.interval.by_time for m in self._savers())
+        """After each optimizer step: stop if any rank was signalled or is past its deadline; rank 0's clock."""
+        preempt = self.cfg.CHECKPOINT.SAVE_ON_PREEMPT
         return self.clock.step_boundary((signalled and preempt) or deadline.reached(),
-                                        agree_stop=preempt or deadline.active, timed=timed)
+                                        collective=preempt or deadline.active or self._timed)
 
     def wait_snapshot(self) -> None:
         """Before the trainer changes what a save may still be copying (CHECKPOINT.ASYNC_OVERLAP): the

@@ -47,18 +47,17 @@ class TrainingClock:
         """(previous step boundary, this one): what a training-time interval is due on."""
         return self.before_ms, self.now_ms
 
-    def step_boundary(self, stop_requested: bool, *, agree_stop: bool, timed: bool) -> bool:
-        """Advance to this step boundary; whether any rank asked to stop (when ``agree_stop``).
+    def step_boundary(self, stop: bool, *, collective: bool) -> bool:
+        """Advance to this step boundary; whether to stop after it.
 
-        A collective when ``agree_stop`` or ``timed`` (a training-time interval is configured): then
-        every rank takes rank 0's reading. Otherwise each rank keeps its own, which is only stored
-        (rank 0 writes the checkpoint)."""
+        With ``collective`` (a stop can be asked for, or a training-time interval is configured), one
+        all-reduce: every rank stops if any rank asked to, and takes rank 0's reading. Without, no
+        collective: this rank's own reading, which is only stored (rank 0 writes the checkpoint)."""
         self.before_ms = self.now_ms
-        if not (agree_stop or timed):
+        if not collective:
             self.now_ms = self.reading_ms()
-            return False
-        stop, rank0_ms = agree(stop_requested and agree_stop, self.reading_ms() if timed else 0)
-        self.now_ms = rank0_ms if timed else self.reading_ms()
+            return stop
+        stop, self.now_ms = agree(stop, self.reading_ms())
         return stop
 
     # ------------------------------------------------------------------ the checkpoint component

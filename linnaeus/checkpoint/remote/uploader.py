@@ -48,7 +48,7 @@ from typing import Callable
 from linnaeus.dist import any_rank_true, raise_on_all_ranks
 
 from ..errors import BucketConflictError, CheckpointError
-from ..formats import read_latest
+from ..formats import read_info, read_latest
 from ..ordering import oldest_first
 from ..state import KIND_FULL
 from ..store import list_checkpoints
@@ -327,12 +327,10 @@ _WAKE = Path("\0wake")  # queued to make the worker look at its deferred retries
 
 
 def _size_of(path: Path) -> int:
-    """Bytes of a checkpoint file or directory (0 if it is gone)."""
+    """Bytes of a checkpoint, as its format counts them, for a log line (0 if it cannot be read now)."""
     try:
-        if path.is_dir():
-            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        return path.stat().st_size
-    except OSError:
+        return read_info(path).size
+    except (OSError, CheckpointError):
         return 0
 
 
