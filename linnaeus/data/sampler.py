@@ -9,12 +9,17 @@ prefetched, so the saved position is exact however many workers run ahead.
 Because the position is global, a run may resume on a different number of ranks
 (elastic): the remainder of the interrupted epoch is the same set of samples, dealt out
 over the new ranks.
+
+Samples can be left out for the rest of a run (:meth:`ResumableDistributedSampler.skip`: the
+runner's self-healing skips those that led to a diverged step). An index skipped from epoch
+``e`` drops out of the orders of epochs ``e`` and later, so positions already consumed keep their
+samples; the skip list is part of the saved state.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from torch.utils.data import Sampler
@@ -56,20 +61,30 @@ class ResumableDistributedSampler(Sampler[tuple[int, int]]):
         self.drop_last = drop_last
         self.epoch = 0
         self.consumed = 0  # global samples used so far in self.epoch
+        self.skipped: dict[int, int] = {}  # dataset index -> the first epoch without it (skip())
         # epoch of a loaded state whose position set_epoch must keep (until training moves on)
         self._restored_epoch: int | None = None
 
     # ---------------------------------------------------------------- ordering
     def global_order(self, epoch: int) -> list[int]:
-        """The epoch's full permutation of dataset indices (identical on every rank)."""
+        """The epoch's order of dataset indices (identical on every rank): a permutation of the
+        dataset, less the indices skipped by then."""
         if not self.shuffle:
-            return list(range(self.num_samples))
-        g = torch.Generator()
-        g.manual_seed(self.seed + epoch)
-        return torch.randperm(self.num_samples, generator=g).tolist()
+            order = list(range(self.num_samples))
+        else:
+            g = torch.Generator()
+            g.manual_seed(self.seed + epoch)
+            order = torch.randperm(self.num_samples, generator=g).tolist()
+        if any(first <= epoch for first in self.skipped.values()):
+            order = [i for i in order if self.skipped.get(i, epoch + 1) > epoch]
+        return order
+
+    def epoch_length(self, epoch: int) -> int:
+        """Samples in ``epoch``'s order (the dataset less the indices skipped by then)."""
+        return self.num_samples - sum(1 for first in self.skipped.values() if first <= epoch)
 
     def _per_rank(self) -> int:
-        remaining = max(self.num_samples - self.consumed, 0)
+        remaining = max(self.epoch_length(self.epoch) - self.consumed, 0)
         if self.drop_last:
             return remaining // self.num_replicas
         return math.ceil(remaining / self.num_replicas)
@@ -81,7 +96,27 @@ class ResumableDistributedSampler(Sampler[tuple[int, int]]):
         start = self.consumed + self.rank
         positions = range(start, start + self._per_rank() * self.num_replicas, self.num_replicas)
         # padding (drop_last=False) wraps around to the start of the epoch's order
-        return iter([(self.epoch, order[p % self.num_samples]) for p in positions])
+        return iter([(self.epoch, order[p % len(order)]) for p in positions])
+
+    def indices_between(self, epoch: int, start: int, end: int) -> list[int]:
+        """The dataset indices at global positions ``[start, end)`` of ``epoch``'s order: the samples
+        that all ranks together consumed there (the same list on every rank)."""
+        order = self.global_order(epoch)
+        return [order[p % len(order)] for p in range(start, end)]
+
+    def skip(self, indices: Iterable[int], from_epoch: int) -> None:
+        """Leave ``indices`` out of the orders of ``from_epoch`` and every later epoch.
+
+        Skip only samples that sit at or after the position ``from_epoch`` continues from (a
+        rollback skips steps after the checkpoint it returns to): the positions before it then
+        keep their samples, and the saved position stays exact."""
+        for i in indices:
+            i = int(i)
+            if not 0 <= i < self.num_samples:
+                raise ValueError(f"skip(): index {i} is outside the dataset of {self.num_samples} samples.")
+            self.skipped[i] = min(self.skipped.get(i, from_epoch), int(from_epoch))
+        if self.epoch_length(from_epoch) < 1:
+            raise ValueError(f"skip(): every sample of the dataset ({self.num_samples}) would be skipped.")
 
     def __len__(self) -> int:
         """Samples this rank still yields in the current epoch."""
@@ -116,6 +151,7 @@ class ResumableDistributedSampler(Sampler[tuple[int, int]]):
             "seed": int(self.seed),
             "num_replicas": int(self.num_replicas),
             "num_samples": int(self.num_samples),
+            "skip": [[index, first] for index, first in sorted(self.skipped.items())],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -145,6 +181,14 @@ class ResumableDistributedSampler(Sampler[tuple[int, int]]):
             )
         if state["consumed"] < 0 or state["epoch"] < 0:
             raise ValueError(f"sampler state has a negative position: {dict(state)}.")
+        skip = state.get("skip", [])  # absent: saved before samples could be skipped
+        if not isinstance(skip, (list, tuple)) or not all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(v, int) and v >= 0 for v in p)
+                for p in skip):
+            raise ValueError(f"sampler state: 'skip' must be a list of [index, first epoch] int pairs, got {skip!r}.")
+        self.skipped = {}
+        for index, first in skip:
+            self.skip([index], first)
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
         self.consumed = int(state["consumed"])

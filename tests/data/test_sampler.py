@@ -97,9 +97,11 @@ def test_state_is_plain_ints():
     s = ResumableDistributedSampler(30, 2, 1, seed=9)
     s.set_epoch(3)
     s.advance(4)
+    s.skip([5], 2)
     sd = s.state_dict()
-    assert sd == {"epoch": 3, "consumed": 8, "seed": 9, "num_replicas": 2, "num_samples": 30}
-    assert all(type(v) is int for v in sd.values())
+    assert sd == {"epoch": 3, "consumed": 8, "seed": 9, "num_replicas": 2, "num_samples": 30, "skip": [[5, 2]]}
+    assert all(type(v) is int for k, v in sd.items() if k != "skip")
+    assert all(type(v) is int for pair in sd["skip"] for v in pair)
 
 
 @pytest.mark.parametrize("old_world,new_world", [(2, 3), (4, 1), (3, 2), (1, 4)])
@@ -187,3 +189,46 @@ def test_position_is_exact_however_far_workers_prefetch():
     resumed.set_epoch(1)
     rest = [b.tolist() for b in DataLoader(ds, batch_size=bs, sampler=resumed, drop_last=True)]
     assert got + rest == reference
+
+
+def test_skipped_samples_leave_the_order_from_their_epoch_on_and_the_position_stays_exact():
+    """A rollback skips the samples of a bad step: they drop out of that epoch (after the position the
+    epoch continues from) and of every later one; earlier epochs and consumed positions are unchanged."""
+    a = ResumableDistributedSampler(40, 2, 0, seed=1)
+    a.set_epoch(3)
+    before = a.global_order(3)
+    bad = a.indices_between(3, 16, 20)  # the global positions one step of 2 x 2 samples consumed
+    assert bad == before[16:20]
+    a.skip(bad, from_epoch=3)
+    after = a.global_order(3)
+    assert after[:16] == before[:16] and after[16:] == [i for i in before[16:] if i not in bad]
+    assert a.epoch_length(3) == 36 and a.global_order(2) == ResumableDistributedSampler(40, seed=1).global_order(2)
+    assert not set(bad) & set(a.global_order(9))
+    # The skip list is saved with the position; an older state without it loads with none.
+    b = ResumableDistributedSampler(40, 2, 0, seed=1)
+    b.load_state_dict(torch.load(io.BytesIO(_saved(a)), weights_only=True))
+    assert b.skipped == a.skipped and b.global_order(3) == after
+    old = {k: v for k, v in a.state_dict().items() if k != "skip"}
+    b.load_state_dict(old)
+    assert b.skipped == {}
+    # Each rank still gets the same number of samples of what is left.
+    a.load_state_dict({**a.state_dict(), "consumed": 16})
+    r1 = ResumableDistributedSampler(40, 2, 1, seed=1)
+    r1.load_state_dict(a.state_dict())
+    assert len(a) == len(r1) == 10 and not set(indices(a)) & set(indices(r1)) and not set(indices(a)) & set(bad)
+
+
+def test_a_skip_list_that_names_no_valid_sample_is_refused():
+    s = ResumableDistributedSampler(10)
+    with pytest.raises(ValueError, match="outside the dataset of 10"):
+        s.skip([10], 0)
+    with pytest.raises(ValueError, match="every sample"):
+        s.skip(range(10), 0)
+    with pytest.raises(ValueError, match="'skip' must be a list of"):
+        s.load_state_dict({**s.state_dict(), "skip": [[1]]})
+
+
+def _saved(sampler) -> bytes:
+    buf = io.BytesIO()
+    torch.save(sampler.state_dict(), buf)
+    return buf.getvalue()
