@@ -135,16 +135,22 @@ def any_rank_true(flag: bool) -> bool:
     return agree(flag, 0)[0]
 
 
-def agree(flag: bool, value: int) -> tuple[bool, int]:
-    """(``flag`` true on any rank, rank 0's ``value``) on every rank, in one collective: how the ranks
-    agree at a step boundary on a stop and on rank 0's clock. ``value`` must be >= 0."""
+def agree(flag: bool, value: int, means: torch.Tensor | None = None) -> tuple[bool, int, list[float]]:
+    """(``flag`` true on any rank, rank 0's ``value``, the ranks' mean of each element of ``means``) on
+    every rank, in one collective: how the ranks agree at a step boundary on a stop, on rank 0's clock
+    and on the step's loss. ``value``: an int in [0, 2**53). ``means`` may hold non-finite values: they
+    stay in their own elements (a NaN anywhere makes that mean NaN)."""
+    extra = None if means is None else means.detach().flatten().double()
     if not is_dist():
-        return flag, value
-    t = torch.tensor([1 if flag else 0, value if get_rank() == 0 else 0], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)  # the other ranks send 0: the maximum is rank 0's value
-    return bool(t[0].item()), int(t[1].item())
+        return flag, value, [] if extra is None else extra.tolist()
+    device = torch.device("cuda") if dist.get_backend() == "nccl" else \
+        (extra.device if extra is not None else torch.device("cpu"))
+    head = torch.tensor([1.0 if flag else 0.0, float(value) if get_rank() == 0 else 0.0], dtype=torch.float64,
+                        device=device)
+    t = head if extra is None else torch.cat([head, extra.to(device)])
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)  # the other ranks send 0 for the value: the sum is rank 0's
+    values = t.tolist()
+    return values[0] > 0, int(values[1]), [v / get_world_size() for v in values[2:]]
 
 
 # How gloo and NCCL word a collective that failed because a peer left or did not answer (lower case).

@@ -23,11 +23,13 @@ from linnaeus.engine.evaluator import evaluate, summary_lines
 from linnaeus.engine.loss import MultiLevelLoss
 from linnaeus.engine.optim import build_ema, build_optimizer, build_scheduler
 from linnaeus.engine.parallel import wrap_model
+from linnaeus.engine.progress import Progress, steps_per_epoch
 from linnaeus.engine.run_log import build_tb_writer, setup_logging
-from linnaeus.engine.trainer import Progress, Trainer, steps_per_epoch
+from linnaeus.engine.trainer import Trainer
 from linnaeus.models.build import build_model
 from linnaeus.runner.checkpoints import RunCheckpoints
 from linnaeus.runner.deadline import Deadline
+from linnaeus.runner.healing import SelfHealing, TrainingDivergedError, build_healing
 from linnaeus.runner.launcher_watch import LauncherWatch
 from linnaeus.runner.preemption import PreemptionHandler
 from linnaeus.runner.pretrained import load_pretrained_weights
@@ -119,9 +121,10 @@ def _resume_and_fit(cfg: CfgNode, launcher: LauncherWatch, checkpoints: RunCheck
     if ema is None:
         ema = build_ema(cfg, model)  # ddp: after DDP's constructor broadcast rank 0's weights into model
     progress = Progress()
+    healing = build_healing(cfg.TRAIN.SPIKE, data.train_sampler, scheduler, data.train_dataset)
     clock.mark("wrapping, optimizer, scheduler, EMA")
-    checkpoints.attach(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                        ema=ema, sampler=data.train_sampler, progress=progress, taxonomy=data.taxonomy)
+    checkpoints.attach(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
+                       sampler=data.train_sampler, healing=healing, progress=progress, taxonomy=data.taxonomy)
     # Every refusal (config diff, taxonomy, missing state) before anything is moved or written.
     checkpoints.begin(resume_from)
     clock.mark("restoring" if resume_from else "starting")
@@ -138,7 +141,7 @@ def _resume_and_fit(cfg: CfgNode, launcher: LauncherWatch, checkpoints: RunCheck
         accum_steps=cfg.TRAIN.ACCUM_STEPS, clip_grad=cfg.TRAIN.CLIP_GRAD, autocast=autocast, scaler=scaler,
         ema=ema, max_steps_per_epoch=cfg.TRAIN.MAX_STEPS_PER_EPOCH, log_interval=cfg.TRAIN.LOG_INTERVAL,
         tb_writer=tb, progress_bar=cfg.TRAIN.PROGRESS_BAR and is_main_process(), world_size=world_size,
-        before_update=checkpoints.wait_snapshot,
+        before_update=checkpoints.wait_snapshot, check_health=True,
     )
     clock.mark("config.yaml, TensorBoard, trainer")
     logger.info("%s", clock.summary())
@@ -150,7 +153,7 @@ def _resume_and_fit(cfg: CfgNode, launcher: LauncherWatch, checkpoints: RunCheck
                            "after its first step")
     with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT, preempt_signals(cfg)) as preempt:
         last_metrics, stopped = _fit(cfg, trainer, data, checkpoints, progress, preempt, deadline, launcher,
-                                     autocast, device, tb)
+                                     healing, autocast, device, tb)
     checkpoints.close()
     tb.close()
     _report(cfg, out_dir, last_metrics, checkpoints, data.taxonomy.num_classes, stopped=stopped)
@@ -160,16 +163,20 @@ def _resume_and_fit(cfg: CfgNode, launcher: LauncherWatch, checkpoints: RunCheck
 
 
 def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints, progress: Progress,
-         preempt: PreemptionHandler, deadline: Deadline, launcher: LauncherWatch, autocast: Any,
-         device: torch.device, tb: Any) -> tuple[dict[str, Any], str]:
-    """The epoch loop: train, evaluate when due, save when due, stop cleanly on preemption or before the
-    job's end. Returns the last validation metrics and why it stopped early ("" when it did not)."""
+         preempt: PreemptionHandler, deadline: Deadline, launcher: LauncherWatch, healing: SelfHealing,
+         autocast: Any, device: torch.device, tb: Any) -> tuple[dict[str, Any], str]:
+    """The epoch loop: train, evaluate when due, save when due, roll back a bad step, stop cleanly on
+    preemption or before the job's end. Returns the last validation metrics and why it stopped early
+    ("" when it did not)."""
     last_metrics: dict[str, Any] = checkpoints.last_metrics()
 
     def on_step_end(p: Progress) -> bool:
         launcher.check()  # no new save once the launcher is gone (raises)
         checkpoints.poll()  # surfaces background-save errors on every rank
-        if checkpoints.step_boundary(preempt.requested, deadline):
+        stop, health = checkpoints.step_boundary(preempt.requested, deadline, trainer.step_health)
+        if healing.judge(p.step, health, trainer.step_data):
+            return True  # a bad step is never saved: the loop below rolls it back
+        if stop:
             return True
         checkpoints.maybe_save_step(p)
         return False
@@ -177,6 +184,9 @@ def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints,
     while progress.epoch < cfg.TRAIN.EPOCHS:
         data.train_sampler.set_epoch(progress.epoch)
         result = trainer.train_epoch(progress, on_step_end)
+        if healing.pending is not None:
+            _roll_back(healing, checkpoints)
+            continue
         if not result["completed"]:
             checkpoints.save_preemption()
             if preempt.requested or not deadline.reached():
@@ -199,6 +209,19 @@ def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints,
         launcher.check()
         checkpoints.maybe_save_epoch(progress, measured, is_last=last_epoch)
     return last_metrics, ""
+
+
+def _roll_back(healing: SelfHealing, checkpoints: RunCheckpoints) -> None:
+    """Back to the newest checkpoint, past the bad step's samples (:mod:`linnaeus.runner.healing`)."""
+    try:
+        healing.begin_rollback()  # raises when the rollbacks are used up
+        point = checkpoints.roll_back()
+        if point is None:
+            raise healing.no_checkpoint()
+    except TrainingDivergedError as e:
+        logger.error("%s", e)  # in the run's log too, not only in the traceback
+        raise
+    healing.rolled_back(point.step)
 
 
 def _log_metrics(progress: Progress, train: dict[str, Any], val: dict[str, Any], tb: Any) -> None:

@@ -162,6 +162,21 @@ _C.TRAIN.DEADLINE = ""
 _C.TRAIN.REQUEUE = True
 # Gradient-norm clipping threshold (0 disables).
 _C.TRAIN.CLIP_GRAD = 0.0
+# Self-healing. Every step's loss and gradient norm are checked (the ranks agree on them): a non-finite
+# one, or a loss spike, makes the run roll back to its newest checkpoint, skip the samples of the bad step
+# for the rest of the run (recorded in the checkpoint and the log), and go on.
+_C.TRAIN.SPIKE = CN()
+# A loss above FACTOR x the median of the last WINDOW good steps' losses is a spike (0: only non-finite).
+_C.TRAIN.SPIKE.FACTOR = 0.0
+# Good steps the running median spans; spikes are judged once it is full.
+_C.TRAIN.SPIKE.WINDOW = 50
+# Rollbacks a run may make; the next bad step stops it with an error naming the steps and samples
+# (0: never roll back, stop at the first).
+_C.TRAIN.SPIKE.MAX_ROLLBACKS = 3
+# Multiply the LR by this after each rollback (1: unchanged; needs a TRAIN.SCHEDULER).
+_C.TRAIN.SPIKE.LR_SCALE = 1.0
+# Steps whose samples a rollback skips: the bad step and the ones before it (after the checkpoint).
+_C.TRAIN.SPIKE.SKIP_STEPS = 1
 # Mixed precision: bf16 autocast on CPU, fp16 autocast + GradScaler on CUDA.
 _C.TRAIN.AMP = False
 # Per-level loss weights in DATA.TASK_KEYS order; empty = all 1.0.

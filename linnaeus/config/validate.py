@@ -57,5 +57,21 @@ def validate(cfg: CN) -> None:
     validate_buckets(cfg)
     validate_parallel(cfg)
     validate_cluster(cfg)
+    _validate_spike(cfg.TRAIN.SPIKE, cfg.TRAIN.SCHEDULER.NAME)
     # Last: the metric-field rules there divide by EVAL.INTERVAL.
     validate_checkpointing(cfg)
+
+
+def _validate_spike(spike: CN, scheduler: str) -> None:
+    if spike.FACTOR != 0 and spike.FACTOR <= 1:
+        raise ConfigError(f"TRAIN.SPIKE.FACTOR must be 0 (off) or above 1 (a loss that many times the running median "
+                          f"is a spike, e.g. 3), got {spike.FACTOR}.")
+    for key, low in (("WINDOW", 1), ("MAX_ROLLBACKS", 0), ("SKIP_STEPS", 1)):
+        if not isinstance(spike[key], int) or spike[key] < low:
+            raise ConfigError(f"TRAIN.SPIKE.{key} must be an int >= {low}, got {spike[key]!r}.")
+    if not 0 < spike.LR_SCALE <= 1:
+        raise ConfigError(f"TRAIN.SPIKE.LR_SCALE must be in (0, 1] (the LR is multiplied by it after each rollback), "
+                          f"got {spike.LR_SCALE}.")
+    if spike.LR_SCALE != 1 and scheduler.lower() == "none":
+        raise ConfigError("TRAIN.SPIKE.LR_SCALE scales the LR schedule's value, but TRAIN.SCHEDULER.NAME is 'none': "
+                          "choose a schedule (e.g. 'cosine', or 'step' with no decay) or leave LR_SCALE at 1.")

@@ -62,6 +62,9 @@ class StepwiseScheduler:
         self.scheduler = scheduler
         self.name = name
         self.updates_per_epoch = updates_per_epoch
+        # Multiplies the schedule's LR (the runner's self-healing lowers it after a rollback); not
+        # state of its own: the owner of the decision saves it.
+        self.lr_scale = 1.0
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -71,6 +74,9 @@ class StepwiseScheduler:
         """Set the LR for the update that follows ``num_updates`` updates of this configuration
         (fractional between two updates, see :func:`schedule_position`)."""
         self.scheduler.step_update(num_updates=num_updates)
+        if self.lr_scale != 1.0:  # timm sets every group's LR afresh on each update: the scale never compounds
+            for group in self.optimizer.param_groups:
+                group[self.scheduler.param_group_field] *= self.lr_scale
 
     def step_within_epoch(self, epoch: int, done: float, remaining: int | None) -> None:
         """Set the LR for the next update of ``epoch``: ``done`` updates' worth of its data behind,

@@ -17,8 +17,8 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, ContextManager, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 from torch import nn
@@ -29,58 +29,11 @@ from linnaeus.engine.amp import autocast_factory
 from linnaeus.engine.loss import MultiLevelLoss
 from linnaeus.engine.metrics import RunningSums
 from linnaeus.engine.parallel import gradient_sync, grad_norm_value
+from linnaeus.engine.progress import Progress, steps_per_epoch
 from linnaeus.engine.progress_bar import ProgressDisplay, epoch_progress
 from linnaeus.engine.run_log import NullWriter
 
 OnStepEnd = Callable[["Progress"], bool]
-
-
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint as plain ints.
-
-    epoch: epochs completed. step: optimizer steps in total. epoch_step: optimizer steps
-    within the current (incomplete) epoch. samples: global training samples seen.
-    """
-
-    epoch: int = 0
-    step: int = 0
-    epoch_step: int = 0
-    samples: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        return {k: int(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Progress":
-        names = [f.name for f in fields(cls)]
-        missing = [k for k in names if k not in d]
-        bad = {k: d[k] for k in names if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0)}
-        if missing or bad:
-            raise ValueError(f"progress state: expected non-negative ints for {names}; "
-                             f"missing {missing}, invalid {bad} (got {dict(d)}).")
-        return cls(**{k: int(d[k]) for k in names})
-
-    # The checkpoint library restores attached objects in place through the state_dict protocol.
-    def state_dict(self) -> dict[str, int]:
-        return self.to_dict()
-
-    def load_state_dict(self, d: Mapping[str, Any]) -> None:
-        restored = Progress.from_dict(d)
-        for f in fields(self):
-            setattr(self, f.name, getattr(restored, f.name))
-
-
-def steps_per_epoch(num_batches: int, accum_steps: int = 1, max_steps_per_epoch: int = 0) -> int:
-    """Optimizer steps :class:`Trainer` makes in an epoch of ``num_batches`` micro-batches (per rank).
-
-    The one definition: the runner sizes the LR schedule with it and the trainer its progress
-    bar, so the schedule ends at the epoch's last step. A trailing group of fewer than
-    ``accum_steps`` micro-batches still makes a step (as in timm's train script: no data is
-    skipped), hence the ceiling; capped by ``max_steps_per_epoch`` (0 = no cap).
-    """
-    steps = math.ceil(num_batches / accum_steps)
-    return min(steps, max_steps_per_epoch) if max_steps_per_epoch > 0 else steps
 
 
 class Trainer:
@@ -114,6 +67,10 @@ class Trainer:
         world_size: number of ranks (for global sample counts and images/s).
         before_update: called before every optimizer step's first change to the weights (the runner
             waits there for a checkpoint still copying them, CHECKPOINT.ASYNC_OVERLAP).
+        check_health: after every optimizer step, leave in :attr:`step_health` the step's mean loss and
+            its gradient norm (0 where the GradScaler owns non-finite gradients), as a device tensor read
+            by ``on_step_end`` (the runner's self-healing), and in :attr:`step_data` the global sample
+            positions the step consumed, ``(epoch, start, end)``.
     """
 
     def __init__(
@@ -140,6 +97,7 @@ class Trainer:
         progress_bar: bool = True,
         world_size: int = 1,
         before_update: Callable[[], None] | None = None,
+        check_health: bool = False,
     ) -> None:
         if accum_steps < 1:
             raise ValueError(f"Trainer: accum_steps must be >= 1 (TRAIN.ACCUM_STEPS), got {accum_steps}.")
@@ -165,10 +123,14 @@ class Trainer:
         self.progress_bar = progress_bar and get_rank() == 0
         self.world_size = world_size
         self.before_update = before_update
+        self.check_health = check_health
+        self.step_health: torch.Tensor | None = None
+        self.step_data: tuple[int, int, int] | None = None
         self.task_keys = list(getattr(loss_fn, "task_keys", []))
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._is_ddp = isinstance(ddp_model, DistributedDataParallel)
         self._meter_names = ["loss", *self.task_keys]
+        self._zero = torch.zeros((), device=self.device)
 
     # ------------------------------------------------------------------ epoch
     def train_epoch(self, progress: Progress, on_step_end: OnStepEnd | None = None) -> dict[str, Any]:
@@ -218,19 +180,28 @@ class Trainer:
         # One batch of lookahead tells whether a micro-batch ends the epoch (and so its
         # accumulation group) without relying on len(loader).
         upcoming = next(batches, None)
-        in_group, group_samples = 0, 0
+        in_group, group_samples, group_start = 0, 0, 0
+        step_loss = torch.zeros((), device=self.device)
         while upcoming is not None:
             if in_group == 0 and 0 < self.max_steps_per_epoch <= progress.epoch_step:
                 break
+            if in_group == 0:
+                group_start = getattr(self.train_sampler, "consumed", 0)
             images, labels = upcoming
             upcoming = next(batches, None)
             in_group += 1
             ends_group = in_group == self.accum_steps or upcoming is None
-            n = self._forward_backward(images, labels, sync=ends_group, window=window)
+            n, loss = self._forward_backward(images, labels, sync=ends_group, window=window)
             group_samples += n
+            if self.check_health:
+                step_loss = loss if in_group == 1 else step_loss + loss
             if not ends_group:
                 continue
-            lr = self._optimizer_step(in_group, window)
+            lr, grad_norm = self._optimizer_step(in_group, window)
+            if self.check_health:
+                self.step_health = torch.stack([step_loss / in_group, grad_norm.to(step_loss.dtype)])
+                self.step_data = (getattr(self.train_sampler, "epoch", progress.epoch), group_start,
+                                  getattr(self.train_sampler, "consumed", 0))
             progress.step += 1
             progress.epoch_step += 1
             progress.samples += group_samples * self.world_size
@@ -249,7 +220,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ step
     def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor, *, sync: bool,
-                          window: "_Window") -> int:
+                          window: "_Window") -> tuple[int, torch.Tensor]:
+        """One micro-batch; returns its size and its loss (detached, on the device)."""
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         no_sync = gradient_sync(self.ddp_model, sync)  # DDP no_sync / FSDP2 set_requires_gradient_sync
@@ -266,10 +238,11 @@ class Trainer:
         n = labels.shape[0]
         self.train_sampler.advance(n)
         window.sums.add_means(torch.stack([loss.detach(), *(per_level[k].detach() for k in self.task_keys)]), n)
-        return n
+        return n, loss.detach().float()
 
-    def _optimizer_step(self, group_size: int, window: "_Window") -> float:
-        """Clip, step, zero; returns the (mean over param groups) LR the step used."""
+    def _optimizer_step(self, group_size: int, window: "_Window") -> tuple[float, torch.Tensor]:
+        """Clip, step, zero; returns the (mean over param groups) LR the step used and, with
+        ``check_health``, the gradient norm before clipping (else a 0 that nothing reads)."""
         if self.before_update is not None:
             self.before_update()  # e.g. a background save still copying the weights and the EMA
         if group_size < self.accum_steps:
@@ -281,6 +254,10 @@ class Trainer:
                 self.scaler.unscale_(self.optimizer)
             # Under fsdp the parameters are DTensor shards: the norm is over all shards (one reduction).
             window.grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad))
+        grad_norm = self._zero
+        if self.check_health and self.scaler is None:  # with a GradScaler, inf gradients skip the step by design
+            grad_norm = window.grad_norm if self.clip_grad > 0 else grad_norm_value(
+                torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None]))
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -288,7 +265,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return sum(lrs) / len(lrs)
+        return sum(lrs) / len(lrs), grad_norm
 
     # ------------------------------------------------------------------ schedule
     def _updates_left(self, progress: Progress) -> int | None:
@@ -350,7 +327,7 @@ class Trainer:
         self.logger.info("epoch %d step %d (epoch step %d) loss %.4f (%s) lr %.3e %.1f img/s%s",
                          progress.epoch, step, progress.epoch_step, averages["loss"], levels, lr,
                          images_per_sec, grad_norm)
-        if not math.isfinite(averages["loss"]):
+        if not math.isfinite(averages["loss"]) and not self.check_health:  # else the runner's healing acts on it
             # Checked here rather than every step: it costs no extra host sync.
             self.logger.warning("non-finite training loss (%s) in steps %d..%d: training has diverged; "
                                 "lower TRAIN.OPTIMIZER.LR or set TRAIN.CLIP_GRAD", averages["loss"],

@@ -13,17 +13,12 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Collection
 
+import torch
 from yacs.config import CfgNode
 
 from linnaeus.checkpoint import CheckpointManager
 from linnaeus.checkpoint.disk import WriterLease, acquire_on_writer_rank
-from linnaeus.checkpoint.errors import (
-    CheckpointError,
-    CheckpointIncompatibleError,
-    CheckpointNotFoundError,
-    DirectoryLockedError,
-    NotATrainingCheckpointError,
-)
+from linnaeus.checkpoint.errors import CheckpointError, CheckpointIncompatibleError, DirectoryLockedError
 from linnaeus.checkpoint.remote import (
     BackgroundUploader,
     BucketLease,
@@ -32,29 +27,25 @@ from linnaeus.checkpoint.remote import (
     close_on_all_ranks,
     poll_on_all_ranks,
 )
-from linnaeus.checkpoint.resume import (
-    RemoteCheckpointsPresentError,
-    ResumePoint,
-    WeightsOnlyRunError,
-    find_resume_point,
-    parse_run_target,
-    start_timeline,
-)
-from linnaeus.checkpoint.sources import DownloadOptions, TransientSourceError, redact
+from linnaeus.checkpoint.resume import ResumePoint, start_timeline
+from linnaeus.checkpoint.sources import TransientSourceError
 from linnaeus.checkpoint.state import TaxonomyChangedError
-from linnaeus.checkpoint.store import CheckpointsPresentError, restore_newest
+from linnaeus.checkpoint.store import restore_newest
 from linnaeus.config import build_policy, build_weights_policy, config_yaml
 from linnaeus.config.parallel import sharded_checkpoints
 from linnaeus.dist import get_world_size, is_main_process, run_on_all_ranks
 from linnaeus.runner import config_diff
 from linnaeus.runner.clock import TrainingClock
+from linnaeus.runner.resume_choice import choose_resume_point
 from linnaeus.runner.taxonomy_record import taxonomy_levels
-from linnaeus.utils.checkpoint_utils import input_resolver
 
 logger = logging.getLogger("linnaeus")
 
 # How long a failed run waits for the uploads of the checkpoints it committed before it exits.
 UPLOAD_WAIT_AFTER_ERROR_S = 900
+# Components that older checkpoints lack: restoring one of those starts them fresh, and says so.
+_NEWER_COMPONENTS = {"clock": "records no training time (saved by an older linnaeus): it counts from here",
+                     "healing": "records no self-healing state (saved by an older linnaeus): it starts empty"}
 
 class RunCheckpoints:
     """The run's savers (full + optional weights-only), its uploader, and its save schedule."""
@@ -140,67 +131,10 @@ class RunCheckpoints:
 
     # ------------------------------------------------------------------ resume
     def find_resume_point(self, skip: Collection[str] = ()) -> ResumePoint | None:
-        """The library's answer for this config (the same on every rank). It moves nothing: :meth:`begin`
-        does, once the point is restored. ``skip``: own checkpoints found damaged while restoring."""
-        cfg = self.cfg
-        try:
-            point = find_resume_point(
-                self.main, explicit=cfg.TRAIN.RESUME, auto=cfg.TRAIN.AUTO_RESUME, resolve=input_resolver(cfg.ENV.INPUT),
-                remote=self.remote, download=DownloadOptions(retries=cfg.ENV.INPUT.DOWNLOAD_RETRIES), skip=skip)
-        except WeightsOnlyRunError as e:
-            raise CheckpointIncompatibleError(
-                f"{e} (they were written with CHECKPOINT.WEIGHTS_ONLY True). Choose one:\n"
-                f"  - start over from scratch: move them aside with `linnaeus-ckpt set-aside {self.directory.parent}` "
-                "(nothing is deleted; TRAIN.AUTO_RESUME False alone refuses while they are there);\n"
-                f"  - start from these weights: MODEL.PRETRAINED {e.newest} with a new EXPERIMENT.NAME;\n"
-                "  - make runs resumable: CHECKPOINT.WEIGHTS_ONLY False, and CHECKPOINT.WEIGHTS_SAVER.ENABLED True "
-                "for weights-only copies next to the full checkpoints.", path=e.newest) from e
-        except CheckpointsPresentError as e:
-            shown = ", ".join(e.names[:8]) + (f" and {len(e.names) - 8} more" if len(e.names) > 8 else "")
-            raise CheckpointIncompatibleError(
-                f"TRAIN.AUTO_RESUME is False and TRAIN.RESUME is empty (a fresh start), but {e.directory} holds "
-                f"{len(e.names)} checkpoint(s) ({shown}), which a fresh start would overwrite. Choose one:\n"
-                f"  - resume them: set TRAIN.AUTO_RESUME True (the newest), or TRAIN.RESUME {e.newest} (or another);\n"
-                f"  - start over: move them aside with `linnaeus-ckpt set-aside {self.directory.parent}` (nothing is "
-                "deleted), then relaunch.", path=e.path) from e
-        except RemoteCheckpointsPresentError as e:
-            raise CheckpointIncompatibleError(
-                f"TRAIN.AUTO_RESUME is False and TRAIN.RESUME is empty (a fresh start), but {e} Choose one: set "
-                "TRAIN.AUTO_RESUME True to resume them, or a new EXPERIMENT.NAME for a new run.") from e
-        except CheckpointNotFoundError as e:
-            if not cfg.TRAIN.RESUME:
-                raise
-            raise CheckpointNotFoundError(f"TRAIN.RESUME {e}{self._not_searched()}") from e
-        except NotATrainingCheckpointError as e:
-            shown = redact(cfg.TRAIN.RESUME)
-            # 'latest' / 'step:N' name a file of this run; MODEL.PRETRAINED needs its path.
-            file = shown if parse_run_target(cfg.TRAIN.RESUME) is None else str(e.path)
-            raise CheckpointIncompatibleError(
-                f"TRAIN.RESUME {shown}: {e} In the config: MODEL.PRETRAINED {file} with MODEL.PRETRAINED_STRATEGY "
-                "transfer (what matches loads; heads follow this run's taxonomy), weights_only (every model tensor "
-                "from the file) or strict, and TRAIN.RESUME empty.", path=e.path) from e
-        if point is not None and point.superseded is not None and point.superseded.restart:
-            old = point.superseded
-            logger.warning(
-                "TRAIN.RESUME %s with TRAIN.AUTO_RESUME False: this run was restarted from that file (step %d) and its "
-                "timeline has gone on to %s (step %d): continuing from %s (a relaunch of the same restart). To restart "
-                "from %s again, setting this timeline aside: `linnaeus-ckpt set-aside %s%s`, then relaunch.",
-                redact(cfg.TRAIN.RESUME), old.step, point.path, point.step, point.path, redact(cfg.TRAIN.RESUME),
-                self.directory.parent, f" --after {old.target.name}" if old.target.parent == self.directory else "")
-        elif point is not None and point.superseded is not None:
-            old = point.superseded
-            logger.warning(
-                "TRAIN.RESUME %s (step %d) is older than this run's newest checkpoint %s (step %d): continuing from %s "
-                "(relaunch). To restart from %s, set TRAIN.AUTO_RESUME False, use a new EXPERIMENT.NAME or remove the "
-                "newer checkpoints.", redact(cfg.TRAIN.RESUME), old.step, point.path, point.step, point.path,
-                redact(cfg.TRAIN.RESUME))
-        return point
-
-    def _not_searched(self) -> str:
-        notes = [f"{place} was not searched: {key}.ENABLED is False" for place, key in (
-            ("the model-zoo bucket", "ENV.INPUT.BUCKET"), ("this run's bucket folder", "ENV.OUTPUT.BUCKET"))
-            if not self.cfg[key.split(".")[0]][key.split(".")[1]].BUCKET.ENABLED]
-        return "".join(f"\nNote: {n}." for n in notes)
+        """The library's answer for this config (the same on every rank), its errors in config keys
+        (:mod:`.resume_choice`). It moves nothing: :meth:`begin` does, once the point is restored.
+        ``skip``: own checkpoints found damaged while restoring."""
+        return choose_resume_point(self.cfg, self.main, self.remote, skip)
 
     def attach(self, *, progress: Any, taxonomy: Any = None, **objects: Any) -> None:
         """The live training objects that saves read from and a resume writes into; the data's
@@ -243,7 +177,7 @@ class RunCheckpoints:
         assert done is not None, "the first choice is a point, and a failure with nothing older raises"
         return done[0]
 
-    def restore(self, point: ResumePoint) -> None:
+    def restore(self, point: ResumePoint, *, verb: str = "Resumed from") -> None:
         """Load ``point`` (read once by :meth:`find_resume_point`) into the attached objects.
 
         First the checkpoint's config is compared with this one (:mod:`.config_diff`): refused
@@ -257,9 +191,9 @@ class RunCheckpoints:
             config_diff.refuse(changes, point.path)
         fresh = config_diff.optimizer_hyperparameters(self.objects.get("optimizer"))
         started = config_diff.fresh_components(changes) & set(self.objects)  # turned on: nothing saved to restore
-        if "clock" not in point.state:
-            started.add("clock")
-            logger.info("%s records no training time (saved by an older linnaeus): it counts from here", point.path)
+        for name in _NEWER_COMPONENTS.keys() & self.objects.keys() - point.state.keys():
+            started.add(name)
+            logger.info("%s %s", point.path, _NEWER_COMPONENTS[name])
         restored = {k: v for k, v in self.objects.items() if k not in started}
         try:
             self.progress.load_state_dict(self.main.restore(point.state, path=point.path, **restored))
@@ -277,7 +211,21 @@ class RunCheckpoints:
             config_diff.log_changes(changes, point.path)
         self._saved_step[self.main.name] = self.progress.step
         point.state = {}  # needed once; don't keep a second copy of the model alive
-        logger.info("Resumed from %s (epoch %d, step %d)", point.path, self.progress.epoch, self.progress.step)
+        logger.info("%s %s (epoch %d, step %d)", verb, point.path, self.progress.epoch, self.progress.step)
+
+    def roll_back(self) -> ResumePoint | None:
+        """Restore the run's newest committed checkpoint into the live objects, mid-run (every rank; a
+        collective), verified as at a resume; None when the run has none. Saves in flight commit first."""
+        for manager in self._savers():
+            manager.wait()
+
+        def newest(skip: frozenset[str]) -> ResumePoint | None:
+            found = self.main.load_resumable(skip=skip)
+            return None if found is None else ResumePoint(found[0], found[1], "run")
+
+        done = restore_newest(newest, lambda p: p.path, lambda p: self.restore(p, verb="Rolled back to"))
+        self.clock.start()  # the time of the steps rolled back is not training time, as a killed launch's is not
+        return None if done is None else done[0]
 
     def last_metrics(self) -> dict[str, Any]:
         return dict(self.main.history[-1]) if self.main.history else {}
@@ -319,11 +267,13 @@ class RunCheckpoints:
         self.close()
 
     # ------------------------------------------------------------------ coordination
-    def step_boundary(self, signalled: bool, deadline: Any) -> bool:
-        """After each optimizer step: stop if any rank was signalled or is past its deadline; rank 0's clock."""
+    def step_boundary(self, signalled: bool, deadline: Any,
+                      health: torch.Tensor | None = None) -> tuple[bool, list[float]]:
+        """After each optimizer step: stop if any rank was signalled or is past its deadline; rank 0's
+        clock; the ranks' mean of the step's ``health`` (loss, gradient norm), in the same all-reduce."""
         preempt = self.cfg.CHECKPOINT.SAVE_ON_PREEMPT
-        return self.clock.step_boundary((signalled and preempt) or deadline.reached(),
-                                        collective=preempt or deadline.active or self._timed)
+        return self.clock.step_boundary((signalled and preempt) or deadline.reached(), means=health,
+                                        collective=preempt or deadline.active or self._timed or health is not None)
 
     def wait_snapshot(self) -> None:
         """Before the trainer changes what a save may still be copying (CHECKPOINT.ASYNC_OVERLAP): the

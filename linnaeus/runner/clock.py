@@ -15,6 +15,8 @@ import logging
 import time
 from typing import Any, Callable, Mapping
 
+import torch
+
 from linnaeus.dist import agree
 
 logger = logging.getLogger("linnaeus")
@@ -47,18 +49,20 @@ class TrainingClock:
         """(previous step boundary, this one): what a training-time interval is due on."""
         return self.before_ms, self.now_ms
 
-    def step_boundary(self, stop: bool, *, collective: bool) -> bool:
-        """Advance to this step boundary; whether to stop after it.
+    def step_boundary(self, stop: bool, *, collective: bool,
+                      means: torch.Tensor | None = None) -> tuple[bool, list[float]]:
+        """Advance to this step boundary; whether to stop after it, and the ranks' mean of ``means``.
 
-        With ``collective`` (a stop can be asked for, or a training-time interval is configured), one
-        all-reduce: every rank stops if any rank asked to, and takes rank 0's reading. Without, no
-        collective: this rank's own reading, which is only stored (rank 0 writes the checkpoint)."""
+        With ``collective`` (a stop can be asked for, a training-time interval is configured, or the
+        step's health is judged), one all-reduce: every rank stops if any rank asked to, takes rank 0's
+        reading and the mean of ``means``. Without, no collective: this rank's own reading, which is
+        only stored (rank 0 writes the checkpoint)."""
         self.before_ms = self.now_ms
         if not collective:
             self.now_ms = self.reading_ms()
-            return stop
-        stop, self.now_ms = agree(stop, self.reading_ms())
-        return stop
+            return stop, [] if means is None else means.tolist()
+        stop, self.now_ms, mean = agree(stop, self.reading_ms(), means)
+        return stop, mean
 
     # ------------------------------------------------------------------ the checkpoint component
     def state_dict(self) -> dict[str, int]:
