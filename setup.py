@@ -42,6 +42,7 @@ setup(
         "console_scripts": [
             "linnaeus-train=linnaeus.main:cli",
             "linnaeus-ckpt=linnaeus.cli.ckpt:main",
+            "linnaeus-eval=linnaeus.cli.eval:main",
         ]
     },
 )

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from yacs.config import CfgNode
 
-from linnaeus.config import ConfigError, dump_config, load_config, run_dir
+from linnaeus.config import ConfigError, config_yaml, dump_config, load_config, run_dir
 from linnaeus.config.cluster import preempt_signals
 from linnaeus.data.build import build_data
 from linnaeus.dist import (distributed_session, get_rank, get_world_size, is_main_process, lost_peer_message,
@@ -43,6 +43,8 @@ logger = logging.getLogger("linnaeus")
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a linnaeus experiment (one process, or DDP under torchrun).")
     p.add_argument("--cfg", required=True, help="experiment YAML (may inherit with _BASE_)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (YAML, credentials redacted) and exit without training")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides, e.g. TRAIN.EPOCHS 20")
     return p.parse_args(argv)
 
@@ -54,6 +56,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"linnaeus: config error: {e}", file=sys.stderr)
         return 2
+    if args.print_config:  # before anything is created: no run dir, no process group
+        print(config_yaml(cfg), end="")
+        return 0
     run(cfg)
     return 0
 

@@ -80,6 +80,7 @@ def evaluate(
     prefix: str = "val",
     hierarchy: Hierarchy | None = None,
     consistent_decoding: bool = False,
+    on_batch: Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
     """Evaluate ``model`` on ``loader`` (``(images, labels[B, num_levels])`` batches).
 
@@ -92,7 +93,9 @@ def evaluate(
     tree) and ``<prefix>/mistake_severity`` (mean LCA height over leaf errors; absent without
     errors, as a level's metrics are without known labels); see :mod:`linnaeus.data.hierarchy`.
     ``consistent_decoding`` makes the top-1 predictions the most probable consistent path (needs
-    ``hierarchy``); top-5 stays per level.
+    ``hierarchy``); top-5 stays per level. ``on_batch(logits, preds, labels)`` sees every batch's
+    float logits per level, top-1 predictions ``[B, levels]`` and labels, in the loader's order (what
+    ``linnaeus-eval`` writes per image).
 
     Use ``prefix="val_ema"`` for the EMA model. The model's train/eval mode is restored
     afterwards, and no global RNG is consumed (the loader's iterator is created under
@@ -126,6 +129,8 @@ def evaluate(
                 preds = tree.decode(logits)
             else:
                 preds = torch.stack([logits[k].topk(1, dim=-1).indices[:, 0] for k in task_keys], dim=1)
+            if on_batch is not None:
+                on_batch(logits, preds, labels)
             sums.add("samples", torch.tensor(labels.shape[0], device=device))
             for i, k in enumerate(task_keys):
                 target, known = labels[:, i], labels[:, i] != IGNORE_INDEX

@@ -1,0 +1,145 @@
+"""``linnaeus-eval``: evaluate a checkpoint on the config's validation split.
+
+    linnaeus-eval --cfg configs/demo.yaml --ckpt latest
+    torchrun --nproc_per_node=2 tools/eval.py --cfg configs/demo.yaml --ckpt checkpoint_epoch_6.pth --ema
+
+Orchestration only, top to bottom: config → data → model → the checkpoint's weights → evaluate →
+``metrics.json`` and ``predictions.csv`` in the output folder. The numbers are those the training
+run's own validation computes (:func:`linnaeus.engine.evaluator.evaluate`, the same decoding and
+sharding), so a checkpoint evaluated at the world size that trained it reproduces its stored
+validation metrics exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from yacs.config import CfgNode
+
+from linnaeus.checkpoint import CheckpointError, list_checkpoints
+from linnaeus.checkpoint.loading import load_weights, read_weights
+from linnaeus.checkpoint.resume import locate_run_target, parse_run_target
+from linnaeus.config import ConfigError, load_config, run_dir
+from linnaeus.data.build import build_data
+from linnaeus.dist import distributed_session, get_rank, get_world_size, is_main_process, run_on_all_ranks, \
+    select_device
+from linnaeus.engine.amp import build_amp
+from linnaeus.engine.evaluator import evaluate, summary_lines
+from linnaeus.engine.predictions import PredictionTable
+from linnaeus.engine.run_log import setup_logging
+from linnaeus.models.build import build_model
+from linnaeus.runner.taxonomy_record import taxonomy_levels
+from linnaeus.utils.checkpoint_utils import input_resolver
+
+logger = logging.getLogger("linnaeus")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="linnaeus-eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--cfg", required=True, help="the experiment YAML the checkpoint was trained with")
+    p.add_argument("--ckpt", required=True,
+                   help="'latest', 'best' (by CHECKPOINT.MONITOR) or 'step:N' of the config's run; a run dir; a "
+                        "checkpoint's path, bare name (cache, then bucket) or URI; a sharded checkpoint's directory")
+    p.add_argument("--out", default="", help="output folder (default: <run dir>/eval/<checkpoint>[_ema])")
+    p.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    p.add_argument("--topk", type=int, default=5, help="classes listed per rank in predictions.csv")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides of the config")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.cfg, args.opts)
+    except ConfigError as e:
+        print(f"linnaeus-eval: config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        with distributed_session(cfg.TRAIN.COLLECTIVE_TIMEOUT_S):
+            run_eval(cfg, args.ckpt, out=args.out, ema=args.ema, topk=args.topk)
+    except (CheckpointError, ValueError) as e:
+        print(f"linnaeus-eval: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_eval(cfg: CfgNode, ckpt: str, *, out: str = "", ema: bool = False, topk: int = 5) -> dict[str, Any]:
+    """Evaluate checkpoint ``ckpt`` on ``cfg``'s validation split; returns the metrics (every rank)."""
+    rank, world_size, device = get_rank(), get_world_size(), select_device()
+    path = run_on_all_ranks(lambda: locate_checkpoint(cfg, ckpt), f"locating checkpoint {ckpt!r}", CheckpointError)
+    out_dir = Path(out) if out else run_dir(cfg) / "eval" / (path.name.split(".")[0] + ("_ema" if ema else ""))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(out_dir, rank)
+    logger.info("Evaluating %s%s (world size %d, device %s)", path, " (EMA weights)" if ema else "", world_size, device)
+
+    data = build_data(cfg, rank, world_size)
+    if data.val_loader is None:
+        raise ValueError(f"the config's data has no validation split to evaluate on (DATA.ROOT {cfg.DATA.ROOT}, "
+                         f"DATA.VAL_FRACTION {cfg.DATA.VAL_FRACTION}).")
+    model = build_model(cfg, data.taxonomy.num_classes).to(device)
+    _load(model, path, ema=ema, expected=taxonomy_levels(data.taxonomy))
+    task_keys = list(cfg.DATA.TASK_KEYS)
+    table = PredictionTable(task_keys, {k: data.taxonomy.names(k) for k in task_keys},
+                            list(data.val_loader.sampler), data.val_dataset.path, topk=topk)
+    autocast, _ = build_amp(cfg, device)
+    metrics = evaluate(model, data.val_loader, task_keys, device, autocast=autocast, hierarchy=data.hierarchy,
+                       consistent_decoding=cfg.EVAL.CONSISTENT_DECODING, on_batch=table)
+    rows = table.gather()
+    if is_main_process():
+        table.write(rows, out_dir / "predictions.csv")
+        record = {"checkpoint": str(path), "ema": ema, "world_size": world_size, "metrics": metrics}
+        (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        logger.info("\n".join(["", *summary_lines(metrics, task_keys, data.taxonomy.num_classes),
+                               f"Wrote {out_dir / 'metrics.json'} and {out_dir / 'predictions.csv'} "
+                               f"({len(rows)} images)"]))
+    return metrics
+
+
+def locate_checkpoint(cfg: CfgNode, identifier: str) -> Path:
+    """The local checkpoint ``identifier`` names: the config's run's ``latest``, ``best`` or ``step:N``, a run
+    dir (its latest), or anything ``MODEL.PRETRAINED`` accepts (path, bare name, URI)."""
+    checkpoints = run_dir(cfg) / "checkpoints"
+    if identifier == "best":
+        return _best(cfg, checkpoints)
+    target = parse_run_target(identifier)
+    if target is not None:
+        return locate_run_target(target, checkpoints)
+    given = Path(identifier).expanduser()
+    for directory in (given / "checkpoints", given):  # a run dir, or its checkpoints/
+        if (directory / "latest").is_file():
+            return locate_run_target(parse_run_target("latest"), directory)  # type: ignore[arg-type]
+    return input_resolver(cfg.ENV.INPUT)(identifier)
+
+
+def _best(cfg: CfgNode, directory: Path) -> Path:
+    monitor = cfg.CHECKPOINT.MONITOR
+    if not monitor:
+        raise CheckpointError("--ckpt best: the config sets no CHECKPOINT.MONITOR to rank checkpoints by; name the "
+                              "checkpoint, or pass --opts CHECKPOINT.MONITOR val/acc1/<rank>.")
+    rated = [i for i in list_checkpoints(directory) if i.committed and i.metric(monitor) is not None]
+    if not rated:
+        raise CheckpointError(f"--ckpt best: no committed checkpoint in {directory} records {monitor}.")
+    pick = max if cfg.CHECKPOINT.MODE == "max" else min
+    return pick(rated, key=lambda i: i.metric(monitor)).path  # type: ignore[arg-type, return-value]
+
+
+def _load(model: Any, path: Path, *, ema: bool, expected: dict[str, list[str]] | None) -> None:
+    """Every model tensor from ``path`` (strict), after checking that its taxonomy is the data's."""
+    weights = read_weights(path, use_ema=ema)
+    if ema and "ema" not in weights.container:
+        raise CheckpointError(f"{path} holds no EMA weights (--ema): it was trained with TRAIN.EMA.ENABLED False, "
+                              "or is a weights-only file of the model.")
+    if weights.taxonomy is not None and expected is not None and weights.taxonomy != expected:
+        raise CheckpointError(f"{path} was trained on another taxonomy than the config's data (its classes per rank "
+                              "differ): evaluate it with the config and data it was trained on.")
+    report = load_weights(model, weights.tensors, strategy="strict", source=path, weights_file=weights)
+    logger.info("%s", report.summary())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""``linnaeus-eval`` end to end: a trained run's checkpoint evaluated by the command reproduces the
+run's own final validation exactly (same world size), writes one prediction row per validation image
+that agrees with the metrics, evaluates the EMA on request, and fails with one line on bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, VENV_BIN, run_train, tiny_args
+
+EVAL = VENV_BIN / "linnaeus-eval"
+OPTS = ("TRAIN.EMA.ENABLED", "True", "CHECKPOINT.MONITOR", "val/acc1/species")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
+    out = tmp_path_factory.mktemp("eval")
+    run_train(out, toy_root, *OPTS)
+    return out
+
+
+def _eval(out: Path, toy_root: Path, *args: str, nproc: int = 1, opts: tuple[str, ...] = OPTS
+          ) -> subprocess.CompletedProcess:
+    cmd = [str(EVAL)] if nproc == 1 else [str(VENV_BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}",
+                                          str(REPO / "tools" / "eval.py")]
+    cfg_args = tiny_args(out, toy_root, *opts)  # --cfg CFG --opts ...: the run's own config
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd + cfg_args[:2] + list(args) + cfg_args[2:], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _stored_validation(out: Path) -> dict[str, float]:
+    ckpts = out / "tiny" / "checkpoints"
+    state = torch.load(ckpts / (ckpts / "latest").read_text().strip(), weights_only=True)
+    return {k: v for k, v in state["metrics"]["history"][-1].items() if k not in ("epoch", "step")}
+
+
+def test_eval_reproduces_the_runs_validation_and_writes_a_row_per_image(trained: Path, toy_root: Path) -> None:
+    proc = _eval(trained, toy_root, "--ckpt", "latest")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = trained / "tiny" / "eval" / "checkpoint_epoch_2"
+    record = json.loads((folder / "metrics.json").read_text())
+    assert record["metrics"] == _stored_validation(trained)  # exactly: the same evaluation, the same shards
+    assert record["checkpoint"].endswith("checkpoint_epoch_2.pth") and record["ema"] is False
+    rows = list(csv.DictReader((folder / "predictions.csv").open()))
+    assert len(rows) == record["metrics"]["val/samples"] == len({r["path"] for r in rows})
+    for level in ("species", "genus", "family"):
+        hits = sum(r[f"{level}_pred"] == r[f"{level}_true"] for r in rows)
+        assert hits / len(rows) == pytest.approx(record["metrics"][f"val/acc1/{level}"], abs=1e-12)
+        for r in rows:
+            top = [pair.rsplit(":", 1) for pair in r[f"{level}_top5"].split("|")]
+            probs = [float(p) for _, p in top]
+            assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-5
+            assert Path(r["path"]).is_file()
+
+    # Two processes: each evaluates its share; the counts are the same, the per-image rows too.
+    two = _eval(trained, toy_root, "--ckpt", "latest", "--out", str(trained / "two"), nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    metrics2 = json.loads((trained / "two" / "metrics.json").read_text())["metrics"]
+    for k, v in record["metrics"].items():
+        # Losses are float32 logits summed: batches of other images round differently in the last bits.
+        assert metrics2[k] == (pytest.approx(v, rel=1e-6) if "loss" in k else v), k
+    rows2 = list(csv.DictReader((trained / "two" / "predictions.csv").open()))
+    assert [(r["path"], r["species_pred"]) for r in rows2] == [(r["path"], r["species_pred"]) for r in rows]
+
+
+def test_eval_of_the_ema_and_of_the_best_checkpoint(trained: Path, toy_root: Path) -> None:
+    ema = _eval(trained, toy_root, "--ckpt", "latest", "--ema")
+    assert ema.returncode == 0, ema.stderr[-3000:]
+    assert "from 'ema'" in (trained / "tiny" / "eval" / "checkpoint_epoch_2_ema" / "log.txt").read_text()
+    best = _eval(trained, toy_root, "--ckpt", "best", "--out", str(trained / "best"))
+    assert best.returncode == 0, best.stderr[-3000:]
+    history = [h for h in torch.load(next((trained / "tiny" / "checkpoints").glob("checkpoint_epoch_2.pth")),
+                                     weights_only=True)["metrics"]["history"]]
+    best_epoch = max(history, key=lambda h: h["val/acc1/species"])["epoch"]
+    assert json.loads((trained / "best" / "metrics.json").read_text())["checkpoint"].endswith(
+        f"checkpoint_epoch_{best_epoch}.pth")
+
+
+@pytest.mark.parametrize("ckpt, message", [
+    ("nowhere.pth", "not found"),
+    ("step:999", "step:999: the run's checkpoint at step 999 not found"),
+])
+def test_eval_of_a_checkpoint_it_cannot_find_fails_with_one_line(trained: Path, toy_root: Path, ckpt: str,
+                                                                 message: str) -> None:
+    proc = _eval(trained, toy_root, "--ckpt", ckpt)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("linnaeus-eval: ") and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_with_ema_of_a_checkpoint_without_one_says_so(tmp_path: Path, toy_root: Path) -> None:
+    run_train(tmp_path, toy_root, "TRAIN.EPOCHS", "1")
+    proc = _eval(tmp_path, toy_root, "--ckpt", "latest", "--ema", opts=("TRAIN.EPOCHS", "1"))
+    assert proc.returncode == 1 and "holds no EMA weights (--ema)" in proc.stderr, proc.stderr[-2000:]

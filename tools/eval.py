@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint: `python tools/eval.py --cfg configs/demo.yaml --ckpt latest [--ema] [--out DIR]`.
+
+Under `torchrun --nproc_per_node=N tools/eval.py ...` every process evaluates its share.
+"""
+
+import os
+import sys
+
+# Runnable from a checkout without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from linnaeus.cli.eval import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
