@@ -43,6 +43,7 @@ setup(
             "linnaeus-train=linnaeus.main:cli",
             "linnaeus-ckpt=linnaeus.cli.ckpt:main",
             "linnaeus-eval=linnaeus.cli.eval:main",
+            "linnaeus-predict=linnaeus.cli.predict:main",
         ]
     },
 )

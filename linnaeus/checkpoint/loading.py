@@ -39,7 +39,7 @@ from torch import nn
 from .errors import CheckpointIncompatibleError, CheckpointNotFoundError
 from .formats import format_of
 from .load_report import Expect, KeyIssue, LoadReport, format_groups, group_by_prefix
-from .state import TAXONOMY_KEY, stored_taxonomy
+from .state import TAXONOMY_KEY, TREE_KEY, stored_taxonomy, stored_tree
 
 STRATEGIES = ("weights_only", "transfer", "strict")
 # Containers that wrap a state dict, in the order they are tried (timm, torchvision,
@@ -61,6 +61,8 @@ class WeightsFile:
     stripped_prefix: str = ""  # e.g. "module." when every key had it
     notes: list[str] = field(default_factory=list)
     taxonomy: dict[str, list[str]] | None = None  # what the file records (linnaeus checkpoints), see taxonomy.py
+    tree: dict[str, list[str]] | None = None  # each class's parent, where the file records the tree
+    config: str = ""  # the YAML of the config that trained it ("" when the file records none)
 
 
 def read_weights(path: str | os.PathLike, *, use_ema: bool = False) -> WeightsFile:
@@ -85,7 +87,8 @@ def read_weights(path: str | os.PathLike, *, use_ema: bool = False) -> WeightsFi
     if fmt is None:
         raise CheckpointNotFoundError(f"weights file {path} does not exist (or is not a file).")
     obj: object = fmt.read_weights(path, use_ema=use_ema)
-    taxonomy = stored_taxonomy(obj)
+    taxonomy, tree = stored_taxonomy(obj), stored_tree(obj)
+    config = obj.get("config") if isinstance(obj, Mapping) and isinstance(obj.get("config"), str) else ""
     notes: list[str] = []
     containers: list[str] = []
     while isinstance(obj, Mapping) and not _is_state_dict(obj):
@@ -96,7 +99,7 @@ def read_weights(path: str | os.PathLike, *, use_ema: bool = False) -> WeightsFi
                 f"directly or under one of {list(_CONTAINERS + _EMA_CONTAINERS)}."
             )
         if not containers:
-            training = sorted(k for k in obj if k not in (name, "config", "meta", TAXONOMY_KEY) and k not in _CONTAINERS)
+            training = sorted(k for k in obj if k not in (name, "config", "meta", TAXONOMY_KEY, TREE_KEY) and k not in _CONTAINERS)
             if training:
                 notes.append(f"ignored other entries of the file: {', '.join(training)}")
             if not use_ema and any(isinstance(obj.get(k), Mapping) for k in _EMA_CONTAINERS):
@@ -116,7 +119,7 @@ def read_weights(path: str | os.PathLike, *, use_ema: bool = False) -> WeightsFi
     tensors, stripped = _strip_wrapper_prefixes(tensors)
     if stripped:
         notes.append(f"stripped prefix '{stripped}' present on every key")
-    return WeightsFile(path, tensors, ".".join(containers), stripped, notes, taxonomy)
+    return WeightsFile(path, tensors, ".".join(containers), stripped, notes, taxonomy, tree, config)
 
 
 def _is_state_dict(obj: Mapping) -> bool:

@@ -41,20 +41,8 @@ from .errors import CheckpointError, InvalidOperationError
 from .formats import CheckpointFormat, SaveResult, choose_format, format_of_state
 from .naming import agreed_filename, render_for, run_name_fields
 from .policy import CheckpointPolicy
-from .state import (
-    KIND_FULL,
-    KIND_WEIGHTS,
-    TAXONOMY_KEY,
-    MetricHistory,
-    SnapshotOverlap,
-    Stateful,
-    check_same_taxonomy,
-    config_text,
-    gather_rng_states,
-    make_meta,
-    plain_metrics,
-    present_components,
-)
+from .state import (KIND_FULL, KIND_WEIGHTS, TAXONOMY_KEY, TREE_KEY, MetricHistory, SnapshotOverlap, Stateful,
+                    check_same_taxonomy, config_text, gather_rng_states, make_meta, plain_metrics, present_components)
 from .store import LocalCheckpoints, RunLineage, apply_retention, cleanup_stale, not_ours, parent_sha256, restore_newest
 from .transaction import CheckpointTransaction
 
@@ -105,8 +93,10 @@ class CheckpointManager(LocalCheckpoints):
         self.update_latest = (not self.policy.weights_only) if update_latest is None else update_latest
         self.can_delete = can_delete
         self.on_commit = on_commit
-        # {level: class names in index order} (state/taxonomy.py): saved in every checkpoint, compared on restore.
+        # {level: class names in index order} (state/taxonomy.py): saved in every checkpoint, compared on restore;
+        # and, where the levels form a tree, each class's parent (saved, for decoding without the dataset).
         self.taxonomy: dict[str, list[str]] | None = None
+        self.taxonomy_tree: dict[str, list[str]] | None = None
         self.metrics = MetricHistory(self.policy.monitor, self.policy.mode)
         self.last_committed: Path | None = None
         self._background = (self.format.background(name, process=self.policy.writer_process)
@@ -270,6 +260,8 @@ class CheckpointManager(LocalCheckpoints):
         contents["config"] = txn.state.get("config", self.config_text)
         if self.taxonomy is not None:  # weights-only files too: a transfer maps heads by these names
             contents[TAXONOMY_KEY] = self.taxonomy
+            if self.taxonomy_tree is not None:
+                contents[TREE_KEY] = self.taxonomy_tree
         contents["meta"] = make_meta(kind=self.kind, saver=self.name, file=txn.name, epoch=epoch, step=step,
                                      metrics=txn.metrics, extra=txn.meta_extra, **self.lineage.meta_fields())
         return contents

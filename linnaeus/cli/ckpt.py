@@ -25,6 +25,8 @@ from linnaeus.checkpoint.disk import LOCK_NAME, WriterLease, acquire, sidecar_pa
 from linnaeus.checkpoint.errors import CheckpointError, DirectoryLockedError
 from linnaeus.checkpoint.formats import (
     LATEST,
+    TAXONOMY_METADATA,
+    TREE_METADATA,
     CheckpointFormat,
     CheckpointInfo,
     commit_file,
@@ -33,7 +35,8 @@ from linnaeus.checkpoint.formats import (
     read_latest,
     verify_checkpoint,
 )
-from linnaeus.checkpoint.state import KIND_WEIGHTS, TAXONOMY_KEY, make_meta, model_state_dict, stored_taxonomy
+from linnaeus.checkpoint.state import KIND_WEIGHTS, TAXONOMY_KEY, TREE_KEY, make_meta, model_state_dict, stored_taxonomy, \
+    stored_tree
 from linnaeus.checkpoint.store import cleanup_stale, delete_checkpoint, leftovers, list_checkpoints, plan_retention
 from linnaeus.cli import lineage_cmds, remote_cmds
 
@@ -283,18 +286,24 @@ def _export(args: argparse.Namespace, src: Path, out: Path, key: str, fmt: Check
         epoch=int(src_meta.get("epoch", -1)), step=int(src_meta.get("step", -1)),
         metrics=src_meta.get("metrics", {}), extra={"exported_from": src.name, "exported_ema": bool(args.ema)},
     )
+    taxonomy, tree = stored_taxonomy(state), stored_tree(state)  # so that transfers and predict read it by name
     if args.safetensors:
         from safetensors.torch import save as safetensors_bytes
 
         tensors = {k: v.contiguous().clone() for k, v in weights.items() if isinstance(v, torch.Tensor)}
         text_meta = {"format": "pt", "linnaeus_meta": json.dumps(meta), "config": state.get("config", "")}
+        if taxonomy is not None:
+            text_meta[TAXONOMY_METADATA] = json.dumps(taxonomy)
+            if tree is not None:
+                text_meta[TREE_METADATA] = json.dumps(tree)
         result = commit_file(out.parent, out.name, tensors, update_latest=False,
                              serialize=lambda obj, f: f.write(safetensors_bytes(obj, metadata=text_meta)))
     else:
         payload = {"model": weights, "config": state.get("config", ""), "meta": meta}
-        taxonomy = stored_taxonomy(state)
-        if taxonomy is not None:  # so that a transfer from the export maps heads by class name
+        if taxonomy is not None:
             payload[TAXONOMY_KEY] = taxonomy
+            if tree is not None:
+                payload[TREE_KEY] = tree
         result = commit_file(out.parent, out.name, payload, update_latest=False)
     print(f"exported {'EMA ' if args.ema else ''}weights of {src} to {result.path} ({_human_size(result.size)}, sha256 {result.sha256})")
     return 0

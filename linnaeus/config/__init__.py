@@ -9,7 +9,7 @@
 from .checkpointing import build_policy, build_weights_policy
 from .defaults import get_default_config
 from .errors import ConfigError
-from .load import BASE_KEY, load_config, merge_file, merge_opts
+from .load import BASE_KEY, config_from_text, load_config, merge_file, merge_opts
 from .output import config_yaml, dump_config, run_dir
 from .validate import validate
 
@@ -21,6 +21,7 @@ __all__ = [
     "config_yaml",
     "dump_config",
     "get_default_config",
+    "config_from_text",
     "load_config",
     "merge_file",
     "merge_opts",

@@ -138,6 +138,18 @@ def merge_opts(cfg: CN, opts: Sequence[str]) -> None:
         _merge_dict(cfg, node, "", "--opts")
 
 
+def config_from_text(text: str, source: str) -> CN:
+    """The defaults with the YAML ``text`` merged in (a checkpoint's stored config, as its ``source``
+    names it), frozen; not validated: what it ran with was, and credentials in it are redacted."""
+    data = yaml.safe_load(text) if text else None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping of config keys, got {type(data).__name__}.")
+    cfg = get_default_config()
+    _merge_dict(cfg, data, "", source)
+    cfg.freeze()
+    return cfg
+
+
 def load_config(cfg_file: str | None = None, opts: Sequence[str] = (), freeze: bool = True) -> CN:
     """Defaults → file (with _BASE_) → opts → validation → frozen config."""
     cfg = get_default_config()

@@ -18,7 +18,7 @@ of class ``c`` at level ``l``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,21 @@ class Hierarchy:
         paths = torch.tensor(taxonomy.leaf_paths(), dtype=torch.long)
         parents = tuple(torch.tensor(taxonomy.parent_indices(k), dtype=torch.long) for k in keys[:-1])
         return cls(keys, paths, parents)
+
+    @classmethod
+    def from_record(cls, levels: Mapping[str, Sequence[str]], parents: Mapping[str, Sequence[str]]) -> "Hierarchy":
+        """From what a checkpoint stores: ``{level: class names}`` (finest first) and ``{level: each class's
+        parent name}`` for every level but the coarsest (``linnaeus.checkpoint.state.tree_record``)."""
+        keys = tuple(levels)
+        index = {k: {n: i for i, n in enumerate(levels[k])} for k in keys}
+        ups = [[index[coarser][p] for p in parents[k]] for k, coarser in zip(keys, keys[1:])]
+        paths = []
+        for leaf in range(len(levels[keys[0]])):
+            path = [leaf]
+            for up in ups:
+                path.append(up[path[-1]])
+            paths.append(path)
+        return cls(keys, torch.tensor(paths, dtype=torch.long), tuple(torch.tensor(u, dtype=torch.long) for u in ups))
 
     def to(self, device: torch.device) -> "Hierarchy":
         return Hierarchy(self.task_keys, self.paths.to(device), tuple(p.to(device) for p in self.parents))

@@ -37,7 +37,7 @@ from linnaeus.dist import get_world_size, is_main_process, run_on_all_ranks
 from linnaeus.runner import config_diff
 from linnaeus.runner.clock import TrainingClock
 from linnaeus.runner.resume_choice import choose_resume_point
-from linnaeus.runner.taxonomy_record import taxonomy_levels
+from linnaeus.runner.taxonomy_record import taxonomy_levels, taxonomy_parents
 
 logger = logging.getLogger("linnaeus")
 
@@ -142,10 +142,10 @@ class RunCheckpoints:
         self.progress = progress
         self.clock = TrainingClock()  # saved as the component "clock": training time survives a relaunch
         self.objects = {**{k: v for k, v in objects.items() if v is not None}, "clock": self.clock}
-        record = taxonomy_levels(taxonomy)
+        record, tree = taxonomy_levels(taxonomy), taxonomy_parents(taxonomy)
         self._timed = any(m.policy.interval.by_time for m in self._savers())  # then rank 0's clock decides
         for manager in self._savers():
-            manager.taxonomy = record
+            manager.taxonomy, manager.taxonomy_tree = record, tree
 
     def begin(self, point: ResumePoint | None) -> None:
         """Resume ``point`` (from :meth:`find_resume_point`) or start fresh. Every refusal comes first

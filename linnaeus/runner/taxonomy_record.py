@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from linnaeus.checkpoint.state import taxonomy_record
+from linnaeus.checkpoint.state import taxonomy_record, tree_record
 
 
 def taxonomy_levels(taxonomy: Any) -> dict[str, list[str]] | None:
@@ -15,4 +15,15 @@ def taxonomy_levels(taxonomy: Any) -> dict[str, list[str]] | None:
     return taxonomy_record({level: taxonomy.names(level) for level in taxonomy.task_keys})
 
 
-__all__ = ["taxonomy_levels"]
+def taxonomy_parents(taxonomy: Any) -> dict[str, list[str]] | None:
+    """``{level: each class's parent name at the next coarser level}`` when the levels form a complete
+    tree (``taxonomy.is_complete``), else None: what checkpoints store for decoding without the data."""
+    if taxonomy is None or len(taxonomy.task_keys) < 2 or not getattr(taxonomy, "is_complete", False):
+        return None
+    keys = list(taxonomy.task_keys)
+    parents = {level: [taxonomy.names(coarser)[i] for i in taxonomy.parent_indices(level)]
+               for level, coarser in zip(keys, keys[1:])}
+    return tree_record({level: taxonomy.names(level) for level in keys}, parents)
+
+
+__all__ = ["taxonomy_levels", "taxonomy_parents"]

@@ -16,7 +16,7 @@ from .base import (
     VerifyResult,
 )
 from .directory import LATEST, checkpoint_stem, is_checkpoint_name, read_latest, write_latest
-from .file import FileFormat, commit_file, is_pending_sidecar_name
+from .file import TAXONOMY_METADATA, TREE_METADATA, FileFormat, commit_file, is_pending_sidecar_name
 from .registry import (
     choose_format,
     format_named,
@@ -45,6 +45,7 @@ from .folder import RemoteFolder
 from .transfer import upload_entry
 
 __all__ = [
+    "TAXONOMY_METADATA", "TREE_METADATA",
     "Background", "CheckpointFormat", "CheckpointInfo", "CommitFiles", "FileFormat", "LATEST", "Leftover", "MANIFEST",
     "OnCommitted", "Part", "RemoteEntry", "RemoteFolder", "RemoteParts", "STATE_FILE", "SaveResult", "ShardedFormat",
     "VerifyResult", "VerifyingReader", "background_group", "checkpoint_stem", "choose_format", "commit_file", "consolidate", "format_named", "format_of",

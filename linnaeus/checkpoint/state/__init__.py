@@ -38,6 +38,7 @@ from .rng import collect_rng_state, gather_rng_states, restore_rank_rng_state, r
 from .taxonomy import (
     HEAD_PREFIX,
     TAXONOMY_KEY,
+    TREE_KEY,
     ClassMapping,
     Taxonomy,
     TaxonomyChangedError,
@@ -45,18 +46,20 @@ from .taxonomy import (
     map_classes,
     map_heads,
     stored_taxonomy,
+    stored_tree,
     taxonomy_differences,
     taxonomy_record,
+    tree_record,
 )
 
 __all__ = [
     "CORE_META_KEYS", "ClassMapping", "EMA_KEY", "FORMAT_VERSION", "HEAD_PREFIX", "KIND_FULL", "KIND_WEIGHTS", "MetricHistory",
-    "PROGRESS_FIELDS", "REFUSED_PICKLE_ADVICE", "RESERVED_KEYS", "SnapshotOverlap", "Stateful", "TAXONOMY_KEY", "Taxonomy",
+    "PROGRESS_FIELDS", "REFUSED_PICKLE_ADVICE", "RESERVED_KEYS", "SnapshotOverlap", "Stateful", "TAXONOMY_KEY", "TREE_KEY", "Taxonomy",
     "TaxonomyChangedError", "build_state", "check_model_compatible", "check_same_taxonomy", "collect_rng_state",
     "config_text", "describe_foreign", "full_model_state", "gather_rng_states", "has_dtensors", "make_meta",
     "map_classes", "map_heads", "materialize", "model_state_dict", "newer_format_error", "newer_format_reason",
     "newer_format_version", "optimizer_state_by_name", "optimizers_in", "plain_metrics", "present_components", "refused_pickle",
     "restore_full_modules", "restore_full_optimizer", "restore_full_state", "restore_rank_rng_state", "restore_rng_state", "restore_state",
-    "stepped_storages", "stored_progress", "stored_taxonomy", "taxonomy_differences", "taxonomy_record", "unwrap_model",
+    "stepped_storages", "stored_progress", "stored_taxonomy", "stored_tree", "taxonomy_differences", "taxonomy_record", "tree_record", "unwrap_model",
     "validate_structure",
 ]

@@ -38,7 +38,7 @@ FORMAT_VERSION = 1
 KIND_FULL = "full"
 KIND_WEIGHTS = "weights"
 # Top-level entries linnaeus itself writes; a training component cannot be named like one.
-RESERVED_KEYS = frozenset({"model", "progress", "rng", "metrics", "config", "meta", "taxonomy"})
+RESERVED_KEYS = frozenset({"model", "progress", "rng", "metrics", "config", "meta", "taxonomy", "taxonomy_tree"})
 PROGRESS_FIELDS = ("epoch", "step", "epoch_step", "samples")
 # The meta fields linnaeus itself writes (see make_meta); resume, retention and listing rely on them.
 CORE_META_KEYS = frozenset({

@@ -8,6 +8,13 @@ levels in order, each level's class names in class-index order (row ``i`` of tha
 class ``names[i]``). Plain lists and strings, so ``torch.load(weights_only=True)`` reads it and the
 library needs no dataset code.
 
+Where the levels form a tree, the entry ``taxonomy_tree`` records it: for every level but the
+coarsest, each class's parent at the next coarser level, by name, in class-index order::
+
+    {"species": ["circle", "circle", ...], "genus": ["round", ...]}
+
+so that a checkpoint alone is enough to decode the most probable consistent path (``linnaeus-predict``).
+
 Resuming refuses a changed taxonomy (:func:`taxonomy_differences`, :class:`TaxonomyChangedError`):
 the heads' rows would silently mean other classes. Transfer maps heads by class name
 (:func:`map_heads`): rows of classes present in both taxonomies are copied, new classes keep the
@@ -26,6 +33,7 @@ import torch
 from ..errors import CheckpointIncompatibleError
 
 TAXONOMY_KEY = "taxonomy"
+TREE_KEY = "taxonomy_tree"
 HEAD_PREFIX = "heads.{level}."  # where a level's classifier lives in linnaeus models: heads.<level>.weight/bias
 _SHOWN = 8
 
@@ -46,6 +54,36 @@ def taxonomy_record(levels: Taxonomy) -> dict[str, list[str]]:
             raise ValueError(f"taxonomy level {level!r} lists a class name twice; class names must be unique.")
         out[level] = names
     return out
+
+
+def tree_record(levels: Taxonomy, parents: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """``parents`` ({level: each class's parent name at the next coarser level}) checked against
+    ``levels`` as the plain dict a checkpoint stores under ``taxonomy_tree``. Raises ``ValueError``
+    unless every level but the coarsest is given, with one known parent per class."""
+    order = list(levels)
+    out: dict[str, list[str]] = {}
+    for level, coarser in zip(order, order[1:]):
+        names = list(parents.get(level, []))
+        if len(names) != len(levels[level]):
+            raise ValueError(f"taxonomy tree: level {level!r} needs one parent per class ({len(levels[level])}), "
+                             f"got {len(names)}.")
+        unknown = sorted(set(names) - set(levels[coarser]))
+        if unknown:
+            raise ValueError(f"taxonomy tree: parents of level {level!r} not among the {coarser!r} classes: "
+                             f"{_preview(unknown)}.")
+        out[level] = names
+    return out
+
+
+def stored_tree(state: Any) -> dict[str, list[str]] | None:
+    """The tree a loaded checkpoint records over its taxonomy, or None (not recorded, or not valid)."""
+    levels, entry = stored_taxonomy(state), state.get(TREE_KEY) if isinstance(state, Mapping) else None
+    if levels is None or not isinstance(entry, Mapping):
+        return None
+    try:
+        return tree_record(levels, entry)
+    except ValueError:
+        return None
 
 
 def stored_taxonomy(state: Any) -> dict[str, list[str]] | None:

@@ -3,5 +3,6 @@
 from .commit import commit_file
 from .format import FileFormat
 from .names import is_pending_sidecar_name
+from .weights import TAXONOMY_METADATA, TREE_METADATA
 
-__all__ = ["FileFormat", "commit_file", "is_pending_sidecar_name"]
+__all__ = ["FileFormat", "TAXONOMY_METADATA", "TREE_METADATA", "commit_file", "is_pending_sidecar_name"]

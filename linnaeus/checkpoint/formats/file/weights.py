@@ -5,13 +5,17 @@ when it has one."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
 
 from ...disk import read_sidecar_digest, sha256_file_async
 from ...errors import CheckpointCorruptError, CheckpointIncompatibleError, CheckpointUnreadableError
-from ...state import REFUSED_PICKLE_ADVICE, refused_pickle
+from ...state import REFUSED_PICKLE_ADVICE, TAXONOMY_KEY, TREE_KEY, refused_pickle
+
+# The safetensors metadata fields (strings) a linnaeus export records its taxonomy and tree in, as JSON.
+TAXONOMY_METADATA, TREE_METADATA = "linnaeus_taxonomy", "linnaeus_taxonomy_tree"
 
 
 def read_weights_file(path: Path) -> object:
@@ -40,12 +44,16 @@ def read_weights_file(path: Path) -> object:
 
 def _load(path: Path) -> object:
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path), device="cpu")
+            tensors = load_file(str(path), device="cpu")
+            with safe_open(str(path), "pt") as f:
+                metadata = f.metadata() or {}
         except Exception as e:  # safetensors raises its own error types; all mean "unreadable"
             raise CheckpointCorruptError(path, f"cannot read safetensors file: {type(e).__name__}: {e}") from e
+        return _with_recorded(tensors, metadata, path)
     try:
         # timm's train.py stores its argparse arguments beside the weights. Building a Namespace
         # only sets attributes, each value still through weights_only's unpickler; nothing else
@@ -61,4 +69,17 @@ def _load(path: Path) -> object:
         raise CheckpointCorruptError(path, f"{type(e).__name__}: {e}") from e
 
 
-__all__ = ["read_weights_file"]
+def _with_recorded(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> object:
+    """A linnaeus export's tensors with what its metadata records (config, taxonomy and its tree, as
+    JSON text): the anatomy of a weights file, so a transfer or predict reads it like the checkpoint."""
+    if TAXONOMY_METADATA not in metadata:
+        return tensors  # anyone's safetensors file: its tensors
+    try:
+        recorded = {key: json.loads(metadata[field]) for key, field in
+                    ((TAXONOMY_KEY, TAXONOMY_METADATA), (TREE_KEY, TREE_METADATA)) if field in metadata}
+    except json.JSONDecodeError as e:
+        raise CheckpointCorruptError(path, f"its metadata {TAXONOMY_METADATA!r} is not JSON: {e}") from e
+    return {"model": tensors, "config": metadata.get("config", ""), **recorded}
+
+
+__all__ = ["TAXONOMY_METADATA", "TREE_METADATA", "read_weights_file"]
