@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 from yacs.config import CfgNode
 
+from linnaeus.cli.eval import main as eval_main
 from linnaeus.config import ConfigError, config_yaml, dump_config, load_config, run_dir
 from linnaeus.config.cluster import preempt_signals
 from linnaeus.data.build import build_data
@@ -45,6 +46,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg", required=True, help="experiment YAML (may inherit with _BASE_)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (YAML, credentials redacted) and exit without training")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate the checkpoint the run would resume from (TRAIN.RESUME, else the run's latest) "
+                        "as linnaeus-eval does, and exit without training")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides, e.g. TRAIN.EPOCHS 20")
     return p.parse_args(argv)
 
@@ -59,6 +63,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
     if args.print_config:  # before anything is created: no run dir, no process group
         print(config_yaml(cfg), end="")
         return 0
+    if args.eval_only:  # no lock, nothing written to checkpoints/: it may run beside the training run
+        return eval_main(["--cfg", args.cfg, "--ckpt", cfg.TRAIN.RESUME or "latest", "--opts", *args.opts])
     run(cfg)
     return 0
 

@@ -32,6 +32,7 @@ from linnaeus.engine.amp import build_amp
 from linnaeus.engine.evaluator import evaluate, summary_lines
 from linnaeus.engine.predictions import PredictionTable
 from linnaeus.engine.run_log import setup_logging
+from linnaeus.engine.selective import SelectiveStats, answered, solve_thresholds
 from linnaeus.models.build import build_model
 from linnaeus.runner.taxonomy_record import taxonomy_levels
 from linnaeus.utils.checkpoint_utils import input_resolver
@@ -48,6 +49,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="", help="output folder (default: <run dir>/eval/<checkpoint>[_ema])")
     p.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights")
     p.add_argument("--topk", type=int, default=5, help="classes listed per rank in predictions.csv")
+    p.add_argument("--target-accuracy", type=float, default=None,
+                   help="solve per-rank confidence thresholds for this accuracy (e.g. 0.99) on the data evaluated: "
+                        "thresholds.json, for linnaeus-predict --min-confidence @thresholds.json")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides of the config")
     return p.parse_args(argv)
 
@@ -61,14 +65,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         with distributed_session(cfg.TRAIN.COLLECTIVE_TIMEOUT_S):
-            run_eval(cfg, args.ckpt, out=args.out, ema=args.ema, topk=args.topk)
+            run_eval(cfg, args.ckpt, out=args.out, ema=args.ema, topk=args.topk, target=args.target_accuracy)
     except (CheckpointError, ValueError) as e:
         print(f"linnaeus-eval: {e}", file=sys.stderr)
         return 1
     return 0
 
 
-def run_eval(cfg: CfgNode, ckpt: str, *, out: str = "", ema: bool = False, topk: int = 5) -> dict[str, Any]:
+def run_eval(cfg: CfgNode, ckpt: str, *, out: str = "", ema: bool = False, topk: int = 5,
+             target: float | None = None) -> dict[str, Any]:
     """Evaluate checkpoint ``ckpt`` on ``cfg``'s validation split; returns the metrics (every rank)."""
     rank, world_size, device = get_rank(), get_world_size(), select_device()
     path = run_on_all_ranks(lambda: locate_checkpoint(cfg, ckpt), f"locating checkpoint {ckpt!r}", CheckpointError)
@@ -86,18 +91,43 @@ def run_eval(cfg: CfgNode, ckpt: str, *, out: str = "", ema: bool = False, topk:
     task_keys = list(cfg.DATA.TASK_KEYS)
     table = PredictionTable(task_keys, {k: data.taxonomy.names(k) for k in task_keys},
                             list(data.val_loader.sampler), data.val_dataset.path, topk=topk)
+    selective = SelectiveStats(task_keys, data.hierarchy) if target is not None else None
+
+    def on_batch(*batch: Any) -> None:
+        table(*batch)
+        if selective is not None:
+            selective(*batch)
+
     autocast, _ = build_amp(cfg, device)
     metrics = evaluate(model, data.val_loader, task_keys, device, autocast=autocast, hierarchy=data.hierarchy,
-                       consistent_decoding=cfg.EVAL.CONSISTENT_DECODING, on_batch=table)
+                       consistent_decoding=cfg.EVAL.CONSISTENT_DECODING, on_batch=on_batch)
     rows = table.gather()
+    outcomes = selective.gather() if selective is not None else None
     if is_main_process():
         table.write(rows, out_dir / "predictions.csv")
         record = {"checkpoint": str(path), "ema": ema, "world_size": world_size, "metrics": metrics}
+        if outcomes is not None:
+            record["selective"] = _selective(outcomes, task_keys, target, out_dir)  # type: ignore[arg-type]
         (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         logger.info("\n".join(["", *summary_lines(metrics, task_keys, data.taxonomy.num_classes),
                                f"Wrote {out_dir / 'metrics.json'} and {out_dir / 'predictions.csv'} "
                                f"({len(rows)} images)"]))
     return metrics
+
+
+def _selective(outcomes: list, task_keys: list[str], target: float, out_dir: Path) -> dict[str, Any]:
+    """Thresholds for ``target`` (thresholds.json, what predict reads) and what they answer on this data."""
+    thresholds = solve_thresholds(outcomes, task_keys, target)
+    report = {"target_accuracy": target, "thresholds": thresholds, **answered(outcomes, task_keys, thresholds)}
+    (out_dir / "thresholds.json").write_text(json.dumps({"target_accuracy": target, "thresholds": thresholds},
+                                                        indent=2) + "\n")
+    shares = ", ".join(f"{rank} {100 * share:.1f}%" for rank, share in report["share"].items())
+    logger.info("Selective prediction at %.3g target accuracy: thresholds %s; answered at %s (accuracy of the "
+                "answers %s); thresholds.json for linnaeus-predict --min-confidence @%s", target,
+                {k: round(v, 4) for k, v in thresholds.items()}, shares,
+                "n/a" if report["answered_accuracy"] is None else f"{100 * report['answered_accuracy']:.1f}%",
+                out_dir / "thresholds.json")
+    return report
 
 
 def locate_checkpoint(cfg: CfgNode, identifier: str) -> Path:

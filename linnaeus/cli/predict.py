@@ -47,7 +47,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="the CSV to write")
     p.add_argument("--min-confidence", default="0",
                    help="the probability a rank's answer needs to be given: one value for every rank (0.9), or "
-                        "per rank (species=0.95,genus=0.9,family=0.5; a rank left out is never answered)")
+                        "per rank (species=0.95,genus=0.9,family=0.5; a rank left out is never answered), or "
+                        "@thresholds.json as linnaeus-eval --target-accuracy solves them")
     p.add_argument("--topk", type=int, default=5, help="classes listed per rank")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     p.add_argument("--batch-size", type=int, default=64)

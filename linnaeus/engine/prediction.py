@@ -9,6 +9,8 @@ softmax). Without a tree the ranks' top-1 classes are taken as they are.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
@@ -18,9 +20,12 @@ if TYPE_CHECKING:  # the data side builds it from the taxonomy; the engine only 
 
 
 def parse_thresholds(text: str, ranks: Sequence[str]) -> dict[str, float]:
-    """``"0.9"`` (every rank) or ``"species=0.95,genus=0.9"`` (the ranks named; the others are never
-    answered) → ``{rank: probability}``. Raises ValueError naming what is wrong."""
+    """``"0.9"`` (every rank), ``"species=0.95,genus=0.9"`` (the ranks named; the others are never
+    answered) or ``"@thresholds.json"`` (what ``linnaeus-eval --target-accuracy`` solved) →
+    ``{rank: probability}``. Raises ValueError naming what is wrong."""
     text = str(text).strip()
+    if text.startswith("@"):
+        return _from_file(Path(text[1:]), ranks)
     if "=" not in text:
         value = _probability(text, "--min-confidence")
         return {rank: value for rank in ranks}
@@ -32,6 +37,15 @@ def parse_thresholds(text: str, ranks: Sequence[str]) -> dict[str, float]:
             raise ValueError(f"--min-confidence: {rank!r} is not a rank of this model ({', '.join(ranks)}).")
         out[rank] = _probability(value, f"--min-confidence {rank}")
     return out
+
+
+def _from_file(path: Path, ranks: Sequence[str]) -> dict[str, float]:
+    try:
+        solved = json.loads(path.read_text())["thresholds"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--min-confidence @{path}: expected the thresholds.json linnaeus-eval --target-accuracy "
+                         f"writes ({{'thresholds': {{rank: probability}}}}): {type(e).__name__}: {e}") from None
+    return parse_thresholds(",".join(f"{rank}={value}" for rank, value in solved.items()), ranks) if solved else {}
 
 
 def _probability(text: str, what: str) -> float:

@@ -89,13 +89,22 @@ def test_eval_of_the_ema_and_of_the_best_checkpoint(trained: Path, toy_root: Pat
     ("step:999", "step:999: the run's checkpoint at step 999 not found"),
 ])
 def test_eval_of_a_checkpoint_it_cannot_find_fails_with_one_line(trained: Path, toy_root: Path, ckpt: str,
-                                                                 message: str) -> None:
-    proc = _eval(trained, toy_root, "--ckpt", ckpt)
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("linnaeus-eval: ") and message in proc.stderr and "Traceback" not in proc.stderr
+                                                                 message: str, capsys: pytest.CaptureFixture) -> None:
+    assert _eval_here(trained, toy_root, "--ckpt", ckpt) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("linnaeus-eval: ") and message in err and "Traceback" not in err
 
 
-def test_eval_with_ema_of_a_checkpoint_without_one_says_so(tmp_path: Path, toy_root: Path) -> None:
+def test_eval_with_ema_of_a_checkpoint_without_one_says_so(tmp_path: Path, toy_root: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
     run_train(tmp_path, toy_root, "TRAIN.EPOCHS", "1")
-    proc = _eval(tmp_path, toy_root, "--ckpt", "latest", "--ema", opts=("TRAIN.EPOCHS", "1"))
-    assert proc.returncode == 1 and "holds no EMA weights (--ema)" in proc.stderr, proc.stderr[-2000:]
+    assert _eval_here(tmp_path, toy_root, "--ckpt", "latest", "--ema", opts=("TRAIN.EPOCHS", "1")) == 1
+    assert "holds no EMA weights (--ema)" in capsys.readouterr().err
+
+
+def _eval_here(out: Path, toy_root: Path, *args: str, opts: tuple[str, ...] = OPTS) -> int:
+    """The command's main in this process (the error paths: no training process needed)."""
+    from linnaeus.cli.eval import main
+
+    cfg_args = tiny_args(out, toy_root, *opts)
+    return main(cfg_args[:2] + list(args) + cfg_args[2:])

@@ -6,6 +6,7 @@ answers along the tree; clear one-line errors for files that lack what predictio
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import subprocess
@@ -115,22 +116,30 @@ def test_predict_gives_evals_probabilities_for_a_validation_image(trained: Path,
     assert row["confident_rank"] == "species"  # the default threshold 0 answers at the finest rank
 
 
-def test_a_file_without_what_prediction_needs_is_refused_in_one_line(trained: Path, tmp_path: Path) -> None:
+def test_a_file_without_what_prediction_needs_is_refused_in_one_line(trained: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """In-process (the command's main): exit status 1 and one line on stderr naming what is missing."""
+    from linnaeus.cli.predict import main
+
     bare = tmp_path / "bare.pth"
     torch.save(torch.load(trained, weights_only=True)["model"], bare)
     image = tmp_path / "x.png"
     Image.new("RGB", (40, 40)).save(image)
-    no_config = _predict("--ckpt", str(bare), "--images", str(image), "--out", str(tmp_path / "o.csv"))
-    assert no_config.returncode == 1 and no_config.stderr.startswith("linnaeus-predict: ")
-    assert "records no config" in no_config.stderr and "--cfg FILE" in no_config.stderr
-    with_cfg = _predict("--ckpt", str(bare), "--images", str(image), "--out", str(tmp_path / "o.csv"),
-                        "--cfg", str(REPO / "tests" / "configs" / "tiny.yaml"))
-    assert with_cfg.returncode == 1 and "records no taxonomy" in with_cfg.stderr, with_cfg.stderr[-2000:]
-    missing = _predict("--ckpt", str(trained), "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o.csv"))
-    assert missing.returncode == 1 and "no such image, folder or CSV file" in missing.stderr
-    bad = _predict("--ckpt", str(trained), "--images", str(image), "--out", str(tmp_path / "o.csv"),
-                   "--min-confidence", "kingdom=0.9")
-    assert bad.returncode == 1 and "'kingdom' is not a rank of this model" in bad.stderr
+    out = ["--out", str(tmp_path / "o.csv")]
+    cases = [
+        (["--ckpt", str(bare), "--images", str(image)], ["records no config", "--cfg FILE"]),
+        (["--ckpt", str(bare), "--images", str(image), "--cfg", str(REPO / "tests" / "configs" / "tiny.yaml")],
+         ["records no taxonomy"]),
+        (["--ckpt", str(trained), "--images", str(tmp_path / "nowhere")], ["no such image, folder or CSV file"]),
+        (["--ckpt", str(trained), "--images", str(image), "--min-confidence", "kingdom=0.9"],
+         ["'kingdom' is not a rank of this model"]),
+    ]
+    for args, expected in cases:
+        assert main(args + out) == 1, args
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("linnaeus-predict: ")]
+        assert len(errors) == 1 and all(e in errors[0] for e in expected), err[-2000:]
+        assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
@@ -153,3 +162,31 @@ def test_predict_from_an_export_matches_the_checkpoint(trained: Path, tmp_path: 
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert outs[0].read_text() == outs[1].read_text()
     assert "path_species" in outs[1].read_text().splitlines()[0]  # the tree came along
+
+
+def test_thresholds_solved_by_eval_answer_the_same_images_the_same_way_in_predict(trained: Path, toy_root: Path,
+                                                                                 tmp_path: Path) -> None:
+    out = trained.parents[2]
+    args = tiny_args(out, toy_root)
+    proc = subprocess.run([str(VENV_BIN / "linnaeus-eval"), *args[:2], "--ckpt", str(trained), "--out",
+                           str(tmp_path / "eval"), "--target-accuracy", "0.9", *args[2:]], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())["selective"]
+    solved = json.loads((tmp_path / "eval" / "thresholds.json").read_text())
+    assert solved["target_accuracy"] == 0.9 and solved["thresholds"] == report["thresholds"]
+    assert sum(report["share"].values()) == pytest.approx(1.0)
+    for rank, accuracy in report["accuracy"].items():  # on the data solved on, each answered rank meets it
+        assert accuracy >= 0.9 or report["share"][rank] == 0, (rank, report)
+    # predict over the same images with those thresholds gives the same answers
+    listed = tmp_path / "val.csv"
+    listed.write_text("path\n" + "".join(r["path"] + "\n" for r in
+                                         csv.DictReader((tmp_path / "eval" / "predictions.csv").open())))
+    preds = tmp_path / "preds.csv"
+    run = _predict("--ckpt", str(trained), "--images", str(listed), "--out", str(preds), "--workers", "0",
+                   "--min-confidence", f"@{tmp_path / 'eval' / 'thresholds.json'}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = list(csv.DictReader(preds.open()))
+    shares = {rank: sum(r["confident_rank"] == rank for r in rows) / len(rows) for rank in RANKS}
+    shares["none"] = sum(r["confident_rank"] == "" for r in rows) / len(rows)
+    assert shares == pytest.approx(report["share"], abs=1.5 / len(rows))  # a confidence at a threshold may round
