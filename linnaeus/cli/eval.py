@@ -29,12 +29,13 @@ from linnaeus.data.build import build_data
 from linnaeus.dist import distributed_session, get_rank, get_world_size, is_main_process, run_on_all_ranks, \
     select_device
 from linnaeus.engine.amp import build_amp
+from linnaeus.engine.class_report import confused_siblings, first_per_rank, per_class, write_csv
 from linnaeus.engine.evaluator import evaluate, summary_lines
 from linnaeus.engine.predictions import PredictionTable
 from linnaeus.engine.run_log import setup_logging
 from linnaeus.engine.selective import SelectiveStats, answered, solve_thresholds
 from linnaeus.models.build import build_model
-from linnaeus.runner.taxonomy_record import taxonomy_levels
+from linnaeus.runner.taxonomy_record import taxonomy_levels, taxonomy_parents
 from linnaeus.utils.checkpoint_utils import input_resolver
 
 logger = logging.getLogger("linnaeus")
@@ -106,6 +107,8 @@ def run_eval(cfg: CfgNode, ckpt: str, *, out: str = "", ema: bool = False, topk:
     if is_main_process():
         table.write(rows, out_dir / "predictions.csv")
         record = {"checkpoint": str(path), "ema": ema, "world_size": world_size, "metrics": metrics}
+        record.update(_class_report(rows, task_keys, taxonomy_levels(data.taxonomy), taxonomy_parents(data.taxonomy),
+                                    out_dir))
         if outcomes is not None:
             record["selective"] = _selective(outcomes, task_keys, target, out_dir)  # type: ignore[arg-type]
         (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -113,6 +116,22 @@ def run_eval(cfg: CfgNode, ckpt: str, *, out: str = "", ema: bool = False, topk:
                                f"Wrote {out_dir / 'metrics.json'} and {out_dir / 'predictions.csv'} "
                                f"({len(rows)} images)"]))
     return metrics
+
+
+def _class_report(rows: list[dict[str, Any]], task_keys: list[str], levels: dict[str, list[str]] | None,
+                  tree: dict[str, list[str]] | None, out_dir: Path) -> dict[str, Any]:
+    """per_class.csv and confused_siblings.csv, and the first of each in metrics.json and the log."""
+    parents = {k: dict(zip(levels[k], tree[k])) for k in tree} if levels and tree else {}
+    classes, pairs = per_class(rows, task_keys), confused_siblings(rows, task_keys, parents)
+    write_csv(classes, out_dir / "per_class.csv", ["rank", "class", "images", "right", "accuracy"])
+    write_csv(pairs, out_dir / "confused_siblings.csv", ["rank", "parent", "true", "predicted", "images"])
+    worst, confused = first_per_rank(classes, 5), first_per_rank(pairs, 5)
+    for rank in task_keys:
+        logger.info("%s: worst classes %s; most confused siblings %s", rank,
+                    ", ".join(f"{e['class']} {100 * e['accuracy']:.0f}% of {e['images']}" for e in worst.get(rank, [])),
+                    ", ".join(f"{e['true']} as {e['predicted']} ({e['images']})" for e in confused.get(rank, []))
+                    or "none")
+    return {"worst_classes": worst, "confused_siblings": confused}
 
 
 def _selective(outcomes: list, task_keys: list[str], target: float, out_dir: Path) -> dict[str, Any]:

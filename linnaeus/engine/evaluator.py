@@ -64,7 +64,15 @@ def _layout(task_keys: Sequence[str], num_classes: dict[str, int], with_tree: bo
     for k in task_keys:
         layout += [(f"{stat}/{k}", 1) for stat in ("loss", "known", "acc1", "acc5")]
         layout += [(f"class_total/{k}", num_classes[k]), (f"class_hit/{k}", num_classes[k])]
-    return layout + ([("consistent", 1), ("mistakes", 1), ("severity", 1)] if with_tree else [])
+        layout += [(f"calib_{stat}/{k}", CALIBRATION_BINS) for stat in ("n", "conf", "hit")]
+    tree = [("consistent", 1), ("mistakes", 1), ("severity", 1), ("hdist_n", 1)] + \
+        [(f"hdist@{k}", 1) for k in HDIST_K]
+    return layout + (tree if with_tree else [])
+
+
+# Equal-width confidence bins of the expected calibration error (Guo et al. 2017 use 15).
+CALIBRATION_BINS = 15
+HDIST_K = (1, 5)  # hierarchical distance@k (Bertinetto et al. 2020, "Making Better Mistakes")
 
 
 @torch.no_grad()
@@ -86,12 +94,16 @@ def evaluate(
 
     Returns, per level ``<k>``: ``<prefix>/loss/<k>`` (mean cross-entropy, no label smoothing),
     ``<prefix>/acc1/<k>``, ``<prefix>/acc5/<k>`` (top-min(5, classes)) and ``<prefix>/bacc/<k>``
-    (balanced accuracy: the mean over classes present in the data of each class's top-1 recall),
+    (balanced accuracy: the mean over classes present in the data of each class's top-1 recall) and
+    ``<prefix>/ece/<k>`` (expected calibration error of the prediction's probability, 15 equal-width
+    bins: the gap between confidence and accuracy, weighted by the share of images in each bin),
     all over that level's known labels; ``<prefix>/loss`` (weighted sum of the level losses,
     weights as in training) and ``<prefix>/samples``. With a ``hierarchy`` (and two levels or
     more) also ``<prefix>/consistency`` (fraction of images whose predictions form a path of the
-    tree) and ``<prefix>/mistake_severity`` (mean LCA height over leaf errors; absent without
-    errors, as a level's metrics are without known labels); see :mod:`linnaeus.data.hierarchy`.
+    tree), ``<prefix>/mistake_severity`` (mean LCA height over leaf errors; absent without
+    errors, as a level's metrics are without known labels) and ``<prefix>/hdist@1``, ``@5`` (the mean
+    LCA height between the true leaf and each of the leaf head's top-k classes, 0 for the right one:
+    how far off the k best guesses are); see :mod:`linnaeus.data.hierarchy`.
     ``consistent_decoding`` makes the top-1 predictions the most probable consistent path (needs
     ``hierarchy``); top-5 stays per level. ``on_batch(logits, preds, labels)`` sees every batch's
     float logits per level, top-1 predictions ``[B, levels]`` and labels, in the loader's order (what
@@ -142,12 +154,14 @@ def evaluate(
                 num_classes = sums.num_classes[k] = logits[k].shape[-1]
                 sums.add(f"class_total/{k}", torch.bincount(target[known], minlength=num_classes))
                 sums.add(f"class_hit/{k}", torch.bincount(target[hit], minlength=num_classes))
+                _add_calibration(sums, k, logits[k], preds[:, i], known, hit)
             if tree is not None:
                 sums.add("consistent", tree.consistent(preds).sum())
                 leaf, known_leaf = labels[:, 0], labels[:, 0] != IGNORE_INDEX
                 wrong = known_leaf & (preds[:, 0] != leaf)
                 sums.add("mistakes", wrong.sum())
                 sums.add("severity", tree.lca_height(preds[wrong, 0], leaf[wrong]).sum())
+                _add_hdist(sums, tree, logits[task_keys[0]][known_leaf], leaf[known_leaf])
     finally:
         model.train(was_training)
     sums.all_reduce(task_keys, tree is not None)
@@ -167,14 +181,37 @@ def evaluate(
         out[f"{prefix}/acc5/{k}"] = s[f"acc5/{k}"][0] / known
         recalls = [h / t for h, t in zip(s[f"class_hit/{k}"], s[f"class_total/{k}"]) if t > 0]
         out[f"{prefix}/bacc/{k}"] = sum(recalls) / len(recalls)
+        out[f"{prefix}/ece/{k}"] = sum(abs(c - h) for c, h in zip(s[f"calib_conf/{k}"], s[f"calib_hit/{k}"])) / known
     out[f"{prefix}/loss"] = sum(w * out[f"{prefix}/loss/{k}"] for k, w in zip(task_keys, weights)
                                 if f"{prefix}/loss/{k}" in out)
     if tree is not None:
         out[f"{prefix}/consistency"] = s["consistent"][0] / s["samples"][0]
         if s["mistakes"][0] > 0:
             out[f"{prefix}/mistake_severity"] = s["severity"][0] / s["mistakes"][0]
+        if s["hdist_n"][0] > 0:
+            out.update({f"{prefix}/hdist@{k}": s[f"hdist@{k}"][0] / s["hdist_n"][0] for k in HDIST_K})
     out[f"{prefix}/samples"] = float(s["samples"][0])
     return out
+
+
+def _add_calibration(sums: _Sums, key: str, logits: torch.Tensor, pred: torch.Tensor, known: torch.Tensor,
+                     hit: torch.Tensor) -> None:
+    """Per confidence bin: images, summed confidence, hits (over known labels) of one level."""
+    conf = logits.softmax(dim=-1).gather(1, pred.unsqueeze(1))[:, 0][known]
+    bins = (conf * CALIBRATION_BINS).long().clamp_(max=CALIBRATION_BINS - 1)
+    sums.add(f"calib_n/{key}", torch.bincount(bins, minlength=CALIBRATION_BINS))
+    sums.add(f"calib_conf/{key}", torch.zeros(CALIBRATION_BINS, device=conf.device, dtype=torch.float64)
+             .index_add_(0, bins, conf.double()))
+    sums.add(f"calib_hit/{key}", torch.bincount(bins[hit[known]], minlength=CALIBRATION_BINS))
+
+
+def _add_hdist(sums: _Sums, tree: Hierarchy, leaf_logits: torch.Tensor, leaf: torch.Tensor) -> None:
+    """Summed mean LCA height of the leaf head's top-k classes to the true leaf, per k."""
+    top = leaf_logits.topk(min(max(HDIST_K), leaf_logits.shape[-1]), dim=-1).indices  # [B, K]
+    heights = tree.lca_height(top.reshape(-1), leaf.repeat_interleave(top.shape[1])).reshape(top.shape).double()
+    sums.add("hdist_n", torch.tensor(leaf.shape[0], device=leaf.device))
+    for k in HDIST_K:
+        sums.add(f"hdist@{k}", heights[:, :k].mean(dim=1).sum())
 
 
 def summary_lines(metrics: dict[str, float], task_keys: Sequence[str], num_classes: dict[str, int],
@@ -185,10 +222,11 @@ def summary_lines(metrics: dict[str, float], task_keys: Sequence[str], num_class
     for k in task_keys:
         if f"{prefix}/acc1/{k}" not in metrics:
             continue
-        bacc = metrics.get(f"{prefix}/bacc/{k}")
+        bacc, ece = metrics.get(f"{prefix}/bacc/{k}"), metrics.get(f"{prefix}/ece/{k}")
         lines.append(f"{prefix} top-1 {k:>10}: {100 * metrics[f'{prefix}/acc1/{k}']:.1f}%   "
                      f"top-5: {100 * metrics[f'{prefix}/acc5/{k}']:.1f}%   "
                      + (f"balanced: {100 * bacc:.1f}%   " if bacc is not None else "")
+                     + (f"calibration error: {100 * ece:.1f}%   " if ece is not None else "")
                      + f"(chance {100 / num_classes[k]:.1f}%)")
     if f"{prefix}/consistency" in metrics:
         lines.append(f"{prefix} consistency:      {100 * metrics[f'{prefix}/consistency']:.1f}% of images predicted "
@@ -197,4 +235,7 @@ def summary_lines(metrics: dict[str, float], task_keys: Sequence[str], num_class
         lines.append(f"{prefix} mistake severity: {severity:.2f} levels to the common ancestor, mean over "
                      f"{task_keys[0]} errors" if severity is not None else
                      f"{prefix} mistake severity: no {task_keys[0]} errors")
+    if f"{prefix}/hdist@1" in metrics:
+        lines.append(f"{prefix} hierarchical distance of the top-1 / top-5 {task_keys[0]}: "
+                     f"{metrics[f'{prefix}/hdist@1']:.2f} / {metrics[f'{prefix}/hdist@5']:.2f} levels")
     return lines

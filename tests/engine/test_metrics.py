@@ -248,3 +248,37 @@ def test_metrics_are_exact_across_ranks_even_for_a_rank_without_samples(tmp_path
         assert r0[n].keys() == single.keys(), n
         for k, v in single.items():
             assert r0[n][k] == pytest.approx(v), (n, k)
+
+
+# ------------------------------------------------------------------ what a taxonomist reads
+def test_hierarchical_distance_at_k_is_the_mean_lca_height_of_the_k_best_guesses():
+    tax = taxonomy()
+    species = tax.num_classes["species"]
+    # One image of s1: its leaf head ranks s2 (same genus, 1), s1 (right, 0), s4 (other family, 3), s3 (2), s5 (4).
+    order = ["s2", "s1", "s4", "s3", "s5"]
+    logits = one_hot_logits([path("s2")])
+    logits["species"] = torch.zeros(1, species)
+    for rank, name in enumerate(order):
+        logits["species"][0, tax.labels(name)[0]] = 10.0 - rank
+    out = run_eval(logits, torch.tensor([path("s1")]))
+    assert out["val/hdist@1"] == pytest.approx(1.0)
+    assert out["val/hdist@5"] == pytest.approx((1 + 0 + 3 + 2 + 4) / 5)
+
+
+def test_expected_calibration_error_is_the_weighted_gap_between_confidence_and_accuracy():
+    tax = taxonomy()
+    truth = ["s1", "s1", "s1", "s1"]
+    # Species probabilities of the predicted class: 0.9 (right), 0.9 (wrong), 0.3 (right), 0.3 (wrong).
+    logits = one_hot_logits([path("s1")] * 4)
+    n = tax.num_classes["species"]
+    rows = []
+    for p, cls in ((0.9, "s1"), (0.9, "s2"), (0.3, "s1"), (0.3, "s2")):
+        probs = torch.full((n,), (1 - p) / (n - 1))
+        probs[tax.labels(cls)[0]] = p
+        rows.append(probs.log())
+    logits["species"] = torch.stack(rows)
+    out = run_eval(logits, torch.tensor([path(s) for s in truth]))
+    # bin 0.9: confidence 0.9, accuracy 0.5 (gap 0.4); bin 0.3: confidence 0.3, accuracy 0.5 (gap 0.2); equal weight
+    assert out["val/ece/species"] == pytest.approx((0.4 + 0.2) / 2, abs=1e-6)
+    assert out["val/ece/genus"] >= 0 and "calibration error" in "\n".join(
+        summary_lines(out, list(KEYS), tax.num_classes))
