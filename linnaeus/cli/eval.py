@@ -35,6 +35,7 @@ from linnaeus.engine.predictions import PredictionTable
 from linnaeus.engine.run_log import setup_logging
 from linnaeus.engine.selective import SelectiveStats, answered, solve_thresholds
 from linnaeus.models.build import build_model
+from linnaeus.report.evaluation import write_evaluation_report
 from linnaeus.runner.taxonomy_record import taxonomy_levels, taxonomy_parents
 from linnaeus.utils.checkpoint_utils import input_resolver
 
@@ -92,37 +93,39 @@ def run_eval(cfg: CfgNode, ckpt: str, *, out: str = "", ema: bool = False, topk:
     task_keys = list(cfg.DATA.TASK_KEYS)
     table = PredictionTable(task_keys, {k: data.taxonomy.names(k) for k in task_keys},
                             list(data.val_loader.sampler), data.val_dataset.path, topk=topk)
-    selective = SelectiveStats(task_keys, data.hierarchy) if target is not None else None
+    selective = SelectiveStats(task_keys, data.hierarchy)  # the risk-coverage figure; thresholds with a target
 
     def on_batch(*batch: Any) -> None:
         table(*batch)
-        if selective is not None:
-            selective(*batch)
+        selective(*batch)
 
     autocast, _ = build_amp(cfg, device)
     metrics = evaluate(model, data.val_loader, task_keys, device, autocast=autocast, hierarchy=data.hierarchy,
                        consistent_decoding=cfg.EVAL.CONSISTENT_DECODING, on_batch=on_batch)
     rows = table.gather()
-    outcomes = selective.gather() if selective is not None else None
+    outcomes = selective.gather()
     if is_main_process():
         table.write(rows, out_dir / "predictions.csv")
         record = {"checkpoint": str(path), "ema": ema, "world_size": world_size, "metrics": metrics}
-        record.update(_class_report(rows, task_keys, taxonomy_levels(data.taxonomy), taxonomy_parents(data.taxonomy),
-                                    out_dir))
-        if outcomes is not None:
-            record["selective"] = _selective(outcomes, task_keys, target, out_dir)  # type: ignore[arg-type]
+        classes = per_class(rows, task_keys)
+        record.update(_class_report(rows, classes, task_keys, taxonomy_levels(data.taxonomy),
+                                    taxonomy_parents(data.taxonomy), out_dir))
+        if target is not None:
+            record["selective"] = _selective(outcomes, task_keys, target, out_dir)
         (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        written = write_evaluation_report(out_dir, record, rows, outcomes, classes, task_keys,
+                                          run_dir(cfg) / "tensorboard")
         logger.info("\n".join(["", *summary_lines(metrics, task_keys, data.taxonomy.num_classes),
-                               f"Wrote {out_dir / 'metrics.json'} and {out_dir / 'predictions.csv'} "
-                               f"({len(rows)} images)"]))
+                               f"Wrote {out_dir}: metrics.json, predictions.csv ({len(rows)} images), per_class.csv, "
+                               f"confused_siblings.csv, {', '.join(p.name for p in written.values())}"]))
     return metrics
 
 
-def _class_report(rows: list[dict[str, Any]], task_keys: list[str], levels: dict[str, list[str]] | None,
-                  tree: dict[str, list[str]] | None, out_dir: Path) -> dict[str, Any]:
+def _class_report(rows: list[dict[str, Any]], classes: list[dict[str, Any]], task_keys: list[str],
+                  levels: dict[str, list[str]] | None, tree: dict[str, list[str]] | None, out_dir: Path) -> dict[str, Any]:
     """per_class.csv and confused_siblings.csv, and the first of each in metrics.json and the log."""
     parents = {k: dict(zip(levels[k], tree[k])) for k in tree} if levels and tree else {}
-    classes, pairs = per_class(rows, task_keys), confused_siblings(rows, task_keys, parents)
+    pairs = confused_siblings(rows, task_keys, parents)
     write_csv(classes, out_dir / "per_class.csv", ["rank", "class", "images", "right", "accuracy"])
     write_csv(pairs, out_dir / "confused_siblings.csv", ["rank", "parent", "true", "predicted", "images"])
     worst, confused = first_per_rank(classes, 5), first_per_rank(pairs, 5)

@@ -1,0 +1,1 @@
+"""What an evaluation shows a person: figures (matplotlib, Agg) and a self-contained HTML report."""
