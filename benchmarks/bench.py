@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 # starts with "torchrun". Cheapest first.
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "runner_overhead": (["runner_overhead.py"], ["runner_overhead.py", "--rounds", "2"]),
+    "eval_throughput": (["eval_throughput.py", "--rounds", "20"], ["eval_throughput.py", "--rounds", "2"]),
     "data_throughput": (["data_throughput.py"], ["data_throughput.py", "--rounds", "1", "--per-species", "4"]),
     "resolve": (["resolve.py"], ["resolve.py", "--files", "1000", "--size-mb", "16", "--repeats", "1"]),
     "checkpoint_io_100": (["checkpoint_io.py", "--size-mb", "100", "--repeats", "5"],
