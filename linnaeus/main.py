@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any, Sequence
 
@@ -28,6 +29,7 @@ from linnaeus.engine.progress import Progress, steps_per_epoch
 from linnaeus.engine.run_log import build_tb_writer, setup_logging
 from linnaeus.engine.trainer import Trainer
 from linnaeus.models.build import build_model
+from linnaeus.runner import dry_run
 from linnaeus.runner.checkpoints import RunCheckpoints
 from linnaeus.runner.deadline import Deadline
 from linnaeus.runner.healing import SelfHealing, TrainingDivergedError, build_healing
@@ -49,6 +51,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-only", action="store_true",
                    help="evaluate the checkpoint the run would resume from (TRAIN.RESUME, else the run's latest) "
                         "as linnaeus-eval does, and exit without training")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what the launch would do (resume point, world size, steps per epoch, checkpoint "
+                        "schedule), train two steps of it in a temporary directory, write nothing to the run dir")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides, e.g. TRAIN.EPOCHS 20")
     return p.parse_args(argv)
 
@@ -65,7 +70,21 @@ def cli(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.eval_only:  # no lock, nothing written to checkpoints/: it may run beside the training run
         return eval_main(["--cfg", args.cfg, "--ckpt", cfg.TRAIN.RESUME or "latest", "--opts", *args.opts])
+    if args.dry_run:
+        return _dry_run(cfg)
     run(cfg)
+    return 0
+
+
+def _dry_run(cfg: CfgNode) -> int:
+    lines, point = dry_run.plan(cfg)
+    speaks = int(os.environ.get("RANK", "0")) == 0
+    if speaks:
+        print("\n".join(["Dry run. The launch would do:", *(f"  {line}" for line in lines)]), flush=True)
+    scratch = dry_run.try_it(cfg, point, run)
+    if speaks:
+        print(f"Dry run: {dry_run.DRY_RUN_STEPS} steps trained, validated and saved in {scratch} (removed); nothing "
+              f"was written to {run_dir(cfg)}.", flush=True)
     return 0
 
 

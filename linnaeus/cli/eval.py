@@ -21,9 +21,8 @@ from typing import Any, Sequence
 
 from yacs.config import CfgNode
 
-from linnaeus.checkpoint import CheckpointError, list_checkpoints
+from linnaeus.checkpoint import CheckpointError
 from linnaeus.checkpoint.loading import load_weights, read_weights
-from linnaeus.checkpoint.resume import locate_run_target, parse_run_target
 from linnaeus.config import ConfigError, load_config, run_dir
 from linnaeus.data.build import build_data
 from linnaeus.dist import distributed_session, get_rank, get_world_size, is_main_process, run_on_all_ranks, \
@@ -36,8 +35,8 @@ from linnaeus.engine.run_log import setup_logging
 from linnaeus.engine.selective import SelectiveStats, answered, solve_thresholds
 from linnaeus.models.build import build_model
 from linnaeus.report.evaluation import write_evaluation_report
+from linnaeus.runner.locate import locate_checkpoint
 from linnaeus.runner.taxonomy_record import taxonomy_levels, taxonomy_parents
-from linnaeus.utils.checkpoint_utils import input_resolver
 
 logger = logging.getLogger("linnaeus")
 
@@ -150,34 +149,6 @@ def _selective(outcomes: list, task_keys: list[str], target: float, out_dir: Pat
                 "n/a" if report["answered_accuracy"] is None else f"{100 * report['answered_accuracy']:.1f}%",
                 out_dir / "thresholds.json")
     return report
-
-
-def locate_checkpoint(cfg: CfgNode, identifier: str) -> Path:
-    """The local checkpoint ``identifier`` names: the config's run's ``latest``, ``best`` or ``step:N``, a run
-    dir (its latest), or anything ``MODEL.PRETRAINED`` accepts (path, bare name, URI)."""
-    checkpoints = run_dir(cfg) / "checkpoints"
-    if identifier == "best":
-        return _best(cfg, checkpoints)
-    target = parse_run_target(identifier)
-    if target is not None:
-        return locate_run_target(target, checkpoints)
-    given = Path(identifier).expanduser()
-    for directory in (given / "checkpoints", given):  # a run dir, or its checkpoints/
-        if (directory / "latest").is_file():
-            return locate_run_target(parse_run_target("latest"), directory)  # type: ignore[arg-type]
-    return input_resolver(cfg.ENV.INPUT)(identifier)
-
-
-def _best(cfg: CfgNode, directory: Path) -> Path:
-    monitor = cfg.CHECKPOINT.MONITOR
-    if not monitor:
-        raise CheckpointError("--ckpt best: the config sets no CHECKPOINT.MONITOR to rank checkpoints by; name the "
-                              "checkpoint, or pass --opts CHECKPOINT.MONITOR val/acc1/<rank>.")
-    rated = [i for i in list_checkpoints(directory) if i.committed and i.metric(monitor) is not None]
-    if not rated:
-        raise CheckpointError(f"--ckpt best: no committed checkpoint in {directory} records {monitor}.")
-    pick = max if cfg.CHECKPOINT.MODE == "max" else min
-    return pick(rated, key=lambda i: i.metric(monitor)).path  # type: ignore[arg-type, return-value]
 
 
 def _load(model: Any, path: Path, *, ema: bool, expected: dict[str, list[str]] | None) -> None:

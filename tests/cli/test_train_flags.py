@@ -1,10 +1,12 @@
-"""``tools/train.py --print-config`` (the resolved config, credentials redacted, nothing created) and
-``--eval-only`` (the resume point evaluated as linnaeus-eval does, nothing trained)."""
+"""``tools/train.py --print-config`` (the resolved config, credentials redacted, nothing created),
+``--eval-only`` (the resume point evaluated as linnaeus-eval does, nothing trained) and ``--dry-run``
+(what the launch would do, tried in a temporary directory, nothing written to the run dir)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +43,25 @@ def test_eval_only_evaluates_the_runs_latest_checkpoint_and_trains_nothing(tmp_p
     stored = torch.load(tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_1.pth", weights_only=True)
     assert record["metrics"] == {k: v for k, v in stored["metrics"]["history"][-1].items() if k not in ("epoch", "step")}
     assert sorted(p.name for p in (tmp_path / "tiny" / "checkpoints").iterdir()) == checkpoints
+
+
+def test_dry_run_says_what_the_launch_would_do_tries_it_and_writes_nothing(tmp_path: Path, toy_root: Path) -> None:
+    run_train(tmp_path, toy_root, "TRAIN.EPOCHS", "1")
+    run = tmp_path / "tiny"
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    stored = torch.load(run / "checkpoints" / "checkpoint_epoch_1.pth", weights_only=True)["progress"]
+    args = tiny_args(tmp_path, toy_root, "TRAIN.EPOCHS", "3")
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), *args[:2], "--dry-run", *args[2:]],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert f"Run dir: {run} (exists)" in out and "World size: 1; strategy ddp" in out
+    assert f"-> {stored['step']} optimizer steps per epoch, 3 epochs" in out  # one epoch trained: its steps
+    assert (f"Start: resume from {run / 'checkpoints' / 'checkpoint_epoch_1.pth'} (epoch 1, step {stored['step']}); "
+            "2 epoch(s) left") in out
+    assert "Checkpoints: every 1ep as checkpoint_epoch_{epoch}.pth" in out
+    assert "Dry run: 2 steps trained, validated and saved in" in out
+    scratch = re.search(r"saved in (\S+) \(removed\)", out).group(1)
+    assert not Path(scratch).exists()
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before  # not a byte written, added or removed in the run dir
