@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +26,8 @@ from linnaeus.checkpoint import CheckpointError
 from linnaeus.checkpoint.loading import load_weights, read_weights
 from linnaeus.config import ConfigError, load_config, run_dir
 from linnaeus.data.build import build_data
+from linnaeus.data.other_split import eval_loader, labelled_against, read_split
+from linnaeus.data.transforms import build_transforms
 from linnaeus.dist import distributed_session, get_rank, get_world_size, is_main_process, run_on_all_ranks, \
     select_device
 from linnaeus.engine.amp import build_amp
@@ -47,6 +50,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt", required=True,
                    help="'latest', 'best' (by CHECKPOINT.MONITOR) or 'step:N' of the config's run; a run dir; a "
                         "checkpoint's path, bare name (cache, then bucket) or URI; a sharded checkpoint's directory")
+    p.add_argument("--data", default="", help="evaluate on this iNaturalist JSON or CSV manifest instead of the "
+                                              "config's validation split (labels matched by class name)")
+    p.add_argument("--data-root", default="", help="where --data's image paths start (default: its folder)")
     p.add_argument("--out", default="", help="output folder (default: <run dir>/eval/<checkpoint>[_ema])")
     p.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights")
     p.add_argument("--topk", type=int, default=5, help="classes listed per rank in predictions.csv")
@@ -66,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         with distributed_session(cfg.TRAIN.COLLECTIVE_TIMEOUT_S):
-            run_eval(cfg, args.ckpt, out=args.out, ema=args.ema, topk=args.topk, target=args.target_accuracy)
+            run_eval(cfg, args.ckpt, out=args.out, ema=args.ema, topk=args.topk, target=args.target_accuracy,
+                     data_file=args.data, data_root=args.data_root)
     except (CheckpointError, ValueError) as e:
         print(f"linnaeus-eval: {e}", file=sys.stderr)
         return 1
@@ -74,19 +81,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_eval(cfg: CfgNode, ckpt: str, *, out: str = "", ema: bool = False, topk: int = 5,
-             target: float | None = None) -> dict[str, Any]:
-    """Evaluate checkpoint ``ckpt`` on ``cfg``'s validation split; returns the metrics (every rank)."""
+             target: float | None = None, data_file: str = "", data_root: str = "") -> dict[str, Any]:
+    """Evaluate checkpoint ``ckpt`` on ``cfg``'s validation split (or the manifest ``data_file``); returns
+    the metrics (every rank)."""
     rank, world_size, device = get_rank(), get_world_size(), select_device()
     path = run_on_all_ranks(lambda: locate_checkpoint(cfg, ckpt), f"locating checkpoint {ckpt!r}", CheckpointError)
-    out_dir = Path(out) if out else run_dir(cfg) / "eval" / (path.name.split(".")[0] + ("_ema" if ema else ""))
+    name = path.name.split(".")[0] + ("_ema" if ema else "") + (f"_{Path(data_file).stem}" if data_file else "")
+    out_dir = Path(out) if out else run_dir(cfg) / "eval" / name
     out_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(out_dir, rank)
     logger.info("Evaluating %s%s (world size %d, device %s)", path, " (EMA weights)" if ema else "", world_size, device)
 
-    data = build_data(cfg, rank, world_size)
+    data = build_data(cfg, rank, world_size)  # its taxonomy is the model's: the data evaluated is labelled in it
+    evaluated = {"file": "the config's validation split"}
+    if data_file:
+        data, evaluated = _other_data(cfg, data, data_file, data_root, rank, world_size)
     if data.val_loader is None:
         raise ValueError(f"the config's data has no validation split to evaluate on (DATA.ROOT {cfg.DATA.ROOT}, "
-                         f"DATA.VAL_FRACTION {cfg.DATA.VAL_FRACTION}).")
+                         f"DATA.VAL_FRACTION {cfg.DATA.VAL_FRACTION}); pass --data FILE.")
     model = build_model(cfg, data.taxonomy.num_classes).to(device)
     _load(model, path, ema=ema, expected=taxonomy_levels(data.taxonomy))
     task_keys = list(cfg.DATA.TASK_KEYS)
@@ -105,7 +117,7 @@ def run_eval(cfg: CfgNode, ckpt: str, *, out: str = "", ema: bool = False, topk:
     outcomes = selective.gather()
     if is_main_process():
         table.write(rows, out_dir / "predictions.csv")
-        record = {"checkpoint": str(path), "ema": ema, "world_size": world_size, "metrics": metrics}
+        record = {"checkpoint": str(path), "ema": ema, "world_size": world_size, "data": evaluated, "metrics": metrics}
         classes = per_class(rows, task_keys)
         record.update(_class_report(rows, classes, task_keys, taxonomy_levels(data.taxonomy),
                                     taxonomy_parents(data.taxonomy), out_dir))
@@ -118,6 +130,19 @@ def run_eval(cfg: CfgNode, ckpt: str, *, out: str = "", ema: bool = False, topk:
                                f"Wrote {out_dir}: metrics.json, predictions.csv ({len(rows)} images), per_class.csv, "
                                f"confused_siblings.csv, {', '.join(p.name for p in written.values())}"]))
     return metrics
+
+
+def _other_data(cfg: CfgNode, data: Any, data_file: str, data_root: str, rank: int,
+                world_size: int) -> tuple[Any, dict[str, Any]]:
+    """``data`` with its validation split replaced by the manifest ``data_file``, labelled by class name."""
+    manifest = read_split(data_file, data_root or None, cfg.DATA.TASK_KEYS)
+    dataset, outside = labelled_against(manifest, data.taxonomy, build_transforms(cfg)[1], int(cfg.EXPERIMENT.SEED))
+    if outside:
+        logger.warning("%s: images whose class the model's taxonomy lacks, per rank: %s (left out of that rank's "
+                       "metrics)", data_file, outside)
+    loader = eval_loader(dataset, cfg.EVAL.BATCH_SIZE or cfg.DATA.BATCH_SIZE, rank, world_size, cfg.DATA.NUM_WORKERS)
+    return replace(data, val_loader=loader, val_dataset=dataset), {"file": str(data_file), "images": len(dataset),
+                                                                    "outside_taxonomy": outside}
 
 
 def _class_report(rows: list[dict[str, Any]], classes: list[dict[str, Any]], task_keys: list[str],

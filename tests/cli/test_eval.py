@@ -131,3 +131,29 @@ def _eval_here(out: Path, toy_root: Path, *args: str, opts: tuple[str, ...] = OP
 
     cfg_args = tiny_args(out, toy_root, *opts)
     return main(cfg_args[:2] + list(args) + cfg_args[2:])
+
+
+def test_eval_on_a_manifest_labels_it_by_class_name_and_counts_classes_outside_the_taxonomy(
+        trained: Path, toy_root: Path, tmp_path: Path) -> None:
+    reference = trained / "reference"
+    assert _eval(trained, toy_root, "--ckpt", "latest", "--out", str(reference)).returncode == 0
+    rows = list(csv.DictReader((reference / "predictions.csv").open()))
+    expected = json.loads((reference / "metrics.json").read_text())["metrics"]
+    manifest = tmp_path / "split.csv"  # the same images and labels as a CSV manifest, paths under --data-root
+    with manifest.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "species", "genus", "family"])
+        for i, r in enumerate(rows):
+            species = "Species novus" if i < 2 else r["species_true"]  # two images of a species the model lacks
+            writer.writerow([Path(r["path"]).relative_to(toy_root), species, r["genus_true"], r["family_true"]])
+    proc = _eval(trained, toy_root, "--ckpt", "latest", "--data", str(manifest), "--data-root", str(toy_root),
+                 "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert record["data"] == {"file": str(manifest), "images": len(rows), "outside_taxonomy": {"species": 2}}
+    metrics = record["metrics"]
+    for k, v in expected.items():  # the other ranks' numbers are the validation split's, exactly
+        if "species" not in k and k not in ("val/loss", "val/mistake_severity", "val/hdist@1", "val/hdist@5"):
+            assert metrics[k] == v, k
+    hits = sum(r["species_pred"] == r["species_true"] for r in rows[2:])
+    assert metrics["val/acc1/species"] == pytest.approx(hits / (len(rows) - 2), abs=1e-12)
