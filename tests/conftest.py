@@ -66,6 +66,20 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+# The options of the shared trained run (trained_tiny): an EMA to evaluate, a metric to pick the best by.
+TRAINED_OPTS = ("TRAIN.EMA.ENABLED", "True", "CHECKPOINT.MONITOR", "val/acc1/species")
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
+    """ENV.OUTPUT.BASE_DIR of one finished 2-epoch run of the tiny config with TRAINED_OPTS, trained once per
+    test process, for the commands that use a trained model (eval, predict, the report, --eval-only,
+    --dry-run). They may add files under its run dir (eval/), never change its checkpoints."""
+    out = tmp_path_factory.mktemp("trained")
+    run_train(out, toy_root, *TRAINED_OPTS)
+    return out
+
+
 def train_cmd(nproc: int = 1) -> list[str]:
     if nproc == 1:
         return [sys.executable, str(REPO / "tools" / "train.py")]

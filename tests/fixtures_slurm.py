@@ -8,7 +8,6 @@ Import the fixture into a test module with ``from tests.fixtures_slurm import sl
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,26 +18,15 @@ from typing import Iterator
 
 import pytest
 
+from tests.apt_packages import ensure_installed
 from tests.fixtures_rclone import free_port
 
 PACKAGES = ("slurm-wlm", "munge")
 
 
 def _install() -> None:
-    """apt-get the packages (the project brings its own tools: a fresh machine has none of them)."""
-    if all(shutil.which(b) for b in ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")):
-        return
-    if os.geteuid() != 0:
-        pytest.fail(f"Slurm is not installed and this user cannot install it: run `apt-get install {' '.join(PACKAGES)}`"
-                    " as root (the Slurm tests need the real daemons).")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    if proc.returncode != 0:  # a fresh machine may have no package lists yet
-        subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env, timeout=600)
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    ensure_installed(PACKAGES, ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol"),
+                     "the Slurm tests need the real daemons")
 
 
 @dataclass

@@ -13,17 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, VENV_BIN, run_train, tiny_args
+from tests.conftest import REPO, TRAINED_OPTS, VENV_BIN, run_train, tiny_args
 
 EVAL = VENV_BIN / "linnaeus-eval"
-OPTS = ("TRAIN.EMA.ENABLED", "True", "CHECKPOINT.MONITOR", "val/acc1/species")
+OPTS = TRAINED_OPTS
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
-    out = tmp_path_factory.mktemp("eval")
-    run_train(out, toy_root, *OPTS)
-    return out
+def trained(trained_tiny: Path) -> Path:
+    return trained_tiny
 
 
 def _eval(out: Path, toy_root: Path, *args: str, nproc: int = 1, opts: tuple[str, ...] = OPTS

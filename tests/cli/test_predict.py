@@ -16,17 +16,21 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import REPO, VENV_BIN, run_train, tiny_args
+from tests.conftest import REPO, TRAINED_OPTS, VENV_BIN, tiny_args
 
 PREDICT = VENV_BIN / "linnaeus-predict"
 RANKS = ("species", "genus", "family")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
-    out = tmp_path_factory.mktemp("predict")
-    run_train(out, toy_root)
-    return out / "tiny" / "checkpoints" / "checkpoint_epoch_2.pth"
+def trained(trained_tiny: Path) -> Path:
+    return trained_tiny / "tiny" / "checkpoints" / "checkpoint_epoch_2.pth"
+
+
+@pytest.fixture(scope="module")
+def reference(trained: Path, toy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """linnaeus-eval's predictions.csv for the trained run (the reference probabilities), computed once."""
+    return _eval_rows(trained, toy_root, tmp_path_factory.mktemp("reference"))
 
 
 def _predict(*args: str) -> subprocess.CompletedProcess:
@@ -53,8 +57,8 @@ def _photos(folder: Path, source: Path) -> None:
     (folder / "notes.txt").write_text("not an image")
 
 
-def test_predict_on_a_folder_of_photos_row_by_row(trained: Path, toy_root: Path, tmp_path: Path) -> None:
-    val_image = Path(next(csv.DictReader(_eval_rows(trained, toy_root, tmp_path).open()))["path"])
+def test_predict_on_a_folder_of_photos_row_by_row(trained: Path, reference: Path, tmp_path: Path) -> None:
+    val_image = Path(next(csv.DictReader(reference.open()))["path"])
     _photos(tmp_path / "photos", val_image)
     listed = tmp_path / "list.csv"
     listed.write_text("path,comment\nphotos/a.png,relative to the CSV\n")
@@ -93,7 +97,7 @@ def test_predict_on_a_folder_of_photos_row_by_row(trained: Path, toy_root: Path,
 def _eval_rows(trained: Path, toy_root: Path, tmp_path: Path) -> Path:
     """linnaeus-eval's predictions.csv for the trained run (the reference probabilities)."""
     out = trained.parents[2]
-    args = tiny_args(out, toy_root)
+    args = tiny_args(out, toy_root, *TRAINED_OPTS)
     proc = subprocess.run([str(VENV_BIN / "linnaeus-eval"), *args[:2], "--ckpt", str(trained), "--out",
                            str(tmp_path / "eval"), *args[2:]], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -101,9 +105,9 @@ def _eval_rows(trained: Path, toy_root: Path, tmp_path: Path) -> Path:
     return tmp_path / "eval" / "predictions.csv"
 
 
-def test_predict_gives_evals_probabilities_for_a_validation_image(trained: Path, toy_root: Path,
+def test_predict_gives_evals_probabilities_for_a_validation_image(trained: Path, reference: Path,
                                                                   tmp_path: Path) -> None:
-    reference = next(csv.DictReader(_eval_rows(trained, toy_root, tmp_path).open()))
+    reference = next(csv.DictReader(reference.open()))  # type: ignore[assignment]
     out = tmp_path / "one.csv"
     proc = _predict("--ckpt", str(trained), "--images", reference["path"], "--out", str(out), "--workers", "0")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -167,7 +171,7 @@ def test_predict_from_an_export_matches_the_checkpoint(trained: Path, tmp_path: 
 def test_thresholds_solved_by_eval_answer_the_same_images_the_same_way_in_predict(trained: Path, toy_root: Path,
                                                                                  tmp_path: Path) -> None:
     out = trained.parents[2]
-    args = tiny_args(out, toy_root)
+    args = tiny_args(out, toy_root, *TRAINED_OPTS)
     proc = subprocess.run([str(VENV_BIN / "linnaeus-eval"), *args[:2], "--ckpt", str(trained), "--out",
                            str(tmp_path / "eval"), "--target-accuracy", "0.9", *args[2:]], cwd=REPO,
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from linnaeus.config import config_yaml, load_config
-from tests.conftest import REPO, TINY_CFG, run_train, tiny_args
+from tests.conftest import REPO, TINY_CFG, TRAINED_OPTS, tiny_args
 
 
 def test_print_config_prints_the_resolved_yaml_redacted_and_creates_nothing(tmp_path: Path) -> None:
@@ -32,33 +32,32 @@ def test_print_config_prints_the_resolved_yaml_redacted_and_creates_nothing(tmp_
     assert not (tmp_path / "out").exists()  # no run dir, no log, no lock
 
 
-def test_eval_only_evaluates_the_runs_latest_checkpoint_and_trains_nothing(tmp_path: Path, toy_root: Path) -> None:
-    run_train(tmp_path, toy_root, "TRAIN.EPOCHS", "1")
-    checkpoints = sorted(p.name for p in (tmp_path / "tiny" / "checkpoints").iterdir())
-    args = tiny_args(tmp_path, toy_root, "TRAIN.EPOCHS", "3")  # more epochs asked: still nothing trained
+def test_eval_only_evaluates_the_runs_latest_checkpoint_and_trains_nothing(trained_tiny: Path, toy_root: Path) -> None:
+    run = trained_tiny / "tiny"
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    args = tiny_args(trained_tiny, toy_root, *TRAINED_OPTS, "TRAIN.EPOCHS", "4")  # more epochs: still none trained
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), *args[:2], "--eval-only", *args[2:]],
                           cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads((tmp_path / "tiny" / "eval" / "checkpoint_epoch_1" / "metrics.json").read_text())
-    stored = torch.load(tmp_path / "tiny" / "checkpoints" / "checkpoint_epoch_1.pth", weights_only=True)
+    record = json.loads((run / "eval" / "checkpoint_epoch_2" / "metrics.json").read_text())
+    stored = torch.load(run / "checkpoints" / "checkpoint_epoch_2.pth", weights_only=True)
     assert record["metrics"] == {k: v for k, v in stored["metrics"]["history"][-1].items() if k not in ("epoch", "step")}
-    assert sorted(p.name for p in (tmp_path / "tiny" / "checkpoints").iterdir()) == checkpoints
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == checkpoints
 
 
-def test_dry_run_says_what_the_launch_would_do_tries_it_and_writes_nothing(tmp_path: Path, toy_root: Path) -> None:
-    run_train(tmp_path, toy_root, "TRAIN.EPOCHS", "1")
-    run = tmp_path / "tiny"
+def test_dry_run_says_what_the_launch_would_do_tries_it_and_writes_nothing(trained_tiny: Path, toy_root: Path) -> None:
+    run = trained_tiny / "tiny"
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    stored = torch.load(run / "checkpoints" / "checkpoint_epoch_1.pth", weights_only=True)["progress"]
-    args = tiny_args(tmp_path, toy_root, "TRAIN.EPOCHS", "3")
+    stored = torch.load(run / "checkpoints" / "checkpoint_epoch_2.pth", weights_only=True)["progress"]
+    args = tiny_args(trained_tiny, toy_root, *TRAINED_OPTS, "TRAIN.EPOCHS", "3")
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), *args[:2], "--dry-run", *args[2:]],
                           cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert f"Run dir: {run} (exists)" in out and "World size: 1; strategy ddp" in out
-    assert f"-> {stored['step']} optimizer steps per epoch, 3 epochs" in out  # one epoch trained: its steps
-    assert (f"Start: resume from {run / 'checkpoints' / 'checkpoint_epoch_1.pth'} (epoch 1, step {stored['step']}); "
-            "2 epoch(s) left") in out
+    assert f"-> {stored['step'] // 2} optimizer steps per epoch, 3 epochs" in out  # two epochs trained
+    assert (f"Start: resume from {run / 'checkpoints' / 'checkpoint_epoch_2.pth'} (epoch 2, step {stored['step']}); "
+            "1 epoch(s) left") in out
     assert "Checkpoints: every 1ep as checkpoint_epoch_{epoch}.pth" in out
     assert "Dry run: 2 steps trained, validated and saved in" in out
     scratch = re.search(r"saved in (\S+) \(removed\)", out).group(1)
