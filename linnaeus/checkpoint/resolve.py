@@ -79,8 +79,9 @@ class BucketConfig:
         if not isinstance(cfg, Mapping):
             raise TypeError(f"bucket config must be a mapping/yacs node or BucketConfig, got {type(cfg).__name__}.")
         lower = {str(k).lower(): v for k, v in cfg.items()}
-        # on_failure: the uploader's policy, which shares the run's output bucket node (ENV.OUTPUT.BUCKET).
-        unknown = set(lower) - {"enabled", "remote", "name", "path_prefix", "on_failure"}
+        # The uploader's settings, which share the run's output bucket node (ENV.OUTPUT.BUCKET).
+        unknown = set(lower) - {"enabled", "remote", "name", "path_prefix", "on_failure", "upload_retries",
+                                "retry_after_s"}
         if unknown:
             raise ValueError(f"bucket config: unknown keys {sorted(unknown)}; expected ENABLED, REMOTE, NAME, PATH_PREFIX.")
         return cls(

@@ -21,6 +21,9 @@ _BUCKETS = (("ENV.INPUT.BUCKET", "looks up bare checkpoint names"), ("ENV.OUTPUT
 def validate_buckets(cfg: CN) -> None:
     """Raise ConfigError for an enabled bucket with neither a remote nor B2 credentials, or an unknown
     upload-failure policy."""
+    if cfg.ENV.OUTPUT.BUCKET.UPLOAD_RETRIES < 1 or cfg.ENV.OUTPUT.BUCKET.RETRY_AFTER_S <= 0:
+        raise ConfigError(f"ENV.OUTPUT.BUCKET.UPLOAD_RETRIES must be >= 1 and ENV.OUTPUT.BUCKET.RETRY_AFTER_S > 0, got "
+                          f"{cfg.ENV.OUTPUT.BUCKET.UPLOAD_RETRIES} and {cfg.ENV.OUTPUT.BUCKET.RETRY_AFTER_S}.")
     if cfg.ENV.OUTPUT.BUCKET.ON_FAILURE not in ("stop", "warn"):
         raise ConfigError(f"ENV.OUTPUT.BUCKET.ON_FAILURE must be 'stop' (a failed upload ends the run) or 'warn' "
                           f"(training goes on, the upload is retried), got {cfg.ENV.OUTPUT.BUCKET.ON_FAILURE!r}.")

@@ -45,6 +45,10 @@ _C.ENV.OUTPUT.BUCKET.PATH_PREFIX = "modelZoo/"
 # "warn" keeps training, logs it once with what is not uploaded yet, and retries in the background (retention
 # deletes no unconfirmed checkpoint); at the end of the run they get 15 more minutes, then the run fails.
 _C.ENV.OUTPUT.BUCKET.ON_FAILURE = "stop"
+# Attempts per checkpoint upload (with backoff between them) before ON_FAILURE acts.
+_C.ENV.OUTPUT.BUCKET.UPLOAD_RETRIES = 5
+# With ON_FAILURE "warn": seconds between background retries of the checkpoints not uploaded yet.
+_C.ENV.OUTPUT.BUCKET.RETRY_AFTER_S = 120.0
 # The run's writer lease on its bucket folder: renewed every TTL/6 s; a lease without a heartbeat for this long
 # is taken over (a dead launch on another host), logged. A launch whose holder still beats refuses to start.
 _C.ENV.OUTPUT.BUCKET_LEASE_TTL_S = 120.0

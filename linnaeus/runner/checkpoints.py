@@ -57,7 +57,8 @@ class RunCheckpoints:
         out = cfg.ENV.OUTPUT.BUCKET
         self.remote = RemoteRun.in_bucket(out, cfg.EXPERIMENT.NAME) if out.ENABLED else None
         self.lease = self._lease_bucket_folder(run_dir)  # first: a second live run of this EXPERIMENT.NAME stops
-        self.uploader = (BackgroundUploader(self.remote, lease=self.lease, on_failure=out.ON_FAILURE)
+        self.uploader = (BackgroundUploader(self.remote, lease=self.lease, on_failure=out.ON_FAILURE,
+                                            retries=out.UPLOAD_RETRIES, retry_after_s=out.RETRY_AFTER_S)
                          if self.lease is not None else None)
         model_name = cfg.MODEL.TIMM_NAME if cfg.MODEL.TYPE == "timm" else f"hybrid_{cfg.MODEL.HYBRID.CONVNEXT_VARIANT}"
         common = dict(config=config_yaml(cfg), experiment=cfg.EXPERIMENT.NAME, model_name=model_name,
