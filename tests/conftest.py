@@ -23,30 +23,6 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# The files that take longest (their tests launch and kill many training processes), longest first.
-# `make test` hands files to its workers in collection order (--dist loadfile); alphabetically these come
-# late, and the last one then runs alone on one core for minutes. Started first, they overlap the rest.
-SLOWEST_FIRST = (
-    "runner/test_launcher_watch.py", "checkpoint/remote/test_lineage_bucket.py", "runner/test_slurm.py",
-    "runner/test_self_healing.py", "runner/test_resume_exact.py", "runner/test_async_kill_storm.py",
-    "engine/test_run_log.py", "checkpoint/remote/test_bucket_lease.py", "test_examples.py",
-    "checkpoint/test_tied_kill_storm.py", "runner/test_training_time.py", "checkpoint/disk/test_writer_lock.py",
-    "checkpoint/store/test_lineage.py", "runner/test_pretrained.py", "runner/test_no_credentials_leak.py",
-    "checkpoint/remote/test_move_aside_kill.py", "runner/test_job_end.py", "runner/test_checkpoints.py",
-    "checkpoint/remote/test_sharded_bucket.py", "checkpoint/formats/sharded/test_resharding.py",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-
-    def order(item: pytest.Item) -> int:
-        relative = Path(str(item.fspath)).relative_to(REPO / "tests").as_posix()
-        return rank.get(relative, len(SLOWEST_FIRST))
-
-    items.sort(key=order)  # stable: the other files, and every file's own tests, keep their order
-
-
 @pytest.fixture
 def restore_linnaeus_logger() -> Iterator[None]:
     """Runs and ``setup_logging`` reconfigure the process-wide "linnaeus" logger: put it back for

@@ -57,7 +57,9 @@ def _final(run: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return state, tensors
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.skipif(
+    not os.environ.get("LINNAEUS_SLOW_TESTS"), reason="two more torchrun launches of FSDP2 (~30 s on 2 busy cores): "
+                                                       "set LINNAEUS_SLOW_TESTS=1"))])
 def test_a_poisoned_batch_is_rolled_back_skipped_and_recorded_and_a_relaunch_is_bit_identical(tmp_path, toy_root,
                                                                                                strategy):
     step_indices, _, size = _samples_of_step(toy_root, tmp_path, 7, world_size=2)
