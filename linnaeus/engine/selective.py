@@ -34,12 +34,14 @@ class SelectiveStats:
 
     def __init__(self, task_keys: Sequence[str], tree: Hierarchy | None) -> None:
         self.task_keys, self.tree = list(task_keys), tree
+        self._on_device: Hierarchy | None = None  # the tree moved once, not per batch
         self.outcomes: list[list[Outcome]] = []  # per image, per rank (task_keys order)
 
     def __call__(self, logits: dict[str, torch.Tensor], preds: torch.Tensor, labels: torch.Tensor) -> None:
         if self.tree is not None:  # the lineage predict answers along, whatever the metrics decoded
-            tree = self.tree.to(labels.device)
-            path = tree.decode(logits)
+            if self._on_device is None:
+                self._on_device = self.tree.to(labels.device)
+            path = self._on_device.decode(logits)
         else:
             path = torch.stack([logits[k].argmax(dim=-1) for k in self.task_keys], dim=1)
         conf = torch.stack([logits[k].float().softmax(dim=-1).gather(1, path[:, i:i + 1])[:, 0]

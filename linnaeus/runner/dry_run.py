@@ -18,9 +18,8 @@ from typing import Any, Callable
 
 from yacs.config import CfgNode
 
-from linnaeus.checkpoint import list_checkpoints, verify_checkpoint
 from linnaeus.checkpoint.formats import read_info
-from linnaeus.checkpoint.state import KIND_FULL
+from linnaeus.checkpoint.store import newest_verified
 from linnaeus.config import build_policy, build_weights_policy, run_dir
 from linnaeus.data.build import build_data
 from linnaeus.engine.progress import steps_per_epoch
@@ -69,12 +68,7 @@ def _resume_point(cfg: CfgNode, directory: Path) -> Path | None:
         return own if own.exists() else locate_checkpoint(cfg, cfg.TRAIN.RESUME)
     if not cfg.TRAIN.AUTO_RESUME or not directory.is_dir():
         return None
-    newest = sorted((i for i in list_checkpoints(directory) if i.committed and i.kind == KIND_FULL),
-                    key=lambda i: i.order_key, reverse=True)
-    for info in newest:
-        if verify_checkpoint(info.path):
-            return info.path
-    return None
+    return newest_verified(directory)  # the library's choice, with its refusals (newer format, unreadable)
 
 
 def try_it(cfg: CfgNode, point: Path | None, train: Callable[[CfgNode], Any]) -> Path:
