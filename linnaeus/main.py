@@ -21,6 +21,7 @@ from linnaeus.data.build import build_data
 from linnaeus.dist import (distributed_session, get_rank, get_world_size, is_main_process, lost_peer_message,
                            select_device)
 from linnaeus.engine.amp import build_amp
+from linnaeus.engine.class_report import ClassTally, class_lines, confused_siblings, first_per_rank, per_class
 from linnaeus.engine.evaluator import evaluate, summary_lines
 from linnaeus.engine.loss import MultiLevelLoss
 from linnaeus.engine.optim import build_ema, build_optimizer, build_scheduler
@@ -39,6 +40,7 @@ from linnaeus.runner.pretrained import load_pretrained_weights
 from linnaeus.runner.seed import seed_everything
 from linnaeus.runner.slurm import requeue_after_stop
 from linnaeus.runner.startup import StartupClock
+from linnaeus.runner.taxonomy_record import parent_names
 
 logger = logging.getLogger("linnaeus")
 
@@ -182,11 +184,11 @@ def _resume_and_fit(cfg: CfgNode, launcher: LauncherWatch, checkpoints: RunCheck
             logger.warning("Less time is left before the job's end than CHECKPOINT.SAVE_BEFORE_END: the run stops "
                            "after its first step")
     with PreemptionHandler(cfg.CHECKPOINT.SAVE_ON_PREEMPT, preempt_signals(cfg)) as preempt:
-        last_metrics, stopped = _fit(cfg, trainer, data, checkpoints, progress, preempt, deadline, launcher,
+        last_metrics, classes, stopped = _fit(cfg, trainer, data, checkpoints, progress, preempt, deadline, launcher,
                                      healing, autocast, device, tb)
     checkpoints.close()
     tb.close()
-    _report(cfg, out_dir, last_metrics, checkpoints, data.taxonomy.num_classes, stopped=stopped)
+    _report(cfg, out_dir, last_metrics, classes, checkpoints, data.taxonomy.num_classes, stopped=stopped)
     if stopped:  # everything is committed: under Slurm, the same job resumes it
         requeue_after_stop(cfg)
     return last_metrics
@@ -194,11 +196,12 @@ def _resume_and_fit(cfg: CfgNode, launcher: LauncherWatch, checkpoints: RunCheck
 
 def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints, progress: Progress,
          preempt: PreemptionHandler, deadline: Deadline, launcher: LauncherWatch, healing: SelfHealing,
-         autocast: Any, device: torch.device, tb: Any) -> tuple[dict[str, Any], str]:
+         autocast: Any, device: torch.device, tb: Any) -> tuple[dict[str, Any], list[str], str]:
     """The epoch loop: train, evaluate when due, save when due, roll back a bad step, stop cleanly on
-    preemption or before the job's end. Returns the last validation metrics and why it stopped early
-    ("" when it did not)."""
+    preemption or before the job's end. Returns the last validation metrics, its class report's lines
+    (none when no validation ran in this process) and why it stopped early ("" when it did not)."""
     last_metrics: dict[str, Any] = checkpoints.last_metrics()
+    classes: list[str] = []  # the last validation's worst classes and confused siblings, a line per rank
 
     def on_step_end(p: Progress) -> bool:
         launcher.check()  # no new save once the launcher is gone (raises)
@@ -222,23 +225,34 @@ def _fit(cfg: CfgNode, trainer: Trainer, data: Any, checkpoints: RunCheckpoints,
             if preempt.requested or not deadline.reached():
                 logger.info("Preempted at epoch %d step %d: checkpoint committed, exiting 0", progress.epoch,
                             progress.step)
-                return last_metrics, "by a signal"
+                return last_metrics, classes, "by a signal"
             logger.info("Stopped before the job's end at epoch %d step %d (%s): checkpoint committed, exiting 0",
                         progress.epoch, progress.step, deadline.describe())
-            return last_metrics, "before the job's end"
+            return last_metrics, classes, "before the job's end"
         last_epoch = progress.epoch >= cfg.TRAIN.EPOCHS
         measured: dict[str, Any] = {}  # this epoch's validation, if it ran: a save carries only its own step's
         if last_epoch or progress.epoch % cfg.EVAL.INTERVAL == 0:
             if data.val_loader is not None:
-                last_metrics = measured = evaluate(trainer.model, data.val_loader, list(cfg.DATA.TASK_KEYS),
-                                                   device, autocast=autocast, hierarchy=data.hierarchy,
-                                                   consistent_decoding=cfg.EVAL.CONSISTENT_DECODING)
-            _log_metrics(progress, result, last_metrics, tb)
+                last_metrics = measured = _validate(cfg, trainer.model, data, device, autocast, classes)
+            _log_metrics(progress, result, last_metrics, classes, tb)
         # The saved sampler state must point at the start of the next epoch.
         data.train_sampler.set_epoch(progress.epoch)
         launcher.check()
         checkpoints.maybe_save_epoch(progress, measured, is_last=last_epoch)
-    return last_metrics, ""
+    return last_metrics, classes, ""
+
+
+def _validate(cfg: CfgNode, model: torch.nn.Module, data: Any, device: torch.device, autocast: Any,
+              classes: list[str]) -> dict[str, Any]:
+    """The validation metrics; ``classes`` gets the class report's lines (every rank takes part)."""
+    keys = list(cfg.DATA.TASK_KEYS)
+    tally = ClassTally(keys, {k: data.taxonomy.names(k) for k in keys})
+    metrics = evaluate(model, data.val_loader, keys, device, autocast=autocast, hierarchy=data.hierarchy,
+                       consistent_decoding=cfg.EVAL.CONSISTENT_DECODING, on_batch=tally)
+    counts = tally.gather()
+    classes[:] = class_lines(first_per_rank(per_class(counts, keys), 5),
+                             first_per_rank(confused_siblings(counts, keys, parent_names(data.taxonomy)), 5), keys)
+    return metrics
 
 
 def _roll_back(healing: SelfHealing, checkpoints: RunCheckpoints) -> None:
@@ -254,15 +268,18 @@ def _roll_back(healing: SelfHealing, checkpoints: RunCheckpoints) -> None:
     healing.rolled_back(point.step)
 
 
-def _log_metrics(progress: Progress, train: dict[str, Any], val: dict[str, Any], tb: Any) -> None:
+def _log_metrics(progress: Progress, train: dict[str, Any], val: dict[str, Any], classes: list[str],
+                 tb: Any) -> None:
     for k, v in val.items():
         tb.add_scalar(k, v, progress.step)
+    if classes:
+        tb.add_text("val/classes", "\n\n".join(classes), progress.step)
     summary = "  ".join(f"{k}={v:.4f}" for k, v in sorted(val.items()) if isinstance(v, float))
     logger.info("Epoch %d (step %d) train/loss=%.4f  %s", progress.epoch, progress.step,
                 train.get("train/loss", float("nan")), summary)
 
 
-def _report(cfg: CfgNode, out_dir: Any, metrics: dict[str, Any], checkpoints: RunCheckpoints,
+def _report(cfg: CfgNode, out_dir: Any, metrics: dict[str, Any], classes: list[str], checkpoints: RunCheckpoints,
             num_classes: dict[str, int], stopped: str) -> None:
     if not is_main_process():
         return
@@ -272,6 +289,7 @@ def _report(cfg: CfgNode, out_dir: Any, metrics: dict[str, Any], checkpoints: Ru
     if stopped:
         lines.append(f"Stopped {stopped}; relaunch the same command to continue.")
     lines += summary_lines(metrics, cfg.DATA.TASK_KEYS, num_classes)
+    lines += [f"val {line}" for line in classes]
     lines.append("=" * 60)
     logger.info("\n".join(lines))
 

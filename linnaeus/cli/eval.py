@@ -31,15 +31,16 @@ from linnaeus.data.transforms import build_transforms
 from linnaeus.dist import distributed_session, get_rank, get_world_size, is_main_process, run_on_all_ranks, \
     select_device
 from linnaeus.engine.amp import build_amp
-from linnaeus.engine.class_report import confused_siblings, first_per_rank, per_class, write_csv
+from linnaeus.engine.calibration import TemperatureFit, TemperatureScaled, write_temperatures
+from linnaeus.engine.class_report import (class_lines, confused_siblings, first_per_rank, pair_counts, per_class,
+                                          write_csv)
 from linnaeus.engine.evaluator import evaluate, summary_lines
 from linnaeus.engine.predictions import PredictionTable
 from linnaeus.engine.run_log import setup_logging
 from linnaeus.engine.selective import SelectiveStats, answered, solve_thresholds
 from linnaeus.models.build import build_model
-from linnaeus.report.evaluation import write_evaluation_report
 from linnaeus.runner.locate import locate_checkpoint
-from linnaeus.runner.taxonomy_record import taxonomy_levels, taxonomy_parents
+from linnaeus.runner.taxonomy_record import parent_names, taxonomy_levels
 
 logger = logging.getLogger("linnaeus")
 
@@ -59,6 +60,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target-accuracy", type=float, default=None,
                    help="solve per-rank confidence thresholds for this accuracy (e.g. 0.99) on the data evaluated: "
                         "thresholds.json, for linnaeus-predict --min-confidence @thresholds.json")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit a temperature per rank on the data evaluated (temperature scaling), report the "
+                        "calibrated metrics and write temperature.json, for linnaeus-predict --temperature")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides of the config")
     return p.parse_args(argv)
 
@@ -73,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with distributed_session(cfg.TRAIN.COLLECTIVE_TIMEOUT_S):
             run_eval(cfg, args.ckpt, out=args.out, ema=args.ema, topk=args.topk, target=args.target_accuracy,
-                     data_file=args.data, data_root=args.data_root)
+                     data_file=args.data, data_root=args.data_root, calibrate=args.calibrate)
     except (CheckpointError, ValueError) as e:
         print(f"linnaeus-eval: {e}", file=sys.stderr)
         return 1
@@ -81,9 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_eval(cfg: CfgNode, ckpt: str, *, out: str = "", ema: bool = False, topk: int = 5,
-             target: float | None = None, data_file: str = "", data_root: str = "") -> dict[str, Any]:
+             target: float | None = None, data_file: str = "", data_root: str = "",
+             calibrate: bool = False) -> dict[str, Any]:
     """Evaluate checkpoint ``ckpt`` on ``cfg``'s validation split (or the manifest ``data_file``); returns
-    the metrics (every rank)."""
+    the metrics (every rank). With ``calibrate`` the metrics, rows and thresholds are those of the model
+    with temperatures fitted on the same data (a first pass)."""
     rank, world_size, device = get_rank(), get_world_size(), select_device()
     path = run_on_all_ranks(lambda: locate_checkpoint(cfg, ckpt), f"locating checkpoint {ckpt!r}", CheckpointError)
     name = path.name.split(".")[0] + ("_ema" if ema else "") + (f"_{Path(data_file).stem}" if data_file else "")
@@ -111,6 +117,9 @@ def run_eval(cfg: CfgNode, ckpt: str, *, out: str = "", ema: bool = False, topk:
         selective(*batch)
 
     autocast, _ = build_amp(cfg, device)
+    calibration: dict[str, Any] = {}
+    if calibrate:
+        model, calibration = _calibrate(model, data, task_keys, device, autocast, cfg.EVAL.CONSISTENT_DECODING)
     metrics = evaluate(model, data.val_loader, task_keys, device, autocast=autocast, hierarchy=data.hierarchy,
                        consistent_decoding=cfg.EVAL.CONSISTENT_DECODING, on_batch=on_batch)
     rows = table.gather()
@@ -118,12 +127,25 @@ def run_eval(cfg: CfgNode, ckpt: str, *, out: str = "", ema: bool = False, topk:
     if is_main_process():
         table.write(rows, out_dir / "predictions.csv")
         record = {"checkpoint": str(path), "ema": ema, "world_size": world_size, "data": evaluated, "metrics": metrics}
-        classes = per_class(rows, task_keys)
-        record.update(_class_report(rows, classes, task_keys, taxonomy_levels(data.taxonomy),
-                                    taxonomy_parents(data.taxonomy), out_dir))
+        if calibration:
+            calibration["ece_after"] = {k: metrics[f"val/ece/{k}"] for k in task_keys if f"val/ece/{k}" in metrics}
+            record["calibration"] = calibration
+            write_temperatures(out_dir / "temperature.json", calibration["temperatures"], checkpoint=str(path),
+                               ema=ema, data=evaluated)
+            logger.info("Temperature scaling: %s; calibration error before %s, after %s; temperature.json for "
+                        "linnaeus-predict --temperature %s", _rounded(calibration["temperatures"]),
+                        _rounded(calibration["ece_before"]), _rounded(calibration["ece_after"]),
+                        out_dir / "temperature.json")
+        counts = pair_counts(rows, task_keys)
+        classes = per_class(counts, task_keys)
+        record.update(_class_report(counts, classes, task_keys, parent_names(data.taxonomy), out_dir))
         if target is not None:
-            record["selective"] = _selective(outcomes, task_keys, target, out_dir)
+            record["selective"] = _selective(outcomes, task_keys, target, out_dir, calibration.get("temperatures"))
         (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        # Imported here: matplotlib costs every process that imports this module (training's too, for
+        # --eval-only) half a second of start-up, and only this process draws.
+        from linnaeus.report.evaluation import write_evaluation_report
+
         written = write_evaluation_report(out_dir, record, rows, outcomes, classes, task_keys,
                                           run_dir(cfg) / "tensorboard")
         logger.info("\n".join(["", *summary_lines(metrics, task_keys, data.taxonomy.num_classes),
@@ -145,28 +167,43 @@ def _other_data(cfg: CfgNode, data: Any, data_file: str, data_root: str, rank: i
                                                                     "outside_taxonomy": outside}
 
 
-def _class_report(rows: list[dict[str, Any]], classes: list[dict[str, Any]], task_keys: list[str],
-                  levels: dict[str, list[str]] | None, tree: dict[str, list[str]] | None, out_dir: Path) -> dict[str, Any]:
+def _class_report(counts: dict[str, Any], classes: list[dict[str, Any]], task_keys: list[str],
+                  parents: dict[str, dict[str, str]], out_dir: Path) -> dict[str, Any]:
     """per_class.csv and confused_siblings.csv, and the first of each in metrics.json and the log."""
-    parents = {k: dict(zip(levels[k], tree[k])) for k in tree} if levels and tree else {}
-    pairs = confused_siblings(rows, task_keys, parents)
+    pairs = confused_siblings(counts, task_keys, parents)
     write_csv(classes, out_dir / "per_class.csv", ["rank", "class", "images", "right", "accuracy"])
     write_csv(pairs, out_dir / "confused_siblings.csv", ["rank", "parent", "true", "predicted", "images"])
     worst, confused = first_per_rank(classes, 5), first_per_rank(pairs, 5)
-    for rank in task_keys:
-        logger.info("%s: worst classes %s; most confused siblings %s", rank,
-                    ", ".join(f"{e['class']} {100 * e['accuracy']:.0f}% of {e['images']}" for e in worst.get(rank, [])),
-                    ", ".join(f"{e['true']} as {e['predicted']} ({e['images']})" for e in confused.get(rank, []))
-                    or "none")
+    for line in class_lines(worst, confused, task_keys):
+        logger.info("%s", line)
     return {"worst_classes": worst, "confused_siblings": confused}
 
 
-def _selective(outcomes: list, task_keys: list[str], target: float, out_dir: Path) -> dict[str, Any]:
-    """Thresholds for ``target`` (thresholds.json, what predict reads) and what they answer on this data."""
+def _calibrate(model: Any, data: Any, task_keys: list[str], device: Any, autocast: Any,
+               consistent: bool) -> tuple[Any, dict[str, Any]]:
+    """The model with a temperature per rank fitted on ``data``'s validation loader (a first pass)."""
+    fit = TemperatureFit(task_keys)
+    before = evaluate(model, data.val_loader, task_keys, device, autocast=autocast, hierarchy=data.hierarchy,
+                      consistent_decoding=consistent, on_batch=fit)
+    temperatures = fit.solve()
+    return TemperatureScaled(model, temperatures), {
+        "temperatures": temperatures, "ece_before": {k: before[f"val/ece/{k}"] for k in task_keys
+                                                     if f"val/ece/{k}" in before}}
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in values.items()}
+
+
+def _selective(outcomes: list, task_keys: list[str], target: float, out_dir: Path,
+               temperatures: dict[str, float] | None) -> dict[str, Any]:
+    """Thresholds for ``target`` (thresholds.json, what predict reads) and what they answer on this data;
+    solved on calibrated probabilities, the file carries the temperatures they need."""
     thresholds = solve_thresholds(outcomes, task_keys, target)
     report = {"target_accuracy": target, "thresholds": thresholds, **answered(outcomes, task_keys, thresholds)}
-    (out_dir / "thresholds.json").write_text(json.dumps({"target_accuracy": target, "thresholds": thresholds},
-                                                        indent=2) + "\n")
+    solved = {"target_accuracy": target, "thresholds": thresholds, **({"temperatures": temperatures} if temperatures
+                                                                       else {})}
+    (out_dir / "thresholds.json").write_text(json.dumps(solved, indent=2) + "\n")
     shares = ", ".join(f"{rank} {100 * share:.1f}%" for rank, share in report["share"].items())
     logger.info("Selective prediction at %.3g target accuracy: thresholds %s; answered at %s (accuracy of the "
                 "answers %s); thresholds.json for linnaeus-predict --min-confidence @%s", target,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ from linnaeus.data.taxonomy import DatasetError
 from linnaeus.data.transforms import build_eval_transform
 from linnaeus.dist import select_device
 from linnaeus.engine.amp import build_amp
+from linnaeus.engine.calibration import TemperatureScaled, read_temperatures
 from linnaeus.engine.prediction import Predictor, parse_thresholds
 from linnaeus.engine.progress_bar import epoch_progress
 from linnaeus.models.build import build_model
@@ -49,6 +51,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="the probability a rank's answer needs to be given: one value for every rank (0.9), or "
                         "per rank (species=0.95,genus=0.9,family=0.5; a rank left out is never answered), or "
                         "@thresholds.json as linnaeus-eval --target-accuracy solves them")
+    p.add_argument("--temperature", default="",
+                   help="temperature.json from linnaeus-eval --calibrate: each rank's logits are divided by its "
+                        "temperature (thresholds.json solved on calibrated probabilities carries them already)")
     p.add_argument("--topk", type=int, default=5, help="classes listed per rank")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     p.add_argument("--batch-size", type=int, default=64)
@@ -80,11 +85,15 @@ def predict(args: argparse.Namespace) -> int:
     cfg = locating if args.cfg else _stored_config(weights)
     levels = _taxonomy(weights)
     thresholds = parse_thresholds(args.min_confidence, list(levels))
+    temperatures = _temperatures(args.temperature, args.min_confidence, list(levels))
     tree = Hierarchy.from_record(levels, weights.tree) if weights.tree is not None and len(levels) > 1 else None
 
     device = select_device()
     model = build_model(cfg, {k: len(v) for k, v in levels.items()}).to(device).eval()
     logger.info("%s", load_weights(model, weights.tensors, strategy="strict", source=path, weights_file=weights).summary())
+    if temperatures:
+        logger.info("Temperature scaling: %s", temperatures)
+        model = TemperatureScaled(model, temperatures)
     images = find_images(args.images)
     if not images:
         raise DatasetError(f"no images found in {' '.join(args.images)} (looked for {', '.join(('.jpg', '.png', '.webp'))} "
@@ -107,6 +116,24 @@ def predict(args: argparse.Namespace) -> int:
                 writer.writerow({"path": str(images[i]), "error": error, **({} if error else row)})
             bar.update(1)
     return len(images)
+
+
+def _temperatures(given: str, min_confidence: str, ranks: list[str]) -> dict[str, float]:
+    """``--temperature``'s, or those of a thresholds.json solved on calibrated probabilities (which are
+    meaningless without them); both given, they must agree."""
+    solved_with: dict[str, float] = {}
+    if min_confidence.strip().startswith("@"):
+        source = Path(min_confidence.strip()[1:])
+        if "temperatures" in json.loads(source.read_text()):
+            solved_with = read_temperatures(source, ranks)
+    if not given:
+        return solved_with
+    temperatures = read_temperatures(Path(given), ranks)
+    if solved_with and solved_with != temperatures:
+        raise ValueError(f"--temperature {given} gives {temperatures}, but the thresholds in "
+                         f"{min_confidence.strip()[1:]} were solved with {solved_with}: pass the temperature.json of "
+                         "the same linnaeus-eval --calibrate run, or leave --temperature out.")
+    return temperatures
 
 
 def _stored_config(weights: WeightsFile):  # -> CfgNode

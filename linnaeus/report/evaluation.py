@@ -64,6 +64,12 @@ def _sections(record: Mapping[str, Any], ranks: Sequence[str]) -> list[tuple[str
              for r in ranks for e in record.get("confused_siblings", {}).get(r, [])]
     sections.append(("Most confused siblings", table(["rank", "parent", "true", "predicted as", "images"], pairs,
                                                      "confused-siblings")))
+    calibration = record.get("calibration")
+    if calibration:
+        tempered = [(r, calibration["temperatures"].get(r, 1.0), calibration["ece_before"].get(r, float("nan")),
+                     calibration["ece_after"].get(r, float("nan"))) for r in ranks]
+        sections.append(("Temperature scaling (fitted on these images; the metrics are after it)",
+                         table(["rank", "temperature", "calibration error before", "after"], tempered, "calibration")))
     selective = record.get("selective")
     if selective:
         answered = [(r, selective["thresholds"].get(r, "never"), selective["share"].get(r, 0.0),

@@ -26,4 +26,11 @@ def taxonomy_parents(taxonomy: Any) -> dict[str, list[str]] | None:
     return tree_record({level: taxonomy.names(level) for level in keys}, parents)
 
 
-__all__ = ["taxonomy_levels", "taxonomy_parents"]
+def parent_names(taxonomy: Any) -> dict[str, dict[str, str]]:
+    """``{level: {class name: parent name}}`` (empty when the levels form no complete tree): which
+    classes are siblings, for the confused-siblings report."""
+    levels, tree = taxonomy_levels(taxonomy), taxonomy_parents(taxonomy)
+    return {k: dict(zip(levels[k], tree[k])) for k in tree} if levels and tree else {}
+
+
+__all__ = ["parent_names", "taxonomy_levels", "taxonomy_parents"]

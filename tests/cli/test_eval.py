@@ -78,6 +78,12 @@ def test_eval_reproduces_the_runs_validation_and_writes_a_row_per_image(trained:
     worst = record["worst_classes"]["species"]
     assert [w["class"] for w in worst] == [e["class"] for e in per_class if e["rank"] == "species"][:5]
     assert {"val/ece/species", "val/hdist@1", "val/hdist@5"} <= record["metrics"].keys()
+    # The training run's end-of-run report named the same worst classes and confused siblings.
+    eval_lines = [line.split("] ", 1)[-1] for line in (folder / "log.txt").read_text().splitlines()
+                  if ": worst classes " in line]
+    run_lines = [line.split("val ", 1)[1] for line in (trained / "tiny" / "log.txt").read_text().splitlines()
+                 if line.startswith("val ") and ": worst classes " in line]
+    assert len(eval_lines) == 3 and run_lines[-3:] == eval_lines
 
     # Two processes: each evaluates its share; the counts are the same, the per-image rows too.
     two = _eval(trained, toy_root, "--ckpt", "latest", "--out", str(trained / "two"), nproc=2)

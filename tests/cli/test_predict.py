@@ -120,6 +120,11 @@ def test_predict_gives_evals_probabilities_for_a_validation_image(trained: Path,
     assert row["confident_rank"] == "species"  # the default threshold 0 answers at the finest rank
 
 
+def _json(path: Path, species_t: float, **more: object) -> Path:
+    path.write_text(json.dumps({"temperatures": {"species": species_t}, **more}))
+    return path
+
+
 def test_a_file_without_what_prediction_needs_is_refused_in_one_line(trained: Path, tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture) -> None:
     """In-process (the command's main): exit status 1 and one line on stderr naming what is missing."""
@@ -137,6 +142,11 @@ def test_a_file_without_what_prediction_needs_is_refused_in_one_line(trained: Pa
         (["--ckpt", str(trained), "--images", str(tmp_path / "nowhere")], ["no such image, folder or CSV file"]),
         (["--ckpt", str(trained), "--images", str(image), "--min-confidence", "kingdom=0.9"],
          ["'kingdom' is not a rank of this model"]),
+        (["--ckpt", str(trained), "--images", str(image), "--temperature", str(tmp_path / "x.png")],
+         ["x.png: expected the temperature.json linnaeus-eval --calibrate writes"]),
+        (["--ckpt", str(trained), "--images", str(image), "--temperature", str(_json(tmp_path / "t1.json", 1.5)),
+          "--min-confidence", f"@{_json(tmp_path / 't2.json', 2.0, thresholds={'species': 0.5})}"],
+         ["were solved with {'species': 2.0}", "t1.json gives {'species': 1.5}"]),
     ]
     for args, expected in cases:
         assert main(args + out) == 1, args
@@ -168,17 +178,32 @@ def test_predict_from_an_export_matches_the_checkpoint(trained: Path, tmp_path: 
     assert "path_species" in outs[1].read_text().splitlines()[0]  # the tree came along
 
 
+@pytest.mark.parametrize("calibrate", [False, True], ids=["raw", "calibrated"])
 def test_thresholds_solved_by_eval_answer_the_same_images_the_same_way_in_predict(trained: Path, toy_root: Path,
-                                                                                 tmp_path: Path) -> None:
+                                                                                 reference: Path, tmp_path: Path,
+                                                                                 calibrate: bool) -> None:
     out = trained.parents[2]
     args = tiny_args(out, toy_root, *TRAINED_OPTS)
     proc = subprocess.run([str(VENV_BIN / "linnaeus-eval"), *args[:2], "--ckpt", str(trained), "--out",
-                           str(tmp_path / "eval"), "--target-accuracy", "0.9", *args[2:]], cwd=REPO,
+                           str(tmp_path / "eval"), "--target-accuracy", "0.9", *(["--calibrate"] if calibrate else []),
+                           *args[2:]], cwd=REPO,
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())["selective"]
+    record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    report = record["selective"]
     solved = json.loads((tmp_path / "eval" / "thresholds.json").read_text())
     assert solved["target_accuracy"] == 0.9 and solved["thresholds"] == report["thresholds"]
+    if calibrate:  # fitted on the same images: their loss falls (what the fit minimises), top-1 stays
+        temperatures = json.loads((tmp_path / "eval" / "temperature.json").read_text())["temperatures"]
+        assert solved["temperatures"] == temperatures == record["calibration"]["temperatures"]
+        raw = json.loads((reference.parent / "metrics.json").read_text())["metrics"]
+        for rank in RANKS:
+            assert record["metrics"][f"val/loss/{rank}"] <= raw[f"val/loss/{rank}"] + 1e-9, rank
+            assert record["metrics"][f"val/acc1/{rank}"] == raw[f"val/acc1/{rank}"], rank
+            assert record["calibration"]["ece_before"][rank] == raw[f"val/ece/{rank}"]
+            assert 0.05 < temperatures[rank] < 20 and temperatures[rank] != 1.0
+    else:
+        assert "temperatures" not in solved and not (tmp_path / "eval" / "temperature.json").exists()
     assert sum(report["share"].values()) == pytest.approx(1.0)
     for rank, accuracy in report["accuracy"].items():  # on the data solved on, each answered rank meets it
         assert accuracy >= 0.9 or report["share"][rank] == 0, (rank, report)
@@ -194,3 +219,12 @@ def test_thresholds_solved_by_eval_answer_the_same_images_the_same_way_in_predic
     shares = {rank: sum(r["confident_rank"] == rank for r in rows) / len(rows) for rank in RANKS}
     shares["none"] = sum(r["confident_rank"] == "" for r in rows) / len(rows)
     assert shares == pytest.approx(report["share"], abs=1.5 / len(rows))  # a confidence at a threshold may round
+    if calibrate:  # the thresholds' temperatures came along: each family probability is the raw one, tempered
+        t = temperatures["family"]
+        raw_rows = {r["path"]: float(r["family_top5"].split("|")[0].rsplit(":", 1)[1])
+                    for r in csv.DictReader(reference.open())}
+        for r in rows:  # two families: p' = p^(1/T) / (p^(1/T) + (1 - p)^(1/T))
+            p = raw_rows[r["path"]]
+            assert float(r["family_prob"]) == pytest.approx(p ** (1 / t) / (p ** (1 / t) + (1 - p) ** (1 / t)),
+                                                            abs=1e-5)
+        assert "Temperature scaling" in run.stderr

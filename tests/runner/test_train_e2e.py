@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,15 @@ def test_torchrun_two_processes_trains_evaluates_and_writes_run_dir(tmp_path, to
     assert len(state["rng"]) == 2  # every rank's RNG
     assert state["progress"]["epoch"] == 1
     assert "val top-1" in proc.stdout + proc.stderr
+    # The end-of-run report's class lines add up both ranks' shares: the toy data has two families,
+    # so the family line lists both, with every validation image between them.
+    families = re.search(r"val family: worst classes (.*); most confused siblings", log).group(1)
+    shown = re.findall(r"(\w+) (\d+)% of (\d+)", families)
+    assert sorted(name for name, _, _ in shown) == ["angular", "round"]
+    last = state["metrics"]["history"][-1]
+    assert sum(int(n) for _, _, n in shown) == last["val/samples"]
+    right = sum(int(p) / 100 * int(n) for _, p, n in shown)  # percentages rounded: within an image per class
+    assert abs(right - last["val/acc1/family"] * last["val/samples"]) <= len(shown)
 
 
 def test_rerun_of_a_finished_run_resumes_and_does_not_train_again(tmp_path, toy_root):
