@@ -42,10 +42,10 @@ setup(
     extras_require=EXTRAS_REQUIRE,
     entry_points={
         "console_scripts": [
-            "linnaeus-train=linnaeus.main:cli",
-            "linnaeus-ckpt=linnaeus.cli.ckpt:main",
-            "linnaeus-eval=linnaeus.cli.eval:main",
-            "linnaeus-predict=linnaeus.cli.predict:main",
+            "linnaeus-train=linnaeus.cli.commands:train",
+            "linnaeus-ckpt=linnaeus.cli.commands:ckpt",
+            "linnaeus-eval=linnaeus.cli.commands:evaluate",
+            "linnaeus-predict=linnaeus.cli.commands:predict",
         ]
     },
 )

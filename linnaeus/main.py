@@ -295,4 +295,6 @@ def _report(cfg: CfgNode, out_dir: Any, metrics: dict[str, Any], classes: list[s
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    from linnaeus.cli.commands import exit_process
+
+    exit_process(cli())

@@ -10,7 +10,7 @@ import sys
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from linnaeus.cli.predict import main  # noqa: E402
+from linnaeus.cli.commands import predict  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    predict()

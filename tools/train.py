@@ -10,7 +10,7 @@ import sys
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from linnaeus.main import cli  # noqa: E402
+from linnaeus.cli.commands import train  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    train()

@@ -227,4 +227,6 @@ def _load(model: Any, path: Path, *, ema: bool, expected: dict[str, list[str]] |
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from linnaeus.cli.commands import exit_process
+
+    exit_process(main())

@@ -152,4 +152,6 @@ def _taxonomy(weights: WeightsFile) -> dict[str, list[str]]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from linnaeus.cli.commands import exit_process
+
+    exit_process(main())

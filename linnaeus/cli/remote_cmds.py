@@ -247,4 +247,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from linnaeus.cli.commands import exit_process
+
+    exit_process(main())

@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import linnaeus.main as main  # noqa: E402
+from linnaeus.cli.commands import exit_process  # noqa: E402
 
 _evaluate, _calls = main.evaluate, [0]
 
@@ -26,4 +27,4 @@ def _failing_second(*args: object, **kwargs: object) -> object:
 main.evaluate = _failing_second  # type: ignore[assignment]
 
 if __name__ == "__main__":
-    sys.exit(main.cli(sys.argv[1:]))
+    exit_process(main.cli(sys.argv[1:]))  # as tools/train.py ends

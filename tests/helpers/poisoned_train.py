@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from linnaeus.data.folder import LabeledImages  # noqa: E402
 from linnaeus.main import cli  # noqa: E402
+from linnaeus.cli.commands import exit_process  # noqa: E402
 
 _POISONED = {int(i) for i in os.environ.get("LINNAEUS_TEST_POISON", "").split(",") if i}
 _VALUE = float(os.environ.get("LINNAEUS_TEST_POISON_VALUE", "nan"))
@@ -41,4 +42,4 @@ LabeledImages.__init__ = _init_recording
 LabeledImages.__getitem__ = _poisoned_getitem
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_process(cli())  # as tools/train.py ends

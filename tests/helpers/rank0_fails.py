@@ -16,6 +16,7 @@ sys.path.insert(0, str(REPO))
 from linnaeus.checkpoint.store import scan  # noqa: E402
 from linnaeus.main import cli  # noqa: E402
 from linnaeus.runner import pretrained  # noqa: E402
+from linnaeus.cli.commands import exit_process  # noqa: E402
 
 
 def _boom(*args: object, **kwargs: object) -> None:
@@ -29,4 +30,4 @@ if __name__ == "__main__":
             scan.load_verified_digest = _boom  # the verified read of the checkpoint to resume from
         else:
             pretrained.load_pretrained_from_cfg = _boom  # type: ignore[assignment]
-    sys.exit(cli(argv))
+    exit_process(cli(argv))  # as tools/train.py ends

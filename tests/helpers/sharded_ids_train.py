@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from linnaeus.data.sampler import ResumableDistributedSampler  # noqa: E402
 from linnaeus.main import cli  # noqa: E402
+from linnaeus.cli.commands import exit_process  # noqa: E402
 from tests.helpers.group_session import report_alive  # noqa: E402
 
 _OUT = os.environ["LINNAEUS_TEST_IDS"]
@@ -89,4 +90,4 @@ if __name__ == "__main__":
     code = cli()
     if os.environ.get("LINNAEUS_TEST_ALIVE"):
         report_alive(os.environ["LINNAEUS_TEST_ALIVE"])
-    sys.exit(code)
+    exit_process(code)  # as tools/train.py ends

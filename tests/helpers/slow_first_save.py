@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO))
 from linnaeus import main  # noqa: E402
 from linnaeus.checkpoint import testing  # noqa: E402
 from linnaeus.runner import launcher_watch  # noqa: E402
+from linnaeus.cli.commands import exit_process  # noqa: E402
 
 held = [False]
 
@@ -36,4 +37,4 @@ if __name__ == "__main__":
     testing.set_test_phase_hook(hold_first_save)
     if float(sys.argv[2]) > 0:
         launcher_watch.GRACE_S = float(sys.argv[2])
-    sys.exit(main.cli(sys.argv[3:]))
+    exit_process(main.cli(sys.argv[3:]))  # as tools/train.py ends

@@ -25,6 +25,7 @@ from linnaeus.checkpoint import CheckpointManager  # noqa: E402
 from linnaeus.engine.run_log import RunEventWriter  # noqa: E402
 from linnaeus.main import cli  # noqa: E402
 from linnaeus.runner.checkpoints import RunCheckpoints  # noqa: E402
+from linnaeus.cli.commands import exit_process  # noqa: E402
 
 _poll, _flush, _save = RunCheckpoints.poll, RunEventWriter.flush, CheckpointManager.save
 
@@ -60,4 +61,4 @@ if __name__ == "__main__":
     RunEventWriter.flush = _flush_logged  # type: ignore[method-assign]
     CheckpointManager.save = _save_logged  # type: ignore[method-assign]
     RunCheckpoints.poll = _signal_at(step, action)  # type: ignore[method-assign]
-    sys.exit(cli(argv))
+    exit_process(cli(argv))  # as tools/train.py ends
