@@ -1,5 +1,5 @@
-"""The console scripts (and ``tools/*.py``): each runs its command's ``main`` and ends the process with
-:func:`exit_process`.
+"""The console scripts (and ``tools/*.py``): each imports its command with the cycle collector paused
+(:func:`pause_gc`), runs the command's ``main`` and ends the process with :func:`exit_process`.
 
 A command's ``main`` returns its exit status and may be called in-process (the tests do); only these
 wrappers end the process. Each imports its command when called, so a command loads only what it uses.
@@ -8,6 +8,7 @@ wrappers end the process. Each imports its command when called, so a command loa
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import sys
 import threading
@@ -35,32 +36,61 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _run(main: Callable[[], int | None]) -> NoReturn:
+def pause_gc() -> None:
+    """Before the heavy imports. torch, torchvision and timm create hundreds of thousands of objects
+    that live as long as the process, and the cycle collector runs full collections over them while
+    they are being created: about a second of CPU per process (measured: ``import linnaeus.main``
+    takes 3.2 to 4.1 s with the collector paused, 4.8 to 6.6 s without)."""
+    gc.disable()
+
+
+def resume_gc() -> None:
+    """After the heavy imports: what they made is frozen out of every later collection (``gc.freeze``:
+    the training loop's collections do not scan it either, and forked DataLoader workers keep sharing
+    its pages), then the collector runs again."""
+    gc.freeze()
+    gc.enable()
+
+
+def _run(import_main: Callable[[], Callable[[], int | None]]) -> NoReturn:
+    pause_gc()
+    try:
+        main = import_main()
+    finally:
+        resume_gc()
     exit_process(main() or 0)
 
 
 def train() -> NoReturn:
-    from linnaeus.main import cli
+    def imported() -> Callable[[], int]:
+        from linnaeus.main import cli
+        return cli
 
-    _run(cli)
+    _run(imported)
 
 
 def ckpt() -> NoReturn:
-    from linnaeus.cli.ckpt import main
+    def imported() -> Callable[[], int]:
+        from linnaeus.cli.ckpt import main
+        return main
 
-    _run(main)
+    _run(imported)
 
 
 def evaluate() -> NoReturn:
-    from linnaeus.cli.eval import main
+    def imported() -> Callable[[], int]:
+        from linnaeus.cli.eval import main
+        return main
 
-    _run(main)
+    _run(imported)
 
 
 def predict() -> NoReturn:
-    from linnaeus.cli.predict import main
+    def imported() -> Callable[[], int]:
+        from linnaeus.cli.predict import main
+        return main
 
-    _run(main)
+    _run(imported)
 
 
-__all__ = ["ckpt", "evaluate", "exit_process", "predict", "train"]
+__all__ = ["ckpt", "evaluate", "exit_process", "pause_gc", "predict", "resume_gc", "train"]

@@ -11,8 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from linnaeus.cli.commands import exit_process, pause_gc, resume_gc  # noqa: E402
+
+pause_gc()  # the imports below as tools/train.py makes them
 import linnaeus.main as main  # noqa: E402
-from linnaeus.cli.commands import exit_process  # noqa: E402
+resume_gc()
 
 _evaluate, _calls = main.evaluate, [0]
 

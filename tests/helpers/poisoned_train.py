@@ -11,9 +11,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from linnaeus.cli.commands import exit_process, pause_gc, resume_gc  # noqa: E402
+
+pause_gc()  # the imports below as tools/train.py makes them
 from linnaeus.data.folder import LabeledImages  # noqa: E402
 from linnaeus.main import cli  # noqa: E402
-from linnaeus.cli.commands import exit_process  # noqa: E402
+resume_gc()
 
 _POISONED = {int(i) for i in os.environ.get("LINNAEUS_TEST_POISON", "").split(",") if i}
 _VALUE = float(os.environ.get("LINNAEUS_TEST_POISON_VALUE", "nan"))

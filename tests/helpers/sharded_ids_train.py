@@ -24,9 +24,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from linnaeus.cli.commands import exit_process, pause_gc, resume_gc  # noqa: E402
+
+pause_gc()  # the imports below as tools/train.py makes them
 from linnaeus.data.sampler import ResumableDistributedSampler  # noqa: E402
 from linnaeus.main import cli  # noqa: E402
-from linnaeus.cli.commands import exit_process  # noqa: E402
+resume_gc()
 from tests.helpers.group_session import report_alive  # noqa: E402
 
 _OUT = os.environ["LINNAEUS_TEST_IDS"]

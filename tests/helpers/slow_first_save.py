@@ -18,10 +18,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from linnaeus.cli.commands import exit_process, pause_gc, resume_gc  # noqa: E402
+
+pause_gc()  # the imports below as tools/train.py makes them
 from linnaeus import main  # noqa: E402
 from linnaeus.checkpoint import testing  # noqa: E402
 from linnaeus.runner import launcher_watch  # noqa: E402
-from linnaeus.cli.commands import exit_process  # noqa: E402
+resume_gc()
 
 held = [False]
 

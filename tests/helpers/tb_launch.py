@@ -21,11 +21,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from linnaeus.cli.commands import exit_process, pause_gc, resume_gc  # noqa: E402
+
+pause_gc()  # the imports below as tools/train.py makes them
 from linnaeus.checkpoint import CheckpointManager  # noqa: E402
 from linnaeus.engine.run_log import RunEventWriter  # noqa: E402
 from linnaeus.main import cli  # noqa: E402
 from linnaeus.runner.checkpoints import RunCheckpoints  # noqa: E402
-from linnaeus.cli.commands import exit_process  # noqa: E402
+resume_gc()
 
 _poll, _flush, _save = RunCheckpoints.poll, RunEventWriter.flush, CheckpointManager.save
 
