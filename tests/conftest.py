@@ -66,17 +66,31 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-# The options of the shared trained run (trained_tiny): an EMA to evaluate, a metric to pick the best by.
-TRAINED_OPTS = ("TRAIN.EMA.ENABLED", "True", "CHECKPOINT.MONITOR", "val/acc1/species")
+# The shared trained run (trained_demo): the demo config (its model, optimizer, schedule and
+# checkpoint policy, what `make demo` trains) trained briefly: 2 epochs of the session's 240 toy
+# images, with an EMA to evaluate. Its run dir is <base>/demo.
+DEMO_CFG = REPO / "configs" / "demo.yaml"
+TRAINED_NAME = "demo"
+TRAINED_OPTS = ("DATA.TOY_NUM_SAMPLES", "240", "TRAIN.EPOCHS", "2", "DATA.NUM_WORKERS", "0",
+                "TRAIN.PROGRESS_BAR", "False", "TRAIN.EMA.ENABLED", "True")
+
+
+def trained_args(out_dir: Path, toy_root: Path, *opts: str) -> list[str]:
+    """``--cfg`` and ``--opts`` of the shared trained run (more ``opts`` after its own)."""
+    return ["--cfg", str(DEMO_CFG), "--opts", "ENV.OUTPUT.BASE_DIR", str(out_dir), "EXPERIMENT.NAME", TRAINED_NAME,
+            "DATA.ROOT", str(toy_root), "ENV.INPUT.CACHE_DIR", str(out_dir / "cache"), *TRAINED_OPTS, *opts]
 
 
 @pytest.fixture(scope="session")
-def trained_tiny(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
-    """ENV.OUTPUT.BASE_DIR of one finished 2-epoch run of the tiny config with TRAINED_OPTS, trained once per
+def trained_demo(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
+    """ENV.OUTPUT.BASE_DIR of one finished brief run of the demo config (TRAINED_OPTS), trained once per
     test process, for the commands that use a trained model (eval, predict, the report, --eval-only,
     --dry-run). They may add files under its run dir (eval/), never change its checkpoints."""
     out = tmp_path_factory.mktemp("trained")
-    run_train(out, toy_root, *TRAINED_OPTS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(train_cmd() + trained_args(out, toy_root), cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, f"training exited {proc.returncode}\n{proc.stderr[-6000:]}"
     return out
 
 

@@ -13,29 +13,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, TRAINED_OPTS, VENV_BIN, run_train, tiny_args
+from tests.conftest import REPO, TRAINED_NAME, VENV_BIN, run_train, tiny_args, trained_args
 
 EVAL = VENV_BIN / "linnaeus-eval"
-OPTS = TRAINED_OPTS
 
 
 @pytest.fixture(scope="module")
-def trained(trained_tiny: Path) -> Path:
-    return trained_tiny
+def trained(trained_demo: Path) -> Path:
+    return trained_demo
 
 
-def _eval(out: Path, toy_root: Path, *args: str, nproc: int = 1, opts: tuple[str, ...] = OPTS
-          ) -> subprocess.CompletedProcess:
+def _eval(out: Path, toy_root: Path, *args: str, nproc: int = 1) -> subprocess.CompletedProcess:
     cmd = [str(EVAL)] if nproc == 1 else [str(VENV_BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}",
                                           str(REPO / "tools" / "eval.py")]
-    cfg_args = tiny_args(out, toy_root, *opts)  # --cfg CFG --opts ...: the run's own config
+    cfg_args = trained_args(out, toy_root)  # --cfg CFG --opts ...: the run's own config
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd + cfg_args[:2] + list(args) + cfg_args[2:], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
 
 
 def _stored_validation(out: Path) -> dict[str, float]:
-    ckpts = out / "tiny" / "checkpoints"
+    ckpts = out / TRAINED_NAME / "checkpoints"
     state = torch.load(ckpts / (ckpts / "latest").read_text().strip(), weights_only=True)
     return {k: v for k, v in state["metrics"]["history"][-1].items() if k not in ("epoch", "step")}
 
@@ -43,7 +41,7 @@ def _stored_validation(out: Path) -> dict[str, float]:
 def test_eval_reproduces_the_runs_validation_and_writes_a_row_per_image(trained: Path, toy_root: Path) -> None:
     proc = _eval(trained, toy_root, "--ckpt", "latest")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    folder = trained / "tiny" / "eval" / "checkpoint_epoch_2"
+    folder = trained / TRAINED_NAME / "eval" / "checkpoint_epoch_2"
     record = json.loads((folder / "metrics.json").read_text())
     assert record["metrics"] == _stored_validation(trained)  # exactly: the same evaluation, the same shards
     assert record["checkpoint"].endswith("checkpoint_epoch_2.pth") and record["ema"] is False
@@ -81,7 +79,7 @@ def test_eval_reproduces_the_runs_validation_and_writes_a_row_per_image(trained:
     # The training run's end-of-run report named the same worst classes and confused siblings.
     eval_lines = [line.split("] ", 1)[-1] for line in (folder / "log.txt").read_text().splitlines()
                   if ": worst classes " in line]
-    run_lines = [line.split("val ", 1)[1] for line in (trained / "tiny" / "log.txt").read_text().splitlines()
+    run_lines = [line.split("val ", 1)[1] for line in (trained / TRAINED_NAME / "log.txt").read_text().splitlines()
                  if line.startswith("val ") and ": worst classes " in line]
     assert len(eval_lines) == 3 and run_lines[-3:] == eval_lines
 
@@ -101,10 +99,10 @@ def test_eval_reproduces_the_runs_validation_and_writes_a_row_per_image(trained:
 def test_eval_of_the_ema_and_of_the_best_checkpoint(trained: Path, toy_root: Path) -> None:
     ema = _eval(trained, toy_root, "--ckpt", "latest", "--ema")
     assert ema.returncode == 0, ema.stderr[-3000:]
-    assert "from 'ema'" in (trained / "tiny" / "eval" / "checkpoint_epoch_2_ema" / "log.txt").read_text()
+    assert "from 'ema'" in (trained / TRAINED_NAME / "eval" / "checkpoint_epoch_2_ema" / "log.txt").read_text()
     best = _eval(trained, toy_root, "--ckpt", "best", "--out", str(trained / "best"))
     assert best.returncode == 0, best.stderr[-3000:]
-    history = [h for h in torch.load(next((trained / "tiny" / "checkpoints").glob("checkpoint_epoch_2.pth")),
+    history = [h for h in torch.load(next((trained / TRAINED_NAME / "checkpoints").glob("checkpoint_epoch_2.pth")),
                                      weights_only=True)["metrics"]["history"]]
     best_epoch = max(history, key=lambda h: h["val/acc1/species"])["epoch"]
     assert json.loads((trained / "best" / "metrics.json").read_text())["checkpoint"].endswith(
@@ -117,7 +115,7 @@ def test_eval_of_the_ema_and_of_the_best_checkpoint(trained: Path, toy_root: Pat
 ])
 def test_eval_of_a_checkpoint_it_cannot_find_fails_with_one_line(trained: Path, toy_root: Path, ckpt: str,
                                                                  message: str, capsys: pytest.CaptureFixture) -> None:
-    assert _eval_here(trained, toy_root, "--ckpt", ckpt) == 1
+    assert _eval_here(trained_args(trained, toy_root), "--ckpt", ckpt) == 1
     err = capsys.readouterr().err
     assert err.startswith("linnaeus-eval: ") and message in err and "Traceback" not in err
 
@@ -125,15 +123,15 @@ def test_eval_of_a_checkpoint_it_cannot_find_fails_with_one_line(trained: Path, 
 def test_eval_with_ema_of_a_checkpoint_without_one_says_so(tmp_path: Path, toy_root: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     run_train(tmp_path, toy_root, "TRAIN.EPOCHS", "1")
-    assert _eval_here(tmp_path, toy_root, "--ckpt", "latest", "--ema", opts=("TRAIN.EPOCHS", "1")) == 1
+    assert _eval_here(tiny_args(tmp_path, toy_root, "TRAIN.EPOCHS", "1"), "--ckpt", "latest", "--ema") == 1
     assert "holds no EMA weights (--ema)" in capsys.readouterr().err
 
 
-def _eval_here(out: Path, toy_root: Path, *args: str, opts: tuple[str, ...] = OPTS) -> int:
-    """The command's main in this process (the error paths: no training process needed)."""
+def _eval_here(cfg_args: list[str], *args: str) -> int:
+    """The command's main in this process (the error paths: no training process needed);
+    ``cfg_args``: ``--cfg CFG --opts ...``."""
     from linnaeus.cli.eval import main
 
-    cfg_args = tiny_args(out, toy_root, *opts)
     return main(cfg_args[:2] + list(args) + cfg_args[2:])
 
 

@@ -16,15 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import REPO, TRAINED_OPTS, VENV_BIN, tiny_args
+from tests.conftest import REPO, TRAINED_NAME, VENV_BIN, trained_args
 
 PREDICT = VENV_BIN / "linnaeus-predict"
 RANKS = ("species", "genus", "family")
 
 
 @pytest.fixture(scope="module")
-def trained(trained_tiny: Path) -> Path:
-    return trained_tiny / "tiny" / "checkpoints" / "checkpoint_epoch_2.pth"
+def trained(trained_demo: Path) -> Path:
+    return trained_demo / TRAINED_NAME / "checkpoints" / "checkpoint_epoch_2.pth"
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_predict_on_a_folder_of_photos_row_by_row(trained: Path, reference: Path
 def _eval_rows(trained: Path, toy_root: Path, tmp_path: Path) -> Path:
     """linnaeus-eval's predictions.csv for the trained run (the reference probabilities)."""
     out = trained.parents[2]
-    args = tiny_args(out, toy_root, *TRAINED_OPTS)
+    args = trained_args(out, toy_root)
     proc = subprocess.run([str(VENV_BIN / "linnaeus-eval"), *args[:2], "--ckpt", str(trained), "--out",
                            str(tmp_path / "eval"), *args[2:]], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -183,7 +183,7 @@ def test_thresholds_solved_by_eval_answer_the_same_images_the_same_way_in_predic
                                                                                  reference: Path, tmp_path: Path,
                                                                                  calibrate: bool) -> None:
     out = trained.parents[2]
-    args = tiny_args(out, toy_root, *TRAINED_OPTS)
+    args = trained_args(out, toy_root)
     proc = subprocess.run([str(VENV_BIN / "linnaeus-eval"), *args[:2], "--ckpt", str(trained), "--out",
                            str(tmp_path / "eval"), "--target-accuracy", "0.9", *(["--calibrate"] if calibrate else []),
                            *args[2:]], cwd=REPO,

@@ -12,15 +12,15 @@ from pathlib import Path
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import REPO, TRAINED_OPTS, VENV_BIN, tiny_args
+from tests.conftest import REPO, VENV_BIN, trained_args
 from tests.fixtures_chromium import chromium, rendered_dom  # noqa: F401
 
 FIGURES = ("reliability", "risk_coverage", "per_class_accuracy", "accuracy_over_epochs")
 
 
-def test_the_report_renders_in_a_browser_with_every_figure(tmp_path: Path, toy_root: Path, trained_tiny: Path,
+def test_the_report_renders_in_a_browser_with_every_figure(tmp_path: Path, toy_root: Path, trained_demo: Path,
                                                            chromium: str) -> None:  # noqa: F811
-    args = tiny_args(trained_tiny, toy_root, *TRAINED_OPTS)
+    args = trained_args(trained_demo, toy_root)
     out = tmp_path / "eval"
     proc = subprocess.run([str(VENV_BIN / "linnaeus-eval"), *args[:2], "--ckpt", "latest", "--out", str(out),
                            "--target-accuracy", "0.9", *args[2:]], cwd=REPO, capture_output=True, text=True,

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from linnaeus.config import config_yaml, load_config
-from tests.conftest import REPO, TINY_CFG, TRAINED_OPTS, tiny_args
+from tests.conftest import REPO, TINY_CFG, TRAINED_NAME, trained_args
 
 
 def test_print_config_prints_the_resolved_yaml_redacted_and_creates_nothing(tmp_path: Path) -> None:
@@ -32,10 +32,10 @@ def test_print_config_prints_the_resolved_yaml_redacted_and_creates_nothing(tmp_
     assert not (tmp_path / "out").exists()  # no run dir, no log, no lock
 
 
-def test_eval_only_evaluates_the_runs_latest_checkpoint_and_trains_nothing(trained_tiny: Path, toy_root: Path) -> None:
-    run = trained_tiny / "tiny"
+def test_eval_only_evaluates_the_runs_latest_checkpoint_and_trains_nothing(trained_demo: Path, toy_root: Path) -> None:
+    run = trained_demo / TRAINED_NAME
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
-    args = tiny_args(trained_tiny, toy_root, *TRAINED_OPTS, "TRAIN.EPOCHS", "4")  # more epochs: still none trained
+    args = trained_args(trained_demo, toy_root, "TRAIN.EPOCHS", "4")  # more epochs: still none trained
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), *args[:2], "--eval-only", *args[2:]],
                           cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -45,11 +45,11 @@ def test_eval_only_evaluates_the_runs_latest_checkpoint_and_trains_nothing(train
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == checkpoints
 
 
-def test_dry_run_says_what_the_launch_would_do_tries_it_and_writes_nothing(trained_tiny: Path, toy_root: Path) -> None:
-    run = trained_tiny / "tiny"
+def test_dry_run_says_what_the_launch_would_do_tries_it_and_writes_nothing(trained_demo: Path, toy_root: Path) -> None:
+    run = trained_demo / TRAINED_NAME
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     stored = torch.load(run / "checkpoints" / "checkpoint_epoch_2.pth", weights_only=True)["progress"]
-    args = tiny_args(trained_tiny, toy_root, *TRAINED_OPTS, "TRAIN.EPOCHS", "3")
+    args = trained_args(trained_demo, toy_root, "TRAIN.EPOCHS", "3")
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), *args[:2], "--dry-run", *args[2:]],
                           cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
