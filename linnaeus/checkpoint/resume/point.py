@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection
 
-from linnaeus.dist import barrier, broadcast_object, is_main_process, run_on_all_ranks
+from linnaeus.dist import all_gather_object, barrier, broadcast_object, get_rank, is_main_process, run_on_all_ranks
 
 from .. import store
 from ..errors import (
@@ -145,6 +145,15 @@ class _Resume:
         self.resolve, self.remote, self.download, self.skip = resolve, remote, download, skip
 
     def choose(self, explicit: str, auto: bool) -> ResumePoint | None:
+        sharing = store.probe_sharing(self.directory)
+        if not sharing.shared:
+            self._check_node_local(sharing)
+        point = self._choose(explicit, auto)
+        if not sharing.shared and not (explicit and not auto):  # a deliberate restart passes over the rest
+            self._refuse_more_progress_elsewhere(sharing, point)
+        return point
+
+    def _choose(self, explicit: str, auto: bool) -> ResumePoint | None:
         if self.remote is not None:  # a move aside that a kill interrupted ends before the folder is read
             self._on_rank0(self._finish_moves, f"finishing a move aside in {self.remote.display}")
         self._on_rank0(lambda: _refuse_if_any(self.directory, store.unadopted, store.UnadoptedCheckpointsError),
@@ -174,6 +183,43 @@ class _Resume:
         if found is None:
             self._refuse_weights_only_restart()
         return found
+
+    # ------------------------------------------------------------------ node-local directories
+    def _check_node_local(self, sharing: store.DirectorySharing) -> None:
+        """Said once; refused where the format's commit needs one directory that every rank sees."""
+        if is_main_process():
+            logger.warning("Checkpoint directory %s is %s. Each save is written where rank 0 sees it; a relaunch "
+                           "resumes from what rank 0's directory (or the bucket) holds.", self.directory,
+                           sharing.describe())
+        if self.manager.format.needs_shared_directory:
+            raise CheckpointIncompatibleError(
+                f"{self.manager.format.name} checkpoints need one directory that every rank sees (each rank writes "
+                f"its shards into the directory rank 0 commits), but {self.directory} is {sharing.describe()}. Give "
+                "every rank the same directory on a shared filesystem.", path=self.directory)
+
+    def _refuse_more_progress_elsewhere(self, sharing: store.DirectorySharing, point: ResumePoint | None) -> None:
+        """Rank 0 decides from its own directory; another node's may hold more progress (it was rank 0's
+        in an earlier launch). Resuming less, or starting fresh, would silently repeat that work."""
+        leaders = {group[0] for group in sharing.groups[1:]}
+
+        def newest_here() -> tuple[str, int] | None:
+            infos = [i for i in store.list_checkpoints(self.directory)
+                     if i.readable and i.committed and i.kind == KIND_FULL and i.saver == self.manager.name]
+            return (str(infos[-1].path), infos[-1].step) if infos else None
+
+        mine = run_on_all_ranks(lambda: newest_here() if get_rank() in leaders else None,
+                                f"listing the checkpoints in each node's {self.directory}", CheckpointError)
+        found = all_gather_object(mine)
+        ahead = [(r, f) for r, f in enumerate(found) if f is not None and f[1] > (-1 if point is None else point.step)]
+        if ahead:
+            rank, (path, step) = ahead[0]
+            mine = "nothing: it would start fresh" if point is None else f"{point.path} (step {point.step})"
+            raise CheckpointIncompatibleError(
+                f"rank {rank} on {sharing.hosts[rank]} sees {path} (step {step}), more progress than what rank 0 on "
+                f"{sharing.hosts[0]} resumes from in its own {sharing.paths[0]}: {mine}. The ranks do not share one "
+                f"checkpoint directory ({sharing.describe()}). Give every rank the same directory on a shared "
+                "filesystem, or relaunch with that node as rank 0 (torchrun --node-rank 0 there), or copy the "
+                "checkpoint and its .sha256 sidecar into rank 0's directory.", path=Path(path))
 
     # ------------------------------------------------------------------ explicit target
     def _locate(self, identifier: str) -> Path:

@@ -35,6 +35,7 @@ TEMP_DIR = "temp directory of an unfinished sharded save (or of one overwritten 
 
 class ShardedFormat(CheckpointFormat):
     name = "sharded"
+    needs_shared_directory = True
 
     def claims(self, path: Path) -> bool:
         return is_sharded_checkpoint(path)
