@@ -23,6 +23,7 @@ def test_torchrun_two_processes_trains_evaluates_and_writes_run_dir(tmp_path, to
     assert (run / "config.yaml").is_file()
     log = (run / "log.txt").read_text()
     assert "world size 2" in log
+    assert "node-local" not in log  # both ranks see one run dir: nothing to say
     assert "val/acc1/species" in log
     assert "starting fresh" in log
     assert _events(run), "no TensorBoard event file"
