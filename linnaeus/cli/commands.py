@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import importlib
 import os
 import sys
 import threading
@@ -52,45 +53,30 @@ def resume_gc() -> None:
     gc.enable()
 
 
-def _run(import_main: Callable[[], Callable[[], int | None]]) -> NoReturn:
+def _run(module: str, function: str = "main") -> NoReturn:
+    """Import ``module`` with the collector paused, run its ``function`` (the command's main), exit."""
     pause_gc()
     try:
-        main = import_main()
+        main: Callable[[], int | None] = getattr(importlib.import_module(module), function)
     finally:
         resume_gc()
     exit_process(main() or 0)
 
 
 def train() -> NoReturn:
-    def imported() -> Callable[[], int]:
-        from linnaeus.main import cli
-        return cli
-
-    _run(imported)
+    _run("linnaeus.main", "cli")
 
 
 def ckpt() -> NoReturn:
-    def imported() -> Callable[[], int]:
-        from linnaeus.cli.ckpt import main
-        return main
-
-    _run(imported)
+    _run("linnaeus.cli.ckpt")
 
 
 def evaluate() -> NoReturn:
-    def imported() -> Callable[[], int]:
-        from linnaeus.cli.eval import main
-        return main
-
-    _run(imported)
+    _run("linnaeus.cli.eval")
 
 
 def predict() -> NoReturn:
-    def imported() -> Callable[[], int]:
-        from linnaeus.cli.predict import main
-        return main
-
-    _run(imported)
+    _run("linnaeus.cli.predict")
 
 
 __all__ = ["ckpt", "evaluate", "exit_process", "pause_gc", "predict", "resume_gc", "train"]
