@@ -188,9 +188,10 @@ class _Resume:
     def _check_node_local(self, sharing: store.DirectorySharing) -> None:
         """Said once; refused where the format's commit needs one directory that every rank sees."""
         if is_main_process():
-            logger.warning("Checkpoint directory %s is %s. Each save is written where rank 0 sees it; a relaunch "
-                           "resumes from what rank 0's directory (or the bucket) holds.", self.directory,
-                           sharing.describe())
+            logger.warning("Checkpoint directory %s is %s. Saves are written only where rank 0 sees them, and a "
+                           "resume needs the same checkpoint under the same path on every node (or fresh nodes "
+                           "that all fetch it from the bucket); a rank that lacks it stops the resume on every "
+                           "rank.", self.directory, sharing.describe())
         if self.manager.format.needs_shared_directory:
             raise CheckpointIncompatibleError(
                 f"{self.manager.format.name} checkpoints need one directory that every rank sees (each rank writes "
