@@ -63,6 +63,10 @@ def probe_sharing(directory: Path) -> DirectorySharing:
     error = ""
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        # This rank's probe of a launch killed between writing and removing it (the writer lock keeps
+        # any other launch out of the directory, so no live probe of this rank number is touched).
+        for stale in directory.glob(_PROBE.format(token="*", rank=rank)):
+            stale.unlink(missing_ok=True)
         mine.write_bytes(b"")
         fsync_dir(directory)  # seen by the other ranks of a network filesystem once they look
     except OSError as e:

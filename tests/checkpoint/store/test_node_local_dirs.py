@@ -67,12 +67,15 @@ def test_node_local_directories_are_found_and_a_relaunch_never_resumes_less_than
                 "nothing: it would start fresh") in proc.stdout, proc.stdout[-3000:]
     assert "starting fresh" not in swapped[0].stdout and _checkpoints(b) == []
 
-    # 3. With node a as rank 0 again, the run continues where it was.
+    # 3. With node a as rank 0 again, the run continues where it was; no probe file stays behind, not even
+    # one of a launch killed between writing and removing it.
+    (a / "tiny" / "checkpoints" / ".sharing-0123456789abcdef-0").write_bytes(b"")
     again = _nodes([a, b], toy_root, "TRAIN.EPOCHS", "2")
     assert [p.returncode for p in again] == [0, 0], again[0].stdout[-3000:]
     assert f"Resumed from {a / 'tiny' / 'checkpoints' / 'checkpoint_epoch_1.pth'} (epoch 1, step 3)" in again[0].stdout
     state = torch.load(a / "tiny" / "checkpoints" / "checkpoint_epoch_2.pth", weights_only=True)
     assert state["progress"]["step"] == 6
+    assert not [p for d in (a, b) for p in (d / "tiny" / "checkpoints").glob(".sharing-*")]
 
 
 def test_sharded_checkpoints_on_node_local_directories_are_refused_at_the_start(tmp_path: Path,
