@@ -55,6 +55,7 @@ from ..remote import RemoteRun
 from ..sources import DownloadOptions, TransientSourceError, is_uri, redact
 from ..state import KIND_FULL, KIND_WEIGHTS, describe_foreign
 from ..store import find_checkpoint, load_same_bytes
+from .peers import spread_newest
 from .target import locate_run_target, parse_run_target
 
 logger = logging.getLogger("linnaeus.checkpoint")
@@ -148,6 +149,9 @@ class _Resume:
         sharing = store.probe_sharing(self.directory)
         if not sharing.shared:
             self._check_node_local(sharing)
+            if not (explicit and not auto) and self.manager.format.name == "file":
+                # Saves land on rank 0's node: every node gets the newest any of them holds (:mod:`.peers`).
+                spread_newest(sharing, self.directory, self.manager.name)
         point = self._choose(explicit, auto)
         if not sharing.shared and not (explicit and not auto):  # a deliberate restart passes over the rest
             self._refuse_more_progress_elsewhere(sharing, point)
@@ -188,10 +192,10 @@ class _Resume:
     def _check_node_local(self, sharing: store.DirectorySharing) -> None:
         """Said once; refused where the format's commit needs one directory that every rank sees."""
         if is_main_process():
-            logger.warning("Checkpoint directory %s is %s. Saves are written only where rank 0 sees them, and a "
-                           "resume needs the same checkpoint under the same path on every node (or fresh nodes "
-                           "that all fetch it from the bucket); a rank that lacks it stops the resume on every "
-                           "rank.", self.directory, sharing.describe())
+            logger.warning("Checkpoint directory %s is %s. Saves are written only where rank 0 sees them; before "
+                           "a resume, the newest checkpoint any node holds is sent to the others over the process "
+                           "group (single-file checkpoints, which every rank then reads under rank 0's path: give "
+                           "every node the same path).", self.directory, sharing.describe())
         if self.manager.format.needs_shared_directory:
             raise CheckpointIncompatibleError(
                 f"{self.manager.format.name} checkpoints need one directory that every rank sees (each rank writes "

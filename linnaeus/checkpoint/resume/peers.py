@@ -1,0 +1,149 @@
+"""A checkpoint file sent from one node's directory to the others over the process group, for runs
+whose checkpoint directory is node-local (:func:`~linnaeus.checkpoint.store.probe_sharing`).
+
+Saves are written where rank 0 sees them, so after a relaunch the other nodes lack the checkpoint
+to resume from, and when rank 0 lands on another node (a replaced machine, another rendezvous
+order) rank 0 lacks it too. Before the resume decision, the lowest rank of every directory
+reports its newest full checkpoint; the one with the most progress is sent, with its sidecar, to
+every directory that does not hold the same bytes. No bucket is read.
+
+Each receiving node writes a temp file as the bytes arrive (``dist.broadcast`` of 64 MiB chunks),
+hashes them on the way, fsyncs, checks the sha256 against the sender's sidecar, writes the sidecar
+durably, then renames the file into place: the single-file commit, so a node killed in between
+leaves a temp file and no checkpoint. A copy that does not match fails the resume on every rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from linnaeus.dist import all_gather_object, broadcast_object, get_rank, run_on_all_ranks
+
+from ..disk import fsync_dir, parse_sidecar, sidecar_path, write_durably
+from ..errors import CheckpointCorruptError, CheckpointError
+from ..sources import temp_path_for
+from ..state import KIND_FULL
+from .. import store
+
+logger = logging.getLogger("linnaeus.checkpoint")
+
+CHUNK_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Held:
+    """A directory's newest full checkpoint of a saver, as its node reports it."""
+
+    name: str
+    step: int
+    sha256: str
+
+
+def newest_held(directory: Path, saver: str) -> Held | None:
+    infos = [i for i in store.list_checkpoints(directory)
+             if i.readable and i.committed and i.kind == KIND_FULL and i.saver == saver]
+    if not infos:
+        return None
+    path = infos[-1].path
+    return Held(path.name, infos[-1].step, parse_sidecar(sidecar_path(path).read_bytes(), path.name, path).sha256)
+
+
+def spread_newest(sharing: store.DirectorySharing, directory: Path, saver: str) -> Held | None:
+    """The newest full checkpoint any node holds, sent to every directory without the same bytes (a
+    collective); returns it (None when no node holds one)."""
+    leaders = {group[0] for group in sharing.groups}
+    mine = run_on_all_ranks(lambda: newest_held(directory, saver) if get_rank() in leaders else None,
+                            f"listing the checkpoints in each node's {directory}", CheckpointError)
+    reports = all_gather_object(mine)
+    held = [(r, h) for r, h in enumerate(reports) if h is not None]
+    if not held:
+        return None
+    source, newest = max(held, key=lambda rh: (rh[1].step, -rh[0]))  # ties: the lowest rank's
+    receivers = sorted(r for r in leaders if reports[r] != newest)
+    if receivers:
+        _send(sharing, directory, newest, source, receivers)
+    return newest
+
+
+def _send(sharing: store.DirectorySharing, directory: Path, newest: Held, source: int, receivers: list[int]) -> None:
+    rank, started = get_rank(), time.monotonic()
+    dest = directory / newest.name
+    receiving = rank in receivers
+
+    def prepare() -> tuple[bytes, int] | None:
+        if receiving and (dest.exists() or sidecar_path(dest).exists()):
+            raise CheckpointError(
+                f"rank {rank} on {socket.gethostname()} would receive {newest.name} from rank {source}, but its "
+                f"directory {directory} holds another file of that name: move it aside (`linnaeus-ckpt set-aside`) "
+                "or remove it, then relaunch.")
+        return (sidecar_path(dest).read_bytes(), dest.stat().st_size) if rank == source else None
+
+    sidecar, size = broadcast_object(run_on_all_ranks(prepare, f"sending {newest.name}", CheckpointError), src=source)
+    device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+    tmp = temp_path_for(dest) if receiving else None
+    digest = hashlib.sha256()
+    failure: BaseException | None = None  # raised on every rank once the last chunk has gone by
+    src = open(dest, "rb") if rank == source else None
+    out = open(tmp, "wb") if tmp is not None else None
+    try:
+        for offset in range(0, size, CHUNK_BYTES):
+            chunk = torch.zeros(min(CHUNK_BYTES, size - offset), dtype=torch.uint8)
+            if src is not None and failure is None:
+                try:
+                    src.readinto(memoryview(chunk.numpy()))
+                except OSError as e:
+                    failure = e
+            moved = chunk.to(device)
+            dist.broadcast(moved, src=source)
+            if out is not None and failure is None:
+                data = memoryview(moved.cpu().numpy())
+                try:
+                    out.write(data)
+                except OSError as e:
+                    failure = e
+                digest.update(data)
+        if out is not None and failure is None:
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as e:
+        failure = e
+    finally:
+        for f in (src, out):
+            if f is not None:
+                f.close()
+
+    def commit() -> None:
+        try:
+            if failure is not None:
+                raise failure
+            if tmp is None:
+                return
+            expected = parse_sidecar(sidecar, newest.name, f"{newest.name}.sha256 from rank {source}").sha256
+            if digest.hexdigest() != expected:
+                raise CheckpointCorruptError(dest, f"the copy received from rank {source} has sha256 "
+                                                   f"{digest.hexdigest()}, its sidecar says {expected}")
+            write_durably(sidecar_path(dest), sidecar)
+            os.replace(tmp, dest)
+            fsync_dir(directory)
+        finally:
+            if tmp is not None and tmp.exists():
+                tmp.unlink()
+
+    run_on_all_ranks(commit, f"receiving {newest.name} from rank {source}", CheckpointError)
+    if rank == 0:
+        logger.info("Sent %s (step %d, %.1f MB) from rank %d on %s to the directories of rank(s) %s over the process "
+                    "group in %.1f s, verified: the checkpoint directories are node-local.", newest.name, newest.step,
+                    size / 1e6, source, sharing.hosts[source], ", ".join(map(str, receivers)),
+                    time.monotonic() - started)
+
+
+__all__ = ["CHUNK_BYTES", "Held", "newest_held", "spread_newest"]
