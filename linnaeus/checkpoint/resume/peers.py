@@ -81,10 +81,16 @@ def _send(sharing: store.DirectorySharing, directory: Path, newest: Held, source
 
     def prepare() -> tuple[bytes, int] | None:
         if receiving and (dest.exists() or sidecar_path(dest).exists()):
+            try:
+                own = f"sha256 {parse_sidecar(sidecar_path(dest).read_bytes(), dest.name, dest).sha256}"
+            except (OSError, CheckpointError):
+                own = "no readable sidecar"
             raise CheckpointError(
-                f"rank {rank} on {socket.gethostname()} would receive {newest.name} from rank {source}, but its "
-                f"directory {directory} holds another file of that name: move it aside (`linnaeus-ckpt set-aside`) "
-                "or remove it, then relaunch.")
+                f"ranks would resume from different bytes: {dest} on rank {rank} ({socket.gethostname()}) has {own}, "
+                f"but rank {source} holds {newest.name} with sha256 {newest.sha256} (step {newest.step}), the newest "
+                "of any node. The checkpoint directories are node-local and hold different files of one name; every "
+                "rank must load the same bytes. Move the one that is not this run's aside (`linnaeus-ckpt set-aside`) "
+                "and relaunch.")
         return (sidecar_path(dest).read_bytes(), dest.stat().st_size) if rank == source else None
 
     sidecar, size = broadcast_object(run_on_all_ranks(prepare, f"sending {newest.name}", CheckpointError), src=source)
