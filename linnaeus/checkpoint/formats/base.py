@@ -205,9 +205,6 @@ class CheckpointFormat(abc.ABC):
     transferred. Instances are stateless: the registry holds one of each."""
 
     name: ClassVar[str]
-    # Whether a save needs one directory that every rank sees: the sharded format's ranks write their
-    # shards into the temp directory rank 0 then commits. A single file is written by rank 0 alone.
-    needs_shared_directory: ClassVar[bool] = False
 
     # ----------------------------------------------------------------- recognising
     @abc.abstractmethod

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection
 
-from linnaeus.dist import all_gather_object, barrier, broadcast_object, get_rank, is_main_process, run_on_all_ranks
+from linnaeus.dist import barrier, broadcast_object, is_main_process, run_on_all_ranks
 
 from .. import store
 from ..errors import (
@@ -149,13 +149,10 @@ class _Resume:
         sharing = store.probe_sharing(self.directory)
         if not sharing.shared:
             self._check_node_local(sharing)
-            if not (explicit and not auto) and self.manager.format.name == "file":
+            if not (explicit and not auto):  # a deliberate restart resumes its target, whatever else a node holds
                 # Saves land on rank 0's node: every node gets the newest any of them holds (:mod:`.peers`).
                 spread_newest(sharing, self.directory, self.manager.name)
-        point = self._choose(explicit, auto)
-        if not sharing.shared and not (explicit and not auto):  # a deliberate restart passes over the rest
-            self._refuse_more_progress_elsewhere(sharing, point)
-        return point
+        return self._choose(explicit, auto)
 
     def _choose(self, explicit: str, auto: bool) -> ResumePoint | None:
         if self.remote is not None:  # a move aside that a kill interrupted ends before the folder is read
@@ -190,41 +187,18 @@ class _Resume:
 
     # ------------------------------------------------------------------ node-local directories
     def _check_node_local(self, sharing: store.DirectorySharing) -> None:
-        """Said once; refused where the format's commit needs one directory that every rank sees."""
+        """Said once; refused for every format but the single file, the one :mod:`.peers` sends between
+        nodes (a sharded save needs one directory anyway: each rank writes into the one rank 0 commits)."""
         if is_main_process():
             logger.warning("Checkpoint directory %s is %s. Saves are written only where rank 0 sees them; before "
                            "a resume, the newest checkpoint any node holds is sent to the others over the process "
                            "group (single-file checkpoints, which every rank then reads under rank 0's path: give "
                            "every node the same path).", self.directory, sharing.describe())
-        if self.manager.format.needs_shared_directory:
+        if self.manager.format.name != "file":
             raise CheckpointIncompatibleError(
-                f"{self.manager.format.name} checkpoints need one directory that every rank sees (each rank writes "
-                f"its shards into the directory rank 0 commits), but {self.directory} is {sharing.describe()}. Give "
-                "every rank the same directory on a shared filesystem.", path=self.directory)
-
-    def _refuse_more_progress_elsewhere(self, sharing: store.DirectorySharing, point: ResumePoint | None) -> None:
-        """Rank 0 decides from its own directory; another node's may hold more progress (it was rank 0's
-        in an earlier launch). Resuming less, or starting fresh, would silently repeat that work."""
-        leaders = {group[0] for group in sharing.groups[1:]}
-
-        def newest_here() -> tuple[str, int] | None:
-            infos = [i for i in store.list_checkpoints(self.directory)
-                     if i.readable and i.committed and i.kind == KIND_FULL and i.saver == self.manager.name]
-            return (str(infos[-1].path), infos[-1].step) if infos else None
-
-        mine = run_on_all_ranks(lambda: newest_here() if get_rank() in leaders else None,
-                                f"listing the checkpoints in each node's {self.directory}", CheckpointError)
-        found = all_gather_object(mine)
-        ahead = [(r, f) for r, f in enumerate(found) if f is not None and f[1] > (-1 if point is None else point.step)]
-        if ahead:
-            rank, (path, step) = ahead[0]
-            mine = "nothing: it would start fresh" if point is None else f"{point.path} (step {point.step})"
-            raise CheckpointIncompatibleError(
-                f"rank {rank} on {sharing.hosts[rank]} sees {path} (step {step}), more progress than what rank 0 on "
-                f"{sharing.hosts[0]} resumes from in its own {sharing.paths[0]}: {mine}. The ranks do not share one "
-                f"checkpoint directory ({sharing.describe()}). Give every rank the same directory on a shared "
-                "filesystem, or relaunch with that node as rank 0 (torchrun --node-rank 0 there), or copy the "
-                "checkpoint and its .sha256 sidecar into rank 0's directory.", path=Path(path))
+                f"{self.manager.format.name} checkpoints need one directory that every rank sees, but "
+                f"{self.directory} is {sharing.describe()}; only single-file checkpoints are sent between nodes. "
+                "Give every rank the same directory on a shared filesystem.", path=self.directory)
 
     # ------------------------------------------------------------------ explicit target
     def _locate(self, identifier: str) -> Path:

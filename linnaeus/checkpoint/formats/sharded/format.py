@@ -35,7 +35,6 @@ TEMP_DIR = "temp directory of an unfinished sharded save (or of one overwritten 
 
 class ShardedFormat(CheckpointFormat):
     name = "sharded"
-    needs_shared_directory = True
 
     def claims(self, path: Path) -> bool:
         return is_sharded_checkpoint(path)
