@@ -10,7 +10,7 @@ from .checkpointing import build_policy, build_weights_policy
 from .defaults import get_default_config
 from .errors import ConfigError
 from .load import BASE_KEY, config_from_text, load_config, merge_file, merge_opts
-from .output import config_yaml, dump_config, run_dir
+from .output import checkpoint_dir, config_yaml, dump_config, run_dir
 from .validate import validate
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "build_policy",
     "build_weights_policy",
+    "checkpoint_dir",
     "config_yaml",
     "dump_config",
     "get_default_config",

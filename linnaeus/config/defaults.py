@@ -248,6 +248,12 @@ _C.CHECKPOINT.KEEP_LOCAL_N = -1
 _C.CHECKPOINT.MONITOR = ""
 # "max" if a larger MONITOR is better, "min" otherwise.
 _C.CHECKPOINT.MODE = "max"
+# This node's directory for the run's checkpoints, e.g. a local disk or /dev/shm/<experiment> (one per run); each
+# node's launch may give its own. Empty: <run dir>/checkpoints. Whether the ranks share it is found at the start.
+_C.CHECKPOINT.LOCAL_DIR = ""
+# When the checkpoint directory is node-local (seen at the start: not every rank sees the same one), how many other
+# nodes keep a verified copy of each checkpoint, sent over the process group right after its commit (0 = none).
+_C.CHECKPOINT.REPLICAS = 1
 # Write, hash and commit in a background thread after snapshotting state to CPU memory.
 _C.CHECKPOINT.ASYNC = False
 # With ASYNC: copy the parameters, optimizer state and EMA while the next forward and backward run

@@ -13,6 +13,13 @@ def run_dir(cfg: CN) -> Path:
     return Path(os.path.expanduser(cfg.ENV.OUTPUT.BASE_DIR)) / cfg.EXPERIMENT.NAME
 
 
+def checkpoint_dir(cfg: CN) -> Path:
+    """CHECKPOINT.LOCAL_DIR (this node's), else <run dir>/checkpoints."""
+    if cfg.CHECKPOINT.LOCAL_DIR:
+        return Path(os.path.expanduser(cfg.CHECKPOINT.LOCAL_DIR))
+    return run_dir(cfg) / "checkpoints"
+
+
 # Keys whose values are checkpoint identifiers: a URL or rclone connection string there may
 # carry credentials, which must never be written to the run dir or into a checkpoint.
 _IDENTIFIER_KEYS = ("TRAIN.RESUME", "MODEL.PRETRAINED", "MODEL.PRETRAINED_CONVNEXT", "MODEL.PRETRAINED_ROPEVIT",

@@ -45,6 +45,9 @@ def validate(cfg: CN) -> None:
         )
     if cfg.TRAIN.ACCUM_STEPS < 1:
         raise ConfigError(f"TRAIN.ACCUM_STEPS must be >= 1, got {cfg.TRAIN.ACCUM_STEPS}.")
+    if cfg.CHECKPOINT.REPLICAS < 0:
+        raise ConfigError(f"CHECKPOINT.REPLICAS must be >= 0 (how many other nodes keep a copy of each checkpoint; "
+                          f"0 = none), got {cfg.CHECKPOINT.REPLICAS}.")
     if cfg.EVAL.INTERVAL < 1:
         raise ConfigError(f"EVAL.INTERVAL must be >= 1 (validate every N epochs), got {cfg.EVAL.INTERVAL}.")
     if cfg.TRAIN.COLLECTIVE_TIMEOUT_S < 1:

@@ -27,13 +27,14 @@ from linnaeus.checkpoint.remote import (
     close_on_all_ranks,
     poll_on_all_ranks,
 )
+from linnaeus.checkpoint.replicas import Replicator
 from linnaeus.checkpoint.resume import ResumePoint, start_timeline
 from linnaeus.checkpoint.sources import TransientSourceError
 from linnaeus.checkpoint.state import TaxonomyChangedError
-from linnaeus.checkpoint.store import restore_newest
-from linnaeus.config import build_policy, build_weights_policy, config_yaml
+from linnaeus.checkpoint.store import probe_sharing, restore_newest
+from linnaeus.config import build_policy, build_weights_policy, checkpoint_dir, config_yaml
 from linnaeus.config.parallel import sharded_checkpoints
-from linnaeus.dist import get_world_size, is_main_process, run_on_all_ranks
+from linnaeus.dist import broadcast_object, get_world_size, is_main_process, run_on_all_ranks
 from linnaeus.runner import config_diff
 from linnaeus.runner.clock import TrainingClock
 from linnaeus.runner.resume_choice import choose_resume_point
@@ -52,7 +53,8 @@ class RunCheckpoints:
 
     def __init__(self, cfg: CfgNode, run_dir: Path) -> None:
         self.cfg = cfg
-        self.directory = run_dir / "checkpoints"
+        self.directory = checkpoint_dir(cfg)  # CHECKPOINT.LOCAL_DIR, else the run dir's checkpoints/
+        self.replicas: Replicator | None = None  # set once the savers exist (_replicator)
         self._lock = self._lock_directory()  # held until close(); the savers share it
         out = cfg.ENV.OUTPUT.BUCKET
         self.remote = RemoteRun.in_bucket(out, cfg.EXPERIMENT.NAME) if out.ENABLED else None
@@ -63,14 +65,15 @@ class RunCheckpoints:
         model_name = cfg.MODEL.TIMM_NAME if cfg.MODEL.TYPE == "timm" else f"hybrid_{cfg.MODEL.HYBRID.CONVNEXT_VARIANT}"
         common = dict(config=config_yaml(cfg), experiment=cfg.EXPERIMENT.NAME, model_name=model_name,
                       name_fields={"dataset": cfg.DATA.DATASET, "n_epochs": cfg.TRAIN.EPOCHS})
+        full = not cfg.CHECKPOINT.WEIGHTS_ONLY
         self.main = CheckpointManager(self.directory, build_policy(cfg), name="checkpoint", **common,
-                                      sharded=sharded_checkpoints(cfg),
-                                      **self._upload_hooks(full=not cfg.CHECKPOINT.WEIGHTS_ONLY))
+                                      sharded=sharded_checkpoints(cfg), **self._hooks("checkpoint", full=full))
         self.weights = None
         if cfg.CHECKPOINT.WEIGHTS_SAVER.ENABLED:
             self.weights = CheckpointManager(self.directory, build_weights_policy(cfg), name="weights",
-                                             update_latest=False, **common, **self._upload_hooks(full=False))
+                                             update_latest=False, **common, **self._hooks("weights", full=False))
             self.weights.follow(self.main)  # one lineage for both savers
+        self.replicas = self._replicator()
         self.objects: dict[str, Any] = {}
         self.progress: Any = None
         # Per saver (by name): the step of its last save, so that no saver saves twice at one step.
@@ -116,12 +119,36 @@ class RunCheckpoints:
 
         return run_on_all_ranks(take, f"taking the writer lease of {remote.display}", CheckpointError)
 
-    def _upload_hooks(self, *, full: bool) -> dict[str, Any]:
+    def _hooks(self, saver: str, *, full: bool) -> dict[str, Any]:
+        """A saver's hooks (rank 0): each commit is queued for upload and for the copies on other nodes;
+        retention may only delete a local copy once its upload is confirmed."""
         uploader = self.uploader
-        if uploader is None:
-            return {}
-        # Retention may only delete a local copy once its upload is confirmed.
-        return {"on_commit": lambda path: uploader.on_commit(path, full=full), "can_delete": uploader.can_delete}
+
+        def on_commit(path: Path) -> None:
+            if uploader is not None:
+                uploader.on_commit(path, full=full)
+            if self.replicas is not None:
+                self.replicas.on_commit(path, saver=saver, update_latest=full)
+
+        return {"on_commit": on_commit, **({"can_delete": uploader.can_delete} if uploader is not None else {})}
+
+    def _replicator(self) -> Replicator | None:
+        """With a node-local checkpoint directory (every rank looks: :func:`probe_sharing`), the copies of each
+        checkpoint on CHECKPOINT.REPLICAS other nodes; None when the directory is shared (a collective)."""
+        sharing = probe_sharing(self.directory)
+        if sharing.shared or self.main.format.name != "file":  # other formats are refused at the resume decision
+            return None
+        replicas = broadcast_object(self.cfg.CHECKPOINT.REPLICAS)  # rank 0's: every rank must take part alike
+        replicator = Replicator(sharing, self.directory, replicas, {m.name: m.apply_retention for m in self._savers()})
+        if is_main_process():
+            if replicator.active:
+                logger.info("Each checkpoint is copied after its commit to the checkpoint directories of %s "
+                            "(CHECKPOINT.REPLICAS %d)", replicator.describe(), replicas)
+            else:
+                logger.warning("The checkpoint directory %s is node-local and CHECKPOINT.REPLICAS is %d: checkpoints "
+                               "live only on rank 0's node (and in the bucket, if one is set), and are lost with it.",
+                               self.directory, replicas)
+        return replicator if replicator.active else None
 
     def _savers(self) -> list[CheckpointManager]:
         return [m for m in (self.main, self.weights) if m is not None]
@@ -286,6 +313,8 @@ class RunCheckpoints:
         """Raise a failed background save or upload on every rank (collectives: call on all ranks)."""
         for manager in self._savers():
             manager.poll()
+        if self.replicas is not None:  # the same on every rank, as below
+            self.replicas.poll()
         if self.remote is not None:  # the same on every rank, so all of them join the collective
             poll_on_all_ranks(self.uploader)
 
@@ -296,6 +325,8 @@ class RunCheckpoints:
         self._closed = True
         for manager in self._savers():
             manager.close()
+        if self.replicas is not None:
+            self.replicas.close()  # every commit is queued by now: the last checkpoint's copies are made
         if self.remote is not None:
             uploader, self.uploader = self.uploader, None
             # Files that retention kept only because their upload was not confirmed yet (this
@@ -325,6 +356,8 @@ class RunCheckpoints:
         try:
             for manager in self._savers():
                 manager.close_after_error()
+            if self.replicas is not None:
+                self.replicas.abandon()
             self._finish_uploads_after_error()
         finally:
             self._release()

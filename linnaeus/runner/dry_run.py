@@ -20,7 +20,7 @@ from yacs.config import CfgNode
 
 from linnaeus.checkpoint.formats import read_info
 from linnaeus.checkpoint.store import newest_verified
-from linnaeus.config import build_policy, build_weights_policy, run_dir
+from linnaeus.config import build_policy, build_weights_policy, checkpoint_dir, run_dir
 from linnaeus.data.build import build_data
 from linnaeus.engine.progress import steps_per_epoch
 from linnaeus.runner.locate import locate_checkpoint
@@ -34,7 +34,7 @@ def plan(cfg: CfgNode) -> tuple[list[str], Path | None]:
     out = run_dir(cfg)
     data = build_data(cfg, 0, world_size)
     steps = steps_per_epoch(len(data.train_loader), cfg.TRAIN.ACCUM_STEPS, cfg.TRAIN.MAX_STEPS_PER_EPOCH)
-    point = _resume_point(cfg, out / "checkpoints")
+    point = _resume_point(cfg, checkpoint_dir(cfg))
     lines = [f"Run dir: {out} ({'exists' if out.exists() else 'not created yet'})",
              f"World size: {world_size}; strategy {cfg.TRAIN.STRATEGY}",
              f"Data: {len(data.train_dataset)} training images, "

@@ -9,14 +9,14 @@ from yacs.config import CfgNode
 
 from linnaeus.checkpoint import CheckpointError, list_checkpoints
 from linnaeus.checkpoint.resume import locate_run_target, parse_run_target
-from linnaeus.config import run_dir
+from linnaeus.config import checkpoint_dir
 from linnaeus.utils.checkpoint_utils import input_resolver
 
 
 def locate_checkpoint(cfg: CfgNode, identifier: str) -> Path:
     """The local checkpoint ``identifier`` names: the config's run's ``latest``, ``best`` or ``step:N``, a run
     dir (its latest), or anything ``MODEL.PRETRAINED`` accepts (path, bare name, URI)."""
-    checkpoints = run_dir(cfg) / "checkpoints"
+    checkpoints = checkpoint_dir(cfg)
     if identifier == "best":
         return _best(cfg, checkpoints)
     target = parse_run_target(identifier)

@@ -16,7 +16,7 @@ from .base import (
     VerifyResult,
 )
 from .directory import LATEST, checkpoint_stem, is_checkpoint_name, read_latest, write_latest
-from .file import TAXONOMY_METADATA, TREE_METADATA, FileFormat, commit_file, is_pending_sidecar_name
+from .file import TAXONOMY_METADATA, TREE_METADATA, FileFormat, commit_file, commit_written, is_pending_sidecar_name
 from .registry import (
     choose_format,
     format_named,

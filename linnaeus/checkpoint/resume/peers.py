@@ -7,17 +7,15 @@ order) rank 0 lacks it too. Before the resume decision, the lowest rank of every
 reports its newest full checkpoint; the one with the most progress is sent, with its sidecar, to
 every directory that does not hold the same bytes. No bucket is read.
 
-Each receiving node writes a temp file as the bytes arrive (``dist.broadcast`` of 64 MiB chunks),
-hashes them on the way, fsyncs, checks the sha256 against the sender's sidecar, writes the sidecar
-durably, then renames the file into place: the single-file commit, so a node killed in between
-leaves a temp file and no checkpoint. A copy that does not match fails the resume on every rank.
+Each receiving node takes the bytes as they arrive (``dist.broadcast`` of 64 MiB chunks) into an
+:class:`~linnaeus.checkpoint.replicas.IncomingFile`: hashed on the way, fsynced, checked against the
+sender's sidecar and committed as a save commits, so a node killed in between leaves a temp file
+and no checkpoint. A copy that does not match fails the resume on every rank.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import socket
 import time
 from dataclasses import dataclass
@@ -28,15 +26,13 @@ import torch.distributed as dist
 
 from linnaeus.dist import all_gather_object, broadcast_object, get_rank, run_on_all_ranks
 
-from ..disk import fsync_dir, parse_sidecar, sidecar_path, write_durably
-from ..errors import CheckpointCorruptError, CheckpointError
-from ..sources import temp_path_for
-from ..state import KIND_FULL
 from .. import store
+from ..disk import parse_sidecar, sidecar_path
+from ..errors import CheckpointError
+from ..replicas import CHUNK_BYTES, IncomingFile
+from ..state import KIND_FULL
 
 logger = logging.getLogger("linnaeus.checkpoint")
-
-CHUNK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -95,11 +91,9 @@ def _send(sharing: store.DirectorySharing, directory: Path, newest: Held, source
 
     sidecar, size = broadcast_object(run_on_all_ranks(prepare, f"sending {newest.name}", CheckpointError), src=source)
     device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
-    tmp = temp_path_for(dest) if receiving else None
-    digest = hashlib.sha256()
+    incoming = IncomingFile(dest, sidecar, f"rank {source}") if receiving else None
     failure: BaseException | None = None  # raised on every rank once the last chunk has gone by
     src = open(dest, "rb") if rank == source else None
-    out = open(tmp, "wb") if tmp is not None else None
     try:
         for offset in range(0, size, CHUNK_BYTES):
             chunk = torch.zeros(min(CHUNK_BYTES, size - offset), dtype=torch.uint8)
@@ -110,39 +104,19 @@ def _send(sharing: store.DirectorySharing, directory: Path, newest: Held, source
                     failure = e
             moved = chunk.to(device)
             dist.broadcast(moved, src=source)
-            if out is not None and failure is None:
-                data = memoryview(moved.cpu().numpy())
-                try:
-                    out.write(data)
-                except OSError as e:
-                    failure = e
-                digest.update(data)
-        if out is not None and failure is None:
-            out.flush()
-            os.fsync(out.fileno())
-    except OSError as e:
-        failure = e
+            if incoming is not None:
+                incoming.write(memoryview(moved.cpu().numpy()))
     finally:
-        for f in (src, out):
-            if f is not None:
-                f.close()
+        if src is not None:
+            src.close()
 
     def commit() -> None:
-        try:
-            if failure is not None:
-                raise failure
-            if tmp is None:
-                return
-            expected = parse_sidecar(sidecar, newest.name, f"{newest.name}.sha256 from rank {source}").sha256
-            if digest.hexdigest() != expected:
-                raise CheckpointCorruptError(dest, f"the copy received from rank {source} has sha256 "
-                                                   f"{digest.hexdigest()}, its sidecar says {expected}")
-            write_durably(sidecar_path(dest), sidecar)
-            os.replace(tmp, dest)
-            fsync_dir(directory)
-        finally:
-            if tmp is not None and tmp.exists():
-                tmp.unlink()
+        if failure is not None:
+            if incoming is not None:
+                incoming.discard()
+            raise failure
+        if incoming is not None:
+            incoming.commit()
 
     run_on_all_ranks(commit, f"receiving {newest.name} from rank {source}", CheckpointError)
     if rank == 0:
@@ -152,4 +126,4 @@ def _send(sharing: store.DirectorySharing, directory: Path, newest: Held, source
                     time.monotonic() - started)
 
 
-__all__ = ["CHUNK_BYTES", "Held", "newest_held", "spread_newest"]
+__all__ = ["Held", "newest_held", "spread_newest"]

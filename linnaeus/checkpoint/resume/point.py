@@ -190,10 +190,10 @@ class _Resume:
         """Said once; refused for every format but the single file, the one :mod:`.peers` sends between
         nodes (a sharded save needs one directory anyway: each rank writes into the one rank 0 commits)."""
         if is_main_process():
-            logger.warning("Checkpoint directory %s is %s. Saves are written only where rank 0 sees them; before "
-                           "a resume, the newest checkpoint any node holds is sent to the others over the process "
-                           "group (single-file checkpoints, which every rank then reads under rank 0's path: give "
-                           "every node the same path).", self.directory, sharing.describe())
+            logger.warning("Checkpoint directory %s is %s. Saves are written where rank 0 sees them (and copied to "
+                           "other nodes with CHECKPOINT.REPLICAS); before a resume, the newest checkpoint any node "
+                           "holds is sent to the others over the process group (single-file checkpoints), and every "
+                           "rank reads it in its own node's directory.", self.directory, sharing.describe())
         if self.manager.format.name != "file":
             raise CheckpointIncompatibleError(
                 f"{self.manager.format.name} checkpoints need one directory that every rank sees, but "

@@ -85,10 +85,13 @@ def load_newest(directory: Path, *, map_location: Any = "cpu",
     """
     found = run_on_all_ranks(lambda: _first_loadable(directory, map_location, skip) if is_main_process() else None,
                              f"resume in {directory}", CheckpointError)
-    path = broadcast_object(None if found is None else str(found[0]))
-    if path is None:
+    name = broadcast_object(None if found is None else found[0].name)
+    if name is None:
         return None
-    return Path(path), load_same_bytes(Path(path), None if found is None else found[1], map_location=map_location)
+    # Each rank's own directory: one path on a shared filesystem; with node-local directories, where
+    # each node may give its own path, the file of that name on this rank's node (same bytes, checked).
+    path = directory / name
+    return path, load_same_bytes(path, None if found is None else found[1], map_location=map_location)
 
 
 def nothing_to_load_error(directory: Path) -> CheckpointNotFoundError:

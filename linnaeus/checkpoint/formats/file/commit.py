@@ -77,25 +77,38 @@ def commit_file(
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / filename
     tmp = directory / temp_name(filename)
-    sidecar_written = False
     try:
         written = (write or (lambda path, obj: write_hashed(path, obj, serialize)))(tmp, state)
-        sidecar_text = format_sidecar(written.digest, filename, stored_progress(state))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    commit_written(tmp, final, format_sidecar(written.digest, filename, stored_progress(state)), written.nbytes,
+                   update_latest=update_latest)
+    return SaveResult(final, written.digest.sha256, written.nbytes, time.perf_counter() - start)
+
+
+def commit_written(tmp: Path, final: Path, sidecar_text: str, nbytes: int, *, update_latest: bool) -> None:
+    """Commit the fsynced temp file ``tmp`` (a :func:`~linnaeus.checkpoint.disk.temp_name` beside
+    ``final``) whose sidecar is ``sidecar_text``: a new name or an overwrite, as the module docstring
+    says. A save calls it, and so does a node that received a copy of a committed file."""
+    directory = final.parent
+    sidecar_written = False
+    try:
         with dir_lock(directory):
             side = sidecar_path(final)
             if final.exists() and side.exists():
-                _overwrite_committed(tmp, final, sidecar_text, written.nbytes)
+                _overwrite_committed(tmp, final, sidecar_text, nbytes)
             else:
                 # Sidecar first: once the data file has its final name it is fully committed.
                 sidecar_written = True
                 write_durably(side, sidecar_text, on_step=durable_phases("sidecar"))
                 os.replace(tmp, final)
-                phase("renamed", written.nbytes)
+                phase("renamed", nbytes)
                 fsync_dir(directory)
-                phase("dir-synced", written.nbytes)
+                phase("dir-synced", nbytes)
             if update_latest:
                 try:
-                    write_latest(directory, filename)
+                    write_latest(directory, final.name)
                 except OSError as e:
                     raise LatestUpdateError(final, e) from e
     except BaseException:
@@ -103,7 +116,6 @@ def commit_file(
         if sidecar_written and not final.exists():
             sidecar_path(final).unlink(missing_ok=True)
         raise
-    return SaveResult(final, written.digest.sha256, written.nbytes, time.perf_counter() - start)
 
 
 def _overwrite_committed(tmp: Path, final: Path, sidecar_text: str, nbytes: int) -> None:
@@ -132,4 +144,4 @@ def _overwrite_committed(tmp: Path, final: Path, sidecar_text: str, nbytes: int)
     phase("sidecar-synced", nbytes)
 
 
-__all__ = ["WriteFile", "commit_file"]
+__all__ = ["WriteFile", "commit_file", "commit_written"]

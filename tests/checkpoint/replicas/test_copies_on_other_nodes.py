@@ -1,0 +1,56 @@
+"""CHECKPOINT.LOCAL_DIR on two "nodes" (torchrun launchers on 127.0.0.1, each its own directory, at
+different paths) with CHECKPOINT.REPLICAS 1: every checkpoint rank 0 commits is copied, verified, to
+the other node's directory right after its commit, and that node applies the same retention. A
+relaunch after rank 0's node was replaced by one with an empty disk resumes from the copy (sent back
+over the process group, no bucket in sight) and trains on as if never interrupted."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+from tests.nodes import assert_same_training, launch_nodes, reference_run
+
+KEEP = ("CHECKPOINT.KEEP_LAST_N", "2")
+
+
+def _held(directory: Path) -> dict[str, bytes]:
+    """Every checkpoint file, sidecar and ``latest`` in ``directory``, by name; and no leftovers."""
+    leftovers = [p.name for p in directory.iterdir() if p.name.startswith(".") and p.name != ".lock"]
+    assert not leftovers, leftovers
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if not p.name.startswith(".")}
+
+
+def test_each_checkpoint_is_copied_to_the_next_node_and_a_replaced_node_resumes_from_the_copy(
+        tmp_path: Path, toy_root: Path) -> None:
+    runs = [tmp_path / "node_a", tmp_path / "node_b"]
+    local = [tmp_path / "disk_a" / "ckpt", tmp_path / "scratch_b" / "tiny-ckpt"]
+    node_opts = [("CHECKPOINT.LOCAL_DIR", str(d)) for d in local]
+
+    first = launch_nodes(runs, toy_root, "TRAIN.EPOCHS", "3", *KEEP, node_opts=node_opts)
+    assert [p.returncode for p in first] == [0, 0], first[0].stdout[-3000:] + first[1].stdout[-3000:]
+    out = first[0].stdout
+    assert f"copied after its commit to the checkpoint directories of rank 1 on {socket.gethostname()}" in out, \
+        out[-3000:]
+    assert "Copied checkpoint_epoch_3.pth (" in out
+    # The same files, byte for byte, on both nodes: retention (keep 2) ran on each; latest names the newest.
+    held = _held(local[0])
+    assert sorted(held) == ["checkpoint_epoch_2.pth", "checkpoint_epoch_2.pth.sha256", "checkpoint_epoch_3.pth",
+                            "checkpoint_epoch_3.pth.sha256", "latest"]
+    assert _held(local[1]) == held
+    assert not (runs[0] / "tiny" / "checkpoints").exists()  # LOCAL_DIR, not the run dir
+
+    # Rank 0's node is replaced: a fresh machine with an empty disk. The copy on node b comes back.
+    shutil.rmtree(local[0])
+    relaunch = launch_nodes(runs, toy_root, "TRAIN.EPOCHS", "4", *KEEP, node_opts=node_opts)
+    assert [p.returncode for p in relaunch] == [0, 0], relaunch[0].stdout[-3000:] + relaunch[1].stdout[-3000:]
+    out = relaunch[0].stdout
+    assert "Sent checkpoint_epoch_3.pth (step 9, " in out and "from rank 1 on" in out, out[-3000:]
+    assert f"Resumed from {local[0] / 'checkpoint_epoch_3.pth'} (epoch 3, step 9)" in out
+    assert "starting fresh" not in out
+    assert_same_training(local[0] / "checkpoint_epoch_4.pth", reference_run(tmp_path, toy_root, 4))
+    held = _held(local[0])
+    assert sorted(held) == ["checkpoint_epoch_3.pth", "checkpoint_epoch_3.pth.sha256", "checkpoint_epoch_4.pth",
+                            "checkpoint_epoch_4.pth.sha256", "latest"]
+    assert _held(local[1]) == held

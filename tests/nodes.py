@@ -1,0 +1,88 @@
+"""Several torchrun launchers on 127.0.0.1 standing in for the nodes of one multi-node job (static
+rendezvous, one process per node), each with its own run dir: the stage of the node-local tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from tests.conftest import REPO, TINY_CFG, VENV_BIN, run_train
+from tests.fixtures_rclone import free_port
+
+# A constant LR: relaunches that raise TRAIN.EPOCHS then train exactly as one run of the final length.
+SHORT = ("TRAIN.MAX_STEPS_PER_EPOCH", "3", "TRAIN.SCHEDULER.NAME", "none")
+
+
+def launch_nodes(base_dirs: list[Path], toy_root: Path, *opts: str, same_path: Path | None = None,
+                 node_opts: Sequence[Sequence[str]] = ()) -> list[subprocess.CompletedProcess]:
+    """One training job of len(base_dirs) nodes, one process each; node n (rank n, static rendezvous)
+    keeps its run dir under base_dirs[n] and adds ``node_opts[n]`` to its --opts. With ``same_path``,
+    each node runs in its own mount namespace where base_dirs[n] is mounted at ``same_path``, the
+    ENV.OUTPUT.BASE_DIR of every node: one path, a different disk on each node, as node-local disks
+    are. Each result's stdout holds the node's stdout and stderr."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+    def command(n: int, base: Path) -> list[str]:
+        out = same_path or base
+        torchrun = [str(VENV_BIN / "torchrun"), f"--nnodes={len(base_dirs)}", f"--node-rank={n}",
+                    "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}",
+                    str(REPO / "tools" / "train.py"), "--cfg", str(TINY_CFG), "--opts", "ENV.OUTPUT.BASE_DIR",
+                    str(out), "DATA.ROOT", str(toy_root), "ENV.INPUT.CACHE_DIR", str(out / "cache"), *SHORT, *opts,
+                    *(node_opts[n] if n < len(node_opts) else ())]
+        if same_path is None:
+            return torchrun
+        base.mkdir(parents=True, exist_ok=True)
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                f'mount --bind "{base}" "{same_path}" && exec "$0" "$@"', *torchrun]
+
+    # Files, not pipes: a node blocked on a full pipe would stall the others in their collectives.
+    logs = [tempfile.TemporaryFile(mode="w+") for _ in base_dirs]
+    procs = [subprocess.Popen(command(n, base), cwd=REPO, env=env, stdout=logs[n], stderr=subprocess.STDOUT,
+                              text=True)
+             for n, base in enumerate(base_dirs)]
+    try:
+        codes = [p.wait(timeout=240) for p in procs]
+        outputs = []
+        for log in logs:
+            log.seek(0)
+            outputs.append(log.read())
+        return [subprocess.CompletedProcess(p.args, code, out, "") for p, code, out in zip(procs, codes, outputs)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
+
+
+def reference_run(tmp_path: Path, toy_root: Path, epochs: int) -> Path:
+    """The final checkpoint of the same run uninterrupted, 2 ranks on one machine."""
+    run_train(tmp_path / "reference", toy_root, *SHORT, "TRAIN.EPOCHS", str(epochs), nproc=2)
+    return tmp_path / "reference" / "tiny" / "checkpoints" / f"checkpoint_epoch_{epochs}.pth"
+
+
+def assert_same_training(path: Path, reference: Path) -> None:
+    mine, theirs = (torch.load(p, weights_only=True) for p in (path, reference))
+    assert mine["progress"] == theirs["progress"]
+    for part in ("model", "optimizer"):
+        flat, ref = _tensors(mine[part]), _tensors(theirs[part])
+        assert flat.keys() == ref.keys()
+        for k in ref:
+            assert torch.equal(flat[k], ref[k]), (part, k)
+
+
+def _tensors(tree: object, prefix: str = "") -> dict[str, torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _tensors(sub, f"{prefix}/{key}").items()}
+    if isinstance(tree, (list, tuple)):
+        return {k: v for i, sub in enumerate(tree) for k, v in _tensors(sub, f"{prefix}/{i}").items()}
+    return {}
