@@ -18,15 +18,14 @@ from tests.fixtures_rclone import free_port
 SHORT = ("TRAIN.MAX_STEPS_PER_EPOCH", "3", "TRAIN.SCHEDULER.NAME", "none")
 
 
-def launch_nodes(base_dirs: list[Path], toy_root: Path, *opts: str, same_path: Path | None = None,
-                 node_opts: Sequence[Sequence[str]] = ()) -> list[subprocess.CompletedProcess]:
-    """One training job of len(base_dirs) nodes, one process each; node n (rank n, static rendezvous)
-    keeps its run dir under base_dirs[n] and adds ``node_opts[n]`` to its --opts. With ``same_path``,
-    each node runs in its own mount namespace where base_dirs[n] is mounted at ``same_path``, the
-    ENV.OUTPUT.BASE_DIR of every node: one path, a different disk on each node, as node-local disks
-    are. Each result's stdout holds the node's stdout and stderr."""
+def node_commands(base_dirs: list[Path], toy_root: Path, *opts: str, same_path: Path | None = None,
+                  node_opts: Sequence[Sequence[str]] = ()) -> list[list[str]]:
+    """The command of each node of one training job of len(base_dirs) nodes, one process each: node n
+    (rank n, static rendezvous) keeps its run dir under base_dirs[n] and adds ``node_opts[n]`` to its
+    --opts. With ``same_path``, each node runs in its own mount namespace where base_dirs[n] is mounted
+    at ``same_path``, the ENV.OUTPUT.BASE_DIR of every node: one path, a different disk on each node,
+    as node-local disks are."""
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
     def command(n: int, base: Path) -> list[str]:
         out = same_path or base
@@ -41,11 +40,22 @@ def launch_nodes(base_dirs: list[Path], toy_root: Path, *opts: str, same_path: P
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                 f'mount --bind "{base}" "{same_path}" && exec "$0" "$@"', *torchrun]
 
+    return [command(n, base) for n, base in enumerate(base_dirs)]
+
+
+NODE_ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def launch_nodes(base_dirs: list[Path], toy_root: Path, *opts: str, same_path: Path | None = None,
+                 node_opts: Sequence[Sequence[str]] = ()) -> list[subprocess.CompletedProcess]:
+    """Run the job of :func:`node_commands` to its end; each result's stdout holds the node's stdout
+    and stderr."""
+    commands = node_commands(base_dirs, toy_root, *opts, same_path=same_path, node_opts=node_opts)
     # Files, not pipes: a node blocked on a full pipe would stall the others in their collectives.
     logs = [tempfile.TemporaryFile(mode="w+") for _ in base_dirs]
-    procs = [subprocess.Popen(command(n, base), cwd=REPO, env=env, stdout=logs[n], stderr=subprocess.STDOUT,
-                              text=True)
-             for n, base in enumerate(base_dirs)]
+    procs = [subprocess.Popen(command, cwd=REPO, env={**os.environ, **NODE_ENV}, stdout=log,
+                              stderr=subprocess.STDOUT, text=True)
+             for command, log in zip(commands, logs)]
     try:
         codes = [p.wait(timeout=240) for p in procs]
         outputs = []

@@ -10,6 +10,7 @@ import shutil
 import socket
 from pathlib import Path
 
+from tests.fixtures_rclone import BUCKET, REMOTE, RcloneServer, rclone_isolated, s3_server  # noqa: F401 (fixtures)
 from tests.nodes import assert_same_training, launch_nodes, reference_run
 
 KEEP = ("CHECKPOINT.KEEP_LAST_N", "2")
@@ -54,3 +55,42 @@ def test_each_checkpoint_is_copied_to_the_next_node_and_a_replaced_node_resumes_
     assert sorted(held) == ["checkpoint_epoch_3.pth", "checkpoint_epoch_3.pth.sha256", "checkpoint_epoch_4.pth",
                             "checkpoint_epoch_4.pth.sha256", "latest"]
     assert _held(local[1]) == held
+
+
+def test_the_bucket_is_read_only_when_no_node_holds_the_checkpoint(tmp_path: Path, toy_root: Path,
+                                                                    s3_server: RcloneServer) -> None:
+    """With the bucket behind the nodes: a relaunch with both disks intact, and one with rank 0's disk
+    replaced, download nothing (the server counts its GETs); with both disks replaced, every node
+    fetches the newest checkpoint from the bucket. Each relaunch trains on as if never interrupted."""
+    runs = [tmp_path / "node_a", tmp_path / "node_b"]
+    local = [tmp_path / "disk_a", tmp_path / "disk_b"]
+    node_opts = [("CHECKPOINT.LOCAL_DIR", str(d)) for d in local]
+    bucket = ("ENV.OUTPUT.BUCKET.ENABLED", "True", "ENV.OUTPUT.BUCKET.REMOTE", REMOTE, "ENV.OUTPUT.BUCKET.NAME",
+              BUCKET, "ENV.OUTPUT.BUCKET.PATH_PREFIX", "runs/")
+
+    def launch(epochs: int) -> str:
+        procs = launch_nodes(runs, toy_root, "TRAIN.EPOCHS", str(epochs), *bucket, node_opts=node_opts)
+        assert [p.returncode for p in procs] == [0, 0], procs[0].stdout[-3000:] + procs[1].stdout[-3000:]
+        return procs[0].stdout
+
+    def gets(epoch: int) -> int:
+        return s3_server.get_count(BUCKET, f"runs/tiny/checkpoint_epoch_{epoch}.pth")
+
+    launch(1)
+    assert (s3_server.root / BUCKET / "runs" / "tiny" / "checkpoint_epoch_1.pth").is_file()
+
+    out = launch(2)  # both disks intact
+    assert f"Resumed from {local[0] / 'checkpoint_epoch_1.pth'} (epoch 1, step 3)" in out and gets(1) == 0
+
+    shutil.rmtree(local[0])  # rank 0's node replaced: the copy on node b comes back over the process group
+    out = launch(3)
+    assert "Sent checkpoint_epoch_2.pth (step 6, " in out, out[-3000:]
+    assert f"Resumed from {local[0] / 'checkpoint_epoch_2.pth'} (epoch 2, step 6)" in out and gets(2) == 0
+
+    for disk in local:  # both nodes replaced: only the bucket holds the run
+        shutil.rmtree(disk)
+    out = launch(4)
+    assert f"Resumed from {local[0] / 'checkpoint_epoch_3.pth'} (epoch 3, step 9)" in out, out[-3000:]
+    assert gets(3) == 2  # once per node, each into its own directory
+    assert_same_training(local[0] / "checkpoint_epoch_4.pth", reference_run(tmp_path, toy_root, 4))
+    assert (local[1] / "checkpoint_epoch_4.pth").read_bytes() == (local[0] / "checkpoint_epoch_4.pth").read_bytes()

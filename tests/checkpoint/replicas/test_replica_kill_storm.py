@@ -1,0 +1,87 @@
+"""Kill -9 storm against a two-node job (two torchrun launchers on 127.0.0.1, each its own
+CHECKPOINT.LOCAL_DIR) that saves every step asynchronously and copies each checkpoint to the other
+node: the whole job at once, or the copying node first. After every kill, each file under a final
+checkpoint name on either node verifies; the relaunch resumes from the newest step any node holds
+committed, never from a copy cut short."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from linnaeus.checkpoint import verify_checkpoint
+from linnaeus.checkpoint.formats import is_checkpoint_name
+from tests.conftest import REPO
+from tests.nodes import NODE_ENV, node_commands
+
+KILLS = 4
+OPTS = ("CHECKPOINT.ASYNC", "True", "CHECKPOINT.INTERVAL", "1st", "CHECKPOINT.FILENAME", "step_{step}.pth",
+        "CHECKPOINT.KEEP_LAST_N", "3", "TRAIN.EPOCHS", "100")
+
+
+def _wait_for(pattern: str, log: Path, procs: list[subprocess.Popen], timeout: float = 90) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = re.search(pattern, log.read_text(errors="replace"))
+        if m:
+            return m
+        assert all(p.poll() is None for p in procs), f"a node exited:\n{log.read_text()[-4000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern!r} within {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def _committed(directory: Path) -> dict[int, Path]:
+    """Every file under a final checkpoint name, by the step it holds; each must verify."""
+    found = {}
+    for path in sorted(p for p in directory.iterdir() if is_checkpoint_name(p.name)):
+        result = verify_checkpoint(path)
+        assert result.ok, f"{path} does not verify after a kill: {result.reason}"
+        found[torch.load(path, weights_only=True)["meta"]["step"]] = path
+    return found
+
+
+def _kill(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)  # the launcher and its worker, by the group the test started
+        p.wait()
+
+
+def test_kill9_storm_on_a_job_that_copies_every_step_to_the_other_node(tmp_path: Path, toy_root: Path) -> None:
+    rng = random.Random(24)
+    runs = [tmp_path / "node_a", tmp_path / "node_b"]
+    local = [tmp_path / "disk_a", tmp_path / "disk_b"]
+    node_opts = [("CHECKPOINT.LOCAL_DIR", str(d)) for d in local]
+    newest = -1
+    for launch in range(KILLS + 1):
+        logs = [tmp_path / f"launch{launch}-node{n}.log" for n in range(2)]
+        procs = []
+        for command, log in zip(node_commands(runs, toy_root, *OPTS, node_opts=node_opts), logs):
+            with open(log, "w") as out:
+                procs.append(subprocess.Popen(command, cwd=REPO, env={**os.environ, **NODE_ENV}, stdout=out,
+                                              stderr=subprocess.STDOUT, start_new_session=True))
+        try:
+            if newest < 0:
+                _wait_for(r"starting fresh", logs[0], procs)
+            else:
+                m = _wait_for(r"Resumed from (\S+) \(epoch \d+, step (\d+)\)", logs[0], procs)
+                assert int(m.group(2)) == newest, f"launch {launch} resumed step {m.group(2)}, nodes held {newest}"
+            if launch == KILLS:
+                break
+            _wait_for(r"Copied step_\d+\.pth", logs[0], procs)  # copies are flowing: kill somewhere in them
+            time.sleep(rng.uniform(0, 0.5))
+            if rng.random() < 0.5:  # the receiving node first; the other then fails on its own
+                _kill(procs[1:])
+                time.sleep(rng.uniform(0, 0.3))
+        finally:
+            _kill(procs)
+        held = [_committed(d) for d in local]
+        assert held[0], f"no checkpoint on rank 0's node after kill {launch + 1}"
+        newest = max(step for h in held for step in h)
