@@ -3,6 +3,7 @@
 a file from another node (:class:`IncomingFile`), which a resume's peer copy uses too."""
 
 from .incoming import IncomingFile
-from .replicator import CHUNK_BYTES, Replicator, ring_partners
+from .replicator import Replicator, ring_partners
+from .stream import CHUNK_BYTES, move_chunks, read_exactly
 
-__all__ = ["CHUNK_BYTES", "IncomingFile", "Replicator", "ring_partners"]
+__all__ = ["CHUNK_BYTES", "IncomingFile", "Replicator", "move_chunks", "read_exactly", "ring_partners"]

@@ -9,7 +9,7 @@ surviving node, and :mod:`linnaeus.checkpoint.resume.peers` sends it to the node
 
 The transfers run on threads (a sender on rank 0, a receiver on each partner node's lowest rank)
 over a gloo group of their own, so training's collectives never wait for them, and a save's
-blocked time is unchanged. Rank 0 sends a header, the file in 64 MiB chunks and a trailer
+blocked time is unchanged. Rank 0 sends a header, the file in 64 MiB chunks (:mod:`.stream`) and a trailer
 (``ok`` false when it could not read the file to the end: the partner drops the copy); when idle it
 sends a ping, so no receiver waits longer than the group's timeout. A failure on either side is
 kept and raised on every rank by the next :meth:`Replicator.poll` (a collective, like the
@@ -38,10 +38,10 @@ from ..disk import WriterLease, acquire, sidecar_path
 from ..errors import CheckpointError
 from ..store import DirectorySharing, cleanup_stale
 from .incoming import IncomingFile
+from .stream import move_chunks, read_exactly
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
-CHUNK_BYTES = 64 << 20
 # How long close_after_error's abandon() waits for the copy in flight and the threads' end.
 ABANDON_WAIT_S = 60.0
 
@@ -148,16 +148,20 @@ class Replicator:
             self._send_header({"kind": "file", "name": item.path.name, "size": size, "saver": item.saver,
                                "sidecar": sidecar.decode("utf-8"), "update_latest": item.update_latest})
             failure = ""
-            buf = torch.zeros(min(CHUNK_BYTES, max(size, 1)), dtype=torch.uint8)
-            for offset in range(0, size, CHUNK_BYTES):
-                view = buf[:min(CHUNK_BYTES, size - offset)]
+
+            def read(view: memoryview) -> None:
+                nonlocal failure
                 if not failure:
                     try:
-                        _read_exactly(f, memoryview(view.numpy()))
+                        read_exactly(f, view)
                     except OSError as e:  # the promised bytes still go, then the trailer says to drop them
                         failure = f"rank 0 could not read {item.path}: {e}"
+
+            def send(chunk: torch.Tensor) -> None:
                 for partner in self.partners:
-                    dist.send(view, dst=partner, group=self.group)
+                    dist.send(chunk, dst=partner, group=self.group)
+
+            move_chunks(size, send, read=read)
             self._send_header({"kind": "trailer", "ok": not failure})
         if failure:
             raise CheckpointError(failure)
@@ -188,11 +192,7 @@ class Replicator:
     def _receive_file(self, header: dict[str, Any], source: str) -> None:
         started, size = time.monotonic(), int(header["size"])
         incoming = IncomingFile(self.directory / header["name"], header["sidecar"].encode("utf-8"), source)
-        buf = torch.zeros(min(CHUNK_BYTES, max(size, 1)), dtype=torch.uint8)
-        for offset in range(0, size, CHUNK_BYTES):
-            view = buf[:min(CHUNK_BYTES, size - offset)]
-            dist.recv(view, src=0, group=self.group)
-            incoming.write(memoryview(view.numpy()))
+        move_chunks(size, lambda chunk: dist.recv(chunk, src=0, group=self.group), take=incoming.write)
         if not self._receive_header().get("ok"):
             incoming.discard()  # rank 0 keeps the reason
             return
@@ -264,13 +264,4 @@ class Replicator:
             lease.release()
 
 
-def _read_exactly(f: Any, view: memoryview) -> None:
-    done = 0
-    while done < len(view):
-        n = f.readinto(view[done:])
-        if not n:
-            raise OSError(f"the file ended {len(view) - done} bytes early")
-        done += n
-
-
-__all__ = ["CHUNK_BYTES", "Replicator", "ring_partners"]
+__all__ = ["Replicator", "ring_partners"]

@@ -29,7 +29,7 @@ from linnaeus.dist import all_gather_object, broadcast_object, get_rank, run_on_
 from .. import store
 from ..disk import parse_sidecar, sidecar_path
 from ..errors import CheckpointError
-from ..replicas import CHUNK_BYTES, IncomingFile
+from ..replicas import IncomingFile, move_chunks, read_exactly
 from ..state import KIND_FULL
 
 logger = logging.getLogger("linnaeus.checkpoint")
@@ -94,18 +94,26 @@ def _send(sharing: store.DirectorySharing, directory: Path, newest: Held, source
     incoming = IncomingFile(dest, sidecar, f"rank {source}") if receiving else None
     failure: BaseException | None = None  # raised on every rank once the last chunk has gone by
     src = open(dest, "rb") if rank == source else None
-    try:
-        for offset in range(0, size, CHUNK_BYTES):
-            chunk = torch.zeros(min(CHUNK_BYTES, size - offset), dtype=torch.uint8)
-            if src is not None and failure is None:
-                try:
-                    src.readinto(memoryview(chunk.numpy()))
-                except OSError as e:
-                    failure = e
+
+    def read(view: memoryview) -> None:
+        nonlocal failure
+        if failure is None:
+            try:
+                read_exactly(src, view)
+            except OSError as e:
+                failure = e
+
+    def broadcast(chunk: torch.Tensor) -> None:
+        if device.type == "cpu":
+            dist.broadcast(chunk, src=source)
+        else:  # nccl moves device tensors
             moved = chunk.to(device)
             dist.broadcast(moved, src=source)
-            if incoming is not None:
-                incoming.write(memoryview(moved.cpu().numpy()))
+            chunk.copy_(moved.cpu())
+
+    try:
+        move_chunks(size, broadcast, read=read if src is not None else None,
+                    take=incoming.write if incoming is not None else None)
     finally:
         if src is not None:
             src.close()

@@ -1,0 +1,71 @@
+"""A file's bytes moved between processes in chunks, the receiving side's hashing and writing of one
+chunk overlapped with the transfer of the next.
+
+Both sides call :func:`move_chunks` with the same size. ``move(buffer)`` is the transfer of one
+chunk (a ``dist.broadcast``, a ``send`` or a ``recv``): it fills or sends the buffer in place. The
+sender's ``read`` fills a buffer before it moves; the receiver's ``take`` consumes it afterwards, on
+a worker thread, while ``move`` already carries the next chunk into the other of two buffers
+(hashlib and file writes release the interpreter on large buffers, so the two really overlap).
+Measured on this machine's loopback (benchmarks/node_local.py): a 268 MB copy took 0.4-0.9 s with
+one buffer allocated per chunk and the hash and write in line.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
+
+import torch
+
+CHUNK_BYTES = 64 << 20
+
+
+def move_chunks(size: int, move: Callable[[torch.Tensor], None], *,
+                read: Callable[[memoryview], None] | None = None,
+                take: Callable[[memoryview], None] | None = None) -> None:
+    """Move ``size`` bytes in :data:`CHUNK_BYTES` pieces (see the module docstring). Every chunk moves
+    whatever ``read`` and ``take`` do, so the other side is never left waiting for a transfer: a
+    ``read`` that fails should keep its error and return (the receivers drop what they got), and an
+    exception of ``take`` is raised after the last chunk."""
+    if size <= 0:
+        return
+    length = min(CHUNK_BYTES, size)
+    buffers = [torch.empty(length, dtype=torch.uint8), torch.empty(length if size > length else 0, dtype=torch.uint8)]
+    taken: list[Future[None] | None] = [None, None]
+    failure: list[BaseException] = []
+
+    def consume(data: memoryview) -> None:
+        if failure or take is None:
+            return
+        try:
+            take(data)
+        except BaseException as e:  # noqa: BLE001 - raised after the last chunk has moved
+            failure.append(e)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="linnaeus-chunks") as pool:
+        for i, offset in enumerate(range(0, size, CHUNK_BYTES)):
+            slot = i % 2
+            previous = taken[slot]
+            if previous is not None:
+                previous.result()  # the chunk two back is consumed before its buffer takes the next
+            view = buffers[slot][:min(CHUNK_BYTES, size - offset)]
+            if read is not None:
+                read(memoryview(view.numpy()))
+            move(view)
+            if take is not None:
+                taken[slot] = pool.submit(consume, memoryview(view.numpy()))
+    if failure:
+        raise failure[0]
+
+
+def read_exactly(f: Any, view: memoryview) -> None:
+    """Fill ``view`` from the binary file ``f``; OSError when the file ends first."""
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            raise OSError(f"the file ended {len(view) - done} bytes early")
+        done += n
+
+
+__all__ = ["CHUNK_BYTES", "move_chunks", "read_exactly"]
