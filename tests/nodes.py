@@ -4,8 +4,10 @@ rendezvous, one process per node), each with its own run dir: the stage of the n
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -96,3 +98,42 @@ def _tensors(tree: object, prefix: str = "") -> dict[str, torch.Tensor]:
     if isinstance(tree, (list, tuple)):
         return {k: v for i, sub in enumerate(tree) for k, v in _tensors(sub, f"{prefix}/{i}").items()}
     return {}
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return found
+    for task in tasks:
+        try:
+            kids = [int(k) for k in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for kid in kids:
+            found += [kid, *_descendants(kid)]
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def kill_node(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGKILL a node's launcher and every process under it (torchrun starts its workers in sessions of
+    their own), by pid, as a machine that disappears; returns once none of them runs."""
+    pids = [proc.pid, *_descendants(proc.pid)]
+    for pid in reversed(pids):  # the workers first: none outlives its launcher to notice it gone
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.monotonic() + timeout
+    while not all(_gone(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"processes {pids} still run {timeout} s after SIGKILL"
+        time.sleep(0.01)

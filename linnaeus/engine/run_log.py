@@ -25,6 +25,8 @@ TB_DIR = "tensorboard"
 EVENTS_GLOB = "events.out.tfevents.*"  # SummaryWriter's file names
 _FORMAT = "[%(asctime)s %(name)s %(levelname)s] %(message)s"
 _DATEFMT = "%Y-%m-%d %H:%M:%S"
+# ``logger.info(..., extra=EVERY_RANK)``: a line every rank prints, not rank 0 alone.
+EVERY_RANK = {"every_rank": True}
 
 
 def setup_logging(run_dir: str | os.PathLike, rank: int) -> logging.Logger:
@@ -32,7 +34,7 @@ def setup_logging(run_dir: str | os.PathLike, rank: int) -> logging.Logger:
 
     Rank 0: INFO and above to stdout and to ``<run_dir>/log.txt`` (append mode, so a resumed
     run continues the same file). Other ranks: WARNING and above to stderr, prefixed with the
-    rank. Idempotent: calling it again (a second run in one process) replaces the handlers it
+    rank, and the INFO records marked ``extra=EVERY_RANK`` (the ``Resumed from`` line). Idempotent: calling it again (a second run in one process) replaces the handlers it
     installed before. The logger does not propagate to the root logger, so an application that
     configured root logging does not print every line twice.
     """
@@ -53,7 +55,8 @@ def setup_logging(run_dir: str | os.PathLike, rank: int) -> logging.Logger:
     else:
         formatter = logging.Formatter(f"[rank {rank}] {_FORMAT}", datefmt=_DATEFMT)
         handlers = [logging.StreamHandler(sys.stderr)]
-        logger.setLevel(logging.WARNING)
+        handlers[0].addFilter(lambda r: r.levelno >= logging.WARNING or getattr(r, "every_rank", False))
+        logger.setLevel(logging.INFO)
     for h in handlers:
         h.setFormatter(formatter)
         h._linnaeus_handler = True  # type: ignore[attr-defined]

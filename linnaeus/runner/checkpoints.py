@@ -35,6 +35,7 @@ from linnaeus.checkpoint.store import probe_sharing, restore_newest
 from linnaeus.config import build_policy, build_weights_policy, checkpoint_dir, config_yaml
 from linnaeus.config.parallel import sharded_checkpoints
 from linnaeus.dist import broadcast_object, get_world_size, is_main_process, run_on_all_ranks
+from linnaeus.engine.run_log import EVERY_RANK
 from linnaeus.runner import config_diff
 from linnaeus.runner.clock import TrainingClock
 from linnaeus.runner.resume_choice import choose_resume_point
@@ -239,7 +240,8 @@ class RunCheckpoints:
             config_diff.log_changes(changes, point.path)
         self._saved_step[self.main.name] = self.progress.step
         point.state = {}  # needed once; don't keep a second copy of the model alive
-        logger.info("%s %s (epoch %d, step %d)", verb, point.path, self.progress.epoch, self.progress.step)
+        logger.info("%s %s (epoch %d, step %d)%s", verb, point.path, self.progress.epoch, self.progress.step,
+                    f"; {point.tier}" if point.tier else "", extra=EVERY_RANK)
 
     def roll_back(self) -> ResumePoint | None:
         """Restore the run's newest committed checkpoint into the live objects, mid-run (every rank; a

@@ -53,21 +53,31 @@ def newest_held(directory: Path, saver: str) -> Held | None:
     return Held(path.name, infos[-1].step, parse_sidecar(sidecar_path(path).read_bytes(), path.name, path).sha256)
 
 
-def spread_newest(sharing: store.DirectorySharing, directory: Path, saver: str) -> Held | None:
+@dataclass(frozen=True)
+class Spread:
+    """What :func:`spread_newest` found and did, as this rank sees it."""
+
+    newest: Held | None
+    received_from: str = ""  # "rank 1 on host-b" when this rank's directory got its copy now; "" otherwise
+
+
+def spread_newest(sharing: store.DirectorySharing, directory: Path, saver: str) -> Spread:
     """The newest full checkpoint any node holds, sent to every directory without the same bytes (a
-    collective); returns it (None when no node holds one)."""
+    collective)."""
     leaders = {group[0] for group in sharing.groups}
     mine = run_on_all_ranks(lambda: newest_held(directory, saver) if get_rank() in leaders else None,
                             f"listing the checkpoints in each node's {directory}", CheckpointError)
     reports = all_gather_object(mine)
     held = [(r, h) for r, h in enumerate(reports) if h is not None]
     if not held:
-        return None
+        return Spread(None)
     source, newest = max(held, key=lambda rh: (rh[1].step, -rh[0]))  # ties: the lowest rank's
     receivers = sorted(r for r in leaders if reports[r] != newest)
-    if receivers:
-        _send(sharing, directory, newest, source, receivers)
-    return newest
+    if not receivers:
+        return Spread(newest)
+    _send(sharing, directory, newest, source, receivers)
+    leader = next(group[0] for group in sharing.groups if get_rank() in group)
+    return Spread(newest, f"rank {source} on {sharing.hosts[source]}" if leader in receivers else "")
 
 
 def _send(sharing: store.DirectorySharing, directory: Path, newest: Held, source: int, receivers: list[int]) -> None:
@@ -134,4 +144,4 @@ def _send(sharing: store.DirectorySharing, directory: Path, newest: Held, source
                     time.monotonic() - started)
 
 
-__all__ = ["Held", "newest_held", "spread_newest"]
+__all__ = ["Held", "Spread", "newest_held", "spread_newest"]

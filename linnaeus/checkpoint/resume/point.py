@@ -82,6 +82,8 @@ class ResumePoint:
     source: str  # "explicit" | "run" (own directory) | "bucket" (fetched from the run's folder)
     superseded: Superseded | None = None
     restart: bool = False  # a deliberate restart: start_timeline moves the newer timeline aside
+    # With node-local checkpoint directories, where this rank's copy came from, in words ("" otherwise).
+    tier: str = ""
     step: int = field(init=False)  # its stored progress, kept when the caller drops ``state`` after restoring
 
     def __post_init__(self) -> None:
@@ -147,12 +149,19 @@ class _Resume:
 
     def choose(self, explicit: str, auto: bool) -> ResumePoint | None:
         sharing = store.probe_sharing(self.directory)
-        if not sharing.shared:
-            self._check_node_local(sharing)
-            if not (explicit and not auto):  # a deliberate restart resumes its target, whatever else a node holds
-                # Saves land on rank 0's node: every node gets the newest any of them holds (:mod:`.peers`).
-                spread_newest(sharing, self.directory, self.manager.name)
-        return self._choose(explicit, auto)
+        if sharing.shared:
+            return self._choose(explicit, auto)
+        self._check_node_local(sharing)
+        received = ""
+        if not (explicit and not auto):  # a deliberate restart resumes its target, whatever else a node holds
+            # Saves land on rank 0's node (and its copies): every node gets the newest any holds (:mod:`.peers`).
+            received = spread_newest(sharing, self.directory, self.manager.name).received_from
+        point = self._choose(explicit, auto)
+        if point is not None and point.path.parent.resolve() == self.directory.resolve():
+            point.tier = {"bucket": "this node fetched it from the run's bucket folder"}.get(
+                point.source, f"this node's copy came from {received} over the process group" if received
+                else "this node's own copy")
+        return point
 
     def _choose(self, explicit: str, auto: bool) -> ResumePoint | None:
         if self.remote is not None:  # a move aside that a kill interrupted ends before the folder is read

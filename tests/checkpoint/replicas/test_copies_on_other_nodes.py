@@ -10,8 +10,9 @@ import shutil
 import socket
 from pathlib import Path
 
+from tests.conftest import run_train
 from tests.fixtures_rclone import BUCKET, REMOTE, RcloneServer, rclone_isolated, s3_server  # noqa: F401 (fixtures)
-from tests.nodes import assert_same_training, launch_nodes, reference_run
+from tests.nodes import SHORT, assert_same_training, launch_nodes, reference_run
 
 KEEP = ("CHECKPOINT.KEEP_LAST_N", "2")
 
@@ -48,13 +49,23 @@ def test_each_checkpoint_is_copied_to_the_next_node_and_a_replaced_node_resumes_
     assert [p.returncode for p in relaunch] == [0, 0], relaunch[0].stdout[-3000:] + relaunch[1].stdout[-3000:]
     out = relaunch[0].stdout
     assert "Sent checkpoint_epoch_3.pth (step 9, " in out and "from rank 1 on" in out, out[-3000:]
-    assert f"Resumed from {local[0] / 'checkpoint_epoch_3.pth'} (epoch 3, step 9)" in out
+    host = socket.gethostname()
+    # Every rank says where it resumed from, and where its node's copy came from.
+    assert f"Resumed from {local[0] / 'checkpoint_epoch_3.pth'} (epoch 3, step 9); this node's copy came from " \
+           f"rank 1 on {host} over the process group" in out
+    assert f"Resumed from {local[1] / 'checkpoint_epoch_3.pth'} (epoch 3, step 9); this node's own copy" in \
+        relaunch[1].stdout
     assert "starting fresh" not in out
     assert_same_training(local[0] / "checkpoint_epoch_4.pth", reference_run(tmp_path, toy_root, 4))
     held = _held(local[0])
     assert sorted(held) == ["checkpoint_epoch_3.pth", "checkpoint_epoch_3.pth.sha256", "checkpoint_epoch_4.pth",
                             "checkpoint_epoch_4.pth.sha256", "latest"]
     assert _held(local[1]) == held
+
+    # Fewer nodes: node b alone, one process, resumes from what it holds (its copies of rank 0's saves).
+    alone = run_train(runs[1], toy_root, *SHORT, "TRAIN.EPOCHS", "5", "CHECKPOINT.LOCAL_DIR", str(local[1]))
+    assert f"Resumed from {local[1] / 'checkpoint_epoch_4.pth'} (epoch 4, step 12)" in alone.stdout
+    assert "world size: 2 (checkpoint) -> 1" in alone.stdout and (local[1] / "checkpoint_epoch_5.pth").is_file()
 
 
 def test_the_bucket_is_read_only_when_no_node_holds_the_checkpoint(tmp_path: Path, toy_root: Path,
@@ -90,7 +101,8 @@ def test_the_bucket_is_read_only_when_no_node_holds_the_checkpoint(tmp_path: Pat
     for disk in local:  # both nodes replaced: only the bucket holds the run
         shutil.rmtree(disk)
     out = launch(4)
-    assert f"Resumed from {local[0] / 'checkpoint_epoch_3.pth'} (epoch 3, step 9)" in out, out[-3000:]
+    assert f"Resumed from {local[0] / 'checkpoint_epoch_3.pth'} (epoch 3, step 9); this node fetched it from the " \
+           "run's bucket folder" in out, out[-3000:]
     assert gets(3) == 2  # once per node, each into its own directory
     assert_same_training(local[0] / "checkpoint_epoch_4.pth", reference_run(tmp_path, toy_root, 4))
     assert (local[1] / "checkpoint_epoch_4.pth").read_bytes() == (local[0] / "checkpoint_epoch_4.pth").read_bytes()

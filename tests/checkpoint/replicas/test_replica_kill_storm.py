@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from linnaeus.checkpoint import verify_checkpoint
 from linnaeus.checkpoint.formats import is_checkpoint_name
 from tests.conftest import REPO
-from tests.nodes import NODE_ENV, node_commands
+from tests.nodes import NODE_ENV, kill_node, node_commands
 
 KILLS = 4
 OPTS = ("CHECKPOINT.ASYNC", "True", "CHECKPOINT.INTERVAL", "1st", "CHECKPOINT.FILENAME", "step_{step}.pth",
@@ -50,7 +49,7 @@ def _committed(directory: Path) -> dict[int, Path]:
 def _kill(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)  # the launcher and its worker, by the group the test started
+            kill_node(p)
         p.wait()
 
 
@@ -66,7 +65,7 @@ def test_kill9_storm_on_a_job_that_copies_every_step_to_the_other_node(tmp_path:
         for command, log in zip(node_commands(runs, toy_root, *OPTS, node_opts=node_opts), logs):
             with open(log, "w") as out:
                 procs.append(subprocess.Popen(command, cwd=REPO, env={**os.environ, **NODE_ENV}, stdout=out,
-                                              stderr=subprocess.STDOUT, start_new_session=True))
+                                              stderr=subprocess.STDOUT))
         try:
             if newest < 0:
                 _wait_for(r"starting fresh", logs[0], procs)
