@@ -28,8 +28,10 @@ from linnaeus.dist import all_gather_object, broadcast_object, get_rank, run_on_
 
 from .. import store
 from ..disk import parse_sidecar, sidecar_path
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointIncompatibleError
+from ..remote import RemoteRun
 from ..replicas import IncomingFile, move_chunks, read_exactly
+from ..sources import TransientSourceError
 from ..state import KIND_FULL
 
 logger = logging.getLogger("linnaeus.checkpoint")
@@ -144,4 +146,42 @@ def _send(sharing: store.DirectorySharing, directory: Path, newest: Held, source
                     time.monotonic() - started)
 
 
-__all__ = ["Held", "Spread", "newest_held", "spread_newest"]
+def check_node_local(sharing: store.DirectorySharing, directory: Path, format_name: str) -> None:
+    """Said once (rank 0); refused for every format but the single file, the one sent between nodes (a
+    sharded save needs one directory anyway: each rank writes into the one rank 0 commits)."""
+    if get_rank() == 0:
+        logger.warning("Checkpoint directory %s is %s. Saves are written where rank 0 sees them (and copied to other "
+                       "nodes with CHECKPOINT.REPLICAS); before a resume, the newest checkpoint any node holds is "
+                       "sent to the others over the process group (single-file checkpoints), and every rank reads "
+                       "it in its own node's directory.", directory, sharing.describe())
+    if format_name != "file":
+        raise CheckpointIncompatibleError(
+            f"{format_name} checkpoints need one directory that every rank sees, but {directory} is "
+            f"{sharing.describe()}; only single-file checkpoints are sent between nodes. Give every rank the same "
+            "directory on a shared filesystem.", path=directory)
+
+
+def bucket_newer(remote: RemoteRun, step: int) -> list[str]:
+    """The run's checkpoints in ``remote`` with more progress than ``step``, the newest any node holds (the
+    same on every rank; rank 0 lists). Every node's newest is older when rank 0's node was lost with
+    checkpoints no other node had (copies off, or behind): the bucket's is then fetched rather than
+    that stretch trained again (and its uploads met, other bytes under the same names)."""
+
+    def newer() -> list[str]:
+        if get_rank() != 0:
+            return []
+        try:
+            return remote.entries_after(step)
+        except TransientSourceError as e:  # unreachable: resume from the nodes, and say so
+            logger.warning("Could not list %s to compare with the nodes' newest checkpoint (step %d): %s",
+                           remote.display, step, e)
+            return []
+
+    names = broadcast_object(run_on_all_ranks(newer, f"listing {remote.display}", CheckpointError))
+    if names and get_rank() == 0:
+        logger.warning("The run's bucket folder %s holds %s, newer than any node's newest checkpoint (step %d): "
+                       "every node fetches the newest from there.", remote.display, ", ".join(names), step)
+    return names
+
+
+__all__ = ["Held", "Spread", "bucket_newer", "check_node_local", "newest_held", "spread_newest"]

@@ -55,7 +55,7 @@ from ..remote import RemoteRun
 from ..sources import DownloadOptions, TransientSourceError, is_uri, redact
 from ..state import KIND_FULL, KIND_WEIGHTS, describe_foreign
 from ..store import find_checkpoint, load_same_bytes
-from .peers import spread_newest
+from .peers import bucket_newer, check_node_local, spread_newest
 from .target import locate_run_target, parse_run_target
 
 logger = logging.getLogger("linnaeus.checkpoint")
@@ -151,17 +151,26 @@ class _Resume:
         sharing = store.probe_sharing(self.directory)
         if sharing.shared:
             return self._choose(explicit, auto)
-        self._check_node_local(sharing)
-        received = ""
+        check_node_local(sharing, self.directory, self.manager.format.name)
+        received, fetched = "", False
         if not (explicit and not auto):  # a deliberate restart resumes its target, whatever else a node holds
             # Saves land on rank 0's node (and its copies): every node gets the newest any holds (:mod:`.peers`).
-            received = spread_newest(sharing, self.directory, self.manager.name).received_from
+            spread = spread_newest(sharing, self.directory, self.manager.name)
+            received = spread.received_from
+            if not explicit and spread.newest is not None and self.remote is not None:
+                fetched = self._fetch_if_bucket_newer(spread.newest.step)
         point = self._choose(explicit, auto)
         if point is not None and point.path.parent.resolve() == self.directory.resolve():
-            point.tier = {"bucket": "this node fetched it from the run's bucket folder"}.get(
-                point.source, f"this node's copy came from {received} over the process group" if received
-                else "this node's own copy")
+            point.tier = ("this node fetched it from the run's bucket folder" if point.source == "bucket" or fetched
+                          else f"this node's copy came from {received} over the process group" if received
+                          else "this node's own copy")
         return point
+
+    def _fetch_if_bucket_newer(self, step: int) -> bool:
+        """Fetch the bucket's newest into every node's directory when it is newer than ``step``, the
+        nodes' newest (:func:`.peers.bucket_newer`); whether it did."""
+        assert self.remote is not None
+        return bool(bucket_newer(self.remote, step)) and self._fetch_newest_from_remote()
 
     def _choose(self, explicit: str, auto: bool) -> ResumePoint | None:
         if self.remote is not None:  # a move aside that a kill interrupted ends before the folder is read
@@ -193,21 +202,6 @@ class _Resume:
         if found is None:
             self._refuse_weights_only_restart()
         return found
-
-    # ------------------------------------------------------------------ node-local directories
-    def _check_node_local(self, sharing: store.DirectorySharing) -> None:
-        """Said once; refused for every format but the single file, the one :mod:`.peers` sends between
-        nodes (a sharded save needs one directory anyway: each rank writes into the one rank 0 commits)."""
-        if is_main_process():
-            logger.warning("Checkpoint directory %s is %s. Saves are written where rank 0 sees them (and copied to "
-                           "other nodes with CHECKPOINT.REPLICAS); before a resume, the newest checkpoint any node "
-                           "holds is sent to the others over the process group (single-file checkpoints), and every "
-                           "rank reads it in its own node's directory.", self.directory, sharing.describe())
-        if self.manager.format.name != "file":
-            raise CheckpointIncompatibleError(
-                f"{self.manager.format.name} checkpoints need one directory that every rank sees, but "
-                f"{self.directory} is {sharing.describe()}; only single-file checkpoints are sent between nodes. "
-                "Give every rank the same directory on a shared filesystem.", path=self.directory)
 
     # ------------------------------------------------------------------ explicit target
     def _locate(self, identifier: str) -> Path:

@@ -106,3 +106,30 @@ def test_the_bucket_is_read_only_when_no_node_holds_the_checkpoint(tmp_path: Pat
     assert gets(3) == 2  # once per node, each into its own directory
     assert_same_training(local[0] / "checkpoint_epoch_4.pth", reference_run(tmp_path, toy_root, 4))
     assert (local[1] / "checkpoint_epoch_4.pth").read_bytes() == (local[0] / "checkpoint_epoch_4.pth").read_bytes()
+
+
+def test_a_bucket_newer_than_every_node_is_fetched_rather_than_trained_again(tmp_path: Path, toy_root: Path,
+                                                                              s3_server: RcloneServer) -> None:
+    """Copies off (CHECKPOINT.REPLICAS 0): epoch 2 was saved on node b alone (rank 0 then) and uploaded;
+    node b is replaced. Node a still holds epoch 1, and resuming from it would train epoch 2 again and
+    then upload other bytes under its name: the relaunch fetches epoch 2 from the bucket instead."""
+    runs = [tmp_path / "node_a", tmp_path / "node_b"]
+    local = [tmp_path / "disk_a", tmp_path / "disk_b"]
+    opts = ("CHECKPOINT.REPLICAS", "0", "ENV.OUTPUT.BUCKET.ENABLED", "True", "ENV.OUTPUT.BUCKET.REMOTE", REMOTE,
+            "ENV.OUTPUT.BUCKET.NAME", BUCKET, "ENV.OUTPUT.BUCKET.PATH_PREFIX", "runs/")
+
+    def launch(order: list[int], epochs: int) -> str:
+        procs = launch_nodes([runs[n] for n in order], toy_root, "TRAIN.EPOCHS", str(epochs), *opts,
+                             node_opts=[("CHECKPOINT.LOCAL_DIR", str(local[n])) for n in order])
+        assert [p.returncode for p in procs] == [0, 0], procs[0].stdout[-3000:] + procs[1].stdout[-3000:]
+        return procs[0].stdout
+
+    launch([0, 1], 1)  # rank 0 on node a
+    launch([1, 0], 2)  # rank 0 on node b: epoch 1 sent to it, epoch 2 saved there alone
+    assert sorted(p.name for p in local[0].glob("*.pth")) == ["checkpoint_epoch_1.pth"]
+    shutil.rmtree(local[1])
+    out = launch([0, 1], 3)
+    assert "holds checkpoint_epoch_2.pth, newer than any node's newest checkpoint (step 3)" in out, out[-3000:]
+    assert f"Resumed from {local[0] / 'checkpoint_epoch_2.pth'} (epoch 2, step 6); this node fetched it from the " \
+           "run's bucket folder" in out
+    assert_same_training(local[0] / "checkpoint_epoch_3.pth", reference_run(tmp_path, toy_root, 3))
