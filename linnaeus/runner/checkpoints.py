@@ -137,7 +137,13 @@ class RunCheckpoints:
         """With a node-local checkpoint directory (every rank looks: :func:`probe_sharing`), the copies of each
         checkpoint on CHECKPOINT.REPLICAS other nodes; None when the directory is shared (a collective)."""
         sharing = probe_sharing(self.directory)
-        if sharing.shared or self.main.format.name != "file":  # other formats are refused at the resume decision
+        if sharing.shared:
+            return None
+        if self.main.format.name != "file":  # sharded: each node keeps its own ranks' shards (no copies yet)
+            if is_main_process() and self.cfg.CHECKPOINT.REPLICAS > 0:
+                logger.warning("CHECKPOINT.REPLICAS %d: copies on other nodes are made of single-file checkpoints "
+                               "only; each node holds its own ranks' shards of the sharded ones, and a node lost "
+                               "with its directory leaves no checkpoint to resume.", self.cfg.CHECKPOINT.REPLICAS)
             return None
         replicas = broadcast_object(self.cfg.CHECKPOINT.REPLICAS)  # rank 0's: every rank must take part alike
         replicator = Replicator(sharing, self.directory, replicas, {m.name: m.apply_retention for m in self._savers()})

@@ -39,6 +39,8 @@ from .hashed_file import Serializer, Written, write_hashed
 from .hashing import CHUNK_SIZE, FileDigest, FileTailHasher, HashingWriter, verify_pool
 from .overlap import Overlap, SnapshotGate, storage_key
 from .process_writer import ProcessWriter, WriterProcessError
+from .sharing import DirectorySharing, probe_sharing
+from .chunks import CHUNK_BYTES, move_chunks, read_exactly
 from .sidecar import (
     PROGRESS_KEYS,
     SIDECAR_SUFFIX,
@@ -53,11 +55,11 @@ from .sidecar import (
 from .writer_lock import LOCK_NAME, WriterLease, acquire, acquire_on_writer_rank, dir_lock, read_holder
 
 __all__ = [
-    "AsyncWriter", "BackgroundFlush", "ErrorRecordingStream", "CHUNK_SIZE", "FAST_DIGEST", "FileDigest", "FileTailHasher", "HashingWriter", "LOCK_NAME", "Overlap",
+    "AsyncWriter", "BackgroundFlush", "CHUNK_BYTES", "DirectorySharing", "ErrorRecordingStream", "CHUNK_SIZE", "FAST_DIGEST", "FileDigest", "FileTailHasher", "HashingWriter", "LOCK_NAME", "Overlap",
     "PROGRESS_KEYS", "ProcessWriter", "REPLACED", "Serializer", "SHA256", "SIDECAR_SUFFIX", "SidecarError", "SnapshotGate", "TEMP_SYNCED", "WRITER_ID", "WriterLease", "WriterProcessError", "Written",
     "acquire", "acquire_on_writer_rank", "cache_both_digests", "cached_digest", "clear_digest_cache", "digest_file",
-    "digests_of", "dir_lock", "format_sidecar", "fsync_dir", "fsync_file", "is_temp_name", "parse_sidecar",
-    "pid_alive", "read_holder", "read_sidecar", "read_sidecar_digest", "remove_tree", "sha256_file",
+    "digests_of", "dir_lock", "format_sidecar", "fsync_dir", "fsync_file", "is_temp_name", "move_chunks", "parse_sidecar",
+    "pid_alive", "probe_sharing", "read_exactly", "read_holder", "read_sidecar", "read_sidecar_digest", "remove_tree", "sha256_file",
     "sha256_file_async", "sidecar_path", "sidecar_progress", "snapshot", "storage_key", "temp_name", "temp_target", "temp_writer",
     "temp_writer_pid", "verify_pool", "write_durably", "write_hashed", "writer_id", "writer_pid",
 ]

@@ -48,7 +48,7 @@ __all__ = [
     "TAXONOMY_METADATA", "TREE_METADATA",
     "Background", "CheckpointFormat", "CheckpointInfo", "CommitFiles", "FileFormat", "LATEST", "Leftover", "MANIFEST",
     "OnCommitted", "Part", "RemoteEntry", "RemoteFolder", "RemoteParts", "STATE_FILE", "SaveResult", "ShardedFormat",
-    "VerifyResult", "VerifyingReader", "background_group", "checkpoint_stem", "choose_format", "commit_file", "consolidate", "format_named", "format_of",
+    "VerifyResult", "VerifyingReader", "background_group", "checkpoint_stem", "choose_format", "commit_file", "commit_written", "consolidate", "format_named", "format_of",
     "format_of_state", "formats", "is_checkpoint_name", "is_pending_sidecar_name", "load_sharded_state",
     "load_verified", "load_verified_digest", "read_checked_metadata", "read_info", "read_latest", "read_manifest",
     "register_format", "sharded_dirname", "upload_entry", "verify_checkpoint", "write_latest",

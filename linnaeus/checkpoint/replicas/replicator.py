@@ -9,7 +9,7 @@ surviving node, and :mod:`linnaeus.checkpoint.resume.peers` sends it to the node
 
 The transfers run on threads (a sender on rank 0, a receiver on each partner node's lowest rank)
 over a gloo group of their own, so training's collectives never wait for them, and a save's
-blocked time is unchanged. Rank 0 sends a header, the file in 64 MiB chunks (:mod:`.stream`) and a trailer
+blocked time is unchanged. Rank 0 sends a header, the file in 64 MiB chunks (:func:`~linnaeus.checkpoint.disk.move_chunks`) and a trailer
 (``ok`` false when it could not read the file to the end: the partner drops the copy); when idle it
 sends a ping, so no receiver waits longer than the group's timeout. A failure on either side is
 kept and raised on every rank by the next :meth:`Replicator.poll` (a collective, like the
@@ -34,11 +34,10 @@ import torch.distributed as dist
 
 from linnaeus.dist import collective_timeout, get_rank, raise_on_all_ranks
 
-from ..disk import WriterLease, acquire, sidecar_path
+from ..disk import WriterLease, acquire, move_chunks, read_exactly, sidecar_path
 from ..errors import CheckpointError
 from ..store import DirectorySharing, cleanup_stale
 from .incoming import IncomingFile
-from .stream import move_chunks, read_exactly
 
 logger = logging.getLogger("linnaeus.checkpoint")
 

@@ -30,7 +30,9 @@ from .. import store
 from ..disk import parse_sidecar, sidecar_path
 from ..errors import CheckpointError, CheckpointIncompatibleError
 from ..remote import RemoteRun
-from ..replicas import IncomingFile, move_chunks, read_exactly
+from ..disk import move_chunks, read_exactly
+from ..formats import format_of
+from ..replicas import IncomingFile
 from ..sources import TransientSourceError
 from ..state import KIND_FULL
 
@@ -146,19 +148,63 @@ def _send(sharing: store.DirectorySharing, directory: Path, newest: Held, source
                     time.monotonic() - started)
 
 
-def check_node_local(sharing: store.DirectorySharing, directory: Path, format_name: str) -> None:
-    """Said once (rank 0); refused for every format but the single file, the one sent between nodes (a
-    sharded save needs one directory anyway: each rank writes into the one rank 0 commits)."""
+def check_node_local(sharing: store.DirectorySharing, directory: Path, format_name: str, *,
+                     remote: RemoteRun | None = None) -> None:
+    """Said once (rank 0); refused for formats other than the single file (sent between nodes) and the
+    sharded one (each node keeps its ranks' shards), and for sharded ones with a bucket folder."""
     if get_rank() == 0:
-        logger.warning("Checkpoint directory %s is %s. Saves are written where rank 0 sees them (and copied to other "
-                       "nodes with CHECKPOINT.REPLICAS); before a resume, the newest checkpoint any node holds is "
-                       "sent to the others over the process group (single-file checkpoints), and every rank reads "
-                       "it in its own node's directory.", directory, sharing.describe())
-    if format_name != "file":
+        logger.warning("Checkpoint directory %s is %s. %s", directory, sharing.describe(), (
+            "Each node's directory holds its own ranks' shards of every sharded checkpoint, committed on every "
+            "node in two phases; a resume takes the newest committed on every node." if format_name == "sharded"
+            else "Saves are written where rank 0 sees them (and copied to other nodes with CHECKPOINT.REPLICAS); "
+            "before a resume, the newest checkpoint any node holds is sent to the others over the process group, "
+            "and every rank reads it in its own node's directory."))
+    if format_name not in ("file", "sharded"):
         raise CheckpointIncompatibleError(
             f"{format_name} checkpoints need one directory that every rank sees, but {directory} is "
-            f"{sharing.describe()}; only single-file checkpoints are sent between nodes. Give every rank the same "
-            "directory on a shared filesystem.", path=directory)
+            f"{sharing.describe()}. Give every rank the same directory on a shared filesystem.", path=directory)
+    if format_name == "sharded" and remote is not None:
+        raise CheckpointIncompatibleError(
+            f"sharded checkpoints on node-local directories ({directory} is {sharing.describe()}) are not uploaded "
+            f"to a bucket folder ({remote.display}) yet: each node holds only its own ranks' shards. Use single-file "
+            "checkpoints, a shared directory, or no bucket folder.", path=directory)
+
+
+def agree_sharded(sharing: store.DirectorySharing, directory: Path, saver: str) -> list[str]:
+    """The names of sharded checkpoints newer than the newest one committed on every node with one
+    manifest (a save cut short between the nodes' commits), which the resume passes over (a collective:
+    every node's lowest rank lists its directory). Raises on every rank when the nodes hold sharded
+    checkpoints but none on all of them: a node's directory lost its part (a replaced node)."""
+    leaders = sorted({group[0] for group in sharing.groups})
+
+    def listed() -> dict[str, tuple[int, str]] | None:
+        if get_rank() not in leaders:
+            return None
+        return {i.name: (i.step, format_of(i.path).identity(i.path)) for i in store.list_checkpoints(directory)
+                if i.readable and i.committed and i.kind == KIND_FULL and i.saver == saver and i.path.is_dir()}
+
+    reports = all_gather_object(run_on_all_ranks(listed, f"listing the checkpoints in each node's {directory}",
+                                                 CheckpointError))
+    nodes = [reports[r] or {} for r in leaders]
+    names = {n for held in nodes for n in held}
+    complete = [n for n in names if all(n in held for held in nodes) and len({held[n][1] for held in nodes}) == 1]
+    step = max((nodes[0][n][0] for n in complete), default=-1)
+    passed = sorted(n for n in names if n not in complete and max(h[n][0] for h in nodes if n in h) > step)
+    where = "; ".join(f"rank {r} ({sharing.hosts[r]}): {', '.join(sorted(h)) or 'none'}" for r, h in zip(leaders, nodes))
+
+    def check() -> None:
+        if names and not complete:
+            raise CheckpointIncompatibleError(
+                f"no sharded checkpoint of this run is committed on every node, so no node can resume: each node's "
+                f"directory holds its own ranks' shards, and the nodes hold {where}. A node's directory was emptied "
+                "or replaced and its shards are gone. Start over deliberately (`linnaeus-ckpt set-aside` on each "
+                "node's directory), or give the node its directory back.", path=directory)
+
+    run_on_all_ranks(check, f"choosing a sharded checkpoint in each node's {directory}", CheckpointError)
+    if passed and get_rank() == 0:
+        logger.warning("Passing over %s: committed on some nodes only (a save cut short between the nodes' commits). "
+                       "The nodes hold %s.", ", ".join(passed), where)
+    return passed
 
 
 def bucket_newer(remote: RemoteRun, step: int) -> list[str]:
@@ -184,4 +230,4 @@ def bucket_newer(remote: RemoteRun, step: int) -> list[str]:
     return names
 
 
-__all__ = ["Held", "Spread", "bucket_newer", "check_node_local", "newest_held", "spread_newest"]
+__all__ = ["Held", "Spread", "agree_sharded", "bucket_newer", "check_node_local", "newest_held", "spread_newest"]

@@ -55,7 +55,7 @@ from ..remote import RemoteRun
 from ..sources import DownloadOptions, TransientSourceError, is_uri, redact
 from ..state import KIND_FULL, KIND_WEIGHTS, describe_foreign
 from ..store import find_checkpoint, load_same_bytes
-from .peers import bucket_newer, check_node_local, spread_newest
+from .peers import agree_sharded, bucket_newer, check_node_local, spread_newest
 from .target import locate_run_target, parse_run_target
 
 logger = logging.getLogger("linnaeus.checkpoint")
@@ -151,9 +151,11 @@ class _Resume:
         sharing = store.probe_sharing(self.directory)
         if sharing.shared:
             return self._choose(explicit, auto)
-        check_node_local(sharing, self.directory, self.manager.format.name)
+        check_node_local(sharing, self.directory, self.manager.format.name, remote=self.remote)
         received, fetched = "", False
-        if not (explicit and not auto):  # a deliberate restart resumes its target, whatever else a node holds
+        if self.manager.format.name == "sharded":  # each node holds its part: the newest on every node
+            self.skip = {*self.skip, *agree_sharded(sharing, self.directory, self.manager.name)}
+        elif not (explicit and not auto):  # a deliberate restart resumes its target, whatever else a node holds
             # Saves land on rank 0's node (and its copies): every node gets the newest any holds (:mod:`.peers`).
             spread = spread_newest(sharing, self.directory, self.manager.name)
             received = spread.received_from
@@ -163,7 +165,8 @@ class _Resume:
         if point is not None and point.path.parent.resolve() == self.directory.resolve():
             point.tier = ("this node fetched it from the run's bucket folder" if point.source == "bucket" or fetched
                           else f"this node's copy came from {received} over the process group" if received
-                          else "this node's own copy")
+                          else "this node's part (the shards it lacks come from the other nodes as the load reads "
+                          "them)" if self.manager.format.name == "sharded" else "this node's own copy")
         return point
 
     def _fetch_if_bucket_newer(self, step: int) -> bool:

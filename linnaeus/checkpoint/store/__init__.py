@@ -20,7 +20,7 @@ from .lineage import (
 )
 from .local import LocalCheckpoints
 from .retention import apply_retention, cleanup_stale, delete_checkpoint, leftovers, plan_retention
-from .sharing import DirectorySharing, probe_sharing
+from ..disk import DirectorySharing, probe_sharing  # kept here too: where the runner and resume look for them
 from .scan import load_newest, load_same_bytes, local_candidates, newest_verified, nothing_to_load_error, restore_newest
 
 __all__ = [

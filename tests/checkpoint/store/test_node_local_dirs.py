@@ -4,19 +4,23 @@ The run finds out and says so. Saves land where rank 0 is, and (CHECKPOINT.REPLI
 the other node right after their commit; before a resume the newest checkpoint any node holds is
 sent to the others over the process group, verified, so a relaunch in which rank 0 lands on an
 empty disk resumes instead of silently starting over, and every rank reads its own node's copy; the
-runs end bit-identical to an uninterrupted one. A sharded run, whose commit needs one directory,
-refuses at the start."""
+runs end bit-identical to an uninterrupted one. Sharded checkpoints keep each node's ranks' shards
+on that node, committed on every node in two phases."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
 
 import pytest
+import torch
 
-from tests.nodes import assert_same_training, launch_nodes, reference_run
+from tests.conftest import run_train
+from tests.nodes import SHORT, assert_same_training, launch_nodes, reference_run
 # Without copies after each commit: a node holds only what rank 0 saved there, or what a resume sent.
 NO_REPLICAS = ("CHECKPOINT.REPLICAS", "0")
 
@@ -87,12 +91,57 @@ def test_one_path_on_node_local_disks_the_relaunch_resumes_from_what_rank_0_save
                           reference_run(tmp_path, toy_root, 2))
 
 
-def test_sharded_checkpoints_on_node_local_directories_are_refused_at_the_start(tmp_path: Path,
-                                                                             toy_root: Path) -> None:
-    dirs = [tmp_path / "node_a", tmp_path / "node_b"]
-    procs = launch_nodes(dirs, toy_root, "TRAIN.EPOCHS", "1", "TRAIN.STRATEGY", "fsdp")
-    for proc in procs:
+def _merged(parts: list[Path], into: Path) -> Path:
+    """One directory holding every node's part of a sharded checkpoint (to consolidate it whole)."""
+    shutil.copytree(parts[0], into)
+    for part in parts[1:]:
+        for shard in part.glob("*.distcp"):
+            shutil.copy2(shard, into / shard.name)
+    return into
+
+
+def test_sharded_checkpoints_commit_on_every_node_and_resume_the_newest_every_node_holds(
+        tmp_path: Path, toy_root: Path) -> None:
+    """FSDP2 on two nodes, each its own directory: every node's directory holds its own rank's shards
+    and the one manifest. A save committed on node a only (node b's rename never happened) is passed
+    over; the relaunch, with rank 0 moved to node b, reads the shards it lacks from node a as the load
+    plan needs them and ends bit-identical to an uninterrupted run. A node whose directory was emptied
+    stops the relaunch on every rank, naming what each node holds."""
+    from linnaeus.checkpoint.formats import consolidate
+
+    a, b = tmp_path / "node_a", tmp_path / "node_b"
+    fsdp = ("TRAIN.STRATEGY", "fsdp")
+    first = launch_nodes([a, b], toy_root, "TRAIN.EPOCHS", "2", *fsdp)
+    assert [p.returncode for p in first] == [0, 0], first[0].stdout[-3000:] + first[1].stdout[-3000:]
+    assert "Each node's directory holds its own ranks' shards" in first[0].stdout
+    parts = [d / "tiny" / "checkpoints" / "checkpoint_epoch_2" for d in (a, b)]
+    assert [sorted(p.name for p in part.glob("*.distcp")) for part in parts] == [["__0_0.distcp"], ["__1_0.distcp"]]
+    assert (parts[0] / "manifest.json").read_bytes() == (parts[1] / "manifest.json").read_bytes()
+    assert json.loads((parts[0] / "manifest.json").read_text())["parts"] == [[0], [1]]
+
+    # Killed between the two phases: node b's part of epoch 2 was never renamed into place.
+    parts[1].rename(parts[1].with_name(".checkpoint_epoch_2.tmp-999999-dead-0000"))
+    swapped = launch_nodes([b, a], toy_root, "TRAIN.EPOCHS", "3", *fsdp)
+    assert [p.returncode for p in swapped] == [0, 0], swapped[0].stdout[-3000:] + swapped[1].stdout[-3000:]
+    out = swapped[0].stdout
+    assert "Passing over checkpoint_epoch_2: committed on some nodes only" in out, out[-3000:]
+    assert f"Resumed from {b / 'tiny' / 'checkpoints' / 'checkpoint_epoch_1'} (epoch 1, step 3); this node's part" in out
+    # Rank 0 now runs on node b, which held rank 1's shards: rank 0's come from node a as the load reads them.
+    sent = re.search(r"Sending \d+ shard file\(s\) of checkpoint_epoch_1 .* the load plans read (.*)", out)
+    assert sent is not None and "__0_0.distcp" in sent.group(1).split(", "), out[-3000:]
+
+    reference = tmp_path / "reference"
+    run_train(reference, toy_root, *SHORT, *fsdp, "TRAIN.EPOCHS", "3", nproc=2)
+    mine = _merged([d / "tiny" / "checkpoints" / "checkpoint_epoch_3" for d in (b, a)], tmp_path / "merged")
+    (model, rest), (ref_model, ref_rest) = consolidate(mine), consolidate(reference / "tiny" / "checkpoints" /
+                                                                          "checkpoint_epoch_3")
+    assert rest["progress"] == ref_rest["progress"] and model.keys() == ref_model.keys()
+    for k in ref_model:
+        assert torch.equal(model[k], ref_model[k]), k
+
+    shutil.rmtree(a / "tiny" / "checkpoints")  # node a replaced: its ranks' shards are gone
+    lost = launch_nodes([a, b], toy_root, "TRAIN.EPOCHS", "4", *fsdp)
+    for proc in lost:
         assert proc.returncode != 0, proc.stdout[-3000:]
-        assert "sharded checkpoints need one directory that every rank sees" in proc.stdout, proc.stdout[-3000:]
-        assert "epoch 0 step 1" not in proc.stdout  # refused before the first step
-    assert not [p for d in dirs for p in (d / "tiny" / "checkpoints").glob("*checkpoint_*")]  # no entry, no temp
+        assert "no sharded checkpoint of this run is committed on every node" in proc.stdout, proc.stdout[-3000:]
+        assert "epoch 3 step 10" not in proc.stdout  # refused before the first step

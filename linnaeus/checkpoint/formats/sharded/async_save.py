@@ -44,7 +44,8 @@ from ... import testing
 from ...disk import AsyncWriter, Overlap, remove_tree, snapshot, storage_key
 from ...errors import CheckpointError
 from ..base import OnCommitted, SaveResult
-from .save import Staged, commit, digest_own_shards
+from .parts import agree, leader_of
+from .save import Staged, commit, commit_on_nodes, digest_own_shards, follow_on_nodes
 from .state_dicts import first_failure, shard_writer, single_process_is_intended
 
 _GROUP: dist.ProcessGroup | None = None
@@ -175,6 +176,9 @@ def _finish(pending: Future, staged: Staged, group: dist.ProcessGroup | None, re
         parts = [None] * dist.get_world_size(group)
         dist.all_gather_object(parts, (own, problem), group=group)
     failed = [(r, p) for r, (_, p) in enumerate(parts) if p is not None]
+    if len(staged.groups) > 1:
+        _finish_on_nodes(staged, group, parts, failed, rest, on_committed)
+        return
     outcome: Any = None
     if rank == 0:
         try:
@@ -198,6 +202,33 @@ def _finish(pending: Future, staged: Staged, group: dist.ProcessGroup | None, re
     pending = group = None  # type: ignore[assignment]
     if outcome is not None:
         raise outcome
+
+
+def _finish_on_nodes(staged: Staged, group: dist.ProcessGroup | None, parts: list[Any], failed: list[Any],
+                     rest: dict[str, Any], on_committed: OnCommitted) -> None:
+    """:func:`_finish` on node-local directories: the two-phase commit across the nodes
+    (:func:`~.save.commit_on_nodes`) in ``group``; every rank raises what failed on any."""
+    rank = get_rank()
+    try:
+        if failed:
+            raise CheckpointError(f"save of {staged.final} failed, nothing was committed: " +
+                                  "; ".join(f"rank {r}: {p}" for r, p in failed))
+        files: dict[str, dict[str, Any]] = {}
+        for part, _ in parts:
+            files.update(part)
+        size, digest = commit_on_nodes(staged, files, rest, group)
+    except BaseException:
+        if rank == leader_of(staged.groups, rank):
+            remove_tree(staged.tmp)  # gone already where the rename happened
+        raise
+    outcome: BaseException | None = None
+    if rank == 0:
+        try:
+            on_committed(SaveResult(staged.final, digest, size, 0.0))
+        except BaseException as e:  # noqa: BLE001 - raised on every rank by agree
+            outcome = e
+    agree(outcome, f"save of {staged.final}", group)
+    follow_on_nodes(staged, group)
 
 
 __all__ = ["ShardedBackground", "background_group"]

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from ...disk import Overlap, fsync_dir, is_temp_name, remove_tree, temp_name, temp_writer
+from ...disk import Overlap, fsync_dir, is_temp_name, remove_tree, temp_writer
 from ...errors import InvalidOperationError
 from ...state import Stateful
 from ..base import (
@@ -27,6 +27,7 @@ from ..base import (
 )
 from . import load, transfer
 from .async_save import ShardedBackground
+from .parts import delete_entry
 from .manifest import MANIFEST, is_sharded_checkpoint, read_dir_info, sharded_dirname
 from .save import save_now, stage
 
@@ -93,12 +94,7 @@ class ShardedFormat(CheckpointFormat):
         return save_now(staged, on_committed)
 
     def delete(self, path: Path) -> None:
-        # One rename takes it out of the checkpoint namespace (a hidden temp name, so no reader ever
-        # sees a half-deleted checkpoint under its name), then the tree goes.
-        doomed = path.with_name(temp_name(path.name))
-        os.rename(path, doomed)
-        fsync_dir(path.parent)
-        remove_tree(doomed)
+        delete_entry(path)
 
     def move(self, path: Path, folder: Path) -> None:
         os.rename(path, folder / path.name)  # one rename: the manifest goes with the files it lists

@@ -28,7 +28,17 @@ from linnaeus.dist import is_dist, run_on_all_ranks
 from ...errors import CheckpointCorruptError, CheckpointError, CheckpointIncompatibleError, CheckpointUnreadableError
 from ...state import Stateful, restore_full_modules, restore_full_optimizer, restore_state
 from ..base import VerifyResult, unreadable_reason
-from .manifest import DCP_METADATA, STATE_FILE, check_file, check_present, manifest_of, read_manifest, verify_all
+from .exchange import fetch_missing, files_read
+from .manifest import (
+    DCP_METADATA,
+    STATE_FILE,
+    check_file,
+    check_present,
+    is_node_local,
+    manifest_of,
+    read_manifest,
+    verify_all,
+)
 from .metadata import DamagedFile, VerifyingReader, read_checked_metadata
 from .state_dicts import (
     MODEL,
@@ -133,6 +143,8 @@ def restore_sharded(state: Mapping[str, Any], model: nn.Module | None, component
         for key in [k for k in tensors if k != OPTIM]:
             run_on_all_ranks(lambda: _check_compatible(metadata, tensors[key], source, path, key=key),
                              f"loading {path}", CheckpointError)
+        if is_node_local(manifest):  # each node holds its ranks' shards: those this plan reads come first
+            fetch_missing(path, manifest, files_read(tensors, metadata))
         try:
             with single_process_is_intended():
                 dcp.load(tensors, storage_reader=reader, no_dist=not is_dist())

@@ -40,6 +40,8 @@ DCP_METADATA = ".metadata"
 STATE_FILE = "state.pt"
 SHARDED_FORMAT = "linnaeus-sharded"
 SHARDED_FORMAT_VERSION = 1
+# On node-local directories: the ranks whose shard files each node's directory holds, one list per node.
+PARTS = "parts"
 
 
 def sharded_dirname(filename: str) -> str:
@@ -52,6 +54,22 @@ def is_sharded_checkpoint(path: str | Path) -> bool:
     """A directory that looks like a sharded checkpoint (holds a manifest or DCP metadata)."""
     path = Path(path)
     return path.is_dir() and ((path / MANIFEST).exists() or (path / DCP_METADATA).exists())
+
+
+def is_node_local(manifest: Mapping[str, Any]) -> bool:
+    """Written on node-local directories: each node's directory holds its own ranks' shard files."""
+    parts = manifest.get(PARTS)
+    return isinstance(parts, list) and len(parts) > 1
+
+
+def held_files(path: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """The listed files this directory must hold: all of them, or on node-local directories the shared
+    ones and the shard files that are here (the others are on other nodes, fetched when a load reads
+    them: :mod:`.exchange`)."""
+    names = sorted(manifest["files"])
+    if not is_node_local(manifest):
+        return names
+    return [n for n in names if not n.endswith(".distcp") or (path / n).exists()]
 
 
 def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
@@ -112,6 +130,10 @@ def manifest_problems(manifest: Any) -> list[str]:
     for key in ("progress", "meta"):
         if not isinstance(manifest.get(key), dict):
             problems.append(f"no '{key}' object")
+    parts = manifest.get(PARTS)
+    if parts is not None and not (isinstance(parts, list) and all(
+            isinstance(g, list) and g and all(isinstance(r, int) for r in g) for g in parts)):
+        problems.append(f"'{PARTS}' is not a list of lists of ranks")
     return problems
 
 
@@ -160,7 +182,7 @@ def _check_digests(target: Path, st: os.stat_result, name: str, entry: Mapping[s
 def check_present(path: Path, manifest: Mapping[str, Any]) -> None:
     """Every listed file exists with its recorded size and can be opened for reading (no bytes
     read): an unreadable shard stops a resume at the choice, not halfway through a restore."""
-    for name in sorted(manifest["files"]):
+    for name in held_files(path, manifest):
         check_file(path, manifest, name, hash_bytes=False)
         try:
             os.close(os.open(path / name, os.O_RDONLY))
@@ -174,7 +196,7 @@ def verify_all(path: Path, manifest: Mapping[str, Any], *, thorough: bool = Fals
     """Every listed file present with its size and digest (both digests if ``thorough``); the
     first failure raised naming the file."""
     check_present(path, manifest)
-    names = sorted(manifest["files"])
+    names = held_files(path, manifest)
     # hashlib releases the GIL on large buffers: one thread per core hashes the shard files side by side.
     with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1))) as pool:
         for future in [pool.submit(check_file, path, manifest, name, thorough=thorough) for name in names]:
@@ -226,6 +248,6 @@ def manifest_of(path: Path) -> tuple[dict[str, Any], str]:
     return manifest, digest
 
 
-__all__ = ["DCP_METADATA", "MANIFEST", "SHARDED_FORMAT", "SHARDED_FORMAT_VERSION", "STATE_FILE", "check_file",
-           "check_present", "directory_size", "is_sharded_checkpoint", "manifest_bytes", "manifest_of",
+__all__ = ["DCP_METADATA", "MANIFEST", "PARTS", "SHARDED_FORMAT", "SHARDED_FORMAT_VERSION", "STATE_FILE", "check_file",
+           "check_present", "directory_size", "held_files", "is_node_local", "is_sharded_checkpoint", "manifest_bytes", "manifest_of",
            "read_dir_info", "read_manifest", "sharded_dirname", "verify_all"]

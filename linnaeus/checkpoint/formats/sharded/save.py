@@ -1,6 +1,6 @@
 """Writing a sharded checkpoint: every rank its own shards, in parallel, then one commit.
 
-The commit (a collective; a final name always means complete)::
+The commit (a collective; a final name always means complete) when every rank sees one directory::
 
     .<name>.tmp-<writer>-<rand>/     rank 0 creates it; its name never matches a checkpoint
         __<r>_<n>.distcp             every rank: DCP writes its shards; the rank fsyncs and hashes them
@@ -13,6 +13,9 @@ The commit (a collective; a final name always means complete)::
 Overwriting a committed directory of the same name moves it aside to a hidden temp name first
 and removes it after the rename; a crash in between leaves the older checkpoints to resume from.
 No DCP "bytes" entry is ever written, because DCP loads those with ``weights_only=False``.
+
+When the ranks do not all see one directory (node-local disks), every node's directory holds its own
+ranks' shard files and the commit is two-phase across the nodes (:mod:`.parts`).
 """
 
 from __future__ import annotations
@@ -47,7 +50,18 @@ from ...state import materialize, model_state_dict
 from ...testing import phase
 from ..base import OnCommitted, SaveResult
 from ..directory import write_latest
-from .manifest import DCP_METADATA, MANIFEST, SHARDED_FORMAT, SHARDED_FORMAT_VERSION, STATE_FILE, manifest_bytes
+from .manifest import DCP_METADATA, MANIFEST, PARTS, SHARDED_FORMAT, SHARDED_FORMAT_VERSION, STATE_FILE, manifest_bytes
+from .parts import (
+    broadcast,
+    delete_entry,
+    follow_retention,
+    leader_of,
+    run_everywhere,
+    shared_bytes,
+    sharded_entries,
+    sharing_of,
+    write_shared,
+)
 from .state_dicts import (
     MODEL,
     OPTIM,
@@ -73,6 +87,8 @@ class Staged:
     name: str
     tmp: Path
     update_latest: bool
+    # Which ranks see one directory (:func:`~linnaeus.checkpoint.disk.probe_sharing`): one group, or one per node.
+    groups: tuple[tuple[int, ...], ...] = ((0,),)
 
     @property
     def final(self) -> Path:
@@ -110,16 +126,11 @@ def stage(directory: Path, name: str, contents: Mapping[str, Any], *, update_lat
     manifest_extra = {"progress": dict(contents.get("progress", {})), "meta": meta,
                       "config": contents.get("config", "")}
 
-    def make_temp() -> str | None:
-        if not is_main_process():
-            return None
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / temp_name(name)
-        tmp.mkdir()
-        return str(tmp)
-
-    tmp = Path(broadcast_object(run_on_all_ranks(make_temp, f"save of {final}", CheckpointError)))
-    return Staged(tensors, rest, manifest_extra, directory, name, tmp, update_latest)
+    groups = sharing_of(directory).groups  # a collective the first time; creates the directory
+    tmp = directory / broadcast_object(temp_name(name) if is_main_process() else None)
+    leads = get_rank() == leader_of(groups, get_rank())
+    run_on_all_ranks(lambda: tmp.mkdir() if leads else None, f"save of {final}", CheckpointError)
+    return Staged(tensors, rest, manifest_extra, directory, name, tmp, update_latest, groups)
 
 
 def save_now(staged: Staged, on_committed: OnCommitted) -> SaveResult:
@@ -141,17 +152,47 @@ def save_now(staged: Staged, on_committed: OnCommitted) -> SaveResult:
         files: dict[str, dict[str, Any]] = {}
         for part in all_gather_object(own):
             files.update(part)
-        committed = run_on_all_ranks(lambda: commit(staged, files, staged.rest) if is_main_process() else None,
-                                     f"save of {final}", CheckpointError)
+        if len(staged.groups) > 1:
+            committed = commit_on_nodes(staged, files, staged.rest)
+        else:
+            committed = run_on_all_ranks(lambda: commit(staged, files, staged.rest) if is_main_process() else None,
+                                         f"save of {final}", CheckpointError)
     except BaseException:
-        if is_main_process():
-            remove_tree(tmp)
+        if get_rank() == leader_of(staged.groups, get_rank()):
+            remove_tree(tmp)  # gone already where the rename happened
         raise
     size, digest = broadcast_object(committed)
     result = SaveResult(final, digest, size, time.perf_counter() - start)
     run_on_all_ranks(lambda: on_committed(result) if is_main_process() else None, f"save of {final}",
                      CheckpointError)
+    if len(staged.groups) > 1:
+        follow_on_nodes(staged)
     return result
+
+
+def commit_on_nodes(staged: Staged, files: dict[str, dict[str, Any]], rest: dict[str, Any],
+                    group: Any = None) -> tuple[int, str]:
+    """The two-phase commit across node-local directories (:mod:`.parts`), a collective of ``group``:
+    rank 0 prepares, every other node's leader writes rank 0's shared files (phase 1), then every
+    leader renames its temp directory into place (phase 2). Returns (size, sha256 of the manifest)."""
+    rank, what = get_rank(), f"save of {staged.final}"
+    leads = rank == leader_of(staged.groups, rank)
+    prepared = run_everywhere(lambda: prepare(staged, files, rest, parts=staged.groups) if rank == 0 else None,
+                              what, group)
+    shared = broadcast(shared_bytes(staged.tmp) if rank == 0 else None, group)
+    run_everywhere(lambda: write_shared(staged.tmp, shared) if leads and rank != 0 else None, what, group)
+    phase("sharded-parts-prepared")  # the fault tests' seam: every node's part is durable, none committed
+    run_everywhere(lambda: publish(staged) if leads else None, what, group)
+    return broadcast(prepared, group)
+
+
+def follow_on_nodes(staged: Staged, group: Any = None) -> None:
+    """After rank 0's retention: every other node keeps the sharded checkpoints rank 0's node keeps."""
+    rank = get_rank()
+    keep = broadcast(sharded_entries(staged.directory) if rank == 0 else None, group)
+    run_everywhere(lambda: follow_retention(staged.directory, keep, delete_entry)
+                   if rank != 0 and rank == leader_of(staged.groups, rank) else None,
+                   f"retention in {staged.directory} after the save of {staged.name}", group)
 
 
 def digest_own_shards(tmp: Path, rank: int) -> dict[str, dict[str, Any]]:
@@ -169,7 +210,16 @@ def digest_own_shards(tmp: Path, rank: int) -> dict[str, dict[str, Any]]:
 def commit(staged: Staged, files: dict[str, dict[str, Any]], rest: dict[str, Any]) -> tuple[int, str]:
     """Rank 0, after every rank's shards are durable: state.pt, manifest, rename, latest.
     Returns (size, sha256 of the manifest)."""
-    directory, name, tmp, final = staged.directory, staged.name, staged.tmp, staged.final
+    committed = prepare(staged, files, rest)
+    publish(staged)
+    return committed
+
+
+def prepare(staged: Staged, files: dict[str, dict[str, Any]], rest: dict[str, Any],
+            parts: tuple[tuple[int, ...], ...] | None = None) -> tuple[int, str]:
+    """Rank 0: state.pt, ``.metadata`` fsynced, the manifest (with ``parts`` on node-local directories)
+    written durably in the temp directory. Returns (size, sha256 of the manifest)."""
+    tmp, final = staged.tmp, staged.final
     with open(tmp / STATE_FILE, "xb") as raw:
         stream = ErrorRecordingStream(raw)
         try:
@@ -188,8 +238,17 @@ def commit(staged: Staged, files: dict[str, dict[str, Any]], rest: dict[str, Any
         raise CheckpointError(f"save of {final}: unexpected files in the temp directory {tmp}: {unexpected}")
     manifest = {"format": SHARDED_FORMAT, "format_version": SHARDED_FORMAT_VERSION, "files": files,
                 **staged.manifest_extra}
+    if parts is not None:
+        manifest[PARTS] = [list(group) for group in parts]
     payload = manifest_bytes(manifest)
     write_durably(tmp / MANIFEST, payload)  # fsyncs the file and the temp directory
+    return sum(f["size"] for f in files.values()) + len(payload), hashlib.sha256(payload).hexdigest()
+
+
+def publish(staged: Staged) -> None:
+    """The temp directory renamed into place (an older one of the name moved aside, then removed),
+    the directory fsynced, ``latest`` moved: the commit point on this directory."""
+    directory, name, tmp, final = staged.directory, staged.name, staged.tmp, staged.final
     with dir_lock(directory):
         old = None
         if final.exists():
@@ -204,7 +263,7 @@ def commit(staged: Staged, files: dict[str, dict[str, Any]], rest: dict[str, Any
                 write_latest(directory, name)
             except OSError as e:
                 raise LatestUpdateError(final, e) from e
-    return sum(f["size"] for f in files.values()) + len(payload), hashlib.sha256(payload).hexdigest()
 
 
-__all__ = ["Staged", "commit", "digest_own_shards", "save_now", "stage"]
+__all__ = ["Staged", "commit", "commit_on_nodes", "digest_own_shards", "follow_on_nodes", "prepare", "publish",
+           "save_now", "stage"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from linnaeus.dist import all_gather_object, broadcast_object, get_rank, get_world_size, is_dist, is_main_process
 
 from ..errors import CheckpointError
-from ..disk import fsync_dir
+from .durable import fsync_dir
 
 _PROBE = ".sharing-{token}-{rank}"
 

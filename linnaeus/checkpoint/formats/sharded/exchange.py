@@ -1,0 +1,156 @@
+"""The shard files a rank's load plan reads that its node's directory lacks, sent from a node that
+has them, for sharded checkpoints on node-local directories (a manifest with ``parts``).
+
+Each node's directory holds its own ranks' shard files (and the ``.metadata``, ``state.pt`` and
+manifest every node gets at the commit). A load plan may read others: a tensor every rank holds
+whole is saved once, in one rank's file, and another world size or another placement of ranks on
+nodes reads other ranks' shards. Before DCP reads, every rank names the files its plan reads that
+it cannot see; every file wanted is sent from the lowest rank that has it (``dist.broadcast`` of
+64 MiB chunks), written beside the others under a temp name, checked against the manifest's
+digest and renamed into place. Then DCP reads everything locally, through the verifying reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+import xxhash
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+from linnaeus.dist import all_gather_object, get_rank, run_on_all_ranks
+
+from ...disk import FAST_DIGEST, fsync_dir, move_chunks, read_exactly, temp_name
+from ...errors import CheckpointCorruptError, CheckpointError
+
+logger = logging.getLogger("linnaeus.checkpoint")
+
+
+def files_read(state_dict: dict[str, Any], metadata: Any) -> set[str]:
+    """The files this rank's DCP load plan of ``state_dict`` reads (DCP's own default planner)."""
+    planner = DefaultLoadPlanner()
+    planner.set_up_planner(state_dict, metadata, get_rank() == 0)
+    plan = planner.create_local_plan()
+    return {metadata.storage_data[item.storage_index].relative_path for item in plan.items}
+
+
+def present(path: Path, manifest: Mapping[str, Any], name: str) -> bool:
+    entry = manifest["files"].get(name)
+    try:
+        return entry is not None and os.stat(path / name).st_size == entry["size"]
+    except FileNotFoundError:
+        return False
+
+
+def fetch_missing(path: Path, manifest: Mapping[str, Any], needed: set[str]) -> list[str]:
+    """Every file in ``needed`` (this rank's) that ``path`` lacks, sent from a rank whose directory has
+    it (a collective); the names this rank received. Raises on every rank when a file is on no node."""
+    missing = sorted(n for n in needed if not present(path, manifest, n))
+    held = [n for n in sorted(manifest["files"]) if present(path, manifest, n)]
+    reports = all_gather_object((missing, held))
+    wanted = sorted({n for want, _ in reports for n in want})
+    sources: dict[str, int] = {}
+    nowhere = []
+    for name in wanted:
+        holders = [r for r, (_, has) in enumerate(reports) if name in has]
+        if holders:
+            sources[name] = holders[0]
+        else:
+            nowhere.append(name)
+
+    def check() -> None:
+        if nowhere:
+            raise CheckpointError(f"sharded checkpoint {path} is incomplete: no node's directory holds "
+                                  f"{', '.join(nowhere)}, which the load needs; resume from an older checkpoint "
+                                  "(every node's part of it committed) or from the bucket.")
+
+    run_on_all_ranks(check, f"loading {path}", CheckpointError)
+    if wanted and get_rank() == 0:
+        logger.info("Sending %d shard file(s) of %s (%.1f MB) between nodes before the load: each node's directory "
+                    "holds its own ranks' shards, and the load plans read %s", len(wanted), path.name,
+                    sum(manifest["files"][n]["size"] for n in wanted) / 1e6, ", ".join(wanted))
+    received = []
+    for name in wanted:
+        entry, source = manifest["files"][name], sources[name]
+        into = path / name if name in missing else None
+        error = _move(path / name, entry, source, into)
+        run_on_all_ranks(lambda: _raise(error), f"receiving {name} of {path} from rank {source}", CheckpointError)
+        if into is not None:
+            received.append(name)
+    return received
+
+
+def _raise(error: BaseException | None) -> None:
+    if error is not None:
+        raise error
+
+
+def _move(own: Path, entry: Mapping[str, Any], source: int, into: Path | None) -> BaseException | None:
+    """One file from ``source`` to every rank that wants it (``into``); this rank's failure, if any.
+    Every chunk moves whatever fails on the way, so that no rank is left waiting in a broadcast."""
+    size, rank = int(entry["size"]), get_rank()
+    failure: list[BaseException] = []
+    src = out = None
+    tmp = into.with_name(temp_name(into.name)) if into is not None else None
+    try:
+        if rank == source:
+            src = open(own, "rb")
+        if tmp is not None:
+            out = open(tmp, "xb")
+    except OSError as e:
+        failure.append(e)
+    sha, fast = hashlib.sha256(), xxhash.xxh3_128()
+    device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def read(view: memoryview) -> None:
+        if src is not None and not failure:
+            try:
+                read_exactly(src, view)
+            except OSError as e:
+                failure.append(e)
+
+    def take(data: memoryview) -> None:
+        sha.update(data)
+        fast.update(data)
+        if out is not None and not failure:
+            out.write(data)
+
+    def broadcast(chunk: torch.Tensor) -> None:
+        if device.type == "cpu":
+            dist.broadcast(chunk, src=source)
+        else:  # nccl moves device tensors
+            moved = chunk.to(device)
+            dist.broadcast(moved, src=source)
+            chunk.copy_(moved.cpu())
+
+    try:
+        move_chunks(size, broadcast, read=read if rank == source else None, take=take if tmp is not None else None)
+        if failure:
+            return failure[0]
+        if out is None or into is None or tmp is None:
+            return None
+        out.flush()
+        os.fsync(out.fileno())
+        expected = entry.get(FAST_DIGEST)
+        if (fast.hexdigest() != expected) if isinstance(expected, str) else (sha.hexdigest() != entry["sha256"]):
+            return CheckpointCorruptError(into, f"the copy received from rank {source} does not match the manifest",
+                                          expected_sha256=entry["sha256"], actual_sha256=sha.hexdigest())
+        os.replace(tmp, into)
+        fsync_dir(into.parent)
+        return None
+    except OSError as e:
+        return e
+    finally:
+        for f in (src, out):
+            if f is not None:
+                f.close()
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+
+
+__all__ = ["fetch_missing", "files_read", "present"]
