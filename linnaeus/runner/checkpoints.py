@@ -31,13 +31,14 @@ from linnaeus.checkpoint.replicas import Replicator
 from linnaeus.checkpoint.resume import ResumePoint, start_timeline
 from linnaeus.checkpoint.sources import TransientSourceError
 from linnaeus.checkpoint.state import TaxonomyChangedError
-from linnaeus.checkpoint.store import probe_sharing, restore_newest
+from linnaeus.checkpoint.store import restore_newest
 from linnaeus.config import build_policy, build_weights_policy, checkpoint_dir, config_yaml
 from linnaeus.config.parallel import sharded_checkpoints
-from linnaeus.dist import broadcast_object, get_world_size, is_main_process, run_on_all_ranks
+from linnaeus.dist import get_world_size, is_main_process, run_on_all_ranks
 from linnaeus.engine.run_log import EVERY_RANK
 from linnaeus.runner import config_diff
 from linnaeus.runner.clock import TrainingClock
+from linnaeus.runner.node_local import set_up_node_local
 from linnaeus.runner.resume_choice import choose_resume_point
 from linnaeus.runner.taxonomy_record import taxonomy_levels, taxonomy_parents
 
@@ -55,7 +56,8 @@ class RunCheckpoints:
     def __init__(self, cfg: CfgNode, run_dir: Path) -> None:
         self.cfg = cfg
         self.directory = checkpoint_dir(cfg)  # CHECKPOINT.LOCAL_DIR, else the run dir's checkpoints/
-        self.replicas: Replicator | None = None  # set once the savers exist (_replicator)
+        self.replicas: Replicator | None = None  # set once the savers exist
+        self._node_lock: WriterLease | None = None
         self._lock = self._lock_directory()  # held until close(); the savers share it
         out = cfg.ENV.OUTPUT.BUCKET
         self.remote = RemoteRun.in_bucket(out, cfg.EXPERIMENT.NAME) if out.ENABLED else None
@@ -74,7 +76,9 @@ class RunCheckpoints:
             self.weights = CheckpointManager(self.directory, build_weights_policy(cfg), name="weights",
                                              update_latest=False, **common, **self._hooks("weights", full=False))
             self.weights.follow(self.main)  # one lineage for both savers
-        self.replicas = self._replicator()
+        # Node-local directories: copies of each checkpoint on other nodes, and each node's directory lock.
+        self.replicas, self._node_lock = set_up_node_local(cfg, self.directory, self.main.format.name,
+                                                           {m.name: m.apply_retention for m in self._savers()})
         self.objects: dict[str, Any] = {}
         self.progress: Any = None
         # Per saver (by name): the step of its last save, so that no saver saves twice at one step.
@@ -132,30 +136,6 @@ class RunCheckpoints:
                 self.replicas.on_commit(path, saver=saver, update_latest=full)
 
         return {"on_commit": on_commit, **({"can_delete": uploader.can_delete} if uploader is not None else {})}
-
-    def _replicator(self) -> Replicator | None:
-        """With a node-local checkpoint directory (every rank looks: :func:`probe_sharing`), the copies of each
-        checkpoint on CHECKPOINT.REPLICAS other nodes; None when the directory is shared (a collective)."""
-        sharing = probe_sharing(self.directory)
-        if sharing.shared:
-            return None
-        if self.main.format.name != "file":  # sharded: each node keeps its own ranks' shards (no copies yet)
-            if is_main_process() and self.cfg.CHECKPOINT.REPLICAS > 0:
-                logger.warning("CHECKPOINT.REPLICAS %d: copies on other nodes are made of single-file checkpoints "
-                               "only; each node holds its own ranks' shards of the sharded ones, and a node lost "
-                               "with its directory leaves no checkpoint to resume.", self.cfg.CHECKPOINT.REPLICAS)
-            return None
-        replicas = broadcast_object(self.cfg.CHECKPOINT.REPLICAS)  # rank 0's: every rank must take part alike
-        replicator = Replicator(sharing, self.directory, replicas, {m.name: m.apply_retention for m in self._savers()})
-        if is_main_process():
-            if replicator.active:
-                logger.info("Each checkpoint is copied after its commit to the checkpoint directories of %s "
-                            "(CHECKPOINT.REPLICAS %d)", replicator.describe(), replicas)
-            else:
-                logger.warning("The checkpoint directory %s is node-local and CHECKPOINT.REPLICAS is %d: checkpoints "
-                               "live only on rank 0's node (and in the bucket, if one is set), and are lost with it.",
-                               self.directory, replicas)
-        return replicator if replicator.active else None
 
     def _savers(self) -> list[CheckpointManager]:
         return [m for m in (self.main, self.weights) if m is not None]
@@ -350,8 +330,9 @@ class RunCheckpoints:
                 lease.release()
             except CheckpointError as e:  # it lapses after its time-to-live: a relaunch waits that long at most
                 logger.warning("Could not remove the writer lease %s: %s", lease.where, e)
-        if self._lock is not None:
-            self._lock.release()
+        for lock in (self._lock, self._node_lock):
+            if lock is not None:
+                lock.release()
 
     def close_after_error(self) -> None:
         """:meth:`close` while the run unwinds an exception (perhaps on this rank alone): this rank's

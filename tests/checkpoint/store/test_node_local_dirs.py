@@ -107,6 +107,7 @@ def test_sharded_checkpoints_commit_on_every_node_and_resume_the_newest_every_no
     over; the relaunch, with rank 0 moved to node b, reads the shards it lacks from node a as the load
     plan needs them and ends bit-identical to an uninterrupted run. A node whose directory was emptied
     stops the relaunch on every rank, naming what each node holds."""
+    from linnaeus.checkpoint.disk import is_temp_name, temp_name
     from linnaeus.checkpoint.formats import consolidate
 
     a, b = tmp_path / "node_a", tmp_path / "node_b"
@@ -119,8 +120,10 @@ def test_sharded_checkpoints_commit_on_every_node_and_resume_the_newest_every_no
     assert (parts[0] / "manifest.json").read_bytes() == (parts[1] / "manifest.json").read_bytes()
     assert json.loads((parts[0] / "manifest.json").read_text())["parts"] == [[0], [1]]
 
-    # Killed between the two phases: node b's part of epoch 2 was never renamed into place.
-    parts[1].rename(parts[1].with_name(".checkpoint_epoch_2.tmp-999999-dead-0000"))
+    # Killed between the two phases: node b's part of epoch 2 was never renamed into place (its temp
+    # directory, named for the dead writer, is left); node a also holds a temp directory of a killed save.
+    parts[1].rename(parts[1].with_name(temp_name("checkpoint_epoch_2")))
+    shutil.copytree(parts[0], parts[0].with_name(temp_name("checkpoint_epoch_3")))
     swapped = launch_nodes([b, a], toy_root, "TRAIN.EPOCHS", "3", *fsdp)
     assert [p.returncode for p in swapped] == [0, 0], swapped[0].stdout[-3000:] + swapped[1].stdout[-3000:]
     out = swapped[0].stdout
@@ -129,6 +132,8 @@ def test_sharded_checkpoints_commit_on_every_node_and_resume_the_newest_every_no
     # Rank 0 now runs on node b, which held rank 1's shards: rank 0's come from node a as the load reads them.
     sent = re.search(r"Sending \d+ shard file\(s\) of checkpoint_epoch_1 .* the load plans read (.*)", out)
     assert sent is not None and "__0_0.distcp" in sent.group(1).split(", "), out[-3000:]
+    for node in (a, b):  # each node's lowest rank removed what killed saves left in its directory
+        assert not [p.name for p in (node / "tiny" / "checkpoints").iterdir() if is_temp_name(p.name)]
 
     reference = tmp_path / "reference"
     run_train(reference, toy_root, *SHORT, *fsdp, "TRAIN.EPOCHS", "3", nproc=2)

@@ -1,0 +1,64 @@
+"""A run whose checkpoint directory is node-local (each node its own disk, or CHECKPOINT.LOCAL_DIR):
+what the runner sets up on every node at the start.
+
+Every rank looks (:func:`~linnaeus.checkpoint.store.probe_sharing`). On node-local directories every
+other node's lowest rank writes its node's directory too (copies of single-file checkpoints, its
+part of sharded ones), so it holds that directory's writer lock for the launch and first removes
+what a killed save left there; single-file checkpoints are copied to CHECKPOINT.REPLICAS other
+nodes after each commit (:class:`~linnaeus.checkpoint.replicas.Replicator`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Mapping
+
+from yacs.config import CfgNode
+
+from linnaeus.checkpoint.disk import WriterLease, acquire
+from linnaeus.checkpoint.errors import DirectoryLockedError
+from linnaeus.checkpoint.replicas import Replicator
+from linnaeus.checkpoint.store import cleanup_stale, probe_sharing
+from linnaeus.dist import broadcast_object, get_rank, is_main_process, run_on_all_ranks
+
+logger = logging.getLogger("linnaeus")
+
+
+def set_up_node_local(cfg: CfgNode, directory: Path, format_name: str,
+                      retain: Mapping[str, Callable[[], object]]) -> tuple[Replicator | None, WriterLease | None]:
+    """(the copies on other nodes, this node's directory lock) for a node-local ``directory``; (None,
+    None) when every rank sees one directory. A collective."""
+    sharing = probe_sharing(directory)
+    if sharing.shared:
+        return None, None
+    rank = get_rank()
+    leads = rank != 0 and any(group[0] == rank for group in sharing.groups)
+    lock = run_on_all_ranks(lambda: _take(directory) if leads else None, f"locking checkpoint directory {directory}",
+                            DirectoryLockedError)
+    replicas = broadcast_object(cfg.CHECKPOINT.REPLICAS)  # rank 0's: every rank must take part alike
+    if format_name != "file":  # sharded: each node keeps its own ranks' shards (no copies yet)
+        if is_main_process() and replicas > 0:
+            logger.warning("CHECKPOINT.REPLICAS %d: copies on other nodes are made of single-file checkpoints only; "
+                           "each node holds its own ranks' shards of the sharded ones, and a node lost with its "
+                           "directory leaves no checkpoint to resume.", replicas)
+        return None, lock
+    replicator = Replicator(sharing, directory, replicas, retain)
+    if is_main_process():
+        if replicator.active:
+            logger.info("Each checkpoint is copied after its commit to the checkpoint directories of %s "
+                        "(CHECKPOINT.REPLICAS %d)", replicator.describe(), replicas)
+        else:
+            logger.warning("The checkpoint directory %s is node-local and CHECKPOINT.REPLICAS is %d: checkpoints live "
+                           "only on rank 0's node (and in the bucket, if one is set), and are lost with it.",
+                           directory, replicas)
+    return (replicator if replicator.active else None), lock
+
+
+def _take(directory: Path) -> WriterLease:
+    lease = acquire(directory)
+    cleanup_stale(directory)  # under the lock: nobody else writes here, so every leftover is a dead writer's
+    return lease
+
+
+__all__ = ["set_up_node_local"]
