@@ -174,14 +174,19 @@ def main() -> None:
     print(f"{'rank 0 per save':<34} {'with copies':>12} {'without':>9}")
     for what, key in (("save() blocked, s", "blocked"), (f"{STEPS_AFTER_SAVE} steps after it, s", "after")):
         print(f"{what:<34} {statistics.median(out[key]['on']):>12.3f} {statistics.median(out[key]['off']):>9.3f}")
-    record("node_local", "recovery from the bucket / from a peer node's copy",
-           [b / p for b, p in zip(rec["bucket"], rec["peer's copy"])], ">= 5.0")
-    record("node_local", "recovery from a peer node's copy / from the node's own",
-           [p / o for p, o in zip(rec["peer's copy"], rec["own copy"])])
-    record("node_local", "save blocked with copies on other nodes / without",
-           [a / b for a, b in zip(out["blocked"]["on"], out["blocked"]["off"])], "<= 1.02")
-    record("node_local", f"{STEPS_AFTER_SAVE} steps after a save, with copies / without",
-           [a / b for a, b in zip(out["after"]["on"], out["after"]["off"])])
+    ratios = [
+        record("node_local", "recovery from the bucket / from a peer node's copy",
+               [b / p for b, p in zip(rec["bucket"], rec["peer's copy"])], ">= 5.0"),
+        record("node_local", "recovery from a peer node's copy / from the node's own",
+               [p / o for p, o in zip(rec["peer's copy"], rec["own copy"])]),
+        record("node_local", "save blocked with copies on other nodes / without",
+               [a / b for a, b in zip(out["blocked"]["on"], out["blocked"]["off"])], "<= 1.02"),
+        record("node_local", f"{STEPS_AFTER_SAVE} steps after a save, with copies / without",
+               [a / b for a, b in zip(out["after"]["on"], out["after"]["off"])]),
+    ]
+    print()
+    for ratio in ratios:
+        print(ratio.row())
     print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 
