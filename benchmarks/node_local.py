@@ -41,7 +41,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from results import record  # noqa: E402
 
-KEY_ID, SECRET = "benchkey", "benchsecret"
 STEPS_AFTER_SAVE = 5
 
 
@@ -138,20 +137,12 @@ def main() -> None:
     if args.worker:
         worker(Path(args.worker), args.size_mb, args.rounds)
         return
-    from linnaeus.checkpoint.sources import rclone_binary
-    from resolve import _free_port, wait_for_port
+    from resolve import local_s3
 
     root = Path(tempfile.mkdtemp(prefix="node_local_"))
-    port = _free_port()
-    (root / "s3" / "bkt").mkdir(parents=True)
-    server = subprocess.Popen([rclone_binary(), "serve", "s3", str(root / "s3"), "--addr", f"127.0.0.1:{port}",
-                               "--auth-key", f"{KEY_ID},{SECRET}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-           "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "Rclone",
-           "RCLONE_CONFIG_BENCH_ENDPOINT": f"http://127.0.0.1:{port}",
-           "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": KEY_ID, "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": SECRET}
+    server, bucket_env = local_s3(root / "s3")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **bucket_env}
     try:
-        wait_for_port(port)
         print(f"{args.size_mb} MB model, {args.rounds} rounds; load average at start {os.getloadavg()[0]:.2f}; "
               f"{os.cpu_count()} CPUs", flush=True)
         torchrun = Path(sys.executable).with_name("torchrun")

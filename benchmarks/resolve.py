@@ -79,6 +79,19 @@ def wait_for_port(port: int, tries: int = 100) -> None:
             time.sleep(0.05)
 
 
+def local_s3(root: Path) -> tuple[subprocess.Popen, dict[str, str]]:
+    """``rclone serve s3`` over ``root`` (bucket ``bkt`` created) on a free 127.0.0.1 port, listening; and
+    the environment that names it as the rclone remote ``bench``. The caller stops the server."""
+    port = _free_port()
+    (root / "bkt").mkdir(parents=True, exist_ok=True)
+    server = subprocess.Popen([rclone_binary(), "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}",
+                               "--auth-key", f"{KEY_ID},{SECRET}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port)
+    return server, {"RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "Rclone",
+                    "RCLONE_CONFIG_BENCH_ENDPOINT": f"http://127.0.0.1:{port}",
+                    "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": KEY_ID, "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": SECRET}
+
+
 def bench_download(root: Path, size_mb: int, repeats: int) -> tuple[float, float, float]:
     rclone = rclone_binary()
     data_root = root / "s3"

@@ -35,10 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.checkpoint_overhead import MODEL  # noqa: E402
-from benchmarks.resolve import _free_port, wait_for_port  # noqa: E402
+from benchmarks.resolve import local_s3  # noqa: E402
 from results import record  # noqa: E402
 
-KEY_ID, SECRET = "benchkey", "benchsecret"
 FIRST_STEP = re.compile(r"epoch 1 step \d+ \(epoch step 1\)|bare: first step done")
 PHASES = re.compile(r"(Ready to train .*|bare: .* s)$", re.M)
 
@@ -122,19 +121,10 @@ def main() -> None:
     if args.bare:
         bare(args.bare, args.opts)
         return
-    from linnaeus.checkpoint.sources import rclone_binary
-
     root = Path(tempfile.mkdtemp(prefix="resume_time_"))
-    port = _free_port()
-    (root / "s3" / "bkt").mkdir(parents=True)
-    server = subprocess.Popen([rclone_binary(), "serve", "s3", str(root / "s3"), "--addr", f"127.0.0.1:{port}",
-                               "--auth-key", f"{KEY_ID},{SECRET}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(os.cpu_count() or 1),
-           "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "Rclone",
-           "RCLONE_CONFIG_BENCH_ENDPOINT": f"http://127.0.0.1:{port}",
-           "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": KEY_ID, "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": SECRET}
+    server, bucket_env = local_s3(root / "s3")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(os.cpu_count() or 1), **bucket_env}
     try:
-        wait_for_port(port)
         made = subprocess.run(_train_cmd(root, root / "out", 1, args.opts), cwd=REPO, env=env, capture_output=True,
                               text=True)
         checkpoint = root / "out" / "bench" / "checkpoints" / "checkpoint_epoch_1.pth"

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 
 CHUNK_BYTES = 64 << 20
 
@@ -58,6 +59,22 @@ def move_chunks(size: int, move: Callable[[torch.Tensor], None], *,
         raise failure[0]
 
 
+def broadcaster(source: int) -> Callable[[torch.Tensor], None]:
+    """A :func:`move_chunks` ``move`` that broadcasts each chunk from rank ``source`` to every rank of the
+    default group (through the device under nccl, which moves device tensors only)."""
+    device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def move(chunk: torch.Tensor) -> None:
+        if device.type == "cpu":
+            dist.broadcast(chunk, src=source)
+        else:
+            moved = chunk.to(device)
+            dist.broadcast(moved, src=source)
+            chunk.copy_(moved.cpu())
+
+    return move
+
+
 def read_exactly(f: Any, view: memoryview) -> None:
     """Fill ``view`` from the binary file ``f``; OSError when the file ends first."""
     done = 0
@@ -68,4 +85,4 @@ def read_exactly(f: Any, view: memoryview) -> None:
         done += n
 
 
-__all__ = ["CHUNK_BYTES", "move_chunks", "read_exactly"]
+__all__ = ["CHUNK_BYTES", "broadcaster", "move_chunks", "read_exactly"]

@@ -21,17 +21,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 from linnaeus.dist import all_gather_object, broadcast_object, get_rank, run_on_all_ranks
 
 from .. import store
-from ..disk import parse_sidecar, sidecar_path
+from ..disk import broadcaster, move_chunks, parse_sidecar, read_exactly, sidecar_path
 from ..errors import CheckpointError, CheckpointIncompatibleError
-from ..remote import RemoteRun
-from ..disk import move_chunks, read_exactly
 from ..formats import format_of
+from ..remote import RemoteRun
 from ..replicas import IncomingFile
 from ..sources import TransientSourceError
 from ..state import KIND_FULL
@@ -104,7 +100,6 @@ def _send(sharing: store.DirectorySharing, directory: Path, newest: Held, source
         return (sidecar_path(dest).read_bytes(), dest.stat().st_size) if rank == source else None
 
     sidecar, size = broadcast_object(run_on_all_ranks(prepare, f"sending {newest.name}", CheckpointError), src=source)
-    device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
     incoming = IncomingFile(dest, sidecar, f"rank {source}") if receiving else None
     failure: BaseException | None = None  # raised on every rank once the last chunk has gone by
     src = open(dest, "rb") if rank == source else None
@@ -117,16 +112,8 @@ def _send(sharing: store.DirectorySharing, directory: Path, newest: Held, source
             except OSError as e:
                 failure = e
 
-    def broadcast(chunk: torch.Tensor) -> None:
-        if device.type == "cpu":
-            dist.broadcast(chunk, src=source)
-        else:  # nccl moves device tensors
-            moved = chunk.to(device)
-            dist.broadcast(moved, src=source)
-            chunk.copy_(moved.cpu())
-
     try:
-        move_chunks(size, broadcast, read=read if src is not None else None,
+        move_chunks(size, broadcaster(source), read=read if src is not None else None,
                     take=incoming.write if incoming is not None else None)
     finally:
         if src is not None:

@@ -103,7 +103,7 @@ def _merged(parts: list[Path], into: Path) -> Path:
 def test_sharded_checkpoints_commit_on_every_node_and_resume_the_newest_every_node_holds(
         tmp_path: Path, toy_root: Path) -> None:
     """FSDP2 on two nodes, each its own directory: every node's directory holds its own rank's shards
-    and the one manifest. A save committed on node a only (node b's rename never happened) is passed
+    and the one manifest (async saves, then synchronous ones). A save committed on node a only (node b's rename never happened) is passed
     over; the relaunch, with rank 0 moved to node b, reads the shards it lacks from node a as the load
     plan needs them and ends bit-identical to an uninterrupted run. A node whose directory was emptied
     stops the relaunch on every rank, naming what each node holds."""
@@ -112,7 +112,7 @@ def test_sharded_checkpoints_commit_on_every_node_and_resume_the_newest_every_no
 
     a, b = tmp_path / "node_a", tmp_path / "node_b"
     fsdp = ("TRAIN.STRATEGY", "fsdp")
-    first = launch_nodes([a, b], toy_root, "TRAIN.EPOCHS", "2", *fsdp)
+    first = launch_nodes([a, b], toy_root, "TRAIN.EPOCHS", "2", *fsdp, "CHECKPOINT.ASYNC", "True")  # async commits
     assert [p.returncode for p in first] == [0, 0], first[0].stdout[-3000:] + first[1].stdout[-3000:]
     assert "Each node's directory holds its own ranks' shards" in first[0].stdout
     parts = [d / "tiny" / "checkpoints" / "checkpoint_epoch_2" for d in (a, b)]

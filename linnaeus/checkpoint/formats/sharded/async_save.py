@@ -182,13 +182,7 @@ def _finish(pending: Future, staged: Staged, group: dist.ProcessGroup | None, re
     outcome: Any = None
     if rank == 0:
         try:
-            if failed:
-                raise CheckpointError(f"save of {staged.final} failed, nothing was committed: " +
-                                      "; ".join(f"rank {r}: {p}" for r, p in failed))
-            files: dict[str, dict[str, Any]] = {}
-            for part, _ in parts:
-                files.update(part)
-            size, digest = commit(staged, files, rest)
+            size, digest = commit(staged, _gathered(staged, parts, failed), rest)
             on_committed(SaveResult(staged.final, digest, size, 0.0))
         except BaseException as e:  # noqa: BLE001 - raised below, after the other ranks have heard
             outcome = e
@@ -204,19 +198,21 @@ def _finish(pending: Future, staged: Staged, group: dist.ProcessGroup | None, re
         raise outcome
 
 
+def _gathered(staged: Staged, parts: list[Any], failed: list[Any]) -> dict[str, dict[str, Any]]:
+    """Every rank's shard files (name -> digests), or the failure of any rank's write."""
+    if failed:
+        raise CheckpointError(f"save of {staged.final} failed, nothing was committed: " +
+                              "; ".join(f"rank {r}: {p}" for r, p in failed))
+    return {name: entry for part, _ in parts for name, entry in part.items()}
+
+
 def _finish_on_nodes(staged: Staged, group: dist.ProcessGroup | None, parts: list[Any], failed: list[Any],
                      rest: dict[str, Any], on_committed: OnCommitted) -> None:
     """:func:`_finish` on node-local directories: the two-phase commit across the nodes
     (:func:`~.save.commit_on_nodes`) in ``group``; every rank raises what failed on any."""
     rank = get_rank()
     try:
-        if failed:
-            raise CheckpointError(f"save of {staged.final} failed, nothing was committed: " +
-                                  "; ".join(f"rank {r}: {p}" for r, p in failed))
-        files: dict[str, dict[str, Any]] = {}
-        for part, _ in parts:
-            files.update(part)
-        size, digest = commit_on_nodes(staged, files, rest, group)
+        size, digest = commit_on_nodes(staged, _gathered(staged, parts, failed), rest, group)
     except BaseException:
         if rank == leader_of(staged.groups, rank):
             remove_tree(staged.tmp)  # gone already where the rename happened

@@ -18,14 +18,12 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-import torch.distributed as dist
 import xxhash
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 from linnaeus.dist import all_gather_object, get_rank, run_on_all_ranks
 
-from ...disk import FAST_DIGEST, fsync_dir, move_chunks, read_exactly, temp_name
+from ...disk import FAST_DIGEST, broadcaster, fsync_dir, move_chunks, read_exactly, temp_name
 from ...errors import CheckpointCorruptError, CheckpointError
 
 logger = logging.getLogger("linnaeus.checkpoint")
@@ -105,7 +103,6 @@ def _move(own: Path, entry: Mapping[str, Any], source: int, into: Path | None) -
     except OSError as e:
         failure.append(e)
     sha, fast = hashlib.sha256(), xxhash.xxh3_128()
-    device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
 
     def read(view: memoryview) -> None:
         if src is not None and not failure:
@@ -120,16 +117,8 @@ def _move(own: Path, entry: Mapping[str, Any], source: int, into: Path | None) -
         if out is not None and not failure:
             out.write(data)
 
-    def broadcast(chunk: torch.Tensor) -> None:
-        if device.type == "cpu":
-            dist.broadcast(chunk, src=source)
-        else:  # nccl moves device tensors
-            moved = chunk.to(device)
-            dist.broadcast(moved, src=source)
-            chunk.copy_(moved.cpu())
-
     try:
-        move_chunks(size, broadcast, read=read if rank == source else None, take=take if tmp is not None else None)
+        move_chunks(size, broadcaster(source), read=read if rank == source else None, take=take if tmp is not None else None)
         if failure:
             return failure[0]
         if out is None or into is None or tmp is None:
