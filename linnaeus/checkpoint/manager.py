@@ -235,7 +235,8 @@ class CheckpointManager(LocalCheckpoints):
         step = txn.progress["step"]
         self.format.save(self.directory, txn.name, self._contents(txn), update_latest=self.update_latest,
                          background=self._background, on_committed=lambda result: self._after_commit(result, step),
-                         overlap=self._overlap.plan(txn.state) if self._overlap is not None else None)
+                         overlap=self._overlap.plan(txn.state) if self._overlap is not None else None,
+                         copies=self.policy.node_copies)
 
     def wait_snapshot(self) -> None:
         """Return once the save in flight has copied what it deferred (overlap_snapshot). The optimizers

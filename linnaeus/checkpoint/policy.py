@@ -263,6 +263,9 @@ class CheckpointPolicy:
     writer_process: bool = False
     weights_only: bool = False
     save_last_only: bool = False
+    # On node-local directories: how many other nodes keep a copy of each node's part of a sharded
+    # checkpoint, sent right after its commit (single-file copies: linnaeus.checkpoint.replicas).
+    node_copies: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.interval, (Interval, Schedule)):
@@ -282,6 +285,9 @@ class CheckpointPolicy:
             raise InvalidPolicyError(
                 "writer_process", "writer_process=True writes background saves in a child process; it needs "
                 "async_save=True (a synchronous save writes in the caller).", related=("async_save",))
+        if isinstance(self.node_copies, bool) or not isinstance(self.node_copies, int) or self.node_copies < 0:
+            raise InvalidPolicyError("node_copies", f"node_copies must be an int >= 0 (0 = none), got "
+                                                    f"node_copies={self.node_copies!r}.")
         if self.mode not in ("min", "max"):
             raise InvalidPolicyError("mode", f"mode must be 'min' or 'max', got {self.mode!r}.")
         for name, zero in (("keep_last_n", "keep all"), ("keep_best_n", "keep none for being best")):

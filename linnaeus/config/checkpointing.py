@@ -31,6 +31,7 @@ _MAIN_KEYS = {
     "keep_local_n": "CHECKPOINT.KEEP_LOCAL_N",
     "monitor": "CHECKPOINT.MONITOR",
     "mode": "CHECKPOINT.MODE",
+    "node_copies": "CHECKPOINT.REPLICAS",
 }
 _WEIGHTS_KEYS = {
     "interval": "CHECKPOINT.WEIGHTS_SAVER.INTERVAL",
@@ -63,7 +64,7 @@ def build_policy(cfg: CN) -> CheckpointPolicy:
             mode=c.MODE,
             async_save=c.ASYNC, overlap_snapshot=c.ASYNC and c.ASYNC_OVERLAP, weights_only=c.WEIGHTS_ONLY,
             writer_process=c.ASYNC and c.ASYNC_PROCESS and not sharded_checkpoints(cfg),
-            save_last_only=c.SAVE_LAST_ONLY,
+            save_last_only=c.SAVE_LAST_ONLY, node_copies=c.REPLICAS,
         )
 
 

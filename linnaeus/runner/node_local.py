@@ -5,7 +5,8 @@ Every rank looks (:func:`~linnaeus.checkpoint.store.probe_sharing`). On node-loc
 other node's lowest rank writes its node's directory too (copies of single-file checkpoints, its
 part of sharded ones), so it holds that directory's writer lock for the launch and first removes
 what a killed save left there; single-file checkpoints are copied to CHECKPOINT.REPLICAS other
-nodes after each commit (:class:`~linnaeus.checkpoint.replicas.Replicator`).
+nodes after each commit (:class:`~linnaeus.checkpoint.replicas.Replicator`), and the sharded
+format copies each node's part itself (the policy's ``node_copies``).
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ def set_up_node_local(cfg: CfgNode, directory: Path, format_name: str,
     lock = run_on_all_ranks(lambda: _take(directory) if leads else None, f"locking checkpoint directory {directory}",
                             DirectoryLockedError)
     replicas = broadcast_object(cfg.CHECKPOINT.REPLICAS)  # rank 0's: every rank must take part alike
-    if format_name != "file":  # sharded: each node keeps its own ranks' shards (no copies yet)
-        if is_main_process() and replicas > 0:
-            logger.warning("CHECKPOINT.REPLICAS %d: copies on other nodes are made of single-file checkpoints only; "
-                           "each node holds its own ranks' shards of the sharded ones, and a node lost with its "
-                           "directory leaves no checkpoint to resume.", replicas)
+    if format_name != "file":  # sharded: the format copies each node's part (the policy's node_copies)
+        if is_main_process():
+            if replicas > 0:
+                logger.info("Each node's part of every sharded checkpoint is copied after its commit to the next %d "
+                            "node(s) (CHECKPOINT.REPLICAS)", replicas)
+            else:
+                logger.warning("CHECKPOINT.REPLICAS is 0: each node alone holds its ranks' shards of every sharded "
+                               "checkpoint, and a node lost with its directory leaves none to resume.")
         return None, lock
     replicator = Replicator(sharing, directory, replicas, retain)
     if is_main_process():

@@ -59,17 +59,17 @@ def move_chunks(size: int, move: Callable[[torch.Tensor], None], *,
         raise failure[0]
 
 
-def broadcaster(source: int) -> Callable[[torch.Tensor], None]:
-    """A :func:`move_chunks` ``move`` that broadcasts each chunk from rank ``source`` to every rank of the
-    default group (through the device under nccl, which moves device tensors only)."""
-    device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+def broadcaster(source: int, group: Any = None) -> Callable[[torch.Tensor], None]:
+    """A :func:`move_chunks` ``move`` that broadcasts each chunk from rank ``source`` to every rank of
+    ``group`` (the default one: through the device under nccl, which moves device tensors only)."""
+    device = torch.device("cuda") if dist.get_backend(group) == "nccl" else torch.device("cpu")
 
     def move(chunk: torch.Tensor) -> None:
         if device.type == "cpu":
-            dist.broadcast(chunk, src=source)
+            dist.broadcast(chunk, src=source, group=group)
         else:
             moved = chunk.to(device)
-            dist.broadcast(moved, src=source)
+            dist.broadcast(moved, src=source, group=group)
             chunk.copy_(moved.cpu())
 
     return move

@@ -36,10 +36,13 @@ from .sharded import (
     VerifyingReader,
     background_group,
     consolidate,
+    held_ranks,
     load_sharded_state,
     read_checked_metadata,
     read_manifest,
+    shared_bytes,
     sharded_dirname,
+    write_shared,
 )
 from .folder import RemoteFolder
 from .transfer import upload_entry
@@ -49,7 +52,7 @@ __all__ = [
     "Background", "CheckpointFormat", "CheckpointInfo", "CommitFiles", "FileFormat", "LATEST", "Leftover", "MANIFEST",
     "OnCommitted", "Part", "RemoteEntry", "RemoteFolder", "RemoteParts", "STATE_FILE", "SaveResult", "ShardedFormat",
     "VerifyResult", "VerifyingReader", "background_group", "checkpoint_stem", "choose_format", "commit_file", "commit_written", "consolidate", "format_named", "format_of",
-    "format_of_state", "formats", "is_checkpoint_name", "is_pending_sidecar_name", "load_sharded_state",
+    "format_of_state", "formats", "held_ranks", "is_checkpoint_name", "is_pending_sidecar_name", "load_sharded_state",
     "load_verified", "load_verified_digest", "read_checked_metadata", "read_info", "read_latest", "read_manifest",
-    "register_format", "sharded_dirname", "upload_entry", "verify_checkpoint", "write_latest",
+    "register_format", "shared_bytes", "sharded_dirname", "upload_entry", "verify_checkpoint", "write_latest", "write_shared",
 ]

@@ -267,7 +267,7 @@ class CheckpointFormat(abc.ABC):
     @abc.abstractmethod
     def save(self, directory: Path, name: str, contents: Mapping[str, Any], *, update_latest: bool,
              background: Background | None, on_committed: OnCommitted,
-             overlap: Overlap | None = None) -> SaveResult | None:
+             overlap: Overlap | None = None, copies: int = 0) -> SaveResult | None:
         """Commit ``contents`` (the anatomy; live modules, optimizers and Stateful objects or their
         state dicts) as ``directory/name`` and move ``latest`` if asked. A collective: every rank
         calls it with the same name. ``on_committed`` runs on rank 0 right after the commit.
@@ -275,7 +275,9 @@ class CheckpointFormat(abc.ABC):
         every rank. With ``background``: returns None once the state is staged; the outcome is
         the background's error (raised by the manager's next poll). With ``overlap`` too, the
         staging of its deferred storages may go on after the return, with ``overlap.gate`` closed
-        until it is done (a format that does not overlap stages everything before returning)."""
+        until it is done (a format that does not overlap stages everything before returning). ``copies``:
+        on node-local directories, how many other nodes get a copy of each node's part (a format that
+        writes on one node only leaves copies to :mod:`linnaeus.checkpoint.replicas`)."""
 
     @abc.abstractmethod
     def delete(self, path: Path) -> None:

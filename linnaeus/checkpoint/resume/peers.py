@@ -26,7 +26,6 @@ from linnaeus.dist import all_gather_object, broadcast_object, get_rank, run_on_
 from .. import store
 from ..disk import broadcaster, move_chunks, parse_sidecar, read_exactly, sidecar_path
 from ..errors import CheckpointError, CheckpointIncompatibleError
-from ..formats import format_of
 from ..remote import RemoteRun
 from ..replicas import IncomingFile
 from ..sources import TransientSourceError
@@ -157,43 +156,6 @@ def check_node_local(sharing: store.DirectorySharing, directory: Path, format_na
             "checkpoints, a shared directory, or no bucket folder.", path=directory)
 
 
-def agree_sharded(sharing: store.DirectorySharing, directory: Path, saver: str) -> list[str]:
-    """The names of sharded checkpoints newer than the newest one committed on every node with one
-    manifest (a save cut short between the nodes' commits), which the resume passes over (a collective:
-    every node's lowest rank lists its directory). Raises on every rank when the nodes hold sharded
-    checkpoints but none on all of them: a node's directory lost its part (a replaced node)."""
-    leaders = sorted({group[0] for group in sharing.groups})
-
-    def listed() -> dict[str, tuple[int, str]] | None:
-        if get_rank() not in leaders:
-            return None
-        return {i.name: (i.step, format_of(i.path).identity(i.path)) for i in store.list_checkpoints(directory)
-                if i.readable and i.committed and i.kind == KIND_FULL and i.saver == saver and i.path.is_dir()}
-
-    reports = all_gather_object(run_on_all_ranks(listed, f"listing the checkpoints in each node's {directory}",
-                                                 CheckpointError))
-    nodes = [reports[r] or {} for r in leaders]
-    names = {n for held in nodes for n in held}
-    complete = [n for n in names if all(n in held for held in nodes) and len({held[n][1] for held in nodes}) == 1]
-    step = max((nodes[0][n][0] for n in complete), default=-1)
-    passed = sorted(n for n in names if n not in complete and max(h[n][0] for h in nodes if n in h) > step)
-    where = "; ".join(f"rank {r} ({sharing.hosts[r]}): {', '.join(sorted(h)) or 'none'}" for r, h in zip(leaders, nodes))
-
-    def check() -> None:
-        if names and not complete:
-            raise CheckpointIncompatibleError(
-                f"no sharded checkpoint of this run is committed on every node, so no node can resume: each node's "
-                f"directory holds its own ranks' shards, and the nodes hold {where}. A node's directory was emptied "
-                "or replaced and its shards are gone. Start over deliberately (`linnaeus-ckpt set-aside` on each "
-                "node's directory), or give the node its directory back.", path=directory)
-
-    run_on_all_ranks(check, f"choosing a sharded checkpoint in each node's {directory}", CheckpointError)
-    if passed and get_rank() == 0:
-        logger.warning("Passing over %s: committed on some nodes only (a save cut short between the nodes' commits). "
-                       "The nodes hold %s.", ", ".join(passed), where)
-    return passed
-
-
 def bucket_newer(remote: RemoteRun, step: int) -> list[str]:
     """The run's checkpoints in ``remote`` with more progress than ``step``, the newest any node holds (the
     same on every rank; rank 0 lists). Every node's newest is older when rank 0's node was lost with
@@ -217,4 +179,4 @@ def bucket_newer(remote: RemoteRun, step: int) -> list[str]:
     return names
 
 
-__all__ = ["Held", "Spread", "agree_sharded", "bucket_newer", "check_node_local", "newest_held", "spread_newest"]
+__all__ = ["Held", "Spread", "bucket_newer", "check_node_local", "newest_held", "spread_newest"]

@@ -55,7 +55,8 @@ from ..remote import RemoteRun
 from ..sources import DownloadOptions, TransientSourceError, is_uri, redact
 from ..state import KIND_FULL, KIND_WEIGHTS, describe_foreign
 from ..store import find_checkpoint, load_same_bytes
-from .peers import agree_sharded, bucket_newer, check_node_local, spread_newest
+from .peers import bucket_newer, check_node_local, spread_newest
+from .shards import agree_sharded
 from .target import locate_run_target, parse_run_target
 
 logger = logging.getLogger("linnaeus.checkpoint")

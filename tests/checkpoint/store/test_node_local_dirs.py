@@ -106,12 +106,12 @@ def test_sharded_checkpoints_commit_on_every_node_and_resume_the_newest_every_no
     and the one manifest (async saves, then synchronous ones). A save committed on node a only (node b's rename never happened) is passed
     over; the relaunch, with rank 0 moved to node b, reads the shards it lacks from node a as the load
     plan needs them and ends bit-identical to an uninterrupted run. A node whose directory was emptied
-    stops the relaunch on every rank, naming what each node holds."""
+    stops the relaunch on every rank, naming what each node holds; one that lost a newer part falls back
+    to an older checkpoint the nodes hold whole."""
     from linnaeus.checkpoint.disk import is_temp_name, temp_name
-    from linnaeus.checkpoint.formats import consolidate
 
     a, b = tmp_path / "node_a", tmp_path / "node_b"
-    fsdp = ("TRAIN.STRATEGY", "fsdp")
+    fsdp = ("TRAIN.STRATEGY", "fsdp", *NO_REPLICAS)  # each node holds its own ranks' shards only
     first = launch_nodes([a, b], toy_root, "TRAIN.EPOCHS", "2", *fsdp, "CHECKPOINT.ASYNC", "True")  # async commits
     assert [p.returncode for p in first] == [0, 0], first[0].stdout[-3000:] + first[1].stdout[-3000:]
     assert "Each node's directory holds its own ranks' shards" in first[0].stdout
@@ -120,6 +120,14 @@ def test_sharded_checkpoints_commit_on_every_node_and_resume_the_newest_every_no
     assert (parts[0] / "manifest.json").read_bytes() == (parts[1] / "manifest.json").read_bytes()
     assert json.loads((parts[0] / "manifest.json").read_text())["parts"] == [[0], [1]]
 
+    # Node a replaced now (a copy of node b beside an empty node a): no checkpoint is whole on the nodes.
+    shutil.copytree(b, tmp_path / "b_copy")
+    lost = launch_nodes([tmp_path / "empty_a", tmp_path / "b_copy"], toy_root, "TRAIN.EPOCHS", "3", *fsdp)
+    for proc in lost:
+        assert proc.returncode != 0, proc.stdout[-3000:]
+        assert "no sharded checkpoint of this run is whole on the nodes" in proc.stdout, proc.stdout[-3000:]
+        assert "epoch 2 step 7" not in proc.stdout  # refused before the first step
+
     # Killed between the two phases: node b's part of epoch 2 was never renamed into place (its temp
     # directory, named for the dead writer, is left); node a also holds a temp directory of a killed save.
     parts[1].rename(parts[1].with_name(temp_name("checkpoint_epoch_2")))
@@ -127,7 +135,7 @@ def test_sharded_checkpoints_commit_on_every_node_and_resume_the_newest_every_no
     swapped = launch_nodes([b, a], toy_root, "TRAIN.EPOCHS", "3", *fsdp)
     assert [p.returncode for p in swapped] == [0, 0], swapped[0].stdout[-3000:] + swapped[1].stdout[-3000:]
     out = swapped[0].stdout
-    assert "Passing over checkpoint_epoch_2: committed on some nodes only" in out, out[-3000:]
+    assert "Passing over checkpoint_epoch_2: not whole on the nodes" in out, out[-3000:]
     assert f"Resumed from {b / 'tiny' / 'checkpoints' / 'checkpoint_epoch_1'} (epoch 1, step 3); this node's part" in out
     # Rank 0 now runs on node b, which held rank 1's shards: rank 0's come from node a as the load reads them.
     sent = re.search(r"Sending \d+ shard file\(s\) of checkpoint_epoch_1 .* the load plans read (.*)", out)
@@ -137,16 +145,56 @@ def test_sharded_checkpoints_commit_on_every_node_and_resume_the_newest_every_no
 
     reference = tmp_path / "reference"
     run_train(reference, toy_root, *SHORT, *fsdp, "TRAIN.EPOCHS", "3", nproc=2)
-    mine = _merged([d / "tiny" / "checkpoints" / "checkpoint_epoch_3" for d in (b, a)], tmp_path / "merged")
-    (model, rest), (ref_model, ref_rest) = consolidate(mine), consolidate(reference / "tiny" / "checkpoints" /
-                                                                          "checkpoint_epoch_3")
+    _consolidated_equal([d / "tiny" / "checkpoints" / "checkpoint_epoch_3" for d in (b, a)],
+                        reference / "tiny" / "checkpoints" / "checkpoint_epoch_3", tmp_path / "merged")
+
+    # Node a replaced after that: epoch 3's rank-1 shards are gone, but node b holds epoch 1 whole (the
+    # shards its load read then came over): the relaunch falls back to it, and says so.
+    shutil.rmtree(a / "tiny" / "checkpoints")
+    back = launch_nodes([a, b], toy_root, "TRAIN.EPOCHS", "2", *fsdp)
+    assert [p.returncode for p in back] == [0, 0], back[0].stdout[-3000:] + back[1].stdout[-3000:]
+    assert "Passing over checkpoint_epoch_2, checkpoint_epoch_3: not whole on the nodes" in back[0].stdout, \
+        back[0].stdout[-3000:]
+    assert f"Resumed from {a / 'tiny' / 'checkpoints' / 'checkpoint_epoch_1'} (epoch 1, step 3)" in back[0].stdout
+
+
+def _consolidated_equal(parts: list[Path], reference: Path, merged: Path) -> None:
+    from linnaeus.checkpoint.formats import consolidate
+
+    (model, rest), (ref_model, ref_rest) = consolidate(_merged(parts, merged)), consolidate(reference)
     assert rest["progress"] == ref_rest["progress"] and model.keys() == ref_model.keys()
     for k in ref_model:
         assert torch.equal(model[k], ref_model[k]), k
 
-    shutil.rmtree(a / "tiny" / "checkpoints")  # node a replaced: its ranks' shards are gone
-    lost = launch_nodes([a, b], toy_root, "TRAIN.EPOCHS", "4", *fsdp)
-    for proc in lost:
-        assert proc.returncode != 0, proc.stdout[-3000:]
-        assert "no sharded checkpoint of this run is committed on every node" in proc.stdout, proc.stdout[-3000:]
-        assert "epoch 3 step 10" not in proc.stdout  # refused before the first step
+
+def test_each_nodes_sharded_part_is_copied_to_the_next_node_and_a_replaced_node_resumes_from_it(
+        tmp_path: Path, toy_root: Path) -> None:
+    """CHECKPOINT.REPLICAS 1 (the default): each node's shards are copied to the other node after every
+    commit. Node a's directory emptied (a replaced node): the relaunch gives it the checkpoint's directory
+    and the shards it reads from node b, with no bucket, and ends bit-identical to an uninterrupted run;
+    then node b alone (one process) resumes from what it holds, resharded from 2 ranks to 1."""
+    a, b = tmp_path / "node_a", tmp_path / "node_b"
+    fsdp = ("TRAIN.STRATEGY", "fsdp")
+    first = launch_nodes([a, b], toy_root, "TRAIN.EPOCHS", "2", *fsdp, "CHECKPOINT.ASYNC", "True")
+    assert [p.returncode for p in first] == [0, 0], first[0].stdout[-3000:] + first[1].stdout[-3000:]
+    assert "copied after its commit to the next 1 node(s)" in first[0].stdout
+    for node in (a, b):  # every rank's shards on both nodes
+        part = node / "tiny" / "checkpoints" / "checkpoint_epoch_2"
+        assert sorted(p.name for p in part.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+
+    shutil.rmtree(a / "tiny" / "checkpoints")
+    relaunch = launch_nodes([a, b], toy_root, "TRAIN.EPOCHS", "3", *fsdp)
+    assert [p.returncode for p in relaunch] == [0, 0], relaunch[0].stdout[-3000:] + relaunch[1].stdout[-3000:]
+    out = relaunch[0].stdout
+    assert "Gave the directory of checkpoint_epoch_2 (its manifest, .metadata and state.pt) from rank 1 to rank(s) 0" \
+        in out, out[-3000:]
+    assert f"Resumed from {a / 'tiny' / 'checkpoints' / 'checkpoint_epoch_2'} (epoch 2, step 6)" in out
+    reference = tmp_path / "reference"
+    run_train(reference, toy_root, *SHORT, *fsdp, "TRAIN.EPOCHS", "3", nproc=2)
+    _consolidated_equal([d / "tiny" / "checkpoints" / "checkpoint_epoch_3" for d in (a, b)],
+                        reference / "tiny" / "checkpoints" / "checkpoint_epoch_3", tmp_path / "merged")
+
+    alone = run_train(b, toy_root, *SHORT, *fsdp, "TRAIN.EPOCHS", "4")
+    assert f"Resumed from {b / 'tiny' / 'checkpoints' / 'checkpoint_epoch_3'} (epoch 3, step 9)" in alone.stdout
+    assert "world size: 2 (checkpoint) -> 1" in alone.stdout
+

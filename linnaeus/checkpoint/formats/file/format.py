@@ -87,7 +87,7 @@ class FileFormat(CheckpointFormat):
 
     def save(self, directory: Path, name: str, contents: Mapping[str, Any], *, update_latest: bool,
              background: Background | None, on_committed: OnCommitted,
-             overlap: Overlap | None = None) -> SaveResult | None:
+             overlap: Overlap | None = None, copies: int = 0) -> SaveResult | None:
         contents = _whole_model(contents, directory / name)  # a collective when the model is sharded
         if not is_main_process():  # rank 0 writes; the others learn the outcome
             if background is None:

@@ -3,8 +3,10 @@
 from .async_save import background_group
 from .format import ShardedFormat
 from .load import consolidate, load_sharded_state
-from .manifest import MANIFEST, STATE_FILE, read_manifest, sharded_dirname
+from .manifest import MANIFEST, STATE_FILE, held_ranks, read_manifest, sharded_dirname
 from .metadata import VerifyingReader, read_checked_metadata
+from .parts import shared_bytes, write_shared
 
 __all__ = ["MANIFEST", "STATE_FILE", "ShardedFormat", "VerifyingReader", "background_group", "consolidate",
-           "load_sharded_state", "read_checked_metadata", "read_manifest", "sharded_dirname"]
+           "held_ranks", "load_sharded_state", "read_checked_metadata", "read_manifest", "shared_bytes",
+           "sharded_dirname", "write_shared"]

@@ -212,7 +212,8 @@ def _finish_on_nodes(staged: Staged, group: dist.ProcessGroup | None, parts: lis
     (:func:`~.save.commit_on_nodes`) in ``group``; every rank raises what failed on any."""
     rank = get_rank()
     try:
-        size, digest = commit_on_nodes(staged, _gathered(staged, parts, failed), rest, group)
+        files = _gathered(staged, parts, failed)
+        size, digest = commit_on_nodes(staged, files, rest, group)
     except BaseException:
         if rank == leader_of(staged.groups, rank):
             remove_tree(staged.tmp)  # gone already where the rename happened
@@ -224,7 +225,7 @@ def _finish_on_nodes(staged: Staged, group: dist.ProcessGroup | None, parts: lis
         except BaseException as e:  # noqa: BLE001 - raised on every rank by agree
             outcome = e
     agree(outcome, f"save of {staged.final}", group)
-    follow_on_nodes(staged, group)
+    follow_on_nodes(staged, files, group)
 
 
 __all__ = ["ShardedBackground", "background_group"]

@@ -88,7 +88,25 @@ def _raise(error: BaseException | None) -> None:
         raise error
 
 
-def _move(own: Path, entry: Mapping[str, Any], source: int, into: Path | None) -> BaseException | None:
+def copy_parts(final: Path, manifest_files: Mapping[str, Mapping[str, Any]], groups: list[tuple[int, ...]] | Any,
+               copies: int, group: Any = None) -> BaseException | None:
+    """After a node-local commit: each node's shard files sent to the next ``copies`` nodes in rank order,
+    which add them to their committed ``final`` directory, checked against the manifest (a collective
+    of ``group``); this rank's first failure. Every file moves whatever fails, so no rank waits alone."""
+    groups = [tuple(g) for g in groups]
+    copies = min(copies, len(groups) - 1)
+    rank, failure = get_rank(), None
+    for index, members in enumerate(groups):
+        targets = {groups[(index + k) % len(groups)][0] for k in range(1, copies + 1)}
+        for name in sorted(n for n, e in manifest_files.items() if e.get("rank") in members):
+            error = _move(final / name, manifest_files[name], members[0], final / name if rank in targets else None,
+                          group)
+            failure = failure or error
+    return failure
+
+
+def _move(own: Path, entry: Mapping[str, Any], source: int, into: Path | None,
+          group: Any = None) -> BaseException | None:
     """One file from ``source`` to every rank that wants it (``into``); this rank's failure, if any.
     Every chunk moves whatever fails on the way, so that no rank is left waiting in a broadcast."""
     size, rank = int(entry["size"]), get_rank()
@@ -118,7 +136,7 @@ def _move(own: Path, entry: Mapping[str, Any], source: int, into: Path | None) -
             out.write(data)
 
     try:
-        move_chunks(size, broadcaster(source), read=read if rank == source else None, take=take if tmp is not None else None)
+        move_chunks(size, broadcaster(source, group), read=read if rank == source else None, take=take if tmp is not None else None)
         if failure:
             return failure[0]
         if out is None or into is None or tmp is None:
@@ -142,4 +160,4 @@ def _move(own: Path, entry: Mapping[str, Any], source: int, into: Path | None) -
             tmp.unlink()
 
 
-__all__ = ["fetch_missing", "files_read", "present"]
+__all__ = ["copy_parts", "fetch_missing", "files_read", "present"]

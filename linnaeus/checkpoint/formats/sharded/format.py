@@ -86,8 +86,8 @@ class ShardedFormat(CheckpointFormat):
 
     def save(self, directory: Path, name: str, contents: Mapping[str, Any], *, update_latest: bool,
              background: Background | None, on_committed: OnCommitted,
-             overlap: Overlap | None = None) -> SaveResult | None:
-        staged = stage(directory, name, contents, update_latest=update_latest)
+             overlap: Overlap | None = None, copies: int = 0) -> SaveResult | None:
+        staged = stage(directory, name, contents, update_latest=update_latest, copies=copies)
         if isinstance(background, ShardedBackground):
             background.start(staged, on_committed, overlap)
             return None

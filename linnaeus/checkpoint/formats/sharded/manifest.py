@@ -72,6 +72,20 @@ def held_files(path: Path, manifest: Mapping[str, Any]) -> list[str]:
     return [n for n in names if not n.endswith(".distcp") or (path / n).exists()]
 
 
+def held_ranks(path: Path, manifest: Mapping[str, Any]) -> tuple[list[int], list[int]]:
+    """(every rank whose shard files the manifest lists, the ranks whose files are all in ``path`` at
+    their recorded size): what a node-local directory holds of the checkpoint."""
+    ranks: dict[int, bool] = {}
+    for name, entry in manifest["files"].items():
+        if isinstance(entry.get("rank"), int):
+            try:
+                here = os.stat(path / name).st_size == entry["size"]
+            except FileNotFoundError:
+                here = False
+            ranks[entry["rank"]] = ranks.get(entry["rank"], True) and here
+    return sorted(ranks), sorted(r for r, here in ranks.items() if here)
+
+
 def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
@@ -249,5 +263,5 @@ def manifest_of(path: Path) -> tuple[dict[str, Any], str]:
 
 
 __all__ = ["DCP_METADATA", "MANIFEST", "PARTS", "SHARDED_FORMAT", "SHARDED_FORMAT_VERSION", "STATE_FILE", "check_file",
-           "check_present", "directory_size", "held_files", "is_node_local", "is_sharded_checkpoint", "manifest_bytes", "manifest_of",
+           "check_present", "directory_size", "held_files", "held_ranks", "is_node_local", "is_sharded_checkpoint", "manifest_bytes", "manifest_of",
            "read_dir_info", "read_manifest", "sharded_dirname", "verify_all"]

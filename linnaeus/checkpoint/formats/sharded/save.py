@@ -50,6 +50,7 @@ from ...state import materialize, model_state_dict
 from ...testing import phase
 from ..base import OnCommitted, SaveResult
 from ..directory import write_latest
+from .exchange import copy_parts
 from .manifest import DCP_METADATA, MANIFEST, PARTS, SHARDED_FORMAT, SHARDED_FORMAT_VERSION, STATE_FILE, manifest_bytes
 from .parts import (
     broadcast,
@@ -89,13 +90,15 @@ class Staged:
     update_latest: bool
     # Which ranks see one directory (:func:`~linnaeus.checkpoint.disk.probe_sharing`): one group, or one per node.
     groups: tuple[tuple[int, ...], ...] = ((0,),)
+    copies: int = 0  # node-local: how many other nodes get a copy of each node's part (exchange.copy_parts)
 
     @property
     def final(self) -> Path:
         return self.directory / self.name
 
 
-def stage(directory: Path, name: str, contents: Mapping[str, Any], *, update_latest: bool) -> Staged:
+def stage(directory: Path, name: str, contents: Mapping[str, Any], *, update_latest: bool,
+          copies: int = 0) -> Staged:
     """Split ``contents`` between DCP and ``state.pt`` and make the temp directory (a collective)."""
     final = directory / name
     model, optimizer = contents["model"], contents.get("optimizer")
@@ -130,7 +133,7 @@ def stage(directory: Path, name: str, contents: Mapping[str, Any], *, update_lat
     tmp = directory / broadcast_object(temp_name(name) if is_main_process() else None)
     leads = get_rank() == leader_of(groups, get_rank())
     run_on_all_ranks(lambda: tmp.mkdir() if leads else None, f"save of {final}", CheckpointError)
-    return Staged(tensors, rest, manifest_extra, directory, name, tmp, update_latest, groups)
+    return Staged(tensors, rest, manifest_extra, directory, name, tmp, update_latest, groups, copies)
 
 
 def save_now(staged: Staged, on_committed: OnCommitted) -> SaveResult:
@@ -166,8 +169,13 @@ def save_now(staged: Staged, on_committed: OnCommitted) -> SaveResult:
     run_on_all_ranks(lambda: on_committed(result) if is_main_process() else None, f"save of {final}",
                      CheckpointError)
     if len(staged.groups) > 1:
-        follow_on_nodes(staged)
+        follow_on_nodes(staged, files)
     return result
+
+
+def _raise(error: BaseException | None) -> None:
+    if error is not None:
+        raise error
 
 
 def commit_on_nodes(staged: Staged, files: dict[str, dict[str, Any]], rest: dict[str, Any],
@@ -186,9 +194,13 @@ def commit_on_nodes(staged: Staged, files: dict[str, dict[str, Any]], rest: dict
     return broadcast(prepared, group)
 
 
-def follow_on_nodes(staged: Staged, group: Any = None) -> None:
-    """After rank 0's retention: every other node keeps the sharded checkpoints rank 0's node keeps."""
+def follow_on_nodes(staged: Staged, files: Mapping[str, Mapping[str, Any]], group: Any = None) -> None:
+    """After rank 0's retention: the copies of each node's part on the next nodes (``staged.copies``), and
+    every other node keeps the sharded checkpoints rank 0's node keeps."""
     rank = get_rank()
+    if staged.copies > 0:
+        error = copy_parts(staged.final, files, staged.groups, staged.copies, group)
+        run_everywhere(lambda: _raise(error), f"copies of {staged.final}'s parts on other nodes", group)
     keep = broadcast(sharded_entries(staged.directory) if rank == 0 else None, group)
     run_everywhere(lambda: follow_retention(staged.directory, keep, delete_entry)
                    if rank != 0 and rank == leader_of(staged.groups, rank) else None,
