@@ -252,7 +252,7 @@ _C.CHECKPOINT.MODE = "max"
 # node's launch may give its own. Empty: <run dir>/checkpoints. Whether the ranks share it is found at the start.
 _C.CHECKPOINT.LOCAL_DIR = ""
 # When the checkpoint directory is node-local (seen at the start: not every rank sees the same one), how many other
-# nodes keep a verified copy of each checkpoint, sent over the process group right after its commit (0 = none).
+# nodes keep a verified copy of each checkpoint (sharded: of each node's part), sent right after its commit (0 = none).
 _C.CHECKPOINT.REPLICAS = 1
 # Write, hash and commit in a background thread after snapshotting state to CPU memory.
 _C.CHECKPOINT.ASYNC = False
