@@ -6,13 +6,19 @@ over the process group, no bucket in sight) and trains on as if never interrupte
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
-from tests.conftest import run_train
+import pytest
+
+from linnaeus.checkpoint import verify_checkpoint
+
+from tests.conftest import REPO, run_train
 from tests.fixtures_rclone import BUCKET, REMOTE, RcloneServer, rclone_isolated, s3_server  # noqa: F401 (fixtures)
-from tests.nodes import SHORT, assert_same_training, launch_nodes, reference_run
+from tests.nodes import NODE_ENV, SHORT, assert_same_training, kill_node, launch_nodes, node_commands, reference_run
 
 KEEP = ("CHECKPOINT.KEEP_LAST_N", "2")
 
@@ -133,3 +139,37 @@ def test_a_bucket_newer_than_every_node_is_fetched_rather_than_trained_again(tmp
     assert f"Resumed from {local[0] / 'checkpoint_epoch_2.pth'} (epoch 2, step 6); this node fetched it from the " \
            "run's bucket folder" in out
     assert_same_training(local[0] / "checkpoint_epoch_3.pth", reference_run(tmp_path, toy_root, 3))
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
+                    reason="a mount namespace (unshare, as root) gives node b a small tmpfs of its own")
+def test_a_copy_that_fails_on_the_other_node_stops_the_run_on_every_rank(tmp_path: Path, toy_root: Path) -> None:
+    """Node b's directory is a 1 MiB tmpfs: the first copy fits, the second does not. The run must not
+    go on believing it has copies it lacks: it stops on every rank naming the node and the cause, and
+    rank 0's checkpoints are intact."""
+    runs = [tmp_path / "node_a", tmp_path / "node_b"]
+    local = [tmp_path / "disk_a", tmp_path / "small_b"]
+    local[1].mkdir()
+    commands = node_commands(runs, toy_root, "TRAIN.EPOCHS", "3",
+                             node_opts=[("CHECKPOINT.LOCAL_DIR", str(d)) for d in local])
+    commands[1] = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   f'mount -t tmpfs -o size=1m tmpfs "{local[1]}" && exec "$0" "$@"', *commands[1]]
+    logs = [tmp_path / f"node{n}.log" for n in range(2)]
+    procs = []
+    for command, log in zip(commands, logs):
+        with open(log, "w") as out:
+            procs.append(subprocess.Popen(command, cwd=REPO, env={**os.environ, **NODE_ENV}, stdout=out,
+                                          stderr=subprocess.STDOUT))
+    try:
+        codes = [p.wait(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                kill_node(p)
+    outputs = [log.read_text() for log in logs]
+    assert all(code != 0 for code in codes), outputs[0][-3000:]
+    for out in outputs:  # every rank names the node, the cause and what to do
+        assert "storing the copy of checkpoint_epoch_" in out and "No space left on device" in out, out[-3000:]
+        assert "CHECKPOINT.REPLICAS 0" in out
+    saved = sorted(p.name for p in local[0].glob("checkpoint_epoch_*.pth"))
+    assert saved and all(verify_checkpoint(local[0] / name).ok for name in saved)
