@@ -113,20 +113,21 @@ def distributed_session(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
         destroy_distributed()
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Send a picklable object from ``src`` to every rank (identity when not distributed)."""
+def broadcast_object(obj: Any, src: int = 0, group: Any = None) -> Any:
+    """Send a picklable object from (global) rank ``src`` to every rank of ``group`` (the default one;
+    identity when not distributed)."""
     if not is_dist():
         return obj
     holder = [obj if get_rank() == src else None]
-    dist.broadcast_object_list(holder, src=src)
+    dist.broadcast_object_list(holder, src=src, group=group)
     return holder[0]
 
 
-def all_gather_object(obj: Any) -> list[Any]:
+def all_gather_object(obj: Any, group: Any = None) -> list[Any]:
     if not is_dist():
         return [obj]
-    out: list[Any] = [None] * get_world_size()
-    dist.all_gather_object(out, obj)
+    out: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
     return out
 
 
@@ -178,18 +179,25 @@ class PeerRankError(RuntimeError):
 
 
 def raise_on_all_ranks(error: BaseException | None, what: str,
-                       peer_error: Callable[[str], BaseException] = PeerRankError) -> None:
+                       peer_error: Callable[[str], BaseException] = PeerRankError, group: Any = None) -> None:
     """Raise on every rank when ``error`` is set on any (a collective: call it on all ranks).
 
     A rank that raised alone would leave the others waiting in their next collective until the
     process group times out (many minutes). Here the failed ranks raise their own error and the
     others raise ``peer_error`` naming each failed rank and its cause, so every process exits
     within one collective's time. Any exception type takes this path: the decision to fail
-    must not depend on which kinds of error a caller thought of.
+    must not depend on which kinds of error a caller thought of. ``group``: another process group
+    than the default one (a background job's), whose one all-gather both decides and names.
     """
-    if not any_rank_true(error is not None):
-        return
-    messages = all_gather_object(None if error is None else f"{type(error).__name__}: {error}")
+    message = None if error is None else f"{type(error).__name__}: {error}"
+    if group is None:
+        if not any_rank_true(error is not None):  # one 4-byte all-reduce when nothing failed
+            return
+        messages = all_gather_object(message)
+    else:
+        messages = all_gather_object(message, group)
+        if all(m is None for m in messages):
+            return
     if error is not None:
         raise error
     failed = [(r, m) for r, m in enumerate(messages) if m is not None]
@@ -198,7 +206,7 @@ def raise_on_all_ranks(error: BaseException | None, what: str,
 
 
 def run_on_all_ranks(fn: Callable[[], T], what: str,
-                     peer_error: Callable[[str], BaseException] = PeerRankError) -> T:
+                     peer_error: Callable[[str], BaseException] = PeerRankError, group: Any = None) -> T:
     """``fn()`` on this rank; if it raises here or on any other rank, raise on every rank.
 
     ``fn`` must not itself run collectives (a rank that fails before one would leave the others
@@ -209,5 +217,5 @@ def run_on_all_ranks(fn: Callable[[], T], what: str,
         result = fn()
     except Exception as e:  # noqa: BLE001 - re-raised below, on this rank and as peer_error on the others
         error = e
-    raise_on_all_ranks(error, what, peer_error)
+    raise_on_all_ranks(error, what, peer_error, group)
     return result  # type: ignore[return-value]

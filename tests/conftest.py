@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -135,3 +136,18 @@ def process_running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"  # a zombie has ended; its parent (init, or this test for the launcher) reaps it
+
+
+def wait_for_line(pattern: str, log: Path, procs: list[subprocess.Popen], timeout: float = 90) -> re.Match[str]:
+    """The first match of ``pattern`` in the log file ``log`` of running processes; fails when one of
+    ``procs`` exits first or ``timeout`` passes, with the log's tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = re.search(pattern, log.read_text(errors="replace"))
+        if m:
+            return m
+        exited = [p for p in procs if p.poll() is not None]
+        assert not exited, f"{exited[0].args[0]} exited {exited[0].returncode}:\n{log.read_text()[-4000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern!r} within {timeout} s:\n{log.read_text()[-4000:]}")
+

@@ -3,8 +3,8 @@ what the runner sets up on every node at the start.
 
 Every rank looks (:func:`~linnaeus.checkpoint.store.probe_sharing`). On node-local directories every
 other node's lowest rank writes its node's directory too (copies of single-file checkpoints, its
-part of sharded ones), so it holds that directory's writer lock for the launch and first removes
-what a killed save left there; single-file checkpoints are copied to CHECKPOINT.REPLICAS other
+part of sharded ones), so it holds that directory for the launch (the writer lock, and what a
+killed save left there removed first: :func:`~linnaeus.checkpoint.store.hold_node_directory`); single-file checkpoints are copied to CHECKPOINT.REPLICAS other
 nodes after each commit (:class:`~linnaeus.checkpoint.replicas.Replicator`), and the sharded
 format copies each node's part itself (the policy's ``node_copies``).
 """
@@ -17,11 +17,10 @@ from typing import Callable, Mapping
 
 from yacs.config import CfgNode
 
-from linnaeus.checkpoint.disk import WriterLease, acquire
-from linnaeus.checkpoint.errors import DirectoryLockedError
+from linnaeus.checkpoint.disk import WriterLease
 from linnaeus.checkpoint.replicas import Replicator
-from linnaeus.checkpoint.store import cleanup_stale, probe_sharing
-from linnaeus.dist import broadcast_object, get_rank, is_main_process, run_on_all_ranks
+from linnaeus.checkpoint.store import hold_node_directory, probe_sharing
+from linnaeus.dist import broadcast_object, is_main_process
 
 logger = logging.getLogger("linnaeus")
 
@@ -33,10 +32,7 @@ def set_up_node_local(cfg: CfgNode, directory: Path, format_name: str,
     sharing = probe_sharing(directory)
     if sharing.shared:
         return None, None
-    rank = get_rank()
-    leads = rank != 0 and any(group[0] == rank for group in sharing.groups)
-    lock = run_on_all_ranks(lambda: _take(directory) if leads else None, f"locking checkpoint directory {directory}",
-                            DirectoryLockedError)
+    lock = hold_node_directory(sharing, directory)
     replicas = broadcast_object(cfg.CHECKPOINT.REPLICAS)  # rank 0's: every rank must take part alike
     if format_name != "file":  # sharded: the format copies each node's part (the policy's node_copies)
         if is_main_process():
@@ -57,12 +53,6 @@ def set_up_node_local(cfg: CfgNode, directory: Path, format_name: str,
                            "only on rank 0's node (and in the bucket, if one is set), and are lost with it.",
                            directory, replicas)
     return (replicator if replicator.active else None), lock
-
-
-def _take(directory: Path) -> WriterLease:
-    lease = acquire(directory)
-    cleanup_stale(directory)  # under the lock: nobody else writes here, so every leftover is a dead writer's
-    return lease
 
 
 __all__ = ["set_up_node_local"]

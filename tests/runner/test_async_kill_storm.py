@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import signal
 import subprocess
 import time
@@ -18,22 +17,11 @@ import torch
 
 from linnaeus.checkpoint import verify_checkpoint
 from linnaeus.checkpoint.formats import is_checkpoint_name
-from tests.conftest import REPO, tiny_args, train_cmd
+from tests.conftest import REPO, tiny_args, train_cmd, wait_for_line
 
 KILLS = 8
 OPTS = ("CHECKPOINT.ASYNC", "True", "TRAIN.EMA.ENABLED", "True", "CHECKPOINT.INTERVAL", "1st",
         "CHECKPOINT.FILENAME", "step_{step}.pth", "CHECKPOINT.KEEP_LAST_N", "3", "TRAIN.EPOCHS", "100")
-
-
-def _wait_for(pattern: str, log: Path, proc: subprocess.Popen, timeout: float = 60) -> re.Match:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(pattern, log.read_text(errors="replace"))
-        if m:
-            return m
-        assert proc.poll() is None, f"runner exited {proc.returncode}:\n{log.read_text()[-4000:]}"
-        time.sleep(0.05)
-    raise AssertionError(f"no {pattern!r} within {timeout} s:\n{log.read_text()[-4000:]}")
 
 
 def _committed(ckpts: Path) -> dict[int, Path]:
@@ -59,13 +47,14 @@ def test_kill9_storm_on_async_saves_every_step(tmp_path: Path, toy_root: Path) -
                                     stdout=out, stderr=subprocess.STDOUT)
         try:
             if newest is None:
-                _wait_for(r"starting fresh", log, proc)
+                wait_for_line(r"starting fresh", log, [proc], timeout=60)
             else:
-                m = _wait_for(r"Resumed from (\S+) \(epoch \d+, step (\d+)\)", log, proc)
+                m = wait_for_line(r"Resumed from (\S+) \(epoch \d+, step (\d+)\)", log, [proc], timeout=60)
                 assert Path(m.group(1)).name == newest.name, f"launch {launch} resumed from {m.group(1)}, newest is {newest}"
             if launch == KILLS:
                 break
-            _wait_for(r"Saved checkpoint", log, proc)  # this launch is saving: kill somewhere in its saves
+            # This launch is saving: kill somewhere in its saves.
+            wait_for_line(r"Saved checkpoint", log, [proc], timeout=60)
             time.sleep(rng.uniform(0, 0.4))
         finally:
             proc.send_signal(signal.SIGKILL)

@@ -34,9 +34,9 @@ import torch.distributed as dist
 
 from linnaeus.dist import collective_timeout, get_rank, raise_on_all_ranks
 
-from ..disk import WriterLease, acquire, move_chunks, read_exactly, sidecar_path
+from ..disk import move_chunks, read_exactly, sidecar_path
 from ..errors import CheckpointError
-from ..store import DirectorySharing, cleanup_stale
+from ..store import DirectorySharing
 from .incoming import IncomingFile
 
 logger = logging.getLogger("linnaeus.checkpoint")
@@ -67,7 +67,10 @@ class Replicator:
 
     Construct it on every rank with the same ``sharing`` and ``replicas`` (a collective: it creates
     a process group when there is a partner). ``retain`` maps a saver's name to its retention, run
-    on a partner after each copy commits there, so that a partner keeps what the policy keeps."""
+    on a partner after each copy commits there, so that a partner keeps what the policy keeps. Each
+    partner's directory is written by its lowest rank alone, which should hold it
+    (:func:`~linnaeus.checkpoint.store.hold_node_directory`: the lock, and a copy cut short by a kill
+    removed first)."""
 
     def __init__(self, sharing: DirectorySharing, directory: Path, replicas: int,
                  retain: Mapping[str, Callable[[], object]], *, ping_s: float = 60.0) -> None:
@@ -80,8 +83,6 @@ class Replicator:
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        self._lease: WriterLease | None = None
-        self.sent = 0  # bytes, rank 0 (per partner)
         if not self.partners:
             return
         self.group = dist.new_group(backend="gloo", timeout=collective_timeout())
@@ -89,10 +90,6 @@ class Replicator:
         if rank == 0:
             self._thread = threading.Thread(target=self._send_loop, name="linnaeus-replica-sender", daemon=True)
         elif rank in self.partners:
-            # This node's directory is written by this rank alone: it takes the directory's writer lock,
-            # and copies left by a partner killed mid-transfer (temp files of a dead writer) go first.
-            self._lease = acquire(self.directory)
-            cleanup_stale(self.directory)
             self._thread = threading.Thread(target=self._receive_loop, name="linnaeus-replica-receiver", daemon=True)
         if self._thread is not None:
             self._thread.start()
@@ -164,7 +161,6 @@ class Replicator:
             self._send_header({"kind": "trailer", "ok": not failure})
         if failure:
             raise CheckpointError(failure)
-        self.sent += size
         logger.info("Copied %s (%.1f MB) to the checkpoint directories of %s in %.1f s", item.path.name, size / 1e6,
                     self.describe(), time.monotonic() - started)
 
@@ -233,10 +229,7 @@ class Replicator:
             self._queue.put(_END)
         if self._thread is not None:
             self._thread.join()
-        try:
-            self.poll()
-        finally:
-            self._release()
+        self.poll()
 
     def abandon(self) -> None:
         """Stop without a collective, while the run unwinds an error (perhaps on this rank alone): rank 0
@@ -244,23 +237,15 @@ class Replicator:
         them. A copy cut short is dropped (its temp file goes at the partner's next start)."""
         if not self.active:
             return
-        try:
-            if get_rank() == 0:
-                self._queue.put(_END)
-            if self._thread is not None:
-                self._thread.join(ABANDON_WAIT_S)
-                if self._thread.is_alive():
-                    logger.warning("Checkpoint copies to other nodes did not finish within %.0f s; the last one "
-                                   "may be missing there.", ABANDON_WAIT_S)
-            if self._error is not None:
-                logger.error("%s", self._error)
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        if self._lease is not None:
-            lease, self._lease = self._lease, None
-            lease.release()
+        if get_rank() == 0:
+            self._queue.put(_END)
+        if self._thread is not None:
+            self._thread.join(ABANDON_WAIT_S)
+            if self._thread.is_alive():
+                logger.warning("Checkpoint copies to other nodes did not finish within %.0f s; the last one may be "
+                               "missing there.", ABANDON_WAIT_S)
+        if self._error is not None:
+            logger.error("%s", self._error)
 
 
 __all__ = ["Replicator", "ring_partners"]

@@ -14,8 +14,10 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..disk import acquire, dir_lock, pid_alive, temp_target, writer_id, writer_pid
-from ..errors import InvalidOperationError
+from linnaeus.dist import get_rank, run_on_all_ranks
+
+from ..disk import DirectorySharing, WriterLease, acquire, dir_lock, pid_alive, temp_target, writer_id, writer_pid
+from ..errors import DirectoryLockedError, InvalidOperationError
 from ..formats import LATEST, CheckpointInfo, Leftover, format_of, formats, read_latest
 from ..ordering import oldest_first
 from ..policy import CheckpointPolicy
@@ -167,4 +169,22 @@ def cleanup_stale(directory: str | Path, *, min_age_s: float = 0.0) -> list[Path
     return removed + finished
 
 
-__all__ = ["apply_retention", "cleanup_stale", "delete_checkpoint", "leftovers", "plan_retention"]
+def hold_node_directory(sharing: DirectorySharing, directory: str | Path) -> WriterLease | None:
+    """On node-local directories (``sharing`` not shared), every other node's lowest rank writes its own
+    node's directory too (copies, its part of sharded checkpoints): it takes that directory's writer
+    lock, then removes what killed saves and copies left there. The lease (None on other ranks); a
+    collective that raises :class:`DirectoryLockedError` on every rank when a directory is locked."""
+    rank = get_rank()
+    leads = not sharing.shared and rank != 0 and any(group[0] == rank for group in sharing.groups)
+
+    def take() -> WriterLease | None:
+        if not leads:
+            return None
+        lease = acquire(directory)
+        cleanup_stale(directory)  # under the lock: nobody else writes here, so every leftover is a dead writer's
+        return lease
+
+    return run_on_all_ranks(take, f"locking checkpoint directory {directory}", DirectoryLockedError)
+
+
+__all__ = ["apply_retention", "cleanup_stale", "hold_node_directory", "delete_checkpoint", "leftovers", "plan_retention"]

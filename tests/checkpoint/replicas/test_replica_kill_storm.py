@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -17,23 +16,12 @@ import torch
 
 from linnaeus.checkpoint import verify_checkpoint
 from linnaeus.checkpoint.formats import is_checkpoint_name
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for_line
 from tests.nodes import NODE_ENV, kill_node, node_commands
 
 KILLS = 4
 OPTS = ("CHECKPOINT.ASYNC", "True", "CHECKPOINT.INTERVAL", "1st", "CHECKPOINT.FILENAME", "step_{step}.pth",
         "CHECKPOINT.KEEP_LAST_N", "3", "TRAIN.EPOCHS", "100")
-
-
-def _wait_for(pattern: str, log: Path, procs: list[subprocess.Popen], timeout: float = 90) -> re.Match:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(pattern, log.read_text(errors="replace"))
-        if m:
-            return m
-        assert all(p.poll() is None for p in procs), f"a node exited:\n{log.read_text()[-4000:]}"
-        time.sleep(0.05)
-    raise AssertionError(f"no {pattern!r} within {timeout} s:\n{log.read_text()[-4000:]}")
 
 
 def _committed(directory: Path) -> dict[int, Path]:
@@ -68,13 +56,13 @@ def test_kill9_storm_on_a_job_that_copies_every_step_to_the_other_node(tmp_path:
                                               stderr=subprocess.STDOUT))
         try:
             if newest < 0:
-                _wait_for(r"starting fresh", logs[0], procs)
+                wait_for_line(r"starting fresh", logs[0], procs)
             else:
-                m = _wait_for(r"Resumed from (\S+) \(epoch \d+, step (\d+)\)", logs[0], procs)
+                m = wait_for_line(r"Resumed from (\S+) \(epoch \d+, step (\d+)\)", logs[0], procs)
                 assert int(m.group(2)) == newest, f"launch {launch} resumed step {m.group(2)}, nodes held {newest}"
             if launch == KILLS:
                 break
-            _wait_for(r"Copied step_\d+\.pth", logs[0], procs)  # copies are flowing: kill somewhere in them
+            wait_for_line(r"Copied step_\d+\.pth", logs[0], procs)  # copies are flowing: kill somewhere in them
             time.sleep(rng.uniform(0, 0.5))
             if rng.random() < 0.5:  # the receiving node first; the other then fails on its own
                 _kill(procs[1:])

@@ -38,13 +38,13 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 
-from linnaeus.dist import collective_timeout, get_rank, is_dist
+from linnaeus.dist import collective_timeout, get_rank, is_dist, raise_on_all_ranks
 
 from ... import testing
 from ...disk import AsyncWriter, Overlap, remove_tree, snapshot, storage_key
 from ...errors import CheckpointError
 from ..base import OnCommitted, SaveResult
-from .parts import agree, leader_of
+from .parts import leader_of
 from .save import Staged, commit, commit_on_nodes, digest_own_shards, follow_on_nodes
 from .state_dicts import first_failure, shard_writer, single_process_is_intended
 
@@ -222,9 +222,9 @@ def _finish_on_nodes(staged: Staged, group: dist.ProcessGroup | None, parts: lis
     if rank == 0:
         try:
             on_committed(SaveResult(staged.final, digest, size, 0.0))
-        except BaseException as e:  # noqa: BLE001 - raised on every rank by agree
+        except BaseException as e:  # noqa: BLE001 - raised on every rank below
             outcome = e
-    agree(outcome, f"save of {staged.final}", group)
+    raise_on_all_ranks(outcome, f"save of {staged.final}", CheckpointError, group)
     follow_on_nodes(staged, files, group)
 
 

@@ -1,8 +1,8 @@
 """Sharded checkpoints on node-local directories: each node's directory holds its own ranks' shard
 files, and the commit is two-phase across the nodes.
 
-Whether the ranks share the checkpoint directory is found at each save (``probe_sharing``: a
-probe file per rank). When they do not, every node's lowest rank (its *leader*) makes the temp
+Whether the ranks share the checkpoint directory is found at the first save into it
+(``probe_sharing``: a probe file per rank) and kept for the process. When they do not, every node's lowest rank (its *leader*) makes the temp
 directory in its own directory, and each rank's DCP writer fills its node's. Then::
 
     rank 0            state.pt, .metadata fsynced, manifest.json (lists every node's files and
@@ -13,27 +13,27 @@ directory in its own directory, and each rank's DCP writer fills its node's. The
                       <- phase 2: committed on every node
 
 A kill between the two phases, or during the renames, leaves the step committed on some nodes
-only; a relaunch agrees on the newest step every node's part holds and never takes another
-(:func:`linnaeus.checkpoint.resume.peers.agree_sharded`). After each commit every other node keeps
-the sharded checkpoints rank 0's node keeps (its retention decides; the others follow it).
+only; a relaunch takes the newest checkpoint the nodes hold whole and never another
+(:func:`linnaeus.checkpoint.resume.shards.agree_sharded`). After each commit, each node's part is
+copied to the next nodes (:func:`.exchange.copy_parts`), and every other node keeps the sharded
+checkpoints rank 0's node keeps (its retention decides; the others follow it).
 
-The collectives take a process group: the default one for a save in the training loop, the
-background group for an async save's job.
+The collectives run in the default process group for a save in the training loop, in the background
+group for an async save's job.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Collection, Mapping
+from typing import Collection, Mapping
 
 import torch.distributed as dist
 
 from linnaeus.dist import get_rank, get_world_size, is_dist
 
 from ...disk import DirectorySharing, fsync_dir, is_temp_name, probe_sharing, remove_tree, temp_name, write_durably
-from ...errors import CheckpointError
-from .manifest import DCP_METADATA, MANIFEST, STATE_FILE, read_manifest
+from .manifest import DCP_METADATA, MANIFEST, STATE_FILE
 
 SHARED_FILES = (DCP_METADATA, STATE_FILE, MANIFEST)  # written on every node, the manifest last
 
@@ -45,7 +45,7 @@ _SHARING: dict[tuple[str, int, int, int], DirectorySharing] = {}
 
 def sharing_of(directory: Path) -> DirectorySharing:
     """Which ranks see ``directory`` (created where missing)."""
-    group = dist.distributed_c10d._get_default_group() if is_dist() else None
+    group = dist.group.WORLD if is_dist() else None
     key = (str(Path(directory).resolve()), get_world_size(), get_rank(), id(group))
     if key not in _SHARING:
         _SHARING[key] = probe_sharing(directory)
@@ -85,50 +85,14 @@ def sharded_entries(directory: Path) -> list[str]:
                   if e.is_dir(follow_symlinks=False) and not is_temp_name(e.name) and (Path(e.path) / MANIFEST).exists())
 
 
-def follow_retention(directory: Path, keep: Collection[str], delete: Any = None) -> list[str]:
+def follow_retention(directory: Path, keep: Collection[str]) -> list[str]:
     """A leader of another node: delete the sharded checkpoints rank 0's node no longer keeps (``keep``
-    is what it holds), with ``delete`` (:func:`delete_entry` by default)."""
-    delete = delete or delete_entry
+    is what it holds)."""
     dropped = [name for name in sharded_entries(directory) if name not in keep]
     for name in dropped:
-        delete(directory / name)
+        delete_entry(directory / name)
     return dropped
 
 
-def agree(error: BaseException | None, what: str, group: Any = None) -> None:
-    """Raise on every rank of ``group`` when any rank failed (its message names the rank)."""
-    mine = None if error is None else f"rank {get_rank()}: {type(error).__name__}: {error}"
-    every: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(every, mine, group=group)
-    failed = [m for m in every if m]
-    if failed:
-        if error is not None:
-            raise error
-        raise CheckpointError(f"{what} failed: " + "; ".join(failed))
-
-
-def broadcast(obj: Any, group: Any = None) -> Any:
-    box = [obj]
-    dist.broadcast_object_list(box, src=0, group=group)
-    return box[0]
-
-
-def run_everywhere(fn: Any, what: str, group: Any = None) -> Any:
-    """``fn()`` on this rank, then :func:`agree`; its result."""
-    try:
-        result, error = fn(), None
-    except Exception as e:  # noqa: BLE001 - raised on every rank by agree
-        result, error = None, e
-    agree(error, what, group)
-    return result
-
-
-def manifest_parts(path: Path) -> list[list[int]] | None:
-    """The ``parts`` a committed sharded checkpoint's manifest records (None: one shared directory)."""
-    manifest, _ = read_manifest(path)
-    parts = manifest.get("parts")
-    return parts if isinstance(parts, list) else None
-
-
-__all__ = ["SHARED_FILES", "agree", "broadcast", "delete_entry", "follow_retention", "leader_of", "manifest_parts",
-           "run_everywhere", "shared_bytes", "sharded_entries", "sharing_of", "write_shared"]
+__all__ = ["SHARED_FILES", "delete_entry", "follow_retention", "leader_of", "shared_bytes", "sharded_entries",
+           "sharing_of", "write_shared"]

@@ -52,17 +52,7 @@ from ..base import OnCommitted, SaveResult
 from ..directory import write_latest
 from .exchange import copy_parts
 from .manifest import DCP_METADATA, MANIFEST, PARTS, SHARDED_FORMAT, SHARDED_FORMAT_VERSION, STATE_FILE, manifest_bytes
-from .parts import (
-    broadcast,
-    delete_entry,
-    follow_retention,
-    leader_of,
-    run_everywhere,
-    shared_bytes,
-    sharded_entries,
-    sharing_of,
-    write_shared,
-)
+from .parts import follow_retention, leader_of, shared_bytes, sharded_entries, sharing_of, write_shared
 from .state_dicts import (
     MODEL,
     OPTIM,
@@ -173,11 +163,6 @@ def save_now(staged: Staged, on_committed: OnCommitted) -> SaveResult:
     return result
 
 
-def _raise(error: BaseException | None) -> None:
-    if error is not None:
-        raise error
-
-
 def commit_on_nodes(staged: Staged, files: dict[str, dict[str, Any]], rest: dict[str, Any],
                     group: Any = None) -> tuple[int, str]:
     """The two-phase commit across node-local directories (:mod:`.parts`), a collective of ``group``:
@@ -185,13 +170,14 @@ def commit_on_nodes(staged: Staged, files: dict[str, dict[str, Any]], rest: dict
     leader renames its temp directory into place (phase 2). Returns (size, sha256 of the manifest)."""
     rank, what = get_rank(), f"save of {staged.final}"
     leads = rank == leader_of(staged.groups, rank)
-    prepared = run_everywhere(lambda: prepare(staged, files, rest, parts=staged.groups) if rank == 0 else None,
-                              what, group)
-    shared = broadcast(shared_bytes(staged.tmp) if rank == 0 else None, group)
-    run_everywhere(lambda: write_shared(staged.tmp, shared) if leads and rank != 0 else None, what, group)
+    prepared = run_on_all_ranks(lambda: prepare(staged, files, rest, parts=staged.groups) if rank == 0 else None,
+                                what, CheckpointError, group)
+    shared = broadcast_object(shared_bytes(staged.tmp) if rank == 0 else None, group=group)
+    run_on_all_ranks(lambda: write_shared(staged.tmp, shared) if leads and rank != 0 else None, what,
+                     CheckpointError, group)
     phase("sharded-parts-prepared")  # the fault tests' seam: every node's part is durable, none committed
-    run_everywhere(lambda: publish(staged) if leads else None, what, group)
-    return broadcast(prepared, group)
+    run_on_all_ranks(lambda: publish(staged) if leads else None, what, CheckpointError, group)
+    return broadcast_object(prepared, group=group)
 
 
 def follow_on_nodes(staged: Staged, files: Mapping[str, Mapping[str, Any]], group: Any = None) -> None:
@@ -200,11 +186,11 @@ def follow_on_nodes(staged: Staged, files: Mapping[str, Mapping[str, Any]], grou
     rank = get_rank()
     if staged.copies > 0:
         error = copy_parts(staged.final, files, staged.groups, staged.copies, group)
-        run_everywhere(lambda: _raise(error), f"copies of {staged.final}'s parts on other nodes", group)
-    keep = broadcast(sharded_entries(staged.directory) if rank == 0 else None, group)
-    run_everywhere(lambda: follow_retention(staged.directory, keep, delete_entry)
-                   if rank != 0 and rank == leader_of(staged.groups, rank) else None,
-                   f"retention in {staged.directory} after the save of {staged.name}", group)
+        raise_on_all_ranks(error, f"copies of {staged.final}'s parts on other nodes", CheckpointError, group)
+    keep = broadcast_object(sharded_entries(staged.directory) if rank == 0 else None, group=group)
+    run_on_all_ranks(lambda: follow_retention(staged.directory, keep)
+                     if rank != 0 and rank == leader_of(staged.groups, rank) else None,
+                     f"retention in {staged.directory} after the save of {staged.name}", CheckpointError, group)
 
 
 def digest_own_shards(tmp: Path, rank: int) -> dict[str, dict[str, Any]]:
