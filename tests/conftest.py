@@ -151,3 +151,19 @@ def wait_for_line(pattern: str, log: Path, procs: list[subprocess.Popen], timeou
         time.sleep(0.05)
     raise AssertionError(f"no {pattern!r} within {timeout} s:\n{log.read_text()[-4000:]}")
 
+
+def committed_by_step(directory: Path) -> dict[int, Path]:
+    """Every single-file checkpoint under a final name in ``directory``, by the step it holds; each must
+    verify (what a kill storm checks after every kill)."""
+    import torch
+
+    from linnaeus.checkpoint import verify_checkpoint
+    from linnaeus.checkpoint.formats import is_checkpoint_name
+
+    found = {}
+    for path in sorted(p for p in directory.iterdir() if is_checkpoint_name(p.name)):
+        result = verify_checkpoint(path)
+        assert result.ok, f"{path} does not verify after a kill: {result.reason}"
+        found[torch.load(path, weights_only=True)["meta"]["step"]] = path
+    return found
+

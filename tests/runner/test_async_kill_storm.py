@@ -15,23 +15,11 @@ from pathlib import Path
 
 import torch
 
-from linnaeus.checkpoint import verify_checkpoint
-from linnaeus.checkpoint.formats import is_checkpoint_name
-from tests.conftest import REPO, tiny_args, train_cmd, wait_for_line
+from tests.conftest import REPO, committed_by_step, tiny_args, train_cmd, wait_for_line
 
 KILLS = 8
 OPTS = ("CHECKPOINT.ASYNC", "True", "TRAIN.EMA.ENABLED", "True", "CHECKPOINT.INTERVAL", "1st",
         "CHECKPOINT.FILENAME", "step_{step}.pth", "CHECKPOINT.KEEP_LAST_N", "3", "TRAIN.EPOCHS", "100")
-
-
-def _committed(ckpts: Path) -> dict[int, Path]:
-    """Every file under a final checkpoint name, by the step it holds; each must verify."""
-    found = {}
-    for path in sorted(p for p in ckpts.iterdir() if is_checkpoint_name(p.name)):
-        result = verify_checkpoint(path)
-        assert result.ok, f"{path.name} does not verify after a kill: {result.reason}"
-        found[torch.load(path, weights_only=True)["meta"]["step"]] = path
-    return found
 
 
 def test_kill9_storm_on_async_saves_every_step(tmp_path: Path, toy_root: Path) -> None:
@@ -59,7 +47,7 @@ def test_kill9_storm_on_async_saves_every_step(tmp_path: Path, toy_root: Path) -
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        committed = _committed(ckpts)
+        committed = committed_by_step(ckpts)
         assert committed, f"no checkpoint after kill {launch + 1}"
         newest = committed[max(committed)]
         run_ids |= {torch.load(p, weights_only=True)["meta"]["run_id"] for p in committed.values()}

@@ -12,26 +12,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import torch
-
-from linnaeus.checkpoint import verify_checkpoint
-from linnaeus.checkpoint.formats import is_checkpoint_name
-from tests.conftest import REPO, wait_for_line
+from tests.conftest import REPO, committed_by_step, wait_for_line
 from tests.nodes import NODE_ENV, kill_node, node_commands
 
 KILLS = 4
 OPTS = ("CHECKPOINT.ASYNC", "True", "CHECKPOINT.INTERVAL", "1st", "CHECKPOINT.FILENAME", "step_{step}.pth",
         "CHECKPOINT.KEEP_LAST_N", "3", "TRAIN.EPOCHS", "100")
-
-
-def _committed(directory: Path) -> dict[int, Path]:
-    """Every file under a final checkpoint name, by the step it holds; each must verify."""
-    found = {}
-    for path in sorted(p for p in directory.iterdir() if is_checkpoint_name(p.name)):
-        result = verify_checkpoint(path)
-        assert result.ok, f"{path} does not verify after a kill: {result.reason}"
-        found[torch.load(path, weights_only=True)["meta"]["step"]] = path
-    return found
 
 
 def _kill(procs: list[subprocess.Popen]) -> None:
@@ -69,6 +55,6 @@ def test_kill9_storm_on_a_job_that_copies_every_step_to_the_other_node(tmp_path:
                 time.sleep(rng.uniform(0, 0.3))
         finally:
             _kill(procs)
-        held = [_committed(d) for d in local]
+        held = [committed_by_step(d) for d in local]
         assert held[0], f"no checkpoint on rank 0's node after kill {launch + 1}"
         newest = max(step for h in held for step in h)
