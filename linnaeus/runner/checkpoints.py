@@ -62,9 +62,9 @@ class RunCheckpoints:
         out = cfg.ENV.OUTPUT.BUCKET
         self.remote = RemoteRun.in_bucket(out, cfg.EXPERIMENT.NAME) if out.ENABLED else None
         self.lease = self._lease_bucket_folder(run_dir)  # first: a second live run of this EXPERIMENT.NAME stops
-        self.uploader = (BackgroundUploader(self.remote, lease=self.lease, on_failure=out.ON_FAILURE,
-                                            retries=out.UPLOAD_RETRIES, retry_after_s=out.RETRY_AFTER_S)
-                         if self.lease is not None else None)
+        upload_options = dict(on_failure=out.ON_FAILURE, retries=out.UPLOAD_RETRIES, retry_after_s=out.RETRY_AFTER_S)
+        self.uploader: BackgroundUploader | None = (BackgroundUploader(self.remote, lease=self.lease, **upload_options)
+                                                    if self.lease is not None else None)
         model_name = cfg.MODEL.TIMM_NAME if cfg.MODEL.TYPE == "timm" else f"hybrid_{cfg.MODEL.HYBRID.CONVNEXT_VARIANT}"
         common = dict(config=config_yaml(cfg), experiment=cfg.EXPERIMENT.NAME, model_name=model_name,
                       name_fields={"dataset": cfg.DATA.DATASET, "n_epochs": cfg.TRAIN.EPOCHS})
@@ -76,9 +76,13 @@ class RunCheckpoints:
             self.weights = CheckpointManager(self.directory, build_weights_policy(cfg), name="weights",
                                              update_latest=False, **common, **self._hooks("weights", full=False))
             self.weights.follow(self.main)  # one lineage for both savers
-        # Node-local directories: copies of each checkpoint on other nodes, and each node's directory lock.
-        self.replicas, self._node_lock = set_up_node_local(cfg, self.directory, self.main.format.name,
-                                                           {m.name: m.apply_retention for m in self._savers()})
+        # Node-local directories: copies of each checkpoint on other nodes, each node's directory lock, and
+        # (sharded, with a bucket) the uploader of this node's parts, where rank 0's uploader is not.
+        self.replicas, self._node_lock, self._parts = set_up_node_local(
+            cfg, self.directory, self.main.format.name, {m.name: m.apply_retention for m in self._savers()},
+            self.remote, **upload_options)
+        if self._parts is not None:
+            self.uploader = self._parts
         self.objects: dict[str, Any] = {}
         self.progress: Any = None
         # Per saver (by name): the step of its last save, so that no saver saves twice at one step.
@@ -174,7 +178,7 @@ class RunCheckpoints:
         start_timeline(self.main, point, remote=self.remote)
         self.clock.start()
         if self.uploader is not None:
-            queued = self.uploader.enqueue_existing(self.directory)
+            queued = self.uploader.enqueue_existing(self.directory, skip=point.partial if point is not None else ())
             if queued:
                 logger.info("Queued %d checkpoint(s) already in %s for upload to %s (those already there are only "
                             "confirmed)", queued, self.directory, self.uploader.display)
@@ -303,6 +307,8 @@ class RunCheckpoints:
             manager.poll()
         if self.replicas is not None:  # the same on every rank, as below
             self.replicas.poll()
+        if self._parts is not None:
+            self._parts.enqueue_new()  # what this node's directory committed since the last step
         if self.remote is not None:  # the same on every rank, so all of them join the collective
             poll_on_all_ranks(self.uploader)
 
@@ -315,6 +321,8 @@ class RunCheckpoints:
             manager.close()
         if self.replicas is not None:
             self.replicas.close()  # every commit is queued by now: the last checkpoint's copies are made
+        if self._parts is not None:
+            self._parts.enqueue_new()  # the last save's part
         if self.remote is not None:
             uploader, self.uploader = self.uploader, None
             # Files that retention kept only because their upload was not confirmed yet (this
@@ -354,6 +362,8 @@ class RunCheckpoints:
     def _finish_uploads_after_error(self) -> None:
         # A failed run's machine may be gone before the next launch could upload what this one
         # committed: its last checkpoints would exist nowhere else.
+        if self._parts is not None:
+            self._parts.enqueue_new()
         uploader, self.uploader = self.uploader, None
         if uploader is None:
             return

@@ -39,7 +39,7 @@ from .hashed_file import Serializer, Written, write_hashed
 from .hashing import CHUNK_SIZE, FileDigest, FileTailHasher, HashingWriter, verify_pool
 from .overlap import Overlap, SnapshotGate, storage_key
 from .process_writer import ProcessWriter, WriterProcessError
-from .sharing import DirectorySharing, probe_sharing
+from .sharing import DirectorySharing, known_sharing, probe_sharing
 from .chunks import CHUNK_BYTES, broadcaster, move_chunks, read_exactly
 from .sidecar import (
     PROGRESS_KEYS,
@@ -59,7 +59,7 @@ __all__ = [
     "PROGRESS_KEYS", "ProcessWriter", "REPLACED", "Serializer", "SHA256", "SIDECAR_SUFFIX", "SidecarError", "SnapshotGate", "TEMP_SYNCED", "WRITER_ID", "WriterLease", "WriterProcessError", "Written",
     "acquire", "acquire_on_writer_rank", "cache_both_digests", "cached_digest", "clear_digest_cache", "digest_file",
     "digests_of", "dir_lock", "format_sidecar", "fsync_dir", "fsync_file", "is_temp_name", "move_chunks", "parse_sidecar",
-    "pid_alive", "probe_sharing", "read_exactly", "read_holder", "read_sidecar", "read_sidecar_digest", "remove_tree", "sha256_file",
+    "known_sharing", "pid_alive", "probe_sharing", "read_exactly", "read_holder", "read_sidecar", "read_sidecar_digest", "remove_tree", "sha256_file",
     "sha256_file_async", "sidecar_path", "sidecar_progress", "snapshot", "storage_key", "temp_name", "temp_target", "temp_writer",
     "temp_writer_pid", "verify_pool", "write_durably", "write_hashed", "writer_id", "writer_pid",
 ]

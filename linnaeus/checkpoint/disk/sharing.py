@@ -79,7 +79,22 @@ def probe_sharing(directory: Path) -> DirectorySharing:
     views = all_gather_object((seen, socket.gethostname(), str(directory.resolve())))  # and every look done
     mine.unlink(missing_ok=True)
     groups = sorted({view[0] for view in views}, key=lambda g: g[0] if g else world)
-    return DirectorySharing(tuple(groups), tuple(v[1] for v in views), tuple(v[2] for v in views))
+    found = DirectorySharing(tuple(groups), tuple(v[1] for v in views), tuple(v[2] for v in views))
+    _KNOWN[(str(directory.resolve()), world, rank)] = found
+    return found
 
 
-__all__ = ["DirectorySharing", "probe_sharing"]
+# (directory, world size, rank) -> the last probe's answer in this process: which nodes see a directory does not
+# change during a run, and the threads that must not run a collective (an upload) read it here.
+_KNOWN: dict[tuple[str, int, int], DirectorySharing] = {}
+
+
+def known_sharing(directory: Path) -> DirectorySharing | None:
+    """The answer of this process's last :func:`probe_sharing` of ``directory`` at this world size and
+    rank; None when none was made (a tool outside a run). No collective."""
+    if not is_dist() or get_world_size() == 1:
+        return None
+    return _KNOWN.get((str(Path(directory).resolve()), get_world_size(), get_rank()))
+
+
+__all__ = ["DirectorySharing", "known_sharing", "probe_sharing"]

@@ -36,12 +36,15 @@ from .sharded import (
     VerifyingReader,
     background_group,
     consolidate,
+    fill_from_bucket,
     held_ranks,
     load_sharded_state,
     read_checked_metadata,
     read_manifest,
+    remote_manifest,
     shared_bytes,
     sharded_dirname,
+    upload_part,
     write_shared,
 )
 from .folder import RemoteFolder
@@ -51,8 +54,8 @@ __all__ = [
     "TAXONOMY_METADATA", "TREE_METADATA",
     "Background", "CheckpointFormat", "CheckpointInfo", "CommitFiles", "FileFormat", "LATEST", "Leftover", "MANIFEST",
     "OnCommitted", "Part", "RemoteEntry", "RemoteFolder", "RemoteParts", "STATE_FILE", "SaveResult", "ShardedFormat",
-    "VerifyResult", "VerifyingReader", "background_group", "checkpoint_stem", "choose_format", "commit_file", "commit_written", "consolidate", "format_named", "format_of",
+    "VerifyResult", "VerifyingReader", "background_group", "checkpoint_stem", "choose_format", "commit_file", "commit_written", "consolidate", "fill_from_bucket", "format_named", "format_of",
     "format_of_state", "formats", "held_ranks", "is_checkpoint_name", "is_pending_sidecar_name", "load_sharded_state",
     "load_verified", "load_verified_digest", "read_checked_metadata", "read_info", "read_latest", "read_manifest",
-    "register_format", "shared_bytes", "sharded_dirname", "upload_entry", "verify_checkpoint", "write_latest", "write_shared",
+    "register_format", "remote_manifest", "shared_bytes", "sharded_dirname", "upload_entry", "upload_part", "verify_checkpoint", "write_latest", "write_shared",
 ]

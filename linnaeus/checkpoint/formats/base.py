@@ -153,6 +153,10 @@ class CommitFiles:
     parts: tuple[Part, ...]
     marker: Part
     identity: str  # equal for two copies of the same checkpoint (the file's sha256; the manifest's)
+    # Called with the folder once ``parts`` are checked there, before the marker goes up: what else must be
+    # there first (a node-local sharded checkpoint's other nodes' parts, which those nodes upload). Raises
+    # TransientSourceError while it is not.
+    before_marker: Callable[[RemoteFolder], None] | None = None
 
     @property
     def in_order(self) -> tuple[Part, ...]:

@@ -3,12 +3,15 @@ moves its checkpoints (through the one place that runs rclone, :mod:`linnaeus.ch
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 from typing import Mapping
 
 from ..sources import RcloneSource, TransientSourceError, rclone_args, redact, run_rclone
 
 MAX_MARKER = 64 << 20  # a manifest lists a few entries per rank: far below this
+_LOCAL_HASHES = ("md5", "sha1", "sha256")  # remote hashes worth recomputing locally to verify
 
 
 class RemoteFolder:
@@ -45,4 +48,23 @@ class RemoteFolder:
         return json.loads(out)
 
 
-__all__ = ["MAX_MARKER", "RemoteFolder"]
+def check_listed(listed: dict | None, local: Path, size: int, sha256: str | None, shown: str) -> None:
+    """A just-uploaded file as the remote lists it (``lsjson --hash``): ``size``, and the remote's hash
+    (where it reports one we can recompute) equal to the local file's. Raises TransientSourceError."""
+    if listed is None or listed.get("Size") != size:
+        found = "nothing" if listed is None else f"{listed.get('Size')} bytes"
+        raise TransientSourceError(f"{shown}: after upload the remote holds {found}, expected {size} bytes.")
+    hashes = {k.lower(): v.lower() for k, v in (listed.get("Hashes") or {}).items() if v}
+    algo = next((a for a in _LOCAL_HASHES if hashes.get(a)), None)
+    if algo is None:
+        return  # size only: this remote reports no hash we can recompute (rclone checked what it could)
+    if algo == "sha256" and sha256 is not None:
+        ours = sha256
+    else:
+        with open(local, "rb") as f:
+            ours = hashlib.file_digest(f, algo).hexdigest()
+    if ours != hashes[algo]:
+        raise TransientSourceError(f"{shown}: remote {algo} {hashes[algo]} != local {ours}.")
+
+
+__all__ = ["MAX_MARKER", "RemoteFolder", "check_listed"]

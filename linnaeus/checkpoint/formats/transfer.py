@@ -9,15 +9,12 @@ committed checkpoint of another identity under the same name is never replaced.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ..errors import BucketConflictError
 from ..sources import TransientSourceError, copyto
 from .base import CheckpointFormat, CommitFiles, Part
-from .folder import RemoteFolder
-
-_LOCAL_HASHES = ("md5", "sha1", "sha256")  # remote hashes worth recomputing locally to verify
+from .folder import RemoteFolder, check_listed
 
 
 def upload_entry(fmt: CheckpointFormat, path: Path, folder: RemoteFolder) -> bool:
@@ -32,6 +29,8 @@ def upload_entry(fmt: CheckpointFormat, path: Path, folder: RemoteFolder) -> boo
     listed = _listing(files, folder)
     for part in files.parts:
         check_remote_copy(listed.get(part.remote), part, folder.display + part.remote)
+    if files.before_marker is not None:
+        files.before_marker(folder)
     copyto(files.marker.local, folder.folder + files.marker.remote, env=folder.env)
     back = folder.read(files.marker.remote)
     if back is None or fmt.marker_identity(files.entry, back) != files.identity:
@@ -76,20 +75,8 @@ def _listing(files: CommitFiles, folder: RemoteFolder, *, hashes: bool = True) -
 def check_remote_copy(listed: dict | None, part: Part, shown: str) -> None:
     """A just-uploaded file as the remote lists it: ``part``'s size, and the remote's hash (where it
     reports one we can recompute) equal to the local file's."""
-    if listed is None or listed.get("Size") != part.size:
-        found = "nothing" if listed is None else f"{listed.get('Size')} bytes"
-        raise TransientSourceError(f"{shown}: after upload the remote holds {found}, expected {part.size} bytes.")
-    hashes = {k.lower(): v.lower() for k, v in (listed.get("Hashes") or {}).items() if v}
-    algo = next((a for a in _LOCAL_HASHES if hashes.get(a)), None)
-    if algo is None:
-        return  # size only: this remote reports no hash we can recompute (rclone checked what it could)
-    if algo == "sha256" and part.sha256 is not None:
-        local = part.sha256
-    else:
-        with open(part.local, "rb") as f:
-            local = hashlib.file_digest(f, algo).hexdigest()
-    if local != hashes[algo]:
-        raise TransientSourceError(f"{shown}: remote {algo} {hashes[algo]} != local {local}.")
+    check_listed(listed, part.local, part.size, part.sha256, shown)
+
 
 
 __all__ = ["check_remote_copy", "upload_entry"]

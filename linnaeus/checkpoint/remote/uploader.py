@@ -43,7 +43,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from linnaeus.dist import any_rank_true, raise_on_all_ranks
 
@@ -85,6 +85,7 @@ class BackgroundUploader:
         self._deferred: list[Path] = []  # "warn": failed after every attempt, tried again later, in commit order
         self._closing_since: float | None = None
         self.remote = remote
+        self.noun = "checkpoint"  # in the log lines: what one upload sends
         self.lease = lease  # checked before every upload: a launch that lost the folder uploads nothing more
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self._queue: queue.Queue[Path | None] = queue.Queue()
@@ -124,16 +125,17 @@ class BackgroundUploader:
         with self._cond:
             return Path(path).absolute() in self._confirmed
 
-    def enqueue_existing(self, checkpoints_dir: str | os.PathLike) -> int:
+    def enqueue_existing(self, checkpoints_dir: str | os.PathLike, skip: Collection[str] = ()) -> int:
         """Queue every committed checkpoint in ``checkpoints_dir``, in commit order (the one
         ``latest`` names last). Ones already remote are only confirmed, not re-sent.
 
         The way a relaunch finishes what the last launch did not upload; it also lets
         retention delete an earlier launch's files once they are confirmed remote (confirmation
-        lives in this object's memory). Returns how many were queued.
+        lives in this object's memory). ``skip``: names never to upload (sharded checkpoints the nodes do
+        not hold whole). Returns how many were queued.
         """
         directory = Path(checkpoints_dir)
-        infos = [i for i in list_checkpoints(directory) if i.committed]
+        infos = [i for i in list_checkpoints(directory) if i.committed and i.name not in skip]
         for info in oldest_first(infos, read_latest(directory)):
             self.on_commit(info.path, full=info.kind == KIND_FULL)
         return len(infos)
@@ -276,12 +278,12 @@ class BackgroundUploader:
             try:
                 if self.lease is not None:
                     self.lease.check()
-                sent = self.remote.upload(path)
+                sent = self._transfer(path)
                 with self._cond:
                     self._confirmed.add(path)
                 self._update_marker(path)
-                logger.info("%s checkpoint %s -> %s%s", "Uploaded" if sent else "Already remote:", path, self.display,
-                            path.name)
+                logger.info("%s %s %s -> %s%s", "Uploaded" if sent else "Already remote:", self.noun, path,
+                            self.display, path.name)
                 return False
             except BucketConflictError as e:  # another writer's state: no retry can help
                 error, conflict = str(e), True
@@ -309,6 +311,10 @@ class BackgroundUploader:
         with self._cond:
             self._failures.append((path, error))
         return False
+
+    def _transfer(self, path: Path) -> bool:
+        """One attempt at sending ``path``, checked; False when the remote held it already."""
+        return self.remote.upload(path)
 
     def _update_marker(self, confirmed: Path) -> None:
         """Point the remote ``latest`` at the newest checkpoint that is confirmed remote."""

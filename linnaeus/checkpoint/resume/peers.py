@@ -134,10 +134,9 @@ def _send(sharing: store.DirectorySharing, directory: Path, newest: Held, source
                     time.monotonic() - started)
 
 
-def check_node_local(sharing: store.DirectorySharing, directory: Path, format_name: str, *,
-                     remote: RemoteRun | None = None) -> None:
+def check_node_local(sharing: store.DirectorySharing, directory: Path, format_name: str) -> None:
     """Said once (rank 0); refused for formats other than the single file (sent between nodes) and the
-    sharded one (each node keeps its ranks' shards), and for sharded ones with a bucket folder."""
+    sharded one (each node keeps its ranks' shards)."""
     if get_rank() == 0:
         logger.warning("Checkpoint directory %s is %s. %s", directory, sharing.describe(), (
             "Each node's directory holds its own ranks' shards of every sharded checkpoint, committed on every "
@@ -149,11 +148,6 @@ def check_node_local(sharing: store.DirectorySharing, directory: Path, format_na
         raise CheckpointIncompatibleError(
             f"{format_name} checkpoints need one directory that every rank sees, but {directory} is "
             f"{sharing.describe()}. Give every rank the same directory on a shared filesystem.", path=directory)
-    if format_name == "sharded" and remote is not None:
-        raise CheckpointIncompatibleError(
-            f"sharded checkpoints on node-local directories ({directory} is {sharing.describe()}) are not uploaded "
-            f"to a bucket folder ({remote.display}) yet: each node holds only its own ranks' shards. Use single-file "
-            "checkpoints, a shared directory, or no bucket folder.", path=directory)
 
 
 def bucket_newer(remote: RemoteRun, step: int) -> list[str]:
@@ -175,7 +169,7 @@ def bucket_newer(remote: RemoteRun, step: int) -> list[str]:
     names = broadcast_object(run_on_all_ranks(newer, f"listing {remote.display}", CheckpointError))
     if names and get_rank() == 0:
         logger.warning("The run's bucket folder %s holds %s, newer than any node's newest checkpoint (step %d): "
-                       "every node fetches the newest from there.", remote.display, ", ".join(names), step)
+                       "every node takes the newest from there.", remote.display, ", ".join(names), step)
     return names
 
 

@@ -15,24 +15,48 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from linnaeus.dist import all_gather_object, broadcast_object, get_rank, run_on_all_ranks
 
 from .. import store
 from ..disk import fsync_dir, temp_name
 from ..errors import CheckpointError, CheckpointIncompatibleError
-from ..formats import held_ranks, read_manifest, shared_bytes, write_shared
+from ..formats import (
+    MANIFEST,
+    fill_from_bucket,
+    held_ranks,
+    read_info,
+    read_manifest,
+    remote_manifest,
+    shared_bytes,
+    write_shared,
+)
+from ..remote import RemoteRun
 from ..state import KIND_FULL
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
 
-def agree_sharded(sharing: store.DirectorySharing, directory: Path, saver: str) -> list[str]:
-    """The names of sharded checkpoints newer than the newest one the nodes hold whole between them, which
-    the resume passes over; nodes without that newest one get its directory (a collective). Raises on
-    every rank when the nodes hold sharded checkpoints but none whole: a node's part is gone."""
+@dataclass(frozen=True)
+class Agreed:
+    """What the nodes agreed on. ``passed``: newer sharded checkpoints the resume passes over; ``partial``:
+    every one not whole on the nodes (nothing uploads those); ``tier``: where this rank's node got the
+    chosen one from, in words, when not from its own directory alone."""
+
+    passed: list[str]
+    partial: list[str]
+    tier: str = ""
+
+
+def agree_sharded(sharing: store.DirectorySharing, directory: Path, saver: str, *, remote: RemoteRun | None = None,
+                  newer_in_bucket: Callable[[int], bool] = lambda step: False) -> Agreed:
+    """The newest sharded checkpoint the nodes hold whole between them, or the bucket's newest when
+    ``newer_in_bucket(step)`` (a collective: the same on every rank) says ``remote`` holds one with more
+    progress; nodes without it get its directory (a collective). Raises on every rank when the nodes
+    hold sharded checkpoints, none whole, and the bucket none newer: a node's part is gone."""
     leaders = sorted({group[0] for group in sharing.groups})
 
     def listed() -> dict[str, Any] | None:
@@ -55,28 +79,91 @@ def agree_sharded(sharing: store.DirectorySharing, directory: Path, saver: str) 
         holders = [held[name] for held in nodes.values() if name in held]
         return len({h[1] for h in holders}) == 1 and set(holders[0][2]) <= {r for h in holders for r in h[3]}
 
-    complete = sorted((n for n in names if whole(n)), key=lambda n: next(h[n][0] for h in nodes.values() if n in h))
-    step = next(h[complete[-1]][0] for h in nodes.values() if complete[-1] in h) if complete else -1
-    passed = sorted(n for n in names if n not in complete and max(h[n][0] for h in nodes.values() if n in h) > step)
+    def step_of(name: str) -> int:
+        return max(h[name][0] for h in nodes.values() if name in h)
+
+    complete = sorted((n for n in names if whole(n)), key=step_of)
+    step = step_of(complete[-1]) if complete else -1
     where = "; ".join(f"rank {r} ({sharing.hosts[r]}): {', '.join(sorted(h)) or 'none'}" for r, h in nodes.items())
+    if remote is not None and newer_in_bucket(step):
+        chosen, tier = _from_bucket(sharing, directory, remote)
+        step = step_of(chosen) if chosen in names else broadcast_object(
+            read_info(directory / chosen).step if get_rank() == 0 else None)
+        partial = sorted(n for n in names if n != chosen and not whole(n))
+        passed = sorted(n for n in partial if step_of(n) > step)
+        _warn_passed(passed, where)
+        return Agreed(passed, partial, tier)
+    partial = sorted(n for n in names if not whole(n))
+    passed = sorted(n for n in partial if step_of(n) > step)
 
     def check() -> None:
         if names and not complete:
             raise CheckpointIncompatibleError(
                 f"no sharded checkpoint of this run is whole on the nodes, so none can be resumed: each node's "
                 f"directory holds its own ranks' shards (and copies of its partners' with CHECKPOINT.REPLICAS), and "
-                f"the nodes hold {where}, none with every rank's shards between them. A node's directory was "
-                "emptied or replaced and its shards are gone. Start over deliberately (`linnaeus-ckpt set-aside` on "
-                "each node's directory), or give the node its directory back.", path=directory)
+                f"the nodes hold {where}, none with every rank's shards between them"
+                f"{', and the run has no bucket folder' if remote is None else ', nor does the bucket folder hold one'}"
+                ". A node's directory was emptied or replaced and its shards are gone. Start over deliberately "
+                "(`linnaeus-ckpt set-aside` on each node's directory), or give the node its directory back.",
+                path=directory)
 
     run_on_all_ranks(check, f"choosing a sharded checkpoint in each node's {directory}", CheckpointError)
-    if passed and get_rank() == 0:
-        logger.warning("Passing over %s: not whole on the nodes (a save cut short between the nodes' commits, or "
-                       "parts lost with a node). The nodes hold %s.", ", ".join(passed), where)
+    _warn_passed(passed, where)
     if complete:
         _give_directory(directory, complete[-1], [r for r in leaders if complete[-1] in nodes[r]],
                         [r for r in leaders if complete[-1] not in nodes[r]])
-    return passed
+    return Agreed(passed, partial)
+
+
+def _from_bucket(sharing: store.DirectorySharing, directory: Path, remote: RemoteRun) -> tuple[str, str]:
+    """The bucket's newest checkpoint made whole on the nodes with one download of each file no node
+    holds: by the node whose ranks saved it (else rank 0's), into that node's directory, which is made
+    first where it lacks the checkpoint (with the shared files, as a node's part holds them). The load's
+    exchange then moves shards between nodes as their plans read them. (its name, this rank's tier)."""
+    leaders, rank = sorted({group[0] for group in sharing.groups}), get_rank()
+
+    def plan() -> tuple[str, dict[str, Any]] | None:
+        if rank != 0:
+            return None
+        name = remote.candidates()[0]
+        return name, remote_manifest(remote, name)[0]
+
+    name, manifest = broadcast_object(run_on_all_ranks(plan, f"reading {remote.display}", CheckpointError))
+
+    def held() -> list[str]:
+        entry = directory / name
+        if rank not in leaders or not (entry / MANIFEST).exists():
+            return []
+        return [n for n in manifest["files"] if (entry / n).exists()]
+
+    holdings = all_gather_object(run_on_all_ranks(held, f"looking for {name} on the nodes", CheckpointError))
+    everywhere = {n for r in leaders for n in holdings[r]}
+    owner = {r: group[0] for group in sharing.groups for r in group}
+    mine = [n for n, e in manifest["files"].items()
+            if n not in everywhere and e.get("rank") is not None and owner.get(e["rank"], 0) == rank]
+
+    def take() -> list[str]:
+        if rank not in leaders or (not mine and holdings[rank]):
+            return []
+        return fill_from_bucket(remote, name, directory, mine)
+
+    got = run_on_all_ranks(take, f"taking {name} from {remote.display} on the nodes", CheckpointError)
+    here = max(r for r in leaders if r <= rank)
+    got = all_gather_object(got)[here]
+    shards = sum(n.endswith(".distcp") for n in got)
+    if not got:
+        tier = "this node's own part"
+    elif not holdings[here]:
+        tier = f"this node's part came from the run's bucket folder ({shards} shard file(s) and the shared files)"
+    else:
+        tier = f"{shards} shard file(s) of this node's part that no node held came from the run's bucket folder"
+    return name, tier
+
+
+def _warn_passed(passed: list[str], where: str) -> None:
+    if passed and get_rank() == 0:
+        logger.warning("Passing over %s: not whole on the nodes (a save cut short between the nodes' commits, or "
+                       "parts lost with a node). The nodes hold %s.", ", ".join(passed), where)
 
 
 def _give_directory(directory: Path, name: str, holders: list[int], lacking: list[int]) -> None:
@@ -102,4 +189,4 @@ def _give_directory(directory: Path, name: str, holders: list[int], lacking: lis
                     source, ", ".join(map(str, lacking)))
 
 
-__all__ = ["agree_sharded"]
+__all__ = ["Agreed", "agree_sharded"]

@@ -33,14 +33,18 @@ from ...sources import (
 )
 from ..base import CommitFiles, Part, RemoteEntry, RemoteParts
 from ..folder import RemoteFolder
-from .manifest import MANIFEST, manifest_of, read_manifest, verify_all
+from .bucket_parts import node_local_commit_files
+from .manifest import MANIFEST, is_node_local, read_manifest, verify_all
 
 logger = logging.getLogger("linnaeus.checkpoint")
 
 
 def commit_files(path: Path) -> CommitFiles:
     """Every file the manifest lists (verified: only bytes the manifest vouches for leave), then the manifest."""
-    manifest, digest = manifest_of(path)  # a directory without a manifest never committed
+    manifest, digest = read_manifest(path)  # a directory without a manifest never committed
+    if is_node_local(manifest):  # each node uploads its own part (:mod:`.bucket_parts`), checked there
+        return node_local_commit_files(path, manifest, digest)
+    verify_all(path, manifest)
     parts = tuple(Part(path / name, f"{path.name}/{name}", int(entry["size"]), entry["sha256"])
                   for name, entry in sorted(manifest["files"].items()))
     marker = path / MANIFEST
@@ -126,7 +130,9 @@ def _fetch_once(folder: RemoteFolder, entry: str, dest: Path) -> Path:
         tmp.mkdir()
         (tmp / MANIFEST).write_bytes(raw)
         manifest, _ = read_manifest(tmp)
-        args = rclone_args("copy", "--max-depth", "1", "--exclude", "/" + MANIFEST, paths=[remote_dir, str(tmp)])
+        # Neither the manifest (read above) nor the nodes' upload confirmations (.part.*.json) come down.
+        args = rclone_args("copy", "--max-depth", "1", "--exclude", "/" + MANIFEST, "--exclude", "/.part.*.json",
+                           paths=[remote_dir, str(tmp)])
         run_rclone(args, env=folder.env, what=f"downloading {redact(remote_dir)} to {tmp}")
         try:
             verify_all(tmp, manifest)

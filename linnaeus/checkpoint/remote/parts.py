@@ -1,0 +1,61 @@
+"""The uploader of every node's leader but rank 0's, for sharded checkpoints on node-local directories.
+
+Each node's directory holds its own ranks' shards of every sharded checkpoint. Rank 0's
+:class:`~.uploader.BackgroundUploader` sends its node's part and the shared files, and the manifest
+(the remote commit marker) only once every other node's part is confirmed in the folder; this
+uploader sends one other node's part and its confirmation
+(:func:`~linnaeus.checkpoint.formats.upload_part`). It learns of new checkpoints by looking at its
+node's directory (:meth:`NodePartUploader.enqueue_new`, called at each step): the commits on other
+nodes than rank 0's call no hook. It moves no ``latest`` marker, and retention on its node follows
+rank 0's, which deletes nothing before the manifest, and so every part, is confirmed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Collection
+
+from ..formats import MANIFEST, read_info, upload_part
+from ..disk import is_temp_name
+from .folder import RemoteRun
+from .uploader import BackgroundUploader
+
+
+class NodePartUploader(BackgroundUploader):
+    """Uploads the part of each sharded checkpoint that ``directory``'s node saved (this process is that
+    node's lowest rank, ``rank``), in commit order, on a worker thread; failures as the
+    :class:`BackgroundUploader` reports them."""
+
+    def __init__(self, remote: RemoteRun, directory: Path, rank: int, **options: Any) -> None:
+        super().__init__(remote, **options)
+        self.directory, self.rank = Path(directory), rank
+        self.noun = "this node's part of"
+        self._seen: set[str] = set()
+
+    def _transfer(self, path: Path) -> bool:
+        return upload_part(path, self.remote, self.rank)
+
+    def _update_marker(self, confirmed: Path) -> None:
+        """Rank 0's uploader moves ``latest``, once the manifest is up."""
+
+    def enqueue_existing(self, checkpoints_dir: str | os.PathLike, skip: Collection[str] = ()) -> int:
+        assert Path(checkpoints_dir) == self.directory, "one node's directory per part uploader"
+        return self.enqueue_new(skip)
+
+    def enqueue_new(self, skip: Collection[str] = ()) -> int:
+        """Queue the sharded checkpoints committed in the directory since the last look, oldest first
+        (a scan of the directory's names; only new ones are read). ``skip``: never these."""
+        if not self.directory.is_dir():
+            return 0
+        new = [Path(e.path) for e in os.scandir(self.directory)
+               if e.name not in self._seen and e.is_dir(follow_symlinks=False) and not is_temp_name(e.name)
+               and (Path(e.path) / MANIFEST).exists()]
+        self._seen.update(p.name for p in new)
+        infos = [i for i in (read_info(p) for p in new) if i.readable and i.committed and i.name not in skip]
+        for info in sorted(infos, key=lambda i: (i.step, i.name)):
+            self.on_commit(info.path)
+        return len(infos)
+
+
+__all__ = ["NodePartUploader"]
