@@ -21,19 +21,19 @@ SHORT = ("TRAIN.MAX_STEPS_PER_EPOCH", "3", "TRAIN.SCHEDULER.NAME", "none")
 
 
 def node_commands(base_dirs: list[Path], toy_root: Path, *opts: str, same_path: Path | None = None,
-                  node_opts: Sequence[Sequence[str]] = ()) -> list[list[str]]:
+                  node_opts: Sequence[Sequence[str]] = (), script: Path | None = None) -> list[list[str]]:
     """The command of each node of one training job of len(base_dirs) nodes, one process each: node n
     (rank n, static rendezvous) keeps its run dir under base_dirs[n] and adds ``node_opts[n]`` to its
     --opts. With ``same_path``, each node runs in its own mount namespace where base_dirs[n] is mounted
     at ``same_path``, the ENV.OUTPUT.BASE_DIR of every node: one path, a different disk on each node,
-    as node-local disks are."""
+    as node-local disks are. ``script``: another script than tools/train.py, taking its arguments."""
     port = free_port()
 
     def command(n: int, base: Path) -> list[str]:
         out = same_path or base
         torchrun = [str(VENV_BIN / "torchrun"), f"--nnodes={len(base_dirs)}", f"--node-rank={n}",
                     "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}",
-                    str(REPO / "tools" / "train.py"), "--cfg", str(TINY_CFG), "--opts", "ENV.OUTPUT.BASE_DIR",
+                    str(script or REPO / "tools" / "train.py"), "--cfg", str(TINY_CFG), "--opts", "ENV.OUTPUT.BASE_DIR",
                     str(out), "DATA.ROOT", str(toy_root), "ENV.INPUT.CACHE_DIR", str(out / "cache"), *SHORT, *opts,
                     *(node_opts[n] if n < len(node_opts) else ())]
         if same_path is None:

@@ -31,7 +31,9 @@ class NodePartUploader(BackgroundUploader):
         super().__init__(remote, **options)
         self.directory, self.rank = Path(directory), rank
         self.noun = "this node's part of"
-        self._seen: set[str] = set()
+        # (name, inode) of every directory looked at: a save of the same name later (one passed over as not
+        # whole, saved again) is a new directory, and is uploaded.
+        self._seen: set[tuple[str, int]] = set()
 
     def _transfer(self, path: Path) -> bool:
         return upload_part(path, self.remote, self.rank)
@@ -48,10 +50,11 @@ class NodePartUploader(BackgroundUploader):
         (a scan of the directory's names; only new ones are read). ``skip``: never these."""
         if not self.directory.is_dir():
             return 0
-        new = [Path(e.path) for e in os.scandir(self.directory)
-               if e.name not in self._seen and e.is_dir(follow_symlinks=False) and not is_temp_name(e.name)
-               and (Path(e.path) / MANIFEST).exists()]
-        self._seen.update(p.name for p in new)
+        found = [e for e in os.scandir(self.directory)
+                 if e.is_dir(follow_symlinks=False) and not is_temp_name(e.name) and (e.name, e.inode()) not in self._seen
+                 and (Path(e.path) / MANIFEST).exists()]
+        self._seen.update((e.name, e.inode()) for e in found)
+        new = [Path(e.path) for e in found]
         infos = [i for i in (read_info(p) for p in new) if i.readable and i.committed and i.name not in skip]
         for info in sorted(infos, key=lambda i: (i.step, i.name)):
             self.on_commit(info.path)
