@@ -81,7 +81,7 @@ class BucketConfig:
         lower = {str(k).lower(): v for k, v in cfg.items()}
         # The uploader's settings, which share the run's output bucket node (ENV.OUTPUT.BUCKET).
         unknown = set(lower) - {"enabled", "remote", "name", "path_prefix", "on_failure", "upload_retries",
-                                "retry_after_s"}
+                                "retry_after_s", "interval"}
         if unknown:
             raise ValueError(f"bucket config: unknown keys {sorted(unknown)}; expected ENABLED, REMOTE, NAME, PATH_PREFIX.")
         return cls(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
+from linnaeus.checkpoint.policy import InvalidPolicyError, parse_interval
 from linnaeus.checkpoint.sources import missing_b2_credentials
 
 from .errors import ConfigError
@@ -27,6 +28,12 @@ def validate_buckets(cfg: CN) -> None:
     if cfg.ENV.OUTPUT.BUCKET.ON_FAILURE not in ("stop", "warn"):
         raise ConfigError(f"ENV.OUTPUT.BUCKET.ON_FAILURE must be 'stop' (a failed upload ends the run) or 'warn' "
                           f"(training goes on, the upload is retried), got {cfg.ENV.OUTPUT.BUCKET.ON_FAILURE!r}.")
+    if cfg.ENV.OUTPUT.BUCKET.INTERVAL:
+        try:
+            parse_interval(cfg.ENV.OUTPUT.BUCKET.INTERVAL)
+        except InvalidPolicyError as e:
+            raise ConfigError(f"ENV.OUTPUT.BUCKET.INTERVAL (which checkpoints are uploaded; \"\" for every one): "
+                              f"{e}") from None
     for key, role in _BUCKETS:
         node = cfg.ENV[key.split(".")[1]].BUCKET
         if not node.ENABLED or node.REMOTE.strip().rstrip(":"):

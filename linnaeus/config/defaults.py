@@ -49,6 +49,11 @@ _C.ENV.OUTPUT.BUCKET.ON_FAILURE = "stop"
 _C.ENV.OUTPUT.BUCKET.UPLOAD_RETRIES = 5
 # With ON_FAILURE "warn": seconds between background retries of the checkpoints not uploaded yet.
 _C.ENV.OUTPUT.BUCKET.RETRY_AFTER_S = 120.0
+# Which checkpoints of the main saver are uploaded: "" = every one; else an interval as CHECKPOINT.INTERVAL's
+# ("500st", "1ep", "30min", a list): one is uploaded when the interval fell due since the last one uploaded; the
+# others stay local (retention may delete them) and the run's last checkpoint is uploaded at its end. Frequent
+# local saves (a crash loses seconds), rarer uploads (a lost cluster loses at most this interval).
+_C.ENV.OUTPUT.BUCKET.INTERVAL = ""
 # The run's writer lease on its bucket folder: renewed every TTL/6 s; a lease without a heartbeat for this long
 # is taken over (a dead launch on another host), logged. A launch whose holder still beats refuses to start.
 _C.ENV.OUTPUT.BUCKET_LEASE_TTL_S = 120.0

@@ -18,34 +18,25 @@ from yacs.config import CfgNode
 
 from linnaeus.checkpoint import CheckpointManager
 from linnaeus.checkpoint.disk import WriterLease, acquire_on_writer_rank
-from linnaeus.checkpoint.errors import CheckpointError, CheckpointIncompatibleError, DirectoryLockedError
-from linnaeus.checkpoint.remote import (
-    BackgroundUploader,
-    BucketLease,
-    RemoteRun,
-    UploadError,
-    close_on_all_ranks,
-    poll_on_all_ranks,
-)
+from linnaeus.checkpoint.errors import CheckpointIncompatibleError, DirectoryLockedError
+from linnaeus.checkpoint.remote import BackgroundUploader
 from linnaeus.checkpoint.replicas import Replicator
 from linnaeus.checkpoint.resume import ResumePoint, start_timeline
-from linnaeus.checkpoint.sources import TransientSourceError
 from linnaeus.checkpoint.state import TaxonomyChangedError
 from linnaeus.checkpoint.store import restore_newest
 from linnaeus.config import build_policy, build_weights_policy, checkpoint_dir, config_yaml
 from linnaeus.config.parallel import sharded_checkpoints
-from linnaeus.dist import get_world_size, is_main_process, run_on_all_ranks
+from linnaeus.dist import get_world_size, is_main_process
 from linnaeus.engine.run_log import EVERY_RANK
 from linnaeus.runner import config_diff
 from linnaeus.runner.clock import TrainingClock
 from linnaeus.runner.node_local import set_up_node_local
 from linnaeus.runner.resume_choice import choose_resume_point
 from linnaeus.runner.taxonomy_record import taxonomy_levels, taxonomy_parents
+from linnaeus.runner.uploads import RunUploads
 
 logger = logging.getLogger("linnaeus")
 
-# How long a failed run waits for the uploads of the checkpoints it committed before it exits.
-UPLOAD_WAIT_AFTER_ERROR_S = 900
 # Components that older checkpoints lack: restoring one of those starts them fresh, and says so.
 _NEWER_COMPONENTS = {"clock": "records no training time (saved by an older linnaeus): it counts from here",
                      "healing": "records no self-healing state (saved by an older linnaeus): it starts empty"}
@@ -59,12 +50,8 @@ class RunCheckpoints:
         self.replicas: Replicator | None = None  # set once the savers exist
         self._node_lock: WriterLease | None = None
         self._lock = self._lock_directory()  # held until close(); the savers share it
-        out = cfg.ENV.OUTPUT.BUCKET
-        self.remote = RemoteRun.in_bucket(out, cfg.EXPERIMENT.NAME) if out.ENABLED else None
-        self.lease = self._lease_bucket_folder(run_dir)  # first: a second live run of this EXPERIMENT.NAME stops
-        upload_options = dict(on_failure=out.ON_FAILURE, retries=out.UPLOAD_RETRIES, retry_after_s=out.RETRY_AFTER_S)
-        self.uploader: BackgroundUploader | None = (BackgroundUploader(self.remote, lease=self.lease, **upload_options)
-                                                    if self.lease is not None else None)
+        self.uploads = RunUploads(cfg, run_dir)  # the bucket folder's lease first: a second live run stops
+        self.remote = self.uploads.remote
         model_name = cfg.MODEL.TIMM_NAME if cfg.MODEL.TYPE == "timm" else f"hybrid_{cfg.MODEL.HYBRID.CONVNEXT_VARIANT}"
         common = dict(config=config_yaml(cfg), experiment=cfg.EXPERIMENT.NAME, model_name=model_name,
                       name_fields={"dataset": cfg.DATA.DATASET, "n_epochs": cfg.TRAIN.EPOCHS})
@@ -78,11 +65,10 @@ class RunCheckpoints:
             self.weights.follow(self.main)  # one lineage for both savers
         # Node-local directories: copies of each checkpoint on other nodes, each node's directory lock, and
         # (sharded, with a bucket) the uploader of this node's parts, where rank 0's uploader is not.
-        self.replicas, self._node_lock, self._parts = set_up_node_local(
+        self.replicas, self._node_lock, parts = set_up_node_local(
             cfg, self.directory, self.main.format.name, {m.name: m.apply_retention for m in self._savers()},
-            self.remote, **upload_options)
-        if self._parts is not None:
-            self.uploader = self._parts
+            self.remote, **self.uploads.options)
+        self.uploads.add_parts(parts)
         self.objects: dict[str, Any] = {}
         self.progress: Any = None
         # Per saver (by name): the step of its last save, so that no saver saves twice at one step.
@@ -108,38 +94,19 @@ class RunCheckpoints:
             raise DirectoryLockedError(f"{e} To run both, give this launch its own run dir: another "
                                        "EXPERIMENT.NAME or ENV.OUTPUT.BASE_DIR.") from e
 
-    def _lease_bucket_folder(self, run_dir: Path) -> BucketLease | None:
-        """Rank 0 takes the bucket folder's writer lease; every rank raises if another run holds it."""
-        remote = self.remote
-        if remote is None:
-            return None
-
-        def take() -> BucketLease | None:
-            if not is_main_process():
-                return None
-            lease = BucketLease(remote, ttl_s=self.cfg.ENV.OUTPUT.BUCKET_LEASE_TTL_S, run_id=self.cfg.EXPERIMENT.NAME,
-                                run_dir=str(run_dir))
-            try:
-                return lease.acquire()
-            except TransientSourceError as e:  # as for the resume: an unreachable bucket fails the uploads, loudly
-                logger.warning("Could not take the writer lease of %s (%s); the first upload takes it, or fails",
-                               remote.display, e)
-                return lease
-
-        return run_on_all_ranks(take, f"taking the writer lease of {remote.display}", CheckpointError)
-
     def _hooks(self, saver: str, *, full: bool) -> dict[str, Any]:
-        """A saver's hooks (rank 0): each commit is queued for upload and for the copies on other nodes;
-        retention may only delete a local copy once its upload is confirmed."""
-        uploader = self.uploader
+        """A saver's hooks (rank 0): each commit is queued for upload (:mod:`.uploads`) and for the copies
+        on other nodes; retention may only delete a local copy once its upload is confirmed."""
 
-        def on_commit(path: Path) -> None:
-            if uploader is not None:
-                uploader.on_commit(path, full=full)
+        def copy(path: Path) -> None:
             if self.replicas is not None:
                 self.replicas.on_commit(path, saver=saver, update_latest=full)
 
-        return {"on_commit": on_commit, **({"can_delete": uploader.can_delete} if uploader is not None else {})}
+        return self.uploads.hooks(saver, full=full, main=saver == "checkpoint", also=copy)
+
+    @property
+    def uploader(self) -> BackgroundUploader | None:
+        return self.uploads.uploader
 
     def _savers(self) -> list[CheckpointManager]:
         return [m for m in (self.main, self.weights) if m is not None]
@@ -162,7 +129,8 @@ class RunCheckpoints:
         self.clock = TrainingClock()  # saved as the component "clock": training time survives a relaunch
         self.objects = {**{k: v for k, v in objects.items() if v is not None}, "clock": self.clock}
         record, tree = taxonomy_levels(taxonomy), taxonomy_parents(taxonomy)
-        self._timed = any(m.policy.interval.by_time for m in self._savers())  # then rank 0's clock decides
+        # Then rank 0's clock decides, on every rank: a saver's interval or the uploads' counts training time.
+        self._timed = any(m.policy.interval.by_time for m in self._savers()) or self.uploads.timed
         for manager in self._savers():
             manager.taxonomy, manager.taxonomy_tree = record, tree
 
@@ -177,11 +145,9 @@ class RunCheckpoints:
             logger.info("No checkpoint to resume from: starting fresh (run id %s)", self.run_id)
         start_timeline(self.main, point, remote=self.remote)
         self.clock.start()
-        if self.uploader is not None:
-            queued = self.uploader.enqueue_existing(self.directory, skip=point.partial if point is not None else ())
-            if queued:
-                logger.info("Queued %d checkpoint(s) already in %s for upload to %s (those already there are only "
-                            "confirmed)", queued, self.directory, self.uploader.display)
+        p = self.progress
+        self.uploads.begin(self.directory, skip=point.partial if point is not None else (), epoch=p.epoch, step=p.step,
+                           elapsed_ms=self.clock.now_ms)
 
     def _restore_newest(self, point: ResumePoint) -> ResumePoint:
         """Restore ``point``. When the run chose it (not TRAIN.RESUME) and it turns out damaged while
@@ -258,6 +224,9 @@ class RunCheckpoints:
         for hook in self.before_save:
             hook()
         p, objects = self.progress, dict(self.objects)
+        if manager is self.main:
+            self.uploads.before_save(epoch=p.epoch, step=p.step, end_of_epoch=end_of_epoch,
+                                     elapsed_ms=self.clock.now_ms)
         if manager is self.weights and self.cfg.CHECKPOINT.WEIGHTS_SAVER.USE_EMA and "ema" in objects:
             objects["model"] = getattr(objects["ema"], "module", objects["ema"])
         manager.save(epoch=p.epoch, step=p.step, epoch_step=p.epoch_step, samples=p.samples,
@@ -307,10 +276,7 @@ class RunCheckpoints:
             manager.poll()
         if self.replicas is not None:  # the same on every rank, as below
             self.replicas.poll()
-        if self._parts is not None:
-            self._parts.enqueue_new()  # what this node's directory committed since the last step
-        if self.remote is not None:  # the same on every rank, so all of them join the collective
-            poll_on_all_ranks(self.uploader)
+        self.uploads.poll()  # the same on every rank, so all of them join the collective
 
     def close(self) -> None:
         """Finish saves in flight, then uploads; raises what failed on every rank. Safe to call twice."""
@@ -321,23 +287,14 @@ class RunCheckpoints:
             manager.close()
         if self.replicas is not None:
             self.replicas.close()  # every commit is queued by now: the last checkpoint's copies are made
-        if self._parts is not None:
-            self._parts.enqueue_new()  # the last save's part
-        if self.remote is not None:
-            uploader, self.uploader = self.uploader, None
-            # Files that retention kept only because their upload was not confirmed yet (this
-            # launch's last ones, earlier launches' ones) may go now, not at the next launch.
-            close_on_all_ranks(uploader, then=lambda: [m.apply_retention() for m in self._savers()])
+        # Files that retention kept only because their upload was not confirmed yet (this launch's last
+        # ones, earlier launches' ones) may go now, not at the next launch.
+        self.uploads.close(then=lambda: [m.apply_retention() for m in self._savers()] if is_main_process() else None)
         self._release()
 
     def _release(self) -> None:
         """The bucket folder's lease (once nothing more is uploaded), then the directory's lock."""
-        if self.lease is not None:
-            lease, self.lease = self.lease, None
-            try:
-                lease.release()
-            except CheckpointError as e:  # it lapses after its time-to-live: a relaunch waits that long at most
-                logger.warning("Could not remove the writer lease %s: %s", lease.where, e)
+        self.uploads.release_lease()
         for lock in (self._lock, self._node_lock):
             if lock is not None:
                 lock.release()
@@ -355,24 +312,9 @@ class RunCheckpoints:
                 manager.close_after_error()
             if self.replicas is not None:
                 self.replicas.abandon()
-            self._finish_uploads_after_error()
+            self.uploads.close_after_error()
         finally:
             self._release()
-
-    def _finish_uploads_after_error(self) -> None:
-        # A failed run's machine may be gone before the next launch could upload what this one
-        # committed: its last checkpoints would exist nowhere else.
-        if self._parts is not None:
-            self._parts.enqueue_new()
-        uploader, self.uploader = self.uploader, None
-        if uploader is None:
-            return
-        logger.warning("The run failed; finishing the uploads of its committed checkpoints to %s (up to %d s) "
-                       "before it exits with the error ...", uploader.display, UPLOAD_WAIT_AFTER_ERROR_S)
-        try:
-            uploader.close(timeout=UPLOAD_WAIT_AFTER_ERROR_S)
-        except UploadError as e:  # logged; the run's own error is the one raised
-            logger.error("%s", e)
 
 
 def _scalar_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:

@@ -5,7 +5,9 @@ uploader that fills it in commit order."""
 from .folder import LATEST_MARKER, RemoteRun
 from .lease import LEASE, BucketLease
 from .parts import NodePartUploader
-from .uploader import WAIT_SLICE_S, BackgroundUploader, UploadError, close_on_all_ranks, poll_on_all_ranks
+from .cadence import UploadCadence
+from .all_ranks import WAIT_SLICE_S, close_on_all_ranks, poll_on_all_ranks
+from .uploader import BackgroundUploader, UploadError
 
-__all__ = ["LATEST_MARKER", "LEASE", "WAIT_SLICE_S", "BackgroundUploader", "BucketLease", "NodePartUploader", "RemoteRun", "UploadError", "close_on_all_ranks",
+__all__ = ["LATEST_MARKER", "LEASE", "WAIT_SLICE_S", "BackgroundUploader", "BucketLease", "NodePartUploader", "RemoteRun", "UploadCadence", "UploadError", "close_on_all_ranks",
            "poll_on_all_ranks"]

@@ -34,6 +34,11 @@ class NodePartUploader(BackgroundUploader):
         # (name, inode) of every directory looked at: a save of the same name later (one passed over as not
         # whole, saved again) is a new directory, and is uploaded.
         self._seen: set[tuple[str, int]] = set()
+        # With an upload interval (:class:`~.cadence.UploadCadence`): this launch's saves by step, whether each
+        # goes up (rank 0's uploader decides alike), and the newest held back (the last one goes up at the end).
+        self._due: dict[int, bool] = {}
+        self._last_step: int | None = None
+        self._held: tuple[int, Path] | None = None
 
     def _transfer(self, path: Path) -> bool:
         return upload_part(path, self.remote, self.rank)
@@ -56,9 +61,31 @@ class NodePartUploader(BackgroundUploader):
         self._seen.update((e.name, e.inode()) for e in found)
         new = [Path(e.path) for e in found]
         infos = [i for i in (read_info(p) for p in new) if i.readable and i.committed and i.name not in skip]
+        queued = 0
         for info in sorted(infos, key=lambda i: (i.step, i.name)):
-            self.on_commit(info.path)
-        return len(infos)
+            if self._due.get(info.step, True):
+                self.on_commit(info.path)
+                queued += 1
+            elif self._held is None or info.step >= self._held[0]:
+                self._held = (info.step, info.path)
+        return queued
+
+    def decide(self, step: int, due: bool) -> None:
+        """Whether the checkpoint this launch saves at ``step`` goes up (before it is saved)."""
+        # The previous save's (it may commit, and be seen here, after this call) and this one's.
+        self._due = {s: d for s, d in self._due.items() if s == self._last_step}
+        self._due[step] = due
+        self._last_step = step
+
+    def release_last(self) -> None:
+        """The last checkpoint of the launch goes up after all (held back by the interval)."""
+        self.enqueue_new()
+        step = self._last_step
+        if step is not None and not self._due.get(step, True):
+            self._due[step] = True
+            if self._held is not None and self._held[0] == step:
+                self.on_commit(self._held[1])
+                self._held = None
 
 
 __all__ = ["NodePartUploader"]

@@ -43,9 +43,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Collection
-
-from linnaeus.dist import any_rank_true, raise_on_all_ranks
+from typing import Collection
 
 from ..errors import BucketConflictError, CheckpointError
 from ..formats import read_info, read_latest
@@ -90,6 +88,7 @@ class BackgroundUploader:
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self._queue: queue.Queue[Path | None] = queue.Queue()
         self._confirmed: set[Path] = set()
+        self._held: set[Path] = set()  # committed, skipped by the upload interval: deletable, not uploaded
         self._failures: list[tuple[Path, str]] = []
         self._reported = 0
         self._pending = 0
@@ -117,9 +116,27 @@ class BackgroundUploader:
                 self._newest = p
         self._queue.put(p)
 
+    def hold_back(self, path: str | os.PathLike) -> None:
+        """A just-committed checkpoint that uploads skip (they follow their own interval:
+        :class:`~.cadence.UploadCadence`): retention may delete it; :meth:`release` sends it after all."""
+        with self._cond:
+            self._held.add(Path(path).absolute())
+
+    def release(self, path: str | os.PathLike) -> None:
+        """Queue a held-back checkpoint after all (the run's last one, at its end)."""
+        p = Path(path).absolute()
+        with self._cond:
+            if p not in self._held:
+                return
+            self._held.discard(p)
+        self.on_commit(p)
+
     def can_delete(self, path: str | os.PathLike) -> bool:
-        """Retention hook: a local checkpoint may go only once its upload is confirmed."""
-        return self.is_confirmed(path)
+        """Retention hook: a local checkpoint may go only once its upload is confirmed, or when it is
+        held back from uploads."""
+        p = Path(path).absolute()
+        with self._cond:
+            return p in self._confirmed or p in self._held
 
     def is_confirmed(self, path: str | os.PathLike) -> bool:
         with self._cond:
@@ -340,51 +357,4 @@ def _size_of(path: Path) -> int:
         return 0
 
 
-# While rank 0 waits for its uploads, the other ranks wait for its verdict in collectives of at
-# most this long, so that no single collective can outlast the process group's timeout however
-# long a large upload takes.
-WAIT_SLICE_S = 30.0
-
-
-def poll_on_all_ranks(uploader: BackgroundUploader | None) -> None:
-    """Raise a failed upload on every rank (a collective: call it on every rank, with the uploader
-    where there is one, typically rank 0 only, and None elsewhere)."""
-    raise_on_all_ranks(None if uploader is None else _error_of(uploader.poll), "checkpoint upload", UploadError)
-
-
-def close_on_all_ranks(uploader: BackgroundUploader | None, then: Callable[[], object] = lambda: None) -> None:
-    """Wait for every queued upload, close the uploader, run ``then`` (e.g. retention, now that
-    uploads are confirmed) on its rank; raise what failed on every rank (a collective).
-
-    The ranks without an uploader meet its rank every :data:`WAIT_SLICE_S` seconds.
-    """
-    if uploader is not None:
-        logger.info("Waiting for uploads to %s to finish ...", uploader.display)
-        uploader.begin_close()  # a "warn" uploader's deferred retries get their final wait from now
-
-    def still_waiting() -> bool:
-        try:
-            return uploader is not None and not uploader.wait(timeout=WAIT_SLICE_S)
-        except UploadError:
-            return False  # a dead worker: closing it below raises this on every rank
-
-    while any_rank_true(still_waiting()):
-        pass
-
-    def finish() -> None:
-        if uploader is not None:
-            uploader.close()
-            then()
-
-    raise_on_all_ranks(_error_of(finish), "checkpoint upload", UploadError)
-
-
-def _error_of(fn: Callable[[], object]) -> BaseException | None:
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001 - handed to raise_on_all_ranks, which raises it everywhere
-        return e
-    return None
-
-
-__all__ = ["WAIT_SLICE_S", "BackgroundUploader", "UploadError", "close_on_all_ranks", "poll_on_all_ranks"]
+__all__ = ["BackgroundUploader", "UploadError"]
