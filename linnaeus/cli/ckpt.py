@@ -32,6 +32,7 @@ from linnaeus.checkpoint.formats import (
     commit_file,
     format_of,
     is_checkpoint_name,
+    node_parts,
     read_latest,
     verify_checkpoint,
 )
@@ -87,6 +88,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
     rated = [i for i in infos if monitor and i.metric(monitor) is not None]
     best = (max if args.mode == "max" else min)(rated, key=lambda i: i.metric(monitor)).name if rated else None
     rows = [["file", "kind", "epoch", "step", monitor or "metric", "size", "verified", "run", "parent", "marks"]]
+    # Node-local sharded checkpoints: which nodes' parts this node's directory holds (its own, copies).
+    parts = {info.name: node_parts(info.path) for info in infos if info.path.is_dir()}
+    if any(parts.values()):
+        rows[0].insert(6, "node parts here")
     parents = lineage_cmds.parent_names(directory, infos)
     bad = 0
     for info in infos:
@@ -104,6 +109,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             f"{value:.4g}" if value is not None else "-", _human_size(info.size), verified, info.run_id or "-",
             parents[info.name], marks,
         ])
+        if any(parts.values()):
+            rows[-1].insert(6, _parts_cell(parts.get(info.name) or []))
     print(f"{directory}:")
     _print_table(rows)
     if bad:
@@ -111,6 +118,25 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print(f"{bad} file(s) failed verification: run `linnaeus-ckpt verify {directory}` for details "
               "(it exits 1 when a file is bad).")
     return 0
+
+
+def _parts_cell(parts: list[dict[str, Any]]) -> str:
+    """``1/2 (ranks 0)``: how many nodes' parts of a node-local sharded checkpoint are here, and whose."""
+    if not parts:
+        return "-"
+    here = [p for p in parts if p["here"] == "all"]
+    some = [p for p in parts if p["here"] == "some"]
+    ranks = ",".join(str(r) for p in here for r in p["ranks"])
+    return f"{len(here)}/{len(parts)} (ranks {ranks or 'none'})" + (f", {len(some)} partly" if some else "")
+
+
+def _elsewhere(path: Path) -> str:
+    """For `verify`: what of a node-local sharded checkpoint this directory does not hold (and so did not check)."""
+    away = [r for p in node_parts(path) if p["here"] != "all" for r in p["ranks"]]
+    if not away:
+        return ""
+    return (f" (node-local: the shards of rank(s) {', '.join(map(str, away))} are on other nodes and were not "
+            "checked here; verify there too)")
 
 
 # ----------------------------------------------------------------------------- inspect
@@ -165,7 +191,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for file in files:
         result = verify_checkpoint(file)
         if result.ok:
-            print(f"OK   {file}")
+            print(f"OK   {file}{_elsewhere(file) if file.is_dir() else ''}")
         else:
             bad += 1
             detail = ""

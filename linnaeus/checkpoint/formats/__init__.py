@@ -39,6 +39,7 @@ from .sharded import (
     fill_from_bucket,
     held_ranks,
     load_sharded_state,
+    node_parts,
     read_checked_metadata,
     read_manifest,
     remote_manifest,
@@ -55,7 +56,7 @@ __all__ = [
     "Background", "CheckpointFormat", "CheckpointInfo", "CommitFiles", "FileFormat", "LATEST", "Leftover", "MANIFEST",
     "OnCommitted", "Part", "RemoteEntry", "RemoteFolder", "RemoteParts", "STATE_FILE", "SaveResult", "ShardedFormat",
     "VerifyResult", "VerifyingReader", "background_group", "checkpoint_stem", "choose_format", "commit_file", "commit_written", "consolidate", "fill_from_bucket", "format_named", "format_of",
-    "format_of_state", "formats", "held_ranks", "is_checkpoint_name", "is_pending_sidecar_name", "load_sharded_state",
+    "format_of_state", "formats", "held_ranks", "is_checkpoint_name", "is_pending_sidecar_name", "load_sharded_state", "node_parts",
     "load_verified", "load_verified_digest", "read_checked_metadata", "read_info", "read_latest", "read_manifest",
     "register_format", "remote_manifest", "shared_bytes", "sharded_dirname", "upload_entry", "upload_part", "verify_checkpoint", "write_latest", "write_shared",
 ]

@@ -100,8 +100,25 @@ def _merged(parts: list[Path], into: Path) -> Path:
     return into
 
 
+def _shows_node_parts(directory: Path, capsys: pytest.CaptureFixture[str], *, here: str,
+                      inspect: dict[str, str]) -> None:
+    """`linnaeus-ckpt ls`, `verify` and `inspect` on one node's directory say which nodes' parts it holds."""
+    from linnaeus.cli.ckpt import main
+
+    capsys.readouterr()
+    assert main(["ls", str(directory)]) == 0
+    listed = capsys.readouterr().out
+    assert "node parts here" in listed.splitlines()[1] and here in listed, listed
+    assert main(["verify", str(directory)]) == 0
+    verified = capsys.readouterr().out
+    away = [r for r, held in inspect.items() if held != "all"]
+    assert ("on other nodes and were not checked here" in verified) == bool(away), verified
+    assert main(["inspect", "--json", str(directory / "checkpoint_epoch_2")]) == 0
+    assert json.loads(capsys.readouterr().out)["node_parts"] == inspect
+
+
 def test_sharded_checkpoints_commit_on_every_node_and_resume_the_newest_every_node_holds(
-        tmp_path: Path, toy_root: Path) -> None:
+        tmp_path: Path, toy_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """FSDP2 on two nodes, each its own directory: every node's directory holds its own rank's shards
     and the one manifest (async saves, then synchronous ones). A save committed on node a only (node b's rename never happened) is passed
     over; the relaunch, with rank 0 moved to node b, reads the shards it lacks from node a as the load
@@ -119,6 +136,8 @@ def test_sharded_checkpoints_commit_on_every_node_and_resume_the_newest_every_no
     assert [sorted(p.name for p in part.glob("*.distcp")) for part in parts] == [["__0_0.distcp"], ["__1_0.distcp"]]
     assert (parts[0] / "manifest.json").read_bytes() == (parts[1] / "manifest.json").read_bytes()
     assert json.loads((parts[0] / "manifest.json").read_text())["parts"] == [[0], [1]]
+    _shows_node_parts(a / "tiny" / "checkpoints", capsys, here="1/2 (ranks 0)", inspect={"ranks 0": "all",
+                                                                                          "ranks 1": "none"})
 
     # Node a replaced now (a copy of node b beside an empty node a): no checkpoint is whole on the nodes.
     shutil.copytree(b, tmp_path / "b_copy")
@@ -168,7 +187,7 @@ def _consolidated_equal(parts: list[Path], reference: Path, merged: Path) -> Non
 
 
 def test_each_nodes_sharded_part_is_copied_to_the_next_node_and_a_replaced_node_resumes_from_it(
-        tmp_path: Path, toy_root: Path) -> None:
+        tmp_path: Path, toy_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """CHECKPOINT.REPLICAS 1 (the default): each node's shards are copied to the other node after every
     commit. Node a's directory emptied (a replaced node): the relaunch gives it the checkpoint's directory
     and the shards it reads from node b, with no bucket, and ends bit-identical to an uninterrupted run;
@@ -181,6 +200,8 @@ def test_each_nodes_sharded_part_is_copied_to_the_next_node_and_a_replaced_node_
     for node in (a, b):  # every rank's shards on both nodes
         part = node / "tiny" / "checkpoints" / "checkpoint_epoch_2"
         assert sorted(p.name for p in part.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    _shows_node_parts(b / "tiny" / "checkpoints", capsys, here="2/2 (ranks 0,1)",
+                      inspect={"ranks 0": "all", "ranks 1": "all"})
 
     shutil.rmtree(a / "tiny" / "checkpoints")
     relaunch = launch_nodes([a, b], toy_root, "TRAIN.EPOCHS", "3", *fsdp)

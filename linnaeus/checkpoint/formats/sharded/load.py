@@ -36,6 +36,7 @@ from .manifest import (
     check_present,
     is_node_local,
     manifest_of,
+    node_parts,
     read_manifest,
     verify_all,
 )
@@ -238,6 +239,9 @@ def describe(path: Path) -> dict[str, Any]:
         "components": sorted(k for k in (OPTIM_REST, "scheduler", "scaler", "ema", "sampler")
                              if k in state or k in carried),
     }
+    parts = node_parts(path)
+    if parts:  # node-local directories: each node's part, and how much of it this directory holds
+        out["node_parts"] = {f"ranks {','.join(map(str, p['ranks']))}": p["here"] for p in parts}
     if isinstance(state.get("metrics"), dict):
         out["metrics"] = {"best": state["metrics"].get("best", {}),
                           "history_len": len(state["metrics"].get("history", []))}

@@ -72,6 +72,25 @@ def held_files(path: Path, manifest: Mapping[str, Any]) -> list[str]:
     return [n for n in names if not n.endswith(".distcp") or (path / n).exists()]
 
 
+def node_parts(path: Path) -> list[dict[str, Any]]:
+    """On node-local directories, each node's part of the checkpoint ``path`` (the ranks it saved) and how
+    much of it this directory holds: ``"all"`` (its own part, or a copy of another node's), ``"some"``,
+    ``"none"`` (on other nodes only). [] for a checkpoint every rank saved into one directory, or
+    none that can be read."""
+    try:
+        manifest, _ = read_manifest(path)
+    except CheckpointError:
+        return []
+    if not is_node_local(manifest):
+        return []
+    _, held = held_ranks(path, manifest)
+    out = []
+    for group in manifest[PARTS]:
+        here = [r for r in group if r in held]
+        out.append({"ranks": list(group), "here": "all" if len(here) == len(group) else "some" if here else "none"})
+    return out
+
+
 def held_ranks(path: Path, manifest: Mapping[str, Any]) -> tuple[list[int], list[int]]:
     """(every rank whose shard files the manifest lists, the ranks whose files are all in ``path`` at
     their recorded size): what a node-local directory holds of the checkpoint."""
@@ -263,5 +282,5 @@ def manifest_of(path: Path) -> tuple[dict[str, Any], str]:
 
 
 __all__ = ["DCP_METADATA", "MANIFEST", "PARTS", "SHARDED_FORMAT", "SHARDED_FORMAT_VERSION", "STATE_FILE", "check_file",
-           "check_present", "directory_size", "held_files", "held_ranks", "is_node_local", "is_sharded_checkpoint", "manifest_bytes", "manifest_of",
+           "check_present", "directory_size", "held_files", "held_ranks", "is_node_local", "is_sharded_checkpoint", "manifest_bytes", "manifest_of", "node_parts",
            "read_dir_info", "read_manifest", "sharded_dirname", "verify_all"]
