@@ -76,6 +76,22 @@ def fetch_missing(path: Path, manifest: Mapping[str, Any], needed: set[str]) -> 
     for name in wanted:  # every file moves whatever failed before it, so no rank waits alone
         error = _move(path / name, manifest["files"][name], sources[name], path / name if name in missing else None)
         failure = failure or error
+    _raise_alike(failure, path)
+
+
+def _raise_alike(failure: BaseException | None, path: Path) -> None:
+    """Raise ``failure`` on every rank; a damaged shard as :class:`CheckpointCorruptError` on every rank, so
+    that every rank falls back to an older checkpoint together (``store.restore_newest``), as after a
+    damaged file found by DCP's read."""
+    damaged = failure if isinstance(failure, CheckpointCorruptError) else None
+    found = all_gather_object(None if damaged is None else (get_rank(), str(damaged.path), damaged.reason))
+    first = next((f for f in found if f is not None), None)
+    if damaged is not None:
+        raise damaged
+    if first is not None:  # no more collectives: the ranks with the damaged copy raise theirs, as above
+        rank, where, reason = first
+        raise CheckpointCorruptError(where, f"{reason} (found by rank {rank} while receiving the shard files of "
+                                            f"{path} from other nodes)")
     raise_on_all_ranks(failure, f"receiving the shard files of {path} from other nodes", CheckpointError)
 
 
