@@ -50,6 +50,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "resume_time": (["resume_time.py", "--rounds", "3"], ["resume_time.py", "--rounds", "1"]),
     "node_local": (["node_local.py", "--size-mb", "256", "--rounds", "5"],
                    ["node_local.py", "--size-mb", "32", "--rounds", "2"]),
+    "node_local_sharded": (["node_local_sharded.py", "--size-mb", "256", "--rounds", "3"],
+                           ["node_local_sharded.py", "--size-mb", "32", "--rounds", "2"]),
     "checkpoint_overhead": (["checkpoint_overhead.py", "--formats", "file,file-process,sharded", "--rounds", "2"],
                             ["checkpoint_overhead.py", "--formats", "file-process", "--rounds", "1", "--every", "10",
                              "--steps", "20"]),
