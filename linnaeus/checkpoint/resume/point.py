@@ -85,8 +85,10 @@ class ResumePoint:
     restart: bool = False  # a deliberate restart: start_timeline moves the newer timeline aside
     # With node-local checkpoint directories, where this rank's copy came from, in words ("" otherwise).
     tier: str = ""
-    # Sharded checkpoints on node-local directories that the nodes do not hold whole: never uploaded.
+    # Sharded checkpoints on node-local directories that the nodes do not hold whole: never uploaded; and of
+    # those, the ones newer than this point, which start_timeline removes from every node.
     partial: tuple[str, ...] = ()
+    passed: tuple[str, ...] = ()
     step: int = field(init=False)  # its stored progress, kept when the caller drops ``state`` after restoring
 
     def __post_init__(self) -> None:
@@ -155,12 +157,13 @@ class _Resume:
         if sharing.shared:
             return self._choose(explicit, auto)
         check_node_local(sharing, self.directory, self.manager.format.name)
-        received, fetched, partial, shard_tier = "", False, [], ""
+        received, fetched, partial, passed, shard_tier = "", False, [], [], ""
         if self.manager.format.name == "sharded":  # each node holds its part: the newest on every node
             remote = self.remote if not explicit else None
             agreed = agree_sharded(sharing, self.directory, self.manager.name, remote=remote,
                                    newer_in_bucket=lambda step: bool(remote and bucket_newer(remote, step)))
-            self.skip, partial, shard_tier = {*self.skip, *agreed.passed}, agreed.partial, agreed.tier
+            self.skip, partial, passed, shard_tier = ({*self.skip, *agreed.passed}, agreed.partial, agreed.passed,
+                                                      agreed.tier)
         elif not (explicit and not auto):  # a deliberate restart resumes its target, whatever else a node holds
             # Saves land on rank 0's node (and its copies): every node gets the newest any holds (:mod:`.peers`).
             spread = spread_newest(sharing, self.directory, self.manager.name)
@@ -169,7 +172,7 @@ class _Resume:
                 fetched = self._fetch_if_bucket_newer(spread.newest.step)
         point = self._choose(explicit, auto)
         if point is not None:
-            point.partial = tuple(partial)
+            point.partial, point.passed = tuple(partial), tuple(passed)
         if point is not None and point.path.parent.resolve() == self.directory.resolve():
             point.tier = ("this node fetched it from the run's bucket folder" if point.source == "bucket" or fetched
                           else f"this node's copy came from {received} over the process group" if received

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from linnaeus.dist import is_main_process, run_on_all_ranks
+from linnaeus.dist import get_rank, is_main_process, run_on_all_ranks
 
 from .. import store
+from ..disk import known_sharing
 from ..errors import CheckpointError
+from ..formats import read_latest, write_latest
 from ..manager import CheckpointManager
 from ..remote import RemoteRun
 from ..sources import redact
@@ -31,6 +33,8 @@ def start_timeline(manager: CheckpointManager, point: ResumePoint | None, *, rem
     """
     if point is None:
         return
+    if point.passed:
+        _drop_passed(manager, point)
     if point.source == "explicit":
         # restore() set parent_sha256 to the target's identity on the writer, the only rank whose meta is saved.
         manager.lineage.origin_sha256 = manager.lineage.parent_sha256
@@ -46,6 +50,29 @@ def start_timeline(manager: CheckpointManager, point: ResumePoint | None, *, rem
             _branch_remote(remote, point, step)
 
     run_on_all_ranks(move, f"restarting from {point.path}", CheckpointError)
+
+
+def _drop_passed(manager: CheckpointManager, point: ResumePoint) -> None:
+    """Node-local sharded checkpoints newer than ``point`` that the nodes do not hold whole (a save cut short
+    between the nodes' commits, parts lost with a node): removed from every node's directory, as the
+    leftovers they are, so that neither retention nor ``latest`` counts them; the run saves them again."""
+    directory = manager.directory
+
+    def drop() -> list[str]:
+        sharing = known_sharing(directory)
+        if sharing is None or not any(group[0] == get_rank() for group in sharing.groups):
+            return []
+        dropped = [name for name in point.passed if (directory / name).is_dir()]
+        for name in dropped:
+            manager.format.delete(directory / name)
+        if read_latest(directory) in dropped:
+            write_latest(directory, point.path.name)
+        return dropped
+
+    dropped = run_on_all_ranks(drop, f"removing what the nodes do not hold whole in {directory}", CheckpointError)
+    if dropped:
+        logger.warning("Removed %s from this node's %s: not whole on the nodes, passed over by the resume from %s; "
+                       "the run saves them again.", ", ".join(dropped), directory, point.path.name)
 
 
 def _branch_remote(remote: RemoteRun, point: ResumePoint, step: int) -> None:

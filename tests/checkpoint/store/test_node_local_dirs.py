@@ -175,6 +175,11 @@ def test_sharded_checkpoints_commit_on_every_node_and_resume_the_newest_every_no
     assert "Passing over checkpoint_epoch_2, checkpoint_epoch_3: not whole on the nodes" in back[0].stdout, \
         back[0].stdout[-3000:]
     assert f"Resumed from {a / 'tiny' / 'checkpoints' / 'checkpoint_epoch_1'} (epoch 1, step 3)" in back[0].stdout
+    # Node b's part of epoch 3, which no relaunch can take, is removed as the leftover it is (the run, told to end
+    # at epoch 2, never saves epoch 3 again), so neither retention nor `latest` counts it.
+    assert "Removed checkpoint_epoch_2, checkpoint_epoch_3 from this node's" in back[1].stdout, back[1].stdout[-3000:]
+    assert not (b / "tiny" / "checkpoints" / "checkpoint_epoch_3").exists()
+    assert (b / "tiny" / "checkpoints" / "latest").read_text().strip() == "checkpoint_epoch_2"
 
 
 def _consolidated_equal(parts: list[Path], reference: Path, merged: Path) -> None:
