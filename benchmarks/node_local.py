@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -128,44 +129,67 @@ def worker(root: Path, size_mb: int, rounds: int) -> None:
         print(json.dumps({"size": size, "blocked": blocked, "after": after, "recovery": seconds}), flush=True)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size-mb", type=int, default=256)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--worker", default="", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.worker:
-        worker(Path(args.worker), args.size_mb, args.rounds)
-        return
+def run_workers(script: str, size_mb: int, rounds: int, title: str) -> dict:
+    """``script --worker <root>`` under torchrun as two nodes, the bucket a local ``rclone serve s3``; the
+    JSON line rank 0 prints. Exits naming the failure when the workers fail."""
     from resolve import local_s3
 
-    root = Path(tempfile.mkdtemp(prefix="node_local_"))
+    root = Path(tempfile.mkdtemp(prefix=Path(script).stem + "_"))
     server, bucket_env = local_s3(root / "s3")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **bucket_env}
     try:
-        print(f"{args.size_mb} MB model, {args.rounds} rounds; load average at start {os.getloadavg()[0]:.2f}; "
-              f"{os.cpu_count()} CPUs", flush=True)
+        print(f"{title}, {rounds} rounds; load average at start {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs",
+              flush=True)
         torchrun = Path(sys.executable).with_name("torchrun")
-        proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", str(Path(__file__).resolve()),
-                               "--worker", str(root), "--size-mb", str(args.size_mb), "--rounds", str(args.rounds)],
+        proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", str(Path(script).resolve()),
+                               "--worker", str(root), "--size-mb", str(size_mb), "--rounds", str(rounds)],
                               cwd=REPO, env=env, capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode != 0 or not lines:
             sys.exit(f"the workers failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
-        out = json.loads(lines[-1])
+        return json.loads(lines[-1])
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def two_nodes(script: str, doc: str, worker_fn: Callable[[Path, int, int], None], rounds: int,
+              title: str) -> dict | None:
+    """The command line of a two-node benchmark: as the worker (under torchrun) run ``worker_fn`` and
+    return None; else run the workers (:func:`run_workers`) and return rank 0's figures."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--size-mb", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker_fn(Path(args.worker), args.size_mb, args.rounds)
+        return None
+    return run_workers(script, args.size_mb, args.rounds, title.format(size_mb=args.size_mb))
+
+
+def report(seconds: dict[str, list[float]], heading: str, ratios: list) -> None:
+    """The seconds of each case (median, spread), then the ratios and the load average."""
+    print(f"{heading:<34} {'median s':>9} {'spread':>13}")
+    for name, values in seconds.items():
+        print(f"{name:<34} {statistics.median(values):>9.2f} {min(values):>6.2f}-{max(values):<6.2f}")
+    print()
+    for ratio in ratios:
+        print(ratio.row())
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+
+
+def main() -> None:
+    out = two_nodes(__file__, __doc__, worker, 5, "{size_mb} MB model")
+    if out is None:
+        return
     rec, size = out["recovery"], out["size"]
     print(f"\ncheckpoint {size / 1e6:.0f} MB; bytes sent per save with CHECKPOINT.REPLICAS 1: {size / 1e6:.0f} MB")
-    print(f"{'resume decision + verified load':<34} {'median s':>9} {'spread':>13}")
-    for name, values in rec.items():
-        print(f"{name:<34} {statistics.median(values):>9.2f} {min(values):>6.2f}-{max(values):<6.2f}")
     print(f"{'rank 0 per save':<34} {'with copies':>12} {'without':>9}")
     for what, key in (("save() blocked, s", "blocked"), (f"{STEPS_AFTER_SAVE} steps after it, s", "after")):
         print(f"{what:<34} {statistics.median(out[key]['on']):>12.3f} {statistics.median(out[key]['off']):>9.3f}")
-    ratios = [
+    report(rec, "resume decision + verified load", [
         record("node_local", "recovery from the bucket / from a peer node's copy",
                [b / p for b, p in zip(rec["bucket"], rec["peer's copy"])], ">= 5.0"),
         record("node_local", "recovery from a peer node's copy / from the node's own",
@@ -174,11 +198,7 @@ def main() -> None:
                [a / b for a, b in zip(out["blocked"]["on"], out["blocked"]["off"])], "<= 1.02"),
         record("node_local", f"{STEPS_AFTER_SAVE} steps after a save, with copies / without",
                [a / b for a, b in zip(out["after"]["on"], out["after"]["off"])]),
-    ]
-    print()
-    for ratio in ratios:
-        print(ratio.row())
-    print(f"load average at end {os.getloadavg()[0]:.2f}")
+    ])
 
 
 if __name__ == "__main__":

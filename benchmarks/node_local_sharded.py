@@ -23,15 +23,10 @@ Run it alone on a quiet machine; the load average is printed with the figures.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -138,43 +133,17 @@ def worker(root: Path, size_mb: int, rounds: int) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size-mb", type=int, default=256)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--worker", default="", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.worker:
-        worker(Path(args.worker), args.size_mb, args.rounds)
-        return
-    from resolve import local_s3
+    from node_local import report, two_nodes
 
-    root = Path(tempfile.mkdtemp(prefix="node_local_sharded_"))
-    server, bucket_env = local_s3(root / "s3")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **bucket_env}
-    try:
-        print(f"{args.size_mb} MB model (FSDP2 over 2 ranks), {args.rounds} rounds; load average at start "
-              f"{os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs", flush=True)
-        torchrun = Path(sys.executable).with_name("torchrun")
-        proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", str(Path(__file__).resolve()),
-                               "--worker", str(root), "--size-mb", str(args.size_mb), "--rounds", str(args.rounds)],
-                              cwd=REPO, env=env, capture_output=True, text=True)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            sys.exit(f"the workers failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
-        out = json.loads(lines[-1])
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait()
-        shutil.rmtree(root, ignore_errors=True)
+    out = two_nodes(__file__, __doc__, worker, 3, "{size_mb} MB model (FSDP2 over 2 ranks)")
+    if out is None:
+        return
     rec = out["recovery"]
     print(f"\ncheckpoint {out['total'] / 1e6:.0f} MB; rank 0's part {out['part'] / 1e6:.0f} MB; bytes sent between "
           f"nodes per save with CHECKPOINT.REPLICAS 1: {out['total'] / 1e6:.0f} MB (each node's part, once)")
-    print(f"{'relaunch to restored weights':<30} {'median s':>9} {'spread':>13}")
-    for name, values in rec.items():
-        print(f"{name:<30} {statistics.median(values):>9.2f} {min(values):>6.2f}-{max(values):<6.2f}")
     print(f"async save() blocked, s: with copies {statistics.median(out['blocked']['on']):.3f}, without "
           f"{statistics.median(out['blocked']['off']):.3f}")
-    ratios = [
+    report(rec, "relaunch to restored weights", [
         record("node_local_sharded", "recovery from the bucket / from a partner's copy",
                [b / p for b, p in zip(rec["bucket"], rec["partner's copy"])], ">= 5.0"),
         record("node_local_sharded", "recovery from a partner's copy / from own parts",
@@ -183,11 +152,7 @@ def main() -> None:
                [o / s for o, s in zip(rec["own parts"], rec["shared directory"])]),
         record("node_local_sharded", "async save blocked with copies of each part / without",
                [a / b for a, b in zip(out["blocked"]["on"], out["blocked"]["off"])], "<= 1.02"),
-    ]
-    print()
-    for ratio in ratios:
-        print(ratio.row())
-    print(f"load average at end {os.getloadavg()[0]:.2f}")
+    ])
 
 
 if __name__ == "__main__":

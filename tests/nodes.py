@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from tests.conftest import REPO, TINY_CFG, VENV_BIN, run_train
+from tests.conftest import REPO, TINY_CFG, VENV_BIN, run_train, wait_for_line
 from tests.fixtures_rclone import free_port
 
 # A constant LR: relaunches that raise TRAIN.EPOCHS then train exactly as one run of the final length.
@@ -121,6 +121,35 @@ def _gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
     except (FileNotFoundError, ProcessLookupError):
         return True
+
+
+def start_nodes(commands: list[list[str]], logs: list[Path]) -> list[subprocess.Popen]:
+    """Start each node's command of :func:`node_commands`, its output into its log file (files, not pipes:
+    a node blocked on a full pipe would stall the others in their collectives)."""
+    procs = []
+    for command, log in zip(commands, logs):
+        with open(log, "w") as out:
+            procs.append(subprocess.Popen(command, cwd=REPO, env={**os.environ, **NODE_ENV}, stdout=out,
+                                          stderr=subprocess.STDOUT))
+    return procs
+
+
+def kill_nodes(procs: list[subprocess.Popen]) -> None:
+    """:func:`kill_node` on each node still running, in order."""
+    for proc in procs:
+        if proc.poll() is None:
+            kill_node(proc)
+        proc.wait()
+
+
+def await_resume(log: Path, procs: list[subprocess.Popen], newest: int) -> None:
+    """A kill storm's relaunch: it starts fresh when no step was ``newest`` (-1), else resumes exactly
+    step ``newest`` (rank 0's ``log``)."""
+    if newest < 0:
+        wait_for_line(r"starting fresh", log, procs)
+        return
+    m = wait_for_line(r"Resumed from (\S+) \(epoch \d+, step (\d+)\)", log, procs)
+    assert int(m.group(2)) == newest, f"the relaunch resumed step {m.group(2)}, the nodes held step {newest}"
 
 
 def kill_node(proc: subprocess.Popen, timeout: float = 10) -> None:

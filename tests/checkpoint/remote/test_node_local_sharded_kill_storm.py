@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import subprocess
 import time
 from pathlib import Path
 
 from tests.conftest import REPO, wait_for_line
 from tests.fixtures_rclone import BUCKET, REMOTE, RcloneServer, rclone_isolated, s3_server  # noqa: F401 (fixtures)
-from tests.nodes import NODE_ENV, kill_node, node_commands
+from tests.nodes import await_resume, kill_nodes, node_commands, start_nodes
 
 KILLS = 4
 # Node b renames its part of each checkpoint a random moment after node a: kills land between the commits.
@@ -29,13 +27,6 @@ OPTS = ("TRAIN.STRATEGY", "fsdp", "CHECKPOINT.REPLICAS", "0", "CHECKPOINT.ASYNC"
         "CHECKPOINT.FILENAME", "step_{step}.pth", "CHECKPOINT.KEEP_LAST_N", "3", "TRAIN.EPOCHS", "100",
         "ENV.OUTPUT.BUCKET.ENABLED", "True", "ENV.OUTPUT.BUCKET.REMOTE", REMOTE, "ENV.OUTPUT.BUCKET.NAME", BUCKET,
         "ENV.OUTPUT.BUCKET.PATH_PREFIX", "runs/")
-
-
-def _kill(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            kill_node(p)
-        p.wait()
 
 
 def _files_match(directory: Path, manifest: dict, names: list[str]) -> None:
@@ -76,17 +67,9 @@ def test_kill9_storm_never_resumes_a_step_not_committed_on_every_node(tmp_path: 
     newest, partial_seen = -1, 0
     for launch in range(KILLS + 1):
         logs = [tmp_path / f"launch{launch}-node{n}.log" for n in range(2)]
-        procs = []
-        for command, log in zip(node_commands(runs, toy_root, *OPTS, node_opts=node_opts, script=UNEVEN), logs):
-            with open(log, "w") as out:
-                procs.append(subprocess.Popen(command, cwd=REPO, env={**os.environ, **NODE_ENV}, stdout=out,
-                                              stderr=subprocess.STDOUT))
+        procs = start_nodes(node_commands(runs, toy_root, *OPTS, node_opts=node_opts, script=UNEVEN), logs)
         try:
-            if newest < 0:
-                wait_for_line(r"starting fresh", logs[0], procs)
-            else:
-                m = wait_for_line(r"Resumed from (\S+) \(epoch \d+, step (\d+)\)", logs[0], procs)
-                assert int(m.group(2)) == newest, f"launch {launch} resumed step {m.group(2)}, nodes held {newest} whole"
+            await_resume(logs[0], procs, newest)
             if launch == KILLS:
                 break
             wait_for_line(r"Uploaded checkpoint \S+/step_\d+ ", logs[0], procs, timeout=120)
@@ -99,10 +82,10 @@ def test_kill9_storm_never_resumes_a_step_not_committed_on_every_node(tmp_path: 
             else:  # anywhere in the saves and uploads
                 time.sleep(rng.uniform(0, 1.0))
                 if rng.random() < 0.5:  # node b first; node a then fails on its own, or is killed
-                    _kill(procs[1:])
+                    kill_nodes(procs[1:])
                     time.sleep(rng.uniform(0, 0.3))
         finally:
-            _kill(procs)
+            kill_nodes(procs)
         nodes = [_held(d) for d in local]
         newest = _newest_whole(nodes)
         assert newest > 0, f"no step whole on the nodes after kill {launch + 1}: {nodes}"

@@ -6,25 +6,16 @@ committed, never from a copy cut short."""
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, committed_by_step, wait_for_line
-from tests.nodes import NODE_ENV, kill_node, node_commands
+from tests.conftest import committed_by_step, wait_for_line
+from tests.nodes import await_resume, kill_nodes, node_commands, start_nodes
 
 KILLS = 4
 OPTS = ("CHECKPOINT.ASYNC", "True", "CHECKPOINT.INTERVAL", "1st", "CHECKPOINT.FILENAME", "step_{step}.pth",
         "CHECKPOINT.KEEP_LAST_N", "3", "TRAIN.EPOCHS", "100")
-
-
-def _kill(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            kill_node(p)
-        p.wait()
 
 
 def test_kill9_storm_on_a_job_that_copies_every_step_to_the_other_node(tmp_path: Path, toy_root: Path) -> None:
@@ -35,26 +26,18 @@ def test_kill9_storm_on_a_job_that_copies_every_step_to_the_other_node(tmp_path:
     newest = -1
     for launch in range(KILLS + 1):
         logs = [tmp_path / f"launch{launch}-node{n}.log" for n in range(2)]
-        procs = []
-        for command, log in zip(node_commands(runs, toy_root, *OPTS, node_opts=node_opts), logs):
-            with open(log, "w") as out:
-                procs.append(subprocess.Popen(command, cwd=REPO, env={**os.environ, **NODE_ENV}, stdout=out,
-                                              stderr=subprocess.STDOUT))
+        procs = start_nodes(node_commands(runs, toy_root, *OPTS, node_opts=node_opts), logs)
         try:
-            if newest < 0:
-                wait_for_line(r"starting fresh", logs[0], procs)
-            else:
-                m = wait_for_line(r"Resumed from (\S+) \(epoch \d+, step (\d+)\)", logs[0], procs)
-                assert int(m.group(2)) == newest, f"launch {launch} resumed step {m.group(2)}, nodes held {newest}"
+            await_resume(logs[0], procs, newest)
             if launch == KILLS:
                 break
             wait_for_line(r"Copied step_\d+\.pth", logs[0], procs)  # copies are flowing: kill somewhere in them
             time.sleep(rng.uniform(0, 0.5))
             if rng.random() < 0.5:  # the receiving node first; the other then fails on its own
-                _kill(procs[1:])
+                kill_nodes(procs[1:])
                 time.sleep(rng.uniform(0, 0.3))
         finally:
-            _kill(procs)
+            kill_nodes(procs)
         held = [committed_by_step(d) for d in local]
         assert held[0], f"no checkpoint on rank 0's node after kill {launch + 1}"
         newest = max(step for h in held for step in h)
