@@ -40,7 +40,7 @@ from .hashing import CHUNK_SIZE, FileDigest, FileTailHasher, HashingWriter, veri
 from .overlap import Overlap, SnapshotGate, storage_key
 from .process_writer import ProcessWriter, WriterProcessError
 from .sharing import DirectorySharing, known_sharing, probe_sharing
-from .chunks import CHUNK_BYTES, broadcaster, move_chunks, read_exactly
+from .chunks import CHUNK_BYTES, move_chunks, pair_mover, read_exactly
 from .sidecar import (
     PROGRESS_KEYS,
     SIDECAR_SUFFIX,
@@ -55,7 +55,7 @@ from .sidecar import (
 from .writer_lock import LOCK_NAME, WriterLease, acquire, acquire_on_writer_rank, dir_lock, read_holder
 
 __all__ = [
-    "AsyncWriter", "BackgroundFlush", "CHUNK_BYTES", "broadcaster", "DirectorySharing", "ErrorRecordingStream", "CHUNK_SIZE", "FAST_DIGEST", "FileDigest", "FileTailHasher", "HashingWriter", "LOCK_NAME", "Overlap",
+    "AsyncWriter", "BackgroundFlush", "CHUNK_BYTES", "pair_mover", "DirectorySharing", "ErrorRecordingStream", "CHUNK_SIZE", "FAST_DIGEST", "FileDigest", "FileTailHasher", "HashingWriter", "LOCK_NAME", "Overlap",
     "PROGRESS_KEYS", "ProcessWriter", "REPLACED", "Serializer", "SHA256", "SIDECAR_SUFFIX", "SidecarError", "SnapshotGate", "TEMP_SYNCED", "WRITER_ID", "WriterLease", "WriterProcessError", "Written",
     "acquire", "acquire_on_writer_rank", "cache_both_digests", "cached_digest", "clear_digest_cache", "digest_file",
     "digests_of", "dir_lock", "format_sidecar", "fsync_dir", "fsync_file", "is_temp_name", "move_chunks", "parse_sidecar",

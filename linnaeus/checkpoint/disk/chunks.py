@@ -13,7 +13,7 @@ one buffer allocated per chunk and the hash and write in line.
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 import torch.distributed as dist
@@ -59,18 +59,22 @@ def move_chunks(size: int, move: Callable[[torch.Tensor], None], *,
         raise failure[0]
 
 
-def broadcaster(source: int, group: Any = None) -> Callable[[torch.Tensor], None]:
-    """A :func:`move_chunks` ``move`` that broadcasts each chunk from rank ``source`` to every rank of
-    ``group`` (the default one: through the device under nccl, which moves device tensors only)."""
+def pair_mover(source: int, targets: Collection[int], group: Any = None) -> Callable[[torch.Tensor], None]:
+    """A :func:`move_chunks` ``move`` from rank ``source`` to the ranks ``targets`` alone, point to point:
+    ``source`` sends each chunk to each target in turn, each target receives it, and no other rank takes
+    part (a broadcast would carry every byte to every rank). Ranks are global ones."""
     device = torch.device("cuda") if dist.get_backend(group) == "nccl" else torch.device("cpu")
+    rank = dist.get_rank()
 
     def move(chunk: torch.Tensor) -> None:
-        if device.type == "cpu":
-            dist.broadcast(chunk, src=source, group=group)
+        moved = chunk if device.type == "cpu" else chunk.to(device)
+        if rank == source:
+            for target in targets:
+                dist.send(moved, dst=target, group=group)
         else:
-            moved = chunk.to(device)
-            dist.broadcast(moved, src=source, group=group)
-            chunk.copy_(moved.cpu())
+            dist.recv(moved, src=source, group=group)
+            if moved is not chunk:
+                chunk.copy_(moved.cpu())
 
     return move
 
@@ -85,4 +89,4 @@ def read_exactly(f: Any, view: memoryview) -> None:
         done += n
 
 
-__all__ = ["CHUNK_BYTES", "broadcaster", "move_chunks", "read_exactly"]
+__all__ = ["CHUNK_BYTES", "move_chunks", "pair_mover", "read_exactly"]

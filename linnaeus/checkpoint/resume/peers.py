@@ -24,7 +24,7 @@ from pathlib import Path
 from linnaeus.dist import all_gather_object, broadcast_object, get_rank, run_on_all_ranks
 
 from .. import store
-from ..disk import broadcaster, move_chunks, parse_sidecar, read_exactly, sidecar_path
+from ..disk import move_chunks, pair_mover, parse_sidecar, read_exactly, sidecar_path
 from ..errors import CheckpointError, CheckpointIncompatibleError
 from ..remote import RemoteRun
 from ..replicas import IncomingFile
@@ -112,8 +112,9 @@ def _send(sharing: store.DirectorySharing, directory: Path, newest: Held, source
                 failure = e
 
     try:
-        move_chunks(size, broadcaster(source), read=read if src is not None else None,
-                    take=incoming.write if incoming is not None else None)
+        if rank == source or receiving:  # point to point: the other ranks take no part
+            move_chunks(size, pair_mover(source, receivers), read=read if src is not None else None,
+                        take=incoming.write if incoming is not None else None)
     finally:
         if src is not None:
             src.close()

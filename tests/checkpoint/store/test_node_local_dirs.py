@@ -224,3 +224,29 @@ def test_each_nodes_sharded_part_is_copied_to_the_next_node_and_a_replaced_node_
     assert f"Resumed from {b / 'tiny' / 'checkpoints' / 'checkpoint_epoch_3'} (epoch 3, step 9)" in alone.stdout
     assert "world size: 2 (checkpoint) -> 1" in alone.stdout
 
+
+
+def test_three_nodes_keep_each_part_on_the_next_node_and_a_replaced_node_gets_its_part_from_there(
+        tmp_path: Path, toy_root: Path) -> None:
+    """Three launchers as three nodes, CHECKPOINT.REPLICAS 1: each node's part goes to the next node in
+    the ring only (sent point to point), so each directory holds two of the three parts. Node b's
+    directory emptied: its rank's shards come back from node c, the one node that holds them besides
+    it, and the run ends as an uninterrupted one."""
+    nodes = [tmp_path / f"node_{n}" for n in "abc"]
+    fsdp = ("TRAIN.STRATEGY", "fsdp")
+    first = launch_nodes(nodes, toy_root, "TRAIN.EPOCHS", "1", *fsdp)
+    assert [p.returncode for p in first] == [0, 0, 0], first[0].stdout[-3000:] + first[1].stdout[-3000:]
+    held = [sorted(p.name for p in (n / "tiny" / "checkpoints" / "checkpoint_epoch_1").glob("*.distcp"))
+            for n in nodes]
+    assert held == [["__0_0.distcp", "__2_0.distcp"], ["__0_0.distcp", "__1_0.distcp"],
+                    ["__1_0.distcp", "__2_0.distcp"]], held
+
+    shutil.rmtree(nodes[1] / "tiny" / "checkpoints")
+    again = launch_nodes(nodes, toy_root, "TRAIN.EPOCHS", "2", *fsdp)
+    assert [p.returncode for p in again] == [0, 0, 0], again[0].stdout[-3000:] + again[1].stdout[-3000:]
+    assert f"Resumed from {nodes[1] / 'tiny' / 'checkpoints' / 'checkpoint_epoch_1'} (epoch 1, step 3)" in \
+        again[1].stdout, again[1].stdout[-3000:]
+    reference = tmp_path / "reference"
+    run_train(reference, toy_root, *SHORT, *fsdp, "TRAIN.EPOCHS", "2", nproc=3)
+    _consolidated_equal([n / "tiny" / "checkpoints" / "checkpoint_epoch_2" for n in nodes],
+                        reference / "tiny" / "checkpoints" / "checkpoint_epoch_2", tmp_path / "merged")

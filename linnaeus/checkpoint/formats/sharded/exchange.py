@@ -5,9 +5,9 @@ Each node's directory holds its own ranks' shard files (and the ``.metadata``, `
 manifest every node gets at the commit). A load plan may read others: a tensor every rank holds
 whole is saved once, in one rank's file, and another world size or another placement of ranks on
 nodes reads other ranks' shards. Before DCP reads, every rank names the files its plan reads that
-it cannot see; every file wanted is sent from the lowest rank that has it (``dist.broadcast`` of
-64 MiB chunks), written beside the others under a temp name, checked against the manifest's
-digest and renamed into place. Then DCP reads everything locally, through the verifying reader.
+it cannot see; every file wanted is sent from the lowest rank that has it to the ranks that want it
+(``dist.send``/``recv`` of 64 MiB chunks, point to point: no other rank takes part), written beside
+the others under a temp name, checked against the manifest's digest and renamed into place. Then DCP reads everything locally, through the verifying reader.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import xxhash
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 from linnaeus.dist import all_gather_object, get_rank, raise_on_all_ranks, run_on_all_ranks
 
-from ...disk import FAST_DIGEST, broadcaster, fsync_dir, move_chunks, read_exactly, temp_name
+from ...disk import FAST_DIGEST, fsync_dir, move_chunks, pair_mover, read_exactly, temp_name
 from ...errors import CheckpointCorruptError, CheckpointError
 
 logger = logging.getLogger("linnaeus.checkpoint")
@@ -74,7 +74,9 @@ def fetch_missing(path: Path, manifest: Mapping[str, Any], needed: set[str]) -> 
                     sum(manifest["files"][n]["size"] for n in wanted) / 1e6, ", ".join(wanted))
     failure = None
     for name in wanted:  # every file moves whatever failed before it, so no rank waits alone
-        error = _move(path / name, manifest["files"][name], sources[name], path / name if name in missing else None)
+        takers = [r for r, (want, _) in enumerate(reports) if name in want]
+        error = _move(path / name, manifest["files"][name], sources[name], takers,
+                      path / name if name in missing else None)
         failure = failure or error
     _raise_alike(failure, path)
 
@@ -106,17 +108,20 @@ def copy_parts(final: Path, manifest_files: Mapping[str, Mapping[str, Any]], gro
     for index, members in enumerate(groups):
         targets = {groups[(index + k) % len(groups)][0] for k in range(1, copies + 1)}
         for name in sorted(n for n, e in manifest_files.items() if e.get("rank") in members):
-            error = _move(final / name, manifest_files[name], members[0], final / name if rank in targets else None,
-                          group)
+            error = _move(final / name, manifest_files[name], members[0], sorted(targets),
+                          final / name if rank in targets else None, group)
             failure = failure or error
     return failure
 
 
-def _move(own: Path, entry: Mapping[str, Any], source: int, into: Path | None,
+def _move(own: Path, entry: Mapping[str, Any], source: int, targets: Sequence[int], into: Path | None,
           group: Any = None) -> BaseException | None:
-    """One file from ``source`` to every rank that wants it (``into``); this rank's failure, if any.
-    Every chunk moves whatever fails on the way, so that no rank is left waiting in a broadcast."""
+    """One file from ``source`` to the ranks ``targets``, point to point (each writes it ``into`` its
+    directory, or only hashes it where that is None); this rank's failure, if any. Every chunk moves
+    whatever fails on the way, so that no rank is left waiting for a transfer. Other ranks take no part."""
     size, rank = int(entry["size"]), get_rank()
+    if rank != source and rank not in targets:
+        return None
     failure: list[BaseException] = []
     src = out = None
     tmp = into.with_name(temp_name(into.name)) if into is not None else None
@@ -144,7 +149,7 @@ def _move(own: Path, entry: Mapping[str, Any], source: int, into: Path | None,
             out.write(data)
 
     try:
-        move_chunks(size, broadcaster(source, group), read=read if rank == source else None,
+        move_chunks(size, pair_mover(source, targets, group), read=read if rank == source else None,
                     take=take if tmp is not None else None)
         if failure:
             return failure[0]
