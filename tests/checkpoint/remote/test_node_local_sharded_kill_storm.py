@@ -4,7 +4,8 @@ on both nodes in two phases, and uploads each node's part to the local rclone S3
 last. Each kill hits the whole job, or node b first, at a random moment of the saves and uploads.
 After every kill: each file under a final name on either node matches its manifest; every manifest in
 the bucket has every file it lists there, byte for byte; and the relaunch resumes exactly the newest
-step the nodes hold whole between them, never one committed on one node only. Node b renames its part
+step the nodes hold whole between them, never one committed on one node only, and reads no shard
+from the bucket. Node b renames its part
 of each checkpoint 0.5-0.8 s after node a (tests/helpers/uneven_commit_train.py); every other kill lands
 in that time, between the nodes' commits, and the test requires that some did."""
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import time
 from pathlib import Path
 
@@ -96,3 +98,7 @@ def test_kill9_storm_never_resumes_a_step_not_committed_on_every_node(tmp_path: 
                 _files_match(entry, manifest, sorted(manifest["files"]))
     # The storm reached what it is about: a step committed on node a only, which no relaunch took.
     assert partial_seen > 0, "no kill landed between the nodes' commits"
+    # Every relaunch resumed from the nodes' own parts: not one shard file was read from the bucket.
+    shard_gets = re.findall(rf"GET OBJECT Bucket: {BUCKET} Object: runs/tiny/step_\d+/__\d+_\d+\.distcp$",
+                            s3_server.log.read_text(errors="replace"), re.M)
+    assert shard_gets == [], shard_gets[:5]
