@@ -3,7 +3,8 @@ launchers on 127.0.0.1 stand in for two nodes (FSDP2, one rank each, each node i
 the local rclone S3 server for the bucket. Each node uploads its own rank's shards and a confirmation;
 rank 0 uploads the manifest, the remote commit marker, once the other node's part is confirmed. A
 relaunch takes the parts no node holds from the bucket: a node lost without a copy of its part gets
-its missing shards, both nodes lost get the whole checkpoint; the run ends as if never interrupted."""
+its missing shards, both nodes lost get the whole checkpoint; the run ends as if never interrupted. A
+fresh machine with one process then resumes the bucket's newest, resharded from two ranks to one."""
 
 from __future__ import annotations
 
@@ -79,3 +80,9 @@ def test_each_node_uploads_its_part_and_a_relaunch_takes_what_no_node_holds_from
     run_train(reference, toy_root, *SHORT, *FSDP, "TRAIN.EPOCHS", "4", nproc=2)
     _consolidated_equal([d / "checkpoint_epoch_4" for d in local],
                         reference / "tiny" / "checkpoints" / "checkpoint_epoch_4", tmp_path / "merged")
+
+    # Both nodes gone, one fresh machine with one process: the bucket's newest, whole, resharded 2 -> 1.
+    alone = run_train(tmp_path / "fresh", toy_root, *SHORT, *FSDP, *BUCKET_OPTS, "TRAIN.EPOCHS", "5")
+    fresh = tmp_path / "fresh" / "tiny" / "checkpoints"
+    assert f"Resumed from {fresh / 'checkpoint_epoch_4'} (epoch 4, step 12)" in alone.stdout, alone.stdout[-3000:]
+    assert "world size: 2 (checkpoint) -> 1" in alone.stdout
