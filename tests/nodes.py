@@ -74,10 +74,24 @@ def launch_nodes(base_dirs: list[Path], toy_root: Path, *opts: str, same_path: P
             log.close()
 
 
+# (data, epochs, options, processes) -> the checkpoint directory of that run, uninterrupted: one run serves every
+# test of a worker that compares with it (the runs are deterministic).
+_REFERENCES: dict[tuple[str, int, tuple[str, ...], int], Path] = {}
+
+
+def reference_checkpoints(tmp_path: Path, toy_root: Path, epochs: int, *opts: str, nproc: int = 2) -> Path:
+    """The checkpoint directory of the run uninterrupted for ``epochs`` (``opts`` added), ``nproc`` ranks
+    on one machine; made once per worker process."""
+    key = (str(toy_root), epochs, opts, nproc)
+    if key not in _REFERENCES or not _REFERENCES[key].is_dir():
+        run_train(tmp_path / "reference", toy_root, *SHORT, *opts, "TRAIN.EPOCHS", str(epochs), nproc=nproc)
+        _REFERENCES[key] = tmp_path / "reference" / "tiny" / "checkpoints"
+    return _REFERENCES[key]
+
+
 def reference_run(tmp_path: Path, toy_root: Path, epochs: int) -> Path:
     """The final checkpoint of the same run uninterrupted, 2 ranks on one machine."""
-    run_train(tmp_path / "reference", toy_root, *SHORT, "TRAIN.EPOCHS", str(epochs), nproc=2)
-    return tmp_path / "reference" / "tiny" / "checkpoints" / f"checkpoint_epoch_{epochs}.pth"
+    return reference_checkpoints(tmp_path, toy_root, epochs) / f"checkpoint_epoch_{epochs}.pth"
 
 
 def assert_same_training(path: Path, reference: Path) -> None:

@@ -2,9 +2,10 @@
 launchers on 127.0.0.1 stand in for two nodes (FSDP2, one rank each, each node its own directory),
 the local rclone S3 server for the bucket. Each node uploads its own rank's shards and a confirmation;
 rank 0 uploads the manifest, the remote commit marker, once the other node's part is confirmed. A
-relaunch takes the parts no node holds from the bucket: a node lost without a copy of its part gets
-its missing shards, both nodes lost get the whole checkpoint; the run ends as if never interrupted. A
-fresh machine with one process then resumes the bucket's newest, resharded from two ranks to one."""
+relaunch takes from the bucket only the files no node holds, each once, by the node whose rank saved
+it (a node lost without a copy of its part, a shard lost on the other); the run ends as if never
+interrupted. A fresh machine with one process then resumes the bucket's newest, resharded from two
+ranks to one."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from tests.checkpoint.store.test_node_local_dirs import _consolidated_equal
 from tests.conftest import run_train
 from tests.fixtures_rclone import BUCKET, REMOTE, RcloneServer, rclone_isolated, s3_server  # noqa: F401 (fixtures)
-from tests.nodes import SHORT, launch_nodes
+from tests.nodes import SHORT, launch_nodes, reference_checkpoints
 
 FSDP = ("TRAIN.STRATEGY", "fsdp")
 BUCKET_OPTS = ("ENV.OUTPUT.BUCKET.ENABLED", "True", "ENV.OUTPUT.BUCKET.REMOTE", REMOTE, "ENV.OUTPUT.BUCKET.NAME", BUCKET,
@@ -56,33 +57,23 @@ def test_each_node_uploads_its_part_and_a_relaunch_takes_what_no_node_holds_from
         assert created[-1] == "manifest.json" and {"__1_0.distcp", ".part.1.json", "__0_0.distcp"} < set(created)
     assert (folder / "latest").read_text().strip() == "checkpoint_epoch_2"
 
-    # Node b replaced, and no copy of its part anywhere but the bucket: node b downloads its shards, and only
-    # those (node a reads nothing from the bucket).
+    # Node b replaced, with no copy of its part anywhere but the bucket, and node a's shard of epoch 2 lost too:
+    # each file no node holds is downloaded once, by the node whose rank saved it; node b gets the shared files.
     shutil.rmtree(local[1])
+    (local[0] / "checkpoint_epoch_2" / "__0_0.distcp").unlink()
     out = launch(3, "CHECKPOINT.REPLICAS", "0")
-    assert f"Resumed from {local[0] / 'checkpoint_epoch_2'} (epoch 2, step 6); this node's own part" in out[0], \
-        out[0][-3000:]
+    assert f"Resumed from {local[0] / 'checkpoint_epoch_2'} (epoch 2, step 6); 1 shard file(s) of this node's part " \
+           "that no node held came from the run's bucket folder" in out[0], out[0][-3000:]
     assert f"Resumed from {local[1] / 'checkpoint_epoch_2'} (epoch 2, step 6); this node's part came from the " \
            "run's bucket folder (1 shard file(s) and the shared files)" in out[1], out[1][-3000:]
-    assert gets(2, "__0_0.distcp") == 0 and gets(2, "__1_0.distcp") == 1
+    assert gets(2, "__0_0.distcp") == 1 and gets(2, "__1_0.distcp") == 1 and gets(1, "__0_0.distcp") == 0
 
-    # Node b replaced again, and node a's shard of epoch 3 lost too: each file no node holds is downloaded once,
-    # by the node whose rank saved it.
-    shutil.rmtree(local[1])
-    (local[0] / "checkpoint_epoch_3" / "__0_0.distcp").unlink()
-    out = launch(4, "CHECKPOINT.REPLICAS", "0")
-    assert f"Resumed from {local[0] / 'checkpoint_epoch_3'} (epoch 3, step 9); 1 shard file(s) of this node's part " \
-           "that no node held came from the run's bucket folder" in out[0], out[0][-3000:]
-    assert f"Resumed from {local[1] / 'checkpoint_epoch_3'} (epoch 3, step 9); this node's part came from" in out[1]
-    assert gets(3, "__0_0.distcp") == 1 and gets(3, "__1_0.distcp") == 1
-
-    reference = tmp_path / "reference"
-    run_train(reference, toy_root, *SHORT, *FSDP, "TRAIN.EPOCHS", "4", nproc=2)
-    _consolidated_equal([d / "checkpoint_epoch_4" for d in local],
-                        reference / "tiny" / "checkpoints" / "checkpoint_epoch_4", tmp_path / "merged")
+    reference = reference_checkpoints(tmp_path, toy_root, 3, *FSDP)
+    _consolidated_equal([d / "checkpoint_epoch_3" for d in local], reference / "checkpoint_epoch_3",
+                        tmp_path / "merged")
 
     # Both nodes gone, one fresh machine with one process: the bucket's newest, whole, resharded 2 -> 1.
-    alone = run_train(tmp_path / "fresh", toy_root, *SHORT, *FSDP, *BUCKET_OPTS, "TRAIN.EPOCHS", "5")
+    alone = run_train(tmp_path / "fresh", toy_root, *SHORT, *FSDP, *BUCKET_OPTS, "TRAIN.EPOCHS", "4")
     fresh = tmp_path / "fresh" / "tiny" / "checkpoints"
-    assert f"Resumed from {fresh / 'checkpoint_epoch_4'} (epoch 4, step 12)" in alone.stdout, alone.stdout[-3000:]
+    assert f"Resumed from {fresh / 'checkpoint_epoch_3'} (epoch 3, step 9)" in alone.stdout, alone.stdout[-3000:]
     assert "world size: 2 (checkpoint) -> 1" in alone.stdout

@@ -22,7 +22,7 @@ from tests.conftest import REPO, wait_for_line
 from tests.fixtures_rclone import BUCKET, REMOTE, RcloneServer, rclone_isolated, s3_server  # noqa: F401 (fixtures)
 from tests.nodes import await_resume, kill_nodes, node_commands, start_nodes
 
-KILLS = 4
+KILLS = 3
 # Node b renames its part of each checkpoint a random moment after node a: kills land between the commits.
 UNEVEN = REPO / "tests" / "helpers" / "uneven_commit_train.py"
 OPTS = ("TRAIN.STRATEGY", "fsdp", "CHECKPOINT.REPLICAS", "0", "CHECKPOINT.ASYNC", "True", "CHECKPOINT.INTERVAL", "1st",
