@@ -57,11 +57,13 @@ class RunCheckpoints:
                       name_fields={"dataset": cfg.DATA.DATASET, "n_epochs": cfg.TRAIN.EPOCHS})
         full = not cfg.CHECKPOINT.WEIGHTS_ONLY
         self.main = CheckpointManager(self.directory, build_policy(cfg), name="checkpoint", **common,
-                                      sharded=sharded_checkpoints(cfg), **self._hooks("checkpoint", full=full))
+                                      sharded=sharded_checkpoints(cfg),
+                                      **self._hooks("checkpoint", full=full, main=True))
         self.weights = None
         if cfg.CHECKPOINT.WEIGHTS_SAVER.ENABLED:
             self.weights = CheckpointManager(self.directory, build_weights_policy(cfg), name="weights",
-                                             update_latest=False, **common, **self._hooks("weights", full=False))
+                                             update_latest=False, **common,
+                                             **self._hooks("weights", full=False, main=False))
             self.weights.follow(self.main)  # one lineage for both savers
         # Node-local directories: copies of each checkpoint on other nodes, each node's directory lock, and
         # (sharded, with a bucket) the uploader of this node's parts, where rank 0's uploader is not.
@@ -94,7 +96,7 @@ class RunCheckpoints:
             raise DirectoryLockedError(f"{e} To run both, give this launch its own run dir: another "
                                        "EXPERIMENT.NAME or ENV.OUTPUT.BASE_DIR.") from e
 
-    def _hooks(self, saver: str, *, full: bool) -> dict[str, Any]:
+    def _hooks(self, saver: str, *, full: bool, main: bool) -> dict[str, Any]:
         """A saver's hooks (rank 0): each commit is queued for upload (:mod:`.uploads`) and for the copies
         on other nodes; retention may only delete a local copy once its upload is confirmed."""
 
@@ -102,7 +104,7 @@ class RunCheckpoints:
             if self.replicas is not None:
                 self.replicas.on_commit(path, saver=saver, update_latest=full)
 
-        return self.uploads.hooks(saver, full=full, main=saver == "checkpoint", also=copy)
+        return self.uploads.hooks(saver, full=full, main=main, also=copy)
 
     @property
     def uploader(self) -> BackgroundUploader | None:

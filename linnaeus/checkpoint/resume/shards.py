@@ -148,7 +148,7 @@ def _from_bucket(sharing: store.DirectorySharing, directory: Path, remote: Remot
         return fill_from_bucket(remote, name, directory, mine)
 
     got = run_on_all_ranks(take, f"taking {name} from {remote.display} on the nodes", CheckpointError)
-    here = max(r for r in leaders if r <= rank)
+    here = next(group[0] for group in sharing.groups if rank in group)  # this node's lowest rank
     got = all_gather_object(got)[here]
     shards = sum(n.endswith(".distcp") for n in got)
     if not got:

@@ -50,7 +50,8 @@ def node_local_commit_files(path: Path, manifest: Mapping[str, Any], digest: str
     before the manifest (see the module docstring)."""
     entry, groups = path.name, [tuple(g) for g in manifest[PARTS]]
     live = known_sharing(path.parent)
-    if live is not None and list(live.groups) == groups and get_rank() == 0:
+    saved_here = live is not None and list(live.groups) == groups  # this launch's nodes saved it: each sends its part
+    if saved_here and get_rank() == 0:
         mine = next(g for g in groups if 0 in g)
         names = [n for n, e in manifest["files"].items() if e.get("rank") is None or e["rank"] in mine]
     else:
@@ -61,7 +62,7 @@ def node_local_commit_files(path: Path, manifest: Mapping[str, Any], digest: str
         check_file(path, manifest, name)  # only bytes the manifest vouches for leave
     parts = tuple(Part(path / n, f"{entry}/{n}", int(manifest["files"][n]["size"]), manifest["files"][n]["sha256"])
                   for n in sorted(names))
-    wait = 0.0 if live is None or list(live.groups) != groups else part_wait_s  # no node of this launch sends them
+    wait = part_wait_s if saved_here else 0.0  # else no node of this launch sends them: they must be there now
     before = partial(await_parts, entry=entry, manifest=manifest, digest=digest, names=others, timeout_s=wait) \
         if others else None
     return CommitFiles(entry, parts, marker, digest, before_marker=before)

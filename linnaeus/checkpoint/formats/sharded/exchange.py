@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import xxhash
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
-from linnaeus.dist import all_gather_object, get_rank, raise_on_all_ranks, run_on_all_ranks
+from linnaeus.dist import all_gather_object, any_rank_true, get_rank, raise_on_all_ranks, run_on_all_ranks
 
 from ...disk import FAST_DIGEST, fsync_dir, move_chunks, pair_mover, read_exactly, temp_name
 from ...errors import CheckpointCorruptError, CheckpointError
@@ -85,6 +85,8 @@ def _raise_alike(failure: BaseException | None, path: Path) -> None:
     """Raise ``failure`` on every rank; a damaged shard as :class:`CheckpointCorruptError` on every rank, so
     that every rank falls back to an older checkpoint together (``store.restore_newest``), as after a
     damaged file found by DCP's read."""
+    if not any_rank_true(failure is not None):  # one 4-byte all-reduce when every file arrived whole
+        return
     damaged = failure if isinstance(failure, CheckpointCorruptError) else None
     found = all_gather_object(None if damaged is None else (get_rank(), str(damaged.path), damaged.reason))
     first = next((f for f in found if f is not None), None)

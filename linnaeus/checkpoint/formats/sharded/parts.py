@@ -28,28 +28,26 @@ import os
 from pathlib import Path
 from typing import Collection, Mapping
 
-import torch.distributed as dist
-
-from linnaeus.dist import get_rank, get_world_size, is_dist
-
-from ...disk import DirectorySharing, fsync_dir, is_temp_name, probe_sharing, remove_tree, temp_name, write_durably
+from ...disk import (
+    DirectorySharing,
+    fsync_dir,
+    is_temp_name,
+    known_sharing,
+    probe_sharing,
+    remove_tree,
+    temp_name,
+    write_durably,
+)
 from .manifest import DCP_METADATA, MANIFEST, STATE_FILE
 
 SHARED_FILES = (DCP_METADATA, STATE_FILE, MANIFEST)  # written on every node, the manifest last
 
 
-# (directory, world size, rank, process group) -> who sees it: probed at the first save into it (a collective that
-# every rank makes at the same save), kept for the process: which nodes see a directory does not change in a run.
-_SHARING: dict[tuple[str, int, int, int], DirectorySharing] = {}
-
-
 def sharing_of(directory: Path) -> DirectorySharing:
-    """Which ranks see ``directory`` (created where missing)."""
-    group = dist.group.WORLD if is_dist() else None
-    key = (str(Path(directory).resolve()), get_world_size(), get_rank(), id(group))
-    if key not in _SHARING:
-        _SHARING[key] = probe_sharing(directory)
-    return _SHARING[key]
+    """Which ranks see ``directory`` (created where missing): probed at the first save into it (a collective
+    every rank makes at the same save), then the answer this process keeps (``known_sharing``); which
+    nodes see a directory does not change in a run."""
+    return known_sharing(directory) or probe_sharing(directory)
 
 
 def delete_entry(path: Path) -> None:
