@@ -36,7 +36,7 @@ from .durable import (
     writer_pid,
 )
 from .hashed_file import Serializer, Written, write_hashed
-from .hashing import CHUNK_SIZE, FileDigest, FileTailHasher, HashingWriter, verify_pool
+from .hashing import CHUNK_DIGEST, CHUNK_SIZE, FileDigest, FileTailHasher, HashingWriter, StreamDigest, verify_pool
 from .overlap import Overlap, SnapshotGate, storage_key
 from .process_writer import ProcessWriter, WriterProcessError
 from .sharing import DirectorySharing, known_sharing, probe_sharing
@@ -55,8 +55,8 @@ from .sidecar import (
 from .writer_lock import LOCK_NAME, WriterLease, acquire, acquire_on_writer_rank, dir_lock, read_holder
 
 __all__ = [
-    "AsyncWriter", "BackgroundFlush", "CHUNK_BYTES", "pair_mover", "DirectorySharing", "ErrorRecordingStream", "CHUNK_SIZE", "FAST_DIGEST", "FileDigest", "FileTailHasher", "HashingWriter", "LOCK_NAME", "Overlap",
-    "PROGRESS_KEYS", "ProcessWriter", "REPLACED", "Serializer", "SHA256", "SIDECAR_SUFFIX", "SidecarError", "SnapshotGate", "TEMP_SYNCED", "WRITER_ID", "WriterLease", "WriterProcessError", "Written",
+    "AsyncWriter", "BackgroundFlush", "CHUNK_BYTES", "CHUNK_DIGEST", "pair_mover", "DirectorySharing", "ErrorRecordingStream", "CHUNK_SIZE", "FAST_DIGEST", "FileDigest", "FileTailHasher", "HashingWriter", "LOCK_NAME", "Overlap",
+    "PROGRESS_KEYS", "ProcessWriter", "REPLACED", "Serializer", "SHA256", "SIDECAR_SUFFIX", "SidecarError", "SnapshotGate", "StreamDigest", "TEMP_SYNCED", "WRITER_ID", "WriterLease", "WriterProcessError", "Written",
     "acquire", "acquire_on_writer_rank", "cache_both_digests", "cached_digest", "clear_digest_cache", "digest_file",
     "digests_of", "dir_lock", "format_sidecar", "fsync_dir", "fsync_file", "is_temp_name", "move_chunks", "parse_sidecar",
     "known_sharing", "pid_alive", "probe_sharing", "read_exactly", "read_holder", "read_sidecar", "read_sidecar_digest", "remove_tree", "sha256_file",

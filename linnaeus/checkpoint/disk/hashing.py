@@ -145,12 +145,15 @@ class StreamDigest:
         if pending is not None:
             pending.result()
 
+    def chunk_digests(self) -> tuple[str, ...]:
+        """The digest of every chunk so far, a last partial one included (what :meth:`update_chunks` fed)."""
+        return tuple(self._chunks + ([self._chunk.hexdigest()] if self._chunk_fill else []))
+
     def digest(self) -> FileDigest:
         sha = self.whole.hexdigest()
         if self.size <= self.chunk_size:
             return FileDigest(sha, self.size)  # one chunk would repeat the file's digest
-        chunks = self._chunks + ([self._chunk.hexdigest()] if self._chunk_fill else [])
-        return FileDigest(sha, self.size, self.chunk_size, tuple(chunks))
+        return FileDigest(sha, self.size, self.chunk_size, self.chunk_digests())
 
 
 # What the tail hasher reads at a time: small enough to stay in the core's L2 cache, so both

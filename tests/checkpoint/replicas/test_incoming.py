@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 
 import pytest
 
 from linnaeus.checkpoint import verify_checkpoint
+from linnaeus.checkpoint.disk import StreamDigest, format_sidecar
 from linnaeus.checkpoint.errors import CheckpointCorruptError
 from linnaeus.checkpoint.formats import read_latest
 from linnaeus.checkpoint.replicas import IncomingFile, ring_partners
@@ -54,6 +56,42 @@ def test_a_copy_that_does_not_match_its_sidecar_leaves_nothing_and_names_both_di
                                                      f"{hashlib.sha256(damaged).hexdigest()}, its sidecar says"):
         _receive(dest, damaged, sidecar)
     assert list(dest.parent.iterdir()) == []
+
+
+def _chunked_sidecar(data: bytes, name: str, chunk: int = 1024) -> bytes:
+    """A sidecar as a save writes for a file of several chunks: its sha256 and an xxh3-128 per chunk."""
+    digest = StreamDigest(chunk)
+    digest.update(data)
+    return format_sidecar(digest.digest(), name).encode()
+
+
+def test_a_copy_is_checked_by_its_chunk_digests_and_a_damaged_chunk_is_named(tmp_path: Path) -> None:
+    data = random.Random(0).randbytes(10240)  # 10 chunks of 1024 bytes
+    sidecar = _chunked_sidecar(data, "c.pth")
+    assert b"# linnaeus-chunks" in sidecar, sidecar[:200]
+    _receive(tmp_path / "good" / "c.pth", data, sidecar)
+    assert (tmp_path / "good" / "c.pth").read_bytes() == data
+    assert (tmp_path / "good" / "c.pth.sha256").read_bytes() == sidecar
+
+    damaged = data[:2500] + bytes([data[2500] ^ 1]) + data[2501:]
+    with pytest.raises(CheckpointCorruptError, match=f"has sha256 {hashlib.sha256(damaged).hexdigest()}, its sidecar "
+                                                     rf"says {hashlib.sha256(data).hexdigest()} \(chunk 3 of 10 differs, "
+                                                     r"bytes 2048-3071\)"):
+        _receive(tmp_path / "bad" / "c.pth", damaged, sidecar)
+    assert list((tmp_path / "bad").iterdir()) == []
+
+    with pytest.raises(CheckpointCorruptError, match=r"\(9000 bytes arrived, the sidecar lists 10240\)"):
+        _receive(tmp_path / "short" / "c.pth", data[:9000], sidecar)
+    assert list((tmp_path / "short").iterdir()) == []
+
+
+def test_chunk_digests_that_do_not_match_right_bytes_defer_to_the_sha256_as_a_load_does(tmp_path: Path) -> None:
+    data = random.Random(1).randbytes(10240)
+    lines = _chunked_sidecar(data, "c.pth").decode().splitlines()
+    wrong = "\n".join(lines[:2] + ["# " + "0" * 32] + lines[3:]) + "\n"  # the first chunk's digest is wrong
+    assert wrong != _chunked_sidecar(data, "c.pth").decode()
+    _receive(tmp_path / "c.pth", data, wrong.encode())
+    assert (tmp_path / "c.pth").read_bytes() == data
 
 
 def test_a_copy_over_a_committed_file_of_its_name_replaces_it_whole(tmp_path: Path) -> None:
