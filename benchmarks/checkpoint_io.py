@@ -149,8 +149,13 @@ def main() -> None:
         t_bare, t_sync, t_stall = [], [], []
         for i in range(args.repeats):
             drop_old()
-            t_bare.append(timed(lambda: bare_save(state, bare_path)))
-            t_sync.append(timed(lambda: ours_save(i + 1)))
+            # Which of the pair goes first alternates: the first write after the deletions of
+            # drop_old meets the filesystem still freeing their blocks.
+            for side in (("bare", "sync") if i % 2 == 0 else ("sync", "bare")):
+                if side == "bare":
+                    t_bare.append(timed(lambda: bare_save(state, bare_path)))
+                else:
+                    t_sync.append(timed(lambda: ours_save(i + 1)))
             t_stall.append(timed(lambda: async_save(i + 1)))
             async_mgr.wait()  # not counted: the writer runs while training would go on
 
