@@ -14,8 +14,8 @@ of ``--size-mb`` MB of float32 parameters, saved as one verified single-file che
     - both emptied, every node fetching it from the bucket, verified ("bucket").
     Target: the bucket >= 5x the peer's copy. The same rounds time the floor of each path, the bare
     operations alone: rank 1 reading the file and sending it, rank 0 writing it and fsyncing it
-    ("bare transfer": no hash, no resume decision, no load), and both nodes' ``rclone copyto`` of
-    the uploaded file with an fsync ("bare bucket copyto"); their ratio is what this machine allows.
+    ("bare transfer": no hash, no resume decision, no load), and both nodes' ``rclone copy`` of
+    the uploaded file with an fsync ("bare bucket copy"); their ratio is what this machine allows.
 (b) What the copies cost rank 0's training loop, alternating with and without them
     (``CHECKPOINT.REPLICAS`` 1 and 0): the time ``save()`` blocks, and the time of the 5
     forward/backward steps that follow it (the copy is sent from a thread while they run).
@@ -111,7 +111,7 @@ def worker(root: Path, size_mb: int, rounds: int) -> None:
             shutil.copy2(f"{saved}.sha256", root / "kept.pth.sha256")
     barrier()
     seconds: dict[str, list[float]] = {"own copy": [], "peer's copy": [], "bucket": [], "bare transfer": [],
-                                       "bare bucket copyto": []}
+                                       "bare bucket copy": []}
     names = list(seconds)
     for r in range(rounds):
         for case in names[r % len(names):] + names[:r % len(names)]:
@@ -119,12 +119,13 @@ def worker(root: Path, size_mb: int, rounds: int) -> None:
                 barrier()
                 t0 = time.perf_counter()
                 if case == "bare transfer":
-                    _bare_transfer(root / "kept.pth", directory / "bare.pth", rank)
+                    bare_transfer([(root / "kept.pth", directory / "bare.pth")], rank)
                 else:
-                    _bare_copyto(remote.folder + saved.name, directory / "bare.pth")
+                    bare_copy(remote.folder, [saved.name], directory / "bare")
                 barrier()
                 seconds[case].append(time.perf_counter() - t0)
                 (directory / "bare.pth").unlink(missing_ok=True)
+                shutil.rmtree(directory / "bare", ignore_errors=True)
                 continue
             for f in directory.iterdir():  # every case starts from the one checkpoint, its cost files gone
                 if f.name != ".lock":
@@ -144,36 +145,47 @@ def worker(root: Path, size_mb: int, rounds: int) -> None:
         print(json.dumps({"size": size, "blocked": blocked, "after": after, "recovery": seconds}), flush=True)
 
 
-def _bare_transfer(kept: Path, dest: Path, rank: int) -> None:
-    """The peer copy's floor: rank 1 reads ``kept`` and sends it, rank 0 writes it to ``dest`` and fsyncs."""
+def bare_transfer(files: list[tuple[Path, Path]], rank: int) -> None:
+    """The peer copy's floor: for each (source, dest), rank 1 reads source and sends it, rank 0 writes
+    it to dest and fsyncs it; nothing else (no hash, no resume decision, no load)."""
     import torch
     import torch.distributed as dist
 
-    size, chunk = kept.stat().st_size, 64 << 20
+    chunk = 64 << 20
     buffer = torch.empty(chunk, dtype=torch.uint8)
-    with open(kept if rank == 1 else dest, "rb" if rank == 1 else "wb", buffering=0) as f:
-        for offset in range(0, size, chunk):
-            view = buffer[:min(chunk, size - offset)]
-            if rank == 1:
-                f.readinto(memoryview(view.numpy()))
-                dist.send(view, dst=0)
-            else:
-                dist.recv(view, src=1)
-                f.write(memoryview(view.numpy()))
-        if rank == 0:
-            os.fsync(f.fileno())
+    for source, dest in files:
+        size = source.stat().st_size
+        with open(source if rank == 1 else dest, "rb" if rank == 1 else "wb", buffering=0) as f:
+            for offset in range(0, size, chunk):
+                view = buffer[:min(chunk, size - offset)]
+                if rank == 1:
+                    f.readinto(memoryview(view.numpy()))
+                    dist.send(view, dst=0)
+                else:
+                    dist.recv(view, src=1)
+                    f.write(memoryview(view.numpy()))
+            if rank == 0:
+                os.fsync(f.fileno())
 
 
-def _bare_copyto(remote_path: str, dest: Path) -> None:
-    """The bucket's floor on one node: the bare tool, then an fsync (a download is durable before it counts)."""
+def bare_copy(folder: str, names: list[str], dest: Path) -> None:
+    """The bucket's floor on one node: the bare tool, one ``rclone copy`` of ``names`` from the remote
+    ``folder`` into ``dest``, then an fsync of each file (a download is durable before it counts)."""
     from linnaeus.checkpoint.sources import rclone_binary
 
-    subprocess.run([rclone_binary(), "copyto", remote_path, str(dest)], check=True, capture_output=True)
-    fd = os.open(dest, os.O_RDONLY)
+    listing = dest.with_name(dest.name + ".files")
+    listing.write_text("".join(f"{n}\n" for n in names))
     try:
-        os.fsync(fd)
+        subprocess.run([rclone_binary(), "copy", "--files-from-raw", str(listing), folder, str(dest)],
+                       check=True, capture_output=True)
     finally:
-        os.close(fd)
+        listing.unlink()
+    for name in names:
+        fd = os.open(dest / name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def run_workers(script: str, size_mb: int, rounds: int, title: str) -> dict:
@@ -241,8 +253,8 @@ def main() -> None:
                [b / p for b, p in zip(rec["bucket"], rec["peer's copy"])], ">= 5.0"),
         record("node_local", "recovery from a peer node's copy / from the node's own",
                [p / o for p, o in zip(rec["peer's copy"], rec["own copy"])]),
-        record("node_local", "floor: bare bucket copyto / bare transfer to the peer",
-               [b / p for b, p in zip(rec["bare bucket copyto"], rec["bare transfer"])]),
+        record("node_local", "floor: bare bucket copy / bare transfer to the peer",
+               [b / p for b, p in zip(rec["bare bucket copy"], rec["bare transfer"])]),
         record("node_local", "save blocked with copies on other nodes / without",
                [a / b for a, b in zip(out["blocked"]["on"], out["blocked"]["off"])], "<= 1.02"),
         record("node_local", f"{STEPS_AFTER_SAVE} steps after a save, with copies / without",

@@ -13,7 +13,10 @@ model of ``--size-mb`` MB of float32 parameters (each rank holds half), the run'
     - "partner's copy": rank 0's directory emptied (a replaced node); the other node, which holds
       both parts (``CHECKPOINT.REPLICAS`` 1), gives it the checkpoint's directory and rank 0's shards;
     - "bucket": both directories emptied; each node downloads the shared files and its rank's shards.
-    Target: the bucket >= 5x the partner's copy.
+    Target: the bucket >= 5x the partner's copy. The same rounds time the floor of the two paths,
+    their bare operations alone: rank 1 reading rank 0's files of the checkpoint and sending them,
+    rank 0 writing and fsyncing them ("bare transfer"), and each node's one ``rclone copy`` of the
+    files it downloads in the bucket case, with an fsync ("bare bucket copy").
 (b) What the copies cost the training loop: async saves alternating with and without the copies
     (the policy's ``node_copies`` 1 and 0), the time ``save()`` blocks. Target: <= 1.02x. Also the
     bytes sent between nodes per save.
@@ -36,7 +39,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from results import record  # noqa: E402
 
-CASES = ("shared directory", "own parts", "partner's copy", "bucket")
+CASES = ("shared directory", "own parts", "partner's copy", "bucket", "bare transfer", "bare bucket copy")
 
 
 def _model(size_mb: int):  # noqa: ANN202 - torch imported lazily: the parent process needs none of it
@@ -74,6 +77,7 @@ def worker(root: Path, size_mb: int, rounds: int) -> None:
     from linnaeus.checkpoint.remote import RemoteRun
     from linnaeus.checkpoint.resume import find_resume_point
     from linnaeus.dist import barrier, get_rank, init_distributed
+    from node_local import bare_copy, bare_transfer
 
     torch.set_num_threads(1)
     init_distributed()
@@ -114,8 +118,24 @@ def worker(root: Path, size_mb: int, rounds: int) -> None:
     shutil.copytree(own, root / f"kept{rank}", ignore=shutil.ignore_patterns(".lock"))
     barrier()
     seconds: dict[str, list[float]] = {case: [] for case in CASES}
+    # What rank 0's node lacks in the partner's case, and what each node downloads in the bucket case.
+    mine = [n for n, e in manifest["files"].items() if e.get("rank") in (None, rank)] + ["manifest.json"]
+    lacked = [n for n, e in manifest["files"].items() if e.get("rank") in (None, 0)] + ["manifest.json"]
+    bare = own / "bare"
     for r in range(rounds):
-        for case in CASES[r % 4:] + CASES[:r % 4]:
+        for case in CASES[r % len(CASES):] + CASES[:r % len(CASES)]:
+            if case.startswith("bare"):
+                _reset(own, None)
+                bare.mkdir()
+                barrier()
+                t0 = time.perf_counter()
+                if case == "bare transfer":
+                    bare_transfer([(root / "kept1" / saved.name / n, bare / n) for n in lacked], rank)
+                else:
+                    bare_copy(f"{remote.folder}{saved.name}/", mine, bare)
+                barrier()
+                seconds[case].append(time.perf_counter() - t0)
+                continue
             keep = case == "own parts" or (case == "partner's copy" and rank == 1)
             _reset(own, root / f"kept{rank}" if keep else None)
             barrier()
@@ -146,6 +166,8 @@ def main() -> None:
     report(rec, "relaunch to restored weights", [
         record("node_local_sharded", "recovery from the bucket / from a partner's copy",
                [b / p for b, p in zip(rec["bucket"], rec["partner's copy"])], ">= 5.0"),
+        record("node_local_sharded", "floor: bare bucket copy / bare transfer from the partner",
+               [b / p for b, p in zip(rec["bare bucket copy"], rec["bare transfer"])]),
         record("node_local_sharded", "recovery from a partner's copy / from own parts",
                [p / o for p, o in zip(rec["partner's copy"], rec["own parts"])]),
         record("node_local_sharded", "recovery from own parts / from a shared directory",
