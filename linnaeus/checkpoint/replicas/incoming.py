@@ -1,8 +1,9 @@
 """A committed single-file checkpoint arriving from another node: written to a temp file beside its
 final name as the bytes come (flushed to disk behind the writes), hashed on the way, fsynced,
-checked against the sender's sidecar and committed the way a save commits (:func:`~linnaeus.checkpoint.formats.commit_written`: a new name
-or an overwrite, ``latest`` moved when asked). A node killed in between leaves a temp file of a
-dead writer, which the next start's cleanup removes, and no checkpoint.
+checked against the sender's sidecar and committed the way a save commits
+(:func:`~linnaeus.checkpoint.formats.commit_written`: a new name or an overwrite, ``latest`` moved
+when asked). A node killed in between leaves a temp file of a dead writer, which the next start's
+cleanup removes, and no checkpoint.
 
 The same receipt serves a resume's peer copy (:mod:`linnaeus.checkpoint.resume.peers`) and the
 replicas sent after each commit (:mod:`.replicator`).
