@@ -1,13 +1,15 @@
-"""A file's bytes moved between processes in chunks, the receiving side's hashing and writing of one
-chunk overlapped with the transfer of the next.
+"""A file's bytes moved between processes in chunks, each side's file work overlapped with the
+transfer: the sender reads the next chunk while the current one is sent, the receiver hashes and
+writes one chunk while the next arrives.
 
 Both sides call :func:`move_chunks` with the same size. ``move(buffer)`` is the transfer of one
 chunk (a ``dist.broadcast``, a ``send`` or a ``recv``): it fills or sends the buffer in place. The
-sender's ``read`` fills a buffer before it moves; the receiver's ``take`` consumes it afterwards, on
-a worker thread, while ``move`` already carries the next chunk into the other of two buffers
-(hashlib and file writes release the interpreter on large buffers, so the two really overlap).
-Measured on this machine's loopback (benchmarks/node_local.py): a 268 MB copy took 0.4-0.9 s with
-one buffer allocated per chunk and the hash and write in line.
+sender's ``read`` fills a buffer before it moves, on a worker thread, one chunk ahead; the
+receiver's ``take`` consumes it afterwards, on a worker thread, while ``move`` already carries the
+next chunk into the other of two buffers (file reads and writes and hashlib release the interpreter
+on large buffers, so they really overlap). Measured on this machine's loopback
+(benchmarks/node_local.py): a 268 MB copy took 0.4-0.9 s with one buffer allocated per chunk and
+the hash and write in line.
 """
 
 from __future__ import annotations
@@ -43,15 +45,19 @@ def move_chunks(size: int, move: Callable[[torch.Tensor], None], *,
         except BaseException as e:  # noqa: BLE001 - raised after the last chunk has moved
             failure.append(e)
 
+    views = [buffers[i % 2][:min(CHUNK_BYTES, size - offset)] for i, offset in enumerate(range(0, size, CHUNK_BYTES))]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="linnaeus-chunks") as pool:
-        for i, offset in enumerate(range(0, size, CHUNK_BYTES)):
+        # The next chunk's read runs while this one moves: its buffer is the other one, whose
+        # chunk has already moved (a read that fails keeps its error and returns).
+        ahead = pool.submit(read, memoryview(views[0].numpy())) if read is not None else None
+        for i, view in enumerate(views):
             slot = i % 2
             previous = taken[slot]
             if previous is not None:
                 previous.result()  # the chunk two back is consumed before its buffer takes the next
-            view = buffers[slot][:min(CHUNK_BYTES, size - offset)]
-            if read is not None:
-                read(memoryview(view.numpy()))
+            if ahead is not None:
+                ahead.result()
+                ahead = pool.submit(read, memoryview(views[i + 1].numpy())) if i + 1 < len(views) else None
             move(view)
             if take is not None:
                 taken[slot] = pool.submit(consume, memoryview(view.numpy()))
