@@ -63,12 +63,20 @@ class Interval:
         """Whether a save is due after ``step`` optimizer steps / ``epoch`` completed epochs, or, for
         seconds, whether the training time went past a multiple of ``every`` from ``elapsed_ms[0]``
         (the previous step boundary) to ``elapsed_ms[1]`` (this one), in milliseconds."""
-        if self.by_steps:
-            return step > 0 and step % self.every == 0
-        if self.by_time:
-            before, now = elapsed_ms
-            return now // (self.every * 1000) > before // (self.every * 1000)
-        return end_of_epoch and epoch > 0 and epoch % self.every == 0
+        if (self.by_steps and step <= 0) or (self.unit == "ep" and epoch <= 0):
+            return False
+        return self.crossed(since=(epoch - 1, step - 1, elapsed_ms[0]), now=(epoch, step, elapsed_ms[1]),
+                            end_of_epoch=end_of_epoch)
+
+    def crossed(self, *, since: tuple[int, int, int], now: tuple[int, int, int], end_of_epoch: bool) -> bool:
+        """Whether a multiple of ``every`` lies after ``since`` and at or before ``now``, each (epoch,
+        step, training ms); epochs count only at an epoch's end. :meth:`due` asks it from the previous
+        step boundary, the upload interval from the last checkpoint uploaded."""
+        unit = 2 if self.by_time else 1 if self.by_steps else 0
+        every = self.every * 1000 if self.by_time else self.every
+        if unit == 0 and not end_of_epoch:
+            return False
+        return now[unit] // every > since[unit] // every
 
     def __str__(self) -> str:
         if self.by_time:
@@ -100,6 +108,9 @@ class Schedule:
     def due(self, *, epoch: int, step: int, end_of_epoch: bool, elapsed_ms: tuple[int, int] = (0, 0)) -> bool:
         return any(t.due(epoch=epoch, step=step, end_of_epoch=end_of_epoch, elapsed_ms=elapsed_ms)
                    for t in self.terms)
+
+    def crossed(self, *, since: tuple[int, int, int], now: tuple[int, int, int], end_of_epoch: bool) -> bool:
+        return any(t.crossed(since=since, now=now, end_of_epoch=end_of_epoch) for t in self.terms)
 
     def __str__(self) -> str:
         return ",".join(str(t) for t in self.terms)

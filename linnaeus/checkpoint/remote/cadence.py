@@ -32,18 +32,11 @@ class UploadCadence:
 
     def due(self, *, epoch: int, step: int, end_of_epoch: bool, elapsed_ms: int) -> bool:
         """Whether the checkpoint saved now is uploaded (and counted from, if so)."""
-        last_epoch, last_step, last_ms = self._last
-        for term in self.interval.terms:
-            if term.by_steps:
-                hit = step // term.every > last_step // term.every
-            elif term.by_time:
-                hit = elapsed_ms // (term.every * 1000) > last_ms // (term.every * 1000)
-            else:
-                hit = end_of_epoch and epoch // term.every > last_epoch // term.every
-            if hit:
-                self._last = (epoch, step, elapsed_ms)
-                return True
-        return False
+        now = (epoch, step, elapsed_ms)
+        if not self.interval.crossed(since=self._last, now=now, end_of_epoch=end_of_epoch):
+            return False
+        self._last = now
+        return True
 
     def __str__(self) -> str:
         return str(self.interval)
