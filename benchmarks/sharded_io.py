@@ -27,6 +27,8 @@ measures asynchronous sharded saves instead, each after an in-place change of ev
 (d2) the same with overlapped snapshots (``overlap_snapshot=True``): the call plus the wait at the
     next optimizer step, after a stand-in forward and backward of ``--step-s`` seconds (matrix
     products), vs a sync sharded save                            target: <= 1 %
+    and its floor in the same run: ``get_state_dict`` + ``dcp.async_save`` with DCP's own
+    asynchronous staging, the same loop order, vs a bare ``dcp.save``
 (e) resident memory of each rank after the last of N async saves minus after the second (the
     staging buffers exist from the first save on) vs this rank's share of one checkpoint
                                                                target: growth < 1 checkpoint
@@ -50,6 +52,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from results import record
 from torch import nn
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -258,6 +261,7 @@ def async_saves(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
             optimizer.step()
             overlapped.wait()
         overlapped.close()
+        floor = bare_overlapped(root, model, optimizer, min(n, 10), forward_backward)
         for i in range(n):
             with torch.no_grad():  # the training changes every weight after each save call
                 for p in model.parameters():
@@ -286,12 +290,63 @@ def async_saves(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
                   f"{statistics.median(wait_s):.3f} s after a {statistics.median(fb_s):.2f} s step; median of {len(call_s)})")
             record(f"sharded_io {get_world_size()} ranks", "(d2) overlapped async: blocked, % of sync save",
                    [100 * (c + w) / full for c, w in zip(call_s, wait_s)], "<= 1", unit="%")
+            bare_lap, bare_full = statistics.median(floor["lap"]), statistics.median(floor["sync"])
+            print(f"{'(d2) floor: bare dcp.async_save, async staging, vs dcp.save':<58}{bare_lap:>10.3f}"
+                  f"{bare_full:>10.3f}{bare_lap / bare_full:>8.3f}  (call {statistics.median(floor['call']):.3f} s, "
+                  f"wait {statistics.median(floor['wait']):.3f} s; median of {len(floor['lap'])})")
+            record(f"sharded_io {get_world_size()} ranks",
+                   "(d2) floor: bare get_state_dict + dcp.async_save (async staging): blocked, % of bare dcp.save",
+                   [100 * lap / bare_full for lap in floor["lap"]], "", unit="%")
             for r, (after_2, after_n, share) in enumerate(rows):
                 print(f"{f'(e) rank {r}: RSS growth saves 2..{n} vs its checkpoint share (MiB)':<58}"
                       f"{(after_n - after_2) / 2**20:>10.1f}{share / 2**20:>10.1f}"
                       f"{(after_n - after_2) / share:>8.3f}  < 1")
     finally:
         _finish(root, manager, sync, overlapped)
+
+
+def bare_overlapped(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, n: int,
+                    forward_backward: Callable[[], object]) -> dict[str, list[float]]:
+    """(d2)'s floor: what DCP alone blocks for an overlapped save, in the same loop order.
+
+    ``get_state_dict`` and ``dcp.async_save`` with DCP's own asynchronous staging (the copy on the
+    stager's thread while the stand-in forward and backward run; the step waits for it), on a gloo
+    group of its own as torchtitan does; against a bare ``dcp.save`` of the same state every few saves.
+    No hashes, no manifest, no commit, no RNG or agreement collectives.
+    """
+    group = dist.new_group(backend="gloo")
+    stager = DefaultStager(StagingOptions(use_pinned_memory=False, use_shared_memory=False, use_async_staging=True,
+                                          use_non_blocking_copy=False))
+    out: dict[str, list[float]] = {"call": [], "wait": [], "lap": [], "sync": []}
+    try:
+        for i in range(n):
+            if i % 3 == 0:
+                barrier()
+                msd, osd = get_state_dict(model, optimizer)
+                out["sync"].append(timed(lambda: dcp.save({"model": msd, "optim": osd},
+                                                          checkpoint_id=root / f"bare_sync_{i}")))
+            barrier()
+            response = []
+
+            def call() -> None:
+                msd, osd = get_state_dict(model, optimizer)
+                response.append(dcp.async_save({"model": msd, "optim": osd}, checkpoint_id=root / f"bare_o_{i}",
+                                               process_group=group, async_stager=stager))
+
+            out["call"].append(timed(call))
+            forward_backward()
+            out["wait"].append(timed(lambda: response[0].staging_completion.result()))
+            out["lap"].append(out["call"][-1] + out["wait"][-1])
+            optimizer.step()
+            response[0].upload_completion.result()
+            barrier()
+            if get_rank() == 0:  # one bare checkpoint on disk at a time, as keep_last_n=1
+                for old in (f"bare_o_{i}", f"bare_sync_{i}"):
+                    shutil.rmtree(root / old, ignore_errors=True)
+    finally:
+        stager.close()
+        dist.destroy_process_group(group)
+    return out
 
 
 def _finish(root: Path, *managers: CheckpointManager) -> None:
