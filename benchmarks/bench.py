@@ -53,7 +53,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "node_local_sharded": (["node_local_sharded.py", "--size-mb", "256", "--rounds", "3"],
                            ["node_local_sharded.py", "--size-mb", "32", "--rounds", "2"]),
     "checkpoint_overhead": (["checkpoint_overhead.py", "--formats", "bare,file,file-process,sharded", "--rounds", "2"],
-                            ["checkpoint_overhead.py", "--formats", "file-process", "--rounds", "1", "--every", "10",
+                            ["checkpoint_overhead.py", "--formats", "bare,file-process", "--rounds", "1", "--every", "10",
                              "--steps", "20"]),
 }
 
