@@ -52,7 +52,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
                    ["node_local.py", "--size-mb", "32", "--rounds", "2"]),
     "node_local_sharded": (["node_local_sharded.py", "--size-mb", "256", "--rounds", "3"],
                            ["node_local_sharded.py", "--size-mb", "32", "--rounds", "2"]),
-    "checkpoint_overhead": (["checkpoint_overhead.py", "--formats", "bare,file,file-process,sharded", "--rounds", "2"],
+    "checkpoint_overhead": (["checkpoint_overhead.py", "--formats", "bare,file,file-process,bare-sharded,sharded",
+                             "--rounds", "2"],
                             ["checkpoint_overhead.py", "--formats", "bare,file-process", "--rounds", "1", "--every", "10",
                              "--steps", "20"]),
 }

@@ -14,7 +14,8 @@ Runs alternate within a round (the order rotates every round); the table gives, 
 over rounds of the ratio to the same round's run without checkpoints, its spread, and the extra
 seconds each save cost the loop. The format ``bare`` is the floor: the same model and data in a
 hand-written loop whose async save copies the state into kept buffers and ``torch.save``s it on a
-thread with an fsync, with nothing of linnaeus's (``benchmarks/bare_async_training.py``).
+thread with an fsync, with nothing of linnaeus's (``benchmarks/bare_async_training.py``); ``bare-sharded``
+the same loop under FSDP2 on 2 ranks, saved by DCP's own overlapped ``dcp.async_save``.
 
 Targets (issue "Trust that costs nothing"): every 50 steps >= 0.98x, every 10 steps >= 0.95x.
 """
@@ -52,7 +53,9 @@ FORMATS = {"file": (1, ["TRAIN.STRATEGY", "ddp", "CHECKPOINT.FORMAT", "file", "C
            "sharded": (2, ["TRAIN.STRATEGY", "fsdp", "CHECKPOINT.FORMAT", "sharded"]),
            # the floor: the same model and data in a hand-written loop, saved by a hand-written async save
            # (copy into kept buffers, torch.save + fsync on a thread; benchmarks/bare_async_training.py)
-           "bare": (1, [])}
+           "bare": (1, []),
+           # the sharded floor: the same, FSDP2 on 2 ranks, saved by DCP's own overlapped dcp.async_save
+           "bare-sharded": (2, ["--sharded"])}
 
 
 def run(root: Path, data: Path, fmt: str, every: int | None, steps: int, extra: list[str]) -> list[tuple[int, float]]:
@@ -62,9 +65,9 @@ def run(root: Path, data: Path, fmt: str, every: int | None, steps: int, extra: 
     saves = ["CHECKPOINT.SAVE_LAST_ONLY", "True"] if every is None else ["CHECKPOINT.INTERVAL", f"{every}st"]
     samples = (steps + 20) * 16 * nproc
     common = ["DATA.ROOT", str(data), "DATA.TOY_NUM_SAMPLES", str(samples), *extra]
-    if fmt == "bare":
-        cmd = [sys.executable, "benchmarks/bare_async_training.py", "--steps", str(steps), "--out", str(out),
-               "--every", str(every or 0), "--opts", *MODEL, *common]
+    if fmt.startswith("bare"):
+        cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", "benchmarks/bare_async_training.py",
+               *opts, "--steps", str(steps), "--out", str(out), "--every", str(every or 0), "--opts", *MODEL, *common]
     else:
         cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", "tools/train.py", "--cfg",
                "configs/demo.yaml", "--opts", *MODEL, *opts, *saves, "CHECKPOINT.ASYNC", "True",
@@ -124,12 +127,15 @@ def main() -> None:
                 if fmt == "bare":  # a floor to read the others against, not a target of ours
                     record("checkpoint_overhead", f"floor: hand-written loop and async torch.save every {n} steps, "
                            "/ none", ratios, "")
+                elif fmt == "bare-sharded":
+                    record("checkpoint_overhead", f"sharded floor: hand-written FSDP2 loop and dcp.async_save every {n} "
+                           "steps, / none", ratios, "")
                 else:
                     record("checkpoint_overhead", f"{fmt}: throughput, async save every {n} steps, / none", ratios,
                            f">= {target}")
                 print(f"{fmt:<8} {n:>6} {statistics.median(rates[n]):>8.1f} {statistics.median(rates[None]):>11.1f} "
                       f"{ratio:>7.3f} {min(ratios):>6.3f}-{max(ratios):<6.3f} {statistics.median(cost):>11.3f}"
-                      + ("  (floor)" if fmt == "bare" else f"  >= {target}  {'PASS' if ratio >= target else 'FAIL'}"))
+                      + ("  (floor)" if fmt.startswith("bare") else f"  >= {target}  {'PASS' if ratio >= target else 'FAIL'}"))
         print(f"load average at end {os.getloadavg()[0]:.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
