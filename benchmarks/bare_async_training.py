@@ -93,9 +93,16 @@ class BareShardedAsyncSave:
             self.response.staging_completion.result()
 
     def close(self) -> None:
+        """Wait for the save in flight to be written."""
         if self.response is not None:
             self.response.upload_completion.result()
             self.response = None
+
+    def release(self) -> None:
+        """After the last save: the stager's thread and the group go (a collective)."""
+        self.close()
+        self.stager.close()
+        dist.destroy_process_group(self.group)
 
 
 def _copy_into(value, buffer):
@@ -165,7 +172,7 @@ def main() -> None:
             sampler.set_epoch(step)
     save.close()
     if sharded_save is not None:
-        sharded_save.close()
+        sharded_save.release()
         dist.barrier()
         dist.destroy_process_group()
 

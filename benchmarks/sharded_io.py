@@ -52,7 +52,6 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from results import record
 from torch import nn
-from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -62,6 +61,7 @@ from linnaeus.checkpoint.disk import clear_digest_cache  # noqa: E402
 from linnaeus.dist import all_gather_object, barrier, broadcast_object, get_rank, get_world_size, init_distributed  # noqa: E402
 from linnaeus.engine.parallel import wrap_model  # noqa: E402
 
+from benchmarks.bare_async_training import BareShardedAsyncSave  # noqa: E402
 from benchmarks.checkpoint_io import stand_in_step  # noqa: E402
 
 
@@ -311,12 +311,11 @@ def bare_overlapped(root: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 
     ``get_state_dict`` and ``dcp.async_save`` with DCP's own asynchronous staging (the copy on the
     stager's thread while the stand-in forward and backward run; the step waits for it), on a gloo
-    group of its own as torchtitan does; against a bare ``dcp.save`` of the same state every few saves.
+    group of its own as torchtitan does (``BareShardedAsyncSave``, the sharded floor of
+    checkpoint_overhead.py too); against a bare ``dcp.save`` of the same state every few saves.
     No hashes, no manifest, no commit, no RNG or agreement collectives.
     """
-    group = dist.new_group(backend="gloo")
-    stager = DefaultStager(StagingOptions(use_pinned_memory=False, use_shared_memory=False, use_async_staging=True,
-                                          use_non_blocking_copy=False))
+    save = BareShardedAsyncSave(root)  # writes root/bare_0 and root/bare_1 in turn
     out: dict[str, list[float]] = {"call": [], "wait": [], "lap": [], "sync": []}
     try:
         for i in range(n):
@@ -324,28 +323,16 @@ def bare_overlapped(root: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                 barrier()
                 msd, osd = get_state_dict(model, optimizer)
                 out["sync"].append(timed(lambda: dcp.save({"model": msd, "optim": osd},
-                                                          checkpoint_id=root / f"bare_sync_{i}")))
+                                                          checkpoint_id=root / "bare_sync")))
             barrier()
-            response = []
-
-            def call() -> None:
-                msd, osd = get_state_dict(model, optimizer)
-                response.append(dcp.async_save({"model": msd, "optim": osd}, checkpoint_id=root / f"bare_o_{i}",
-                                               process_group=group, async_stager=stager))
-
-            out["call"].append(timed(call))
+            out["call"].append(timed(lambda: save(model, optimizer)))
             forward_backward()
-            out["wait"].append(timed(lambda: response[0].staging_completion.result()))
+            out["wait"].append(timed(save.before_step))
             out["lap"].append(out["call"][-1] + out["wait"][-1])
             optimizer.step()
-            response[0].upload_completion.result()
-            barrier()
-            if get_rank() == 0:  # one bare checkpoint on disk at a time, as keep_last_n=1
-                for old in (f"bare_o_{i}", f"bare_sync_{i}"):
-                    shutil.rmtree(root / old, ignore_errors=True)
+            save.close()
     finally:
-        stager.close()
-        dist.destroy_process_group(group)
+        save.release()
     return out
 
 
