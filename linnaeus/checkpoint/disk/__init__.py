@@ -38,6 +38,7 @@ from .durable import (
 from .hashed_file import Serializer, Written, write_hashed
 from .hashing import CHUNK_DIGEST, CHUNK_SIZE, FileDigest, FileTailHasher, HashingWriter, StreamDigest, verify_pool
 from .overlap import Overlap, SnapshotGate, storage_key
+from .pages import write_in_pieces
 from .process_writer import ProcessWriter, WriterProcessError
 from .sharing import DirectorySharing, known_sharing, probe_sharing
 from .chunks import CHUNK_BYTES, move_chunks, pair_mover, read_exactly
@@ -61,5 +62,5 @@ __all__ = [
     "digests_of", "dir_lock", "format_sidecar", "fsync_dir", "fsync_file", "is_temp_name", "move_chunks", "parse_sidecar",
     "known_sharing", "pid_alive", "probe_sharing", "read_exactly", "read_holder", "read_sidecar", "read_sidecar_digest", "remove_tree", "sha256_file",
     "sha256_file_async", "sidecar_path", "sidecar_progress", "snapshot", "storage_key", "temp_name", "temp_target", "temp_writer",
-    "temp_writer_pid", "verify_pool", "write_durably", "write_hashed", "writer_id", "writer_pid",
+    "temp_writer_pid", "verify_pool", "write_durably", "write_hashed", "write_in_pieces", "writer_id", "writer_pid",
 ]

@@ -29,6 +29,8 @@ from typing import Any, BinaryIO, Callable
 
 import xxhash
 
+from .pages import write_in_pieces
+
 # Unit of the per-chunk digests: small enough to balance over many cores, large enough
 # that a 10 GB checkpoint's sidecar stays ~20 kB.
 CHUNK_SIZE = 32 << 20
@@ -267,7 +269,10 @@ class HashingWriter:
         self.error: OSError | None = None  # the first failed write (a serializer may report it otherwise)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        size = memoryview(data).nbytes
+        return write_in_pieces(self._write_piece, data)  # see .pages: large writes can stall here
+
+    def _write_piece(self, data: memoryview) -> int:
+        size = data.nbytes
         try:
             written = self._raw.write(data)
             if size >= _PARALLEL_MIN:

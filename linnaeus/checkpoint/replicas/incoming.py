@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from ..disk import (CHUNK_DIGEST, BackgroundFlush, FileDigest, SidecarError, StreamDigest, parse_sidecar, sha256_file,
-                    temp_name)
+                    temp_name, write_in_pieces)
 from ..errors import CheckpointCorruptError
 from ..formats import commit_written
 
@@ -70,9 +70,7 @@ class IncomingFile:
         self.nbytes += len(data)
         if self._out is not None and self.failure is None:
             try:
-                view = data.cast("B")
-                while view:
-                    view = view[self._out.write(view):]
+                write_in_pieces(self._out.write, data)
                 if self.nbytes - self._flushed >= _FLUSH_EVERY:
                     self._flusher.kick()
                     self._flushed = self.nbytes
