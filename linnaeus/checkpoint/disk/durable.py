@@ -18,8 +18,6 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from .pages import write_in_pieces
-
 # Steps of :func:`write_durably`, reported to its ``on_step`` callback (the store turns them
 # into the fault-injection phases ``<file>-temp`` and ``<file>``).
 TEMP_SYNCED = "temp-synced"  # the temp file is on disk; the final name still holds the old file
@@ -160,7 +158,7 @@ class ErrorRecordingStream:
 
     def write(self, data: Any) -> int:
         try:
-            return write_in_pieces(self._raw.write, data)  # see .pages: large writes can stall
+            return self._raw.write(data)
         except OSError as e:
             self.error = self.error or e
             raise

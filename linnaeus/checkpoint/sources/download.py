@@ -26,6 +26,7 @@ The sequence for ``download(source, dest)``:
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import re
@@ -52,7 +53,6 @@ from ..disk import (
     sidecar_path,
     sidecar_progress,
     write_durably,
-    write_in_pieces,
 )
 from ..errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
 from .base import Source, TransientSourceError
@@ -202,7 +202,7 @@ def _transfer(source: Source, tmp: Path, expected: "Future[_Expected]",
                 try:
                     flushed = 0
                     for chunk in chunks:
-                        write_in_pieces(f.write, chunk)
+                        _write_all(f, chunk)
                         received += len(chunk)
                         hasher.advance(received)
                         if received - flushed >= _FLUSH_EVERY:
@@ -224,6 +224,12 @@ def _transfer(source: Source, tmp: Path, expected: "Future[_Expected]",
         if bar is not None:
             bar.close()
     return received, digest
+
+
+def _write_all(f: "io.FileIO", data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view):]
 
 
 def _file_digest(path: Path, algorithm: str) -> str:

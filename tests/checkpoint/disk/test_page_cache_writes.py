@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from linnaeus.checkpoint.disk import ErrorRecordingStream, FileTailHasher, HashingWriter
+from linnaeus.checkpoint.disk import FileTailHasher, HashingWriter
 from linnaeus.checkpoint.disk.pages import PIECE, write_in_pieces
 
 
@@ -49,15 +49,6 @@ def test_a_save_hands_the_file_no_write_over_a_piece(tmp_path: Path) -> None:
     assert max(recorded.sizes) <= PIECE, f"writes of {sorted(recorded.sizes)[-3:]} bytes"
     assert digest.sha256 == hashlib.sha256(data).hexdigest()
     assert torch.equal(torch.load(path, weights_only=True)["w"], state["w"])
-
-
-def test_sharded_and_state_streams_hand_the_file_no_write_over_a_piece(tmp_path: Path) -> None:
-    payload = bytes(range(256)) * (PIECE * 3 // 256 + 7)  # 3 MiB and a bit
-    with open(tmp_path / "shard", "xb") as raw:
-        recorded = WriteSizes(raw)
-        assert ErrorRecordingStream(recorded).write(payload) == len(payload)
-    assert max(recorded.sizes) <= PIECE
-    assert (tmp_path / "shard").read_bytes() == payload
 
 
 def test_short_writes_are_continued_until_every_byte_is_in_the_file(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 from linnaeus.dist import all_gather_object, any_rank_true, get_rank, raise_on_all_ranks, run_on_all_ranks
 
-from ...disk import FAST_DIGEST, fsync_dir, move_chunks, pair_mover, read_exactly, temp_name, write_in_pieces
+from ...disk import FAST_DIGEST, fsync_dir, move_chunks, pair_mover, read_exactly, temp_name
 from ...errors import CheckpointCorruptError, CheckpointError
 
 logger = logging.getLogger("linnaeus.checkpoint")
@@ -148,7 +148,7 @@ def _move(own: Path, entry: Mapping[str, Any], source: int, targets: Sequence[in
     def take(data: memoryview) -> None:
         digest.update(data)
         if out is not None and not failure:
-            write_in_pieces(out.write, data)
+            out.write(data)
 
     try:
         move_chunks(size, pair_mover(source, targets, group), read=read if rank == source else None,
