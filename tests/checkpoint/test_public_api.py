@@ -53,3 +53,17 @@ def test_every_module_path_the_docs_name_imports() -> None:
             except ImportError:
                 broken.append(dotted)
     assert not broken, f"the docs name paths that do not import: {broken}"
+
+
+def test_the_formats_package_is_what_its_name_imports() -> None:
+    """The docs name ``linnaeus.checkpoint.formats`` as a package (``formats.commit_file``); every
+    way of importing it gives that package, and its modules import by their dotted names."""
+    package = importlib.import_module("linnaeus.checkpoint.formats")
+    from linnaeus.checkpoint import formats
+
+    import linnaeus.checkpoint.formats as aliased
+    import linnaeus.checkpoint.formats.sharded.save as save_module
+
+    assert formats is package and aliased is package, f"linnaeus.checkpoint.formats is {formats!r}, not the package"
+    assert formats.commit_file is package.commit_file
+    assert save_module is importlib.import_module("linnaeus.checkpoint.formats.sharded.save")
